@@ -1,0 +1,402 @@
+//! The configuration file: one TOML document, parsed strictly (unknown keys are refused) and
+//! compiled into a [`Policy`] for the engine and settings for the doors.
+//!
+//! Every key, its default and its meaning is in `config/postern.toml`, which is also the
+//! embedded default configuration.
+
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::engine::checks::{ExploitDetection, IpRejection};
+use crate::engine::policy::TraceHeader;
+use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
+use crate::milter::socket::ListenSocket;
+
+/// The documented default configuration, used when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
+
+/// Name shown for the embedded configuration in messages.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
+
+/// A configuration that could not be used: which file, where, which key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration file: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}{}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default(),
+        if key.is_empty() { String::new() } else { format!(": key `{key}`") })]
+    Invalid {
+        file: String,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+/// Settings of the milter door (`[milter]`). They take effect at start; a reload keeps the
+/// listener as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MilterSettings {
+    pub listen: ListenSocket,
+    pub socket_mode: u32,
+    pub max_inbound_connections: usize,
+    pub connection_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// A compiled configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub policy: Policy,
+    pub milter: MilterSettings,
+}
+
+impl Config {
+    /// Reads and compiles a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        Self::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+            .expect("the embedded default configuration is valid (tested)")
+    }
+
+    /// Compiles configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let raw: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line: inner.span().map(|s| line_of(text, s.start)),
+                    key: if key == "." { String::new() } else { key },
+                    message: inner.message().to_owned(),
+                }
+            })?;
+        raw.compile(text, file)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    hostname: Option<String>,
+    milter: MilterSection,
+    scan: ScanSection,
+    connection: ConnectionSection,
+    exploit_detection: ExploitDetectionSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MilterSection {
+    listen: ListenSocket,
+    #[serde(deserialize_with = "octal_mode")]
+    socket_mode: u32,
+    max_inbound_connections: NonZeroUsize,
+    connection_timeout: NonZeroU64,
+    shutdown_timeout: u64,
+}
+
+impl Default for MilterSection {
+    fn default() -> Self {
+        Self {
+            listen: ListenSocket::default(),
+            socket_mode: 0o660,
+            max_inbound_connections: NonZeroUsize::new(256).expect("nonzero"),
+            connection_timeout: NonZeroU64::new(300).expect("nonzero"),
+            shutdown_timeout: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ScanSection {
+    scan_failure_action: ScanFailureAction,
+    scan_timeout: NonZeroU64,
+    message_memory_limit: NonZeroUsize,
+    max_message_size: NonZeroU64,
+    spool_directory: Option<Spanned<PathBuf>>,
+    trace_header: bool,
+    trace_header_name: Spanned<String>,
+}
+
+impl Default for ScanSection {
+    fn default() -> Self {
+        Self {
+            scan_failure_action: ScanFailureAction::Delay,
+            scan_timeout: NonZeroU64::new(30).expect("nonzero"),
+            message_memory_limit: NonZeroUsize::new(1 << 20).expect("nonzero"),
+            max_message_size: NonZeroU64::new(40_000_000).expect("nonzero"),
+            spool_directory: None,
+            trace_header: false,
+            trace_header_name: Spanned::new(0..0, "X-Postern-Verdict".to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConnectionSection {
+    delayed_rejection_state: Stage,
+    #[serde(deserialize_with = "networks")]
+    ip_address_rejection: Vec<IpNet>,
+    ip_address_rejection_reply: SmtpReply,
+}
+
+impl Default for ConnectionSection {
+    fn default() -> Self {
+        Self {
+            delayed_rejection_state: Stage::None,
+            ip_address_rejection: Vec::new(),
+            ip_address_rejection_reply: "554 5.7.1 Client host rejected: access denied"
+                .parse()
+                .expect("static reply is valid"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ExploitDetectionSection {
+    drop_on_invalid_commands: bool,
+    max_invalid_commands: NonZeroU32,
+}
+
+impl Default for ExploitDetectionSection {
+    fn default() -> Self {
+        Self {
+            drop_on_invalid_commands: true,
+            max_invalid_commands: NonZeroU32::new(5).expect("nonzero"),
+        }
+    }
+}
+
+impl ConfigFile {
+    /// Checks what serde cannot and builds the policy.
+    fn compile(self, text: &str, file: &str) -> Result<Config, ConfigError> {
+        let invalid =
+            |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
+                file: file.to_owned(),
+                line: (span != (0..0)).then(|| line_of(text, span.start)),
+                key: key.to_owned(),
+                message,
+            };
+
+        let spool_directory = match self.scan.spool_directory {
+            Some(dir) => {
+                let span = dir.span();
+                let dir = dir.into_inner();
+                if !dir.is_dir() {
+                    return Err(invalid(
+                        span,
+                        "scan.spool_directory",
+                        format!(
+                            "{} is not an existing directory; create it or point the key at one",
+                            dir.display()
+                        ),
+                    ));
+                }
+                dir
+            }
+            None => std::env::temp_dir(),
+        };
+
+        let trace_name = &self.scan.trace_header_name;
+        if !valid_header_name(trace_name.get_ref()) {
+            return Err(invalid(
+                trace_name.span(),
+                "scan.trace_header_name",
+                format!(
+                    "{:?} is not a header field name (printable ASCII, no spaces or colons)",
+                    trace_name.get_ref()
+                ),
+            ));
+        }
+
+        let hostname = match self.hostname {
+            Some(h) if valid_hostname(&h) => h,
+            Some(h) => {
+                return Err(invalid(
+                    0..0,
+                    "hostname",
+                    format!("{h:?} is not a host name (letters, digits, '-' and '.')"),
+                ));
+            }
+            None => system_hostname(),
+        };
+
+        let policy = Policy {
+            hostname,
+            scan_failure_action: self.scan.scan_failure_action,
+            scan_timeout: Duration::from_secs(self.scan.scan_timeout.get()),
+            message_limits: MessageLimits {
+                memory_limit: self.scan.message_memory_limit.get(),
+                max_message_size: self.scan.max_message_size.get(),
+                spool_directory,
+            },
+            delayed_rejection_state: self.connection.delayed_rejection_state,
+            ip_address_rejection: IpRejection::new(
+                self.connection.ip_address_rejection,
+                self.connection.ip_address_rejection_reply,
+            ),
+            exploit_detection: ExploitDetection {
+                max_invalid_commands: self
+                    .exploit_detection
+                    .drop_on_invalid_commands
+                    .then_some(self.exploit_detection.max_invalid_commands.get()),
+            },
+            trace_header: self.scan.trace_header.then(|| TraceHeader {
+                name: self.scan.trace_header_name.into_inner(),
+            }),
+        };
+        let milter = MilterSettings {
+            listen: self.milter.listen,
+            socket_mode: self.milter.socket_mode,
+            max_inbound_connections: self.milter.max_inbound_connections.get(),
+            connection_timeout: Duration::from_secs(self.milter.connection_timeout.get()),
+            shutdown_timeout: Duration::from_secs(self.milter.shutdown_timeout),
+        };
+        Ok(Config { policy, milter })
+    }
+}
+
+fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    match u32::from_str_radix(&s, 8) {
+        Ok(mode) if mode <= 0o777 && !s.is_empty() => Ok(mode),
+        _ => Err(serde::de::Error::custom(format!(
+            "{s:?} is not an octal file mode such as \"0660\""
+        ))),
+    }
+}
+
+/// CIDR networks; a bare address stands for itself (/32 or /128).
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not an IP network: write e.g. \"192.0.2.0/24\", \"2001:db8::/32\" or \"192.0.2.7\""
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| valid_hostname(h))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_compiles_with_documented_defaults() {
+        let c = Config::embedded_default();
+        assert_eq!(c.policy.scan_failure_action, ScanFailureAction::Delay);
+        assert_eq!(c.policy.delayed_rejection_state, Stage::None);
+        assert_eq!(c.policy.exploit_detection.max_invalid_commands, Some(5));
+        assert_eq!(c.policy.message_limits.max_message_size, 40_000_000);
+        assert!(c.policy.trace_header.is_none());
+        assert_eq!(c.milter.max_inbound_connections, 256);
+        assert_eq!(c.milter.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn empty_file_means_all_defaults() {
+        let c = Config::parse("", "empty.toml").unwrap();
+        let d = Config::embedded_default();
+        assert_eq!(c.policy.to_string(), d.policy.to_string());
+        assert_eq!(c.milter.listen, d.milter.listen);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_line_and_key() {
+        let e = error("[connection]\n\nip_adress_rejection = []\n");
+        assert!(e.starts_with("test.toml:3:"), "{e}");
+        assert!(e.contains("ip_adress_rejection"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_names_line_and_key() {
+        let e = error("[connection]\nip_address_rejection = [\"192.0.2.0/24\", \"300.1.1.0/8\"]\n");
+        assert!(e.starts_with("test.toml:2:"), "{e}");
+        assert!(e.contains("connection.ip_address_rejection"), "{e}");
+    }
+
+    #[test]
+    fn bad_reply_and_enum_values_are_explained() {
+        let e = error("[connection]\nip_address_rejection_reply = \"250 fine\"\n");
+        assert!(
+            e.contains("test.toml:2:") && e.contains("4xx or 5xx"),
+            "{e}"
+        );
+        let e = error("[scan]\nscan_failure_action = \"bounce\"\n");
+        assert!(e.contains("test.toml:2:") && e.contains("delay"), "{e}");
+        let e = error("[exploit_detection]\nmax_invalid_commands = 0\n");
+        assert!(e.contains("test.toml:2:") && e.contains("nonzero"), "{e}");
+    }
+
+    #[test]
+    fn missing_spool_directory_is_refused() {
+        let e = error("[scan]\nspool_directory = \"/nonexistent/postern\"\n");
+        assert!(
+            e.starts_with("test.toml:2: key `scan.spool_directory`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = error("[milter]\nlisten = \n");
+        assert!(e.starts_with("test.toml:2"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Connection-stage checks. Each check is pure policy: it is given what the session knows and
+//! answers with a verdict or nothing; the session decides when to run it and how to log it.
+
+pub mod invalid_commands;
+pub mod ip_rejection;
+
+pub use invalid_commands::ExploitDetection;
+pub use ip_rejection::IpRejection;

@@ -1,0 +1,189 @@
+//! The message as the engine holds it: raw RFC 5322 bytes, in memory up to a bound and spilled
+//! to an unnamed temporary file beyond it, never larger than the configured maximum size.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Limits on one message, from `[scan]` in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Bytes held in memory before the message moves to a temporary file.
+    pub memory_limit: usize,
+    /// Largest message accepted at all, in bytes.
+    pub max_message_size: u64,
+    /// Directory for temporary files of large messages.
+    pub spool_directory: PathBuf,
+}
+
+/// Why appending to a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("message exceeds max_message_size ({limit} bytes)")]
+    TooBig { limit: u64 },
+    #[error("cannot spool message to a temporary file in {dir}: {source}")]
+    Spool {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A message being received, bounded in memory.
+#[derive(Debug)]
+pub struct MessageBuffer {
+    limits: MessageLimits,
+    memory: Vec<u8>,
+    file: Option<File>,
+    len: u64,
+}
+
+impl MessageBuffer {
+    pub fn new(limits: MessageLimits) -> Self {
+        Self {
+            limits,
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+        }
+    }
+
+    /// Size in bytes received so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True before any byte arrived.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True once the message has moved to a temporary file.
+    pub fn is_spooled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Appends bytes, moving to a temporary file when the memory bound is passed.
+    pub async fn append(&mut self, data: &[u8]) -> Result<(), BufferError> {
+        let new_len = self.len + data.len() as u64;
+        if new_len > self.limits.max_message_size {
+            return Err(BufferError::TooBig {
+                limit: self.limits.max_message_size,
+            });
+        }
+        if self.file.is_none() && self.memory.len() + data.len() > self.limits.memory_limit {
+            let mut file = self.spool_file().await?;
+            let memory = std::mem::take(&mut self.memory);
+            self.write_spool(&mut file, &memory).await?;
+            self.file = Some(file);
+        }
+        match self.file.take() {
+            Some(mut file) => {
+                let written = self.write_spool(&mut file, data).await;
+                self.file = Some(file);
+                written?;
+            }
+            None => self.memory.extend_from_slice(data),
+        }
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// Reads the whole message back. Only called when a rule needs the content.
+    pub async fn contents(&mut self) -> Result<Vec<u8>, BufferError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(self.memory.clone());
+        };
+        let dir = &self.limits.spool_directory;
+        let spool_err = |source| BufferError::Spool {
+            dir: dir.clone(),
+            source,
+        };
+        let mut out = Vec::with_capacity(self.len as usize);
+        file.flush().await.map_err(spool_err)?;
+        file.seek(SeekFrom::Start(0)).await.map_err(spool_err)?;
+        file.read_to_end(&mut out).await.map_err(spool_err)?;
+        file.seek(SeekFrom::End(0)).await.map_err(spool_err)?;
+        Ok(out)
+    }
+
+    async fn spool_file(&self) -> Result<File, BufferError> {
+        let dir = self.limits.spool_directory.clone();
+        let opened = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || tempfile::tempfile_in(dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        opened
+            .map(File::from_std)
+            .map_err(|source| BufferError::Spool { dir, source })
+    }
+
+    async fn write_spool(&self, file: &mut File, data: &[u8]) -> Result<(), BufferError> {
+        file.write_all(data)
+            .await
+            .map_err(|source| BufferError::Spool {
+                dir: self.limits.spool_directory.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(memory_limit: usize, max: u64, dir: PathBuf) -> MessageLimits {
+        MessageLimits {
+            memory_limit,
+            max_message_size: max,
+            spool_directory: dir,
+        }
+    }
+
+    #[tokio::test]
+    async fn small_message_stays_in_memory() {
+        let mut b = MessageBuffer::new(limits(100, 1000, std::env::temp_dir()));
+        b.append(b"Subject: x\r\n\r\n").await.unwrap();
+        b.append(b"hello\r\n").await.unwrap();
+        assert!(!b.is_spooled());
+        assert_eq!(b.contents().await.unwrap(), b"Subject: x\r\n\r\nhello\r\n");
+    }
+
+    #[tokio::test]
+    async fn large_message_spills_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = MessageBuffer::new(limits(10, 1000, dir.path().to_owned()));
+        b.append(b"0123456789").await.unwrap();
+        assert!(!b.is_spooled());
+        b.append(b"abc").await.unwrap();
+        assert!(b.is_spooled());
+        b.append(b"def").await.unwrap();
+        assert_eq!(b.len(), 16);
+        assert_eq!(b.contents().await.unwrap(), b"0123456789abcdef");
+        // Reading does not disturb further appends.
+        b.append(b"!").await.unwrap();
+        assert_eq!(b.contents().await.unwrap(), b"0123456789abcdef!");
+    }
+
+    #[tokio::test]
+    async fn refuses_past_max_size() {
+        let mut b = MessageBuffer::new(limits(10, 12, std::env::temp_dir()));
+        b.append(b"0123456789").await.unwrap();
+        let err = b.append(b"abc").await.unwrap_err();
+        assert!(matches!(err, BufferError::TooBig { limit: 12 }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_spool_directory_is_an_error_naming_it() {
+        let mut b = MessageBuffer::new(limits(4, 100, "/nonexistent/postern-spool".into()));
+        let err = b.append(b"0123456789").await.unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/postern-spool"),
+            "{err}"
+        );
+    }
+}

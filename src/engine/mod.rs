@@ -1,0 +1,50 @@
+//! The policy engine: one [`Session`] per SMTP conversation, one call per stage, each answered
+//! with a [`Verdict`] (and, at end of message, [`Edits`]). It knows nothing of milter packets or
+//! sockets; the doors in `milter/` and `proxy/` translate.
+
+pub mod checks;
+pub mod message;
+pub mod policy;
+pub mod reply;
+pub mod session;
+pub mod verdict;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use message::MessageLimits;
+pub use policy::{Policy, ScanFailureAction, Stage};
+pub use reply::SmtpReply;
+pub use session::{ClientInfo, Session, TlsInfo};
+pub use verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
+
+/// The engine shared by all connections of a process: holds the current policy and swaps it
+/// whole on reload. Sessions keep the policy they started with.
+#[derive(Debug)]
+pub struct Engine {
+    policy: ArcSwap<Policy>,
+}
+
+impl Engine {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy: ArcSwap::from_pointee(policy),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Replaces the policy atomically; sessions already running keep theirs.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// A new session under the current policy.
+    pub fn session(&self) -> Session {
+        Session::new(self.policy())
+    }
+}

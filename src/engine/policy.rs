@@ -1,0 +1,131 @@
+//! The compiled policy: everything the engine needs, validated and built once from the
+//! configuration, immutable afterwards and swapped whole on reload.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::checks::{ExploitDetection, IpRejection};
+use super::message::MessageLimits;
+use super::reply::SmtpReply;
+use super::verdict::Verdict;
+
+/// Seed: "Scan failure action": what happens to a message when Postern cannot judge it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanFailureAction {
+    /// 451: the client keeps the message and retries later.
+    #[default]
+    Delay,
+    /// 250: let the message through unscanned (logged).
+    Allow,
+    /// 554: refuse the message.
+    Reject,
+}
+
+impl ScanFailureAction {
+    /// The verdict this action gives.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            Self::Delay => Verdict::Tempfail(
+                SmtpReply::new(
+                    451,
+                    Some("4.3.0"),
+                    "Message could not be scanned, try again later",
+                )
+                .expect("static reply is valid"),
+            ),
+            Self::Allow => Verdict::Continue,
+            Self::Reject => Verdict::Reject(
+                SmtpReply::new(554, Some("5.3.0"), "Message could not be scanned")
+                    .expect("static reply is valid"),
+            ),
+        }
+    }
+}
+
+/// SMTP stages in conversation order, for delayed rejection.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Seed "No delay": refuse where the verdict is reached.
+    #[default]
+    None,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Helo => "helo",
+            Self::Mail => "mail",
+            Self::Rcpt => "rcpt",
+            Self::Data => "data",
+        })
+    }
+}
+
+/// The trace header: a header naming the verdict, added to messages that pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceHeader {
+    pub name: String,
+}
+
+/// Everything the engine decides with.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Host name used in replies and headers.
+    pub hostname: String,
+    pub scan_failure_action: ScanFailureAction,
+    /// Time budget of the engine for one stage.
+    pub scan_timeout: Duration,
+    pub message_limits: MessageLimits,
+    pub delayed_rejection_state: Stage,
+    pub ip_address_rejection: IpRejection,
+    pub exploit_detection: ExploitDetection,
+    pub trace_header: Option<TraceHeader>,
+}
+
+impl fmt::Display for Policy {
+    /// The short summary `postern check-config` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "hostname:                {}", self.hostname)?;
+        writeln!(
+            f,
+            "scan failure action:     {:?} ({})",
+            self.scan_failure_action,
+            self.scan_failure_action.verdict()
+        )?;
+        writeln!(f, "scan timeout:            {:?}", self.scan_timeout)?;
+        writeln!(
+            f,
+            "message limits:          {} bytes max, {} bytes in memory, spool in {}",
+            self.message_limits.max_message_size,
+            self.message_limits.memory_limit,
+            self.message_limits.spool_directory.display()
+        )?;
+        writeln!(
+            f,
+            "delayed rejection state: {}",
+            self.delayed_rejection_state
+        )?;
+        writeln!(
+            f,
+            "ip address rejection:    {} network(s)",
+            self.ip_address_rejection.len()
+        )?;
+        match self.exploit_detection.max_invalid_commands {
+            Some(n) => writeln!(f, "invalid commands:        drop after {n}")?,
+            None => writeln!(f, "invalid commands:        no limit")?,
+        }
+        match &self.trace_header {
+            Some(t) => write!(f, "trace header:            {}", t.name),
+            None => write!(f, "trace header:            off"),
+        }
+    }
+}

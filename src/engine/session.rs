@@ -1,0 +1,359 @@
+//! One SMTP conversation as the policy sees it: one async call per stage, each answered with a
+//! [`Verdict`]. Doors (milter, proxy) call these and translate the answers.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::message::{BufferError, MessageBuffer};
+use super::policy::{Policy, Stage};
+use super::reply::SmtpReply;
+use super::verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
+
+/// What a door knows about the client when it connects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's IP address; `None` for local submissions (e.g. a unix socket).
+    pub addr: Option<IpAddr>,
+    /// The client's verified host name, if the MTA has one.
+    pub name: Option<String>,
+}
+
+/// TLS facts of the session, once the client has negotiated TLS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    pub cert_subject: Option<String>,
+}
+
+/// Why the engine could not judge something; turned into the scan failure action.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A verdict reached early and held until the configured stage (seed: "Delayed rejection
+/// state"), so that the MTA records the sender and recipients first.
+#[derive(Debug)]
+struct Held {
+    verdict: Verdict,
+    check: &'static str,
+}
+
+/// One mail transaction (MAIL FROM to end of message or reset).
+#[derive(Debug)]
+struct Transaction {
+    started: Instant,
+    sender: String,
+    recipients: Vec<String>,
+    queue_id: Option<String>,
+    message: Option<MessageBuffer>,
+    /// Set when buffering failed; the message gets the scan failure action at its end.
+    failure: Option<String>,
+}
+
+impl Transaction {
+    fn new(sender: &str) -> Self {
+        Self {
+            started: Instant::now(),
+            sender: sender.to_owned(),
+            recipients: Vec::new(),
+            queue_id: None,
+            message: None,
+            failure: None,
+        }
+    }
+}
+
+/// The policy's view of one connection.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    policy: Arc<Policy>,
+    client: ClientInfo,
+    helo: Option<String>,
+    tls: Option<TlsInfo>,
+    authenticated: Option<String>,
+    held: Option<Held>,
+    invalid_commands: u32,
+    messages: u32,
+    tx: Option<Transaction>,
+}
+
+impl Session {
+    /// A new session judged by `policy` for its whole life, even across reloads.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            policy,
+            client: ClientInfo::default(),
+            helo: None,
+            tls: None,
+            authenticated: None,
+            held: None,
+            invalid_commands: 0,
+            messages: 0,
+            tx: None,
+        }
+    }
+
+    /// The policy this session is judged by.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// True between MAIL FROM and the end (or abort) of that message.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// The client connected.
+    pub async fn connect(&mut self, client: ClientInfo) -> Verdict {
+        self.client = client;
+        info!(
+            session = self.id,
+            client_addr = ?self.client.addr,
+            client_name = self.client.name.as_deref().unwrap_or("unknown"),
+            "connect"
+        );
+        let policy = self.policy.clone();
+        let checked = guarded(&policy, "connect", async { Ok(self.connection_checks()) }).await;
+        match checked {
+            Some((check, verdict)) if policy.delayed_rejection_state != Stage::None => {
+                info!(session = self.id, check, %verdict, until = %policy.delayed_rejection_state, "verdict held");
+                self.held = Some(Held { verdict, check });
+                Verdict::Continue
+            }
+            Some((check, verdict)) => {
+                info!(session = self.id, check, %verdict, stage = "connect", "refused");
+                verdict
+            }
+            None => Verdict::Continue,
+        }
+    }
+
+    /// The client said HELO or EHLO.
+    pub async fn helo(&mut self, name: &str) -> Verdict {
+        self.helo = Some(name.to_owned());
+        self.held_at(Stage::Helo).unwrap_or(Verdict::Continue)
+    }
+
+    /// TLS was negotiated (in milter mode, learned from the `{tls_version}` macro).
+    pub fn tls_established(&mut self, tls: TlsInfo) {
+        self.tls = Some(tls);
+    }
+
+    /// The client authenticated as `user`.
+    pub fn authenticated(&mut self, user: &str) {
+        self.authenticated = Some(user.to_owned());
+    }
+
+    /// MAIL FROM: starts a transaction (ending any earlier one).
+    pub async fn mail(&mut self, sender: &str) -> Verdict {
+        self.tx = None;
+        if let Some(v) = self.held_at(Stage::Mail) {
+            return v;
+        }
+        self.tx = Some(Transaction::new(sender));
+        Verdict::Continue
+    }
+
+    /// RCPT TO.
+    pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
+        if let Some(v) = self.held_at(Stage::Rcpt) {
+            return v;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.recipients.push(recipient.to_owned());
+        }
+        Verdict::Continue
+    }
+
+    /// The queue id the MTA gave the message, for logs.
+    pub fn set_queue_id(&mut self, id: &str) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.queue_id.get_or_insert_with(|| id.to_owned());
+        }
+    }
+
+    /// DATA.
+    pub async fn data(&mut self) -> Verdict {
+        if let Some(v) = self.held_at(Stage::Data) {
+            return v;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.message = Some(MessageBuffer::new(self.policy.message_limits.clone()));
+        }
+        Verdict::Continue
+    }
+
+    /// Raw message bytes (header and body as on the wire, CRLF line ends), in order.
+    pub async fn message_data(&mut self, bytes: &[u8]) -> Verdict {
+        let limits = &self.policy.message_limits;
+        let tx = self.tx.get_or_insert_with(|| Transaction::new(""));
+        if tx.failure.is_some() {
+            return Verdict::Continue;
+        }
+        let buffer = tx
+            .message
+            .get_or_insert_with(|| MessageBuffer::new(limits.clone()));
+        let (reason, verdict) = match buffer.append(bytes).await {
+            Ok(()) => return Verdict::Continue,
+            Err(BufferError::TooBig { limit }) => (
+                "max_message_size",
+                Verdict::Reject(
+                    SmtpReply::new(
+                        552,
+                        Some("5.3.4"),
+                        &format!("Message size exceeds fixed limit of {limit} bytes"),
+                    )
+                    .expect("static reply is valid"),
+                ),
+            ),
+            Err(e) => {
+                warn!(session = self.id, error = %e, action = ?self.policy.scan_failure_action, "scan failure");
+                tx.failure = Some(e.to_string());
+                ("scan_failure", self.policy.scan_failure_action.verdict())
+            }
+        };
+        if verdict != Verdict::Continue
+            && let Some(tx) = self.tx.take()
+        {
+            self.log_message(&tx, &verdict, reason);
+        }
+        verdict
+    }
+
+    /// End of message: the verdict and the edits to apply before the message goes on.
+    pub async fn end_of_message(&mut self) -> MessageOutcome {
+        let policy = self.policy.clone();
+        let Some(mut tx) = self.tx.take() else {
+            return MessageOutcome {
+                verdict: Verdict::Continue,
+                edits: Edits::default(),
+            };
+        };
+        self.messages += 1;
+        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
+            (Some(held), _) => ("held", held),
+            (None, Some(_)) => ("scan_failure", policy.scan_failure_action.verdict()),
+            (None, None) => guarded(&policy, "message", async { Ok(None) })
+                .await
+                .unwrap_or(("end_of_message", Verdict::Continue)),
+        };
+        let mut edits = Edits::default();
+        if let Some(trace) = &policy.trace_header
+            && matches!(verdict, Verdict::Continue | Verdict::Accept)
+        {
+            edits.headers.push(HeaderEdit::Add {
+                name: trace.name.clone(),
+                value: format!("{}; by {}", verdict.name(), policy.hostname),
+            });
+        }
+        self.log_message(&tx, &verdict, reason);
+        MessageOutcome { verdict, edits }
+    }
+
+    /// RSET, or the MTA aborted the message.
+    pub fn reset(&mut self) {
+        self.tx = None;
+    }
+
+    /// A command the server does not know. Counted per connection; at the limit the client
+    /// is dropped.
+    pub async fn unknown_command(&mut self, command: &str) -> Verdict {
+        self.invalid_commands += 1;
+        let verb = command.split_whitespace().next().unwrap_or("");
+        let verb: String = verb.chars().take(32).collect();
+        match self
+            .policy
+            .exploit_detection
+            .invalid_command(self.invalid_commands)
+        {
+            Some(reply) => {
+                info!(session = self.id, count = self.invalid_commands, command = %verb.escape_debug(), "too many invalid commands, dropping client");
+                Verdict::Drop(reply)
+            }
+            None => Verdict::Continue,
+        }
+    }
+
+    /// The connection ended.
+    pub fn close(&mut self) {
+        info!(
+            session = self.id,
+            client_addr = ?self.client.addr,
+            helo = self.helo.as_deref().unwrap_or(""),
+            tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+            authenticated = self.authenticated.is_some(),
+            messages = self.messages,
+            invalid_commands = self.invalid_commands,
+            unfinished_message = self.tx.is_some(),
+            "disconnect"
+        );
+        self.tx = None;
+    }
+
+    /// Runs the connection-stage checks; the first refusal wins.
+    fn connection_checks(&self) -> Option<(&'static str, Verdict)> {
+        let ip = self.client.addr?;
+        self.policy
+            .ip_address_rejection
+            .check(ip)
+            .map(|reply| ("ip_address_rejection", Verdict::refuse(reply.clone())))
+    }
+
+    /// The held verdict, if the conversation has reached the stage where it is delivered.
+    fn held_at(&self, stage: Stage) -> Option<Verdict> {
+        let held = self.held.as_ref()?;
+        (stage >= self.policy.delayed_rejection_state).then(|| {
+            info!(session = self.id, check = held.check, verdict = %held.verdict, %stage, "refused (delayed)");
+            held.verdict.clone()
+        })
+    }
+
+    fn log_message(&self, tx: &Transaction, verdict: &Verdict, reason: &str) {
+        info!(
+            session = self.id,
+            queue_id = tx.queue_id.as_deref().unwrap_or(""),
+            sender = %tx.sender,
+            recipients = tx.recipients.len(),
+            size = tx.message.as_ref().map_or(0, MessageBuffer::len),
+            spooled = tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
+            %verdict,
+            reason,
+            elapsed_ms = tx.started.elapsed().as_millis() as u64,
+            "message"
+        );
+    }
+}
+
+/// A check's name and the verdict it reached.
+type Finding = (&'static str, Verdict);
+
+/// Runs one piece of engine work within the policy's time budget. `None` means "no
+/// objection"; an error or a timeout is logged and becomes the scan failure action.
+async fn guarded(
+    policy: &Policy,
+    stage: &'static str,
+    work: impl Future<Output = Result<Option<Finding>, EngineError>>,
+) -> Option<Finding> {
+    let failure = match tokio::time::timeout(policy.scan_timeout, work).await {
+        Ok(Ok(found)) => return found,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("time budget of {:?} exceeded", policy.scan_timeout),
+    };
+    warn!(stage, error = %failure, action = ?policy.scan_failure_action, "scan failure");
+    match policy.scan_failure_action.verdict() {
+        Verdict::Continue => None,
+        verdict => Some(("scan_failure", verdict)),
+    }
+}

@@ -1,0 +1,8 @@
+//! Postern: an SMTP policy engine with two doors, a milter beside an MTA and (later) an SMTP
+//! proxy in front of one. See `README.md` for the picture and `config/postern.toml` for every
+//! setting.
+
+pub mod config;
+pub mod engine;
+pub mod milter;
+pub mod reload;

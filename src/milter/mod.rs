@@ -1,0 +1,478 @@
+//! The milter door: speaks the sendmail milter protocol (through indymilter) with Postfix or
+//! Sendmail and turns each stage into a call on an engine [`Session`]. No policy lives here.
+
+pub mod socket;
+
+use std::ffi::{CStr, CString};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext,
+    ProtoOpts, SetErrorReply, SmtpReply as MilterReply, SocketInfo, Status,
+};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::config::MilterSettings;
+use crate::engine::{ClientInfo, Edits, Engine, HeaderEdit, Session, TlsInfo, Verdict};
+use socket::{ListenSocket, MilterListener};
+
+/// Macros Postern asks the MTA for, by stage. Postfix sends only what is asked for.
+const MACROS: &[(MacroStage, &str)] = &[
+    (
+        MacroStage::Connect,
+        "{client_addr} {client_name} {daemon_name} j",
+    ),
+    (
+        MacroStage::Helo,
+        "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    ),
+    (MacroStage::Mail, "{auth_type} {auth_authen} {mail_addr} i"),
+    (MacroStage::Rcpt, "{rcpt_addr} i"),
+    (MacroStage::Data, "i"),
+    (MacroStage::Eom, "i"),
+];
+
+/// Counts messages in progress, so that shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Messages between MAIL FROM and end of message, over all connections.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn begin(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Resolves when no message is in progress.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What the door keeps per MTA connection.
+struct Conn {
+    session: Session,
+    in_flight: Arc<InFlight>,
+    in_message: bool,
+    /// The MTA sends header values with their leading space (SMFIP_HDR_LEADSPC), so the
+    /// header can be rebuilt exactly as it came.
+    leading_space: bool,
+}
+
+impl Conn {
+    fn begin_message(&mut self) {
+        if !self.in_message {
+            self.in_message = true;
+            self.in_flight.begin();
+        }
+    }
+
+    fn end_message(&mut self) {
+        if self.in_message {
+            self.in_message = false;
+            self.in_flight.end();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.end_message();
+    }
+}
+
+/// Runs the milter until `shutdown` resolves, then stops accepting, lets messages in flight
+/// finish (up to `shutdown_timeout`) and returns.
+pub async fn run(
+    engine: Arc<Engine>,
+    settings: &MilterSettings,
+    listen: &ListenSocket,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop = async move {
+        while !*stop_rx.borrow_and_update() {
+            if stop_rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let listener = MilterListener::bind(listen, settings.socket_mode, stop)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    serve(engine, settings, listener, stop_tx, shutdown).await
+}
+
+/// Serves an already bound listener (tests bind port 0 and read the address first).
+pub async fn serve(
+    engine: Arc<Engine>,
+    settings: &MilterSettings,
+    listener: MilterListener,
+    stop_listening: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let in_flight = Arc::new(InFlight::default());
+    let config = indymilter::Config {
+        max_connections: settings.max_inbound_connections,
+        actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY,
+        connection_timeout: settings.connection_timeout,
+    };
+    let grace = settings.shutdown_timeout;
+    let waiting = in_flight.clone();
+    let drained = async move {
+        shutdown.await;
+        let _ = stop_listening.send(true);
+        info!(
+            messages = waiting.count(),
+            timeout = ?grace,
+            "shutting down: letting messages in flight finish"
+        );
+        if tokio::time::timeout(grace, waiting.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(
+                messages = waiting.count(),
+                "shutdown timeout reached; the MTA applies milter_default_action to unfinished messages"
+            );
+        }
+    };
+    indymilter::run(listener, callbacks(engine, in_flight), config, drained).await?;
+    info!("milter stopped");
+    Ok(())
+}
+
+/// The indymilter callbacks: each one a thin translation into the engine session.
+fn callbacks(engine: Arc<Engine>, in_flight: Arc<InFlight>) -> Callbacks<Conn> {
+    Callbacks::new()
+        .on_negotiate(move |cx, actions, opts| {
+            Box::pin(negotiate(
+                cx,
+                actions,
+                opts,
+                engine.clone(),
+                in_flight.clone(),
+            ))
+        })
+        .on_connect(|cx, host, socket| Box::pin(connect(cx, host, socket)))
+        .on_helo(|cx, name| Box::pin(helo(cx, name)))
+        .on_mail(|cx, args| Box::pin(mail(cx, args)))
+        .on_rcpt(|cx, args| Box::pin(rcpt(cx, args)))
+        .on_data(|cx| Box::pin(data(cx)))
+        .on_header(|cx, name, value| Box::pin(header(cx, name, value)))
+        .on_eoh(|cx| Box::pin(eoh(cx)))
+        .on_body(|cx, chunk| Box::pin(body(cx, chunk)))
+        .on_eom(|cx| Box::pin(eom(cx)))
+        .on_abort(|cx| Box::pin(abort(cx)))
+        .on_close(|cx| Box::pin(close(cx)))
+        .on_unknown(|cx, cmd| Box::pin(unknown(cx, cmd)))
+}
+
+async fn negotiate(
+    cx: &mut NegotiateContext<Conn>,
+    actions: Actions,
+    opts: ProtoOpts,
+    engine: Arc<Engine>,
+    in_flight: Arc<InFlight>,
+) -> Status {
+    cx.requested_actions &= actions;
+    let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
+    if leading_space {
+        cx.requested_opts |= ProtoOpts::LEADING_SPACE;
+    }
+    for (stage, names) in MACROS {
+        cx.requested_macros
+            .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
+    }
+    cx.data = Some(Conn {
+        session: engine.session(),
+        in_flight,
+        in_message: false,
+        leading_space,
+    });
+    Status::Continue
+}
+
+/// Runs a stage against the session, or continues when there is no session (the MTA skipped
+/// negotiation, which indymilter does not allow, so this is defensive only).
+macro_rules! with_session {
+    ($cx:expr, |$conn:ident| $body:expr) => {{
+        let Some($conn) = $cx.data.as_mut() else {
+            return Status::Continue;
+        };
+        let verdict = $body;
+        answer(&mut $cx.reply, verdict)
+    }};
+}
+
+async fn connect(cx: &mut Context<Conn>, host: CString, socket: SocketInfo) -> Status {
+    let addr = match socket {
+        SocketInfo::Inet(sa) => Some(sa.ip()),
+        _ => macro_str(&cx.macros, c"{client_addr}").and_then(|a| a.parse::<IpAddr>().ok()),
+    };
+    let name = host
+        .to_str()
+        .ok()
+        .filter(|h| !h.is_empty() && *h != "unknown" && !h.starts_with('['))
+        .map(str::to_owned);
+    with_session!(cx, |conn| conn
+        .session
+        .connect(ClientInfo { addr, name })
+        .await)
+}
+
+async fn helo(cx: &mut Context<Conn>, name: CString) -> Status {
+    let tls = macro_str(&cx.macros, c"{tls_version}").map(|version| TlsInfo {
+        version,
+        cipher: macro_str(&cx.macros, c"{cipher}").unwrap_or_default(),
+        cert_subject: macro_str(&cx.macros, c"{cert_subject}"),
+    });
+    with_session!(cx, |conn| {
+        if let Some(tls) = tls {
+            conn.session.tls_established(tls);
+        }
+        conn.session.helo(&name.to_string_lossy()).await
+    })
+}
+
+async fn mail(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
+    let sender = first_arg(&args);
+    let auth = macro_str(&cx.macros, c"{auth_authen}");
+    let queue_id = macro_str(&cx.macros, c"i");
+    with_session!(cx, |conn| {
+        if let Some(user) = auth {
+            conn.session.authenticated(&user);
+        }
+        conn.begin_message();
+        let verdict = conn.session.mail(&sender).await;
+        if let Some(id) = queue_id {
+            conn.session.set_queue_id(&id);
+        }
+        if verdict != Verdict::Continue {
+            conn.end_message();
+        }
+        verdict
+    })
+}
+
+async fn rcpt(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
+    let recipient = first_arg(&args);
+    with_session!(cx, |conn| conn.session.rcpt(&recipient).await)
+}
+
+async fn data(cx: &mut Context<Conn>) -> Status {
+    let queue_id = macro_str(&cx.macros, c"i");
+    with_session!(cx, |conn| {
+        if let Some(id) = queue_id {
+            conn.session.set_queue_id(&id);
+        }
+        conn.session.data().await
+    })
+}
+
+async fn header(cx: &mut Context<Conn>, name: CString, value: CString) -> Status {
+    with_session!(cx, |conn| {
+        let line = header_line(name.as_bytes(), value.as_bytes(), conn.leading_space);
+        conn.session.message_data(&line).await
+    })
+}
+
+async fn eoh(cx: &mut Context<Conn>) -> Status {
+    with_session!(cx, |conn| conn.session.message_data(b"\r\n").await)
+}
+
+async fn body(cx: &mut Context<Conn>, chunk: Bytes) -> Status {
+    with_session!(cx, |conn| conn.session.message_data(&chunk).await)
+}
+
+async fn eom(cx: &mut EomContext<Conn>) -> Status {
+    let queue_id = macro_str(&cx.macros, c"i");
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    if let Some(id) = queue_id {
+        conn.session.set_queue_id(&id);
+    }
+    let outcome = conn.session.end_of_message().await;
+    conn.end_message();
+    let verdict = match apply_edits(&cx.actions, &outcome.edits).await {
+        Ok(()) => outcome.verdict,
+        Err(e) => {
+            warn!(error = %e, "cannot send message edits to the MTA");
+            conn.session.policy().scan_failure_action.verdict()
+        }
+    };
+    answer(&mut cx.reply, verdict)
+}
+
+async fn abort(cx: &mut Context<Conn>) -> Status {
+    if let Some(conn) = cx.data.as_mut() {
+        conn.session.reset();
+        conn.end_message();
+    }
+    Status::Continue
+}
+
+async fn close(cx: &mut Context<Conn>) -> Status {
+    if let Some(conn) = cx.data.as_mut() {
+        if conn.in_message {
+            warn!(
+                "MTA closed the milter connection in the middle of a message; the MTA decides its fate (milter_default_action)"
+            );
+        }
+        conn.session.close();
+        conn.end_message();
+    }
+    Status::Continue
+}
+
+async fn unknown(cx: &mut Context<Conn>, command: CString) -> Status {
+    with_session!(cx, |conn| conn
+        .session
+        .unknown_command(&command.to_string_lossy())
+        .await)
+}
+
+/// Translates a verdict into a milter status and reply.
+fn answer(reply: &mut MilterReply, verdict: Verdict) -> Status {
+    let status = match &verdict {
+        Verdict::Continue => return Status::Continue,
+        Verdict::Accept => return Status::Accept,
+        Verdict::Discard => return Status::Discard,
+        Verdict::Reject(_) => Status::Reject,
+        // Postfix and Sendmail end the SMTP session after a 421 reply from a milter.
+        Verdict::Tempfail(_) | Verdict::Drop(_) => Status::Tempfail,
+    };
+    let r = verdict.reply().expect("refusing verdicts carry a reply");
+    let text = (!r.text().is_empty()).then_some(r.text());
+    if let Err(e) = reply.set_error_reply(&r.code().to_string(), r.enhanced(), text) {
+        // Replies are validated when the policy is compiled, so this is a bug; the MTA then
+        // uses its default reply for the status.
+        warn!(reply = %r, error = %e, "reply refused by the milter library");
+    }
+    status
+}
+
+/// Sends the engine's edits to the MTA. Header values never carry CR or LF.
+async fn apply_edits(
+    actions: &impl ContextActions,
+    edits: &Edits,
+) -> Result<(), indymilter::ActionError> {
+    for edit in &edits.headers {
+        match edit {
+            HeaderEdit::Add { name, value } => {
+                actions.add_header(name.as_str(), one_line(value)).await?
+            }
+            HeaderEdit::Insert { index, name, value } => {
+                let index = i32::try_from(*index).unwrap_or(i32::MAX);
+                actions
+                    .insert_header(index, name.as_str(), one_line(value))
+                    .await?
+            }
+            HeaderEdit::Change { name, index, value } => {
+                let index = i32::try_from(*index).unwrap_or(i32::MAX);
+                actions
+                    .change_header(name.as_str(), index, value.as_deref().map(one_line))
+                    .await?
+            }
+        }
+    }
+    if let Some(body) = &edits.body {
+        actions.replace_body(body).await?;
+    }
+    Ok(())
+}
+
+fn one_line(value: &str) -> String {
+    value.replace(['\r', '\n'], " ")
+}
+
+/// Rebuilds one header field as it was on the wire: `Name: value` with CRLF line ends (the MTA
+/// hands folded values over with bare LF).
+fn header_line(name: &[u8], value: &[u8], leading_space: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+    line.extend_from_slice(name);
+    line.push(b':');
+    if !leading_space {
+        line.push(b' ');
+    }
+    let mut prev = 0u8;
+    for &b in value {
+        if b == b'\n' && prev != b'\r' {
+            line.push(b'\r');
+        }
+        line.push(b);
+        prev = b;
+    }
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+fn macro_str(macros: &Macros, name: &CStr) -> Option<String> {
+    macros
+        .get(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn first_arg(args: &[CString]) -> String {
+    let arg = args
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
+    arg.trim_start_matches('<').trim_end_matches('>').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lines_are_rebuilt_with_crlf() {
+        assert_eq!(header_line(b"Subject", b" hi", true), b"Subject: hi\r\n");
+        assert_eq!(header_line(b"Subject", b"hi", false), b"Subject: hi\r\n");
+        assert_eq!(
+            header_line(b"To", b" a,\n\tb", true),
+            b"To: a,\r\n\tb\r\n".to_vec()
+        );
+        assert_eq!(
+            header_line(b"To", b" a,\r\n b", true),
+            b"To: a,\r\n b\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn sender_brackets_are_stripped() {
+        assert_eq!(
+            first_arg(&[CString::new("<a@b.example>").unwrap()]),
+            "a@b.example"
+        );
+        assert_eq!(first_arg(&[CString::new("<>").unwrap()]), "");
+        assert_eq!(first_arg(&[]), "");
+    }
+}
