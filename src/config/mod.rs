@@ -293,20 +293,28 @@ fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
-/// CIDR networks; a bare address stands for itself (/32 or /128).
+/// A CIDR network; a bare address stands for itself (/32 or /128).
+struct Network(IpNet);
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(Network)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not an IP network: write e.g. \"192.0.2.0/24\", \"2001:db8::/32\" or \"192.0.2.7\""
+                ))
+            })
+    }
+}
+
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "{s:?} is not an IP network: write e.g. \"192.0.2.0/24\", \"2001:db8::/32\" or \"192.0.2.7\""
-                    ))
-                })
-        })
-        .collect()
+    Ok(Vec::<Network>::deserialize(d)?
+        .into_iter()
+        .map(|n| n.0)
+        .collect())
 }
 
 fn valid_header_name(name: &str) -> bool {

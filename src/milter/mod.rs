@@ -14,12 +14,12 @@ use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext,
     ProtoOpts, SetErrorReply, SmtpReply as MilterReply, SocketInfo, Status,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::MilterSettings;
 use crate::engine::{ClientInfo, Edits, Engine, HeaderEdit, Session, TlsInfo, Verdict};
-use socket::{ListenSocket, MilterListener};
+use socket::{ListenSocket, MilterListener, StopListening};
 
 /// Macros Postern asks the MTA for, by stage. Postfix sends only what is asked for.
 const MACROS: &[(MacroStage, &str)] = &[
@@ -114,18 +114,10 @@ pub async fn run(
     listen: &ListenSocket,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let stop = async move {
-        while !*stop_rx.borrow_and_update() {
-            if stop_rx.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    let listener = MilterListener::bind(listen, settings.socket_mode, stop)
+    let (listener, stop) = MilterListener::bind(listen, settings.socket_mode)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    serve(engine, settings, listener, stop_tx, shutdown).await
+    serve(engine, settings, listener, stop, shutdown).await
 }
 
 /// Serves an already bound listener (tests bind port 0 and read the address first).
@@ -133,7 +125,7 @@ pub async fn serve(
     engine: Arc<Engine>,
     settings: &MilterSettings,
     listener: MilterListener,
-    stop_listening: watch::Sender<bool>,
+    stop_listening: StopListening,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let in_flight = Arc::new(InFlight::default());
@@ -146,7 +138,7 @@ pub async fn serve(
     let waiting = in_flight.clone();
     let drained = async move {
         shutdown.await;
-        let _ = stop_listening.send(true);
+        stop_listening.stop();
         info!(
             messages = waiting.count(),
             timeout = ?grace,
@@ -226,6 +218,10 @@ macro_rules! with_session {
             return Status::Continue;
         };
         let verdict = $body;
+        // A refusal ends the transaction in the engine; stop counting it as in flight.
+        if !$conn.session.in_transaction() {
+            $conn.end_message();
+        }
         answer(&mut $cx.reply, verdict)
     }};
 }
@@ -272,9 +268,6 @@ async fn mail(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
         let verdict = conn.session.mail(&sender).await;
         if let Some(id) = queue_id {
             conn.session.set_queue_id(&id);
-        }
-        if verdict != Verdict::Continue {
-            conn.end_message();
         }
         verdict
     })

@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use indymilter::{EitherListener, EitherStream, Listener};
 use serde::{Deserialize, Deserializer};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// Where the milter listens.
@@ -93,6 +94,16 @@ impl<'de> Deserialize<'de> for ListenSocket {
 /// The stream of one MTA connection.
 pub type MilterStream = EitherStream<TcpStream, UnixStream>;
 
+/// Closes a [`MilterListener`] (also when dropped).
+#[derive(Debug)]
+pub struct StopListening(watch::Sender<bool>);
+
+impl StopListening {
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
 /// A listener that sets TCP_NODELAY on every accepted TCP socket (without it, Nagle's
 /// algorithm and delayed ACKs stall every milter exchange ~40 ms) and that closes its socket
 /// when told to stop, so that the MTA sees at once that nobody is listening.
@@ -103,12 +114,9 @@ pub struct MilterListener {
 }
 
 impl MilterListener {
-    /// Binds the socket. A stale unix socket file is replaced and given `mode`.
-    pub async fn bind(
-        spec: &ListenSocket,
-        mode: u32,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<Self> {
+    /// Binds the socket. A stale unix socket file is replaced and given `mode`. The handle
+    /// returned with the listener closes it.
+    pub async fn bind(spec: &ListenSocket, mode: u32) -> io::Result<(Self, StopListening)> {
         let (inner, unix_path) = match spec {
             ListenSocket::Inet { host, port } => {
                 let listener = TcpListener::bind((host.as_str(), *port)).await?;
@@ -147,11 +155,20 @@ impl MilterListener {
             }
         };
         info!(socket = %spec, "milter listening");
-        Ok(Self {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let stop = async move {
+            while !*stop_rx.borrow_and_update() {
+                if stop_rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let listener = Self {
             inner: Some(inner),
             unix_path,
             stop: Box::pin(stop),
-        })
+        };
+        Ok((listener, StopListening(stop_tx)))
     }
 
     /// The bound TCP address (useful when port 0 was asked for).
@@ -263,9 +280,7 @@ mod tests {
         // A socket file nobody listens on any more.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         let spec = ListenSocket::Unix(path.clone());
-        let l = MilterListener::bind(&spec, 0o600, std::future::pending())
-            .await
-            .unwrap();
+        let (l, _stop) = MilterListener::bind(&spec, 0o600).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         drop(l);
@@ -278,10 +293,7 @@ mod tests {
         let path = dir.path().join("m.sock");
         let _live = UnixListener::bind(&path).unwrap();
         let spec = ListenSocket::Unix(path.clone());
-        let err = MilterListener::bind(&spec, 0o600, std::future::pending())
-            .await
-            .err()
-            .unwrap();
+        let err = MilterListener::bind(&spec, 0o600).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
@@ -289,10 +301,7 @@ mod tests {
     async fn regular_file_is_not_replaced() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let spec = ListenSocket::Unix(file.path().to_owned());
-        let err = MilterListener::bind(&spec, 0o600, std::future::pending())
-            .await
-            .err()
-            .unwrap();
+        let err = MilterListener::bind(&spec, 0o600).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
     }
 }

@@ -1,0 +1,375 @@
+//! In-process stage tests: an indymilter-test client plays the MTA against the real milter door
+//! and engine, each test with its own small config.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use indymilter_test::{MacroStage, ProtoOpts, Status, TestConnection};
+use postern::config::Config;
+use postern::engine::Engine;
+use postern::milter::socket::{ListenSocket, MilterListener};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Milter {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Milter {
+    async fn start(config: &str) -> Self {
+        let config = Config::parse(config, "test.toml").expect("test config is valid");
+        let engine = Arc::new(Engine::new(config.policy));
+        let spec = ListenSocket::Inet {
+            host: "127.0.0.1".into(),
+            port: 0,
+        };
+        let (listener, stop) = MilterListener::bind(&spec, 0o600).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let settings = config.milter;
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            postern::milter::serve(engine, &settings, listener, stop, shutdown).await
+        });
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    async fn open(&self) -> TestConnection {
+        TestConnection::open(self.addr).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn client(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), 40000)
+}
+
+fn reply_text(status: &Status) -> String {
+    match status {
+        Status::Reject { message: Some(m) } | Status::Tempfail { message: Some(m) } => {
+            m.to_string_lossy().into_owned()
+        }
+        other => panic!("expected a refusal with a reply, got {other:?}"),
+    }
+}
+
+async fn send_message(conn: &mut TestConnection) -> (indymilter_test::EomActions, Status) {
+    assert_eq!(
+        conn.mail(["<a@sender.example>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<b@rcpt.example>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(conn.data().await.unwrap(), Status::Continue);
+    assert_eq!(
+        conn.header("Subject", " hello").await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
+    assert_eq!(conn.body("body line\r\n").await.unwrap(), Status::Continue);
+    conn.eom().await.unwrap()
+}
+
+#[tokio::test]
+async fn clean_message_passes_without_edits() {
+    let milter = Milter::start("").await;
+    let mut conn = milter.open().await;
+    assert!(
+        conn.requested_macros()[&MacroStage::Connect]
+            .to_str()
+            .unwrap()
+            .contains("{client_addr}")
+    );
+    assert!(
+        conn.requested_macros()[&MacroStage::Helo]
+            .to_str()
+            .unwrap()
+            .contains("{tls_version}")
+    );
+    assert!(conn.negotiated_opts().contains(ProtoOpts::LEADING_SPACE));
+    assert_eq!(
+        conn.connect("client.example", client("198.51.100.1"))
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    assert_eq!(conn.helo("client.example").await.unwrap(), Status::Continue);
+    let (actions, status) = send_message(&mut conn).await;
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.actions.is_empty(),
+        "untouched message gets no edits: {actions:?}"
+    );
+    conn.close().await.unwrap();
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_ip_gets_configured_reply_at_connect() {
+    let milter = Milter::start(
+        r#"
+        [connection]
+        ip_address_rejection = ["192.0.2.0/24", "2001:db8::/32"]
+        ip_address_rejection_reply = "550 5.7.1 You are not welcome here"
+        "#,
+    )
+    .await;
+    let mut conn = milter.open().await;
+    let status = conn
+        .connect("bad.example", client("192.0.2.10"))
+        .await
+        .unwrap();
+    assert_eq!(reply_text(&status), "550 5.7.1 You are not welcome here");
+
+    let mut conn6 = milter.open().await;
+    let status = conn6
+        .connect("bad6.example", client("2001:db8::25"))
+        .await
+        .unwrap();
+    assert!(reply_text(&status).starts_with("550 5.7.1"));
+
+    let mut good = milter.open().await;
+    let status = good
+        .connect("good.example", client("198.51.100.7"))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Continue);
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn delayed_rejection_is_delivered_at_rcpt() {
+    let milter = Milter::start(
+        r#"
+        [connection]
+        delayed_rejection_state = "rcpt"
+        ip_address_rejection = ["192.0.2.10"]
+        "#,
+    )
+    .await;
+    let mut conn = milter.open().await;
+    assert_eq!(
+        conn.connect("bad.example", client("192.0.2.10"))
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    assert_eq!(conn.helo("bad.example").await.unwrap(), Status::Continue);
+    assert_eq!(
+        conn.mail(["<a@sender.example>"]).await.unwrap(),
+        Status::Continue
+    );
+    let status = conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+    assert!(
+        reply_text(&status).starts_with("554 5.7.1 Client host rejected"),
+        "{status:?}"
+    );
+    // Every further recipient gets the same answer.
+    let status = conn.rcpt(["<c@rcpt.example>"]).await.unwrap();
+    assert!(reply_text(&status).starts_with("554 5.7.1"));
+    conn.abort().await.unwrap();
+    conn.close().await.unwrap();
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_commands_drop_the_client_at_the_limit() {
+    let milter = Milter::start("[exploit_detection]\nmax_invalid_commands = 3\n").await;
+    let mut conn = milter.open().await;
+    conn.connect("c.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    assert_eq!(conn.unknown("FOO").await.unwrap(), Status::Continue);
+    assert_eq!(conn.unknown("BAR x").await.unwrap(), Status::Continue);
+    let status = conn.unknown("BAZ").await.unwrap();
+    assert!(matches!(status, Status::Tempfail { .. }));
+    assert!(reply_text(&status).starts_with("421 4.7.0"), "{status:?}");
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn trace_header_names_the_verdict() {
+    let milter = Milter::start(
+        "hostname = \"mx.test\"\n[scan]\ntrace_header = true\ntrace_header_name = \"X-Trace\"\n",
+    )
+    .await;
+    let mut conn = milter.open().await;
+    conn.connect("c.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    let (actions, status) = send_message(&mut conn).await;
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.has_add_header("X-Trace", "continue; by mx.test"),
+        "{actions:?}"
+    );
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused_with_552() {
+    let milter = Milter::start("[scan]\nmax_message_size = 100\nmessage_memory_limit = 10\n").await;
+    let mut conn = milter.open().await;
+    conn.connect("c.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    conn.mail(["<a@sender.example>"]).await.unwrap();
+    conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+    conn.data().await.unwrap();
+    conn.header("Subject", " big").await.unwrap();
+    conn.eoh().await.unwrap();
+    let status = conn.body(vec![b'x'; 200]).await.unwrap();
+    assert!(reply_text(&status).starts_with("552 5.3.4"), "{status:?}");
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn spool_failure_gets_the_scan_failure_action() {
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[scan]\nmessage_memory_limit = 10\nspool_directory = {:?}\n",
+        spool.path()
+    );
+    let milter = Milter::start(&config).await;
+    // The spool directory disappears under the running milter (a cleaner, a full disk...).
+    drop(spool);
+    let mut conn = milter.open().await;
+    conn.connect("c.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    conn.mail(["<a@sender.example>"]).await.unwrap();
+    conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+    conn.data().await.unwrap();
+    let status = conn
+        .header("Subject", " more than ten bytes")
+        .await
+        .unwrap();
+    assert_eq!(
+        reply_text(&status),
+        "451 4.3.0 Message could not be scanned, try again later"
+    );
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn scan_failure_action_reject_and_allow() {
+    for (action, expect) in [("reject", Some("554 5.3.0")), ("allow", None)] {
+        let spool = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[scan]\nscan_failure_action = {action:?}\nmessage_memory_limit = 10\nspool_directory = {:?}\n",
+            spool.path()
+        );
+        let milter = Milter::start(&config).await;
+        drop(spool);
+        let mut conn = milter.open().await;
+        conn.connect("c.example", client("198.51.100.1"))
+            .await
+            .unwrap();
+        conn.mail(["<a@sender.example>"]).await.unwrap();
+        conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+        conn.data().await.unwrap();
+        let status = conn
+            .header("Subject", " more than ten bytes")
+            .await
+            .unwrap();
+        match expect {
+            Some(prefix) => assert!(reply_text(&status).starts_with(prefix), "{status:?}"),
+            None => {
+                assert_eq!(status, Status::Continue);
+                conn.eoh().await.unwrap();
+                conn.body("rest\r\n").await.unwrap();
+                let (_, status) = conn.eom().await.unwrap();
+                assert_eq!(status, Status::Continue, "allow lets the message through");
+            }
+        }
+        milter.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_packet_closes_the_connection_and_the_milter_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let milter = Milter::start("").await;
+    // An absurd packet length (2 GiB) must not make the milter allocate it.
+    let mut raw = tokio::net::TcpStream::connect(milter.addr).await.unwrap();
+    raw.write_all(&0x8000_0000u32.to_be_bytes()).await.unwrap();
+    raw.write_all(b"O").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("milter closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing is answered to a malformed packet");
+    // Garbage command byte.
+    let mut raw = tokio::net::TcpStream::connect(milter.addr).await.unwrap();
+    raw.write_all(&[0, 0, 0, 1, b'#']).await.unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .expect("milter closes the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Still serving.
+    let mut conn = milter.open().await;
+    assert_eq!(
+        conn.connect("c.example", client("198.51.100.1"))
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_message_in_flight() {
+    let milter = Milter::start("").await;
+    let mut conn = milter.open().await;
+    conn.connect("c.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    conn.mail(["<a@sender.example>"]).await.unwrap();
+    conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+    let Milter {
+        addr,
+        mut shutdown,
+        task,
+    } = milter;
+    shutdown.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !task.is_finished(),
+        "milter waits for the message in flight"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections once stopping"
+    );
+    conn.data().await.unwrap();
+    conn.header("Subject", " x").await.unwrap();
+    conn.eoh().await.unwrap();
+    conn.body("b\r\n").await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    assert_eq!(
+        status,
+        Status::Continue,
+        "in-flight message finishes normally"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("milter exits once idle")
+        .unwrap()
+        .unwrap();
+}
