@@ -43,8 +43,9 @@ impl Engine {
         self.policy.store(Arc::new(policy));
     }
 
-    /// A new session under the current policy.
-    pub fn session(&self) -> Session {
-        Session::new(self.policy())
+    /// A new session under the current policy, for a door that can first show the client a
+    /// reply of its own at `first_reply_stage`.
+    pub fn session(&self, first_reply_stage: Stage) -> Session {
+        Session::new(self.policy(), first_reply_stage)
     }
 }

@@ -82,6 +82,9 @@ pub struct Session {
     helo: Option<String>,
     tls: Option<TlsInfo>,
     authenticated: Option<String>,
+    /// Where a refusal reached at connect is delivered: the configured delayed rejection
+    /// state, or later when the door cannot show a reply earlier.
+    reply_stage: Stage,
     held: Option<Held>,
     invalid_commands: u32,
     messages: u32,
@@ -90,9 +93,12 @@ pub struct Session {
 
 impl Session {
     /// A new session judged by `policy` for its whole life, even across reloads.
-    pub fn new(policy: Arc<Policy>) -> Self {
+    /// `first_reply_stage` is the earliest stage at which the door can show the client a reply
+    /// of the policy's own (a milter's connect-stage reply is replaced by the MTA's).
+    pub fn new(policy: Arc<Policy>, first_reply_stage: Stage) -> Self {
         Self {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            reply_stage: policy.delayed_rejection_state.max(first_reply_stage),
             policy,
             client: ClientInfo::default(),
             helo: None,
@@ -127,8 +133,8 @@ impl Session {
         let policy = self.policy.clone();
         let checked = guarded(&policy, "connect", async { Ok(self.connection_checks()) }).await;
         match checked {
-            Some((check, verdict)) if policy.delayed_rejection_state != Stage::None => {
-                info!(session = self.id, check, %verdict, until = %policy.delayed_rejection_state, "verdict held");
+            Some((check, verdict)) if self.reply_stage != Stage::None => {
+                info!(session = self.id, check, %verdict, until = %self.reply_stage, "verdict held");
                 self.held = Some(Held { verdict, check });
                 Verdict::Continue
             }
@@ -314,7 +320,7 @@ impl Session {
     /// The held verdict, if the conversation has reached the stage where it is delivered.
     fn held_at(&self, stage: Stage) -> Option<Verdict> {
         let held = self.held.as_ref()?;
-        (stage >= self.policy.delayed_rejection_state).then(|| {
+        (stage >= self.reply_stage).then(|| {
             info!(session = self.id, check = held.check, verdict = %held.verdict, %stage, "refused (delayed)");
             held.verdict.clone()
         })
@@ -355,5 +361,79 @@ async fn guarded(
     match policy.scan_failure_action.verdict() {
         Verdict::Continue => None,
         verdict => Some(("scan_failure", verdict)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn session(config: &str, first_reply_stage: Stage) -> Session {
+        let policy = Config::parse(config, "test.toml").unwrap().policy;
+        Session::new(Arc::new(policy), first_reply_stage)
+    }
+
+    fn listed() -> ClientInfo {
+        ClientInfo {
+            addr: Some("192.0.2.10".parse().unwrap()),
+            name: None,
+        }
+    }
+
+    const LISTED: &str = "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n";
+
+    #[tokio::test]
+    async fn refusal_at_connect_when_the_door_can_show_it() {
+        let mut s = session(LISTED, Stage::None);
+        assert!(matches!(s.connect(listed()).await, Verdict::Reject(_)));
+    }
+
+    #[tokio::test]
+    async fn refusal_waits_for_the_first_stage_the_door_can_show() {
+        let mut s = session(LISTED, Stage::Helo);
+        assert_eq!(s.connect(listed()).await, Verdict::Continue);
+        assert!(matches!(s.helo("x").await, Verdict::Reject(_)));
+
+        // A client that never says HELO is refused at MAIL.
+        let mut s = session(LISTED, Stage::Helo);
+        assert_eq!(s.connect(listed()).await, Verdict::Continue);
+        assert!(matches!(s.mail("a@b.example").await, Verdict::Reject(_)));
+        assert!(!s.in_transaction());
+    }
+
+    #[tokio::test]
+    async fn delayed_rejection_state_data() {
+        let mut s = session(
+            &format!("{LISTED}delayed_rejection_state = \"data\"\n"),
+            Stage::Helo,
+        );
+        assert_eq!(s.connect(listed()).await, Verdict::Continue);
+        assert_eq!(s.helo("x").await, Verdict::Continue);
+        assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
+        assert_eq!(s.rcpt("c@d.example").await, Verdict::Continue);
+        assert_eq!(s.rcpt("e@d.example").await, Verdict::Continue);
+        assert!(matches!(s.data().await, Verdict::Reject(_)));
+    }
+
+    #[tokio::test]
+    async fn unlisted_client_passes_every_stage() {
+        let mut s = session(LISTED, Stage::Helo);
+        let ok = ClientInfo {
+            addr: Some("198.51.100.1".parse().unwrap()),
+            name: None,
+        };
+        assert_eq!(s.connect(ok).await, Verdict::Continue);
+        assert_eq!(s.helo("x").await, Verdict::Continue);
+        assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
+        assert_eq!(s.rcpt("c@d.example").await, Verdict::Continue);
+        assert_eq!(s.data().await, Verdict::Continue);
+        assert_eq!(
+            s.message_data(b"Subject: x\r\n\r\nbody\r\n").await,
+            Verdict::Continue
+        );
+        let outcome = s.end_of_message().await;
+        assert_eq!(outcome.verdict, Verdict::Continue);
+        assert!(outcome.edits.is_empty());
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::MilterSettings;
-use crate::engine::{ClientInfo, Edits, Engine, HeaderEdit, Session, TlsInfo, Verdict};
+use crate::engine::{ClientInfo, Edits, Engine, HeaderEdit, Session, Stage, TlsInfo, Verdict};
 use socket::{ListenSocket, MilterListener, StopListening};
 
 /// Macros Postern asks the MTA for, by stage. Postfix sends only what is asked for.
@@ -36,6 +36,11 @@ const MACROS: &[(MacroStage, &str)] = &[
     (MacroStage::Data, "i"),
     (MacroStage::Eom, "i"),
 ];
+
+/// Postfix answers a milter's refusal at connect with its own "554 ... not accepting
+/// connections" (or 421), dropping the milter's text; from HELO on it passes the text through.
+/// Connect-stage refusals are therefore delivered at HELO (or the first later stage).
+const FIRST_REPLY_STAGE: Stage = Stage::Helo;
 
 /// Counts messages in progress, so that shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -202,7 +207,7 @@ async fn negotiate(
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
     }
     cx.data = Some(Conn {
-        session: engine.session(),
+        session: engine.session(FIRST_REPLY_STAGE),
         in_flight,
         in_message: false,
         leading_space,
