@@ -1,5 +1,6 @@
 //! The `postern` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
                     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

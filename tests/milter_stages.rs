@@ -118,8 +118,9 @@ async fn clean_message_passes_without_edits() {
     milter.stop().await;
 }
 
+/// Postfix replaces a reply given at connect with its own text, so the refusal comes at HELO.
 #[tokio::test]
-async fn rejected_ip_gets_configured_reply_at_connect() {
+async fn rejected_ip_gets_configured_reply_at_helo() {
     let milter = Milter::start(
         r#"
         [connection]
@@ -133,21 +134,32 @@ async fn rejected_ip_gets_configured_reply_at_connect() {
         .connect("bad.example", client("192.0.2.10"))
         .await
         .unwrap();
+    assert_eq!(status, Status::Continue);
+    let status = conn.helo("bad.example").await.unwrap();
+    assert_eq!(reply_text(&status), "550 5.7.1 You are not welcome here");
+
+    // A client that never says HELO is refused at MAIL.
+    let mut no_helo = milter.open().await;
+    no_helo
+        .connect("bad.example", client("192.0.2.11"))
+        .await
+        .unwrap();
+    let status = no_helo.mail(["<a@sender.example>"]).await.unwrap();
     assert_eq!(reply_text(&status), "550 5.7.1 You are not welcome here");
 
     let mut conn6 = milter.open().await;
-    let status = conn6
+    conn6
         .connect("bad6.example", client("2001:db8::25"))
         .await
         .unwrap();
+    let status = conn6.helo("bad6.example").await.unwrap();
     assert!(reply_text(&status).starts_with("550 5.7.1"));
 
     let mut good = milter.open().await;
-    let status = good
-        .connect("good.example", client("198.51.100.7"))
+    good.connect("good.example", client("198.51.100.7"))
         .await
         .unwrap();
-    assert_eq!(status, Status::Continue);
+    assert_eq!(good.helo("good.example").await.unwrap(), Status::Continue);
     milter.stop().await;
 }
 

@@ -1,0 +1,324 @@
+//! A private mail environment on loopback for end-to-end tests: smtp-sink, Postern and a
+//! real Postfix whose smtpd_milters points at Postern, all started by the scripts in
+//! `integration/`. Dropping the environment stops everything; when a test failed, the logs of
+//! all three are printed.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const POSTERN: &str = env!("CARGO_BIN_EXE_postern");
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration")
+        .join(name)
+}
+
+/// Runs an integration script, panicking with its output when it fails.
+fn run_script(name: &str, args: &[&str]) {
+    let out = Command::new(script(name))
+        .args(args)
+        .env("POSTERN_BIN", POSTERN)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run integration/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "integration/{name} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Installs Postfix and swaks if missing (once per test binary).
+pub fn install_deps() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| run_script("install-deps", &[]));
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How Postfix reaches Postern.
+#[derive(Clone, Copy, Debug)]
+pub enum Socket {
+    Unix,
+    Inet,
+}
+
+pub struct MailEnv {
+    pub dir: tempfile::TempDir,
+    pub smtp_port: u16,
+    pub sink_port: u16,
+    pub milter: String,
+    pub config: PathBuf,
+    postern_running: bool,
+}
+
+impl MailEnv {
+    /// Starts sink, Postern (with `config` as its config file) and Postfix.
+    pub fn start(socket: Socket, config: &str) -> Self {
+        Self::start_with(socket, config, "tempfail")
+    }
+
+    pub fn start_with(socket: Socket, config: &str, default_action: &str) -> Self {
+        install_deps();
+        let dir = tempfile::Builder::new()
+            .prefix("postern-e2e.")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_owned();
+        let milter = match socket {
+            Socket::Unix => format!("unix:{}", root.join("postern.sock").display()),
+            Socket::Inet => format!("inet:127.0.0.1:{}", free_port()),
+        };
+        // Postfix's smtpd runs as user postfix: it must reach the socket in this directory.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let config_path = root.join("postern.toml");
+        std::fs::write(&config_path, Self::with_socket_mode(config)).unwrap();
+        let env = Self {
+            smtp_port: free_port(),
+            sink_port: free_port(),
+            milter,
+            config: config_path,
+            dir,
+            postern_running: false,
+        };
+        let mut env = env;
+        run_script(
+            "sink",
+            &["start", &env.path("sink"), &env.sink_port.to_string()],
+        );
+        env.start_postern();
+        run_script(
+            "postfix",
+            &[
+                "start",
+                &env.path("postfix"),
+                &env.smtp_port.to_string(),
+                &env.sink_port.to_string(),
+                &env.milter,
+                default_action,
+            ],
+        );
+        env
+    }
+
+    /// Test configs get a world-connectable socket unless they set [milter] themselves (a
+    /// real installation runs Postern as, or in the group of, the postfix user instead).
+    pub fn with_socket_mode(config: &str) -> String {
+        if config.contains("[milter]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[milter]\nsocket_mode = \"0666\"\n")
+        }
+    }
+
+    /// Replaces Postern's config file (before a SIGHUP).
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(&self.config, Self::with_socket_mode(config)).unwrap();
+    }
+
+    pub fn path(&self, sub: &str) -> String {
+        self.dir.path().join(sub).display().to_string()
+    }
+
+    pub fn start_postern(&mut self) {
+        let config = self.config.display().to_string();
+        run_script(
+            "postern",
+            &["start", &self.path("postern"), &self.milter, &config],
+        );
+        self.postern_running = true;
+    }
+
+    pub fn stop_postern(&mut self) {
+        run_script("postern", &["stop", &self.path("postern")]);
+        self.postern_running = false;
+    }
+
+    pub fn hup_postern(&self) {
+        run_script("postern", &["hup", &self.path("postern")]);
+    }
+
+    pub fn postern_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postern/postern.log")).unwrap_or_default()
+    }
+
+    /// Waits until Postern's log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.postern_log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "Postern never logged {needle:?}; log:\n{}",
+                self.postern_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs swaks against Postfix with the given extra arguments.
+    pub fn swaks(&self, args: &[&str]) -> Output {
+        Command::new("swaks")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &self.smtp_port.to_string(),
+            ])
+            .args(["--timeout", "20", "--helo", "client.postern.test"])
+            .args(args)
+            .output()
+            .expect("swaks runs")
+    }
+
+    /// Messages the sink holds now, sorted by name.
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("sink/mail"))
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    /// Waits for `n` messages at the sink.
+    pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.delivered();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} message(s) reached the sink",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asserts that nothing reaches the sink within a short while.
+    pub fn assert_nothing_delivered(&self) {
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(self.delivered().is_empty(), "a message reached the sink");
+    }
+
+    /// A raw SMTP client to Postfix.
+    pub fn smtp(&self) -> Smtp {
+        Smtp::connect(self.smtp_port)
+    }
+}
+
+impl Drop for MailEnv {
+    fn drop(&mut self) {
+        let _ = Command::new(script("postfix"))
+            .args(["stop", &self.path("postfix")])
+            .output();
+        if self.postern_running {
+            let _ = Command::new(script("postern"))
+                .args(["stop", &self.path("postern")])
+                .output();
+        }
+        let _ = Command::new(script("sink"))
+            .args(["stop", &self.path("sink")])
+            .output();
+        if std::thread::panicking() {
+            eprintln!("--- postern.log ---\n{}", self.postern_log());
+            let maillog = std::fs::read_to_string(self.dir.path().join("postfix/maillog"))
+                .unwrap_or_default();
+            let tail: Vec<_> = maillog.lines().rev().take(30).collect();
+            eprintln!("--- maillog (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A minimal line-based SMTP client for conversations swaks cannot script.
+pub struct Smtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Smtp {
+    pub fn connect(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut s = Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        let banner = s.read_reply().expect("banner");
+        assert!(banner.starts_with("220"), "banner: {banner}");
+        s
+    }
+
+    /// Reads one (possibly multi-line) reply; `None` when the server closed the connection.
+    pub fn read_reply(&mut self) -> Option<String> {
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return (!reply.is_empty()).then_some(reply);
+            }
+            reply.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Some(reply);
+            }
+        }
+    }
+
+    /// Sends a command line and returns the reply.
+    pub fn command(&mut self, line: &str) -> Option<String> {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .ok()?;
+        self.read_reply()
+    }
+
+    /// A whole transaction: EHLO, MAIL, RCPT, DATA with `message` dot-stuffed. Returns the
+    /// reply to the end of data.
+    pub fn send(&mut self, from: &str, to: &str, message: &[u8]) -> String {
+        let ehlo = self.command("EHLO client.postern.test").unwrap();
+        assert!(ehlo.starts_with("250"), "EHLO: {ehlo}");
+        let r = self.command(&format!("MAIL FROM:<{from}>")).unwrap();
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        let r = self.command(&format!("RCPT TO:<{to}>")).unwrap();
+        assert!(r.starts_with("250"), "RCPT: {r}");
+        let r = self.command("DATA").unwrap();
+        assert!(r.starts_with("354"), "DATA: {r}");
+        let mut wire = Vec::with_capacity(message.len() + 16);
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(b".") {
+                wire.push(b'.');
+            }
+            wire.extend_from_slice(line);
+        }
+        wire.extend_from_slice(b".\r\n");
+        self.writer.write_all(&wire).unwrap();
+        self.read_reply().expect("reply to end of data")
+    }
+
+    /// True when the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
