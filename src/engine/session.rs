@@ -56,8 +56,8 @@ struct Transaction {
     recipients: Vec<String>,
     queue_id: Option<String>,
     message: Option<MessageBuffer>,
-    /// Set when buffering failed; the message gets the scan failure action at its end.
-    failure: Option<String>,
+    /// Set when the message could not be held (too big, spool failure): its final verdict.
+    failure: Option<Verdict>,
 }
 
 impl Transaction {
@@ -201,12 +201,14 @@ impl Session {
         Verdict::Continue
     }
 
-    /// Raw message bytes (header and body as on the wire, CRLF line ends), in order.
+    /// Raw message bytes (header and body as on the wire, CRLF line ends), in order. A
+    /// refusal here (too big, cannot be held) is repeated for every later call and at end of
+    /// message, so a door that cannot answer every call still delivers it.
     pub async fn message_data(&mut self, bytes: &[u8]) -> Verdict {
         let limits = &self.policy.message_limits;
         let tx = self.tx.get_or_insert_with(|| Transaction::new(""));
-        if tx.failure.is_some() {
-            return Verdict::Continue;
+        if let Some(failed) = &tx.failure {
+            return failed.clone();
         }
         let buffer = tx
             .message
@@ -226,14 +228,14 @@ impl Session {
             ),
             Err(e) => {
                 warn!(session = self.id, error = %e, action = ?self.policy.scan_failure_action, "scan failure");
-                tx.failure = Some(e.to_string());
                 ("scan_failure", self.policy.scan_failure_action.verdict())
             }
         };
-        if verdict != Verdict::Continue
-            && let Some(tx) = self.tx.take()
-        {
-            self.log_message(&tx, &verdict, reason);
+        tx.failure = Some(verdict.clone());
+        // Nothing more is kept of this message; the verdict stands until its end.
+        tx.message = None;
+        if verdict != Verdict::Continue {
+            info!(session = self.id, reason, %verdict, "message refused before its end");
         }
         verdict
     }
@@ -250,7 +252,7 @@ impl Session {
         self.messages += 1;
         let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
             (Some(held), _) => ("held", held),
-            (None, Some(_)) => ("scan_failure", policy.scan_failure_action.verdict()),
+            (None, Some(failed)) => ("refused_before_end", failed),
             (None, None) => guarded(&policy, "message", async { Ok(None) })
                 .await
                 .unwrap_or(("end_of_message", Verdict::Continue)),

@@ -87,6 +87,9 @@ struct Conn {
     /// The MTA sends header values with their leading space (SMFIP_HDR_LEADSPC), so the
     /// header can be rebuilt exactly as it came.
     leading_space: bool,
+    /// The MTA does not wait for an answer to each header field (SMFIP_NR_HDR); a refusal
+    /// reached during the header is given at end of header instead.
+    noreply_header: bool,
 }
 
 impl Conn {
@@ -94,6 +97,15 @@ impl Conn {
         if !self.in_message {
             self.in_message = true;
             self.in_flight.begin();
+        }
+    }
+
+    /// After a refusal at DATA, end of header or body the MTA drops the message and the
+    /// milter protocol sends no abort for it: the transaction ends here.
+    fn end_if_refused(&mut self, verdict: &Verdict) {
+        if verdict.reply().is_some() || *verdict == Verdict::Discard {
+            self.session.reset();
+            self.end_message();
         }
     }
 
@@ -199,9 +211,8 @@ async fn negotiate(
 ) -> Status {
     cx.requested_actions &= actions;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
-    if leading_space {
-        cx.requested_opts |= ProtoOpts::LEADING_SPACE;
-    }
+    let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
+    cx.requested_opts |= opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::NOREPLY_HEADER);
     for (stage, names) in MACROS {
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
@@ -211,6 +222,7 @@ async fn negotiate(
         in_flight,
         in_message: false,
         leading_space,
+        noreply_header,
     });
     Status::Continue
 }
@@ -289,23 +301,39 @@ async fn data(cx: &mut Context<Conn>) -> Status {
         if let Some(id) = queue_id {
             conn.session.set_queue_id(&id);
         }
-        conn.session.data().await
+        let verdict = conn.session.data().await;
+        conn.end_if_refused(&verdict);
+        verdict
     })
 }
 
 async fn header(cx: &mut Context<Conn>, name: CString, value: CString) -> Status {
-    with_session!(cx, |conn| {
-        let line = header_line(name.as_bytes(), value.as_bytes(), conn.leading_space);
-        conn.session.message_data(&line).await
-    })
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let line = header_line(name.as_bytes(), value.as_bytes(), conn.leading_space);
+    let verdict = conn.session.message_data(&line).await;
+    if conn.noreply_header {
+        // The engine repeats a refusal at end of header, where the MTA listens again.
+        return Status::Noreply;
+    }
+    answer(&mut cx.reply, verdict)
 }
 
 async fn eoh(cx: &mut Context<Conn>) -> Status {
-    with_session!(cx, |conn| conn.session.message_data(b"\r\n").await)
+    with_session!(cx, |conn| {
+        let verdict = conn.session.message_data(b"\r\n").await;
+        conn.end_if_refused(&verdict);
+        verdict
+    })
 }
 
 async fn body(cx: &mut Context<Conn>, chunk: Bytes) -> Status {
-    with_session!(cx, |conn| conn.session.message_data(&chunk).await)
+    with_session!(cx, |conn| {
+        let verdict = conn.session.message_data(&chunk).await;
+        conn.end_if_refused(&verdict);
+        verdict
+    })
 }
 
 async fn eom(cx: &mut EomContext<Conn>) -> Status {
