@@ -65,6 +65,7 @@ fn reply_text(status: &Status) -> String {
     }
 }
 
+/// A whole message; the MTA does not wait for answers to header, end of header and body.
 async fn send_message(conn: &mut TestConnection) -> (indymilter_test::EomActions, Status) {
     assert_eq!(
         conn.mail(["<a@sender.example>"]).await.unwrap(),
@@ -79,8 +80,8 @@ async fn send_message(conn: &mut TestConnection) -> (indymilter_test::EomActions
         conn.header("Subject", " hello").await.unwrap(),
         Status::Noreply
     );
-    assert_eq!(conn.eoh().await.unwrap(), Status::Continue);
-    assert_eq!(conn.body("body line\r\n").await.unwrap(), Status::Continue);
+    assert_eq!(conn.eoh().await.unwrap(), Status::Noreply);
+    assert_eq!(conn.body("body line\r\n").await.unwrap(), Status::Noreply);
     conn.eom().await.unwrap()
 }
 
@@ -105,7 +106,7 @@ async fn clean_message_passes_without_edits() {
         conn.connect("client.example", client("198.51.100.1"))
             .await
             .unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     assert_eq!(conn.helo("client.example").await.unwrap(), Status::Continue);
     let (actions, status) = send_message(&mut conn).await;
@@ -134,7 +135,11 @@ async fn rejected_ip_gets_configured_reply_at_helo() {
         .connect("bad.example", client("192.0.2.10"))
         .await
         .unwrap();
-    assert_eq!(status, Status::Continue);
+    assert_eq!(
+        status,
+        Status::Noreply,
+        "Postfix does not wait for an answer at connect"
+    );
     let status = conn.helo("bad.example").await.unwrap();
     assert_eq!(reply_text(&status), "550 5.7.1 You are not welcome here");
 
@@ -178,7 +183,7 @@ async fn delayed_rejection_is_delivered_at_rcpt() {
         conn.connect("bad.example", client("192.0.2.10"))
             .await
             .unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     assert_eq!(conn.helo("bad.example").await.unwrap(), Status::Continue);
     assert_eq!(
@@ -244,9 +249,9 @@ async fn oversized_message_is_refused_with_552() {
     conn.data().await.unwrap();
     conn.header("Subject", " big").await.unwrap();
     conn.eoh().await.unwrap();
-    let status = conn.body(vec![b'x'; 200]).await.unwrap();
+    assert_eq!(conn.body(vec![b'x'; 200]).await.unwrap(), Status::Noreply);
+    let (_, status) = conn.eom().await.unwrap();
     assert!(reply_text(&status).starts_with("552 5.3.4"), "{status:?}");
-    conn.abort().await.unwrap();
     milter.stop().await;
 }
 
@@ -267,18 +272,56 @@ async fn spool_failure_gets_the_scan_failure_action() {
     conn.mail(["<a@sender.example>"]).await.unwrap();
     conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
     conn.data().await.unwrap();
-    // Postfix does not wait for answers to header fields; the refusal comes at end of header.
-    let status = conn
-        .header("Subject", " more than ten bytes")
+    // Postfix does not wait for answers within the message; the refusal comes at its end.
+    conn.header("Subject", " more than ten bytes")
         .await
         .unwrap();
-    assert_eq!(status, Status::Noreply);
-    let status = conn.eoh().await.unwrap();
+    conn.eoh().await.unwrap();
+    conn.body("body\r\n").await.unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
     assert_eq!(
         reply_text(&status),
         "451 4.3.0 Message could not be scanned, try again later"
     );
-    conn.abort().await.unwrap();
+    assert!(actions.actions.is_empty());
+    milter.stop().await;
+}
+
+/// An MTA that waits for an answer at every stage (no SMFIP_NR_* offered) hears the refusal
+/// at the first stage after the failure.
+#[tokio::test]
+async fn refusal_comes_early_when_the_mta_waits_for_every_answer() {
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[scan]\nmessage_memory_limit = 10\nspool_directory = {:?}\n",
+        spool.path()
+    );
+    let milter = Milter::start(&config).await;
+    drop(spool);
+    let offered = ProtoOpts::all()
+        - (ProtoOpts::NOREPLY_CONNECT
+            | ProtoOpts::NOREPLY_HEADER
+            | ProtoOpts::NOREPLY_EOH
+            | ProtoOpts::NOREPLY_BODY);
+    let mut conn = TestConnection::configure()
+        .available_opts(offered)
+        .open_tcp(milter.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.connect("c.example", client("198.51.100.1"))
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    conn.mail(["<a@sender.example>"]).await.unwrap();
+    conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+    conn.data().await.unwrap();
+    let status = conn
+        .header("Subject", " more than ten bytes")
+        .await
+        .unwrap();
+    assert!(reply_text(&status).starts_with("451 4.3.0"), "{status:?}");
     milter.stop().await;
 }
 
@@ -302,18 +345,12 @@ async fn scan_failure_action_reject_and_allow() {
         conn.header("Subject", " more than ten bytes")
             .await
             .unwrap();
-        let status = conn.eoh().await.unwrap();
+        conn.eoh().await.unwrap();
+        conn.body("rest\r\n").await.unwrap();
+        let (_, status) = conn.eom().await.unwrap();
         match expect {
-            Some(prefix) => {
-                assert!(reply_text(&status).starts_with(prefix), "{status:?}");
-                conn.abort().await.unwrap();
-            }
-            None => {
-                assert_eq!(status, Status::Continue);
-                conn.body("rest\r\n").await.unwrap();
-                let (_, status) = conn.eom().await.unwrap();
-                assert_eq!(status, Status::Continue, "allow lets the message through");
-            }
+            Some(prefix) => assert!(reply_text(&status).starts_with(prefix), "{status:?}"),
+            None => assert_eq!(status, Status::Continue, "allow lets the message through"),
         }
         milter.stop().await;
     }
@@ -347,7 +384,7 @@ async fn malformed_packet_closes_the_connection_and_the_milter_keeps_serving() {
         conn.connect("c.example", client("198.51.100.1"))
             .await
             .unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     milter.stop().await;
 }

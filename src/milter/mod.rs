@@ -42,6 +42,15 @@ const MACROS: &[(MacroStage, &str)] = &[
 /// Connect-stage refusals are therefore delivered at HELO (or the first later stage).
 const FIRST_REPLY_STAGE: Stage = Stage::Helo;
 
+/// Stages at which Postern asks the MTA not to wait for an answer, when the MTA offers it:
+/// each one saves a round trip per message. Nothing is lost: the engine never refuses at
+/// connect in this door (see [`FIRST_REPLY_STAGE`]), and a refusal reached in the header or
+/// body stays pending in the engine and is given at end of message.
+const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH)
+    .union(ProtoOpts::NOREPLY_BODY);
+
 /// Counts messages in progress, so that shutdown can wait for them.
 #[derive(Debug, Default)]
 pub struct InFlight {
@@ -87,9 +96,8 @@ struct Conn {
     /// The MTA sends header values with their leading space (SMFIP_HDR_LEADSPC), so the
     /// header can be rebuilt exactly as it came.
     leading_space: bool,
-    /// The MTA does not wait for an answer to each header field (SMFIP_NR_HDR); a refusal
-    /// reached during the header is given at end of header instead.
-    noreply_header: bool,
+    /// Stages at which the MTA does not wait for an answer (see [`NOREPLY`]).
+    noreply: ProtoOpts,
 }
 
 impl Conn {
@@ -98,6 +106,16 @@ impl Conn {
             self.in_message = true;
             self.in_flight.begin();
         }
+    }
+
+    /// Answers a message-content stage, or stays silent when the MTA does not wait for an
+    /// answer there (the engine then repeats a refusal at end of message).
+    fn answer(&mut self, reply: &mut MilterReply, verdict: Verdict, noreply: ProtoOpts) -> Status {
+        if self.noreply.contains(noreply) {
+            return Status::Noreply;
+        }
+        self.end_if_refused(&verdict);
+        answer(reply, verdict)
     }
 
     /// After a refusal at DATA, end of header or body the MTA drops the message and the
@@ -211,8 +229,8 @@ async fn negotiate(
 ) -> Status {
     cx.requested_actions &= actions;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
-    let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
-    cx.requested_opts |= opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::NOREPLY_HEADER);
+    let noreply = opts & NOREPLY;
+    cx.requested_opts |= noreply | (opts & ProtoOpts::LEADING_SPACE);
     for (stage, names) in MACROS {
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
@@ -222,7 +240,7 @@ async fn negotiate(
         in_flight,
         in_message: false,
         leading_space,
-        noreply_header,
+        noreply,
     });
     Status::Continue
 }
@@ -313,27 +331,23 @@ async fn header(cx: &mut Context<Conn>, name: CString, value: CString) -> Status
     };
     let line = header_line(name.as_bytes(), value.as_bytes(), conn.leading_space);
     let verdict = conn.session.message_data(&line).await;
-    if conn.noreply_header {
-        // The engine repeats a refusal at end of header, where the MTA listens again.
-        return Status::Noreply;
-    }
-    answer(&mut cx.reply, verdict)
+    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_HEADER)
 }
 
 async fn eoh(cx: &mut Context<Conn>) -> Status {
-    with_session!(cx, |conn| {
-        let verdict = conn.session.message_data(b"\r\n").await;
-        conn.end_if_refused(&verdict);
-        verdict
-    })
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let verdict = conn.session.message_data(b"\r\n").await;
+    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_EOH)
 }
 
 async fn body(cx: &mut Context<Conn>, chunk: Bytes) -> Status {
-    with_session!(cx, |conn| {
-        let verdict = conn.session.message_data(&chunk).await;
-        conn.end_if_refused(&verdict);
-        verdict
-    })
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let verdict = conn.session.message_data(&chunk).await;
+    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_BODY)
 }
 
 async fn eom(cx: &mut EomContext<Conn>) -> Status {
