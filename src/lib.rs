@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod engine;
+pub mod logging;
 pub mod milter;
 pub mod reload;

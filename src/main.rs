@@ -1,6 +1,5 @@
 //! The `postern` command line.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,7 +7,6 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 use postern::config::{Config, DEFAULT_CONFIG_NAME};
 use postern::engine::Engine;
@@ -63,13 +61,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Milter { config, listen } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .init();
+            postern::logging::init();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -64,6 +64,11 @@ fn clean_message_arrives_unchanged(socket: Socket) {
         env.postern_log().contains("verdict=continue"),
         "Postern saw the message"
     );
+    assert!(
+        !env.postern_log().contains("WARN"),
+        "a clean conversation logs no warning:\n{}",
+        env.postern_log()
+    );
 }
 
 #[test]

@@ -108,8 +108,9 @@ impl Conn {
         }
     }
 
-    /// Answers a message-content stage, or stays silent when the MTA does not wait for an
-    /// answer there (the engine then repeats a refusal at end of message).
+    /// Answers a stage, or stays silent when the MTA does not wait for an answer there (see
+    /// [`NOREPLY`]: nothing is refused at connect, and the engine repeats a refusal reached
+    /// inside the message at its end).
     fn answer(&mut self, reply: &mut MilterReply, verdict: Verdict, noreply: ProtoOpts) -> Status {
         if self.noreply.contains(noreply) {
             return Status::Noreply;
@@ -271,10 +272,11 @@ async fn connect(cx: &mut Context<Conn>, host: CString, socket: SocketInfo) -> S
         .ok()
         .filter(|h| !h.is_empty() && *h != "unknown" && !h.starts_with('['))
         .map(str::to_owned);
-    with_session!(cx, |conn| conn
-        .session
-        .connect(ClientInfo { addr, name })
-        .await)
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let verdict = conn.session.connect(ClientInfo { addr, name }).await;
+    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_CONNECT)
 }
 
 async fn helo(cx: &mut Context<Conn>, name: CString) -> Status {
