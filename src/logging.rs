@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber, warn};
+use tracing::{Event, Level, Subscriber, debug, warn};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -40,20 +40,28 @@ impl<S: Subscriber> Layer<S> for MilterSessionErrors {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut message = MessageField(String::new());
         event.record(&mut message);
-        if let Some(error) = message.0.strip_prefix(SESSION_ERROR)
-            && error != "milter shut down"
-        {
-            let hint = if error.ends_with("invalid data") {
-                " (a packet longer than 1 MiB, or not a milter packet at all)"
-            } else {
-                ""
-            };
-            warn!(
-                target: "postern::milter",
-                error = format_args!("{error}{hint}"),
-                "MTA connection closed on a milter protocol error; the MTA applies milter_default_action to a message in progress"
-            );
+        let Some(error) = message.0.strip_prefix(SESSION_ERROR) else {
+            return;
+        };
+        if error == "milter shut down" {
+            return;
         }
+        // A peer that hangs up (a health check, or the MTA giving up) is no protocol error;
+        // one that does so mid-message is reported by the milter door's close callback.
+        if error.ends_with("unexpected end of file") {
+            debug!(target: "postern::milter", "MTA connection closed without QUIT");
+            return;
+        }
+        let hint = if error.ends_with("invalid data") {
+            " (a packet longer than 1 MiB, or not a milter packet at all)"
+        } else {
+            ""
+        };
+        warn!(
+            target: "postern::milter",
+            error = format_args!("{error}{hint}"),
+            "MTA connection closed on a milter protocol error; the MTA applies milter_default_action to a message in progress"
+        );
     }
 }
 
