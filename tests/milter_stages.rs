@@ -255,49 +255,51 @@ async fn oversized_message_is_refused_with_552() {
     milter.stop().await;
 }
 
-#[tokio::test]
-async fn spool_failure_gets_the_scan_failure_action() {
+/// A milter whose spool directory disappears under it (a cleaner, a full disk...): no message
+/// over 10 bytes can be held.
+async fn milter_with_vanished_spool(scan_settings: &str) -> Milter {
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
-        "[scan]\nmessage_memory_limit = 10\nspool_directory = {:?}\n",
+        "[scan]\n{scan_settings}message_memory_limit = 10\nspool_directory = {:?}\n",
         spool.path()
     );
     let milter = Milter::start(&config).await;
-    // The spool directory disappears under the running milter (a cleaner, a full disk...).
     drop(spool);
-    let mut conn = milter.open().await;
-    conn.connect("c.example", client("198.51.100.1"))
-        .await
-        .unwrap();
-    conn.mail(["<a@sender.example>"]).await.unwrap();
-    conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
-    conn.data().await.unwrap();
-    // Postfix does not wait for answers within the message; the refusal comes at its end.
-    conn.header("Subject", " more than ten bytes")
-        .await
-        .unwrap();
-    conn.eoh().await.unwrap();
-    conn.body("body\r\n").await.unwrap();
-    let (actions, status) = conn.eom().await.unwrap();
-    assert_eq!(
-        reply_text(&status),
-        "451 4.3.0 Message could not be scanned, try again later"
-    );
-    assert!(actions.actions.is_empty());
-    milter.stop().await;
+    milter
+}
+
+#[tokio::test]
+async fn spool_failure_gets_the_scan_failure_action() {
+    for (action, expect) in [
+        (
+            "delay",
+            Some("451 4.3.0 Message could not be scanned, try again later"),
+        ),
+        ("reject", Some("554 5.3.0 Message could not be scanned")),
+        ("allow", None),
+    ] {
+        let milter =
+            milter_with_vanished_spool(&format!("scan_failure_action = {action:?}\n")).await;
+        let mut conn = milter.open().await;
+        conn.connect("c.example", client("198.51.100.1"))
+            .await
+            .unwrap();
+        // Postfix does not wait for answers within the message; the refusal comes at its end.
+        let (actions, status) = send_message(&mut conn).await;
+        assert!(actions.actions.is_empty());
+        match expect {
+            Some(reply) => assert_eq!(reply_text(&status), reply, "{action}"),
+            None => assert_eq!(status, Status::Continue, "allow lets the message through"),
+        }
+        milter.stop().await;
+    }
 }
 
 /// An MTA that waits for an answer at every stage (no SMFIP_NR_* offered) hears the refusal
 /// at the first stage after the failure.
 #[tokio::test]
 async fn refusal_comes_early_when_the_mta_waits_for_every_answer() {
-    let spool = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[scan]\nmessage_memory_limit = 10\nspool_directory = {:?}\n",
-        spool.path()
-    );
-    let milter = Milter::start(&config).await;
-    drop(spool);
+    let milter = milter_with_vanished_spool("").await;
     let offered = ProtoOpts::all()
         - (ProtoOpts::NOREPLY_CONNECT
             | ProtoOpts::NOREPLY_HEADER
@@ -308,12 +310,11 @@ async fn refusal_comes_early_when_the_mta_waits_for_every_answer() {
         .open_tcp(milter.addr)
         .await
         .unwrap();
-    assert_eq!(
-        conn.connect("c.example", client("198.51.100.1"))
-            .await
-            .unwrap(),
-        Status::Continue
-    );
+    let status = conn
+        .connect("c.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Continue);
     conn.mail(["<a@sender.example>"]).await.unwrap();
     conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
     conn.data().await.unwrap();
@@ -323,37 +324,6 @@ async fn refusal_comes_early_when_the_mta_waits_for_every_answer() {
         .unwrap();
     assert!(reply_text(&status).starts_with("451 4.3.0"), "{status:?}");
     milter.stop().await;
-}
-
-#[tokio::test]
-async fn scan_failure_action_reject_and_allow() {
-    for (action, expect) in [("reject", Some("554 5.3.0")), ("allow", None)] {
-        let spool = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[scan]\nscan_failure_action = {action:?}\nmessage_memory_limit = 10\nspool_directory = {:?}\n",
-            spool.path()
-        );
-        let milter = Milter::start(&config).await;
-        drop(spool);
-        let mut conn = milter.open().await;
-        conn.connect("c.example", client("198.51.100.1"))
-            .await
-            .unwrap();
-        conn.mail(["<a@sender.example>"]).await.unwrap();
-        conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
-        conn.data().await.unwrap();
-        conn.header("Subject", " more than ten bytes")
-            .await
-            .unwrap();
-        conn.eoh().await.unwrap();
-        conn.body("rest\r\n").await.unwrap();
-        let (_, status) = conn.eom().await.unwrap();
-        match expect {
-            Some(prefix) => assert!(reply_text(&status).starts_with(prefix), "{status:?}"),
-            None => assert_eq!(status, Status::Continue, "allow lets the message through"),
-        }
-        milter.stop().await;
-    }
 }
 
 #[tokio::test]

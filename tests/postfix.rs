@@ -87,33 +87,14 @@ fn rejected_ip_gets_the_configured_reply() {
         Socket::Unix,
         "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\nip_address_rejection_reply = \"550 5.7.1 Rejected by test policy\"\n",
     );
-    let o = env.swaks(&[
-        "--xclient-addr",
-        "192.0.2.10",
-        "--xclient-name",
-        "mail.example.org",
-        "-f",
-        "a@sender.example",
-        "-t",
-        "b@rcpt.example",
-    ]);
-    let text = out(&o);
-    assert!(!o.status.success(), "{text}");
+    let (ok, text) = env.send_from("192.0.2.10");
+    assert!(!ok, "{text}");
     assert!(text.contains("550 5.7.1 Rejected by test policy"), "{text}");
     env.assert_nothing_delivered();
 
     // A client outside the list gets through the same Postfix.
-    let o = env.swaks(&[
-        "--xclient-addr",
-        "198.51.100.20",
-        "--xclient-name",
-        "good.example.org",
-        "-f",
-        "a@sender.example",
-        "-t",
-        "b@rcpt.example",
-    ]);
-    assert!(o.status.success(), "{}", out(&o));
+    let (ok, text) = env.send_from("198.51.100.20");
+    assert!(ok, "{text}");
     env.wait_delivered(1);
 }
 
@@ -123,15 +104,7 @@ fn delayed_rejection_is_delivered_at_rcpt() {
         Socket::Unix,
         "[connection]\ndelayed_rejection_state = \"rcpt\"\nip_address_rejection = [\"192.0.2.10\"]\n",
     );
-    let o = env.swaks(&[
-        "--xclient-addr",
-        "192.0.2.10",
-        "-f",
-        "a@sender.example",
-        "-t",
-        "b@rcpt.example",
-    ]);
-    let text = out(&o);
+    let (_, text) = env.send_from("192.0.2.10");
     let mail = text
         .lines()
         .skip_while(|l| !l.contains("MAIL FROM"))
@@ -259,16 +232,7 @@ fn bad_config_is_refused_with_file_line_and_key() {
 fn sighup_with_a_bad_file_keeps_the_old_policy() {
     let reject = "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n";
     let env = MailEnv::start(Socket::Unix, reject);
-    let from_listed = || {
-        out(&env.swaks(&[
-            "--xclient-addr",
-            "192.0.2.10",
-            "-f",
-            "a@sender.example",
-            "-t",
-            "b@rcpt.example",
-        ]))
-    };
+    let from_listed = || env.send_from("192.0.2.10").1;
     assert!(from_listed().contains("554 5.7.1"));
 
     std::fs::write(

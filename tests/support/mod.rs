@@ -185,6 +185,25 @@ impl MailEnv {
             .expect("swaks runs")
     }
 
+    /// Sends a test message with swaks as if from `client_ip` (Postfix's XCLIENT, allowed from
+    /// loopback), so that Postfix and Postern judge that address. Returns swaks' dialogue.
+    pub fn send_from(&self, client_ip: &str) -> (bool, String) {
+        let o = self.swaks(&[
+            "--xclient-addr",
+            client_ip,
+            "-f",
+            "a@sender.example",
+            "-t",
+            "b@rcpt.example",
+        ]);
+        let dialogue = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), dialogue)
+    }
+
     /// Messages the sink holds now, sorted by name.
     pub fn delivered(&self) -> Vec<Vec<u8>> {
         let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("sink/mail"))
