@@ -17,11 +17,23 @@ use postern::milter::socket::ListenSocket;
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change their level.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, after_long_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  postern milter                                  embedded default policy, inet:127.0.0.1:7357
+  postern milter -c /etc/postern/postern.toml -l unix:/var/spool/postfix/postern/postern.sock
+  postern check-config /etc/postern/postern.toml
+
+Postfix main.cf:
+  smtpd_milters = inet:127.0.0.1:7357
+  milter_default_action = tempfail
+
+Every configuration key, with its default, is documented in config/postern.toml.";
 
 #[derive(Subcommand)]
 enum Command {

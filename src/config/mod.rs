@@ -101,7 +101,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
-    hostname: Option<String>,
+    hostname: Option<Spanned<String>>,
     milter: MilterSection,
     scan: ScanSection,
     connection: ConnectionSection,
@@ -237,12 +237,15 @@ impl ConfigFile {
         }
 
         let hostname = match self.hostname {
-            Some(h) if valid_hostname(&h) => h,
+            Some(h) if valid_hostname(h.get_ref()) => h.into_inner(),
             Some(h) => {
                 return Err(invalid(
-                    0..0,
+                    h.span(),
                     "hostname",
-                    format!("{h:?} is not a host name (letters, digits, '-' and '.')"),
+                    format!(
+                        "{:?} is not a host name (letters, digits, '-' and '.')",
+                        h.get_ref()
+                    ),
                 ));
             }
             None => system_hostname(),
@@ -400,6 +403,12 @@ mod tests {
             e.starts_with("test.toml:2: key `scan.spool_directory`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bad_hostname_names_line() {
+        let e = error("\nhostname = \"mx example\"\n");
+        assert!(e.starts_with("test.toml:2: key `hostname`"), "{e}");
     }
 
     #[test]
