@@ -3,6 +3,7 @@
 //! setting.
 
 pub mod config;
+pub mod dns;
 pub mod engine;
 pub mod logging;
 pub mod milter;
