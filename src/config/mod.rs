@@ -4,15 +4,19 @@
 //! Every key, its default and its meaning is in `config/postern.toml`, which is also the
 //! embedded default configuration.
 
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::engine::checks::{ExploitDetection, IpRejection};
+use crate::dns::{Dns, DnsSettings};
+use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
+use crate::engine::checks::{ExploitDetection, IpRejection, Rbl};
 use crate::engine::policy::TraceHeader;
 use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
 use crate::milter::socket::ListenSocket;
@@ -54,7 +58,7 @@ pub struct MilterSettings {
 }
 
 /// A compiled configuration.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Config {
     pub policy: Policy,
     pub milter: MilterSettings,
@@ -106,6 +110,74 @@ struct ConfigFile {
     scan: ScanSection,
     connection: ConnectionSection,
     exploit_detection: ExploitDetectionSection,
+    dns: DnsSection,
+    rbl: RblSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DnsSection {
+    nameservers: Vec<SocketAddr>,
+    timeout: NonZeroU64,
+    attempts: NonZeroUsize,
+    cache_size: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: NonZeroU64::new(5).expect("nonzero"),
+            attempts: NonZeroUsize::new(2).expect("nonzero"),
+            cache_size: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RblSection {
+    enabled: bool,
+    skip_local_ip: bool,
+    hit_action: HitAction,
+    hit_threshold: NonZeroU32,
+    lookup_failure_action: LookupFailureAction,
+    self_test_interval: NonZeroU64,
+    #[serde(rename = "zone")]
+    zones: Vec<RblZoneSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RblZoneSection {
+    zone: String,
+    #[serde(default)]
+    answers: Vec<AnswerRange>,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RblSection {
+    fn default() -> Self {
+        let zone = |name: &str| RblZoneSection {
+            zone: name.to_owned(),
+            answers: Vec::new(),
+            weight: 1,
+        };
+        Self {
+            enabled: false,
+            skip_local_ip: true,
+            hit_action: HitAction::Delay,
+            hit_threshold: NonZeroU32::new(1).expect("nonzero"),
+            lookup_failure_action: LookupFailureAction::Ignore,
+            self_test_interval: NonZeroU64::new(3600).expect("nonzero"),
+            zones: vec![zone("sbl-xbl.spamhaus.org"), zone("bl.spamcop.net")],
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +236,7 @@ struct ConnectionSection {
     #[serde(deserialize_with = "networks")]
     ip_address_rejection: Vec<IpNet>,
     ip_address_rejection_reply: SmtpReply,
+    help_url: Option<String>,
 }
 
 impl Default for ConnectionSection {
@@ -174,6 +247,7 @@ impl Default for ConnectionSection {
             ip_address_rejection_reply: "554 5.7.1 Client host rejected: access denied"
                 .parse()
                 .expect("static reply is valid"),
+            help_url: None,
         }
     }
 }
@@ -251,6 +325,62 @@ impl ConfigFile {
             None => system_hostname(),
         };
 
+        let help_url = match self.connection.help_url {
+            Some(url) if url.is_empty() => None,
+            Some(url) if url.len() <= 200 && url.bytes().all(|b| b.is_ascii_graphic()) => Some(url),
+            Some(url) => {
+                return Err(invalid(
+                    0..0,
+                    "connection.help_url",
+                    format!(
+                        "{url:?} is not a URL for a reply: printable ASCII without spaces, at most 200 characters"
+                    ),
+                ));
+            }
+            None => None,
+        };
+
+        let rbl = if self.rbl.enabled {
+            if self.rbl.zones.is_empty() {
+                return Err(invalid(
+                    0..0,
+                    "rbl.zone",
+                    "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
+                        .to_owned(),
+                ));
+            }
+            let dns = Dns::new(&DnsSettings {
+                nameservers: self.dns.nameservers.clone(),
+                timeout: Duration::from_secs(self.dns.timeout.get()),
+                attempts: self.dns.attempts.get(),
+                cache_size: self.dns.cache_size,
+            })
+            .map_err(|e| invalid(0..0, "dns.nameservers", e.to_string()))?;
+            Some(Rbl {
+                dns,
+                zones: self
+                    .rbl
+                    .zones
+                    .into_iter()
+                    .map(|z| {
+                        Arc::new(Zone::new(
+                            z.zone.trim_end_matches('.').to_owned(),
+                            z.answers,
+                            z.weight,
+                        ))
+                    })
+                    .collect(),
+                skip_local_ip: self.rbl.skip_local_ip,
+                hit_action: self.rbl.hit_action,
+                hit_threshold: self.rbl.hit_threshold.get(),
+                lookup_failure_action: self.rbl.lookup_failure_action,
+                self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
+                help_url: help_url.clone(),
+            })
+        } else {
+            None
+        };
+
         let policy = Policy {
             hostname,
             scan_failure_action: self.scan.scan_failure_action,
@@ -265,6 +395,7 @@ impl ConfigFile {
                 self.connection.ip_address_rejection,
                 self.connection.ip_address_rejection_reply,
             ),
+            rbl,
             exploit_detection: ExploitDetection {
                 max_invalid_commands: self
                     .exploit_detection
@@ -403,6 +534,39 @@ mod tests {
             e.starts_with("test.toml:2: key `scan.spool_directory`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rbl_keys_are_checked() {
+        let e = error(
+            "[rbl]\nenabled = true\n[[rbl.zone]]\nzone = \"zen.test\"\nanswers = [\"127.0.0.[9..2]\"]\n",
+        );
+        assert!(
+            e.starts_with("test.toml:5: key `rbl.zone[0].answers[0]`"),
+            "{e}"
+        );
+        let e = error("[rbl]\nenabled = true\nzone = []\n");
+        assert!(e.contains("no [[rbl.zone]]"), "{e}");
+        let e = error("[dns]\nnameservers = [\"127.0.0.1\"]\n");
+        assert!(
+            e.starts_with("test.toml:2: key `dns.nameservers[0]`"),
+            "{e}"
+        );
+        // Enabled without zones listed: the seed's default zones.
+        let c = Config::parse(
+            "[dns]\nnameservers = [\"127.0.0.1:53\"]\n[rbl]\nenabled = true\n",
+            "t",
+        )
+        .unwrap();
+        let zones: Vec<_> = c
+            .policy
+            .rbl
+            .unwrap()
+            .zones
+            .iter()
+            .map(|z| z.zone.clone())
+            .collect();
+        assert_eq!(zones, ["sbl-xbl.spamhaus.org", "bl.spamcop.net"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::checks::{ExploitDetection, IpRejection};
+use super::checks::{ExploitDetection, IpRejection, Rbl};
 use super::message::MessageLimits;
 use super::reply::SmtpReply;
 use super::verdict::Verdict;
@@ -77,7 +77,7 @@ pub struct TraceHeader {
 }
 
 /// Everything the engine decides with.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Policy {
     /// Host name used in replies and headers.
     pub hostname: String,
@@ -87,6 +87,8 @@ pub struct Policy {
     pub message_limits: MessageLimits,
     pub delayed_rejection_state: Stage,
     pub ip_address_rejection: IpRejection,
+    /// DNSBL/RBL check; `None` when disabled.
+    pub rbl: Option<Rbl>,
     pub exploit_detection: ExploitDetection,
     pub trace_header: Option<TraceHeader>,
 }
@@ -119,6 +121,18 @@ impl fmt::Display for Policy {
             "ip address rejection:    {} network(s)",
             self.ip_address_rejection.len()
         )?;
+        match &self.rbl {
+            Some(rbl) => {
+                let zones: Vec<_> = rbl.zones.iter().map(|z| z.zone.as_str()).collect();
+                writeln!(
+                    f,
+                    "rbl:                     {} ({:?} on hit)",
+                    zones.join(", "),
+                    rbl.hit_action
+                )?
+            }
+            None => writeln!(f, "rbl:                     off")?,
+        }
         match self.exploit_detection.max_invalid_commands {
             Some(n) => writeln!(f, "invalid commands:        drop after {n}")?,
             None => writeln!(f, "invalid commands:        no limit")?,

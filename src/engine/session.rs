@@ -131,7 +131,7 @@ impl Session {
             "connect"
         );
         let policy = self.policy.clone();
-        let checked = guarded(&policy, "connect", async { Ok(self.connection_checks()) }).await;
+        let checked = guarded(&policy, "connect", self.connection_checks()).await;
         match checked {
             Some((check, verdict)) if self.reply_stage != Stage::None => {
                 info!(session = self.id, check, %verdict, until = %self.reply_stage, "verdict held");
@@ -310,13 +310,35 @@ impl Session {
         self.tx = None;
     }
 
-    /// Runs the connection-stage checks; the first refusal wins.
-    fn connection_checks(&self) -> Option<(&'static str, Verdict)> {
-        let ip = self.client.addr?;
-        self.policy
-            .ip_address_rejection
-            .check(ip)
-            .map(|reply| ("ip_address_rejection", Verdict::refuse(reply.clone())))
+    /// Runs the connection-stage checks in order; the first refusal wins.
+    async fn connection_checks(&self) -> Result<Option<Finding>, EngineError> {
+        let Some(ip) = self.client.addr else {
+            return Ok(None);
+        };
+        if let Some(reply) = self.policy.ip_address_rejection.check(ip) {
+            return Ok(Some((
+                "ip_address_rejection",
+                Verdict::refuse(reply.clone()),
+            )));
+        }
+        if let Some(rbl) = &self.policy.rbl {
+            let started = Instant::now();
+            let result = rbl.check(ip).await;
+            let verdict = rbl.verdict(ip, &result);
+            info!(
+                session = self.id,
+                check = "rbl",
+                client_addr = %ip,
+                result = %result,
+                verdict = verdict.as_ref().map_or("pass", Verdict::name),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "check"
+            );
+            if let Some(verdict) = verdict {
+                return Ok(Some(("rbl", verdict)));
+            }
+        }
+        Ok(None)
     }
 
     /// The held verdict, if the conversation has reached the stage where it is delivered.

@@ -22,9 +22,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Reject or tempfail, according to the reply's class.
+    /// Reject or tempfail, according to the reply's class; 421 ends the connection.
     pub fn refuse(reply: SmtpReply) -> Self {
-        if reply.is_transient() {
+        if reply.code() == 421 {
+            Self::Drop(reply)
+        } else if reply.is_transient() {
             Self::Tempfail(reply)
         } else {
             Self::Reject(reply)

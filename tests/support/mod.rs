@@ -50,6 +50,40 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// rbldnsd on loopback serving the DNSBL zones of integration/dns-zones.
+pub struct DnsServer {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl DnsServer {
+    pub fn start() -> Self {
+        install_deps();
+        let dir = tempfile::Builder::new()
+            .prefix("postern-dns.")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let path = dir.path().display().to_string();
+        run_script("dns", &["start", &path, &port.to_string()]);
+        Self { dir, port }
+    }
+
+    /// Queries the server has answered for `name` so far.
+    pub fn queries_for(&self, name: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("queries.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains(name)).count()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = Command::new(script("dns"))
+            .args(["stop", &self.dir.path().display().to_string()])
+            .output();
+    }
+}
+
 /// How Postfix reaches Postern.
 #[derive(Clone, Copy, Debug)]
 pub enum Socket {

@@ -3,6 +3,8 @@
 
 pub mod invalid_commands;
 pub mod ip_rejection;
+pub mod rbl;
 
 pub use invalid_commands::ExploitDetection;
 pub use ip_rejection::IpRejection;
+pub use rbl::Rbl;

@@ -1,0 +1,459 @@
+//! DNSBL/RBL (seed: "Enable RBL", "RBL server", "Skip Local IP", "RBL hit action"): the
+//! client's address is looked up in every configured zone at once (RFC 5782).
+//!
+//! Only answers inside 127.0.0.0/8 are listings; an answer in 127.255.255.0/24 (Spamhaus'
+//! "query refused" codes) or outside 127/8 means the zone is not answering us properly and is
+//! treated as a lookup failure, never as a listing. Each zone is self-tested (127.0.0.2 must
+//! be listed, 127.0.0.1 must not) before use and again every `self_test_interval`; a zone that
+//! fails is taken out of use with a warning until it passes again.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::dns::Dns;
+use crate::engine::reply::SmtpReply;
+use crate::engine::verdict::Verdict;
+
+/// An inclusive range of IPv4 answers that count as a listing: `127.0.0.2`,
+/// `127.0.0.0/24` or `127.0.0.[2..11]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerRange {
+    first: u32,
+    last: u32,
+}
+
+impl AnswerRange {
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(ip))
+    }
+}
+
+impl FromStr for AnswerRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "{s:?} is not an answer range: write \"127.0.0.2\", \"127.0.0.0/24\" or \"127.0.0.[2..11]\""
+            )
+        };
+        if let Some((prefix, range)) = s.split_once('[') {
+            let (lo, hi) = range
+                .strip_suffix(']')
+                .and_then(|r| r.split_once(".."))
+                .ok_or_else(bad)?;
+            let lo: u8 = lo.parse().map_err(|_| bad())?;
+            let hi: u8 = hi.parse().map_err(|_| bad())?;
+            let first: Ipv4Addr = format!("{prefix}{lo}").parse().map_err(|_| bad())?;
+            let last: Ipv4Addr = format!("{prefix}{hi}").parse().map_err(|_| bad())?;
+            if lo > hi {
+                return Err(bad());
+            }
+            return Ok(Self {
+                first: first.into(),
+                last: last.into(),
+            });
+        }
+        if let Ok(net) = s.parse::<ipnet::Ipv4Net>() {
+            return Ok(Self {
+                first: net.network().into(),
+                last: net.broadcast().into(),
+            });
+        }
+        let ip: Ipv4Addr = s.parse().map_err(|_| bad())?;
+        Ok(Self {
+            first: ip.into(),
+            last: ip.into(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for AnswerRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Seed "RBL hit action".
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HitAction {
+    /// 421: the client is asked to come back later and disconnected.
+    #[default]
+    Delay,
+    /// 554: refused.
+    Reject,
+}
+
+/// What a failed lookup (timeout, SERVFAIL, an error answer) does: by default nothing, so
+/// that a DNS hiccup never blocks good mail.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LookupFailureAction {
+    #[default]
+    Ignore,
+    /// 451: the client retries later.
+    Delay,
+}
+
+/// One DNSBL zone.
+#[derive(Debug)]
+pub struct Zone {
+    pub zone: String,
+    /// Answers that count as a listing; empty means any proper answer (127.0.0.0/8 outside
+    /// 127.255.255.0/24).
+    pub answers: Vec<AnswerRange>,
+    pub weight: u32,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    tested: Option<Instant>,
+    usable: bool,
+}
+
+impl Zone {
+    pub fn new(zone: String, answers: Vec<AnswerRange>, weight: u32) -> Self {
+        Self {
+            zone,
+            answers,
+            weight,
+            health: Mutex::default(),
+        }
+    }
+}
+
+/// The compiled DNSBL check.
+#[derive(Debug)]
+pub struct Rbl {
+    pub dns: Dns,
+    pub zones: Vec<Arc<Zone>>,
+    pub skip_local_ip: bool,
+    pub hit_action: HitAction,
+    /// Sum of the weights of listing zones from which the hit action applies.
+    pub hit_threshold: u32,
+    pub lookup_failure_action: LookupFailureAction,
+    pub self_test_interval: Duration,
+    pub help_url: Option<String>,
+}
+
+/// A zone that lists the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    pub zone: String,
+    pub answer: Ipv4Addr,
+    pub weight: u32,
+    /// The zone's TXT record for the client, if it has one.
+    pub reason: Option<String>,
+}
+
+/// What the zones said about one client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RblResult {
+    pub listed: Vec<Listing>,
+    /// Zones that could not be asked, and why.
+    pub failed: Vec<(String, String)>,
+    /// Zones out of use (failed their self-test).
+    pub out_of_use: Vec<String>,
+    /// Why no zone was asked at all (local client).
+    pub skipped: Option<&'static str>,
+}
+
+impl fmt::Display for RblResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = self.skipped {
+            return write!(f, "skipped ({why})");
+        }
+        if self.listed.is_empty() {
+            f.write_str("not listed")?;
+        } else {
+            let zones: Vec<_> = self
+                .listed
+                .iter()
+                .map(|l| format!("{}={}", l.zone, l.answer))
+                .collect();
+            write!(f, "listed at {}", zones.join(","))?;
+        }
+        for (zone, why) in &self.failed {
+            write!(f, "; {zone} failed: {why}")?;
+        }
+        for zone in &self.out_of_use {
+            write!(f, "; {zone} out of use")?;
+        }
+        Ok(())
+    }
+}
+
+impl Rbl {
+    /// Asks every usable zone about `ip`, all at once.
+    pub async fn check(&self, ip: IpAddr) -> RblResult {
+        let ip = canonical(ip);
+        if self.skip_local_ip && is_local(ip) {
+            return RblResult {
+                skipped: Some("local client address"),
+                ..RblResult::default()
+            };
+        }
+        let mut lookups = JoinSet::new();
+        for zone in &self.zones {
+            let (dns, zone) = (self.dns.clone(), zone.clone());
+            let interval = self.self_test_interval;
+            lookups.spawn(async move {
+                if !self_test(&dns, &zone, interval).await {
+                    return (zone, Err(None));
+                }
+                let answer = query(&dns, &zone, &reversed(ip)).await;
+                (zone, answer.map_err(Some))
+            });
+        }
+        let mut result = RblResult::default();
+        while let Some(joined) = lookups.join_next().await {
+            let Ok((zone, answer)) = joined else { continue };
+            match answer {
+                Ok(Some(answer)) => {
+                    let name = format!("{}.{}", reversed(ip), zone.zone);
+                    let reason = self
+                        .dns
+                        .txt(&name)
+                        .await
+                        .ok()
+                        .and_then(|t| t.into_iter().next());
+                    result.listed.push(Listing {
+                        zone: zone.zone.clone(),
+                        answer,
+                        weight: zone.weight,
+                        reason,
+                    });
+                }
+                Ok(None) => {}
+                Err(Some(why)) => result.failed.push((zone.zone.clone(), why)),
+                Err(None) => result.out_of_use.push(zone.zone.clone()),
+            }
+        }
+        // Zones in configuration order, so that replies and logs are stable.
+        let order = |z: &str| self.zones.iter().position(|c| c.zone == z);
+        result.listed.sort_by_key(|l| order(&l.zone));
+        result
+    }
+
+    /// The verdict for a result: the hit action when the listing zones weigh enough, the
+    /// lookup failure action when a zone could not be asked and nothing listed the client.
+    pub fn verdict(&self, ip: IpAddr, result: &RblResult) -> Option<Verdict> {
+        let ip = canonical(ip);
+        let weight: u32 = result.listed.iter().map(|l| l.weight).sum();
+        if !result.listed.is_empty() && weight >= self.hit_threshold {
+            let first = &result.listed[0];
+            let mut text = format!(
+                "Service unavailable; client [{ip}] blocked using {}",
+                first.zone
+            );
+            if let Some(reason) = &first.reason {
+                text.push_str(": ");
+                text.push_str(&printable(reason, 200));
+            }
+            if let Some(url) = &self.help_url {
+                text.push_str("; see ");
+                text.push_str(url);
+            }
+            let text = printable(&text, 450);
+            let reply = match self.hit_action {
+                HitAction::Delay => SmtpReply::new(421, Some("4.7.1"), &text),
+                HitAction::Reject => SmtpReply::new(554, Some("5.7.1"), &text),
+            };
+            return reply.ok().map(Verdict::refuse);
+        }
+        if !result.failed.is_empty() && self.lookup_failure_action == LookupFailureAction::Delay {
+            let text = format!(
+                "Temporary DNS failure checking client [{ip}] against blocklists, try again later"
+            );
+            return SmtpReply::new(451, Some("4.4.3"), &text)
+                .ok()
+                .map(Verdict::refuse);
+        }
+        None
+    }
+}
+
+/// Looks `label` up in a zone: `Some(answer)` when listed, `None` when not.
+async fn query(dns: &Dns, zone: &Zone, label: &str) -> Result<Option<Ipv4Addr>, String> {
+    let answers = dns
+        .a(&format!("{label}.{}", zone.zone))
+        .await
+        .map_err(|e| e.reason)?;
+    if let Some(bad) = answers.iter().find(|a| !is_listing_code(**a)) {
+        return Err(format!(
+            "answered {bad}, an error code rather than a listing (a blocklist refuses queries it considers abusive, e.g. through public resolvers)"
+        ));
+    }
+    Ok(answers
+        .into_iter()
+        .find(|a| zone.answers.is_empty() || zone.answers.iter().any(|r| r.contains(*a))))
+}
+
+/// RFC 5782 self-test, at most once per `interval`: 127.0.0.2 listed, 127.0.0.1 not. A
+/// lookup failure during the test leaves the zone as it was (a DNS hiccup is not a broken
+/// zone); a zone never tested successfully is given the benefit of the doubt.
+async fn self_test(dns: &Dns, zone: &Zone, interval: Duration) -> bool {
+    {
+        let health = zone.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tested) = health.tested
+            && tested.elapsed() < interval
+        {
+            return health.usable;
+        }
+    }
+    let test_listed = query(dns, zone, "2.0.0.127").await;
+    let test_clean = query(dns, zone, "1.0.0.127").await;
+    let mut health = zone.health.lock().unwrap_or_else(|e| e.into_inner());
+    let verdict = match (test_listed, test_clean) {
+        (Ok(Some(_)), Ok(None)) => Some(true),
+        (Ok(None), Ok(_)) => {
+            warn!(zone = %zone.zone, "DNSBL self-test failed: 127.0.0.2 is not listed; zone taken out of use (is the zone name right?)");
+            Some(false)
+        }
+        (Ok(Some(_)), Ok(Some(_))) => {
+            warn!(zone = %zone.zone, "DNSBL self-test failed: 127.0.0.1 is listed, so the zone lists everything; zone taken out of use");
+            Some(false)
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(zone = %zone.zone, error = %e, "DNSBL self-test could not run; will retry");
+            None
+        }
+    };
+    match verdict {
+        Some(usable) => {
+            health.usable = usable;
+            health.tested = Some(Instant::now());
+            usable
+        }
+        None => health.tested.is_none() || health.usable,
+    }
+}
+
+/// An answer that is a listing: inside 127.0.0.0/8, outside the error range 127.255.255.0/24.
+fn is_listing_code(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    o[0] == 127 && !(o[1] == 255 && o[2] == 255)
+}
+
+/// IPv4-mapped IPv6 addresses are looked up as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The DNSBL query label: reversed octets for IPv4, reversed nibbles for IPv6 (RFC 5782).
+pub fn reversed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut nibbles = Vec::with_capacity(32);
+            for byte in v6.octets().iter().rev() {
+                nibbles.push(format!("{:x}", byte & 0xf));
+                nibbles.push(format!("{:x}", byte >> 4));
+            }
+            nibbles.join(".")
+        }
+    }
+}
+
+/// Addresses no public blocklist lists: loopback, private, link-local, shared, unique local.
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Text safe for a reply: printable ASCII, at most `max` characters.
+fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .take(max)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_labels_follow_rfc_5782() {
+        assert_eq!(reversed("192.0.2.99".parse().unwrap()), "99.2.0.192");
+        assert_eq!(
+            reversed("2001:db8:1:2:3:4:567:89ab".parse().unwrap()),
+            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2"
+        );
+    }
+
+    #[test]
+    fn answer_ranges_parse_in_three_forms() {
+        let r: AnswerRange = "127.0.0.[2..11]".parse().unwrap();
+        assert!(r.contains("127.0.0.2".parse().unwrap()));
+        assert!(r.contains("127.0.0.11".parse().unwrap()));
+        assert!(!r.contains("127.0.0.12".parse().unwrap()));
+        let r: AnswerRange = "127.0.1.0/24".parse().unwrap();
+        assert!(r.contains("127.0.1.200".parse().unwrap()));
+        let r: AnswerRange = "127.0.0.4".parse().unwrap();
+        assert!(r.contains("127.0.0.4".parse().unwrap()));
+        assert!(!r.contains("127.0.0.5".parse().unwrap()));
+        for bad in ["127.0.0.[11..2]", "127.0.0.[2..]", "zone", "127.0.0.0/40"] {
+            assert!(bad.parse::<AnswerRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_codes_are_not_listings() {
+        assert!(is_listing_code("127.0.0.2".parse().unwrap()));
+        assert!(!is_listing_code("127.255.255.254".parse().unwrap()));
+        assert!(!is_listing_code("10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn local_addresses_are_recognised() {
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_local(local.parse().unwrap()), "{local}");
+        }
+        for public in ["192.0.2.10", "198.51.100.1", "2001:db8::1"] {
+            assert!(!is_local(public.parse().unwrap()), "{public}");
+        }
+    }
+}
