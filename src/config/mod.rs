@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::dns::{Dns, DnsSettings};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
-use crate::engine::checks::{ExploitDetection, IpRejection, Rbl};
+use crate::engine::checks::{ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use crate::engine::policy::TraceHeader;
 use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
 use crate::milter::socket::ListenSocket;
@@ -112,6 +112,39 @@ struct ConfigFile {
     exploit_detection: ExploitDetectionSection,
     dns: DnsSection,
     rbl: RblSection,
+    relay: RelaySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RelaySection {
+    restrict_relaying: bool,
+    local_domains: Vec<String>,
+    #[serde(deserialize_with = "networks")]
+    allowed_relay_sources: Vec<IpNet>,
+    allow_relay_if_authenticated: bool,
+    skip_connection_tests: bool,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            restrict_relaying: false,
+            local_domains: Vec::new(),
+            allowed_relay_sources: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+            ]
+            .iter()
+            .map(|n| n.parse().expect("static network"))
+            .collect(),
+            allow_relay_if_authenticated: false,
+            skip_connection_tests: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +414,28 @@ impl ConfigFile {
             None
         };
 
+        if let Some(bad) = self
+            .relay
+            .local_domains
+            .iter()
+            .find(|d| !valid_hostname(d.trim_start_matches("*.").trim_start_matches('.')))
+        {
+            return Err(invalid(
+                0..0,
+                "relay.local_domains",
+                format!(
+                    "{bad:?} is not a domain (write example.org, or *.example.org for its subdomains)"
+                ),
+            ));
+        }
+        if self.relay.restrict_relaying && self.relay.local_domains.is_empty() {
+            return Err(invalid(
+                0..0,
+                "relay.local_domains",
+                "restrict_relaying is on but no local domain is listed, so every recipient of a client outside allowed_relay_sources would be refused; list the domains you receive mail for".to_owned(),
+            ));
+        }
+
         let policy = Policy {
             hostname,
             scan_failure_action: self.scan.scan_failure_action,
@@ -396,6 +451,18 @@ impl ConfigFile {
                 self.connection.ip_address_rejection_reply,
             ),
             rbl,
+            relay: RelayRestriction {
+                local_domains: self
+                    .relay
+                    .local_domains
+                    .iter()
+                    .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
+                allowed_relay_sources: self.relay.allowed_relay_sources,
+                allow_relay_if_authenticated: self.relay.allow_relay_if_authenticated,
+            },
+            restrict_relaying: self.relay.restrict_relaying,
+            skip_connection_tests_for_relay_sources: self.relay.skip_connection_tests,
             exploit_detection: ExploitDetection {
                 max_invalid_commands: self
                     .exploit_detection

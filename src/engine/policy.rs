@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::checks::{ExploitDetection, IpRejection, Rbl};
+use super::checks::{ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
 use super::reply::SmtpReply;
 use super::verdict::Verdict;
@@ -89,6 +89,12 @@ pub struct Policy {
     pub ip_address_rejection: IpRejection,
     /// DNSBL/RBL check; `None` when disabled.
     pub rbl: Option<Rbl>,
+    /// Allowed relay sources and local domains.
+    pub relay: RelayRestriction,
+    /// Seed "Restrict relaying": clients that may not relay may send only to local domains.
+    pub restrict_relaying: bool,
+    /// Seed "Skip Connection Tests": allowed relay sources skip the connection tests (RBL).
+    pub skip_connection_tests_for_relay_sources: bool,
     pub exploit_detection: ExploitDetection,
     pub trace_header: Option<TraceHeader>,
 }
@@ -133,6 +139,13 @@ impl fmt::Display for Policy {
             }
             None => writeln!(f, "rbl:                     off")?,
         }
+        writeln!(
+            f,
+            "relay restriction:       {} ({} local domain(s), {} relay source network(s))",
+            if self.restrict_relaying { "on" } else { "off" },
+            self.relay.local_domains.len(),
+            self.relay.allowed_relay_sources.len()
+        )?;
         match self.exploit_detection.max_invalid_commands {
             Some(n) => writeln!(f, "invalid commands:        drop after {n}")?,
             None => writeln!(f, "invalid commands:        no limit")?,

@@ -177,6 +177,16 @@ impl Session {
         if let Some(v) = self.held_at(Stage::Rcpt) {
             return v;
         }
+        if self.policy.restrict_relaying
+            && !self
+                .policy
+                .relay
+                .may_relay(self.client.addr, self.authenticated.is_some())
+            && let Some(reply) = self.policy.relay.check(recipient)
+        {
+            info!(session = self.id, check = "relay", recipient = %recipient.escape_debug(), "relay access denied");
+            return Verdict::refuse(reply);
+        }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(recipient.to_owned());
         }
@@ -321,7 +331,9 @@ impl Session {
                 Verdict::refuse(reply.clone()),
             )));
         }
-        if let Some(rbl) = &self.policy.rbl {
+        let trusted = self.policy.skip_connection_tests_for_relay_sources
+            && self.policy.relay.is_relay_source(ip);
+        if let Some(rbl) = self.policy.rbl.as_ref().filter(|_| !trusted) {
             let started = Instant::now();
             let result = rbl.check(ip).await;
             let verdict = rbl.verdict(ip, &result);

@@ -4,7 +4,9 @@
 pub mod invalid_commands;
 pub mod ip_rejection;
 pub mod rbl;
+pub mod relay;
 
 pub use invalid_commands::ExploitDetection;
 pub use ip_rejection::IpRejection;
 pub use rbl::Rbl;
+pub use relay::RelayRestriction;
