@@ -290,6 +290,8 @@ impl Default for ConnectionSection {
 struct ExploitDetectionSection {
     drop_on_invalid_commands: bool,
     max_invalid_commands: NonZeroU32,
+    address_hiding_on_dictionary_attack: bool,
+    max_failed_addresses: NonZeroU32,
 }
 
 impl Default for ExploitDetectionSection {
@@ -297,6 +299,8 @@ impl Default for ExploitDetectionSection {
         Self {
             drop_on_invalid_commands: true,
             max_invalid_commands: NonZeroU32::new(5).expect("nonzero"),
+            address_hiding_on_dictionary_attack: true,
+            max_failed_addresses: NonZeroU32::new(3).expect("nonzero"),
         }
     }
 }
@@ -468,6 +472,10 @@ impl ConfigFile {
                     .exploit_detection
                     .drop_on_invalid_commands
                     .then_some(self.exploit_detection.max_invalid_commands.get()),
+                max_failed_addresses: self
+                    .exploit_detection
+                    .address_hiding_on_dictionary_attack
+                    .then_some(self.exploit_detection.max_failed_addresses.get()),
             },
             trace_header: self.scan.trace_header.then(|| TraceHeader {
                 name: self.scan.trace_header_name.into_inner(),

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
 use super::message::{BufferError, MessageBuffer};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
@@ -87,6 +88,9 @@ pub struct Session {
     reply_stage: Stage,
     held: Option<Held>,
     invalid_commands: u32,
+    /// Recipients refused in this connection (by Postern or the MTA), and how the last was.
+    failed_recipients: u32,
+    last_refusal: Option<RecipientRefusal>,
     messages: u32,
     tx: Option<Transaction>,
 }
@@ -106,6 +110,8 @@ impl Session {
             authenticated: None,
             held: None,
             invalid_commands: 0,
+            failed_recipients: 0,
+            last_refusal: None,
             messages: 0,
             tx: None,
         }
@@ -177,6 +183,13 @@ impl Session {
         if let Some(v) = self.held_at(Stage::Rcpt) {
             return v;
         }
+        if let Some(max) = self.policy.exploit_detection.max_failed_addresses
+            && self.failed_recipients >= max
+        {
+            let refusal = self.last_refusal.clone().unwrap_or_else(default_refusal);
+            self.failed_recipients += 1;
+            return Verdict::refuse(refusal.reply_for(recipient));
+        }
         if self.policy.restrict_relaying
             && !self
                 .policy
@@ -185,12 +198,32 @@ impl Session {
             && let Some(reply) = self.policy.relay.check(recipient)
         {
             info!(session = self.id, check = "relay", recipient = %recipient.escape_debug(), "relay access denied");
+            self.recipient_failed(RecipientRefusal::from_reply(&reply));
             return Verdict::refuse(reply);
         }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(recipient.to_owned());
         }
         Verdict::Continue
+    }
+
+    /// The MTA refused a recipient itself (reported by the milter door: Postfix's
+    /// `{rcpt_mailer}` is `error`), with this enhanced status code and text.
+    pub fn rcpt_refused_by_mta(&mut self, enhanced: &str, text: &str) {
+        self.recipient_failed(RecipientRefusal::from_mta(enhanced, text));
+    }
+
+    fn recipient_failed(&mut self, refusal: RecipientRefusal) {
+        self.failed_recipients += 1;
+        self.last_refusal = Some(refusal);
+        if self.policy.exploit_detection.max_failed_addresses == Some(self.failed_recipients) {
+            info!(
+                session = self.id,
+                client_addr = ?self.client.addr,
+                failed_recipients = self.failed_recipients,
+                "dictionary attack suspected: every further recipient gets the same answer"
+            );
+        }
     }
 
     /// The queue id the MTA gave the message, for logs.
@@ -314,6 +347,7 @@ impl Session {
             authenticated = self.authenticated.is_some(),
             messages = self.messages,
             invalid_commands = self.invalid_commands,
+            failed_recipients = self.failed_recipients,
             unfinished_message = self.tx.is_some(),
             "disconnect"
         );
@@ -450,6 +484,33 @@ mod tests {
         assert_eq!(s.rcpt("c@d.example").await, Verdict::Continue);
         assert_eq!(s.rcpt("e@d.example").await, Verdict::Continue);
         assert!(matches!(s.data().await, Verdict::Reject(_)));
+    }
+
+    #[tokio::test]
+    async fn after_three_failed_recipients_every_recipient_gets_the_same_answer() {
+        let mut s = session("", Stage::Helo);
+        s.connect(listed()).await;
+        assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
+        for n in 1..=3 {
+            s.rcpt_refused_by_mta("5.1.1", "Recipient address rejected: User unknown");
+            assert_eq!(s.failed_recipients, n);
+        }
+        let hidden = s.rcpt("valid@local.example").await;
+        assert_eq!(
+            hidden.reply().unwrap().to_string(),
+            "550 5.1.1 <valid@local.example>: Recipient address rejected: User unknown"
+        );
+        // Off: valid recipients pass whatever failed before.
+        let mut s = session(
+            "[exploit_detection]\naddress_hiding_on_dictionary_attack = false\n",
+            Stage::Helo,
+        );
+        s.connect(listed()).await;
+        s.mail("a@b.example").await;
+        for _ in 0..5 {
+            s.rcpt_refused_by_mta("5.1.1", "User unknown");
+        }
+        assert_eq!(s.rcpt("valid@local.example").await, Verdict::Continue);
     }
 
     #[tokio::test]

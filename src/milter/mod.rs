@@ -32,7 +32,7 @@ const MACROS: &[(MacroStage, &str)] = &[
         "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
     ),
     (MacroStage::Mail, "{auth_type} {auth_authen} {mail_addr} i"),
-    (MacroStage::Rcpt, "{rcpt_addr} i"),
+    (MacroStage::Rcpt, "{rcpt_mailer} {rcpt_host} {rcpt_addr} i"),
     (MacroStage::Data, "i"),
     (MacroStage::Eom, "i"),
 ];
@@ -231,7 +231,7 @@ async fn negotiate(
     cx.requested_actions &= actions;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
     let noreply = opts & NOREPLY;
-    cx.requested_opts |= noreply | (opts & ProtoOpts::LEADING_SPACE);
+    cx.requested_opts |= noreply | (opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::REJECTED_RCPT));
     for (stage, names) in MACROS {
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
@@ -312,6 +312,16 @@ async fn mail(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
 
 async fn rcpt(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
     let recipient = first_arg(&args);
+    // With SMFIP_RCPT_REJ, Postfix also reports recipients it refused itself: mailer "error",
+    // the enhanced status code in {rcpt_host} and the reply text in {rcpt_addr}.
+    if macro_str(&cx.macros, c"{rcpt_mailer}").as_deref() == Some("error") {
+        let enhanced = macro_str(&cx.macros, c"{rcpt_host}").unwrap_or_default();
+        let text = macro_str(&cx.macros, c"{rcpt_addr}").unwrap_or_default();
+        if let Some(conn) = cx.data.as_mut() {
+            conn.session.rcpt_refused_by_mta(&enhanced, &text);
+        }
+        return Status::Continue;
+    }
     with_session!(cx, |conn| conn.session.rcpt(&recipient).await)
 }
 

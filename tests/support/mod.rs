@@ -107,6 +107,27 @@ impl MailEnv {
     }
 
     pub fn start_with(socket: Socket, config: &str, default_action: &str) -> Self {
+        Self::start_full_files(socket, config, default_action, &[], &[])
+    }
+
+    /// Like `start`, with extra main.cf lines for Postfix; `{dir}` in them stands for the
+    /// environment's directory (for lookup tables the test writes there first).
+    pub fn start_with_postfix(
+        socket: Socket,
+        config: &str,
+        main_cf: &[&str],
+        files: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full_files(socket, config, "tempfail", main_cf, files)
+    }
+
+    fn start_full_files(
+        socket: Socket,
+        config: &str,
+        default_action: &str,
+        main_cf: &[&str],
+        files: &[(&str, &str)],
+    ) -> Self {
         install_deps();
         let dir = tempfile::Builder::new()
             .prefix("postern-e2e.")
@@ -131,22 +152,28 @@ impl MailEnv {
             postern_running: false,
         };
         let mut env = env;
+        for (name, content) in files {
+            std::fs::write(root.join(name), content).unwrap();
+        }
         run_script(
             "sink",
             &["start", &env.path("sink"), &env.sink_port.to_string()],
         );
         env.start_postern();
-        run_script(
-            "postfix",
-            &[
-                "start",
-                &env.path("postfix"),
-                &env.smtp_port.to_string(),
-                &env.sink_port.to_string(),
-                &env.milter,
-                default_action,
-            ],
-        );
+        let dir = root.display().to_string();
+        let main_cf: Vec<String> = main_cf.iter().map(|l| l.replace("{dir}", &dir)).collect();
+        let (smtp_port, sink_port) = (env.smtp_port.to_string(), env.sink_port.to_string());
+        let postfix_dir = env.path("postfix");
+        let mut args = vec![
+            "start",
+            &postfix_dir,
+            &smtp_port,
+            &sink_port,
+            &env.milter,
+            default_action,
+        ];
+        args.extend(main_cf.iter().map(String::as_str));
+        run_script("postfix", &args);
         env
     }
 

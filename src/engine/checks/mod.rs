@@ -1,12 +1,12 @@
 //! Connection-stage checks. Each check is pure policy: it is given what the session knows and
 //! answers with a verdict or nothing; the session decides when to run it and how to log it.
 
-pub mod invalid_commands;
+pub mod exploit_detection;
 pub mod ip_rejection;
 pub mod rbl;
 pub mod relay;
 
-pub use invalid_commands::ExploitDetection;
+pub use exploit_detection::ExploitDetection;
 pub use ip_rejection::IpRejection;
 pub use rbl::Rbl;
 pub use relay::RelayRestriction;
