@@ -15,8 +15,11 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::dns::{Dns, DnsSettings};
+use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
-use crate::engine::checks::{ExploitDetection, IpRejection, Rbl, RelayRestriction};
+use crate::engine::checks::{
+    EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction,
+};
 use crate::engine::policy::TraceHeader;
 use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
 use crate::milter::socket::ListenSocket;
@@ -113,6 +116,31 @@ struct ConfigFile {
     dns: DnsSection,
     rbl: RblSection,
     relay: RelaySection,
+    #[serde(rename = "encryption_rule")]
+    encryption_rules: Vec<EncryptionRuleSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptionRuleSection {
+    #[serde(default = "any_domain")]
+    sender_domain: String,
+    #[serde(default = "any_domain")]
+    recipient_domain: String,
+    #[serde(default)]
+    sender_encryption: SenderEncryption,
+    #[serde(default)]
+    recipient_encryption: RecipientEncryption,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn any_domain() -> String {
+    "*".to_owned()
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -465,6 +493,18 @@ impl ConfigFile {
                 allowed_relay_sources: self.relay.allowed_relay_sources,
                 allow_relay_if_authenticated: self.relay.allow_relay_if_authenticated,
             },
+            encryption_rules: EncryptionRules(
+                self.encryption_rules
+                    .into_iter()
+                    .filter(|r| r.enabled)
+                    .map(|r| EncryptionRule {
+                        sender_domain: r.sender_domain.to_ascii_lowercase(),
+                        recipient_domain: r.recipient_domain.to_ascii_lowercase(),
+                        sender_encryption: r.sender_encryption,
+                        recipient_encryption: r.recipient_encryption,
+                    })
+                    .collect(),
+            ),
             restrict_relaying: self.relay.restrict_relaying,
             skip_connection_tests_for_relay_sources: self.relay.skip_connection_tests,
             exploit_detection: ExploitDetection {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::checks::{ExploitDetection, IpRejection, Rbl, RelayRestriction};
+use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
 use super::reply::SmtpReply;
 use super::verdict::Verdict;
@@ -96,6 +96,8 @@ pub struct Policy {
     /// Seed "Skip Connection Tests": allowed relay sources skip the connection tests (RBL).
     pub skip_connection_tests_for_relay_sources: bool,
     pub exploit_detection: ExploitDetection,
+    /// Seed 003 encryption rules, in order.
+    pub encryption_rules: EncryptionRules,
     pub trace_header: Option<TraceHeader>,
 }
 
@@ -150,6 +152,11 @@ impl fmt::Display for Policy {
             Some(n) => writeln!(f, "invalid commands:        drop after {n}")?,
             None => writeln!(f, "invalid commands:        no limit")?,
         }
+        writeln!(
+            f,
+            "encryption rules:        {}",
+            self.encryption_rules.0.len()
+        )?;
         match &self.trace_header {
             Some(t) => write!(f, "trace header:            {}", t.name),
             None => write!(f, "trace header:            off"),

@@ -201,6 +201,15 @@ impl Session {
             self.recipient_failed(RecipientRefusal::from_reply(&reply));
             return Verdict::refuse(reply);
         }
+        let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
+        if let Some(reply) =
+            self.policy
+                .encryption_rules
+                .check(sender, recipient, self.tls.is_some())
+        {
+            info!(session = self.id, check = "encryption_rule", recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
+            return Verdict::refuse(reply);
+        }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(recipient.to_owned());
         }

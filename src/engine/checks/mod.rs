@@ -1,11 +1,13 @@
 //! Connection-stage checks. Each check is pure policy: it is given what the session knows and
 //! answers with a verdict or nothing; the session decides when to run it and how to log it.
 
+pub mod encryption;
 pub mod exploit_detection;
 pub mod ip_rejection;
 pub mod rbl;
 pub mod relay;
 
+pub use encryption::EncryptionRules;
 pub use exploit_detection::ExploitDetection;
 pub use ip_rejection::IpRejection;
 pub use rbl::Rbl;
