@@ -4,7 +4,7 @@
 //! Sender encryption is judged from the session: `required` refuses a recipient on a session
 //! without TLS with `530 5.7.0 Must issue a STARTTLS command first`; `optional` and `none`
 //! pass. Recipient encryption concerns onward delivery (relay targets); in milter mode the MTA
-//! delivers, so it is recorded in the log only.
+//! delivers, so it is parsed and kept for delivery but not enforced here.
 
 use serde::Deserialize;
 
