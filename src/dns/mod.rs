@@ -3,7 +3,7 @@
 //! caches negative answers, so the same client twice costs no second query.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -12,6 +12,25 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
+
+/// An address as reversed DNS labels: octets for IPv4, nibbles for IPv6 (as in
+/// `in-addr.arpa`, `ip6.arpa` and DNSBL queries, RFC 5782).
+pub fn reversed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut nibbles = Vec::with_capacity(32);
+            for byte in v6.octets().iter().rev() {
+                nibbles.push(format!("{:x}", byte & 0xf));
+                nibbles.push(format!("{:x}", byte >> 4));
+            }
+            nibbles.join(".")
+        }
+    }
+}
 
 /// Resolver settings from `[dns]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +50,8 @@ pub struct DnsSettings {
 pub struct LookupError {
     pub name: String,
     pub reason: String,
+    /// No answer within the timeout (as opposed to an error answer).
+    pub timeout: bool,
 }
 
 /// Why the resolver could not be set up.
@@ -91,30 +112,74 @@ impl Dns {
 
     /// IPv4 addresses of `name` (fully qualified); empty when the name does not exist.
     pub async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, LookupError> {
-        let answers = self.lookup(name, RecordType::A).await?;
-        Ok(answers
-            .iter()
-            .filter_map(|r| match r {
-                RData::A(a) => Some(a.0),
+        self.records(name, RecordType::A, |r| match r {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .await
+    }
+
+    /// IPv6 addresses of `name`; empty when the name does not exist.
+    pub async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, LookupError> {
+        self.records(name, RecordType::AAAA, |r| match r {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Mail exchangers of `name`, most preferred first; empty when there are none.
+    pub async fn mx(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let mut mx = self
+            .records(name, RecordType::MX, |r| match r {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_string())),
                 _ => None,
             })
-            .collect())
+            .await?;
+        mx.sort_by_key(|(preference, _)| *preference);
+        Ok(mx.into_iter().map(|(_, name)| name).collect())
     }
 
     /// TXT strings of `name`, each record's strings joined; empty when the name does not exist.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
-        let answers = self.lookup(name, RecordType::TXT).await?;
-        Ok(answers
+        self.records(name, RecordType::TXT, |r| match r {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s))
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Host names of an address (reverse lookup); empty when there are none.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
+        let suffix = if ip.is_ipv4() {
+            "in-addr.arpa"
+        } else {
+            "ip6.arpa"
+        };
+        let name = format!("{}.{suffix}", reversed(ip));
+        self.records(&name, RecordType::PTR, |r| match r {
+            RData::PTR(ptr) => Some(ptr.0.to_string()),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn records<T>(
+        &self,
+        name: &str,
+        kind: RecordType,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> Result<Vec<T>, LookupError> {
+        Ok(self
+            .lookup(name, kind)
+            .await?
             .iter()
-            .filter_map(|r| match r {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s))
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
+            .filter_map(pick)
             .collect())
     }
 
@@ -129,6 +194,7 @@ impl Dns {
             Err(e) if e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(LookupError {
                 name: fqdn,
+                timeout: matches!(e, hickory_resolver::net::NetError::Timeout),
                 reason: e.to_string(),
             }),
         }

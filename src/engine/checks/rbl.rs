@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::dns::Dns;
+use crate::dns::{Dns, reversed};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::Verdict;
 
@@ -351,24 +351,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    }
-}
-
-/// The DNSBL query label: reversed octets for IPv4, reversed nibbles for IPv6 (RFC 5782).
-pub fn reversed(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
-        }
-        IpAddr::V6(v6) => {
-            let mut nibbles = Vec::with_capacity(32);
-            for byte in v6.octets().iter().rev() {
-                nibbles.push(format!("{:x}", byte & 0xf));
-                nibbles.push(format!("{:x}", byte >> 4));
-            }
-            nibbles.join(".")
-        }
     }
 }
 
