@@ -6,6 +6,7 @@ pub mod exploit_detection;
 pub mod ip_rejection;
 pub mod rbl;
 pub mod relay;
+pub mod spf;
 
 pub use encryption::EncryptionRules;
 pub use exploit_detection::ExploitDetection;
