@@ -231,7 +231,7 @@ async fn trace_header_names_the_verdict() {
     let (actions, status) = send_message(&mut conn).await;
     assert_eq!(status, Status::Continue);
     assert!(
-        actions.has_add_header("X-Trace", "continue; by mx.test"),
+        actions.has_add_header("X-Trace", " continue; by mx.test"),
         "{actions:?}"
     );
     milter.stop().await;

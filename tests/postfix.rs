@@ -259,3 +259,18 @@ fn sighup_with_a_bad_file_keeps_the_old_policy() {
     assert!(text.contains("250 2.0.0 Ok: queued"), "{text}");
     env.wait_delivered(1);
 }
+
+#[test]
+fn trace_header_arrives_well_formed() {
+    let env = MailEnv::start(
+        Socket::Unix,
+        "hostname = \"mx.postern.test\"\n[scan]\ntrace_header = true\n",
+    );
+    let reply = env.smtp().send("a@sender.example", "b@rcpt.example", CLEAN);
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = String::from_utf8_lossy(&env.wait_delivered(1)[0]).into_owned();
+    assert!(
+        stored.contains("\nX-Postern-Verdict: continue; by mx.postern.test\n"),
+        "{stored}"
+    );
+}

@@ -17,6 +17,7 @@ use toml::Spanned;
 use crate::dns::{Dns, DnsSettings};
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
+use crate::engine::checks::spf::{Spf, SpfAction, SpfHeader};
 use crate::engine::checks::{
     EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction,
 };
@@ -118,6 +119,35 @@ struct ConfigFile {
     relay: RelaySection,
     #[serde(rename = "encryption_rule")]
     encryption_rules: Vec<EncryptionRuleSection>,
+    spf: SpfSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SpfSection {
+    enabled: bool,
+    treat_softfail_as_fail: bool,
+    fail_action: SpfAction,
+    softfail_action: SpfAction,
+    temperror_action: SpfAction,
+    permerror_action: SpfAction,
+    header: SpfHeader,
+    timeout: NonZeroU64,
+}
+
+impl Default for SpfSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            treat_softfail_as_fail: false,
+            fail_action: SpfAction::Reject,
+            softfail_action: SpfAction::Accept,
+            temperror_action: SpfAction::Tempfail,
+            permerror_action: SpfAction::Accept,
+            header: SpfHeader::ReceivedSpf,
+            timeout: NonZeroU64::new(20).expect("nonzero"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,45 +435,68 @@ impl ConfigFile {
             None => None,
         };
 
-        let rbl = if self.rbl.enabled {
-            if self.rbl.zones.is_empty() {
-                return Err(invalid(
-                    0..0,
-                    "rbl.zone",
-                    "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
-                        .to_owned(),
-                ));
-            }
-            let dns = Dns::new(&DnsSettings {
-                nameservers: self.dns.nameservers.clone(),
-                timeout: Duration::from_secs(self.dns.timeout.get()),
-                attempts: self.dns.attempts.get(),
-                cache_size: self.dns.cache_size,
-            })
-            .map_err(|e| invalid(0..0, "dns.nameservers", e.to_string()))?;
-            Some(Rbl {
-                dns,
-                zones: self
-                    .rbl
-                    .zones
-                    .into_iter()
-                    .map(|z| {
-                        Arc::new(Zone::new(
-                            z.zone.trim_end_matches('.').to_owned(),
-                            z.answers,
-                            z.weight,
-                        ))
-                    })
-                    .collect(),
-                skip_local_ip: self.rbl.skip_local_ip,
-                hit_action: self.rbl.hit_action,
-                hit_threshold: self.rbl.hit_threshold.get(),
-                lookup_failure_action: self.rbl.lookup_failure_action,
-                self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
-                help_url: help_url.clone(),
-            })
+        let dns = if self.rbl.enabled || self.spf.enabled {
+            Some(
+                Dns::new(&DnsSettings {
+                    nameservers: self.dns.nameservers.clone(),
+                    timeout: Duration::from_secs(self.dns.timeout.get()),
+                    attempts: self.dns.attempts.get(),
+                    cache_size: self.dns.cache_size,
+                })
+                .map_err(|e| invalid(0..0, "dns.nameservers", e.to_string()))?,
+            )
         } else {
             None
+        };
+
+        let rbl = match (&dns, self.rbl.enabled) {
+            (Some(dns), true) => {
+                if self.rbl.zones.is_empty() {
+                    return Err(invalid(
+                        0..0,
+                        "rbl.zone",
+                        "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
+                            .to_owned(),
+                    ));
+                }
+                Some(Rbl {
+                    dns: dns.clone(),
+                    zones: self
+                        .rbl
+                        .zones
+                        .into_iter()
+                        .map(|z| {
+                            Arc::new(Zone::new(
+                                z.zone.trim_end_matches('.').to_owned(),
+                                z.answers,
+                                z.weight,
+                            ))
+                        })
+                        .collect(),
+                    skip_local_ip: self.rbl.skip_local_ip,
+                    hit_action: self.rbl.hit_action,
+                    hit_threshold: self.rbl.hit_threshold.get(),
+                    lookup_failure_action: self.rbl.lookup_failure_action,
+                    self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
+                    help_url: help_url.clone(),
+                })
+            }
+            _ => None,
+        };
+
+        let spf = match (&dns, self.spf.enabled) {
+            (Some(dns), true) => Some(Spf {
+                dns: dns.clone(),
+                timeout: Duration::from_secs(self.spf.timeout.get()),
+                fail_action: self.spf.fail_action,
+                softfail_action: self.spf.softfail_action,
+                temperror_action: self.spf.temperror_action,
+                permerror_action: self.spf.permerror_action,
+                treat_softfail_as_fail: self.spf.treat_softfail_as_fail,
+                header: self.spf.header,
+                help_url: help_url.clone(),
+            }),
+            _ => None,
         };
 
         if let Some(bad) = self
@@ -483,6 +536,7 @@ impl ConfigFile {
                 self.connection.ip_address_rejection_reply,
             ),
             rbl,
+            spf,
             relay: RelayRestriction {
                 local_domains: self
                     .relay

@@ -10,6 +10,8 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -191,10 +193,19 @@ impl Dns {
         };
         match self.resolver.lookup(fqdn.as_str(), kind).await {
             Ok(lookup) => Ok(lookup.answers().iter().map(|r| r.data.clone()).collect()),
-            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            // Only NXDOMAIN and NOERROR-without-data are empty answers; hickory reports a
+            // REFUSED or SERVFAIL the same way, and those are failures.
+            Err(NetError::Dns(DnsError::NoRecordsFound(no)))
+                if matches!(
+                    no.response_code,
+                    ResponseCode::NXDomain | ResponseCode::NoError
+                ) =>
+            {
+                Ok(Vec::new())
+            }
             Err(e) => Err(LookupError {
                 name: fqdn,
-                timeout: matches!(e, hickory_resolver::net::NetError::Timeout),
+                timeout: matches!(e, NetError::Timeout),
                 reason: e.to_string(),
             }),
         }

@@ -132,9 +132,42 @@ impl MessageBuffer {
     }
 }
 
+/// The header fields of a raw message, in order, with folded values unfolded: (name, value).
+/// Reading stops at the first empty line.
+pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let text = String::from_utf8_lossy(line);
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push_str(&text);
+            }
+        } else if let Some((name, value)) = text.split_once(':') {
+            fields.push((name.trim().to_owned(), value.to_owned()));
+        }
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_fields_are_unfolded_and_stop_at_the_body() {
+        let raw = b"Subject: a\r\n folded\r\nTo: b\r\n\r\nNot: a header\r\n";
+        assert_eq!(
+            super::header_fields(raw),
+            [
+                ("Subject".to_owned(), " a folded".to_owned()),
+                ("To".to_owned(), " b".to_owned())
+            ]
+        );
+    }
 
     fn limits(memory_limit: usize, max: u64, dir: PathBuf) -> MessageLimits {
         MessageLimits {

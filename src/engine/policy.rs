@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::checks::spf::Spf;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
 use super::reply::SmtpReply;
@@ -89,6 +90,8 @@ pub struct Policy {
     pub ip_address_rejection: IpRejection,
     /// DNSBL/RBL check; `None` when disabled.
     pub rbl: Option<Rbl>,
+    /// SPF check; `None` when disabled.
+    pub spf: Option<Spf>,
     /// Allowed relay sources and local domains.
     pub relay: RelayRestriction,
     /// Seed "Restrict relaying": clients that may not relay may send only to local domains.
@@ -140,6 +143,14 @@ impl fmt::Display for Policy {
                 )?
             }
             None => writeln!(f, "rbl:                     off")?,
+        }
+        match &self.spf {
+            Some(spf) => writeln!(
+                f,
+                "spf:                     on (fail: {:?}, softfail: {:?}, header: {:?})",
+                spf.fail_action, spf.softfail_action, spf.header
+            )?,
+            None => writeln!(f, "spf:                     off")?,
         }
         writeln!(
             f,

@@ -10,7 +10,8 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
-use super::message::{BufferError, MessageBuffer};
+use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
+use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
 use super::verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
@@ -59,6 +60,8 @@ struct Transaction {
     message: Option<MessageBuffer>,
     /// Set when the message could not be held (too big, spool failure): its final verdict.
     failure: Option<Verdict>,
+    /// The SPF outcome for this transaction, recorded in a header at its end.
+    spf: Option<SpfOutcome>,
 }
 
 impl Transaction {
@@ -70,6 +73,7 @@ impl Transaction {
             queue_id: None,
             message: None,
             failure: None,
+            spf: None,
         }
     }
 }
@@ -174,7 +178,36 @@ impl Session {
         if let Some(v) = self.held_at(Stage::Mail) {
             return v;
         }
-        self.tx = Some(Transaction::new(sender));
+        let mut tx = Transaction::new(sender);
+        let policy = self.policy.clone();
+        if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
+            && self.authenticated.is_none()
+            && !policy.relay.is_relay_source(ip)
+        {
+            let helo = self.helo.clone().unwrap_or_default();
+            let started = Instant::now();
+            let checked = guarded(&policy, "mail", async {
+                let outcome = spf.check(&policy.hostname, ip, &helo, sender).await;
+                info!(
+                    session = self.id,
+                    check = "spf",
+                    identity = %outcome.identity,
+                    checked = %outcome.checked.escape_debug(),
+                    result = outcome.name(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "check"
+                );
+                let verdict = spf.verdict(ip, &outcome);
+                tx.spf = Some(outcome);
+                Ok(verdict.map(|v| ("spf", v)))
+            })
+            .await;
+            if let Some((check, verdict)) = checked {
+                info!(session = self.id, check, %verdict, stage = "mail", "refused");
+                return verdict;
+            }
+        }
+        self.tx = Some(tx);
         Verdict::Continue
     }
 
@@ -310,6 +343,13 @@ impl Session {
                 .unwrap_or(("end_of_message", Verdict::Continue)),
         };
         let mut edits = Edits::default();
+        if matches!(verdict, Verdict::Continue | Verdict::Accept)
+            && let (Some(spf), Some(outcome), Some(ip)) =
+                (&policy.spf, tx.spf.take(), self.client.addr)
+        {
+            self.spf_headers(spf, &outcome, ip, &mut tx, &mut edits)
+                .await;
+        }
         if let Some(trace) = &policy.trace_header
             && matches!(verdict, Verdict::Continue | Verdict::Accept)
         {
@@ -320,6 +360,52 @@ impl Session {
         }
         self.log_message(&tx, &verdict, reason);
         MessageOutcome { verdict, edits }
+    }
+
+    /// The SPF result header, first in the message; with Authentication-Results, forged
+    /// results that claim to come from this host are removed (RFC 8601 §5).
+    async fn spf_headers(
+        &self,
+        spf: &Spf,
+        outcome: &SpfOutcome,
+        ip: IpAddr,
+        tx: &mut Transaction,
+        edits: &mut Edits,
+    ) {
+        let hostname = &self.policy.hostname;
+        let helo = self.helo.as_deref().unwrap_or("");
+        let Some((name, value)) = spf.header(hostname, ip, helo, &tx.sender, outcome) else {
+            return;
+        };
+        if spf.header == SpfHeader::AuthenticationResults
+            && let Some(buffer) = tx.message.as_mut()
+            && let Ok(raw) = buffer.contents().await
+        {
+            let ours: Vec<u32> = header_fields(&raw)
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .zip(1..)
+                .filter(|((_, v), _)| authserv_id(v).eq_ignore_ascii_case(hostname))
+                .map(|(_, index)| index)
+                .collect();
+            // Highest index first: each deletion shifts the ones after it.
+            for index in ours.into_iter().rev() {
+                info!(
+                    session = self.id,
+                    index, "removing forged Authentication-Results for this host"
+                );
+                edits.headers.push(HeaderEdit::Change {
+                    name: name.clone(),
+                    index,
+                    value: None,
+                });
+            }
+        }
+        edits.headers.push(HeaderEdit::Insert {
+            index: 0,
+            name,
+            value,
+        });
     }
 
     /// RSET, or the MTA aborted the message.

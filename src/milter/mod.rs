@@ -372,7 +372,7 @@ async fn eom(cx: &mut EomContext<Conn>) -> Status {
     }
     let outcome = conn.session.end_of_message().await;
     conn.end_message();
-    let verdict = match apply_edits(&cx.actions, &outcome.edits).await {
+    let verdict = match apply_edits(&cx.actions, &outcome.edits, conn.leading_space).await {
         Ok(()) => outcome.verdict,
         Err(e) => {
             warn!(error = %e, "cannot send message edits to the MTA");
@@ -430,26 +430,41 @@ fn answer(reply: &mut MilterReply, verdict: Verdict) -> Status {
     status
 }
 
-/// Sends the engine's edits to the MTA. Header values never carry CR or LF.
+/// Sends the engine's edits to the MTA. Header values never carry CR or LF; with
+/// SMFIP_HDR_LEADSPC negotiated the MTA takes values verbatim, so they get their leading space
+/// here (`Name: value`, not `Name:value`).
 async fn apply_edits(
     actions: &impl ContextActions,
     edits: &Edits,
+    leading_space: bool,
 ) -> Result<(), indymilter::ActionError> {
+    let value = |v: &str| {
+        let v = one_line(v);
+        if leading_space { format!(" {v}") } else { v }
+    };
     for edit in &edits.headers {
         match edit {
-            HeaderEdit::Add { name, value } => {
-                actions.add_header(name.as_str(), one_line(value)).await?
+            HeaderEdit::Add { name, value: v } => {
+                actions.add_header(name.as_str(), value(v)).await?
             }
-            HeaderEdit::Insert { index, name, value } => {
+            HeaderEdit::Insert {
+                index,
+                name,
+                value: v,
+            } => {
                 let index = i32::try_from(*index).unwrap_or(i32::MAX);
                 actions
-                    .insert_header(index, name.as_str(), one_line(value))
+                    .insert_header(index, name.as_str(), value(v))
                     .await?
             }
-            HeaderEdit::Change { name, index, value } => {
+            HeaderEdit::Change {
+                name,
+                index,
+                value: v,
+            } => {
                 let index = i32::try_from(*index).unwrap_or(i32::MAX);
                 actions
-                    .change_header(name.as_str(), index, value.as_deref().map(one_line))
+                    .change_header(name.as_str(), index, v.as_deref().map(value))
                     .await?
             }
         }
