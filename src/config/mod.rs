@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::dns::{Dns, DnsSettings};
+use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
 use crate::engine::checks::spf::{Spf, SpfAction, SpfHeader};
@@ -120,6 +121,25 @@ struct ConfigFile {
     #[serde(rename = "encryption_rule")]
     encryption_rules: Vec<EncryptionRuleSection>,
     spf: SpfSection,
+    dos_protection: DosSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DosSection {
+    enabled: bool,
+    max_connections_per_client: u32,
+    max_connection_rate_per_client: u32,
+}
+
+impl Default for DosSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_connections_per_client: 50,
+            max_connection_rate_per_client: 0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,6 +555,12 @@ impl ConfigFile {
                 self.connection.ip_address_rejection,
                 self.connection.ip_address_rejection_reply,
             ),
+            client_limits: self.dos_protection.enabled.then(|| ClientLimits {
+                max_connections: Some(self.dos_protection.max_connections_per_client)
+                    .filter(|n| *n > 0),
+                max_connection_rate: Some(self.dos_protection.max_connection_rate_per_client)
+                    .filter(|n| *n > 0),
+            }),
             rbl,
             spf,
             relay: RelayRestriction {

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use checks::dos::ClientTracker;
+
 pub use message::MessageLimits;
 pub use policy::{Policy, ScanFailureAction, Stage};
 pub use reply::SmtpReply;
@@ -24,12 +26,15 @@ pub use verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
 #[derive(Debug)]
 pub struct Engine {
     policy: ArcSwap<Policy>,
+    /// Connections per client, across sessions and reloads (DoS protection).
+    clients: Arc<ClientTracker>,
 }
 
 impl Engine {
     pub fn new(policy: Policy) -> Self {
         Self {
             policy: ArcSwap::from_pointee(policy),
+            clients: Arc::default(),
         }
     }
 
@@ -46,6 +51,6 @@ impl Engine {
     /// A new session under the current policy, for a door that can first show the client a
     /// reply of its own at `first_reply_stage`.
     pub fn session(&self, first_reply_stage: Stage) -> Session {
-        Session::new(self.policy(), first_reply_stage)
+        Session::new(self.policy(), first_reply_stage, self.clients.clone())
     }
 }

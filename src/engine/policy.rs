@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::checks::dos::ClientLimits;
 use super::checks::spf::Spf;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
@@ -88,6 +89,8 @@ pub struct Policy {
     pub message_limits: MessageLimits,
     pub delayed_rejection_state: Stage,
     pub ip_address_rejection: IpRejection,
+    /// Per-client connection limits; `None` when DoS protection is off.
+    pub client_limits: Option<ClientLimits>,
     /// DNSBL/RBL check; `None` when disabled.
     pub rbl: Option<Rbl>,
     /// SPF check; `None` when disabled.
@@ -132,6 +135,17 @@ impl fmt::Display for Policy {
             "ip address rejection:    {} network(s)",
             self.ip_address_rejection.len()
         )?;
+        match self.client_limits {
+            Some(l) => writeln!(
+                f,
+                "dos protection:          {} connections, {} per minute per client",
+                l.max_connections
+                    .map_or("any".to_owned(), |n| n.to_string()),
+                l.max_connection_rate
+                    .map_or("any".to_owned(), |n| n.to_string())
+            )?,
+            None => writeln!(f, "dos protection:          off")?,
+        }
         match &self.rbl {
             Some(rbl) => {
                 let zones: Vec<_> = rbl.zones.iter().map(|z| z.zone.as_str()).collect();

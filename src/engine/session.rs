@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use super::checks::dos::{ClientTracker, ConnectionSlot};
 use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
 use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
 use super::message::{BufferError, MessageBuffer, header_fields};
@@ -91,6 +92,9 @@ pub struct Session {
     /// state, or later when the door cannot show a reply earlier.
     reply_stage: Stage,
     held: Option<Held>,
+    /// Connections per client, shared by all sessions, and this connection's place in it.
+    clients: Arc<ClientTracker>,
+    slot: Option<ConnectionSlot>,
     invalid_commands: u32,
     /// Recipients refused in this connection (by Postern or the MTA), and how the last was.
     failed_recipients: u32,
@@ -103,7 +107,7 @@ impl Session {
     /// A new session judged by `policy` for its whole life, even across reloads.
     /// `first_reply_stage` is the earliest stage at which the door can show the client a reply
     /// of the policy's own (a milter's connect-stage reply is replaced by the MTA's).
-    pub fn new(policy: Arc<Policy>, first_reply_stage: Stage) -> Self {
+    pub fn new(policy: Arc<Policy>, first_reply_stage: Stage, clients: Arc<ClientTracker>) -> Self {
         Self {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             reply_stage: policy.delayed_rejection_state.max(first_reply_stage),
@@ -113,6 +117,8 @@ impl Session {
             tls: None,
             authenticated: None,
             held: None,
+            clients,
+            slot: None,
             invalid_commands: 0,
             failed_recipients: 0,
             last_refusal: None,
@@ -141,7 +147,11 @@ impl Session {
             "connect"
         );
         let policy = self.policy.clone();
-        let checked = guarded(&policy, "connect", self.connection_checks()).await;
+        // Counted first: a flooding client costs no lookups.
+        let checked = match self.count_connection() {
+            Some(finding) => Some(finding),
+            None => guarded(&policy, "connect", self.connection_checks()).await,
+        };
         match checked {
             Some((check, verdict)) if self.reply_stage != Stage::None => {
                 info!(session = self.id, check, %verdict, until = %self.reply_stage, "verdict held");
@@ -449,6 +459,19 @@ impl Session {
         self.tx = None;
     }
 
+    /// DoS protection: counts this connection against its client's limits. Allowed relay
+    /// sources are not limited.
+    fn count_connection(&mut self) -> Option<Finding> {
+        let limits = self.policy.client_limits?;
+        let ip = self.client.addr?;
+        if self.policy.relay.is_relay_source(ip) {
+            return None;
+        }
+        let (slot, refusal) = self.clients.connect(ip, limits, Instant::now());
+        self.slot = Some(slot);
+        refusal.map(|reply| ("dos_protection", Verdict::refuse(reply)))
+    }
+
     /// Runs the connection-stage checks in order; the first refusal wins.
     async fn connection_checks(&self) -> Result<Option<Finding>, EngineError> {
         let Some(ip) = self.client.addr else {
@@ -536,7 +559,7 @@ mod tests {
 
     fn session(config: &str, first_reply_stage: Stage) -> Session {
         let policy = Config::parse(config, "test.toml").unwrap().policy;
-        Session::new(Arc::new(policy), first_reply_stage)
+        Session::new(Arc::new(policy), first_reply_stage, Arc::default())
     }
 
     fn listed() -> ClientInfo {
