@@ -2,17 +2,7 @@
 
 mod support;
 
-use support::{MailEnv, Smtp, Socket};
-
-/// Opens an SMTP session to Postfix as `client_ip` (XCLIENT) and returns the reply to EHLO.
-fn session_as(env: &MailEnv, client_ip: &str) -> (Smtp, String) {
-    let mut smtp = env.smtp();
-    smtp.command("EHLO client.postern.test").unwrap();
-    let r = smtp.command(&format!("XCLIENT ADDR={client_ip}")).unwrap();
-    assert!(r.starts_with("220"), "XCLIENT: {r}");
-    let ehlo = smtp.command("EHLO client.postern.test").unwrap_or_default();
-    (smtp, ehlo)
-}
+use support::{MailEnv, Socket};
 
 #[test]
 fn second_simultaneous_connection_gets_421() {
@@ -20,16 +10,16 @@ fn second_simultaneous_connection_gets_421() {
         Socket::Unix,
         "[dos_protection]\nmax_connections_per_client = 1\n",
     );
-    let (_first, ehlo) = session_as(&env, "198.51.100.20");
+    let (_first, ehlo) = env.smtp_as("198.51.100.20");
     assert!(ehlo.starts_with("250"), "{ehlo}");
-    let (mut second, ehlo) = session_as(&env, "198.51.100.20");
+    let (mut second, ehlo) = env.smtp_as("198.51.100.20");
     assert!(
         ehlo.starts_with("421 4.7.0 Too many connections from [198.51.100.20]"),
         "{ehlo}"
     );
     assert!(second.is_closed(), "Postfix hangs up after the 421");
     // Another client is not affected.
-    let (_third, ehlo) = session_as(&env, "198.51.100.21");
+    let (_third, ehlo) = env.smtp_as("198.51.100.21");
     assert!(ehlo.starts_with("250"), "{ehlo}");
 }
 
@@ -40,10 +30,10 @@ fn connection_rate_is_limited_per_minute() {
         "[dos_protection]\nmax_connection_rate_per_client = 2\n",
     );
     for _ in 0..2 {
-        let (_s, ehlo) = session_as(&env, "198.51.100.30");
+        let (_s, ehlo) = env.smtp_as("198.51.100.30");
         assert!(ehlo.starts_with("250"), "{ehlo}");
     }
-    let (_s, ehlo) = session_as(&env, "198.51.100.30");
+    let (_s, ehlo) = env.smtp_as("198.51.100.30");
     assert!(
         ehlo.contains("421 4.7.0") && ehlo.contains("per minute"),
         "{ehlo}"

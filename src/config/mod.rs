@@ -17,6 +17,7 @@ use toml::Spanned;
 use crate::dns::{Dns, DnsSettings};
 use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
+use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
 use crate::engine::checks::spf::{Spf, SpfAction, SpfHeader};
 use crate::engine::checks::{
@@ -122,6 +123,24 @@ struct ConfigFile {
     encryption_rules: Vec<EncryptionRuleSection>,
     spf: SpfSection,
     dos_protection: DosSection,
+    #[serde(rename = "connection_profile")]
+    connection_profiles: Vec<ProfileSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileSection {
+    name: String,
+    #[serde(default)]
+    client_hosts: Vec<String>,
+    #[serde(default)]
+    sender_domains: Vec<String>,
+    #[serde(default)]
+    relay_control: RelayControl,
+    rbl: Option<bool>,
+    spf: Option<bool>,
+    #[serde(default)]
+    require_tls: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,6 +560,64 @@ impl ConfigFile {
             ));
         }
 
+        let mut profiles = Vec::new();
+        for (n, p) in self.connection_profiles.into_iter().enumerate() {
+            let key = format!("connection_profile[{n}]");
+            let mut client_hosts = Vec::new();
+            for host in &p.client_hosts {
+                let parsed = host
+                    .parse::<IpNet>()
+                    .or_else(|_| host.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map(ClientHost::Network)
+                    .ok()
+                    .or_else(|| {
+                        valid_hostname(host).then(|| {
+                            ClientHost::Name(host.trim_end_matches('.').to_ascii_lowercase())
+                        })
+                    });
+                match parsed {
+                    Some(h) => client_hosts.push(h),
+                    None => {
+                        return Err(invalid(
+                            0..0,
+                            &format!("{key}.client_hosts"),
+                            format!(
+                                "{host:?} is neither an IP network (192.0.2.0/24, 2001:db8::/32) nor a host name"
+                            ),
+                        ));
+                    }
+                }
+            }
+            if matches!(
+                p.relay_control,
+                RelayControl::RestrictedExternal | RelayControl::RestrictedInternal
+            ) && self.relay.local_domains.is_empty()
+            {
+                return Err(invalid(
+                    0..0,
+                    &format!("{key}.relay_control"),
+                    format!(
+                        "profile {:?} restricts its clients to local domains, but [relay] local_domains is empty; list the domains you receive mail for",
+                        p.name
+                    ),
+                ));
+            }
+            let checks = ConnectionProfile::checks_by_default(p.relay_control);
+            profiles.push(ConnectionProfile {
+                name: p.name,
+                client_hosts,
+                sender_domains: p
+                    .sender_domains
+                    .iter()
+                    .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
+                relay_control: p.relay_control,
+                rbl: p.rbl.unwrap_or(checks),
+                spf: p.spf.unwrap_or(checks),
+                require_tls: p.require_tls,
+            });
+        }
+
         let policy = Policy {
             hostname,
             scan_failure_action: self.scan.scan_failure_action,
@@ -555,6 +632,7 @@ impl ConfigFile {
                 self.connection.ip_address_rejection,
                 self.connection.ip_address_rejection_reply,
             ),
+            profiles: Profiles(profiles),
             client_limits: self.dos_protection.enabled.then(|| ClientLimits {
                 max_connections: Some(self.dos_protection.max_connections_per_client)
                     .filter(|n| *n > 0),

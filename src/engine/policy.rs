@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::checks::dos::ClientLimits;
+use super::checks::profiles::Profiles;
 use super::checks::spf::Spf;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
@@ -89,6 +90,8 @@ pub struct Policy {
     pub message_limits: MessageLimits,
     pub delayed_rejection_state: Stage,
     pub ip_address_rejection: IpRejection,
+    /// Connection profiles (seed 004), in order.
+    pub profiles: Profiles,
     /// Per-client connection limits; `None` when DoS protection is off.
     pub client_limits: Option<ClientLimits>,
     /// DNSBL/RBL check; `None` when disabled.
@@ -134,6 +137,16 @@ impl fmt::Display for Policy {
             f,
             "ip address rejection:    {} network(s)",
             self.ip_address_rejection.len()
+        )?;
+        let names: Vec<&str> = self.profiles.0.iter().map(|p| p.name.as_str()).collect();
+        writeln!(
+            f,
+            "connection profiles:     {}",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         )?;
         match self.client_limits {
             Some(l) => writeln!(

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::checks::dos::{ClientTracker, ConnectionSlot};
 use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
+use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
 use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
@@ -92,6 +93,8 @@ pub struct Session {
     /// state, or later when the door cannot show a reply earlier.
     reply_stage: Stage,
     held: Option<Held>,
+    /// The connection profile chosen by the client's address or host name.
+    profile: Option<usize>,
     /// Connections per client, shared by all sessions, and this connection's place in it.
     clients: Arc<ClientTracker>,
     slot: Option<ConnectionSlot>,
@@ -117,6 +120,7 @@ impl Session {
             tls: None,
             authenticated: None,
             held: None,
+            profile: None,
             clients,
             slot: None,
             invalid_commands: 0,
@@ -147,6 +151,12 @@ impl Session {
             "connect"
         );
         let policy = self.policy.clone();
+        self.profile = policy
+            .profiles
+            .for_client(self.client.addr, self.client.name.as_deref());
+        if let Some(p) = self.client_profile() {
+            info!(session = self.id, profile = %p.name, "connection profile");
+        }
         // Counted first: a flooding client costs no lookups.
         let checked = match self.count_connection() {
             Some(finding) => Some(finding),
@@ -190,9 +200,25 @@ impl Session {
         }
         let mut tx = Transaction::new(sender);
         let policy = self.policy.clone();
+        // Inbound mandatory TLS, from the client's profile or else the sender domain's.
+        let tls_profile = self
+            .profile
+            .or_else(|| policy.profiles.for_sender(sender))
+            .map(|i| policy.profiles.get(i));
+        if let Some(p) = tls_profile
+            && p.require_tls
+            && self.tls.is_none()
+        {
+            info!(session = self.id, check = "connection_profile", profile = %p.name, "TLS required, session is not encrypted");
+            return Verdict::refuse(
+                SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
+                    .expect("static reply is valid"),
+            );
+        }
         if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
             && self.authenticated.is_none()
             && !policy.relay.is_relay_source(ip)
+            && self.client_profile().is_none_or(|p| p.spf)
         {
             let helo = self.helo.clone().unwrap_or_default();
             let started = Instant::now();
@@ -233,11 +259,7 @@ impl Session {
             self.failed_recipients += 1;
             return Verdict::refuse(refusal.reply_for(recipient));
         }
-        if self.policy.restrict_relaying
-            && !self
-                .policy
-                .relay
-                .may_relay(self.client.addr, self.authenticated.is_some())
+        if !self.may_relay()
             && let Some(reply) = self.policy.relay.check(recipient)
         {
             info!(session = self.id, check = "relay", recipient = %recipient.escape_debug(), "relay access denied");
@@ -257,6 +279,24 @@ impl Session {
             tx.recipients.push(recipient.to_owned());
         }
         Verdict::Continue
+    }
+
+    /// Whether this client may send to any domain: by its connection profile's relay control,
+    /// else by the global relay restriction.
+    fn may_relay(&self) -> bool {
+        let relay = &self.policy.relay;
+        let authenticated = self.authenticated.is_some();
+        match self.client_profile().map(|p| p.relay_control) {
+            Some(RelayControl::Full) => true,
+            Some(RelayControl::RestrictedExternal | RelayControl::RestrictedInternal) => {
+                authenticated && relay.allow_relay_if_authenticated
+            }
+            _ => !self.policy.restrict_relaying || relay.may_relay(self.client.addr, authenticated),
+        }
+    }
+
+    fn client_profile(&self) -> Option<&ConnectionProfile> {
+        self.profile.map(|i| self.policy.profiles.get(i))
     }
 
     /// The MTA refused a recipient itself (reported by the milter door: Postfix's
@@ -483,9 +523,18 @@ impl Session {
                 Verdict::refuse(reply.clone()),
             )));
         }
+        if self
+            .client_profile()
+            .is_some_and(|p| p.relay_control == RelayControl::Blocked)
+        {
+            let text = format!("Client host [{ip}] rejected: access denied");
+            let reply = SmtpReply::new(554, Some("5.7.1"), &text).expect("printable reply");
+            return Ok(Some(("connection_profile", Verdict::Reject(reply))));
+        }
         let trusted = self.policy.skip_connection_tests_for_relay_sources
             && self.policy.relay.is_relay_source(ip);
-        if let Some(rbl) = self.policy.rbl.as_ref().filter(|_| !trusted) {
+        let rbl_applies = self.client_profile().is_none_or(|p| p.rbl);
+        if let Some(rbl) = self.policy.rbl.as_ref().filter(|_| !trusted && rbl_applies) {
             let started = Instant::now();
             let result = rbl.check(ip).await;
             let verdict = rbl.verdict(ip, &result);

@@ -301,6 +301,17 @@ impl MailEnv {
     pub fn smtp(&self) -> Smtp {
         Smtp::connect(self.smtp_port)
     }
+
+    /// A raw SMTP session to Postfix as `client_ip` (XCLIENT): returns it with the reply to
+    /// the EHLO that follows XCLIENT (where a connect-stage refusal shows).
+    pub fn smtp_as(&self, client_ip: &str) -> (Smtp, String) {
+        let mut smtp = self.smtp();
+        smtp.command("EHLO client.postern.test").unwrap();
+        let r = smtp.command(&format!("XCLIENT ADDR={client_ip}")).unwrap();
+        assert!(r.starts_with("220"), "XCLIENT: {r}");
+        let ehlo = smtp.command("EHLO client.postern.test").unwrap_or_default();
+        (smtp, ehlo)
+    }
 }
 
 impl Drop for MailEnv {

@@ -5,6 +5,7 @@ pub mod dos;
 pub mod encryption;
 pub mod exploit_detection;
 pub mod ip_rejection;
+pub mod profiles;
 pub mod rbl;
 pub mod relay;
 pub mod spf;
