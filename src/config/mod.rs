@@ -19,6 +19,7 @@ use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
+use crate::engine::checks::reputation::{Penalties, Reputation, ReputationZone, ZoneKind};
 use crate::engine::checks::spf::{Spf, SpfAction, SpfHeader};
 use crate::engine::checks::{
     EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction,
@@ -125,6 +126,49 @@ struct ConfigFile {
     dos_protection: DosSection,
     #[serde(rename = "connection_profile")]
     connection_profiles: Vec<ProfileSection>,
+    reputation: ReputationSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ReputationSection {
+    enabled: bool,
+    reject_match: bool,
+    tempfail_on_lookup_failure: bool,
+    threshold: i32,
+    half_life: NonZeroU64,
+    invalid_command_penalty: u32,
+    dictionary_attack_penalty: u32,
+    rbl_hit_penalty: u32,
+    refused_recipient_penalty: u32,
+    #[serde(rename = "zone")]
+    zones: Vec<ReputationZoneSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReputationZoneSection {
+    zone: String,
+    kind: ZoneKind,
+    #[serde(default)]
+    score: i32,
+}
+
+impl Default for ReputationSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reject_match: true,
+            tempfail_on_lookup_failure: true,
+            threshold: -50,
+            half_life: NonZeroU64::new(3600).expect("nonzero"),
+            invalid_command_penalty: 1,
+            dictionary_attack_penalty: 20,
+            rbl_hit_penalty: 25,
+            refused_recipient_penalty: 2,
+            zones: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,7 +518,8 @@ impl ConfigFile {
             None => None,
         };
 
-        let dns = if self.rbl.enabled || self.spf.enabled {
+        let reputation_zones = self.reputation.enabled && !self.reputation.zones.is_empty();
+        let dns = if self.rbl.enabled || self.spf.enabled || reputation_zones {
             Some(
                 Dns::new(&DnsSettings {
                     nameservers: self.dns.nameservers.clone(),
@@ -522,6 +567,31 @@ impl ConfigFile {
             }
             _ => None,
         };
+
+        let reputation = self.reputation.enabled.then(|| Reputation {
+            dns: dns.clone().filter(|_| reputation_zones),
+            zones: self
+                .reputation
+                .zones
+                .into_iter()
+                .map(|z| ReputationZone {
+                    zone: z.zone.trim_end_matches('.').to_owned(),
+                    kind: z.kind,
+                    score: z.score,
+                })
+                .collect(),
+            penalties: Penalties {
+                invalid_command: -f64::from(self.reputation.invalid_command_penalty),
+                dictionary_attack: -f64::from(self.reputation.dictionary_attack_penalty),
+                rbl_hit: -f64::from(self.reputation.rbl_hit_penalty),
+                refused_recipient: -f64::from(self.reputation.refused_recipient_penalty),
+            },
+            half_life: Duration::from_secs(self.reputation.half_life.get()),
+            threshold: f64::from(self.reputation.threshold),
+            reject_match: self.reputation.reject_match,
+            tempfail_on_lookup_failure: self.reputation.tempfail_on_lookup_failure,
+            help_url: help_url.clone(),
+        });
 
         let spf = match (&dns, self.spf.enabled) {
             (Some(dns), true) => Some(Spf {
@@ -640,6 +710,7 @@ impl ConfigFile {
                     .filter(|n| *n > 0),
             }),
             rbl,
+            reputation,
             spf,
             relay: RelayRestriction {
                 local_domains: self

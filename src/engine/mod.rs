@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use checks::dos::ClientTracker;
+use checks::reputation::{MemoryStore, ReputationStore};
 
 pub use message::MessageLimits;
 pub use policy::{Policy, ScanFailureAction, Stage};
@@ -26,15 +27,31 @@ pub use verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
 #[derive(Debug)]
 pub struct Engine {
     policy: ArcSwap<Policy>,
-    /// Connections per client, across sessions and reloads (DoS protection).
-    clients: Arc<ClientTracker>,
+    shared: SharedState,
+}
+
+/// What sessions share beyond the policy, across reloads: connections per client (DoS
+/// protection) and local reputations.
+#[derive(Clone, Debug)]
+pub struct SharedState {
+    pub clients: Arc<ClientTracker>,
+    pub reputation: Arc<dyn ReputationStore>,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        Self {
+            clients: Arc::default(),
+            reputation: Arc::new(MemoryStore::default()),
+        }
+    }
 }
 
 impl Engine {
     pub fn new(policy: Policy) -> Self {
         Self {
             policy: ArcSwap::from_pointee(policy),
-            clients: Arc::default(),
+            shared: SharedState::default(),
         }
     }
 
@@ -51,6 +68,6 @@ impl Engine {
     /// A new session under the current policy, for a door that can first show the client a
     /// reply of its own at `first_reply_stage`.
     pub fn session(&self, first_reply_stage: Stage) -> Session {
-        Session::new(self.policy(), first_reply_stage, self.clients.clone())
+        Session::new(self.policy(), first_reply_stage, self.shared.clone())
     }
 }

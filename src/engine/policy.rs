@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::checks::dos::ClientLimits;
 use super::checks::profiles::Profiles;
+use super::checks::reputation::Reputation;
 use super::checks::spf::Spf;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
@@ -96,6 +97,8 @@ pub struct Policy {
     pub client_limits: Option<ClientLimits>,
     /// DNSBL/RBL check; `None` when disabled.
     pub rbl: Option<Rbl>,
+    /// IP reputation; `None` when disabled.
+    pub reputation: Option<Reputation>,
     /// SPF check; `None` when disabled.
     pub spf: Option<Spf>,
     /// Allowed relay sources and local domains.
@@ -170,6 +173,16 @@ impl fmt::Display for Policy {
                 )?
             }
             None => writeln!(f, "rbl:                     off")?,
+        }
+        match &self.reputation {
+            Some(r) => writeln!(
+                f,
+                "ip reputation:           on (threshold {}, {} zone(s), half-life {:?})",
+                r.threshold,
+                r.zones.len(),
+                r.half_life
+            )?,
+            None => writeln!(f, "ip reputation:           off")?,
         }
         match &self.spf {
             Some(spf) => writeln!(

@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::checks::dos::{ClientTracker, ConnectionSlot};
+use super::SharedState;
+use super::checks::dos::ConnectionSlot;
 use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
 use super::checks::profiles::{ConnectionProfile, RelayControl};
+use super::checks::reputation::Event;
 use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
 use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
@@ -95,8 +97,9 @@ pub struct Session {
     held: Option<Held>,
     /// The connection profile chosen by the client's address or host name.
     profile: Option<usize>,
-    /// Connections per client, shared by all sessions, and this connection's place in it.
-    clients: Arc<ClientTracker>,
+    /// State shared by all sessions (connections per client, local reputations), and this
+    /// connection's place among the client's connections.
+    shared: SharedState,
     slot: Option<ConnectionSlot>,
     invalid_commands: u32,
     /// Recipients refused in this connection (by Postern or the MTA), and how the last was.
@@ -110,7 +113,7 @@ impl Session {
     /// A new session judged by `policy` for its whole life, even across reloads.
     /// `first_reply_stage` is the earliest stage at which the door can show the client a reply
     /// of the policy's own (a milter's connect-stage reply is replaced by the MTA's).
-    pub fn new(policy: Arc<Policy>, first_reply_stage: Stage, clients: Arc<ClientTracker>) -> Self {
+    pub fn new(policy: Arc<Policy>, first_reply_stage: Stage, shared: SharedState) -> Self {
         Self {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             reply_stage: policy.delayed_rejection_state.max(first_reply_stage),
@@ -121,7 +124,7 @@ impl Session {
             authenticated: None,
             held: None,
             profile: None,
-            clients,
+            shared,
             slot: None,
             invalid_commands: 0,
             failed_recipients: 0,
@@ -308,7 +311,9 @@ impl Session {
     fn recipient_failed(&mut self, refusal: RecipientRefusal) {
         self.failed_recipients += 1;
         self.last_refusal = Some(refusal);
+        self.learn(Event::RefusedRecipient);
         if self.policy.exploit_detection.max_failed_addresses == Some(self.failed_recipients) {
+            self.learn(Event::DictionaryAttack);
             info!(
                 session = self.id,
                 client_addr = ?self.client.addr,
@@ -467,6 +472,7 @@ impl Session {
     /// is dropped.
     pub async fn unknown_command(&mut self, command: &str) -> Verdict {
         self.invalid_commands += 1;
+        self.learn(Event::InvalidCommand);
         let verb = command.split_whitespace().next().unwrap_or("");
         let verb: String = verb.chars().take(32).collect();
         match self
@@ -507,7 +513,7 @@ impl Session {
         if self.policy.relay.is_relay_source(ip) {
             return None;
         }
-        let (slot, refusal) = self.clients.connect(ip, limits, Instant::now());
+        let (slot, refusal) = self.shared.clients.connect(ip, limits, Instant::now());
         self.slot = Some(slot);
         refusal.map(|reply| ("dos_protection", Verdict::refuse(reply)))
     }
@@ -548,10 +554,43 @@ impl Session {
                 "check"
             );
             if let Some(verdict) = verdict {
+                self.learn(Event::RblHit);
                 return Ok(Some(("rbl", verdict)));
             }
         }
+        if let Some(reputation) = self.policy.reputation.as_ref().filter(|_| !trusted) {
+            let started = Instant::now();
+            let result = reputation.check(self.shared.reputation.as_ref(), ip).await;
+            let verdict = reputation.verdict(ip, &result);
+            info!(
+                session = self.id,
+                check = "reputation",
+                client_addr = %ip,
+                score = result.total(),
+                local = result.local,
+                zones = ?result.zones,
+                failed = ?result.failed,
+                verdict = verdict.as_ref().map_or("pass", Verdict::name),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "check"
+            );
+            if let Some(verdict) = verdict {
+                return Ok(Some(("reputation", verdict)));
+            }
+        }
         Ok(None)
+    }
+
+    /// Lowers the client's local reputation for its behaviour (allowed relay sources aside).
+    fn learn(&self, event: Event) {
+        if let (Some(reputation), Some(ip)) = (&self.policy.reputation, self.client.addr)
+            && !self.policy.relay.is_relay_source(ip)
+        {
+            let penalty = reputation.penalty(event);
+            self.shared
+                .reputation
+                .record(ip, penalty, reputation.half_life, Instant::now());
+        }
     }
 
     /// The held verdict, if the conversation has reached the stage where it is delivered.
@@ -608,7 +647,7 @@ mod tests {
 
     fn session(config: &str, first_reply_stage: Stage) -> Session {
         let policy = Config::parse(config, "test.toml").unwrap().policy;
-        Session::new(Arc::new(policy), first_reply_stage, Arc::default())
+        Session::new(Arc::new(policy), first_reply_stage, SharedState::default())
     }
 
     fn listed() -> ClientInfo {

@@ -8,6 +8,7 @@ pub mod ip_rejection;
 pub mod profiles;
 pub mod rbl;
 pub mod relay;
+pub mod reputation;
 pub mod spf;
 
 pub use encryption::EncryptionRules;

@@ -1,0 +1,78 @@
+//! IP reputation through Postfix: learned from behaviour, offset by an allow list, read from
+//! a scored list; a zone that cannot be asked defers.
+
+mod support;
+
+use support::{DnsServer, MailEnv, Socket};
+
+const RECIPIENTS: (&str, &str) = (
+    "recipients",
+    "/^nosuch/ 550 5.1.1 User unknown in local recipient table\n",
+);
+
+fn env(dns: &DnsServer, reputation: &str) -> MailEnv {
+    MailEnv::start_with_postfix(
+        Socket::Unix,
+        &format!(
+            "[dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = 2\nattempts = 1\n[reputation]\nthreshold = -20\n{reputation}",
+            dns.port
+        ),
+        &["smtpd_recipient_restrictions = check_recipient_access regexp:{dir}/recipients"],
+        &[RECIPIENTS],
+    )
+}
+
+/// A session from `ip` that probes three unknown recipients; returns the reply to MAIL FROM.
+fn probe(env: &MailEnv, ip: &str) -> String {
+    let (mut smtp, _) = env.smtp_as(ip);
+    let mail = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    if mail.starts_with("250") {
+        for n in 1..=3 {
+            smtp.command(&format!("RCPT TO:<nosuch{n}@rcpt.example>"))
+                .unwrap();
+        }
+        smtp.command("QUIT");
+    }
+    mail
+}
+
+#[test]
+fn a_dictionary_attacker_is_refused_next_time_unless_allow_listed() {
+    let dns = DnsServer::start();
+    let env = env(
+        &dns,
+        "[[reputation.zone]]\nzone = \"wl.test\"\nkind = \"allow\"\nscore = 50\n",
+    );
+    // First visit: three unknown users (-6) and a suspected dictionary attack (-20).
+    assert!(probe(&env, "198.51.100.40").starts_with("250"));
+    let again = probe(&env, "198.51.100.40");
+    assert!(
+        again.starts_with("554 5.7.1 Client [198.51.100.40] has a poor reputation here (-26)"),
+        "{again}"
+    );
+    // The same behaviour from an allow-listed client: -26 + 50.
+    assert!(probe(&env, "198.51.100.50").starts_with("250"));
+    let again = probe(&env, "198.51.100.50");
+    assert!(again.starts_with("250"), "{again}");
+    assert!(env.postern_log().contains("check=\"reputation\""));
+}
+
+#[test]
+fn scored_list_and_lookup_failure() {
+    let dns = DnsServer::start();
+    let env = env(
+        &dns,
+        "[[reputation.zone]]\nzone = \"score.test\"\nkind = \"score\"\n[[reputation.zone]]\nzone = \"down.example\"\nkind = \"allow\"\n",
+    );
+    // score.test: 5 -> -45. The refusal outranks the failed zone.
+    let (mut smtp, _) = env.smtp_as("192.0.2.77");
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(r.starts_with("554 5.7.1") && r.contains("(-45)"), "{r}");
+    // 90 -> +40, but down.example cannot be asked (not served: REFUSED): 4xx by default.
+    let (mut smtp, _) = env.smtp_as("192.0.2.78");
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(
+        r.starts_with("451 4.7.1 Temporary failure checking the reputation"),
+        "{r}"
+    );
+}
