@@ -95,6 +95,9 @@ pub struct Session {
     /// state, or later when the door cannot show a reply earlier.
     reply_stage: Stage,
     held: Option<Held>,
+    /// Each check's result and timing for this connection, for its log line:
+    /// `rbl:pass:2ms`.
+    checks: Vec<String>,
     /// The connection profile chosen by the client's address or host name.
     profile: Option<usize>,
     /// State shared by all sessions (connections per client, local reputations), and this
@@ -123,6 +126,7 @@ impl Session {
             tls: None,
             authenticated: None,
             held: None,
+            checks: Vec::new(),
             profile: None,
             shared,
             slot: None,
@@ -161,10 +165,18 @@ impl Session {
             info!(session = self.id, profile = %p.name, "connection profile");
         }
         // Counted first: a flooding client costs no lookups.
+        let started = Instant::now();
         let checked = match self.count_connection() {
             Some(finding) => Some(finding),
             None => guarded(&policy, "connect", self.connection_checks()).await,
         };
+        let result = checked.as_ref().map_or("pass".to_owned(), |(check, v)| {
+            format!("{check}={}", v.name())
+        });
+        self.checks.push(format!(
+            "connect:{result}:{}ms",
+            started.elapsed().as_millis()
+        ));
         match checked {
             Some((check, verdict)) if self.reply_stage != Stage::None => {
                 info!(session = self.id, check, %verdict, until = %self.reply_stage, "verdict held");
@@ -400,7 +412,7 @@ impl Session {
         let mut edits = Edits::default();
         if matches!(verdict, Verdict::Continue | Verdict::Accept)
             && let (Some(spf), Some(outcome), Some(ip)) =
-                (&policy.spf, tx.spf.take(), self.client.addr)
+                (&policy.spf, tx.spf.clone(), self.client.addr)
         {
             self.spf_headers(spf, &outcome, ip, &mut tx, &mut edits)
                 .await;
@@ -497,6 +509,7 @@ impl Session {
             tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
             authenticated = self.authenticated.is_some(),
             messages = self.messages,
+            checks = %self.checks.join(","),
             invalid_commands = self.invalid_commands,
             failed_recipients = self.failed_recipients,
             unfinished_message = self.tx.is_some(),
@@ -610,6 +623,7 @@ impl Session {
             recipients = tx.recipients.len(),
             size = tx.message.as_ref().map_or(0, MessageBuffer::len),
             spooled = tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
+            spf = tx.spf.as_ref().map_or("-", SpfOutcome::name),
             %verdict,
             reason,
             elapsed_ms = tx.started.elapsed().as_millis() as u64,
