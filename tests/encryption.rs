@@ -14,13 +14,7 @@ fn swaks(env: &MailEnv, to: &str, tls: bool) -> (bool, String) {
     if tls {
         args.push("--tls");
     }
-    let o = env.swaks(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
+    env.swaks_result(&args)
 }
 
 #[test]

@@ -25,13 +25,7 @@ fn send(env: &MailEnv, client_ip: &str, from: &str, extra: &[&str]) -> (bool, St
         "b@rcpt.example",
     ];
     args.extend_from_slice(extra);
-    let o = env.swaks(&args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (o.status.success(), text)
+    env.swaks_result(&args)
 }
 
 #[test]

@@ -246,23 +246,28 @@ impl MailEnv {
             .expect("swaks runs")
     }
 
-    /// Sends a test message with swaks as if from `client_ip` (Postfix's XCLIENT, allowed from
-    /// loopback), so that Postfix and Postern judge that address. Returns swaks' dialogue.
-    pub fn send_from(&self, client_ip: &str) -> (bool, String) {
-        let o = self.swaks(&[
-            "--xclient-addr",
-            client_ip,
-            "-f",
-            "a@sender.example",
-            "-t",
-            "b@rcpt.example",
-        ]);
+    /// Runs swaks with `args`: whether it succeeded, and its whole dialogue.
+    pub fn swaks_result(&self, args: &[&str]) -> (bool, String) {
+        let o = self.swaks(args);
         let dialogue = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
         (o.status.success(), dialogue)
+    }
+
+    /// Sends a test message with swaks as if from `client_ip` (Postfix's XCLIENT, allowed from
+    /// loopback), so that Postfix and Postern judge that address.
+    pub fn send_from(&self, client_ip: &str) -> (bool, String) {
+        self.swaks_result(&[
+            "--xclient-addr",
+            client_ip,
+            "-f",
+            "a@sender.example",
+            "-t",
+            "b@rcpt.example",
+        ])
     }
 
     /// Messages the sink holds now, sorted by name.
