@@ -690,6 +690,7 @@ impl ConfigFile {
 
         let policy = Policy {
             hostname,
+            help_url,
             scan_failure_action: self.scan.scan_failure_action,
             scan_timeout: Duration::from_secs(self.scan.scan_timeout.get()),
             message_limits: MessageLimits {

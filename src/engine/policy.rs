@@ -85,6 +85,8 @@ pub struct TraceHeader {
 pub struct Policy {
     /// Host name used in replies and headers.
     pub hostname: String,
+    /// Where refused senders get help; added to the replies of Postern's own rules.
+    pub help_url: Option<String>,
     pub scan_failure_action: ScanFailureAction,
     /// Time budget of the engine for one stage.
     pub scan_timeout: Duration,

@@ -226,8 +226,10 @@ impl Session {
         {
             info!(session = self.id, check = "connection_profile", profile = %p.name, "TLS required, session is not encrypted");
             return Verdict::refuse(
-                SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
-                    .expect("static reply is valid"),
+                self.with_help(
+                    SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
+                        .expect("static reply is valid"),
+                ),
             );
         }
         if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
@@ -278,6 +280,7 @@ impl Session {
             && let Some(reply) = self.policy.relay.check(recipient)
         {
             info!(session = self.id, check = "relay", recipient = %recipient.escape_debug(), "relay access denied");
+            let reply = self.with_help(reply);
             self.recipient_failed(RecipientRefusal::from_reply(&reply));
             return Verdict::refuse(reply);
         }
@@ -288,7 +291,7 @@ impl Session {
                 .check(sender, recipient, self.tls.is_some())
         {
             info!(session = self.id, check = "encryption_rule", recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
-            return Verdict::refuse(reply);
+            return Verdict::refuse(self.with_help(reply));
         }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(recipient.to_owned());
@@ -528,7 +531,7 @@ impl Session {
         }
         let (slot, refusal) = self.shared.clients.connect(ip, limits, Instant::now());
         self.slot = Some(slot);
-        refusal.map(|reply| ("dos_protection", Verdict::refuse(reply)))
+        refusal.map(|reply| ("dos_protection", Verdict::refuse(self.with_help(reply))))
     }
 
     /// Runs the connection-stage checks in order; the first refusal wins.
@@ -548,7 +551,10 @@ impl Session {
         {
             let text = format!("Client host [{ip}] rejected: access denied");
             let reply = SmtpReply::new(554, Some("5.7.1"), &text).expect("printable reply");
-            return Ok(Some(("connection_profile", Verdict::Reject(reply))));
+            return Ok(Some((
+                "connection_profile",
+                Verdict::Reject(self.with_help(reply)),
+            )));
         }
         let trusted = self.policy.skip_connection_tests_for_relay_sources
             && self.policy.relay.is_relay_source(ip);
@@ -592,6 +598,15 @@ impl Session {
             }
         }
         Ok(None)
+    }
+
+    /// A refusal by one of Postern's own rules, with where to get help ([connection] help_url).
+    fn with_help(&self, reply: SmtpReply) -> SmtpReply {
+        let Some(url) = &self.policy.help_url else {
+            return reply;
+        };
+        let text = format!("{}; see {url}", reply.text());
+        SmtpReply::new(reply.code(), reply.enhanced(), &text).unwrap_or(reply)
     }
 
     /// Lowers the client's local reputation for its behaviour (allowed relay sources aside).
@@ -731,6 +746,22 @@ mod tests {
             s.rcpt_refused_by_mta("5.1.1", "User unknown");
         }
         assert_eq!(s.rcpt("valid@local.example").await, Verdict::Continue);
+    }
+
+    #[tokio::test]
+    async fn own_refusals_say_where_to_get_help() {
+        let mut s = session(
+            "[connection]\nhelp_url = \"https://postmaster.example/help\"\n\
+             [relay]\nrestrict_relaying = true\nlocal_domains = [\"local.example\"]\n",
+            Stage::Helo,
+        );
+        s.connect(listed()).await;
+        s.mail("a@b.example").await;
+        let refused = s.rcpt("x@other.example").await;
+        assert_eq!(
+            refused.reply().unwrap().to_string(),
+            "554 5.7.1 <x@other.example>: Relay access denied; see https://postmaster.example/help"
+        );
     }
 
     #[tokio::test]
