@@ -1,0 +1,162 @@
+//! DATA and the message: bounded buffering, end-of-message verdict and edits, the per-message
+//! log line.
+
+use super::*;
+
+impl Session {
+    /// The queue id the MTA gave the message, for logs.
+    pub fn set_queue_id(&mut self, id: &str) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.queue_id.get_or_insert_with(|| id.to_owned());
+        }
+    }
+
+    /// DATA.
+    pub async fn data(&mut self) -> Verdict {
+        if let Some(v) = self.held_at(Stage::Data) {
+            return v;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.message = Some(MessageBuffer::new(self.policy.message_limits.clone()));
+        }
+        Verdict::Continue
+    }
+
+    /// Raw message bytes (header and body as on the wire, CRLF line ends), in order. A
+    /// refusal here (too big, cannot be held) is repeated for every later call and at end of
+    /// message, so a door that cannot answer every call still delivers it.
+    pub async fn message_data(&mut self, bytes: &[u8]) -> Verdict {
+        let limits = &self.policy.message_limits;
+        let tx = self.tx.get_or_insert_with(|| Transaction::new(""));
+        if let Some(failed) = &tx.failure {
+            return failed.clone();
+        }
+        let buffer = tx
+            .message
+            .get_or_insert_with(|| MessageBuffer::new(limits.clone()));
+        let (reason, verdict) = match buffer.append(bytes).await {
+            Ok(()) => return Verdict::Continue,
+            Err(BufferError::TooBig { limit }) => (
+                "max_message_size",
+                Verdict::Reject(
+                    SmtpReply::new(
+                        552,
+                        Some("5.3.4"),
+                        &format!("Message size exceeds fixed limit of {limit} bytes"),
+                    )
+                    .expect("static reply is valid"),
+                ),
+            ),
+            Err(e) => {
+                warn!(session = self.id, error = %e, action = ?self.policy.scan_failure_action, "scan failure");
+                ("scan_failure", self.policy.scan_failure_action.verdict())
+            }
+        };
+        tx.failure = Some(verdict.clone());
+        // Nothing more is kept of this message; the verdict stands until its end.
+        tx.message = None;
+        if verdict != Verdict::Continue {
+            info!(session = self.id, reason, %verdict, "message refused before its end");
+        }
+        verdict
+    }
+
+    /// End of message: the verdict and the edits to apply before the message goes on.
+    pub async fn end_of_message(&mut self) -> MessageOutcome {
+        let policy = self.policy.clone();
+        let Some(mut tx) = self.tx.take() else {
+            return MessageOutcome {
+                verdict: Verdict::Continue,
+                edits: Edits::default(),
+            };
+        };
+        self.messages += 1;
+        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
+            (Some(held), _) => ("held", held),
+            (None, Some(failed)) => ("refused_before_end", failed),
+            (None, None) => guarded(&policy, "message", async { Ok(None) })
+                .await
+                .unwrap_or(("end_of_message", Verdict::Continue)),
+        };
+        let mut edits = Edits::default();
+        if matches!(verdict, Verdict::Continue | Verdict::Accept)
+            && let (Some(spf), Some(outcome), Some(ip)) =
+                (&policy.spf, tx.spf.clone(), self.client.addr)
+        {
+            self.spf_headers(spf, &outcome, ip, &mut tx, &mut edits)
+                .await;
+        }
+        if let Some(trace) = &policy.trace_header
+            && matches!(verdict, Verdict::Continue | Verdict::Accept)
+        {
+            edits.headers.push(HeaderEdit::Add {
+                name: trace.name.clone(),
+                value: format!("{}; by {}", verdict.name(), policy.hostname),
+            });
+        }
+        self.log_message(&tx, &verdict, reason);
+        MessageOutcome { verdict, edits }
+    }
+
+    /// The SPF result header, first in the message; with Authentication-Results, forged
+    /// results that claim to come from this host are removed (RFC 8601 §5).
+    pub(super) async fn spf_headers(
+        &self,
+        spf: &Spf,
+        outcome: &SpfOutcome,
+        ip: IpAddr,
+        tx: &mut Transaction,
+        edits: &mut Edits,
+    ) {
+        let hostname = &self.policy.hostname;
+        let helo = self.helo.as_deref().unwrap_or("");
+        let Some((name, value)) = spf.header(hostname, ip, helo, &tx.sender, outcome) else {
+            return;
+        };
+        if spf.header == SpfHeader::AuthenticationResults
+            && let Some(buffer) = tx.message.as_mut()
+            && let Ok(raw) = buffer.contents().await
+        {
+            let ours: Vec<u32> = header_fields(&raw)
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .zip(1..)
+                .filter(|((_, v), _)| authserv_id(v).eq_ignore_ascii_case(hostname))
+                .map(|(_, index)| index)
+                .collect();
+            // Highest index first: each deletion shifts the ones after it.
+            for index in ours.into_iter().rev() {
+                info!(
+                    session = self.id,
+                    index, "removing forged Authentication-Results for this host"
+                );
+                edits.headers.push(HeaderEdit::Change {
+                    name: name.clone(),
+                    index,
+                    value: None,
+                });
+            }
+        }
+        edits.headers.push(HeaderEdit::Insert {
+            index: 0,
+            name,
+            value,
+        });
+    }
+
+    pub(super) fn log_message(&self, tx: &Transaction, verdict: &Verdict, reason: &str) {
+        info!(
+            session = self.id,
+            queue_id = tx.queue_id.as_deref().unwrap_or(""),
+            sender = %tx.sender,
+            recipients = tx.recipients.len(),
+            size = tx.message.as_ref().map_or(0, MessageBuffer::len),
+            spooled = tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
+            spf = tx.spf.as_ref().map_or("-", SpfOutcome::name),
+            %verdict,
+            reason,
+            elapsed_ms = tx.started.elapsed().as_millis() as u64,
+            "message"
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! One SMTP conversation as the policy sees it: one async call per stage, each answered with a
+//! [`Verdict`]. Doors (milter, proxy) call these and translate the answers. Each stage that
+//! judges has its own file; this one holds the session's state and what the stages share.
+
+mod connect;
+mod data;
+mod mail;
+mod rcpt;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::SharedState;
+use super::checks::dos::ConnectionSlot;
+use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
+use super::checks::profiles::{ConnectionProfile, RelayControl};
+use super::checks::reputation::Event;
+use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
+use super::message::{BufferError, MessageBuffer, header_fields};
+use super::policy::{Policy, Stage};
+use super::reply::SmtpReply;
+use super::verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
+
+/// What a door knows about the client when it connects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's IP address; `None` for local submissions (e.g. a unix socket).
+    pub addr: Option<IpAddr>,
+    /// The client's verified host name, if the MTA has one.
+    pub name: Option<String>,
+}
+
+/// TLS facts of the session, once the client has negotiated TLS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+    pub cert_subject: Option<String>,
+}
+
+/// Why the engine could not judge something; turned into the scan failure action.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A verdict reached early and held until the configured stage (seed: "Delayed rejection
+/// state"), so that the MTA records the sender and recipients first.
+#[derive(Debug)]
+struct Held {
+    verdict: Verdict,
+    check: &'static str,
+}
+
+/// One mail transaction (MAIL FROM to end of message or reset).
+#[derive(Debug)]
+struct Transaction {
+    started: Instant,
+    sender: String,
+    recipients: Vec<String>,
+    queue_id: Option<String>,
+    message: Option<MessageBuffer>,
+    /// Set when the message could not be held (too big, spool failure): its final verdict.
+    failure: Option<Verdict>,
+    /// The SPF outcome for this transaction, recorded in a header at its end.
+    spf: Option<SpfOutcome>,
+}
+
+impl Transaction {
+    fn new(sender: &str) -> Self {
+        Self {
+            started: Instant::now(),
+            sender: sender.to_owned(),
+            recipients: Vec::new(),
+            queue_id: None,
+            message: None,
+            failure: None,
+            spf: None,
+        }
+    }
+}
+
+/// The policy's view of one connection.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    policy: Arc<Policy>,
+    client: ClientInfo,
+    helo: Option<String>,
+    tls: Option<TlsInfo>,
+    authenticated: Option<String>,
+    /// Where a refusal reached at connect is delivered: the configured delayed rejection
+    /// state, or later when the door cannot show a reply earlier.
+    reply_stage: Stage,
+    held: Option<Held>,
+    /// Each check's result and timing for this connection, for its log line:
+    /// `rbl:pass:2ms`.
+    checks: Vec<String>,
+    /// The connection profile chosen by the client's address or host name.
+    profile: Option<usize>,
+    /// State shared by all sessions (connections per client, local reputations), and this
+    /// connection's place among the client's connections.
+    shared: SharedState,
+    slot: Option<ConnectionSlot>,
+    invalid_commands: u32,
+    /// Recipients refused in this connection (by Postern or the MTA), and how the last was.
+    failed_recipients: u32,
+    last_refusal: Option<RecipientRefusal>,
+    messages: u32,
+    tx: Option<Transaction>,
+}
+
+impl Session {
+    /// A new session judged by `policy` for its whole life, even across reloads.
+    /// `first_reply_stage` is the earliest stage at which the door can show the client a reply
+    /// of the policy's own (a milter's connect-stage reply is replaced by the MTA's).
+    pub fn new(policy: Arc<Policy>, first_reply_stage: Stage, shared: SharedState) -> Self {
+        Self {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            reply_stage: policy.delayed_rejection_state.max(first_reply_stage),
+            policy,
+            client: ClientInfo::default(),
+            helo: None,
+            tls: None,
+            authenticated: None,
+            held: None,
+            checks: Vec::new(),
+            profile: None,
+            shared,
+            slot: None,
+            invalid_commands: 0,
+            failed_recipients: 0,
+            last_refusal: None,
+            messages: 0,
+            tx: None,
+        }
+    }
+
+    /// The policy this session is judged by.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// True between MAIL FROM and the end (or abort) of that message.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// The client said HELO or EHLO.
+    pub async fn helo(&mut self, name: &str) -> Verdict {
+        self.helo = Some(name.to_owned());
+        self.held_at(Stage::Helo).unwrap_or(Verdict::Continue)
+    }
+
+    /// TLS was negotiated (in milter mode, learned from the `{tls_version}` macro).
+    pub fn tls_established(&mut self, tls: TlsInfo) {
+        self.tls = Some(tls);
+    }
+
+    /// The client authenticated as `user`.
+    pub fn authenticated(&mut self, user: &str) {
+        self.authenticated = Some(user.to_owned());
+    }
+
+    fn client_profile(&self) -> Option<&ConnectionProfile> {
+        self.profile.map(|i| self.policy.profiles.get(i))
+    }
+
+    /// RSET, or the MTA aborted the message.
+    pub fn reset(&mut self) {
+        self.tx = None;
+    }
+
+    /// A command the server does not know. Counted per connection; at the limit the client
+    /// is dropped.
+    pub async fn unknown_command(&mut self, command: &str) -> Verdict {
+        self.invalid_commands += 1;
+        self.learn(Event::InvalidCommand);
+        let verb = command.split_whitespace().next().unwrap_or("");
+        let verb: String = verb.chars().take(32).collect();
+        match self
+            .policy
+            .exploit_detection
+            .invalid_command(self.invalid_commands)
+        {
+            Some(reply) => {
+                info!(session = self.id, count = self.invalid_commands, command = %verb.escape_debug(), "too many invalid commands, dropping client");
+                Verdict::Drop(reply)
+            }
+            None => Verdict::Continue,
+        }
+    }
+
+    /// The connection ended.
+    pub fn close(&mut self) {
+        info!(
+            session = self.id,
+            client_addr = ?self.client.addr,
+            helo = self.helo.as_deref().unwrap_or(""),
+            tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+            authenticated = self.authenticated.is_some(),
+            messages = self.messages,
+            checks = %self.checks.join(","),
+            invalid_commands = self.invalid_commands,
+            failed_recipients = self.failed_recipients,
+            unfinished_message = self.tx.is_some(),
+            "disconnect"
+        );
+        self.tx = None;
+    }
+
+    /// A refusal by one of Postern's own rules, with where to get help ([connection] help_url).
+    fn with_help(&self, reply: SmtpReply) -> SmtpReply {
+        let Some(url) = &self.policy.help_url else {
+            return reply;
+        };
+        let text = format!("{}; see {url}", reply.text());
+        SmtpReply::new(reply.code(), reply.enhanced(), &text).unwrap_or(reply)
+    }
+
+    /// The held verdict, if the conversation has reached the stage where it is delivered.
+    fn held_at(&self, stage: Stage) -> Option<Verdict> {
+        let held = self.held.as_ref()?;
+        (stage >= self.reply_stage).then(|| {
+            info!(session = self.id, check = held.check, verdict = %held.verdict, %stage, "refused (delayed)");
+            held.verdict.clone()
+        })
+    }
+}
+
+/// A check's name and the verdict it reached.
+type Finding = (&'static str, Verdict);
+
+/// Runs one piece of engine work within the policy's time budget. `None` means "no
+/// objection"; an error or a timeout is logged and becomes the scan failure action.
+async fn guarded(
+    policy: &Policy,
+    stage: &'static str,
+    work: impl Future<Output = Result<Option<Finding>, EngineError>>,
+) -> Option<Finding> {
+    let failure = match tokio::time::timeout(policy.scan_timeout, work).await {
+        Ok(Ok(found)) => return found,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("time budget of {:?} exceeded", policy.scan_timeout),
+    };
+    warn!(stage, error = %failure, action = ?policy.scan_failure_action, "scan failure");
+    match policy.scan_failure_action.verdict() {
+        Verdict::Continue => None,
+        verdict => Some(("scan_failure", verdict)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn session(config: &str, first_reply_stage: Stage) -> Session {
+        let policy = Config::parse(config, "test.toml").unwrap().policy;
+        Session::new(Arc::new(policy), first_reply_stage, SharedState::default())
+    }
+
+    fn listed() -> ClientInfo {
+        ClientInfo {
+            addr: Some("192.0.2.10".parse().unwrap()),
+            name: None,
+        }
+    }
+
+    const LISTED: &str = "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n";
+
+    #[tokio::test]
+    async fn refusal_at_connect_when_the_door_can_show_it() {
+        let mut s = session(LISTED, Stage::None);
+        assert!(matches!(s.connect(listed()).await, Verdict::Reject(_)));
+    }
+
+    #[tokio::test]
+    async fn refusal_waits_for_the_first_stage_the_door_can_show() {
+        let mut s = session(LISTED, Stage::Helo);
+        assert_eq!(s.connect(listed()).await, Verdict::Continue);
+        assert!(matches!(s.helo("x").await, Verdict::Reject(_)));
+
+        // A client that never says HELO is refused at MAIL.
+        let mut s = session(LISTED, Stage::Helo);
+        assert_eq!(s.connect(listed()).await, Verdict::Continue);
+        assert!(matches!(s.mail("a@b.example").await, Verdict::Reject(_)));
+        assert!(!s.in_transaction());
+    }
+
+    #[tokio::test]
+    async fn delayed_rejection_state_data() {
+        let mut s = session(
+            &format!("{LISTED}delayed_rejection_state = \"data\"\n"),
+            Stage::Helo,
+        );
+        assert_eq!(s.connect(listed()).await, Verdict::Continue);
+        assert_eq!(s.helo("x").await, Verdict::Continue);
+        assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
+        assert_eq!(s.rcpt("c@d.example").await, Verdict::Continue);
+        assert_eq!(s.rcpt("e@d.example").await, Verdict::Continue);
+        assert!(matches!(s.data().await, Verdict::Reject(_)));
+    }
+
+    #[tokio::test]
+    async fn after_three_failed_recipients_every_recipient_gets_the_same_answer() {
+        let mut s = session("", Stage::Helo);
+        s.connect(listed()).await;
+        assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
+        for n in 1..=3 {
+            s.rcpt_refused_by_mta("5.1.1", "Recipient address rejected: User unknown");
+            assert_eq!(s.failed_recipients, n);
+        }
+        let hidden = s.rcpt("valid@local.example").await;
+        assert_eq!(
+            hidden.reply().unwrap().to_string(),
+            "550 5.1.1 <valid@local.example>: Recipient address rejected: User unknown"
+        );
+        // Off: valid recipients pass whatever failed before.
+        let mut s = session(
+            "[exploit_detection]\naddress_hiding_on_dictionary_attack = false\n",
+            Stage::Helo,
+        );
+        s.connect(listed()).await;
+        s.mail("a@b.example").await;
+        for _ in 0..5 {
+            s.rcpt_refused_by_mta("5.1.1", "User unknown");
+        }
+        assert_eq!(s.rcpt("valid@local.example").await, Verdict::Continue);
+    }
+
+    #[tokio::test]
+    async fn own_refusals_say_where_to_get_help() {
+        let mut s = session(
+            "[connection]\nhelp_url = \"https://postmaster.example/help\"\n\
+             [relay]\nrestrict_relaying = true\nlocal_domains = [\"local.example\"]\n",
+            Stage::Helo,
+        );
+        s.connect(listed()).await;
+        s.mail("a@b.example").await;
+        let refused = s.rcpt("x@other.example").await;
+        assert_eq!(
+            refused.reply().unwrap().to_string(),
+            "554 5.7.1 <x@other.example>: Relay access denied; see https://postmaster.example/help"
+        );
+    }
+
+    #[tokio::test]
+    async fn unlisted_client_passes_every_stage() {
+        let mut s = session(LISTED, Stage::Helo);
+        let ok = ClientInfo {
+            addr: Some("198.51.100.1".parse().unwrap()),
+            name: None,
+        };
+        assert_eq!(s.connect(ok).await, Verdict::Continue);
+        assert_eq!(s.helo("x").await, Verdict::Continue);
+        assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
+        assert_eq!(s.rcpt("c@d.example").await, Verdict::Continue);
+        assert_eq!(s.data().await, Verdict::Continue);
+        assert_eq!(
+            s.message_data(b"Subject: x\r\n\r\nbody\r\n").await,
+            Verdict::Continue
+        );
+        let outcome = s.end_of_message().await;
+        assert_eq!(outcome.verdict, Verdict::Continue);
+        assert!(outcome.edits.is_empty());
+    }
+}

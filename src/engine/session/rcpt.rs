@@ -1,0 +1,75 @@
+//! RCPT TO: relay restriction, encryption rules and dictionary-attack hiding.
+
+use super::*;
+
+impl Session {
+    /// RCPT TO.
+    pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
+        if let Some(v) = self.held_at(Stage::Rcpt) {
+            return v;
+        }
+        if let Some(max) = self.policy.exploit_detection.max_failed_addresses
+            && self.failed_recipients >= max
+        {
+            let refusal = self.last_refusal.clone().unwrap_or_else(default_refusal);
+            self.failed_recipients += 1;
+            return Verdict::refuse(refusal.reply_for(recipient));
+        }
+        if !self.may_relay()
+            && let Some(reply) = self.policy.relay.check(recipient)
+        {
+            info!(session = self.id, check = "relay", recipient = %recipient.escape_debug(), "relay access denied");
+            let reply = self.with_help(reply);
+            self.recipient_failed(RecipientRefusal::from_reply(&reply));
+            return Verdict::refuse(reply);
+        }
+        let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
+        if let Some(reply) =
+            self.policy
+                .encryption_rules
+                .check(sender, recipient, self.tls.is_some())
+        {
+            info!(session = self.id, check = "encryption_rule", recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
+            return Verdict::refuse(self.with_help(reply));
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.recipients.push(recipient.to_owned());
+        }
+        Verdict::Continue
+    }
+
+    /// Whether this client may send to any domain: by its connection profile's relay control,
+    /// else by the global relay restriction.
+    pub(super) fn may_relay(&self) -> bool {
+        let relay = &self.policy.relay;
+        let authenticated = self.authenticated.is_some();
+        match self.client_profile().map(|p| p.relay_control) {
+            Some(RelayControl::Full) => true,
+            Some(RelayControl::RestrictedExternal | RelayControl::RestrictedInternal) => {
+                authenticated && relay.allow_relay_if_authenticated
+            }
+            _ => !self.policy.restrict_relaying || relay.may_relay(self.client.addr, authenticated),
+        }
+    }
+
+    /// The MTA refused a recipient itself (reported by the milter door: Postfix's
+    /// `{rcpt_mailer}` is `error`), with this enhanced status code and text.
+    pub fn rcpt_refused_by_mta(&mut self, enhanced: &str, text: &str) {
+        self.recipient_failed(RecipientRefusal::from_mta(enhanced, text));
+    }
+
+    pub(super) fn recipient_failed(&mut self, refusal: RecipientRefusal) {
+        self.failed_recipients += 1;
+        self.last_refusal = Some(refusal);
+        self.learn(Event::RefusedRecipient);
+        if self.policy.exploit_detection.max_failed_addresses == Some(self.failed_recipients) {
+            self.learn(Event::DictionaryAttack);
+            info!(
+                session = self.id,
+                client_addr = ?self.client.addr,
+                failed_recipients = self.failed_recipients,
+                "dictionary attack suspected: every further recipient gets the same answer"
+            );
+        }
+    }
+}
