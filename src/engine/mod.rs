@@ -6,6 +6,7 @@ pub mod checks;
 pub mod message;
 pub mod policy;
 pub mod reply;
+pub mod rules;
 pub mod session;
 pub mod verdict;
 
