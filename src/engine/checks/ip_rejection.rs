@@ -31,10 +31,7 @@ impl IpRejection {
     /// The reply for `ip` if it lies in a listed network. IPv4-mapped IPv6 addresses
     /// (`::ffff:192.0.2.1`) are judged as the IPv4 address they carry.
     pub fn check(&self, ip: IpAddr) -> Option<&SmtpReply> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.networks
             .iter()
             .any(|net| net.contains(&ip))

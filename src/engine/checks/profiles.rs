@@ -66,10 +66,7 @@ pub struct Profiles(pub Vec<ConnectionProfile>);
 impl Profiles {
     /// The profile of a client: by address first, then by verified host name.
     pub fn for_client(&self, ip: Option<IpAddr>, name: Option<&str>) -> Option<usize> {
-        let ip = ip.map(|ip| match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        });
+        let ip = ip.map(|ip| ip.to_canonical());
         let by_address = ip.and_then(|ip| {
             self.0.iter().position(|p| {
                 p.client_hosts

@@ -197,7 +197,8 @@ impl fmt::Display for RblResult {
 impl Rbl {
     /// Asks every usable zone about `ip`, all at once.
     pub async fn check(&self, ip: IpAddr) -> RblResult {
-        let ip = canonical(ip);
+        // IPv4-mapped IPv6 addresses are looked up as IPv4.
+        let ip = ip.to_canonical();
         if self.skip_local_ip && is_local(ip) {
             return RblResult {
                 skipped: Some("local client address"),
@@ -249,7 +250,8 @@ impl Rbl {
     /// The verdict for a result: the hit action when the listing zones weigh enough, the
     /// lookup failure action when a zone could not be asked and nothing listed the client.
     pub fn verdict(&self, ip: IpAddr, result: &RblResult) -> Option<Verdict> {
-        let ip = canonical(ip);
+        // IPv4-mapped IPv6 addresses are looked up as IPv4.
+        let ip = ip.to_canonical();
         let weight: u32 = result.listed.iter().map(|l| l.weight).sum();
         if !result.listed.is_empty() && weight >= self.hit_threshold {
             let first = &result.listed[0];
@@ -344,14 +346,6 @@ async fn self_test(dns: &Dns, zone: &Zone, interval: Duration) -> bool {
 fn is_listing_code(a: Ipv4Addr) -> bool {
     let o = a.octets();
     o[0] == 127 && !(o[1] == 255 && o[2] == 255)
-}
-
-/// IPv4-mapped IPv6 addresses are looked up as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Addresses no public blocklist lists: loopback, private, link-local, shared, unique local.

@@ -40,10 +40,7 @@ impl RelayRestriction {
 
     /// True when `ip` is an allowed relay source.
     pub fn is_relay_source(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.allowed_relay_sources.iter().any(|n| n.contains(&ip))
     }
 
