@@ -89,6 +89,24 @@ fn valid_enhanced(e: &str, code: u16) -> bool {
     num(subject, 3) && num(detail, 3) && class == (code / 100).to_string()
 }
 
+/// `s` with everything but printable ASCII dropped, at most `max` characters: for addresses
+/// and names quoted in a reply.
+pub fn printable_only(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| (' '..='~').contains(c))
+        .take(max)
+        .collect()
+}
+
+/// `s` with every character but printable ASCII replaced by `?`, at most `max` characters: for
+/// free text (a blocklist's reason, an explanation) quoted in a reply.
+pub fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .take(max)
+        .collect()
+}
+
 impl fmt::Display for SmtpReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.code)?;

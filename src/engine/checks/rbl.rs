@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::dns::{Dns, reversed};
-use crate::engine::reply::SmtpReply;
+use crate::engine::reply::{SmtpReply, printable};
 use crate::engine::verdict::Verdict;
 
 /// An inclusive range of IPv4 answers that count as a listing: `127.0.0.2`,
@@ -368,14 +368,6 @@ fn is_local(ip: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80
         }
     }
-}
-
-/// Text safe for a reply: printable ASCII, at most `max` characters.
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-        .take(max)
-        .collect()
 }
 
 #[cfg(test)]

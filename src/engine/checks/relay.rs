@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::engine::reply::SmtpReply;
+use crate::engine::reply::{SmtpReply, printable_only};
 
 /// The compiled relay restriction.
 #[derive(Clone, Debug)]
@@ -53,14 +53,7 @@ impl RelayRestriction {
                 SmtpReply::new(
                     554,
                     Some("5.7.1"),
-                    &format!(
-                        "<{}>: Relay access denied",
-                        recipient
-                            .chars()
-                            .filter(|c| (' '..='~').contains(c))
-                            .take(300)
-                            .collect::<String>()
-                    ),
+                    &format!("<{}>: Relay access denied", printable_only(recipient, 300)),
                 )
                 .expect("printable reply"),
             ),

@@ -17,7 +17,7 @@ use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
 use viaspf::{Config, DomainName, Sender, SpfResult};
 
 use crate::dns::Dns;
-use crate::engine::reply::SmtpReply;
+use crate::engine::reply::{SmtpReply, printable_only};
 use crate::engine::verdict::Verdict;
 
 /// viaspf's lookup seam over the shared resolver.
@@ -229,12 +229,7 @@ impl Spf {
             SpfResult::Permerror => (self.permerror_action, String::new()),
             SpfResult::None | SpfResult::Neutral | SpfResult::Pass => return None,
         };
-        let checked: String = outcome
-            .checked
-            .chars()
-            .filter(|c| (' '..='~').contains(c))
-            .take(200)
-            .collect();
+        let checked = printable_only(&outcome.checked, 200);
         let mut text = match (&outcome.result, action) {
             (SpfResult::Temperror, _) => format!(
                 "Temporary DNS failure evaluating SPF for {checked} (client [{ip}]), try again later"
@@ -277,12 +272,8 @@ impl Spf {
         mail_from: &str,
         outcome: &SpfOutcome,
     ) -> Option<(String, String)> {
-        let clean = |s: &str| -> String {
-            s.chars()
-                .filter(|c| (' '..='~').contains(c) && *c != '"')
-                .take(200)
-                .collect()
-        };
+        // Quotes dropped too: envelope-from is written inside quotes.
+        let clean = |s: &str| printable_only(&s.replace('"', ""), 200);
         match self.header {
             SpfHeader::None => None,
             SpfHeader::ReceivedSpf => Some((
@@ -311,11 +302,7 @@ impl Spf {
 }
 
 fn explained(exp: &str) -> String {
-    let exp: String = exp
-        .chars()
-        .filter(|c| (' '..='~').contains(c))
-        .take(200)
-        .collect();
+    let exp = printable_only(exp, 200);
     if exp.is_empty() {
         String::new()
     } else {
