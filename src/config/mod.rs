@@ -28,6 +28,8 @@ use crate::engine::policy::TraceHeader;
 use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
 use crate::milter::socket::ListenSocket;
 
+mod rulesets;
+
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
 
@@ -127,6 +129,9 @@ struct ConfigFile {
     #[serde(rename = "connection_profile")]
     connection_profiles: Vec<ProfileSection>,
     reputation: ReputationSection,
+    content: rulesets::ContentSection,
+    #[serde(rename = "ruleset")]
+    rulesets: Vec<rulesets::RulesetSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -688,7 +693,13 @@ impl ConfigFile {
             });
         }
 
+        let profile_names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
+        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
+        let content = rulesets::compile(self.content, self.rulesets, &profile_names, config_dir)
+            .map_err(|(span, key, message)| invalid(span, &key, message))?;
+
         let policy = Policy {
+            content,
             hostname,
             help_url,
             scan_failure_action: self.scan.scan_failure_action,

@@ -13,6 +13,7 @@ use super::checks::spf::Spf;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::message::MessageLimits;
 use super::reply::SmtpReply;
+use super::rules::ContentPolicy;
 use super::verdict::Verdict;
 
 /// Seed: "Scan failure action": what happens to a message when Postern cannot judge it.
@@ -113,6 +114,8 @@ pub struct Policy {
     /// Seed 003 encryption rules, in order.
     pub encryption_rules: EncryptionRules,
     pub trace_header: Option<TraceHeader>,
+    /// The content stage: rulesets over subject, headers, body, attachments and names.
+    pub content: ContentPolicy,
 }
 
 impl fmt::Display for Policy {

@@ -1,6 +1,12 @@
-//! Content stage building blocks: detectors of sensitive data and the transforms that protect
-//! it. Rulesets (extract rules over subject, body, attachments and filenames, MIME-correct
-//! rewriting) are built on these; they are not wired into sessions yet.
+//! The content stage: rulesets whose extract rules find sensitive data in a message's subject,
+//! headers, body, attachments and attachment names, and whose transforms protect it before the
+//! message travels on.
 
 pub mod detectors;
+pub mod mime;
+pub mod protect;
+pub mod ruleset;
 pub mod transforms;
+
+pub use mime::{ContentError, Hit, Rewrite, rewrite};
+pub use ruleset::{ContentPolicy, MessageContext, Ruleset};

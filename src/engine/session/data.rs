@@ -71,14 +71,18 @@ impl Session {
             };
         };
         self.messages += 1;
+        let mut edits = Edits::default();
         let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
             (Some(held), _) => ("held", held),
             (None, Some(failed)) => ("refused_before_end", failed),
-            (None, None) => guarded(&policy, "message", async { Ok(None) })
+            (None, None) => self
+                .content_stage(&mut tx, &mut edits)
                 .await
                 .unwrap_or(("end_of_message", Verdict::Continue)),
         };
-        let mut edits = Edits::default();
+        if !matches!(verdict, Verdict::Continue | Verdict::Accept) {
+            edits = Edits::default();
+        }
         if matches!(verdict, Verdict::Continue | Verdict::Accept)
             && let (Some(spf), Some(outcome), Some(ip)) =
                 (&policy.spf, tx.spf.clone(), self.client.addr)

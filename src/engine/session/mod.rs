@@ -3,6 +3,7 @@
 //! judges has its own file; this one holds the session's state and what the stages share.
 
 mod connect;
+mod content;
 mod data;
 mod mail;
 mod rcpt;

@@ -1,0 +1,333 @@
+//! `[content]` and `[[ruleset]]`: the content stage's configuration, compiled into
+//! [`ContentPolicy`] (regexes built, keys read) once per load.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::engine::SmtpReply;
+use crate::engine::rules::detectors::Detector;
+use crate::engine::rules::protect::{Protector, Secret, Tokenizer};
+use crate::engine::rules::ruleset::{
+    Action, Conditions, ContentPolicy, DomainPattern, Finder, Rule, Ruleset, Target, Transform,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ContentSection {
+    /// Header naming the rulesets that changed a message; "" for none.
+    ruleset_header: String,
+}
+
+impl Default for ContentSection {
+    fn default() -> Self {
+        Self {
+            ruleset_header: "X-Postern-Rulesets".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RulesetSection {
+    name: Spanned<String>,
+    #[serde(default = "super::yes")]
+    enabled: bool,
+    #[serde(default)]
+    connection_profiles: Vec<String>,
+    #[serde(default)]
+    authenticated: Option<bool>,
+    #[serde(default)]
+    sender_domains: Vec<String>,
+    #[serde(default)]
+    recipient_domains: Vec<String>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    name: Spanned<String>,
+    targets: Spanned<Vec<String>>,
+    regex: Option<Spanned<String>>,
+    #[serde(default)]
+    group: usize,
+    detector: Option<Detector>,
+    #[serde(default)]
+    content_types: Vec<String>,
+    action: Spanned<String>,
+    // mask
+    keep_last: Option<usize>,
+    mask_char: Option<char>,
+    // redact
+    text: Option<String>,
+    // replace
+    template: Option<String>,
+    // tokenize, protect
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
+    prefix: Option<String>,
+    // tokenize
+    length: Option<usize>,
+    // protect
+    tweak: Option<String>,
+    suffix: Option<String>,
+    // reject
+    reply: Option<Spanned<String>>,
+}
+
+/// A config error before it is given its file and line: the span, the key path, the message.
+pub(super) type Invalid = (Range<usize>, String, String);
+
+pub(super) fn compile(
+    content: ContentSection,
+    rulesets: Vec<RulesetSection>,
+    profile_names: &[String],
+    config_dir: Option<&Path>,
+) -> Result<ContentPolicy, Invalid> {
+    let header = content.ruleset_header;
+    if !header.is_empty() && !super::valid_header_name(&header) {
+        return Err((
+            0..0,
+            "content.ruleset_header".into(),
+            format!("{header:?} is not a header field name (printable ASCII, no spaces or colons)"),
+        ));
+    }
+    let mut compiled = Vec::new();
+    for (i, rs) in rulesets.into_iter().enumerate() {
+        let key = format!("ruleset[{i}]");
+        if compiled
+            .iter()
+            .any(|c: &Ruleset| c.name == *rs.name.get_ref())
+        {
+            return Err((
+                rs.name.span(),
+                format!("{key}.name"),
+                format!(
+                    "ruleset {:?} is defined twice; names must be unique",
+                    rs.name.get_ref()
+                ),
+            ));
+        }
+        if let Some(p) = rs
+            .connection_profiles
+            .iter()
+            .find(|p| !profile_names.contains(p))
+        {
+            return Err((
+                rs.name.span(),
+                format!("{key}.connection_profiles"),
+                format!("no [[connection_profile]] is named {p:?}"),
+            ));
+        }
+        let mut rules = Vec::new();
+        for (j, rule) in rs.rules.into_iter().enumerate() {
+            rules.push(compile_rule(rule, &format!("{key}.rule[{j}]"), config_dir)?);
+        }
+        if !rs.enabled {
+            continue;
+        }
+        compiled.push(Ruleset {
+            name: rs.name.into_inner(),
+            conditions: Conditions {
+                connection_profiles: rs.connection_profiles,
+                authenticated: rs.authenticated,
+                sender_domains: patterns(rs.sender_domains),
+                recipient_domains: patterns(rs.recipient_domains),
+            },
+            rules,
+        });
+    }
+    Ok(ContentPolicy {
+        rulesets: compiled,
+        ruleset_header: (!header.is_empty()).then_some(header),
+    })
+}
+
+fn patterns(list: Vec<String>) -> Vec<DomainPattern> {
+    list.into_iter()
+        .map(|d| DomainPattern(d.trim_end_matches('.').to_ascii_lowercase()))
+        .collect()
+}
+
+fn target(name: &str) -> Option<Target> {
+    Some(match name {
+        "subject" => Target::Subject,
+        "body" => Target::Body,
+        "attachment" => Target::Attachment,
+        "filename" => Target::Filename,
+        _ => Target::Header(name.strip_prefix("header:")?.to_ascii_lowercase()),
+    })
+}
+
+fn compile_rule(r: RuleSection, key: &str, config_dir: Option<&Path>) -> Result<Rule, Invalid> {
+    let at = r.action.span();
+    let err = |field: &str, message: String| (at.clone(), format!("{key}.{field}"), message);
+
+    let mut targets = Vec::new();
+    for t in r.targets.get_ref() {
+        match target(t) {
+            Some(t) => targets.push(t),
+            None => {
+                return Err((
+                    r.targets.span(),
+                    format!("{key}.targets"),
+                    format!(
+                        "{t:?} is not a target; use subject, body, attachment, filename or header:NAME"
+                    ),
+                ));
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Err((
+            r.targets.span(),
+            format!("{key}.targets"),
+            "name at least one target".into(),
+        ));
+    }
+
+    let finder = match (r.regex, r.detector) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "regex",
+                "give either regex or detector, not both".into(),
+            ));
+        }
+        (Some(re), None) => {
+            let span = re.span();
+            let regex = Regex::new(re.get_ref())
+                .map_err(|e| (span.clone(), format!("{key}.regex"), e.to_string()))?;
+            if r.group >= regex.captures_len() {
+                return Err((
+                    span,
+                    format!("{key}.group"),
+                    format!(
+                        "the regex has {} capture groups; group {} does not exist",
+                        regex.captures_len() - 1,
+                        r.group
+                    ),
+                ));
+            }
+            Finder::Regex {
+                regex,
+                group: r.group,
+            }
+        }
+        (None, Some(d)) => Finder::Detector(d),
+        (None, None) => Finder::Everything,
+    };
+
+    let secret = || -> Result<Secret, Invalid> {
+        let file = r.key_file.as_ref().map(|f| match config_dir {
+            Some(dir) if f.is_relative() => dir.join(f),
+            _ => f.clone(),
+        });
+        Secret::load(file.as_deref(), r.key_env.as_deref()).map_err(|m| err("key_file", m))
+    };
+    let action_name = r.action.get_ref().as_str();
+    let action = match action_name {
+        "mask" => Action::Transform(Transform::Mask {
+            keep_last: r.keep_last.unwrap_or(4),
+            mask_char: r.mask_char.unwrap_or('*'),
+        }),
+        "redact" => Action::Transform(Transform::Redact {
+            text: r.text.clone().unwrap_or_else(|| "[redacted]".into()),
+        }),
+        "replace" => {
+            let Some(template) = r.template.clone() else {
+                return Err(err("template", "action replace needs a template".into()));
+            };
+            if !matches!(finder, Finder::Regex { .. }) {
+                return Err(err(
+                    "template",
+                    "action replace refers to capture groups: use it with a regex".into(),
+                ));
+            }
+            Action::Transform(Transform::Replace { template })
+        }
+        "tokenize" => Action::Transform(Transform::Tokenize(Tokenizer::new(
+            secret()?,
+            r.prefix.as_deref().unwrap_or("tok_"),
+            r.length.unwrap_or(16),
+        ))),
+        "protect" => {
+            let key = secret()?.aes256_key().map_err(|m| err("key_file", m))?;
+            let prefix = r.prefix.as_deref().unwrap_or("[p:");
+            let suffix = r.suffix.as_deref().unwrap_or("]");
+            if prefix.is_empty() || suffix.is_empty() {
+                return Err(err(
+                    "prefix",
+                    "protect needs a non-empty prefix and suffix: `postern unprotect` finds \
+                     protected values by them"
+                        .into(),
+                ));
+            }
+            Action::Transform(Transform::Protect(Protector::new(
+                &key,
+                r.tweak.as_deref().unwrap_or(""),
+                prefix,
+                suffix,
+            )))
+        }
+        "strip_attachment" => {
+            if targets
+                .iter()
+                .any(|t| !matches!(t, Target::Attachment | Target::Filename))
+            {
+                return Err(err(
+                    "targets",
+                    "strip_attachment acts on attachments: use the targets attachment or filename"
+                        .into(),
+                ));
+            }
+            Action::StripAttachment
+        }
+        "reject" => {
+            let text = r
+                .reply
+                .as_ref()
+                .map_or("550 5.7.1 Message content refused by policy", |s| {
+                    s.get_ref().as_str()
+                });
+            let reply: SmtpReply = text.parse().map_err(|e| err("reply", format!("{e}")))?;
+            if reply.is_transient() || reply.code() < 500 {
+                return Err(err(
+                    "reply",
+                    format!("{text:?}: a reject reply is a 5xx reply"),
+                ));
+            }
+            Action::Reject(reply)
+        }
+        other => {
+            return Err(err(
+                "action",
+                format!(
+                    "{other:?} is not an action; use mask, redact, replace, tokenize, protect, \
+                     strip_attachment or reject"
+                ),
+            ));
+        }
+    };
+    if matches!(action, Action::Transform(_)) && matches!(finder, Finder::Everything) {
+        return Err(err(
+            "regex",
+            format!("action {action_name} transforms what a regex or detector finds: give one"),
+        ));
+    }
+    Ok(Rule {
+        name: r.name.into_inner(),
+        targets,
+        finder,
+        content_types: r
+            .content_types
+            .into_iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect(),
+        action,
+    })
+}

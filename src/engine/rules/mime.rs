@@ -1,0 +1,730 @@
+//! MIME-correct rewriting: find the subject, headers, body texts, text-like attachments and
+//! attachment names of a message, let the rules transform their decoded text, and write each
+//! changed piece back in its own charset and transfer encoding. Everything no rule changed
+//! stays byte-for-byte as it came: the message is rewritten by splicing new bytes into the
+//! original at the changed places only, never by re-serialising a parsed tree.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use base64::Engine as _;
+use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+
+use super::ruleset::{Action, Finder, Rule, Ruleset, Target};
+use crate::engine::reply::SmtpReply;
+use crate::engine::verdict::HeaderEdit;
+
+/// What one rule did to one target, for the audit log: never the values themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub ruleset: String,
+    pub rule: String,
+    pub target: String,
+    pub count: usize,
+}
+
+/// The content stage's result for one message.
+#[derive(Clone, Debug, Default)]
+pub struct Rewrite {
+    /// Changes to the message's own header fields.
+    pub headers: Vec<HeaderEdit>,
+    /// The new body (everything after the header), when anything in it changed.
+    pub body: Option<Vec<u8>>,
+    pub hits: Vec<Hit>,
+    /// Set when a `reject` rule matched: the reply, the ruleset and the rule.
+    pub reject: Option<(SmtpReply, String, String)>,
+}
+
+impl Rewrite {
+    /// Names of the rulesets that acted, in order, once each.
+    pub fn rulesets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for hit in &self.hits {
+            if !names.contains(&hit.ruleset.as_str()) {
+                names.push(&hit.ruleset);
+            }
+        }
+        names
+    }
+}
+
+/// Why a message could not be scanned or rewritten; the scan failure action follows.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("the message has no parsable header")]
+    Unparsable,
+    #[error("part {part}: its {encoding} body cannot be decoded")]
+    Undecodable { part: usize, encoding: &'static str },
+    #[error("part {part}: text in charset {charset} cannot be written back after the transform")]
+    Charset { part: usize, charset: String },
+}
+
+/// Runs `rulesets` over the raw message (header and body, as received).
+pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentError> {
+    let rules: Vec<(&Ruleset, &Rule)> = rulesets
+        .iter()
+        .flat_map(|rs| rs.rules.iter().map(move |r| (*rs, r)))
+        .collect();
+    let mut walker = Walker {
+        rules,
+        rewrite: Rewrite::default(),
+    };
+    if walker.rules.is_empty() {
+        return Ok(walker.rewrite);
+    }
+    let message = MessageParser::new()
+        .parse(raw)
+        .ok_or(ContentError::Unparsable)?;
+    let mut splices = Vec::new();
+    let mut headers = Vec::new();
+    walker.walk(&message, raw, Some(&mut headers), &mut splices)?;
+    let mut rewrite = walker.rewrite;
+    if rewrite.reject.is_some() {
+        return Ok(rewrite);
+    }
+    rewrite.headers = headers;
+    if !splices.is_empty() {
+        let body_start = message.parts.first().map_or(0, |p| p.offset_body as usize);
+        let new = splice(raw, splices);
+        // Splices only ever touch bytes after the header (header fields are edits).
+        let shift = new.len() as isize - raw.len() as isize;
+        let end = (raw.len() as isize + shift) as usize;
+        rewrite.body = Some(new[body_start.min(end)..].to_vec());
+    }
+    Ok(rewrite)
+}
+
+struct Walker<'r> {
+    rules: Vec<(&'r Ruleset, &'r Rule)>,
+    rewrite: Rewrite,
+}
+
+type Splices = Vec<(Range<usize>, Vec<u8>)>;
+
+fn splice(raw: &[u8], mut splices: Splices) -> Vec<u8> {
+    splices.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    for (range, bytes) in splices {
+        if range.start < at {
+            continue;
+        }
+        out.extend_from_slice(&raw[at..range.start]);
+        out.extend_from_slice(&bytes);
+        at = range.end;
+    }
+    out.extend_from_slice(&raw[at..]);
+    out
+}
+
+/// The line ending a piece of a message uses.
+fn eol_of(bytes: &[u8]) -> &'static str {
+    match bytes.iter().position(|&b| b == b'\n') {
+        Some(i) if i > 0 && bytes[i - 1] == b'\r' => "\r\n",
+        Some(_) => "\n",
+        None => "\r\n",
+    }
+}
+
+fn content_type(part: &MessagePart<'_>) -> String {
+    part.content_type().map_or_else(
+        || "text/plain".to_owned(),
+        |ct| {
+            format!(
+                "{}/{}",
+                ct.ctype(),
+                ct.subtype()
+                    .unwrap_or(if ct.ctype().eq_ignore_ascii_case("text") {
+                        "plain"
+                    } else {
+                        "octet-stream"
+                    })
+            )
+            .to_ascii_lowercase()
+        },
+    )
+}
+
+/// Attachments whose decoded content is text the rules can read.
+fn text_like(content_type: &str, filename: Option<&str>) -> bool {
+    let by_type = content_type.starts_with("text/")
+        || matches!(
+            content_type,
+            "application/json" | "application/xml" | "application/csv" | "application/x-csv"
+        )
+        || content_type.ends_with("+json")
+        || content_type.ends_with("+xml");
+    let by_name = filename.is_some_and(|n| {
+        let n = n.to_ascii_lowercase();
+        [".csv", ".tsv", ".txt", ".json", ".xml"]
+            .iter()
+            .any(|e| n.ends_with(e))
+    });
+    by_type || by_name
+}
+
+/// Byte ranges of HTML markup (tags, comments, script and style content): rules transform
+/// only the text between them.
+pub fn html_markup(html: &str) -> Vec<Range<usize>> {
+    let bytes = html.as_bytes();
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while let Some(off) = bytes[i..].iter().position(|&b| b == b'<') {
+        let start = i + off;
+        let end = if html[start..].starts_with("<!--") {
+            html[start..]
+                .find("-->")
+                .map_or(bytes.len(), |e| start + e + 3)
+        } else {
+            let mut quote = None;
+            let mut j = start + 1;
+            while j < bytes.len() {
+                match (quote, bytes[j]) {
+                    (None, b'"' | b'\'') => quote = Some(bytes[j]),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            (j + 1).min(bytes.len())
+        };
+        let tag = html[start + 1..end].trim_start().to_ascii_lowercase();
+        let end = ["script", "style"]
+            .iter()
+            .find(|t| tag.starts_with(*t))
+            .and_then(|t| {
+                let close = format!("</{t}");
+                html[end..]
+                    .to_ascii_lowercase()
+                    .find(&close)
+                    .map(|c| end + c)
+            })
+            .unwrap_or(end);
+        ranges.push(start..end);
+        i = end;
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    ranges
+}
+
+/// A header value as it goes back into a message: plain when it is ASCII, otherwise RFC 2047
+/// encoded words (UTF-8, base64) separated by spaces, each within the 75-character limit.
+pub fn encode_header_text(text: &str) -> String {
+    let plain = text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) || b == b'\t')
+        && !text.contains("=?");
+    if plain {
+        return text.to_owned();
+    }
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        // 45 bytes of UTF-8 become 60 characters of base64: with "=?UTF-8?B?" and "?=", 72.
+        if chunk.len() + c.len_utf8() > 45 {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(chunk);
+    }
+    words
+        .iter()
+        .map(|w| {
+            format!(
+                "=?UTF-8?B?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(w)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A MIME parameter, RFC 2231 encoded when it is not plain ASCII.
+fn encode_parameter(name: &str, value: &str) -> String {
+    if value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("{name}=\"{escaped}\"")
+    } else {
+        let encoded: String = value
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("{name}*=utf-8''{encoded}")
+    }
+}
+
+/// Quoted-printable (RFC 2045 §6.7): lines of at most 76 characters, soft breaks that never
+/// split an escape, trailing white space escaped.
+pub fn quoted_printable(data: &[u8], eol: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    let lines: Vec<&[u8]> = if eol == "\r\n" {
+        split_crlf(data)
+    } else {
+        data.split(|&b| b == b'\n').collect()
+    };
+    let last = lines.len() - 1;
+    for (n, line) in lines.iter().enumerate() {
+        let mut width = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let at_end = i + 1 == line.len();
+            let literal =
+                (b'!'..=b'~').contains(&b) && b != b'=' || (b == b' ' || b == b'\t') && !at_end;
+            let piece_len = if literal { 1 } else { 3 };
+            // Room for the piece and, unless it ends the line, a soft break's "=".
+            let room = if at_end { 76 } else { 75 };
+            if width + piece_len > room {
+                out.extend_from_slice(b"=");
+                out.extend_from_slice(eol.as_bytes());
+                width = 0;
+            }
+            if literal {
+                out.push(b);
+            } else {
+                out.extend_from_slice(format!("={b:02X}").as_bytes());
+            }
+            width += piece_len;
+        }
+        if n != last {
+            out.extend_from_slice(eol.as_bytes());
+        }
+    }
+    out
+}
+
+fn split_crlf(data: &[u8]) -> Vec<&[u8]> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < data.len() {
+        if data[i] == b'\r' && data[i + 1] == b'\n' {
+            lines.push(&data[start..i]);
+            start = i + 2;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    lines.push(&data[start..]);
+    lines
+}
+
+/// Base64 in lines of 76 characters.
+pub fn base64_lines(data: &[u8], eol: &str) -> Vec<u8> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for (i, line) in encoded.as_bytes().chunks(76).enumerate() {
+        if i > 0 {
+            out.extend_from_slice(eol.as_bytes());
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// A part body decoded to text, with what it takes to write it back the same way.
+struct DecodedText {
+    text: String,
+    charset: &'static encoding_rs::Encoding,
+    eol: &'static str,
+    trailing_eol: bool,
+}
+
+fn decode_body(
+    part: &MessagePart<'_>,
+    raw: &[u8],
+    index: usize,
+) -> Result<DecodedText, ContentError> {
+    let body = &raw[part.offset_body as usize..part.offset_end as usize];
+    let eol = eol_of(body);
+    let bytes: Cow<'_, [u8]> = match part.encoding {
+        Encoding::None => Cow::Borrowed(body),
+        Encoding::QuotedPrintable => Cow::Owned(
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body).ok_or(
+                ContentError::Undecodable {
+                    part: index,
+                    encoding: "quoted-printable",
+                },
+            )?,
+        ),
+        Encoding::Base64 => Cow::Owned(mail_parser::decoders::base64::base64_decode(body).ok_or(
+            ContentError::Undecodable {
+                part: index,
+                encoding: "base64",
+            },
+        )?),
+    };
+    let label = part
+        .content_type()
+        .and_then(|ct| ct.attribute("charset"))
+        .unwrap_or("utf-8");
+    let declared =
+        encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
+    // Undeclared or wrongly declared 8-bit text is read as windows-1252, which maps every byte
+    // to a character and back, so untransformed text is written back as it was.
+    let (text, charset) = match declared.decode_without_bom_handling_and_without_replacement(&bytes)
+    {
+        Some(text) => (text.into_owned(), declared),
+        None => {
+            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&bytes);
+            (text.into_owned(), encoding_rs::WINDOWS_1252)
+        }
+    };
+    let trailing_eol = body.ends_with(b"\n");
+    Ok(DecodedText {
+        text,
+        charset,
+        eol,
+        trailing_eol,
+    })
+}
+
+fn encode_body(
+    decoded: &DecodedText,
+    text: &str,
+    encoding: Encoding,
+    index: usize,
+) -> Result<Vec<u8>, ContentError> {
+    let (bytes, used, errors) = decoded.charset.encode(text);
+    if errors || used != decoded.charset {
+        return Err(ContentError::Charset {
+            part: index,
+            charset: decoded.charset.name().to_owned(),
+        });
+    }
+    let mut out = match encoding {
+        Encoding::None => bytes.into_owned(),
+        Encoding::QuotedPrintable => quoted_printable(&bytes, decoded.eol),
+        Encoding::Base64 => base64_lines(&bytes, decoded.eol),
+    };
+    let ends = out.ends_with(b"\n");
+    if decoded.trailing_eol && !ends {
+        out.extend_from_slice(decoded.eol.as_bytes());
+    }
+    Ok(out)
+}
+
+fn targets_match(rule: &Rule, target: &Target) -> bool {
+    rule.targets.iter().any(|t| match (t, target) {
+        (Target::Header(a), Target::Header(b)) => a.eq_ignore_ascii_case(b),
+        (a, b) => a == b,
+    })
+}
+
+impl Walker<'_> {
+    fn wants(&self, target: &Target, ctype: &str) -> bool {
+        self.rules.iter().any(|(_, r)| {
+            targets_match(r, target)
+                && (!matches!(target, Target::Attachment | Target::Filename) || r.wants_type(ctype))
+        })
+    }
+
+    /// Runs the transform rules for `target` over `text`; the new text when any changed it.
+    /// A matching `reject` rule is recorded.
+    fn apply(
+        &mut self,
+        target: &Target,
+        ctype: &str,
+        text: &str,
+        skip: &[Range<usize>],
+    ) -> Option<String> {
+        let mut current: Cow<'_, str> = Cow::Borrowed(text);
+        let mut changed = false;
+        for (ruleset, rule) in &self.rules {
+            if !targets_match(rule, target)
+                || matches!(target, Target::Attachment | Target::Filename)
+                    && !rule.wants_type(ctype)
+            {
+                continue;
+            }
+            match &rule.action {
+                Action::Reject(reply) => {
+                    if self.rewrite.reject.is_none() && rule.finds(&current) {
+                        self.rewrite.reject =
+                            Some((reply.clone(), ruleset.name.clone(), rule.name.clone()));
+                    }
+                }
+                Action::StripAttachment => {}
+                Action::Transform(_) => {
+                    // Markup positions hold only while the text is the original.
+                    let skip = if changed {
+                        html_markup_if(skip, &current)
+                    } else {
+                        skip.to_vec()
+                    };
+                    if let Some((new, count)) = rule.transform(&current, &skip) {
+                        self.rewrite.hits.push(Hit {
+                            ruleset: ruleset.name.clone(),
+                            rule: rule.name.clone(),
+                            target: target.name(),
+                            count,
+                        });
+                        current = Cow::Owned(new);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed.then(|| current.into_owned())
+    }
+
+    /// True when a `strip_attachment` rule for `target` matches `text`.
+    fn strips(&mut self, target: &Target, ctype: &str, text: Option<&str>) -> bool {
+        for (ruleset, rule) in &self.rules {
+            if matches!(rule.action, Action::StripAttachment)
+                && targets_match(rule, target)
+                && rule.wants_type(ctype)
+                && (matches!(rule.finder, Finder::Everything)
+                    || text.is_some_and(|t| rule.finds(t)))
+            {
+                self.rewrite.hits.push(Hit {
+                    ruleset: ruleset.name.clone(),
+                    rule: rule.name.clone(),
+                    target: target.name(),
+                    count: 1,
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    fn walk(
+        &mut self,
+        message: &Message<'_>,
+        raw: &[u8],
+        mut top_headers: Option<&mut Vec<HeaderEdit>>,
+        splices: &mut Splices,
+    ) -> Result<(), ContentError> {
+        for (index, part) in message.parts.iter().enumerate() {
+            if index == 0 {
+                self.header_targets(part, raw, top_headers.as_deref_mut(), splices);
+            }
+            let ctype = content_type(part);
+            let body = part.offset_body as usize..part.offset_end as usize;
+            match &part.body {
+                PartType::Multipart(_) => continue,
+                PartType::Message(inner) => {
+                    let same_space =
+                        inner.raw_message.len() == raw.len() && inner.raw_message.as_ref() == raw;
+                    if same_space {
+                        self.walk(inner, raw, None, splices)?;
+                    } else {
+                        let mut inner_splices = Vec::new();
+                        self.walk(inner, &inner.raw_message, None, &mut inner_splices)?;
+                        if !inner_splices.is_empty() {
+                            let new = splice(&inner.raw_message, inner_splices);
+                            let eol = eol_of(&raw[body.clone()]);
+                            let mut encoded = match part.encoding {
+                                Encoding::Base64 => base64_lines(&new, eol),
+                                Encoding::QuotedPrintable => quoted_printable(&new, eol),
+                                Encoding::None => new,
+                            };
+                            if raw[body.clone()].ends_with(b"\n") && !encoded.ends_with(b"\n") {
+                                encoded.extend_from_slice(eol.as_bytes());
+                            }
+                            splices.push((body, encoded));
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if self.rewrite.reject.is_some() {
+                return Ok(());
+            }
+            let filename = part.attachment_name().map(str::to_owned);
+            let is_attachment = filename.is_some()
+                || part
+                    .content_disposition()
+                    .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+            let eol = eol_of(&raw[part.offset_header as usize..part.offset_end as usize]);
+            if let Some(name) = &filename {
+                if self.strips(&Target::Filename, &ctype, Some(name)) {
+                    splices.push((
+                        part.offset_header as usize..part.offset_end as usize,
+                        removal_notice(eol),
+                    ));
+                    continue;
+                }
+                if self.wants(&Target::Filename, &ctype)
+                    && let Some(new_name) = self.apply(&Target::Filename, &ctype, name, &[])
+                {
+                    self.rename(part, &new_name, eol, splices);
+                }
+            }
+            let target = if !is_attachment && (ctype == "text/plain" || ctype == "text/html") {
+                Target::Body
+            } else if is_attachment && text_like(&ctype, filename.as_deref()) {
+                Target::Attachment
+            } else if is_attachment {
+                // Binary attachments: only a strip rule by type or name can act on them.
+                if self.strips(&Target::Attachment, &ctype, None) {
+                    splices.push((
+                        part.offset_header as usize..part.offset_end as usize,
+                        removal_notice(eol),
+                    ));
+                }
+                continue;
+            } else {
+                continue;
+            };
+            if !self.wants(&target, &ctype) {
+                continue;
+            }
+            let decoded = decode_body(part, raw, index)?;
+            if target == Target::Attachment && self.strips(&target, &ctype, Some(&decoded.text)) {
+                splices.push((
+                    part.offset_header as usize..part.offset_end as usize,
+                    removal_notice(eol),
+                ));
+                continue;
+            }
+            let skip = if ctype == "text/html" {
+                html_markup(&decoded.text)
+            } else {
+                Vec::new()
+            };
+            if let Some(new) = self.apply(&target, &ctype, &decoded.text, &skip) {
+                splices.push((body, encode_body(&decoded, &new, part.encoding, index)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Subject and `header:NAME` targets of a message's own header. For the message itself
+    /// they become header edits; in a nested message they are spliced into its bytes.
+    fn header_targets(
+        &mut self,
+        part: &MessagePart<'_>,
+        raw: &[u8],
+        mut edits: Option<&mut Vec<HeaderEdit>>,
+        splices: &mut Splices,
+    ) {
+        let mut seen: Vec<(String, u32)> = Vec::new();
+        for header in &part.headers {
+            let name = header.name.as_str().to_owned();
+            let lower = name.to_ascii_lowercase();
+            let index = match seen.iter_mut().find(|(n, _)| *n == lower) {
+                Some((_, i)) => {
+                    *i += 1;
+                    *i
+                }
+                None => {
+                    seen.push((lower.clone(), 1));
+                    1
+                }
+            };
+            let target = if lower == "subject" {
+                Target::Subject
+            } else {
+                Target::Header(lower.clone())
+            };
+            let wanted = self.wants(&target, "")
+                || lower == "subject" && self.wants(&Target::Header(lower.clone()), "");
+            if !wanted {
+                continue;
+            }
+            let range = header.offset_start as usize..header.offset_end as usize;
+            let raw_value = String::from_utf8_lossy(&raw[range.clone()]);
+            let text = match header.value.as_text() {
+                Some(t) => t.to_owned(),
+                None => unfold(&raw_value),
+            };
+            let mut new = self.apply(&target, "", &text, &[]);
+            if lower == "subject" {
+                let current = new.clone().unwrap_or_else(|| text.clone());
+                if let Some(n) = self.apply(&Target::Header(lower.clone()), "", &current, &[]) {
+                    new = Some(n);
+                }
+            }
+            let Some(new) = new else { continue };
+            let value = encode_header_text(&new);
+            match edits.as_deref_mut() {
+                Some(edits) => edits.push(HeaderEdit::Change {
+                    name,
+                    index,
+                    value: Some(value),
+                }),
+                None => {
+                    let eol = eol_of(&raw[range.clone()]);
+                    splices.push((range, format!(" {value}{eol}").into_bytes()));
+                }
+            }
+        }
+    }
+
+    /// Writes a new attachment name into the part's Content-Disposition and Content-Type.
+    fn rename(&mut self, part: &MessagePart<'_>, new_name: &str, eol: &str, splices: &mut Splices) {
+        for header in &part.headers {
+            let lower = header.name.as_str().to_ascii_lowercase();
+            let param = match lower.as_str() {
+                "content-disposition" => "filename",
+                "content-type" => "name",
+                _ => continue,
+            };
+            let Some(ct) = header.value.as_content_type() else {
+                continue;
+            };
+            if !ct.has_attribute(param) {
+                continue;
+            }
+            let mut value = match ct.subtype() {
+                Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                None => ct.ctype().to_owned(),
+            };
+            for attr in ct.attributes().unwrap_or_default() {
+                value.push_str(";");
+                value.push_str(eol);
+                value.push_str("\t");
+                let v = if attr.name.eq_ignore_ascii_case(param) {
+                    new_name
+                } else {
+                    &attr.value
+                };
+                value.push_str(&encode_parameter(&attr.name, v));
+            }
+            splices.push((
+                header.offset_start as usize..header.offset_end as usize,
+                format!(" {value}{eol}").into_bytes(),
+            ));
+        }
+    }
+}
+
+fn html_markup_if(previous: &[Range<usize>], text: &str) -> Vec<Range<usize>> {
+    if previous.is_empty() {
+        Vec::new()
+    } else {
+        html_markup(text)
+    }
+}
+
+fn unfold(value: &str) -> String {
+    value
+        .replace("\r\n", "")
+        .replace('\n', "")
+        .trim()
+        .to_owned()
+}
+
+/// The part that takes a stripped attachment's place: it names no file (the name itself may
+/// be what the rule was about).
+fn removal_notice(eol: &str) -> Vec<u8> {
+    format!(
+        "Content-Type: text/plain; charset=us-ascii{eol}Content-Disposition: inline{eol}\
+         Content-Transfer-Encoding: 7bit{eol}{eol}\
+         An attachment was removed from this message by the sender's mail policy.{eol}"
+    )
+    .into_bytes()
+}

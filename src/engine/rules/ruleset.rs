@@ -1,0 +1,333 @@
+//! Rulesets as the engine runs them, compiled from `[[ruleset]]`: when a ruleset applies to a
+//! message, and what each of its extract rules finds in which part of the message and does
+//! with it.
+
+use std::ops::Range;
+
+use regex::Regex;
+
+use super::detectors::Detector;
+use super::protect::{Protector, Tokenizer};
+use super::transforms::mask;
+use crate::engine::reply::SmtpReply;
+
+/// Where in a message an extract rule looks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The Subject header, RFC 2047 decoded.
+    Subject,
+    /// Any header field of this (lower-case) name, RFC 2047 decoded.
+    Header(String),
+    /// Decoded text/plain and text/html parts that are not attachments.
+    Body,
+    /// Decoded text-like attachments (text/*, CSV, JSON, XML).
+    Attachment,
+    /// Attachment file names, RFC 2231 or RFC 2047 decoded.
+    Filename,
+}
+
+impl Target {
+    pub fn name(&self) -> String {
+        match self {
+            Self::Subject => "subject".into(),
+            Self::Header(h) => format!("header:{h}"),
+            Self::Body => "body".into(),
+            Self::Attachment => "attachment".into(),
+            Self::Filename => "filename".into(),
+        }
+    }
+}
+
+/// What an extract rule looks for.
+#[derive(Clone, Debug)]
+pub enum Finder {
+    /// A regular expression; with `group` > 0 only that capture group is the sensitive span.
+    Regex { regex: Regex, group: usize },
+    /// A built-in, validating detector.
+    Detector(Detector),
+    /// Every item of the target (for message-level actions: strip every `.exe`, say).
+    Everything,
+}
+
+/// How a found span is rewritten.
+#[derive(Clone, Debug)]
+pub enum Transform {
+    Mask {
+        keep_last: usize,
+        mask_char: char,
+    },
+    Redact {
+        text: String,
+    },
+    /// A template with `$1`, `${name}` capture references (regex rules only).
+    Replace {
+        template: String,
+    },
+    Tokenize(Tokenizer),
+    Protect(Protector),
+}
+
+/// What a rule does with what it found.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Transform(Transform),
+    /// Replace the attachment with a short notice part.
+    StripAttachment,
+    /// Refuse the whole message with this reply.
+    Reject(SmtpReply),
+}
+
+/// One extract rule and its transform or action.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub finder: Finder,
+    /// For `attachment` and `filename`: the attachment's content type must match one of these
+    /// (`text/csv`, `text/*`); empty means any.
+    pub content_types: Vec<String>,
+    pub action: Action,
+}
+
+/// A domain pattern: `example.com`, `*.example.com` (sub-domains only) or `*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainPattern(pub String);
+
+impl DomainPattern {
+    pub fn matches(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        match self.0.strip_prefix("*") {
+            Some("") => true,
+            Some(suffix) => domain.ends_with(suffix),
+            None => domain == self.0,
+        }
+    }
+}
+
+/// When a ruleset applies. Empty lists and `None` mean "any".
+#[derive(Clone, Debug, Default)]
+pub struct Conditions {
+    pub connection_profiles: Vec<String>,
+    pub authenticated: Option<bool>,
+    pub sender_domains: Vec<DomainPattern>,
+    /// At least one recipient's domain must match.
+    pub recipient_domains: Vec<DomainPattern>,
+}
+
+/// What the engine knows about a message's transaction when choosing rulesets.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageContext<'a> {
+    pub profile: Option<&'a str>,
+    pub authenticated: bool,
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+}
+
+fn domain_of(address: &str) -> &str {
+    address
+        .trim_matches(['<', '>'])
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+}
+
+impl Conditions {
+    pub fn hold(&self, ctx: &MessageContext<'_>) -> bool {
+        let any = |patterns: &[DomainPattern], domain: &str| {
+            patterns.is_empty() || patterns.iter().any(|p| p.matches(domain))
+        };
+        (self.connection_profiles.is_empty()
+            || ctx
+                .profile
+                .is_some_and(|p| self.connection_profiles.iter().any(|n| n == p)))
+            && self.authenticated.is_none_or(|a| a == ctx.authenticated)
+            && any(&self.sender_domains, domain_of(ctx.sender))
+            && (self.recipient_domains.is_empty()
+                || ctx
+                    .recipients
+                    .iter()
+                    .any(|r| any(&self.recipient_domains, domain_of(r))))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Ruleset {
+    pub name: String,
+    pub conditions: Conditions,
+    pub rules: Vec<Rule>,
+}
+
+/// The content stage of the policy.
+#[derive(Clone, Debug, Default)]
+pub struct ContentPolicy {
+    pub rulesets: Vec<Ruleset>,
+    /// Header recording which rulesets changed a message; `None` to leave no trace.
+    pub ruleset_header: Option<String>,
+}
+
+impl Rule {
+    /// Sensitive spans in `text`, in order and not overlapping, leaving out any that touch
+    /// `skip` (HTML markup).
+    pub fn spans(&self, text: &str, skip: &[Range<usize>]) -> Vec<Range<usize>> {
+        let mut spans: Vec<Range<usize>> = match &self.finder {
+            Finder::Regex { regex, group } => regex
+                .captures_iter(text)
+                .filter_map(|c| c.get(*group))
+                .filter(|m| !m.is_empty())
+                .map(|m| m.range())
+                .collect(),
+            Finder::Detector(d) => d.find(text),
+            Finder::Everything => vec![0..text.len()],
+        };
+        if !skip.is_empty() {
+            spans.retain(|s| !skip.iter().any(|k| k.start < s.end && s.start < k.end));
+        }
+        spans
+    }
+
+    /// True when the rule finds something in `text` (for actions).
+    pub fn finds(&self, text: &str) -> bool {
+        !self.spans(text, &[]).is_empty()
+    }
+
+    /// Applies the rule's transform to `text`: the new text and how many spans changed, or
+    /// `None` when nothing was found.
+    pub fn transform(&self, text: &str, skip: &[Range<usize>]) -> Option<(String, usize)> {
+        let Action::Transform(transform) = &self.action else {
+            return None;
+        };
+        let spans = self.spans(text, skip);
+        if spans.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len() + 16 * spans.len());
+        let mut at = 0;
+        for span in &spans {
+            out.push_str(&text[at..span.start]);
+            let value = &text[span.clone()];
+            match transform {
+                Transform::Mask {
+                    keep_last,
+                    mask_char,
+                } => out.push_str(&mask(value, *keep_last, *mask_char)),
+                Transform::Redact { text } => out.push_str(text),
+                Transform::Replace { template } => match &self.finder {
+                    Finder::Regex { regex, .. } => match regex.captures_at(text, span.start) {
+                        Some(caps) => caps.expand(template, &mut out),
+                        None => out.push_str(template),
+                    },
+                    _ => out.push_str(template),
+                },
+                Transform::Tokenize(t) => out.push_str(&t.token(value)),
+                // Too short to encrypt: hide it entirely rather than let it through.
+                Transform::Protect(p) => match p.protect(value) {
+                    Some(protected) => out.push_str(&protected),
+                    None => out.push_str(&mask(value, 0, '*')),
+                },
+            }
+            at = span.end;
+        }
+        out.push_str(&text[at..]);
+        Some((out, spans.len()))
+    }
+
+    /// Whether this rule looks at an attachment of this content type.
+    pub fn wants_type(&self, content_type: &str) -> bool {
+        self.content_types.is_empty()
+            || self
+                .content_types
+                .iter()
+                .any(|t| match t.strip_suffix("/*") {
+                    Some(major) => content_type
+                        .split_once('/')
+                        .is_some_and(|(m, _)| m.eq_ignore_ascii_case(major)),
+                    None => t.eq_ignore_ascii_case(content_type),
+                })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(finder: Finder, transform: Transform) -> Rule {
+        Rule {
+            name: "r".into(),
+            targets: vec![Target::Body],
+            finder,
+            content_types: vec![],
+            action: Action::Transform(transform),
+        }
+    }
+
+    #[test]
+    fn capture_group_marks_the_span_and_replace_expands() {
+        let r = rule(
+            Finder::Regex {
+                regex: Regex::new(r"account (\d{6,})").unwrap(),
+                group: 1,
+            },
+            Transform::Redact { text: "#".into() },
+        );
+        assert_eq!(
+            r.transform("account 1234567 ok", &[]),
+            Some(("account # ok".into(), 1))
+        );
+        let r = rule(
+            Finder::Regex {
+                regex: Regex::new(r"(?<k>key)=(\w+)").unwrap(),
+                group: 0,
+            },
+            Transform::Replace {
+                template: "${k}=hidden".into(),
+            },
+        );
+        assert_eq!(
+            r.transform("a key=abc b", &[]),
+            Some(("a key=hidden b".into(), 1))
+        );
+    }
+
+    #[test]
+    fn markup_spans_are_skipped() {
+        let r = rule(
+            Finder::Detector(Detector::UsSsn),
+            Transform::Redact { text: "X".into() },
+        );
+        let html = r#"<a href="123-45-6789">123-45-6789</a>"#;
+        let skip = vec![0..22, 33..37];
+        assert_eq!(
+            r.transform(html, &skip),
+            Some((r#"<a href="123-45-6789">X</a>"#.into(), 1))
+        );
+    }
+
+    #[test]
+    fn conditions_and_domain_patterns() {
+        let c = Conditions {
+            sender_domains: vec![DomainPattern("*.corp.example".into())],
+            recipient_domains: vec![DomainPattern("partner.example".into())],
+            authenticated: Some(false),
+            ..Default::default()
+        };
+        let recipients = ["<a@other.example>".to_owned(), "b@partner.example".into()];
+        let ctx = MessageContext {
+            profile: None,
+            authenticated: false,
+            sender: "<x@mail.corp.example>",
+            recipients: &recipients,
+        };
+        assert!(c.hold(&ctx));
+        assert!(!c.hold(&MessageContext {
+            sender: "x@corp.example",
+            ..ctx
+        }));
+        assert!(!c.hold(&MessageContext {
+            authenticated: true,
+            ..ctx
+        }));
+        assert!(!c.hold(&MessageContext {
+            recipients: &recipients[..1],
+            ..ctx
+        }));
+    }
+}

@@ -1,0 +1,110 @@
+//! The content stage at end of message: choose the rulesets that apply to this transaction,
+//! run them over the message off the async threads, and turn their result into a verdict and
+//! edits. Each transform is logged with ruleset, rule, target and count — never a value.
+
+use super::*;
+use crate::engine::rules::{self, ContentError, MessageContext, Rewrite};
+
+/// Why the content stage could not judge a message.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ContentFailure {
+    #[error("cannot read the message back: {0}")]
+    Buffer(#[from] BufferError),
+    #[error("cannot rewrite the message: {0}")]
+    Content(#[from] ContentError),
+    #[error("the content scan stopped unexpectedly: {0}")]
+    Task(String),
+}
+
+impl Session {
+    /// Runs the applicable rulesets; a refusal, or `None` with `edits` extended.
+    pub(super) async fn content_stage(
+        &self,
+        tx: &mut Transaction,
+        edits: &mut Edits,
+    ) -> Option<Finding> {
+        let policy = self.policy.clone();
+        let ctx = MessageContext {
+            profile: self.client_profile().map(|p| p.name.as_str()),
+            authenticated: self.authenticated.is_some(),
+            sender: &tx.sender,
+            recipients: &tx.recipients,
+        };
+        let active: Vec<usize> = (0..policy.content.rulesets.len())
+            .filter(|&i| policy.content.rulesets[i].conditions.hold(&ctx))
+            .collect();
+        if active.is_empty() {
+            return None;
+        }
+        let buffer = tx.message.as_mut()?;
+        let work = async {
+            let raw = buffer.contents().await.map_err(ContentFailure::from)?;
+            let scan_policy = policy.clone();
+            // Parsing and transforming a large message is CPU work: keep it off the threads
+            // that serve the other sessions.
+            tokio::task::spawn_blocking(move || {
+                let rulesets: Vec<_> = active
+                    .iter()
+                    .map(|&i| &scan_policy.content.rulesets[i])
+                    .collect();
+                rules::rewrite(&raw, &rulesets)
+            })
+            .await
+            .map_err(|e| ContentFailure::Task(e.to_string()))?
+            .map_err(ContentFailure::from)
+        };
+        let rewrite: Rewrite = match tokio::time::timeout(policy.scan_timeout, work).await {
+            Ok(Ok(rewrite)) => rewrite,
+            Ok(Err(e)) => return self.content_failure(tx, e.to_string()),
+            Err(_) => {
+                return self.content_failure(
+                    tx,
+                    format!("time budget of {:?} exceeded", policy.scan_timeout),
+                );
+            }
+        };
+        let queue_id = tx.queue_id.as_deref().unwrap_or("");
+        for hit in &rewrite.hits {
+            info!(
+                session = self.id,
+                queue_id,
+                ruleset = %hit.ruleset,
+                rule = %hit.rule,
+                target = %hit.target,
+                count = hit.count,
+                "content rule acted"
+            );
+        }
+        if let Some((reply, ruleset, rule)) = rewrite.reject {
+            info!(session = self.id, queue_id, %ruleset, %rule, "message refused by content rule");
+            return Some(("content", Verdict::Reject(reply)));
+        }
+        if rewrite.hits.is_empty() {
+            return None;
+        }
+        if let Some(name) = &policy.content.ruleset_header {
+            edits.headers.push(HeaderEdit::Add {
+                name: name.clone(),
+                value: rewrite.rulesets().join(", "),
+            });
+        }
+        edits.headers.extend(rewrite.headers);
+        edits.body = rewrite.body;
+        None
+    }
+
+    fn content_failure(&self, tx: &Transaction, error: String) -> Option<Finding> {
+        let action = self.policy.scan_failure_action;
+        warn!(
+            session = self.id,
+            queue_id = tx.queue_id.as_deref().unwrap_or(""),
+            error = %error,
+            action = ?action,
+            "content scan failure"
+        );
+        match action.verdict() {
+            Verdict::Continue => None,
+            verdict => Some(("scan_failure", verdict)),
+        }
+    }
+}
