@@ -10,6 +10,8 @@ use tracing::info;
 
 use postern::config::{Config, DEFAULT_CONFIG_NAME};
 use postern::engine::Engine;
+use postern::engine::rules::protect::{Protector, Secret};
+use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
 
 /// Postern: an SMTP policy engine. One policy (connection checks and content rules) for every
@@ -28,6 +30,7 @@ Examples:
   postern milter                                  embedded default policy, inet:127.0.0.1:7357
   postern milter -c /etc/postern/postern.toml -l unix:/var/spool/postfix/postern/postern.sock
   postern check-config /etc/postern/postern.toml
+  postern unprotect --key-file /etc/postern/protect.key --message < received.eml
 
 Postfix main.cf:
   smtpd_milters = inet:127.0.0.1:7357
@@ -55,6 +58,29 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Restore values that a `protect` rule encrypted. Reads stdin, writes stdout. Give the
+    /// rule's key, tweak and markers; with --message, stdin is a whole message and every
+    /// part is decoded, restored and re-encoded as the content stage wrote it.
+    Unprotect {
+        /// File holding the rule's key (64 hex digits).
+        #[arg(long, value_name = "FILE", required_unless_present = "key_env")]
+        key_file: Option<PathBuf>,
+        /// Environment variable holding the key, instead of a file.
+        #[arg(long, value_name = "VAR", conflicts_with = "key_file")]
+        key_env: Option<String>,
+        /// The rule's tweak.
+        #[arg(long, default_value = "")]
+        tweak: String,
+        /// The rule's prefix marker.
+        #[arg(long, default_value = "[p:")]
+        prefix: String,
+        /// The rule's suffix marker.
+        #[arg(long, default_value = "]")]
+        suffix: String,
+        /// Stdin is a whole RFC 5322 message rather than plain text.
+        #[arg(long)]
+        message: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +95,20 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("postern: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Unprotect {
+            key_file,
+            key_env,
+            tweak,
+            prefix,
+            suffix,
+            message,
+        } => match unprotect(key_file, key_env, &tweak, &prefix, &suffix, message) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postern: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -93,6 +133,43 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn unprotect(
+    key_file: Option<PathBuf>,
+    key_env: Option<String>,
+    tweak: &str,
+    prefix: &str,
+    suffix: &str,
+    message: bool,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let key = Secret::load(key_file.as_deref(), key_env.as_deref())
+        .and_then(|s| s.aes256_key())
+        .map_err(anyhow::Error::msg)?;
+    if prefix.is_empty() || suffix.is_empty() {
+        anyhow::bail!("--prefix and --suffix must not be empty: they mark the protected values");
+    }
+    let protector = Protector::new(&key, tweak, prefix, suffix);
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input)?;
+    let (output, restored) = if message {
+        unprotect_message(&input, &protector)?
+    } else {
+        let text = String::from_utf8(input).map_err(|_| {
+            anyhow::anyhow!("stdin is not UTF-8 text; use --message for a whole message")
+        })?;
+        let (plain, restored, failed) = protector.unprotect_text(&text);
+        if failed > 0 {
+            eprintln!(
+                "postern: {failed} marked values could not be decrypted (another key or tweak?)"
+            );
+        }
+        (plain.into_bytes(), restored)
+    };
+    std::io::stdout().write_all(&output)?;
+    eprintln!("postern: restored {restored} protected values");
+    Ok(())
 }
 
 async fn run_milter(path: Option<PathBuf>, listen: Option<ListenSocket>) -> anyhow::Result<()> {

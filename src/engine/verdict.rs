@@ -98,6 +98,103 @@ impl Edits {
     pub fn is_empty(&self) -> bool {
         self.headers.is_empty() && self.body.is_none()
     }
+
+    /// The message with these edits applied, as an MTA applies milter edits: header changes in
+    /// order, then the new body. New fields end with the line ending the message uses.
+    pub fn apply_to(&self, raw: &[u8]) -> Vec<u8> {
+        let body_start = header_end(raw);
+        let eol: &[u8] = if raw[..body_start].windows(2).any(|w| w == b"\r\n") {
+            b"\r\n"
+        } else {
+            b"\n"
+        };
+        let mut fields = header_fields_raw(&raw[..body_start]);
+        for edit in &self.headers {
+            let field = |name: &str, value: &str| {
+                let mut f = format!("{name}: {value}").into_bytes();
+                f.extend_from_slice(eol);
+                f
+            };
+            match edit {
+                HeaderEdit::Add { name, value } => fields.push(field(name, value)),
+                HeaderEdit::Insert { index, name, value } => {
+                    let at = (*index as usize).min(fields.len());
+                    fields.insert(at, field(name, value));
+                }
+                HeaderEdit::Change { name, index, value } => {
+                    let position = fields
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| field_name(f).eq_ignore_ascii_case(name.as_bytes()))
+                        .nth((*index as usize).saturating_sub(1))
+                        .map(|(i, _)| i);
+                    match (position, value) {
+                        (Some(i), Some(v)) => fields[i] = field(name, v),
+                        (Some(i), None) => {
+                            fields.remove(i);
+                        }
+                        (None, Some(v)) => fields.push(field(name, v)),
+                        (None, None) => {}
+                    }
+                }
+            }
+        }
+        let mut out: Vec<u8> = fields.concat();
+        match &self.body {
+            Some(body) => {
+                if !out.is_empty() {
+                    out.extend_from_slice(eol);
+                }
+                out.extend_from_slice(body);
+            }
+            None => out.extend_from_slice(&raw[body_start..]),
+        }
+        out
+    }
+}
+
+/// Where the header ends: the offset of the empty line that separates it from the body (or
+/// the end of the message when there is none).
+fn header_end(raw: &[u8]) -> usize {
+    // Text that starts with neither a header field nor an mbox "From " line has no header.
+    let first = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    let named = first
+        .iter()
+        .position(|&b| b == b':')
+        .is_some_and(|c| c > 0 && first[..c].iter().all(|b| b.is_ascii_graphic()));
+    if !named && !first.starts_with(b"From ") {
+        return 0;
+    }
+    let mut at = 0;
+    while at < raw.len() {
+        let line_end = raw[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |p| at + p + 1);
+        let line = &raw[at..line_end];
+        if line == b"\r\n" || line == b"\n" {
+            return at;
+        }
+        at = line_end;
+    }
+    raw.len()
+}
+
+/// Header fields with their folded continuation lines and line endings.
+fn header_fields_raw(header: &[u8]) -> Vec<Vec<u8>> {
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        match (line.first(), fields.last_mut()) {
+            (Some(b' ' | b'\t'), Some(last)) => last.extend_from_slice(line),
+            _ => fields.push(line.to_vec()),
+        }
+    }
+    fields
+}
+
+fn field_name(field: &[u8]) -> &[u8] {
+    let end = field.iter().position(|&b| b == b':').unwrap_or(field.len());
+    field[..end].trim_ascii()
 }
 
 /// The engine's answer at end of message: the verdict and, when it lets the message on, the
@@ -106,4 +203,43 @@ impl Edits {
 pub struct MessageOutcome {
     pub verdict: Verdict,
     pub edits: Edits,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_apply_like_an_mta() {
+        let raw = b"Subject: one\r\nX-A: 1\r\n\tfolded\r\nX-A: 2\r\n\r\nbody\r\n";
+        let edits = Edits {
+            headers: vec![
+                HeaderEdit::Change {
+                    name: "x-a".into(),
+                    index: 2,
+                    value: None,
+                },
+                HeaderEdit::Change {
+                    name: "Subject".into(),
+                    index: 1,
+                    value: Some("two".into()),
+                },
+                HeaderEdit::Insert {
+                    index: 0,
+                    name: "Received-SPF".into(),
+                    value: "pass".into(),
+                },
+                HeaderEdit::Add {
+                    name: "X-B".into(),
+                    value: "b".into(),
+                },
+            ],
+            body: Some(b"new\r\n".to_vec()),
+        };
+        assert_eq!(
+            String::from_utf8(edits.apply_to(raw)).unwrap(),
+            "Received-SPF: pass\r\nSubject: two\r\nX-A: 1\r\n\tfolded\r\nX-B: b\r\n\r\nnew\r\n"
+        );
+        assert_eq!(Edits::default().apply_to(raw), raw.to_vec());
+    }
 }

@@ -51,8 +51,6 @@ impl Rewrite {
 /// Why a message could not be scanned or rewritten; the scan failure action follows.
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
-    #[error("the message has no parsable header")]
-    Unparsable,
     #[error("part {part}: its {encoding} body cannot be decoded")]
     Undecodable { part: usize, encoding: &'static str },
     #[error("part {part}: text in charset {charset} cannot be written back after the transform")]
@@ -72,9 +70,10 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
     if walker.rules.is_empty() {
         return Ok(walker.rewrite);
     }
-    let message = MessageParser::new()
-        .parse(raw)
-        .ok_or(ContentError::Unparsable)?;
+    let Some(message) = MessageParser::new().parse(raw) else {
+        // No header at all: the whole message is one plain text body, and is still scanned.
+        return Ok(walker.headerless(raw));
+    };
     let mut splices = Vec::new();
     let mut headers = Vec::new();
     walker.walk(&message, raw, Some(&mut headers), &mut splices)?;
@@ -332,6 +331,67 @@ pub fn base64_lines(data: &[u8], eol: &str) -> Vec<u8> {
     out
 }
 
+/// Quoted-printable decoding as RFC 2045 §6.7 asks of a robust decoder: soft breaks (also with
+/// trailing white space before them) are removed, and an `=` that starts no valid escape is
+/// kept as it is rather than failing the part.
+pub fn decode_quoted_printable(data: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] != b'=' {
+            out.push(data[i]);
+            i += 1;
+            continue;
+        }
+        if let (Some(h), Some(l)) = (
+            data.get(i + 1).and_then(|&b| hex(b)),
+            data.get(i + 2).and_then(|&b| hex(b)),
+        ) {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < data.len() && (data[j] == b' ' || data[j] == b'\t') {
+            j += 1;
+        }
+        match data.get(j..) {
+            Some([b'\r', b'\n', ..]) => i = j + 2,
+            Some([b'\n', ..]) => i = j + 1,
+            Some([]) => i = j,
+            _ => {
+                out.push(b'=');
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Base64 decoding that skips line breaks and stray characters, as mail readers do; `None`
+/// only when nothing decodable is left.
+pub fn decode_base64(data: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let mut clean: Vec<u8> = data
+        .iter()
+        .copied()
+        .take_while(|&b| b != b'=')
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .collect();
+    // A single character left over carries no whole byte.
+    if clean.len() % 4 == 1 {
+        clean.pop();
+    }
+    LENIENT.decode(&clean).ok()
+}
+
 /// A part body decoded to text, with what it takes to write it back the same way.
 struct DecodedText {
     text: String,
@@ -349,20 +409,11 @@ fn decode_body(
     let eol = eol_of(body);
     let bytes: Cow<'_, [u8]> = match part.encoding {
         Encoding::None => Cow::Borrowed(body),
-        Encoding::QuotedPrintable => Cow::Owned(
-            mail_parser::decoders::quoted_printable::quoted_printable_decode(body).ok_or(
-                ContentError::Undecodable {
-                    part: index,
-                    encoding: "quoted-printable",
-                },
-            )?,
-        ),
-        Encoding::Base64 => Cow::Owned(mail_parser::decoders::base64::base64_decode(body).ok_or(
-            ContentError::Undecodable {
-                part: index,
-                encoding: "base64",
-            },
-        )?),
+        Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(body)),
+        Encoding::Base64 => Cow::Owned(decode_base64(body).ok_or(ContentError::Undecodable {
+            part: index,
+            encoding: "base64",
+        })?),
     };
     let label = part
         .content_type()
@@ -422,6 +473,21 @@ fn targets_match(rule: &Rule, target: &Target) -> bool {
 }
 
 impl Walker<'_> {
+    fn headerless(mut self, raw: &[u8]) -> Rewrite {
+        let (text, charset) = match std::str::from_utf8(raw) {
+            Ok(t) => (Cow::Borrowed(t), encoding_rs::UTF_8),
+            Err(_) => (
+                encoding_rs::WINDOWS_1252.decode_without_bom_handling(raw).0,
+                encoding_rs::WINDOWS_1252,
+            ),
+        };
+        if let Some(new) = self.apply(&Target::Body, "text/plain", &text, &[]) {
+            let (bytes, _, _) = charset.encode(&new);
+            self.rewrite.body = Some(bytes.into_owned());
+        }
+        self.rewrite
+    }
+
     fn wants(&self, target: &Target, ctype: &str) -> bool {
         self.rules.iter().any(|(_, r)| {
             targets_match(r, target)
@@ -684,9 +750,9 @@ impl Walker<'_> {
                 None => ct.ctype().to_owned(),
             };
             for attr in ct.attributes().unwrap_or_default() {
-                value.push_str(";");
+                value.push(';');
                 value.push_str(eol);
-                value.push_str("\t");
+                value.push('\t');
                 let v = if attr.name.eq_ignore_ascii_case(param) {
                     new_name
                 } else {

@@ -7,6 +7,7 @@ pub mod mime;
 pub mod protect;
 pub mod ruleset;
 pub mod transforms;
+pub mod unprotect;
 
 pub use mime::{ContentError, Hit, Rewrite, rewrite};
 pub use ruleset::{ContentPolicy, MessageContext, Ruleset};

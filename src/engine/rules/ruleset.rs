@@ -65,6 +65,8 @@ pub enum Transform {
     },
     Tokenize(Tokenizer),
     Protect(Protector),
+    /// The inverse of `protect`, for `postern unprotect` (not a configurable action).
+    Unprotect(Protector),
 }
 
 /// What a rule does with what it found.
@@ -176,7 +178,7 @@ impl Rule {
                 .map(|m| m.range())
                 .collect(),
             Finder::Detector(d) => d.find(text),
-            Finder::Everything => vec![0..text.len()],
+            Finder::Everything => std::iter::once(0..text.len()).collect(),
         };
         if !skip.is_empty() {
             spans.retain(|s| !skip.iter().any(|k| k.start < s.end && s.start < k.end));
@@ -223,6 +225,7 @@ impl Rule {
                     Some(protected) => out.push_str(&protected),
                     None => out.push_str(&mask(value, 0, '*')),
                 },
+                Transform::Unprotect(p) => out.push_str(&p.unprotect_text(value).0),
             }
             at = span.end;
         }
