@@ -213,6 +213,19 @@ impl fmt::Display for Policy {
             "encryption rules:        {}",
             self.encryption_rules.0.len()
         )?;
+        for rs in &self.content.rulesets {
+            let rules: Vec<&str> = rs.rules.iter().map(|r| r.name.as_str()).collect();
+            writeln!(
+                f,
+                "ruleset:                 {} ({} rule(s): {})",
+                rs.name,
+                rules.len(),
+                rules.join(", ")
+            )?;
+        }
+        if self.content.rulesets.is_empty() {
+            writeln!(f, "rulesets:                none")?;
+        }
         match &self.trace_header {
             Some(t) => write!(f, "trace header:            {}", t.name),
             None => write!(f, "trace header:            off"),
