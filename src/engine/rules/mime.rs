@@ -59,9 +59,10 @@ pub enum ContentError {
 
 /// Runs `rulesets` over the raw message (header and body, as received).
 pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentError> {
-    let rules: Vec<(&Ruleset, &Rule)> = rulesets
+    let rules: Vec<(usize, usize, &Ruleset, &Rule)> = rulesets
         .iter()
-        .flat_map(|rs| rs.rules.iter().map(move |r| (*rs, r)))
+        .enumerate()
+        .flat_map(|(n, rs)| rs.rules.iter().enumerate().map(move |(i, r)| (n, i, *rs, r)))
         .collect();
     let mut walker = Walker {
         rules,
@@ -94,7 +95,8 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
 }
 
 struct Walker<'r> {
-    rules: Vec<(&'r Ruleset, &'r Rule)>,
+    /// Every rule with its ruleset's position, its own position in it, and the ruleset.
+    rules: Vec<(usize, usize, &'r Ruleset, &'r Rule)>,
     rewrite: Rewrite,
 }
 
@@ -489,7 +491,7 @@ impl Walker<'_> {
     }
 
     fn wants(&self, target: &Target, ctype: &str) -> bool {
-        self.rules.iter().any(|(_, r)| {
+        self.rules.iter().any(|(_, _, _, r)| {
             targets_match(r, target)
                 && (!matches!(target, Target::Attachment | Target::Filename) || r.wants_type(ctype))
         })
@@ -506,11 +508,20 @@ impl Walker<'_> {
     ) -> Option<String> {
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
         let mut changed = false;
-        for (ruleset, rule) in &self.rules {
+        // Asked once, on the text as it came: a rule is not expected to look for what an
+        // earlier rule wrote.
+        let mut candidates: Vec<Option<Vec<bool>>> = Vec::new();
+        for &(n, i, ruleset, rule) in &self.rules {
             if !targets_match(rule, target)
                 || matches!(target, Target::Attachment | Target::Filename)
                     && !rule.wants_type(ctype)
             {
+                continue;
+            }
+            if candidates.len() <= n {
+                candidates.resize(n + 1, None);
+            }
+            if !candidates[n].get_or_insert_with(|| ruleset.candidates(text))[i] {
                 continue;
             }
             match &rule.action {
@@ -546,7 +557,7 @@ impl Walker<'_> {
 
     /// True when a `strip_attachment` rule for `target` matches `text`.
     fn strips(&mut self, target: &Target, ctype: &str, text: Option<&str>) -> bool {
-        for (ruleset, rule) in &self.rules {
+        for (_, _, ruleset, rule) in &self.rules {
             if matches!(rule.action, Action::StripAttachment)
                 && targets_match(rule, target)
                 && rule.wants_type(ctype)
