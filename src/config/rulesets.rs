@@ -131,16 +131,16 @@ pub(super) fn compile(
         if !rs.enabled {
             continue;
         }
-        compiled.push(Ruleset::new(
-            rs.name.into_inner(),
-            Conditions {
+        compiled.push(Ruleset {
+            name: rs.name.into_inner(),
+            conditions: Conditions {
                 connection_profiles: rs.connection_profiles,
                 authenticated: rs.authenticated,
                 sender_domains: patterns(rs.sender_domains),
                 recipient_domains: patterns(rs.recipient_domains),
             },
             rules,
-        ));
+        });
     }
     Ok(ContentPolicy {
         rulesets: compiled,

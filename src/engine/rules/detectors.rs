@@ -40,17 +40,6 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 impl Detector {
-    /// The pattern of this detector's candidates, before validation (for prefilters).
-    pub fn candidate_pattern(self) -> &'static str {
-        match self {
-            Self::CardNumber => CARD.as_str(),
-            Self::Iban => IBAN.as_str(),
-            Self::UsSsn => SSN.as_str(),
-            Self::Email => EMAIL.as_str(),
-            Self::Phone => PHONE.as_str(),
-        }
-    }
-
     /// Byte ranges of `text` holding what this detector finds, validated, in order.
     pub fn find(self, text: &str) -> Vec<Range<usize>> {
         let (regex, valid): (&Regex, fn(&str) -> bool) = match self {

@@ -59,10 +59,9 @@ pub enum ContentError {
 
 /// Runs `rulesets` over the raw message (header and body, as received).
 pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentError> {
-    let rules: Vec<(usize, usize, &Ruleset, &Rule)> = rulesets
+    let rules: Vec<(&Ruleset, &Rule)> = rulesets
         .iter()
-        .enumerate()
-        .flat_map(|(n, rs)| rs.rules.iter().enumerate().map(move |(i, r)| (n, i, *rs, r)))
+        .flat_map(|rs| rs.rules.iter().map(move |r| (*rs, r)))
         .collect();
     let mut walker = Walker {
         rules,
@@ -95,8 +94,7 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
 }
 
 struct Walker<'r> {
-    /// Every rule with its ruleset's position, its own position in it, and the ruleset.
-    rules: Vec<(usize, usize, &'r Ruleset, &'r Rule)>,
+    rules: Vec<(&'r Ruleset, &'r Rule)>,
     rewrite: Rewrite,
 }
 
@@ -491,7 +489,7 @@ impl Walker<'_> {
     }
 
     fn wants(&self, target: &Target, ctype: &str) -> bool {
-        self.rules.iter().any(|(_, _, _, r)| {
+        self.rules.iter().any(|(_, r)| {
             targets_match(r, target)
                 && (!matches!(target, Target::Attachment | Target::Filename) || r.wants_type(ctype))
         })
@@ -508,20 +506,11 @@ impl Walker<'_> {
     ) -> Option<String> {
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
         let mut changed = false;
-        // Asked once, on the text as it came: a rule is not expected to look for what an
-        // earlier rule wrote.
-        let mut candidates: Vec<Option<Vec<bool>>> = Vec::new();
-        for &(n, i, ruleset, rule) in &self.rules {
+        for (ruleset, rule) in &self.rules {
             if !targets_match(rule, target)
                 || matches!(target, Target::Attachment | Target::Filename)
                     && !rule.wants_type(ctype)
             {
-                continue;
-            }
-            if candidates.len() <= n {
-                candidates.resize(n + 1, None);
-            }
-            if !candidates[n].get_or_insert_with(|| ruleset.candidates(text))[i] {
                 continue;
             }
             match &rule.action {
@@ -557,7 +546,7 @@ impl Walker<'_> {
 
     /// True when a `strip_attachment` rule for `target` matches `text`.
     fn strips(&mut self, target: &Target, ctype: &str, text: Option<&str>) -> bool {
-        for (_, _, ruleset, rule) in &self.rules {
+        for (ruleset, rule) in &self.rules {
             if matches!(rule.action, Action::StripAttachment)
                 && targets_match(rule, target)
                 && rule.wants_type(ctype)

@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use regex::{Regex, RegexSet};
+use regex::Regex;
 
 use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
@@ -156,52 +156,6 @@ pub struct Ruleset {
     pub name: String,
     pub conditions: Conditions,
     pub rules: Vec<Rule>,
-    /// All rules' patterns in one set, asked once per text: rules whose pattern does not
-    /// occur in it are not run at all (one pass instead of one per rule).
-    prefilter: Option<RegexSet>,
-    /// For each pattern of the set, the rule it belongs to.
-    prefilter_rules: Vec<usize>,
-}
-
-impl Ruleset {
-    pub fn new(name: String, conditions: Conditions, rules: Vec<Rule>) -> Self {
-        let (patterns, prefilter_rules): (Vec<&str>, Vec<usize>) = rules
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match &r.finder {
-                Finder::Regex { regex, .. } => Some((regex.as_str(), i)),
-                Finder::Detector(d) => Some((d.candidate_pattern(), i)),
-                Finder::Everything => None,
-            })
-            .unzip();
-        // Each pattern compiled alone already; a set too large to build just means no prefilter.
-        let prefilter = RegexSet::new(&patterns).ok();
-        Self {
-            name,
-            conditions,
-            rules,
-            prefilter,
-            prefilter_rules,
-        }
-    }
-
-    /// Which of this ruleset's rules can find anything in `text`.
-    pub fn candidates(&self, text: &str) -> Vec<bool> {
-        match &self.prefilter {
-            Some(set) => {
-                let mut may = self
-                    .rules
-                    .iter()
-                    .map(|r| matches!(r.finder, Finder::Everything))
-                    .collect::<Vec<_>>();
-                for hit in set.matches(text).iter() {
-                    may[self.prefilter_rules[hit]] = true;
-                }
-                may
-            }
-            None => vec![true; self.rules.len()],
-        }
-    }
 }
 
 /// The content stage of the policy.

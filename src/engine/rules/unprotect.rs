@@ -19,10 +19,10 @@ pub fn unprotect_message(
         regex::escape(&protector.prefix),
         regex::escape(&protector.suffix)
     );
-    let ruleset = Ruleset::new(
-        "unprotect".into(),
-        Conditions::default(),
-        vec![Rule {
+    let ruleset = Ruleset {
+        name: "unprotect".into(),
+        conditions: Conditions::default(),
+        rules: vec![Rule {
             name: "unprotect".into(),
             targets: vec![
                 Target::Subject,
@@ -37,7 +37,7 @@ pub fn unprotect_message(
             content_types: Vec::new(),
             action: Action::Transform(Transform::Unprotect(protector.clone())),
         }],
-    );
+    };
     let result = rewrite(raw, &[&ruleset])?;
     let count = result.hits.iter().map(|h| h.count).sum();
     let edits = Edits {
