@@ -35,7 +35,8 @@ const PATTERNS: [&str; 20] = [
 
 /// About 10 MB of plain text, one sensitive value every few lines.
 fn corpus() -> Vec<u8> {
-    let filler = "The quarterly figures were discussed at length and the team agreed on next steps.";
+    let filler =
+        "The quarterly figures were discussed at length and the team agreed on next steps.";
     let samples = [
         "card 4111 1111 1111 1111 on file",
         "ssn 123-45-6789 noted",
