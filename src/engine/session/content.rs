@@ -3,18 +3,7 @@
 //! edits. Each transform is logged with ruleset, rule, target and count — never a value.
 
 use super::*;
-use crate::engine::rules::{self, ContentError, MessageContext, Rewrite};
-
-/// Why the content stage could not judge a message.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ContentFailure {
-    #[error("cannot read the message back: {0}")]
-    Buffer(#[from] BufferError),
-    #[error("cannot rewrite the message: {0}")]
-    Content(#[from] ContentError),
-    #[error("the content scan stopped unexpectedly: {0}")]
-    Task(String),
-}
+use crate::engine::rules::{self, MessageContext, Rewrite};
 
 impl Session {
     /// Runs the applicable rulesets; a refusal, or `None` with `edits` extended.
@@ -36,13 +25,14 @@ impl Session {
         if active.is_empty() {
             return None;
         }
+        let queue_id = tx.queue_id.clone().unwrap_or_default();
         let buffer = tx.message.as_mut()?;
         let work = async {
-            let raw = buffer.contents().await.map_err(ContentFailure::from)?;
+            let raw = buffer.contents().await?;
             let scan_policy = policy.clone();
             // Parsing and transforming a large message is CPU work: keep it off the threads
             // that serve the other sessions.
-            tokio::task::spawn_blocking(move || {
+            let rewrite = tokio::task::spawn_blocking(move || {
                 let rulesets: Vec<_> = active
                     .iter()
                     .map(|&i| &scan_policy.content.rulesets[i])
@@ -50,20 +40,14 @@ impl Session {
                 rules::rewrite(&raw, &rulesets)
             })
             .await
-            .map_err(|e| ContentFailure::Task(e.to_string()))?
-            .map_err(ContentFailure::from)
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+            Ok(self.take_rewrite(rewrite, &queue_id, edits))
         };
-        let rewrite: Rewrite = match tokio::time::timeout(policy.scan_timeout, work).await {
-            Ok(Ok(rewrite)) => rewrite,
-            Ok(Err(e)) => return self.content_failure(tx, e.to_string()),
-            Err(_) => {
-                return self.content_failure(
-                    tx,
-                    format!("time budget of {:?} exceeded", policy.scan_timeout),
-                );
-            }
-        };
-        let queue_id = tx.queue_id.as_deref().unwrap_or("");
+        guarded(&policy, "content", work).await
+    }
+
+    /// Logs what the rules did and turns it into a refusal or edits.
+    fn take_rewrite(&self, rewrite: Rewrite, queue_id: &str, edits: &mut Edits) -> Option<Finding> {
         for hit in &rewrite.hits {
             info!(
                 session = self.id,
@@ -82,7 +66,7 @@ impl Session {
         if rewrite.hits.is_empty() {
             return None;
         }
-        if let Some(name) = &policy.content.ruleset_header {
+        if let Some(name) = &self.policy.content.ruleset_header {
             edits.headers.push(HeaderEdit::Add {
                 name: name.clone(),
                 value: rewrite.rulesets().join(", "),
@@ -91,20 +75,5 @@ impl Session {
         edits.headers.extend(rewrite.headers);
         edits.body = rewrite.body;
         None
-    }
-
-    fn content_failure(&self, tx: &Transaction, error: String) -> Option<Finding> {
-        let action = self.policy.scan_failure_action;
-        warn!(
-            session = self.id,
-            queue_id = tx.queue_id.as_deref().unwrap_or(""),
-            error = %error,
-            action = ?action,
-            "content scan failure"
-        );
-        match action.verdict() {
-            Verdict::Continue => None,
-            verdict => Some(("scan_failure", verdict)),
-        }
     }
 }

@@ -49,6 +49,10 @@ pub struct TlsInfo {
 pub enum EngineError {
     #[error(transparent)]
     Buffer(#[from] BufferError),
+    #[error("cannot rewrite the message: {0}")]
+    Content(#[from] crate::engine::rules::ContentError),
+    #[error("the content scan stopped unexpectedly: {0}")]
+    Task(String),
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
