@@ -160,7 +160,11 @@ fn target(name: &str) -> Option<Target> {
         "body" => Target::Body,
         "attachment" => Target::Attachment,
         "filename" => Target::Filename,
-        _ => Target::Header(name.strip_prefix("header:")?.to_ascii_lowercase()),
+        _ => match name.strip_prefix("header:")?.to_ascii_lowercase() {
+            // One target for one field: rules on the subject run once, in order.
+            h if h == "subject" => Target::Subject,
+            h => Target::Header(h),
+        },
     })
 }
 

@@ -86,9 +86,7 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
         let body_start = message.parts.first().map_or(0, |p| p.offset_body as usize);
         let new = splice(raw, splices);
         // Splices only ever touch bytes after the header (header fields are edits).
-        let shift = new.len() as isize - raw.len() as isize;
-        let end = (raw.len() as isize + shift) as usize;
-        rewrite.body = Some(new[body_start.min(end)..].to_vec());
+        rewrite.body = Some(new[body_start.min(new.len())..].to_vec());
     }
     Ok(rewrite)
 }
@@ -523,8 +521,8 @@ impl Walker<'_> {
                 Action::StripAttachment => {}
                 Action::Transform(_) => {
                     // Markup positions hold only while the text is the original.
-                    let skip = if changed {
-                        html_markup_if(skip, &current)
+                    let skip = if changed && !skip.is_empty() {
+                        html_markup(&current)
                     } else {
                         skip.to_vec()
                     };
@@ -696,9 +694,7 @@ impl Walker<'_> {
             } else {
                 Target::Header(lower.clone())
             };
-            let wanted = self.wants(&target, "")
-                || lower == "subject" && self.wants(&Target::Header(lower.clone()), "");
-            if !wanted {
+            if !self.wants(&target, "") {
                 continue;
             }
             let range = header.offset_start as usize..header.offset_end as usize;
@@ -707,14 +703,9 @@ impl Walker<'_> {
                 Some(t) => t.to_owned(),
                 None => unfold(&raw_value),
             };
-            let mut new = self.apply(&target, "", &text, &[]);
-            if lower == "subject" {
-                let current = new.clone().unwrap_or_else(|| text.clone());
-                if let Some(n) = self.apply(&Target::Header(lower.clone()), "", &current, &[]) {
-                    new = Some(n);
-                }
-            }
-            let Some(new) = new else { continue };
+            let Some(new) = self.apply(&target, "", &text, &[]) else {
+                continue;
+            };
             let value = encode_header_text(&new);
             match edits.as_deref_mut() {
                 Some(edits) => edits.push(HeaderEdit::Change {
@@ -765,14 +756,6 @@ impl Walker<'_> {
                 format!(" {value}{eol}").into_bytes(),
             ));
         }
-    }
-}
-
-fn html_markup_if(previous: &[Range<usize>], text: &str) -> Vec<Range<usize>> {
-    if previous.is_empty() {
-        Vec::new()
-    } else {
-        html_markup(text)
     }
 }
 

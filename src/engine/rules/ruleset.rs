@@ -8,7 +8,7 @@ use regex::Regex;
 
 use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
-use super::transforms::mask;
+use super::transforms::{mask, replace_spans};
 use crate::engine::reply::SmtpReply;
 
 /// Where in a message an extract rule looks.
@@ -201,10 +201,7 @@ impl Rule {
         if spans.is_empty() {
             return None;
         }
-        let mut out = String::with_capacity(text.len() + 16 * spans.len());
-        let mut at = 0;
-        for span in &spans {
-            out.push_str(&text[at..span.start]);
+        let out = replace_spans(text, &spans, |span, out| {
             let value = &text[span.clone()];
             match transform {
                 Transform::Mask {
@@ -214,7 +211,7 @@ impl Rule {
                 Transform::Redact { text } => out.push_str(text),
                 Transform::Replace { template } => match &self.finder {
                     Finder::Regex { regex, .. } => match regex.captures_at(text, span.start) {
-                        Some(caps) => caps.expand(template, &mut out),
+                        Some(caps) => caps.expand(template, out),
                         None => out.push_str(template),
                     },
                     _ => out.push_str(template),
@@ -227,9 +224,7 @@ impl Rule {
                 },
                 Transform::Unprotect(p) => out.push_str(&p.unprotect_text(value).0),
             }
-            at = span.end;
-        }
-        out.push_str(&text[at..]);
+        });
         Some((out, spans.len()))
     }
 
