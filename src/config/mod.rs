@@ -27,7 +27,10 @@ use crate::engine::checks::{
 use crate::engine::policy::TraceHeader;
 use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
 use crate::milter::socket::ListenSocket;
+use crate::proxy::ProxySettings;
+use crate::relay::Delivery;
 
+mod proxy;
 mod rulesets;
 
 /// The documented default configuration, used when no file is given.
@@ -71,6 +74,8 @@ pub struct MilterSettings {
 pub struct Config {
     pub policy: Policy,
     pub milter: MilterSettings,
+    pub proxy: ProxySettings,
+    pub delivery: Delivery,
 }
 
 impl Config {
@@ -132,6 +137,10 @@ struct ConfigFile {
     content: rulesets::ContentSection,
     #[serde(rename = "ruleset")]
     rulesets: Vec<rulesets::RulesetSection>,
+    proxy: proxy::ProxySection,
+    delivery: proxy::DeliverySection,
+    #[serde(rename = "relay_target")]
+    relay_targets: Vec<proxy::RelayTargetSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -697,6 +706,11 @@ impl ConfigFile {
         let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
         let content = rulesets::compile(self.content, self.rulesets, &profile_names, config_dir)
             .map_err(|(span, key, message)| invalid(span, &key, message))?;
+        let proxy = proxy::compile_proxy(self.proxy, config_dir)
+            .map_err(|(span, key, message)| invalid(span, &key, message))?;
+        let delivery =
+            proxy::compile_delivery(self.delivery, self.relay_targets, &hostname, config_dir)
+                .map_err(|(span, key, message)| invalid(span, &key, message))?;
 
         let policy = Policy {
             content,
@@ -769,7 +783,12 @@ impl ConfigFile {
             connection_timeout: Duration::from_secs(self.milter.connection_timeout.get()),
             shutdown_timeout: Duration::from_secs(self.milter.shutdown_timeout),
         };
-        Ok(Config { policy, milter })
+        Ok(Config {
+            policy,
+            milter,
+            proxy,
+            delivery,
+        })
     }
 }
 

@@ -36,6 +36,11 @@ impl Secret {
         Self(bytes)
     }
 
+    /// The secret's bytes (surrounding white space trimmed).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Reads a secret from `file` (whole content, surrounding white space trimmed) or from the
     /// environment variable `env`; exactly one must be given.
     pub fn load(file: Option<&std::path::Path>, env: Option<&str>) -> Result<Self, String> {

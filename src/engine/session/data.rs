@@ -63,12 +63,19 @@ impl Session {
 
     /// End of message: the verdict and the edits to apply before the message goes on.
     pub async fn end_of_message(&mut self) -> MessageOutcome {
+        self.end_of_message_with_content().await.0
+    }
+
+    /// End of message, also handing back the message as received, for a door that delivers
+    /// it itself (the proxy). `None` when nothing was kept (refused before its end).
+    pub async fn end_of_message_with_content(&mut self) -> (MessageOutcome, Option<MessageBuffer>) {
         let policy = self.policy.clone();
         let Some(mut tx) = self.tx.take() else {
-            return MessageOutcome {
+            let outcome = MessageOutcome {
                 verdict: Verdict::Continue,
                 edits: Edits::default(),
             };
+            return (outcome, None);
         };
         self.messages += 1;
         let mut edits = Edits::default();
@@ -99,7 +106,7 @@ impl Session {
             });
         }
         self.log_message(&tx, &verdict, reason);
-        MessageOutcome { verdict, edits }
+        (MessageOutcome { verdict, edits }, tx.message)
     }
 
     /// The SPF result header, first in the message; with Authentication-Results, forged

@@ -170,6 +170,16 @@ impl Session {
         self.tls = Some(tls);
     }
 
+    /// TLS started on this connection (STARTTLS): what was learned before it is forgotten
+    /// (invariant 3), HELO, authentication and any transaction.
+    pub fn restart_after_tls(&mut self, tls: TlsInfo) {
+        info!(session = self.id, version = %tls.version, cipher = %tls.cipher, "TLS started");
+        self.helo = None;
+        self.authenticated = None;
+        self.tx = None;
+        self.tls = Some(tls);
+    }
+
     /// The client authenticated as `user`.
     pub fn authenticated(&mut self, user: &str) {
         self.authenticated = Some(user.to_owned());

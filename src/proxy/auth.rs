@@ -1,0 +1,144 @@
+//! Inbound SMTP AUTH (seed 004): PLAIN and LOGIN against a users file of argon2 password
+//! hashes. The file holds `user:$argon2id$...` lines (`#` starts a comment); make a hash with
+//! `postern hash-password`. Passwords are checked on the blocking pool (argon2 is slow on
+//! purpose) and never logged.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// The users who may authenticate, with their password hashes (PHC strings).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Users {
+    hashes: Arc<HashMap<String, String>>,
+}
+
+impl Users {
+    /// Reads a users file. Errors name the file and line.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
+        let mut hashes = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let where_ = format!("{}:{}", path.display(), n + 1);
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(format!(
+                    "{where_}: expected user:$argon2id$... (make the hash with `postern hash-password`)"
+                ));
+            };
+            PasswordHash::new(hash).map_err(|e| {
+                format!("{where_}: the password hash of {user:?} is not a PHC string ({e}); make one with `postern hash-password`")
+            })?;
+            hashes.insert(user.to_owned(), hash.to_owned());
+        }
+        Ok(Self {
+            hashes: Arc::new(hashes),
+        })
+    }
+
+    /// True when `user` exists and `password` is theirs. Runs on the blocking pool.
+    pub async fn verify(&self, user: &str, password: &str) -> bool {
+        // An unknown user costs as much as a known one, so that timing does not tell them apart.
+        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Ia0vL4Hw1BqBwH5KJeyWBJZ6eS4QeU7jyNzCdyCvXgk";
+        let hash = self
+            .hashes
+            .get(user)
+            .cloned()
+            .unwrap_or_else(|| DUMMY.to_owned());
+        let known = self.hashes.contains_key(user);
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        ok && known
+    }
+}
+
+/// An argon2id hash of `password` with a random salt, for the users file.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom(&mut salt)?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<(), String> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| format!("cannot read /dev/urandom for a salt: {e}"))
+}
+
+/// Decodes an AUTH PLAIN response (RFC 4616): authorization identity (ignored unless it equals
+/// the user), user, password.
+pub fn decode_plain(response: &str) -> Option<(String, String)> {
+    let raw = STANDARD.decode(response.trim()).ok()?;
+    let mut parts = raw.split(|&b| b == 0);
+    let authzid = parts.next()?;
+    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    if parts.next().is_some() || (!authzid.is_empty() && authzid != user.as_bytes()) {
+        return None;
+    }
+    Some((user, password))
+}
+
+/// Decodes one base64 line of AUTH LOGIN.
+pub fn decode_line(response: &str) -> Option<String> {
+    String::from_utf8(STANDARD.decode(response.trim()).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_responses() {
+        let r = STANDARD.encode(b"\0alice\0secret");
+        assert_eq!(decode_plain(&r), Some(("alice".into(), "secret".into())));
+        let r = STANDARD.encode(b"alice\0alice\0secret");
+        assert_eq!(decode_plain(&r), Some(("alice".into(), "secret".into())));
+        // Acting for someone else is not allowed.
+        assert_eq!(decode_plain(&STANDARD.encode(b"bob\0alice\0secret")), None);
+        assert_eq!(decode_plain("not base64!"), None);
+    }
+
+    #[tokio::test]
+    async fn hashes_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let hash = hash_password("secret").unwrap();
+        std::fs::write(&path, format!("# users\nalice:{hash}\n")).unwrap();
+        let users = Users::load(&path).unwrap();
+        assert!(users.verify("alice", "secret").await);
+        assert!(!users.verify("alice", "wrong").await);
+        assert!(!users.verify("bob", "secret").await);
+
+        std::fs::write(&path, "alice:plaintext\n").unwrap();
+        let err = Users::load(&path).unwrap_err();
+        assert!(
+            err.contains(":1:") && err.contains("hash-password"),
+            "{err}"
+        );
+    }
+}

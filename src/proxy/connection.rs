@@ -1,0 +1,252 @@
+//! Framing of one client connection: a plain or TLS stream, a bounded read buffer that yields
+//! command lines and raw DATA bytes, and a write buffer flushed when the client waits for
+//! answers (so that replies to a pipelined group leave in one packet).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::engine::TlsInfo;
+
+/// Room made in the read buffer before each read from the socket.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// The client's socket, before or after TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Taken out during the TLS handshake.
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Why reading from the client stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("client closed the connection")]
+    Closed,
+    #[error("client timed out")]
+    Timeout,
+    #[error("line longer than {0} bytes")]
+    TooLong(usize),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// One client connection.
+pub struct Connection {
+    stream: Stream,
+    /// Bytes read but not yet consumed.
+    input: Vec<u8>,
+    /// Replies not yet sent.
+    output: Vec<u8>,
+}
+
+impl Connection {
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            input: Vec::new(),
+            output: Vec::with_capacity(512),
+        }
+    }
+
+    /// True when the client sent more than has been consumed: it pipelined.
+    pub fn has_pending_input(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    /// Forgets whatever the client sent beyond the current command (STARTTLS, invariant 3).
+    /// Returns how many bytes were thrown away.
+    pub fn discard_pending_input(&mut self) -> usize {
+        let n = self.input.len();
+        self.input.clear();
+        n
+    }
+
+    /// Queues a reply line set (each line already ends with CRLF).
+    pub fn queue(&mut self, reply: &[u8]) {
+        self.output.extend_from_slice(reply);
+    }
+
+    /// Sends queued replies.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// Waits up to `wait` for the client to send anything, without consuming it. True when
+    /// it did (an early talker, when called before the banner).
+    pub async fn peek_input(&mut self, wait: Duration) -> bool {
+        if !self.input.is_empty() {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(wait, self.fill()).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
+    /// The next line, without its line end (LF or CRLF), at most `limit` bytes. Queued
+    /// replies are sent first when no input is waiting: the client is waiting for them. A
+    /// too long line is consumed up to its end and reported.
+    pub async fn read_line(
+        &mut self,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ReadError> {
+        let mut too_long = false;
+        loop {
+            if let Some(end) = self.input.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.input.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if too_long || line.len() > limit {
+                    return Err(ReadError::TooLong(limit));
+                }
+                return Ok(line);
+            }
+            if self.input.len() > limit {
+                // Keep reading to the end of the line, holding none of it.
+                too_long = true;
+                self.input.clear();
+            }
+            self.flush().await?;
+            match tokio::time::timeout(timeout, self.fill()).await {
+                Err(_) => return Err(ReadError::Timeout),
+                Ok(Ok(0)) => return Err(ReadError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Input for the DATA reader: what is buffered, or else whatever the client sends next
+    /// (waiting at most `timeout`). Call [`Connection::consume`] with what was used.
+    pub async fn data_input(&mut self, timeout: Duration) -> Result<&[u8], ReadError> {
+        if self.input.is_empty() {
+            self.flush().await?;
+            match tokio::time::timeout(timeout, self.fill()).await {
+                Err(_) => return Err(ReadError::Timeout),
+                Ok(Ok(0)) => return Err(ReadError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(&self.input)
+    }
+
+    /// Drops the first `n` bytes of buffered input.
+    pub fn consume(&mut self, n: usize) {
+        self.input.drain(..n);
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.input.is_empty() && self.input.capacity() > 4 * READ_CHUNK {
+            // A large pipelined burst is over: an idle connection holds little memory.
+            self.input = Vec::with_capacity(READ_CHUNK);
+        }
+        self.input.reserve(READ_CHUNK);
+        self.stream.read_buf(&mut self.input).await
+    }
+
+    /// Performs the TLS handshake (after STARTTLS, or at once for implicit TLS).
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &TlsAcceptor,
+        timeout: Duration,
+    ) -> Result<TlsInfo, String> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err("TLS is already active".to_owned());
+        };
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Err(_) => return Err(format!("TLS handshake not finished within {timeout:?}")),
+            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+            Ok(Ok(tls)) => tls,
+        };
+        let (_, state) = tls.get_ref();
+        let info = TlsInfo {
+            version: state
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS")
+                .replace('_', "."),
+            cipher: state
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .unwrap_or("unknown")
+                .to_owned(),
+            cert_subject: state
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|_| "verified client certificate".to_owned()),
+        };
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(info)
+    }
+
+    /// Closes the connection after sending what is queued.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Shared TLS acceptor, replaced whole when certificates are reloaded.
+pub type SharedAcceptor = Arc<arc_swap::ArcSwapOption<TlsAcceptor>>;

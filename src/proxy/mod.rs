@@ -1,0 +1,263 @@
+//! The proxy door: Postern's own SMTP listener, in front of a mail server. Each conversation
+//! is judged by the same engine [`Session`](crate::engine::Session) as in the milter door, and
+//! an accepted message is handed to the relay targets before the client hears 250 (a
+//! before-queue proxy, like Postfix's `smtpd_proxy_filter`: mail that is not accepted stays
+//! the client's responsibility).
+//!
+//! `connection.rs` frames bytes (lines, DATA, TLS upgrade), `command.rs` parses commands,
+//! `data.rs` finds the end of a message, `smtp.rs` is the conversation, `tls.rs` and `auth.rs`
+//! hold TLS and AUTH settings.
+
+pub mod auth;
+pub mod command;
+pub mod connection;
+pub mod data;
+mod smtp;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::engine::Engine;
+use crate::relay::Delivery;
+use auth::Users;
+use connection::{Connection, SharedAcceptor, Stream};
+use data::BareNewline;
+use tls::{TlsSettings, TlsSupport};
+
+/// Seed 001 inbound timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// Waiting for a command outside a mail transaction (and for the first one).
+    pub connection: Duration,
+    /// Waiting for the next command inside a transaction (after MAIL).
+    pub protocol: Duration,
+    /// Waiting for DATA (or more RCPTs) once a recipient is accepted.
+    pub data_command: Duration,
+    /// Waiting for the next piece of the message after 354.
+    pub data_payload: Duration,
+    /// The TLS handshake.
+    pub tls_negotiation: Duration,
+}
+
+/// Settings of the proxy door (`[proxy]`). Listeners take effect at start; certificates are
+/// reloaded on SIGHUP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Plain SMTP listeners (STARTTLS offered when TLS is enabled).
+    pub listen: Vec<SocketAddr>,
+    /// Implicit TLS listeners (port 465).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Submission listeners: AUTH required before MAIL.
+    pub submission_listen: Vec<SocketAddr>,
+    pub tls: TlsSettings,
+    /// Text of the 220 greeting after the host name.
+    pub banner: String,
+    pub max_inbound_connections: usize,
+    /// Longest command line, in bytes without CRLF.
+    pub line_limit: usize,
+    pub max_recipients: usize,
+    pub timeouts: ClientTimeouts,
+    /// How long to watch for a client that talks before the greeting.
+    pub greet_pause: Duration,
+    pub bare_newline: BareNewline,
+    pub auth_users: Option<Users>,
+    /// Offer AUTH on unencrypted sessions too (default: only after TLS).
+    pub auth_over_plaintext: bool,
+    /// Failed AUTH attempts in one connection before it is closed.
+    pub max_auth_failures: u32,
+    pub shutdown_timeout: Duration,
+}
+
+/// What kind of listener a client came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Smtp,
+    ImplicitTls,
+    Submission,
+}
+
+/// What every connection shares.
+struct Shared {
+    engine: Arc<Engine>,
+    settings: ProxySettings,
+    delivery: Arc<Delivery>,
+    acceptor: SharedAcceptor,
+}
+
+/// The proxy's listeners, bound (tests bind port 0 and read the addresses).
+pub struct Listeners {
+    bound: Vec<(TcpListener, ListenerKind)>,
+}
+
+impl Listeners {
+    /// Binds every configured listener allowed by `tls_support`.
+    pub async fn bind(settings: &ProxySettings) -> anyhow::Result<Self> {
+        let mut wanted = Vec::new();
+        if settings.tls.support != TlsSupport::Required {
+            wanted.extend(settings.listen.iter().map(|a| (*a, ListenerKind::Smtp)));
+            wanted.extend(
+                settings
+                    .submission_listen
+                    .iter()
+                    .map(|a| (*a, ListenerKind::Submission)),
+            );
+        }
+        if settings.tls.support != TlsSupport::Disabled {
+            wanted.extend(
+                settings
+                    .listen_tls
+                    .iter()
+                    .map(|a| (*a, ListenerKind::ImplicitTls)),
+            );
+        }
+        if wanted.is_empty() {
+            anyhow::bail!(
+                "the proxy has no listener: set [proxy] listen (or listen_tls with tls_support = \"required\")"
+            );
+        }
+        let mut bound = Vec::new();
+        for (addr, kind) in wanted {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            bound.push((listener, kind));
+        }
+        Ok(Self { bound })
+    }
+
+    /// The bound addresses, with their kinds.
+    pub fn addresses(&self) -> Vec<(SocketAddr, ListenerKind)> {
+        self.bound
+            .iter()
+            .filter_map(|(l, k)| l.local_addr().ok().map(|a| (a, *k)))
+            .collect()
+    }
+}
+
+/// Builds the TLS acceptor for `settings`, checking that what the listeners need is there.
+pub fn acceptor(settings: &ProxySettings) -> anyhow::Result<SharedAcceptor> {
+    let acceptor = settings.tls.acceptor().map_err(anyhow::Error::msg)?;
+    let needs_tls = settings.tls.support == TlsSupport::Required
+        || (settings.tls.support == TlsSupport::Enabled && !settings.listen_tls.is_empty());
+    if acceptor.is_none() && needs_tls {
+        anyhow::bail!(
+            "implicit TLS listeners need [proxy] certificate_file and key_file (or set tls_support = \"disabled\")"
+        );
+    }
+    if acceptor.is_none() && settings.tls.support == TlsSupport::Enabled {
+        warn!("no [proxy] certificate_file: STARTTLS is not offered");
+    }
+    Ok(Arc::new(arc_swap::ArcSwapOption::new(
+        acceptor.map(Arc::new),
+    )))
+}
+
+/// Serves the listeners until `shutdown` resolves; then stops accepting and gives
+/// conversations in progress up to `shutdown_timeout` to finish.
+pub async fn serve(
+    engine: Arc<Engine>,
+    settings: ProxySettings,
+    delivery: Arc<Delivery>,
+    acceptor: SharedAcceptor,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let grace = settings.shutdown_timeout;
+    let slots = Arc::new(Semaphore::new(settings.max_inbound_connections));
+    let shared = Arc::new(Shared {
+        engine,
+        settings,
+        delivery,
+        acceptor,
+    });
+    let (conn_tx, mut conn_rx) =
+        tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ListenerKind)>(64);
+    let mut accepting = JoinSet::new();
+    for (listener, kind) in listeners.bound {
+        info!(listen = %listener.local_addr()?, ?kind, "proxy listening");
+        let tx = conn_tx.clone();
+        accepting.spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        if tx.send((stream, peer, kind)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Out of file descriptors and the like: wait, do not spin.
+                    Err(e) => {
+                        error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(conn_tx);
+    let mut clients = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some((stream, peer, kind)) = conn_rx.recv() => {
+                let shared = shared.clone();
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        clients.spawn(async move {
+                            smtp::converse(shared, stream, peer, kind).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        clients.spawn(async move { smtp::too_many(&shared, stream, peer).await });
+                    }
+                }
+            }
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+        }
+    }
+    accepting.abort_all();
+    info!(
+        connections = clients.len(),
+        timeout = ?grace,
+        "shutting down: letting conversations in progress finish"
+    );
+    if tokio::time::timeout(grace, async {
+        while clients.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!(
+            connections = clients.len(),
+            "shutdown timeout reached; unfinished messages were not accepted, their clients retry"
+        );
+    }
+    info!("proxy stopped");
+    Ok(())
+}
+
+/// Binds and serves: `postern proxy`.
+pub async fn run(
+    engine: Arc<Engine>,
+    settings: ProxySettings,
+    delivery: Arc<Delivery>,
+    acceptor: SharedAcceptor,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&settings).await?;
+    serve(engine, settings, delivery, acceptor, listeners, shutdown).await
+}
+
+/// A connection and its framing, exposed for the fuzz targets and tests of the DATA reader.
+pub fn plain_connection(stream: TcpStream) -> Connection {
+    Connection::new(Stream::Plain(stream))
+}

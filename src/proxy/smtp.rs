@@ -1,0 +1,814 @@
+//! One SMTP conversation (RFC 5321) in the proxy door: reads commands, asks the engine
+//! session at each stage, forwards accepted recipients to a relay target as they come (so the
+//! target's answer for each recipient reaches the client) and hands the message on before
+//! answering 250 to its end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::auth::{decode_line, decode_plain};
+use super::command::Command;
+use super::connection::{Connection, ReadError, Stream};
+use super::data::{BareNewline, DataReader};
+use super::{ListenerKind, Shared};
+use crate::engine::{ClientInfo, Session, SmtpReply, Stage, Verdict};
+use crate::relay::{DeliveryError, Envelope, TargetReply, Upstream};
+
+/// A reply on the wire: code and text (which starts with the enhanced status code).
+struct Reply {
+    code: u16,
+    text: String,
+}
+
+impl Reply {
+    fn new(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+impl From<&SmtpReply> for Reply {
+    fn from(r: &SmtpReply) -> Self {
+        let text = match r.enhanced() {
+            Some(e) => format!("{e} {}", r.text()),
+            None => r.text().to_owned(),
+        };
+        Self::new(r.code(), text)
+    }
+}
+
+impl From<&TargetReply> for Reply {
+    fn from(r: &TargetReply) -> Self {
+        Self::new(r.code, r.text.clone())
+    }
+}
+
+/// What happens to the connection after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+/// The transaction in progress.
+#[derive(Default)]
+struct Transaction {
+    envelope: Envelope,
+    /// Recipients the relay target accepted.
+    recipients: Vec<String>,
+    /// RCPT commands seen (accepted or not), bounded by max_recipients.
+    rcpt_count: usize,
+    upstream: Option<Upstream>,
+    /// A relay target refused the sender: every recipient gets this answer.
+    upstream_refusal: Option<TargetReply>,
+}
+
+struct Conversation {
+    shared: Arc<Shared>,
+    conn: Connection,
+    session: Session,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    hostname: String,
+    /// EHLO (not HELO) was given since the last reset: PIPELINING and extensions apply.
+    esmtp: bool,
+    helo: bool,
+    tls: bool,
+    authenticated: bool,
+    auth_failures: u32,
+    tx: Option<Transaction>,
+}
+
+/// Serves one client from accept to close.
+pub(super) async fn converse(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+) {
+    let session = shared.engine.session(Stage::None);
+    let hostname = session.policy().hostname.clone();
+    let mut c = Conversation {
+        conn: Connection::new(Stream::Plain(stream)),
+        session,
+        peer,
+        kind,
+        hostname,
+        esmtp: false,
+        helo: false,
+        tls: false,
+        authenticated: false,
+        auth_failures: 0,
+        tx: None,
+        shared,
+    };
+    c.run().await;
+    c.abort_upstream().await;
+    c.session.close();
+    c.conn.close().await;
+}
+
+/// Answers a client beyond max_inbound_connections and closes.
+pub(super) async fn too_many(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
+    let hostname = shared.engine.policy().hostname.clone();
+    warn!(client = %peer, limit = shared.settings.max_inbound_connections, "too many connections, client refused");
+    let mut conn = Connection::new(Stream::Plain(stream));
+    conn.queue(
+        format!("421 4.7.0 {hostname} Error: too many connections, try again later\r\n").as_bytes(),
+    );
+    conn.close().await;
+}
+
+impl Conversation {
+    fn settings(&self) -> &super::ProxySettings {
+        &self.shared.settings
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.conn
+            .queue(format!("{} {}\r\n", reply.code, reply.text).as_bytes());
+    }
+
+    fn say(&mut self, code: u16, text: &str) {
+        self.reply(Reply::new(code, text));
+    }
+
+    async fn run(&mut self) {
+        if self.kind == ListenerKind::ImplicitTls && !self.start_tls().await {
+            return;
+        }
+        // Early talkers: a client that speaks before the greeting does not follow SMTP.
+        if self.conn.peek_input(self.settings().greet_pause).await {
+            info!(client = %self.peer, "client talked before the greeting, refused");
+            self.say(
+                554,
+                "5.5.0 Error: SMTP protocol synchronization (talked before the greeting)",
+            );
+            return;
+        }
+        let client = ClientInfo {
+            addr: Some(self.peer.ip()),
+            name: None,
+        };
+        match self.session.connect(client).await {
+            Verdict::Continue | Verdict::Accept | Verdict::Discard => {}
+            refused => {
+                let r = refused.reply().expect("refusals carry a reply");
+                // At the greeting only 554 and 421 are allowed (RFC 5321 §3.1).
+                let code = if r.is_transient() { 421 } else { 554 };
+                let mut reply = Reply::from(r);
+                reply.code = code;
+                self.reply(reply);
+                return;
+            }
+        }
+        let banner = format!("{} {}", self.hostname, self.settings().banner);
+        self.say(220, &banner);
+        loop {
+            let timeout = self.command_timeout();
+            let limit = self.settings().line_limit;
+            let line = match self.conn.read_line(limit, timeout).await {
+                Ok(line) => line,
+                Err(ReadError::TooLong(limit)) => {
+                    self.say(
+                        500,
+                        &format!("5.5.2 Error: line too long (limit {limit} bytes)"),
+                    );
+                    if self.invalid("line too long").await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(ReadError::Timeout) => {
+                    info!(client = %self.peer, "client timed out");
+                    let text = format!("4.4.2 {} Error: timeout exceeded", self.hostname);
+                    self.say(421, &text);
+                    return;
+                }
+                Err(e) => {
+                    info!(client = %self.peer, reason = %e, "connection ended");
+                    return;
+                }
+            };
+            let command = Command::parse(&line);
+            if self.conn.has_pending_input() && !self.may_pipeline(&command) {
+                info!(client = %self.peer, command = %verb(&line), "improper command pipelining");
+                self.say(
+                    554,
+                    "5.5.0 Error: SMTP protocol synchronization (commands sent before the reply; PIPELINING is offered after EHLO, and never for EHLO, DATA, AUTH or STARTTLS)",
+                );
+                return;
+            }
+            match self.command(command).await {
+                Next::Continue => {}
+                Next::Close => return,
+            }
+        }
+    }
+
+    /// How long to wait for the next command, by where the conversation is.
+    fn command_timeout(&self) -> Duration {
+        let t = &self.settings().timeouts;
+        match &self.tx {
+            None => t.connection,
+            Some(tx) if tx.recipients.is_empty() => t.protocol,
+            Some(_) => t.data_command,
+        }
+    }
+
+    /// RFC 2920: a client may send commands without waiting for replies only after EHLO
+    /// offered PIPELINING, and EHLO, HELO, DATA, AUTH, STARTTLS and QUIT end a group.
+    fn may_pipeline(&self, command: &Command) -> bool {
+        self.esmtp
+            && !matches!(
+                command,
+                Command::Ehlo(_)
+                    | Command::Helo(_)
+                    | Command::Data
+                    | Command::Auth { .. }
+                    | Command::StartTls
+            )
+    }
+
+    /// Counts an invalid command; true when the client is to be dropped.
+    async fn invalid(&mut self, what: &str) -> bool {
+        match self.session.unknown_command(what).await {
+            Verdict::Drop(r) => {
+                self.reply(Reply::from(&r));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Translates an engine refusal; `Some(Next)` when the verdict refused.
+    fn refused(&mut self, verdict: &Verdict) -> Option<Next> {
+        let r = verdict.reply()?;
+        self.reply(Reply::from(r));
+        Some(match verdict {
+            Verdict::Drop(_) => Next::Close,
+            _ => Next::Continue,
+        })
+    }
+
+    async fn command(&mut self, command: Command) -> Next {
+        match command {
+            Command::Ehlo(name) => self.hello(name, true).await,
+            Command::Helo(name) => self.hello(name, false).await,
+            Command::Mail { sender, params } => self.mail(sender, params).await,
+            Command::Rcpt { recipient, .. } => self.rcpt(recipient).await,
+            Command::Data => self.data().await,
+            Command::Rset => {
+                self.reset().await;
+                self.say(250, "2.0.0 Ok");
+                Next::Continue
+            }
+            Command::Noop => {
+                self.say(250, "2.0.0 Ok");
+                Next::Continue
+            }
+            Command::Quit => {
+                self.say(221, "2.0.0 Bye");
+                Next::Close
+            }
+            Command::Vrfy | Command::Expn => {
+                self.say(502, "5.5.1 VRFY and EXPN are disabled");
+                Next::Continue
+            }
+            Command::Help => {
+                self.say(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS AUTH; see RFC 5321");
+                Next::Continue
+            }
+            Command::StartTls => self.starttls().await,
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await,
+            Command::Bdat => {
+                self.say(
+                    502,
+                    "5.5.1 Error: BDAT is not offered (no CHUNKING); use DATA",
+                );
+                Next::Continue
+            }
+            Command::Invalid(text) => {
+                self.say(501, text);
+                if self.invalid("syntax error").await {
+                    return Next::Close;
+                }
+                Next::Continue
+            }
+            Command::Unknown(verb) => {
+                self.say(502, "5.5.2 Error: command not recognized");
+                if self.invalid(&verb).await {
+                    return Next::Close;
+                }
+                Next::Continue
+            }
+        }
+    }
+
+    async fn hello(&mut self, name: String, esmtp: bool) -> Next {
+        self.reset().await;
+        let verdict = self.session.helo(&name).await;
+        if let Some(next) = self.refused(&verdict) {
+            return next;
+        }
+        self.helo = true;
+        self.esmtp = esmtp;
+        if !esmtp {
+            let text = self.hostname.clone();
+            self.say(250, &text);
+            return Next::Continue;
+        }
+        let mut lines = vec![
+            self.hostname.clone(),
+            "PIPELINING".to_owned(),
+            format!(
+                "SIZE {}",
+                self.session.policy().message_limits.max_message_size
+            ),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+        ];
+        if !self.tls && self.shared.acceptor.load().is_some() {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        let last = lines.len() - 1;
+        let mut out = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            out.push_str(&format!(
+                "250{}{line}\r\n",
+                if i == last { ' ' } else { '-' }
+            ));
+        }
+        self.conn.queue(out.as_bytes());
+        Next::Continue
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.settings().auth_users.is_some()
+            && !self.authenticated
+            && (self.tls || self.settings().auth_over_plaintext)
+    }
+
+    async fn mail(&mut self, sender: String, params: Vec<String>) -> Next {
+        if !self.helo {
+            self.say(503, "5.5.1 Error: send HELO/EHLO first");
+            return Next::Continue;
+        }
+        if self.tx.is_some() {
+            self.say(503, "5.5.1 Error: nested MAIL command");
+            return Next::Continue;
+        }
+        if self.kind == ListenerKind::Submission && !self.authenticated {
+            self.say(
+                530,
+                "5.7.0 Authentication required (this is a submission port)",
+            );
+            return Next::Continue;
+        }
+        let max = self.session.policy().message_limits.max_message_size;
+        let mut passed = Vec::new();
+        for p in &params {
+            let (key, value) = p.split_once('=').unwrap_or((p, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" => match value.parse::<u64>() {
+                    Ok(n) if n > max => {
+                        self.say(
+                            552,
+                            &format!("5.3.4 Message size exceeds fixed limit of {max} bytes"),
+                        );
+                        return Next::Continue;
+                    }
+                    Ok(_) => passed.push(p.clone()),
+                    Err(_) => {
+                        self.say(501, "5.5.4 Syntax: SIZE=number");
+                        return Next::Continue;
+                    }
+                },
+                "BODY" if ["7BIT", "8BITMIME"].contains(&value.to_ascii_uppercase().as_str()) => {
+                    passed.push(p.clone())
+                }
+                "SMTPUTF8" if value.is_empty() => passed.push(p.clone()),
+                // RFC 4954 AUTH=<mailbox>: accepted, not passed on.
+                "AUTH" => {}
+                _ if self.esmtp => {
+                    self.say(
+                        555,
+                        &format!("5.5.4 Unsupported option: {}", verb(p.as_bytes())),
+                    );
+                    return Next::Continue;
+                }
+                _ => {
+                    self.say(
+                        501,
+                        "5.5.4 Syntax: MAIL FROM:<address> (parameters need EHLO)",
+                    );
+                    return Next::Continue;
+                }
+            }
+        }
+        let verdict = self.session.mail(&sender).await;
+        if let Some(next) = self.refused(&verdict) {
+            return next;
+        }
+        self.tx = Some(Transaction {
+            envelope: Envelope {
+                sender,
+                params: passed,
+            },
+            ..Transaction::default()
+        });
+        self.say(250, "2.1.0 Ok");
+        Next::Continue
+    }
+
+    async fn rcpt(&mut self, recipient: String) -> Next {
+        let max = self.settings().max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            self.say(503, "5.5.1 Error: need MAIL command");
+            return Next::Continue;
+        };
+        tx.rcpt_count += 1;
+        if tx.rcpt_count > max {
+            self.say(
+                452,
+                &format!("4.5.3 Error: too many recipients (limit {max})"),
+            );
+            return Next::Continue;
+        }
+        let verdict = self.session.rcpt(&recipient).await;
+        if let Some(next) = self.refused(&verdict) {
+            return next;
+        }
+        let tx = self.tx.as_mut().expect("checked above");
+        if let Some(refusal) = &tx.upstream_refusal {
+            let reply = Reply::from(refusal);
+            self.reply(reply);
+            return Next::Continue;
+        }
+        if tx.upstream.is_none() {
+            match self.shared.delivery.open(&tx.envelope, 0).await {
+                Ok(upstream) => tx.upstream = Some(upstream),
+                Err(DeliveryError::Refused { target, reply }) => {
+                    info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
+                    tx.upstream_refusal = Some(reply.clone());
+                    self.reply(Reply::from(&reply));
+                    return Next::Continue;
+                }
+                Err(e) => {
+                    warn!(client = %self.peer, error = %e, "recipient deferred");
+                    self.say(
+                        451,
+                        "4.4.1 Error: no relay target is available, try again later",
+                    );
+                    return Next::Continue;
+                }
+            }
+        }
+        let upstream = tx.upstream.as_mut().expect("opened above");
+        match upstream.rcpt(&recipient).await {
+            Ok(_) => {
+                tx.recipients.push(recipient);
+                self.say(250, "2.1.5 Ok");
+            }
+            Err(crate::relay::TargetError::Refused(reply)) => {
+                if reply.code >= 500 {
+                    let enhanced = reply.enhanced().unwrap_or("5.1.1").to_owned();
+                    self.session.rcpt_refused_by_mta(&enhanced, &reply.text);
+                }
+                self.reply(Reply::from(&reply));
+            }
+            Err(e) => {
+                // The target broke: forget it; the next RCPT opens a new one.
+                warn!(client = %self.peer, relay_target = %upstream.target_name(), error = %e, "relay target failed at RCPT");
+                if let Some(u) = tx.upstream.take() {
+                    u.abort().await;
+                }
+                tx.recipients.clear();
+                self.say(451, "4.4.1 Error: relay target failed, try again later");
+            }
+        }
+        Next::Continue
+    }
+
+    async fn data(&mut self) -> Next {
+        let Some(tx) = self.tx.as_ref() else {
+            self.say(503, "5.5.1 Error: need RCPT command");
+            return Next::Continue;
+        };
+        if tx.recipients.is_empty() {
+            self.say(554, "5.5.1 Error: no valid recipients");
+            return Next::Continue;
+        }
+        let verdict = self.session.data().await;
+        if let Some(next) = self.refused(&verdict) {
+            self.abort_upstream().await;
+            self.tx = None;
+            return next;
+        }
+        self.say(354, "End data with <CR><LF>.<CR><LF>");
+        let mut reader = DataReader::default();
+        let mut piece = Vec::new();
+        let mut refusal: Option<Verdict> = None;
+        let timeout = self.settings().timeouts.data_payload;
+        loop {
+            let input = match self.conn.data_input(timeout).await {
+                Ok(input) => input,
+                Err(e) => {
+                    info!(client = %self.peer, reason = %e, "message not finished");
+                    if matches!(e, ReadError::Timeout) {
+                        let text = format!("4.4.2 {} Error: timeout exceeded", self.hostname);
+                        self.say(421, &text);
+                    }
+                    return Next::Close;
+                }
+            };
+            piece.clear();
+            let end = reader.feed(input, &mut piece);
+            let used = end.unwrap_or(input.len());
+            self.conn.consume(used);
+            // Everything is read to its end even when refused, so that the next command is
+            // found; only the first refusal counts and nothing more is kept.
+            if refusal.is_none() && !piece.is_empty() {
+                let verdict = self.session.message_data(&piece).await;
+                if verdict != Verdict::Continue {
+                    refusal = Some(verdict);
+                }
+            }
+            if end.is_some() {
+                break;
+            }
+        }
+        if self.settings().bare_newline == BareNewline::Reject && reader.bare_newlines > 0 {
+            info!(client = %self.peer, count = reader.bare_newlines, "message with bare CR or LF refused");
+            self.say(
+                550,
+                "5.5.2 Error: bare CR or LF in message (use CRLF line ends)",
+            );
+            self.session.reset();
+            self.reset().await;
+            return Next::Continue;
+        }
+        if reader.bare_newlines > 0 {
+            info!(client = %self.peer, count = reader.bare_newlines, "bare CR or LF in message turned into CRLF");
+        }
+        let next = self.end_of_message(refusal).await;
+        self.tx = None;
+        next
+    }
+
+    async fn end_of_message(&mut self, refusal: Option<Verdict>) -> Next {
+        let (outcome, message) = self.session.end_of_message_with_content().await;
+        let verdict = refusal.unwrap_or(outcome.verdict);
+        let tx = self.tx.as_mut().expect("in a transaction");
+        let upstream = tx.upstream.take();
+        match &verdict {
+            Verdict::Continue | Verdict::Accept => {}
+            Verdict::Discard => {
+                if let Some(u) = upstream {
+                    u.abort().await;
+                }
+                info!(client = %self.peer, "message discarded by policy");
+                self.say(250, "2.7.0 Ok: discarded by policy");
+                return Next::Continue;
+            }
+            refused => {
+                if let Some(u) = upstream {
+                    u.abort().await;
+                }
+                return self.refused(refused).unwrap_or(Next::Continue);
+            }
+        }
+        let Some(mut message) = message else {
+            self.say(451, "4.3.0 Error: message was not kept, try again later");
+            return Next::Continue;
+        };
+        let raw = match message.contents().await {
+            Ok(raw) => raw,
+            Err(e) => {
+                warn!(client = %self.peer, error = %e, "cannot read the message back");
+                self.say(
+                    451,
+                    "4.3.0 Error: message could not be held, try again later",
+                );
+                return Next::Continue;
+            }
+        };
+        drop(message);
+        let raw = if outcome.edits.is_empty() {
+            raw
+        } else {
+            outcome.edits.apply_to(&raw)
+        };
+        let delivery = self.shared.delivery.clone();
+        let Some(upstream) = upstream else {
+            self.say(
+                451,
+                "4.4.1 Error: no relay target is available, try again later",
+            );
+            return Next::Continue;
+        };
+        let first_failed = upstream.target_index();
+        let name = upstream.target_name().to_owned();
+        let reply = match upstream.data(&raw, delivery.data_timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(crate::relay::TargetError::Refused(reply)) if reply.code >= 500 => Ok(reply),
+            Err(e) => {
+                warn!(client = %self.peer, relay_target = %name, error = %e, "relay target failed at end of message, trying the next");
+                delivery
+                    .send(&tx.envelope, &tx.recipients, &raw, first_failed + 1)
+                    .await
+                    .map(|(_, reply)| reply)
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match reply {
+            Ok(reply) => {
+                info!(client = %self.peer, recipients = tx.recipients.len(), size = raw.len(), %reply, "message handed on");
+                let reply = Reply::from(&reply);
+                self.reply(reply);
+            }
+            Err(why) => {
+                warn!(client = %self.peer, error = %why, "message not delivered; client keeps it");
+                self.say(
+                    451,
+                    "4.4.1 Error: no relay target accepted the message, try again later",
+                );
+            }
+        }
+        Next::Continue
+    }
+
+    async fn starttls(&mut self) -> Next {
+        let acceptor = self.shared.acceptor.load_full();
+        let Some(acceptor) = acceptor.filter(|_| !self.tls) else {
+            self.say(502, "5.5.1 Error: STARTTLS is not offered here");
+            return Next::Continue;
+        };
+        // Invariant 3: nothing the client sent in plaintext after STARTTLS counts.
+        let dropped = self.conn.discard_pending_input();
+        if dropped > 0 {
+            warn!(client = %self.peer, bytes = dropped, "plaintext sent after STARTTLS discarded");
+        }
+        self.say(220, "2.0.0 Ready to start TLS");
+        if let Err(e) = self.conn.flush().await {
+            info!(client = %self.peer, error = %e, "connection ended before TLS");
+            return Next::Close;
+        }
+        self.reset().await;
+        let timeout = self.settings().timeouts.tls_negotiation;
+        match self.conn.start_tls(&acceptor, timeout).await {
+            Ok(info) => {
+                info!(client = %self.peer, version = %info.version, cipher = %info.cipher, client_certificate = info.cert_subject.is_some(), "TLS established");
+                self.session.restart_after_tls(info);
+                self.tls = true;
+                self.helo = false;
+                self.esmtp = false;
+                self.authenticated = false;
+                Next::Continue
+            }
+            Err(e) => {
+                info!(client = %self.peer, error = %e, "TLS failed");
+                Next::Close
+            }
+        }
+    }
+
+    /// TLS from the first byte (implicit TLS listener). False when the handshake failed.
+    async fn start_tls(&mut self) -> bool {
+        let Some(acceptor) = self.shared.acceptor.load_full() else {
+            warn!(client = %self.peer, "implicit TLS listener without a certificate");
+            return false;
+        };
+        let timeout = self.settings().timeouts.tls_negotiation;
+        match self.conn.start_tls(&acceptor, timeout).await {
+            Ok(info) => {
+                info!(client = %self.peer, version = %info.version, cipher = %info.cipher, client_certificate = info.cert_subject.is_some(), "TLS established");
+                self.session.tls_established(info);
+                self.tls = true;
+                true
+            }
+            Err(e) => {
+                info!(client = %self.peer, error = %e, "TLS failed");
+                false
+            }
+        }
+    }
+
+    async fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Next {
+        let Some(users) = self.settings().auth_users.clone() else {
+            self.say(502, "5.5.1 Error: authentication is not offered here");
+            return Next::Continue;
+        };
+        if self.authenticated {
+            self.say(503, "5.5.1 Error: already authenticated");
+            return Next::Continue;
+        }
+        if self.tx.is_some() {
+            self.say(503, "5.5.1 Error: AUTH not allowed in a mail transaction");
+            return Next::Continue;
+        }
+        if !self.tls && !self.settings().auth_over_plaintext {
+            self.say(538, "5.7.11 Encryption required for requested authentication mechanism (use STARTTLS first)");
+            return Next::Continue;
+        }
+        let credentials = match mechanism {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(r) if r != "=" => Some(r),
+                    _ => self.challenge("").await,
+                };
+                response.as_deref().and_then(decode_plain)
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => Some(r),
+                    None => self.challenge("VXNlcm5hbWU6").await,
+                };
+                let user = user.as_deref().and_then(decode_line);
+                match user {
+                    Some(user) => self
+                        .challenge("UGFzc3dvcmQ6")
+                        .await
+                        .as_deref()
+                        .and_then(decode_line)
+                        .map(|p| (user, p)),
+                    None => None,
+                }
+            }
+            _ => {
+                self.say(
+                    504,
+                    "5.5.4 Error: unsupported authentication mechanism (use PLAIN or LOGIN)",
+                );
+                return Next::Continue;
+            }
+        };
+        let ok = match &credentials {
+            Some((user, password)) => users.verify(user, password).await,
+            None => false,
+        };
+        if ok {
+            let user = credentials.map(|c| c.0).unwrap_or_default();
+            info!(client = %self.peer, user = %user.escape_debug(), "authenticated");
+            self.session.authenticated(&user);
+            self.authenticated = true;
+            self.say(235, "2.7.0 Authentication successful");
+            return Next::Continue;
+        }
+        self.auth_failures += 1;
+        info!(client = %self.peer, failures = self.auth_failures, "authentication failed");
+        if self.auth_failures >= self.settings().max_auth_failures {
+            let text = format!(
+                "4.7.0 {} Error: too many authentication failures",
+                self.hostname
+            );
+            self.say(421, &text);
+            return Next::Close;
+        }
+        // A pause makes guessing slow without holding other clients up.
+        tokio::time::sleep(Duration::from_millis(500) * self.auth_failures).await;
+        self.say(535, "5.7.8 Error: authentication failed");
+        Next::Continue
+    }
+
+    /// Sends a 334 challenge and reads the response; `None` when the client cancelled (`*`)
+    /// or went away (the caller then fails the attempt).
+    async fn challenge(&mut self, prompt: &str) -> Option<String> {
+        self.conn.queue(format!("334 {prompt}\r\n").as_bytes());
+        let timeout = self.settings().timeouts.protocol;
+        let limit = self.settings().line_limit;
+        let line = self.conn.read_line(limit, timeout).await.ok()?;
+        let line = String::from_utf8(line).ok()?;
+        (line.trim() != "*").then_some(line)
+    }
+
+    /// Ends the transaction (RSET, EHLO, STARTTLS) in the engine and with the relay target.
+    async fn reset(&mut self) {
+        self.session.reset();
+        self.abort_upstream().await;
+        self.tx = None;
+    }
+
+    async fn abort_upstream(&mut self) {
+        if let Some(u) = self.tx.as_mut().and_then(|tx| tx.upstream.take()) {
+            u.abort().await;
+        }
+    }
+}
+
+/// The first word of a line, for logs: printable and short.
+fn verb(line: &[u8]) -> String {
+    let word = line.split(|&b| b == b' ').next().unwrap_or(b"");
+    String::from_utf8_lossy(&word[..word.len().min(32)])
+        .escape_debug()
+        .to_string()
+}

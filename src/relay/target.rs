@@ -1,0 +1,151 @@
+//! One relay target: where it is, how the connection is secured and authenticated.
+
+use std::fmt;
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use serde::Deserialize;
+
+use super::TargetReply;
+
+/// Seed "Security" of a relay target.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain SMTP, never STARTTLS.
+    #[default]
+    None,
+    /// STARTTLS when the target offers it; plain otherwise. The certificate is still
+    /// validated when TLS is used.
+    Auto,
+    /// STARTTLS required: a target that does not offer it is skipped (mandatory TLS).
+    Tls,
+    /// Implicit TLS from the first byte (port 465).
+    Ssl,
+}
+
+/// Seed "Authentication" of a relay target. CRAM-MD5 is not offered: it needs the password
+/// stored in clear on the target and is obsolete (RFC 8314 era); PLAIN and LOGIN go only over
+/// TLS in practice.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayAuth {
+    #[default]
+    None,
+    Plain,
+    Login,
+}
+
+/// A relay target, compiled from `[[relay_target]]`.
+#[derive(Clone)]
+pub struct RelayTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// 1 is highest.
+    pub priority: u32,
+    pub security: Security,
+    pub auth: RelayAuth,
+    /// Username and password; the password came from a file or the environment and is never
+    /// logged (invariant 7).
+    pub credentials: Option<Credentials>,
+    /// Certificate validation for this target (name, roots, minimum version); `None` when
+    /// `security = "none"`.
+    pub tls: Option<TlsParameters>,
+}
+
+impl fmt::Debug for RelayTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayTarget")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("priority", &self.priority)
+            .field("security", &self.security)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one target could not take a transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("refused: {0}")]
+    Refused(TargetReply),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("does not offer STARTTLS, and security = \"tls\" requires it")]
+    NoStartTls,
+    #[error("{0}")]
+    Smtp(String),
+}
+
+impl TargetError {
+    pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> Self {
+        match TargetReply::from_error(&e) {
+            Some(reply) => Self::Refused(reply),
+            None => Self::Smtp(error_chain(&e)),
+        }
+    }
+}
+
+/// An error with its causes, `a: b: c`, so that a TLS name mismatch says so.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl RelayTarget {
+    /// Connects, greets, secures and authenticates as configured.
+    pub(super) async fn connect(
+        &self,
+        helo: &ClientId,
+    ) -> Result<AsyncSmtpConnection, TargetError> {
+        let implicit = match self.security {
+            Security::Ssl => self.tls.clone(),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            None,
+            helo,
+            implicit,
+            None,
+        )
+        .await
+        .map_err(TargetError::from_smtp)?;
+        match (self.security, &self.tls) {
+            (Security::Tls, _) if !conn.can_starttls() => {
+                conn.abort().await;
+                return Err(TargetError::NoStartTls);
+            }
+            (Security::Tls | Security::Auto, Some(tls)) if conn.can_starttls() => {
+                conn.starttls(tls.clone(), helo)
+                    .await
+                    .map_err(TargetError::from_smtp)?;
+            }
+            _ => {}
+        }
+        if let Some(credentials) = &self.credentials {
+            let mechanism = match self.auth {
+                RelayAuth::Login => Mechanism::Login,
+                RelayAuth::Plain | RelayAuth::None => Mechanism::Plain,
+            };
+            if let Err(e) = conn.auth(&[mechanism], credentials).await {
+                conn.abort().await;
+                return Err(TargetError::from_smtp(e));
+            }
+        }
+        Ok(conn)
+    }
+}
