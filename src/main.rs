@@ -1,21 +1,23 @@
 //! The `postern` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 use postern::config::{Config, DEFAULT_CONFIG_NAME};
 use postern::engine::Engine;
 use postern::engine::rules::protect::{Protector, Secret};
 use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
+use postern::reload::Also;
 
 /// Postern: an SMTP policy engine. One policy (connection checks and content rules) for every
-/// message, applied as a milter beside Postfix or Sendmail.
+/// message, applied as a milter beside Postfix or Sendmail, or as an SMTP proxy in front of a
+/// mail server.
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change their level.
 #[derive(Parser)]
@@ -29,6 +31,7 @@ const EXAMPLES: &str = "\
 Examples:
   postern milter                                  embedded default policy, inet:127.0.0.1:7357
   postern milter -c /etc/postern/postern.toml -l unix:/var/spool/postfix/postern/postern.sock
+  postern proxy -c /etc/postern/postern.toml       SMTP proxy, relays to [[relay_target]]s
   postern check-config /etc/postern/postern.toml
   postern unprotect --key-file /etc/postern/protect.key --message < received.eml
 
@@ -51,6 +54,19 @@ enum Command {
         #[arg(short, long, value_name = "SOCKET")]
         listen: Option<ListenSocket>,
     },
+    /// Run as an SMTP proxy in front of a mail server: Postern's own listeners (STARTTLS,
+    /// implicit TLS, submission with AUTH), the same policy, and every accepted message handed
+    /// to the [[relay_target]]s before the client hears 250. SIGHUP reloads the policy and
+    /// the certificates; SIGTERM stops after conversations in progress finish.
+    Proxy {
+        /// Configuration file (TOML). Without it the embedded default serves: listen on
+        /// 127.0.0.1:2525, relay to the MTA on 127.0.0.1:25.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print an argon2id hash of a password read from stdin, for [proxy] auth_users_file
+    /// (`user:HASH` lines).
+    HashPassword,
     /// Validate a configuration file and print a summary of the compiled policy. Exits
     /// non-zero, naming file, line and key, when the file is not valid.
     CheckConfig {
@@ -91,6 +107,15 @@ fn main() -> ExitCode {
                 println!("{}: OK", file.display());
                 println!("{}", config.policy);
                 println!("milter listen:           {}", config.milter.listen);
+                let listen: Vec<String> =
+                    config.proxy.listen.iter().map(|a| a.to_string()).collect();
+                println!("proxy listen:            {}", listen.join(", "));
+                for t in &config.delivery.targets {
+                    println!(
+                        "relay target:            {} {}:{} priority {} security {:?}",
+                        t.name, t.host, t.port, t.priority, t.security
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -112,25 +137,51 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Milter { config, listen } => {
-            postern::logging::init();
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("postern: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
+        Command::HashPassword => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut password) {
+                eprintln!("postern: cannot read the password from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("postern: the password is empty");
+                return ExitCode::FAILURE;
+            }
+            match postern::proxy::auth::hash_password(password) {
+                Ok(hash) => {
+                    println!("{hash}");
+                    ExitCode::SUCCESS
                 }
-            };
-            match runtime.block_on(run_milter(config, listen)) {
-                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("postern: {e:#}");
+                    eprintln!("postern: {e}");
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Milter { config, listen } => serve(run_milter(config, listen)),
+        Command::Proxy { config } => serve(run_proxy(config)),
+    }
+}
+
+/// Runs a door on a single-threaded runtime, logging to stderr.
+fn serve(door: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    postern::logging::init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(door) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -172,28 +223,72 @@ fn unprotect(
     Ok(())
 }
 
-async fn run_milter(path: Option<PathBuf>, listen: Option<ListenSocket>) -> anyhow::Result<()> {
-    let config = match &path {
+/// Loads the configuration (or the embedded default) and logs the start.
+fn load_config(path: Option<&Path>, door: &str) -> anyhow::Result<Config> {
+    let config = match path {
         Some(p) => Config::load(p)?,
         None => Config::embedded_default(),
     };
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        config = path
-            .as_ref()
-            .map_or(DEFAULT_CONFIG_NAME.to_owned(), |p| p.display().to_string()),
+        door,
+        config = path.map_or(DEFAULT_CONFIG_NAME.to_owned(), |p| p.display().to_string()),
         "postern starting"
     );
-    let engine = Arc::new(Engine::new(config.policy));
-    postern::reload::reload_on_sighup(engine.clone(), path, config.milter.clone())?;
-    let listen = listen.unwrap_or_else(|| config.milter.listen.clone());
+    Ok(config)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let shutdown = async move {
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM received"),
             _ = int.recv() => info!("SIGINT received"),
         }
-    };
-    postern::milter::run(engine, &config.milter, &listen, shutdown).await
+    })
+}
+
+async fn run_milter(path: Option<PathBuf>, listen: Option<ListenSocket>) -> anyhow::Result<()> {
+    let config = load_config(path.as_deref(), "milter")?;
+    let engine = Arc::new(Engine::new(config.policy));
+    let running = config.milter.clone();
+    let also: Also = Box::new(move |new: &Config| {
+        if new.milter != running {
+            warn!("[milter] settings changed: they take effect at the next restart");
+        }
+        Ok(())
+    });
+    postern::reload::reload_on_sighup(engine.clone(), path, also)?;
+    let listen = listen.unwrap_or_else(|| config.milter.listen.clone());
+    postern::milter::run(engine, &config.milter, &listen, shutdown_signal()?).await
+}
+
+async fn run_proxy(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(path.as_deref(), "proxy")?;
+    if config.delivery.targets.is_empty() {
+        anyhow::bail!(
+            "no [[relay_target]] is configured: the proxy has nowhere to hand messages on (see config/postern.toml)"
+        );
+    }
+    let engine = Arc::new(Engine::new(config.policy));
+    let acceptor = postern::proxy::acceptor(&config.proxy)?;
+    let running = config.proxy.clone();
+    let reloaded = acceptor.clone();
+    let also: Also = Box::new(move |new: &Config| {
+        // Certificates are read again: a renewed certificate takes effect now.
+        let fresh = new.proxy.tls.acceptor()?;
+        reloaded.store(fresh.map(Arc::new));
+        if new.proxy.listen != running.listen
+            || new.proxy.listen_tls != running.listen_tls
+            || new.proxy.submission_listen != running.submission_listen
+        {
+            warn!("[proxy] listeners changed: they take effect at the next restart");
+        }
+        Ok(())
+    });
+    postern::reload::reload_on_sighup(engine.clone(), path, also)?;
+    let delivery = Arc::new(config.delivery);
+    postern::proxy::run(engine, config.proxy, delivery, acceptor, shutdown_signal()?).await
 }
