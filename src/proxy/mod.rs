@@ -256,8 +256,3 @@ pub async fn run(
     let listeners = Listeners::bind(&settings).await?;
     serve(engine, settings, delivery, acceptor, listeners, shutdown).await
 }
-
-/// A connection and its framing, exposed for the fuzz targets and tests of the DATA reader.
-pub fn plain_connection(stream: TcpStream) -> Connection {
-    Connection::new(Stream::Plain(stream))
-}

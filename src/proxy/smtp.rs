@@ -200,7 +200,7 @@ impl Conversation {
                 info!(client = %self.peer, command = %verb(&line), "improper command pipelining");
                 self.say(
                     554,
-                    "5.5.0 Error: SMTP protocol synchronization (commands sent before the reply; PIPELINING is offered after EHLO, and never for EHLO, DATA, AUTH or STARTTLS)",
+                    "5.5.0 Error: SMTP protocol synchronization (commands sent before the reply; PIPELINING is offered after EHLO, and never after EHLO, HELO, DATA or AUTH)",
                 );
                 return;
             }
@@ -222,17 +222,15 @@ impl Conversation {
     }
 
     /// RFC 2920: a client may send commands without waiting for replies only after EHLO
-    /// offered PIPELINING, and EHLO, HELO, DATA, AUTH, STARTTLS and QUIT end a group.
+    /// offered PIPELINING, and EHLO, HELO, DATA and AUTH end a group. What follows STARTTLS
+    /// is thrown away by STARTTLS itself (invariant 3).
     fn may_pipeline(&self, command: &Command) -> bool {
-        self.esmtp
-            && !matches!(
-                command,
-                Command::Ehlo(_)
-                    | Command::Helo(_)
-                    | Command::Data
-                    | Command::Auth { .. }
-                    | Command::StartTls
-            )
+        matches!(command, Command::StartTls)
+            || (self.esmtp
+                && !matches!(
+                    command,
+                    Command::Ehlo(_) | Command::Helo(_) | Command::Data | Command::Auth { .. }
+                ))
     }
 
     /// Counts an invalid command; true when the client is to be dropped.

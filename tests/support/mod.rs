@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 
 pub const POSTERN: &str = env!("CARGO_BIN_EXE_postern");
 
-fn script(name: &str) -> PathBuf {
+pub mod proxy;
+
+pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("integration")
         .join(name)
 }
 
 /// Runs an integration script, panicking with its output when it fails.
-fn run_script(name: &str, args: &[&str]) {
+pub fn run_script(name: &str, args: &[&str]) {
     let out = Command::new(script(name))
         .args(args)
         .env("POSTERN_BIN", POSTERN)
@@ -410,6 +412,11 @@ impl Smtp {
         wire.extend_from_slice(b".\r\n");
         self.writer.write_all(&wire).unwrap();
         self.read_reply().expect("reply to end of data")
+    }
+
+    /// The socket, for writing raw bytes.
+    pub fn writer_mut(&mut self) -> &mut TcpStream {
+        &mut self.writer
     }
 
     /// True when the server has closed the connection.

@@ -1,0 +1,256 @@
+//! The proxy door on loopback for end-to-end tests: smtp-sinks as relay targets and Postern's
+//! proxy in front of them, started by the scripts in `integration/`; test certificates made
+//! with rcgen. Dropping the environment stops everything; when a test failed, Postern's log is
+//! printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{POSTERN, Smtp, free_port, install_deps, run_script, script};
+
+/// One smtp-sink relay target.
+pub struct Sink {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Sink {
+    /// Messages the sink holds, sorted by name: the message as received, with smtp-sink's own
+    /// trace lines removed and LF line ends (smtp-sink stores lines that way).
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.join("mail"))
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .map(|p| without_sink_trace(&std::fs::read(p).unwrap()))
+            .collect()
+    }
+
+    /// Waits for `n` messages.
+    pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.delivered();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} message(s) reached the sink",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// smtp-sink writes X-Client-Addr .. X-Rcpt-Args and its own Received field first, and one
+/// empty line after the message.
+fn without_sink_trace(raw: &[u8]) -> Vec<u8> {
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let mut lines = raw.split_inclusive(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.starts_with(b"Received: from ") {
+            while lines.peek().is_some_and(|l| l.starts_with(b"\t")) {
+                lines.next();
+            }
+            return lines.flatten().copied().collect();
+        }
+    }
+    raw.to_vec()
+}
+
+/// The message as a sink stores it: CRLF made LF.
+pub fn as_stored(message: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(message)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+pub struct ProxyEnv {
+    pub dir: tempfile::TempDir,
+    /// Plain SMTP listener.
+    pub port: u16,
+    /// Implicit TLS listener (in the config only where the test puts `{tls_port}`).
+    pub tls_port: u16,
+    /// Submission listener (where the test puts `{submission_port}`).
+    pub submission_port: u16,
+    pub sinks: Vec<Sink>,
+    running: bool,
+}
+
+impl ProxyEnv {
+    /// Starts one smtp-sink per entry of `sinks` (its extra smtp-sink options) and the proxy
+    /// with `config`, in which `{port}`, `{tls_port}`, `{submission_port}`, `{sink0}`,
+    /// `{sink1}`, ... and `{dir}` (the environment's directory, holding the test
+    /// certificates) are replaced.
+    pub fn start(config: &str, sinks: &[&[&str]]) -> Self {
+        install_deps();
+        let dir = tempfile::Builder::new()
+            .prefix("postern-proxy.")
+            .tempdir()
+            .unwrap();
+        write_certificates(dir.path());
+        let mut env = Self {
+            port: free_port(),
+            tls_port: free_port(),
+            submission_port: free_port(),
+            sinks: Vec::new(),
+            running: false,
+            dir,
+        };
+        for (i, options) in sinks.iter().enumerate() {
+            let sink_dir = env.dir.path().join(format!("sink{i}"));
+            let port = free_port();
+            let mut args = vec![
+                "start".to_owned(),
+                sink_dir.display().to_string(),
+                port.to_string(),
+            ];
+            args.extend(options.iter().map(|o| o.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_script("sink", &args);
+            env.sinks.push(Sink {
+                port,
+                dir: sink_dir,
+            });
+        }
+        let mut text = config
+            .replace("{port}", &env.port.to_string())
+            .replace("{tls_port}", &env.tls_port.to_string())
+            .replace("{submission_port}", &env.submission_port.to_string())
+            .replace("{dir}", &env.dir.path().display().to_string());
+        for (i, sink) in env.sinks.iter().enumerate() {
+            text = text.replace(&format!("{{sink{i}}}"), &sink.port.to_string());
+        }
+        let config_path = env.dir.path().join("postern.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let listen = if config.contains("{port}") {
+            env.port
+        } else {
+            env.tls_port
+        };
+        run_script(
+            "postern",
+            &[
+                "proxy",
+                &env.path("postern"),
+                &config_path.display().to_string(),
+                &format!("127.0.0.1:{listen}"),
+            ],
+        );
+        env.running = true;
+        env
+    }
+
+    pub fn path(&self, sub: &str) -> String {
+        self.dir.path().join(sub).display().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postern/postern.log")).unwrap_or_default()
+    }
+
+    /// Waits until Postern's log has a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A raw SMTP client to the proxy.
+    pub fn smtp(&self) -> Smtp {
+        Smtp::connect(self.port)
+    }
+
+    /// Runs swaks against the proxy (`--server` is given by the caller when not the plain
+    /// listener). Returns whether it succeeded and its transcript.
+    pub fn swaks(&self, args: &[&str]) -> (bool, String) {
+        let server = format!("127.0.0.1:{}", self.port);
+        let mut all = vec!["--server", server.as_str(), "--timeout", "20"];
+        all.extend_from_slice(args);
+        // A later --server wins in swaks.
+        let out = Command::new("swaks").args(&all).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+impl Drop for ProxyEnv {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = Command::new(script("postern"))
+                .args(["stop", &self.path("postern")])
+                .output();
+        }
+        for sink in &self.sinks {
+            let _ = Command::new(script("sink"))
+                .args(["stop", &sink.dir.display().to_string()])
+                .output();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- postern.log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Test certificates in `dir`: a CA (ca.pem), a server certificate for localhost and
+/// 127.0.0.1 (server.pem, server.key), one for another name (wrong.pem, wrong.key) and a
+/// client certificate (client.pem, client.key), all signed by the CA.
+pub fn write_certificates(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Postern test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let issue = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.to_owned());
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    issue(
+        "server",
+        vec!["localhost".into(), "127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    issue(
+        "wrong",
+        vec!["wrong.postern.test".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    issue(
+        "client",
+        vec!["client.postern.test".into()],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+}
+
+/// The proxy binary, for tests that run it directly (hash-password).
+pub fn postern() -> Command {
+    Command::new(POSTERN)
+}
