@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use crate::engine::Engine;
 use crate::relay::Delivery;
 use auth::Users;
-use connection::{Connection, SharedAcceptor, Stream};
+use connection::SharedAcceptor;
 use data::BareNewline;
 use tls::{TlsSettings, TlsSupport};
 
