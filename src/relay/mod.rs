@@ -263,7 +263,7 @@ impl Upstream {
     }
 
     /// DATA and the message (CRLF line ends, as received; dot-stuffing is added here), then
-    /// QUIT. The reply is the target's answer to the end of the message.
+    /// QUIT in the background. The reply is the target's answer to the end of the message.
     pub async fn data(
         mut self,
         message: &[u8],
@@ -279,10 +279,14 @@ impl Upstream {
             Ok(Ok(r)) => Ok(TargetReply::from_response(&r)),
             Ok(Err(e)) => Err(TargetError::from_smtp(e)),
         };
-        let _ = tokio::time::timeout(self.protocol_timeout, self.conn.quit()).await;
         if let Ok(r) = &reply {
             info!(relay_target = %self.name, reply = %r, "delivered to relay target");
         }
+        // The target's answer is final: the client need not wait for QUIT as well.
+        let (mut conn, timeout) = (self.conn, self.protocol_timeout);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, conn.quit()).await;
+        });
         reply
     }
 
