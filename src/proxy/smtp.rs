@@ -508,8 +508,7 @@ impl Conversation {
         }
         let verdict = self.session.data().await;
         if let Some(next) = self.refused(&verdict) {
-            self.abort_upstream().await;
-            self.tx = None;
+            self.reset().await;
             return next;
         }
         self.say(354, "End data with <CR><LF>.<CR><LF>");
@@ -551,7 +550,6 @@ impl Conversation {
                 550,
                 "5.5.2 Error: bare CR or LF in message (use CRLF line ends)",
             );
-            self.session.reset();
             self.reset().await;
             return Next::Continue;
         }
