@@ -167,13 +167,7 @@ impl Connection {
                 too_long = true;
                 self.input.clear();
             }
-            self.flush().await?;
-            match tokio::time::timeout(timeout, self.fill()).await {
-                Err(_) => return Err(ReadError::Timeout),
-                Ok(Ok(0)) => return Err(ReadError::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
-            }
+            self.receive(timeout).await?;
         }
     }
 
@@ -181,15 +175,21 @@ impl Connection {
     /// (waiting at most `timeout`). Call [`Connection::consume`] with what was used.
     pub async fn data_input(&mut self, timeout: Duration) -> Result<&[u8], ReadError> {
         if self.input.is_empty() {
-            self.flush().await?;
-            match tokio::time::timeout(timeout, self.fill()).await {
-                Err(_) => return Err(ReadError::Timeout),
-                Ok(Ok(0)) => return Err(ReadError::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
-            }
+            self.receive(timeout).await?;
         }
         Ok(&self.input)
+    }
+
+    /// Sends queued replies (the client waits for them before it sends more), then reads
+    /// what the client sends next, waiting at most `timeout`.
+    async fn receive(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        self.flush().await?;
+        match tokio::time::timeout(timeout, self.fill()).await {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Ok(0)) => Err(ReadError::Closed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+        }
     }
 
     /// Drops the first `n` bytes of buffered input.

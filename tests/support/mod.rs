@@ -52,6 +52,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits up to 10 s until the log that `read` returns contains `needle`.
+pub fn wait_for_log_in(needle: &str, read: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "Postern never logged {needle:?}; log:\n{}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// rbldnsd on loopback serving the DNSBL zones of integration/dns-zones.
 pub struct DnsServer {
     dir: tempfile::TempDir,
@@ -222,15 +235,7 @@ impl MailEnv {
 
     /// Waits until Postern's log contains `needle`.
     pub fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.postern_log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "Postern never logged {needle:?}; log:\n{}",
-                self.postern_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_log_in(needle, || self.postern_log());
     }
 
     /// Runs swaks against Postfix with the given extra arguments.

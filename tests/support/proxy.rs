@@ -156,15 +156,7 @@ impl ProxyEnv {
 
     /// Waits until Postern's log has a line containing `needle`.
     pub fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} not in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_for_log_in(needle, || self.log());
     }
 
     /// A raw SMTP client to the proxy.
