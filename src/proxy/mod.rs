@@ -132,14 +132,6 @@ impl Listeners {
         }
         Ok(Self { bound })
     }
-
-    /// The bound addresses, with their kinds.
-    pub fn addresses(&self) -> Vec<(SocketAddr, ListenerKind)> {
-        self.bound
-            .iter()
-            .filter_map(|(l, k)| l.local_addr().ok().map(|a| (a, *k)))
-            .collect()
-    }
 }
 
 /// Builds the TLS acceptor for `settings`, checking that what the listeners need is there.

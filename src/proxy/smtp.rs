@@ -15,7 +15,9 @@ use super::command::Command;
 use super::connection::{Connection, ReadError, Stream};
 use super::data::{BareNewline, DataReader};
 use super::{ListenerKind, Shared};
-use crate::engine::{ClientInfo, Session, SmtpReply, Stage, Verdict};
+use tokio_rustls::TlsAcceptor;
+
+use crate::engine::{ClientInfo, Session, SmtpReply, Stage, TlsInfo, Verdict};
 use crate::relay::{DeliveryError, Envelope, TargetReply, Upstream};
 
 /// A reply on the wire: code and text (which starts with the enhanced status code).
@@ -660,20 +662,28 @@ impl Conversation {
             return Next::Close;
         }
         self.reset().await;
+        let Some(info) = self.handshake(&acceptor).await else {
+            return Next::Close;
+        };
+        self.session.restart_after_tls(info);
+        self.helo = false;
+        self.esmtp = false;
+        self.authenticated = false;
+        Next::Continue
+    }
+
+    /// The TLS handshake within tls_negotiation_timeout, logged either way.
+    async fn handshake(&mut self, acceptor: &TlsAcceptor) -> Option<TlsInfo> {
         let timeout = self.settings().timeouts.tls_negotiation;
-        match self.conn.start_tls(&acceptor, timeout).await {
+        match self.conn.start_tls(acceptor, timeout).await {
             Ok(info) => {
                 info!(client = %self.peer, version = %info.version, cipher = %info.cipher, client_certificate = info.cert_subject.is_some(), "TLS established");
-                self.session.restart_after_tls(info);
                 self.tls = true;
-                self.helo = false;
-                self.esmtp = false;
-                self.authenticated = false;
-                Next::Continue
+                Some(info)
             }
             Err(e) => {
                 info!(client = %self.peer, error = %e, "TLS failed");
-                Next::Close
+                None
             }
         }
     }
@@ -684,18 +694,12 @@ impl Conversation {
             warn!(client = %self.peer, "implicit TLS listener without a certificate");
             return false;
         };
-        let timeout = self.settings().timeouts.tls_negotiation;
-        match self.conn.start_tls(&acceptor, timeout).await {
-            Ok(info) => {
-                info!(client = %self.peer, version = %info.version, cipher = %info.cipher, client_certificate = info.cert_subject.is_some(), "TLS established");
+        match self.handshake(&acceptor).await {
+            Some(info) => {
                 self.session.tls_established(info);
-                self.tls = true;
                 true
             }
-            Err(e) => {
-                info!(client = %self.peer, error = %e, "TLS failed");
-                false
-            }
+            None => false,
         }
     }
 

@@ -136,7 +136,7 @@ impl Delivery {
                         protocol_timeout: self.protocol_timeout,
                     });
                 }
-                Err(TargetError::Refused(reply)) if !reply.is_positive() && reply.code >= 500 => {
+                Err(TargetError::Refused(reply)) if reply.code >= 500 => {
                     return Err(DeliveryError::Refused {
                         target: target.name.clone(),
                         reply,
