@@ -65,6 +65,32 @@ pub fn wait_for_log_in(needle: &str, read: impl Fn() -> String) {
     }
 }
 
+/// The files of a sink's mail directory, sorted by name (arrival order).
+pub fn sink_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Waits up to 20 s until `read` returns at least `n` messages, and returns them.
+pub fn wait_for_messages(n: usize, read: impl Fn() -> Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = read();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} message(s) reached the sink",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// rbldnsd on loopback serving the DNSBL zones of integration/dns-zones.
 pub struct DnsServer {
     dir: tempfile::TempDir,
@@ -279,28 +305,15 @@ impl MailEnv {
 
     /// Messages the sink holds now, sorted by name.
     pub fn delivered(&self) -> Vec<Vec<u8>> {
-        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("sink/mail"))
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+        sink_files(&self.dir.path().join("sink/mail"))
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
     }
 
     /// Waits for `n` messages at the sink.
     pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.delivered();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} message(s) reached the sink",
-                got.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_messages(n, || self.delivered())
     }
 
     /// Asserts that nothing reaches the sink within a short while.

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use super::{POSTERN, Smtp, free_port, install_deps, run_script, script};
 
@@ -19,11 +18,7 @@ impl Sink {
     /// Messages the sink holds, sorted by name: the message as received, with smtp-sink's own
     /// trace lines removed and LF line ends (smtp-sink stores lines that way).
     pub fn delivered(&self) -> Vec<Vec<u8>> {
-        let mut files: Vec<_> = std::fs::read_dir(self.dir.join("mail"))
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.sort();
-        files
+        super::sink_files(&self.dir.join("mail"))
             .iter()
             .map(|p| without_sink_trace(&std::fs::read(p).unwrap()))
             .collect()
@@ -31,19 +26,7 @@ impl Sink {
 
     /// Waits for `n` messages.
     pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.delivered();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} message(s) reached the sink",
-                got.len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_for_messages(n, || self.delivered())
     }
 }
 
