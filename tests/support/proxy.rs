@@ -15,6 +15,28 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// Starts an smtp-sink on a free loopback port keeping messages in `dir`, with extra
+    /// smtp-sink `options` (a faulty target). Dropping it stops it.
+    pub fn start(dir: PathBuf, options: &[&str]) -> Self {
+        let port = free_port();
+        let mut args = vec![
+            "start".to_owned(),
+            dir.display().to_string(),
+            port.to_string(),
+        ];
+        args.extend(options.iter().map(|o| o.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_script("sink", &args);
+        Self { port, dir }
+    }
+
+    /// Stops the sink: its port refuses connections from now on.
+    pub fn stop(&self) {
+        let _ = Command::new(script("sink"))
+            .args(["stop", &self.dir.display().to_string()])
+            .output();
+    }
+
     /// Messages the sink holds, sorted by name: the message as received, with smtp-sink's own
     /// trace lines removed and LF line ends (smtp-sink stores lines that way).
     pub fn delivered(&self) -> Vec<Vec<u8>> {
@@ -27,6 +49,12 @@ impl Sink {
     /// Waits for `n` messages.
     pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
         super::wait_for_messages(n, || self.delivered())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -87,19 +115,7 @@ impl ProxyEnv {
         };
         for (i, options) in sinks.iter().enumerate() {
             let sink_dir = env.dir.path().join(format!("sink{i}"));
-            let port = free_port();
-            let mut args = vec![
-                "start".to_owned(),
-                sink_dir.display().to_string(),
-                port.to_string(),
-            ];
-            args.extend(options.iter().map(|o| o.to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_script("sink", &args);
-            env.sinks.push(Sink {
-                port,
-                dir: sink_dir,
-            });
+            env.sinks.push(Sink::start(sink_dir, options));
         }
         let mut text = config
             .replace("{port}", &env.port.to_string())
@@ -169,11 +185,6 @@ impl Drop for ProxyEnv {
         if self.running {
             let _ = Command::new(script("postern"))
                 .args(["stop", &self.path("postern")])
-                .output();
-        }
-        for sink in &self.sinks {
-            let _ = Command::new(script("sink"))
-                .args(["stop", &sink.dir.display().to_string()])
                 .output();
         }
         if std::thread::panicking() {
