@@ -267,9 +267,9 @@ async fn run_milter(path: Option<PathBuf>, listen: Option<ListenSocket>) -> anyh
 
 async fn run_proxy(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(path.as_deref(), "proxy")?;
-    if config.delivery.targets.is_empty() {
+    if !config.delivery.relays() {
         anyhow::bail!(
-            "no [[relay_target]] is configured: the proxy has nowhere to hand messages on (see config/postern.toml)"
+            "no [[relay_target]] relays ordinary mail (none is configured, or all are divert_only): the proxy has nowhere to hand messages on (see config/postern.toml)"
         );
     }
     let engine = Arc::new(Engine::new(config.policy));

@@ -704,13 +704,19 @@ impl ConfigFile {
 
         let profile_names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
         let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
-        let content = rulesets::compile(self.content, self.rulesets, &profile_names, config_dir)
-            .map_err(|(span, key, message)| invalid(span, &key, message))?;
         let proxy = proxy::compile_proxy(self.proxy, config_dir)
             .map_err(|(span, key, message)| invalid(span, &key, message))?;
         let delivery =
             proxy::compile_delivery(self.delivery, self.relay_targets, &hostname, config_dir)
                 .map_err(|(span, key, message)| invalid(span, &key, message))?;
+        let content = rulesets::compile(
+            self.content,
+            self.rulesets,
+            &profile_names,
+            &delivery,
+            config_dir,
+        )
+        .map_err(|(span, key, message)| invalid(span, &key, message))?;
 
         let policy = Policy {
             content,
@@ -849,6 +855,7 @@ fn system_hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::rules::ruleset::Action;
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()
@@ -948,6 +955,39 @@ mod tests {
     fn bad_hostname_names_line() {
         let e = error("\nhostname = \"mx example\"\n");
         assert!(e.starts_with("test.toml:2: key `hostname`"), "{e}");
+    }
+
+    #[test]
+    fn divert_names_existing_relay_targets() {
+        let targets = "[[relay_target]]\nname = \"mta\"\nhost = \"127.0.0.1\"\n\
+                       [[relay_target]]\nname = \"vault\"\nhost = \"127.0.0.1\"\n\
+                       divert_only = true\n";
+        let rule = |extra: &str| {
+            format!(
+                "{targets}[[ruleset]]\nname = \"r\"\n[[ruleset.rule]]\nname = \"d\"\n\
+                 targets = [\"body\"]\naction = \"divert\"\n{extra}"
+            )
+        };
+        let e = error(&rule(""));
+        assert!(
+            e.contains("ruleset[0].rule[0].relay_targets") && e.contains("needs relay_targets"),
+            "{e}"
+        );
+        let e = error(&rule("relay_targets = [\"quarantine\"]\n"));
+        assert!(
+            e.starts_with("test.toml:14:") && e.contains("no [[relay_target]] is named"),
+            "{e}"
+        );
+        let c = Config::parse(&rule("relay_targets = [\"vault\"]\n"), "t").unwrap();
+        // The divert-only target relays no ordinary mail; the rule may use it.
+        assert!(c.delivery.relays());
+        let names: Vec<_> = c.delivery.targets.iter().map(|t| &t.name).collect();
+        assert_eq!(names, ["mta", "vault"]);
+        let Action::Divert(through) = &c.policy.content.rulesets[0].rules[0].action else {
+            panic!("not a divert rule");
+        };
+        assert_eq!(through.targets.len(), 1);
+        assert!(!through.targets[0].divert_only);
     }
 
     #[test]

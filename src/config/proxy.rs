@@ -124,6 +124,8 @@ pub(super) struct RelayTargetSection {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     min_tls_version: TlsVersion,
+    #[serde(default)]
+    divert_only: bool,
 }
 
 fn smtp_port() -> u16 {
@@ -302,6 +304,7 @@ pub(super) fn compile_delivery(
             auth: t.auth,
             credentials,
             tls,
+            divert_only: t.divert_only,
         });
     }
     // Stable: equal priorities keep their order in the file.

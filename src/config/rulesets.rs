@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use crate::engine::rules::protect::{Protector, Secret, Tokenizer};
 use crate::engine::rules::ruleset::{
     Action, Conditions, ContentPolicy, DomainPattern, Finder, Rule, Ruleset, Target, Transform,
 };
+use crate::relay::Delivery;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +80,8 @@ struct RuleSection {
     suffix: Option<String>,
     // reject
     reply: Option<Spanned<String>>,
+    // divert
+    relay_targets: Option<Spanned<Vec<String>>>,
 }
 
 /// A config error before it is given its file and line: the span, the key path, the message.
@@ -87,6 +91,7 @@ pub(super) fn compile(
     content: ContentSection,
     rulesets: Vec<RulesetSection>,
     profile_names: &[String],
+    delivery: &Delivery,
     config_dir: Option<&Path>,
 ) -> Result<ContentPolicy, Invalid> {
     let header = content.ruleset_header;
@@ -126,7 +131,8 @@ pub(super) fn compile(
         }
         let mut rules = Vec::new();
         for (j, rule) in rs.rules.into_iter().enumerate() {
-            rules.push(compile_rule(rule, &format!("{key}.rule[{j}]"), config_dir)?);
+            let key = format!("{key}.rule[{j}]");
+            rules.push(compile_rule(rule, &key, delivery, config_dir)?);
         }
         if !rs.enabled {
             continue;
@@ -168,7 +174,12 @@ fn target(name: &str) -> Option<Target> {
     })
 }
 
-fn compile_rule(r: RuleSection, key: &str, config_dir: Option<&Path>) -> Result<Rule, Invalid> {
+fn compile_rule(
+    r: RuleSection,
+    key: &str,
+    delivery: &Delivery,
+    config_dir: Option<&Path>,
+) -> Result<Rule, Invalid> {
     let at = r.action.span();
     let err = |field: &str, message: String| (at.clone(), format!("{key}.{field}"), message);
 
@@ -307,12 +318,26 @@ fn compile_rule(r: RuleSection, key: &str, config_dir: Option<&Path>) -> Result<
             }
             Action::Reject(reply)
         }
+        "divert" => {
+            let Some(names) = &r.relay_targets else {
+                return Err(err(
+                    "relay_targets",
+                    "action divert needs relay_targets: the [[relay_target]] names to deliver \
+                     through"
+                        .into(),
+                ));
+            };
+            let through = delivery
+                .through(names.get_ref())
+                .map_err(|m| (names.span(), format!("{key}.relay_targets"), m))?;
+            Action::Divert(Arc::new(through))
+        }
         other => {
             return Err(err(
                 "action",
                 format!(
                     "{other:?} is not an action; use mask, redact, replace, tokenize, protect, \
-                     strip_attachment or reject"
+                     strip_attachment, reject or divert"
                 ),
             ));
         }

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use super::reply::SmtpReply;
+use crate::relay::TargetReply;
 
 /// The engine's answer to one SMTP stage. Doors translate it into their own protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +204,9 @@ fn field_name(field: &[u8]) -> &[u8] {
 pub struct MessageOutcome {
     pub verdict: Verdict,
     pub edits: Edits,
+    /// With [`Verdict::Discard`], when a `divert` rule delivered the message: the answer of
+    /// the relay target that took it (a door that speaks SMTP passes it on).
+    pub diverted: Option<TargetReply>,
 }
 
 #[cfg(test)]

@@ -448,11 +448,22 @@ impl Conversation {
         if let Some(next) = self.refused(&verdict) {
             return next;
         }
-        let tx = self.tx.as_mut().expect("checked above");
+        if !self.relay_rcpt(&recipient).await {
+            // The engine judges the message (content rules, a divert) by the recipients that
+            // were really accepted, as it does behind an MTA.
+            self.session.withdraw_recipient(&recipient);
+        }
+        Next::Continue
+    }
+
+    /// Hands an accepted recipient to the relay target (opened at the first one) and answers
+    /// the client with the target's reply; whether the target took it.
+    async fn relay_rcpt(&mut self, recipient: &str) -> bool {
+        let tx = self.tx.as_mut().expect("in a transaction");
         if let Some(refusal) = &tx.upstream_refusal {
             let reply = Reply::from(refusal);
             self.reply(reply);
-            return Next::Continue;
+            return false;
         }
         if tx.upstream.is_none() {
             match self.shared.delivery.open(&tx.envelope, 0).await {
@@ -461,7 +472,7 @@ impl Conversation {
                     info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
                     tx.upstream_refusal = Some(reply.clone());
                     self.reply(Reply::from(&reply));
-                    return Next::Continue;
+                    return false;
                 }
                 Err(e) => {
                     warn!(client = %self.peer, error = %e, "recipient deferred");
@@ -469,15 +480,16 @@ impl Conversation {
                         451,
                         "4.4.1 Error: no relay target is available, try again later",
                     );
-                    return Next::Continue;
+                    return false;
                 }
             }
         }
         let upstream = tx.upstream.as_mut().expect("opened above");
-        match upstream.rcpt(&recipient).await {
+        match upstream.rcpt(recipient).await {
             Ok(_) => {
-                tx.recipients.push(recipient);
+                tx.recipients.push(recipient.to_owned());
                 self.say(250, "2.1.5 Ok");
+                true
             }
             Err(crate::relay::TargetError::Refused(reply)) => {
                 if reply.code >= 500 {
@@ -485,18 +497,22 @@ impl Conversation {
                     self.session.rcpt_refused_by_mta(&enhanced, &reply.text);
                 }
                 self.reply(Reply::from(&reply));
+                false
             }
             Err(e) => {
-                // The target broke: forget it; the next RCPT opens a new one.
+                // The target broke: forget it and the recipients it took; the next RCPT
+                // opens a new one.
                 warn!(client = %self.peer, relay_target = %upstream.target_name(), error = %e, "relay target failed at RCPT");
                 if let Some(u) = tx.upstream.take() {
                     u.abort().await;
                 }
-                tx.recipients.clear();
+                for earlier in std::mem::take(&mut tx.recipients) {
+                    self.session.withdraw_recipient(&earlier);
+                }
                 self.say(451, "4.4.1 Error: relay target failed, try again later");
+                false
             }
         }
-        Next::Continue
     }
 
     async fn data(&mut self) -> Next {
@@ -574,8 +590,14 @@ impl Conversation {
                 if let Some(u) = upstream {
                     u.abort().await;
                 }
-                info!(client = %self.peer, "message discarded by policy");
-                self.say(250, "2.7.0 Ok: discarded by policy");
+                match &outcome.diverted {
+                    // A divert rule delivered it elsewhere: that target's answer is the one.
+                    Some(reply) => self.reply(Reply::from(reply)),
+                    None => {
+                        info!(client = %self.peer, "message discarded by policy");
+                        self.say(250, "2.7.0 Ok: discarded by policy");
+                    }
+                }
                 return Next::Continue;
             }
             refused => {

@@ -105,6 +105,25 @@ pub struct Envelope {
     pub params: Vec<String>,
 }
 
+impl Envelope {
+    /// The envelope for a whole message sent on by Postern itself: `BODY=8BITMIME` when the
+    /// message has 8-bit bytes, `SMTPUTF8` when an address is not ASCII, and its `SIZE`.
+    pub fn for_message(sender: &str, recipients: &[String], message: &[u8]) -> Self {
+        let mut params = Vec::new();
+        if !message.is_ascii() {
+            params.push("BODY=8BITMIME".to_owned());
+        }
+        if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
+            params.push("SMTPUTF8".to_owned());
+        }
+        params.push(format!("SIZE={}", message.len()));
+        Self {
+            sender: sender.to_owned(),
+            params,
+        }
+    }
+}
+
 /// An open transaction with one relay target: MAIL has been accepted.
 pub struct Upstream {
     conn: AsyncSmtpConnection,
@@ -126,7 +145,8 @@ impl Delivery {
     /// Opens a transaction with the first target, from `first` on, that accepts the sender.
     pub async fn open(&self, envelope: &Envelope, first: usize) -> Result<Upstream, DeliveryError> {
         let mut failures = Vec::new();
-        for (index, target) in self.targets.iter().enumerate().skip(first) {
+        let targets = self.targets.iter().enumerate().skip(first);
+        for (index, target) in targets.filter(|(_, t)| !t.divert_only) {
             match self.open_one(target, envelope).await {
                 Ok(conn) => {
                     return Ok(Upstream {
@@ -149,9 +169,40 @@ impl Delivery {
             }
         }
         if failures.is_empty() {
-            failures.push("no [[relay_target]] is configured".to_owned());
+            failures.push("no [[relay_target]] relays ordinary mail".to_owned());
         }
         Err(DeliveryError::Unavailable(failures))
+    }
+
+    /// The same outbound settings with only the named targets, in priority order, each usable
+    /// whether or not it is `divert_only`: where a `divert` rule sends messages.
+    pub fn through(&self, names: &[String]) -> Result<Delivery, String> {
+        let mut targets = Vec::new();
+        for name in names {
+            let Some(target) = self.targets.iter().find(|t| t.name == *name) else {
+                return Err(format!("no [[relay_target]] is named {name:?}"));
+            };
+            targets.push(RelayTarget {
+                divert_only: false,
+                ..target.clone()
+            });
+        }
+        if targets.is_empty() {
+            return Err("name at least one relay target".into());
+        }
+        targets.sort_by_key(|t| t.priority);
+        Ok(Delivery {
+            targets,
+            helo_name: self.helo_name.clone(),
+            connection_timeout: self.connection_timeout,
+            protocol_timeout: self.protocol_timeout,
+            data_timeout: self.data_timeout,
+        })
+    }
+
+    /// Whether any target relays ordinary mail (is not `divert_only`).
+    pub fn relays(&self) -> bool {
+        self.targets.iter().any(|t| !t.divert_only)
     }
 
     async fn open_one(

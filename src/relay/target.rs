@@ -53,6 +53,9 @@ pub struct RelayTarget {
     /// Certificate validation for this target (name, roots, minimum version); `None` when
     /// `security = "none"`.
     pub tls: Option<TlsParameters>,
+    /// Only for messages a `divert` rule sends here (a quarantine, an encryption gateway):
+    /// never used to relay ordinary mail.
+    pub divert_only: bool,
 }
 
 impl fmt::Debug for RelayTarget {
@@ -64,6 +67,7 @@ impl fmt::Debug for RelayTarget {
             .field("priority", &self.priority)
             .field("security", &self.security)
             .field("auth", &self.auth)
+            .field("divert_only", &self.divert_only)
             .finish_non_exhaustive()
     }
 }

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
@@ -13,6 +14,7 @@ use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, Pa
 use super::ruleset::{Action, Finder, Rule, Ruleset, Target};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::HeaderEdit;
+use crate::relay::Delivery;
 
 /// What one rule did to one target, for the audit log: never the values themselves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,16 @@ pub struct Rewrite {
     pub hits: Vec<Hit>,
     /// Set when a `reject` rule matched: the reply, the ruleset and the rule.
     pub reject: Option<(SmtpReply, String, String)>,
+    /// Set when a `divert` rule matched (the first one counts).
+    pub divert: Option<Diversion>,
+}
+
+/// A `divert` rule that matched: where the message goes instead of on.
+#[derive(Clone, Debug)]
+pub struct Diversion {
+    pub delivery: Arc<Delivery>,
+    pub ruleset: String,
+    pub rule: String,
 }
 
 impl Rewrite {
@@ -516,6 +528,21 @@ impl Walker<'_> {
                     if self.rewrite.reject.is_none() && rule.finds(&current) {
                         self.rewrite.reject =
                             Some((reply.clone(), ruleset.name.clone(), rule.name.clone()));
+                    }
+                }
+                Action::Divert(delivery) => {
+                    if self.rewrite.divert.is_none() && rule.finds(&current) {
+                        self.rewrite.hits.push(Hit {
+                            ruleset: ruleset.name.clone(),
+                            rule: rule.name.clone(),
+                            target: target.name(),
+                            count: 1,
+                        });
+                        self.rewrite.divert = Some(Diversion {
+                            delivery: delivery.clone(),
+                            ruleset: ruleset.name.clone(),
+                            rule: rule.name.clone(),
+                        });
                     }
                 }
                 Action::StripAttachment => {}

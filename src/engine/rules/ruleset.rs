@@ -3,6 +3,7 @@
 //! with it.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -10,6 +11,7 @@ use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
 use super::transforms::{mask, replace_spans};
 use crate::engine::reply::SmtpReply;
+use crate::relay::Delivery;
 
 /// Where in a message an extract rule looks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +79,9 @@ pub enum Action {
     StripAttachment,
     /// Refuse the whole message with this reply.
     Reject(SmtpReply),
+    /// Deliver the message (as the other rules leave it) through these relay targets instead
+    /// of letting it go on; the door discards its own copy only once one of them accepted.
+    Divert(Arc<Delivery>),
 }
 
 /// One extract rule and its transform or action.

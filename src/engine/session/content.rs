@@ -27,6 +27,7 @@ impl Session {
         }
         let queue_id = tx.queue_id.clone().unwrap_or_default();
         let buffer = tx.message.as_mut()?;
+        let mut divert = None;
         let work = async {
             let raw = buffer.contents().await?;
             let scan_policy = policy.clone();
@@ -41,9 +42,14 @@ impl Session {
             })
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
+            divert = rewrite.divert.clone();
             Ok(self.take_rewrite(rewrite, &queue_id, edits))
         };
-        guarded(&policy, "content", work).await
+        let found = guarded(&policy, "content", work).await;
+        if found.is_none() {
+            tx.divert = divert;
+        }
+        found
     }
 
     /// Logs what the rules did and turns it into a refusal or edits.

@@ -2,6 +2,7 @@
 //! log line.
 
 use super::*;
+use crate::relay::{Envelope, TargetReply};
 
 impl Session {
     /// The queue id the MTA gave the message, for logs.
@@ -74,12 +75,13 @@ impl Session {
             let outcome = MessageOutcome {
                 verdict: Verdict::Continue,
                 edits: Edits::default(),
+                diverted: None,
             };
             return (outcome, None);
         };
         self.messages += 1;
         let mut edits = Edits::default();
-        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
+        let (mut reason, mut verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
             (Some(held), _) => ("held", held),
             (None, Some(failed)) => ("refused_before_end", failed),
             (None, None) => self
@@ -105,8 +107,64 @@ impl Session {
                 value: format!("{}; by {}", verdict.name(), policy.hostname),
             });
         }
+        let mut diverted = None;
+        if let Some(divert) = tx.divert.take()
+            && matches!(verdict, Verdict::Continue | Verdict::Accept)
+        {
+            match self.divert(&divert, &mut tx, &edits).await {
+                Ok(reply) => {
+                    (reason, verdict) = ("divert", Verdict::Discard);
+                    diverted = Some(reply);
+                }
+                Err(e) => {
+                    warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, action = ?policy.scan_failure_action, "message could not be diverted: scan failure");
+                    (reason, verdict) = ("divert_failed", policy.scan_failure_action.verdict());
+                }
+            }
+            if verdict != Verdict::Continue {
+                edits = Edits::default();
+            }
+        }
         self.log_message(&tx, &verdict, reason);
-        (MessageOutcome { verdict, edits }, tx.message)
+        let outcome = MessageOutcome {
+            verdict,
+            edits,
+            diverted,
+        };
+        (outcome, tx.message)
+    }
+
+    /// Delivers the message, with its edits applied, through the relay targets of a `divert`
+    /// rule; the accepting target's answer.
+    async fn divert(
+        &self,
+        divert: &Diversion,
+        tx: &mut Transaction,
+        edits: &Edits,
+    ) -> Result<TargetReply, String> {
+        let buffer = tx.message.as_mut().ok_or("the message was not kept")?;
+        let raw = buffer.contents().await.map_err(|e| e.to_string())?;
+        let message = if edits.is_empty() {
+            raw
+        } else {
+            edits.apply_to(&raw)
+        };
+        let envelope = Envelope::for_message(&tx.sender, &tx.recipients, &message);
+        let (target, reply) = divert
+            .delivery
+            .send(&envelope, &tx.recipients, &message, 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(
+            session = self.id,
+            queue_id = tx.queue_id.as_deref().unwrap_or(""),
+            ruleset = %divert.ruleset,
+            rule = %divert.rule,
+            relay_target = %target,
+            %reply,
+            "message diverted"
+        );
+        Ok(reply)
     }
 
     /// The SPF result header, first in the message; with Authentication-Results, forged

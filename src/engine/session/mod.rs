@@ -25,6 +25,7 @@ use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
 use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
+use super::rules::Diversion;
 use super::verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
 
 /// What a door knows about the client when it connects.
@@ -77,6 +78,8 @@ struct Transaction {
     failure: Option<Verdict>,
     /// The SPF outcome for this transaction, recorded in a header at its end.
     spf: Option<SpfOutcome>,
+    /// Set by the content stage when a `divert` rule matched.
+    divert: Option<Diversion>,
 }
 
 impl Transaction {
@@ -89,6 +92,7 @@ impl Transaction {
             message: None,
             failure: None,
             spf: None,
+            divert: None,
         }
     }
 }

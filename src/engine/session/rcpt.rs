@@ -52,6 +52,16 @@ impl Session {
         }
     }
 
+    /// A recipient the engine let through was not accepted after all (the door's relay
+    /// target refused it): it no longer counts for the message.
+    pub fn withdraw_recipient(&mut self, recipient: &str) {
+        if let Some(tx) = self.tx.as_mut()
+            && let Some(at) = tx.recipients.iter().rposition(|r| r == recipient)
+        {
+            tx.recipients.remove(at);
+        }
+    }
+
     /// The MTA refused a recipient itself (reported by the milter door: Postfix's
     /// `{rcpt_mailer}` is `error`), with this enhanced status code and text.
     pub fn rcpt_refused_by_mta(&mut self, enhanced: &str, text: &str) {
