@@ -61,6 +61,34 @@ fn relays_byte_for_byte_through_the_first_target_that_works() {
 }
 
 #[test]
+fn target_connections_are_reused_and_a_broken_one_loses_nothing() {
+    let env = ProxyEnv::start(&config("", &target("mta", "{sink0}", 1)), &[&[]]);
+    let send = || {
+        env.smtp()
+            .send("a@sender.example", "b@rcpt.example", MESSAGE)
+    };
+    for _ in 0..2 {
+        let reply = send();
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    env.sinks[0].wait_delivered(2);
+    let log = env.log();
+    assert_eq!(log.matches("reused_connection=false").count(), 1, "{log}");
+    assert_eq!(log.matches("reused_connection=true").count(), 1, "{log}");
+
+    // The target restarts while its connection waits in the cache: that connection is dead,
+    // and the next message goes over a new one.
+    env.sinks[0].restart();
+    let reply = send();
+    assert!(
+        reply.starts_with("250"),
+        "after the target restarted: {reply}"
+    );
+    assert_eq!(env.sinks[0].wait_delivered(3).len(), 3);
+    assert_eq!(env.log().matches("reused_connection=false").count(), 2);
+}
+
+#[test]
 fn nothing_is_accepted_when_every_target_fails() {
     let targets = [
         target("down1", &free_port().to_string(), 1),

@@ -89,6 +89,7 @@ pub(super) struct DeliverySection {
     connection_timeout: NonZeroU64,
     protocol_timeout: NonZeroU64,
     data_timeout: NonZeroU64,
+    connection_cache_time: u64,
 }
 
 impl Default for DeliverySection {
@@ -99,6 +100,7 @@ impl Default for DeliverySection {
             connection_timeout: nz(60),
             protocol_timeout: nz(60),
             data_timeout: nz(60),
+            connection_cache_time: 2,
         }
     }
 }
@@ -307,14 +309,13 @@ pub(super) fn compile_delivery(
             divert_only: t.divert_only,
         });
     }
-    // Stable: equal priorities keep their order in the file.
-    compiled.sort_by_key(|t| t.priority);
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());
-    Ok(Delivery {
-        targets: compiled,
-        helo_name: d.helo_name.unwrap_or_else(|| hostname.to_owned()),
-        connection_timeout: secs(d.connection_timeout),
-        protocol_timeout: secs(d.protocol_timeout),
-        data_timeout: secs(d.data_timeout),
-    })
+    Ok(Delivery::new(
+        compiled,
+        d.helo_name.unwrap_or_else(|| hostname.to_owned()),
+        secs(d.connection_timeout),
+        secs(d.protocol_timeout),
+        secs(d.data_timeout),
+        Duration::from_secs(d.connection_cache_time),
+    ))
 }

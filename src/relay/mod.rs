@@ -3,15 +3,19 @@
 //! reached, refuses with 4xx or breaks mid-way is skipped for the next; when every target
 //! fails the caller gets an error and answers 4xx, so the client keeps the message.
 
+mod pool;
 mod target;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use pool::{Pool, quit_later};
 
 pub use target::{RelayAuth, RelayTarget, Security, TargetError};
 
@@ -83,6 +87,8 @@ pub struct Delivery {
     /// Seed "Server DATA timeout": the reply to the end of the message (plus one second per
     /// megabyte sent, so that a large message on a slow link is not cut off).
     pub data_timeout: Duration,
+    /// Idle connections kept for the next message (`connection_cache_time`).
+    pool: Arc<Pool>,
 }
 
 /// Why a transaction could not be opened or a message not delivered.
@@ -131,6 +137,9 @@ pub struct Upstream {
     target: usize,
     name: String,
     protocol_timeout: Duration,
+    pool: Arc<Pool>,
+    /// Whether the connection came from the cache (for the log).
+    reused: bool,
 }
 
 impl fmt::Debug for Upstream {
@@ -142,18 +151,42 @@ impl fmt::Debug for Upstream {
 }
 
 impl Delivery {
+    /// Relay targets (sorted here by priority, equal priorities in the given order) and the
+    /// outbound settings; connections stay open `connection_cache_time` after a message for
+    /// the next one (zero: closed at once).
+    pub fn new(
+        mut targets: Vec<RelayTarget>,
+        helo_name: String,
+        connection_timeout: Duration,
+        protocol_timeout: Duration,
+        data_timeout: Duration,
+        connection_cache_time: Duration,
+    ) -> Self {
+        targets.sort_by_key(|t| t.priority);
+        Self {
+            targets,
+            helo_name,
+            connection_timeout,
+            protocol_timeout,
+            data_timeout,
+            pool: Pool::new(connection_cache_time, protocol_timeout),
+        }
+    }
+
     /// Opens a transaction with the first target, from `first` on, that accepts the sender.
     pub async fn open(&self, envelope: &Envelope, first: usize) -> Result<Upstream, DeliveryError> {
         let mut failures = Vec::new();
         let targets = self.targets.iter().enumerate().skip(first);
         for (index, target) in targets.filter(|(_, t)| !t.divert_only) {
-            match self.open_one(target, envelope).await {
-                Ok(conn) => {
+            match self.open_one(index, target, envelope).await {
+                Ok((conn, reused)) => {
                     return Ok(Upstream {
                         conn,
                         target: index,
                         name: target.name.clone(),
                         protocol_timeout: self.protocol_timeout,
+                        pool: self.pool.clone(),
+                        reused,
                     });
                 }
                 Err(TargetError::Refused(reply)) if reply.code >= 500 => {
@@ -190,14 +223,14 @@ impl Delivery {
         if targets.is_empty() {
             return Err("name at least one relay target".into());
         }
-        targets.sort_by_key(|t| t.priority);
-        Ok(Delivery {
+        Ok(Delivery::new(
             targets,
-            helo_name: self.helo_name.clone(),
-            connection_timeout: self.connection_timeout,
-            protocol_timeout: self.protocol_timeout,
-            data_timeout: self.data_timeout,
-        })
+            self.helo_name.clone(),
+            self.connection_timeout,
+            self.protocol_timeout,
+            self.data_timeout,
+            self.pool.keep(),
+        ))
     }
 
     /// Whether any target relays ordinary mail (is not `divert_only`).
@@ -205,15 +238,42 @@ impl Delivery {
         self.targets.iter().any(|t| !t.divert_only)
     }
 
+    /// A connection to the target with MAIL accepted: a cached one if it still works (then
+    /// `true`), else a fresh one.
     async fn open_one(
         &self,
+        index: usize,
         target: &RelayTarget,
         envelope: &Envelope,
-    ) -> Result<AsyncSmtpConnection, TargetError> {
+    ) -> Result<(AsyncSmtpConnection, bool), TargetError> {
+        if let Some(mut conn) = self.pool.take(index) {
+            match self.mail(&mut conn, envelope).await {
+                Ok(()) => return Ok((conn, true)),
+                Err(e) => {
+                    debug!(relay_target = %target.name, error = %e, "cached connection no longer usable, opening a new one");
+                    quit_later(conn, self.protocol_timeout);
+                }
+            }
+        }
         let helo = ClientId::Domain(self.helo_name.clone());
         let mut conn = tokio::time::timeout(self.connection_timeout, target.connect(&helo))
             .await
             .map_err(|_| TargetError::Timeout("connecting"))??;
+        match self.mail(&mut conn, envelope).await {
+            Ok(()) => Ok((conn, false)),
+            Err(e) => {
+                conn.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// MAIL FROM, with the parameters the target supports.
+    async fn mail(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+    ) -> Result<(), TargetError> {
         let info = conn.server_info().clone();
         let params: Vec<&str> = envelope
             .params
@@ -235,13 +295,9 @@ impl Delivery {
             command.push_str(p);
         }
         command.push_str("\r\n");
-        match command_reply(&mut conn, &command, self.protocol_timeout).await {
-            Ok(_) => Ok(conn),
-            Err(e) => {
-                conn.abort().await;
-                Err(e)
-            }
-        }
+        command_reply(conn, &command, self.protocol_timeout)
+            .await
+            .map(|_| ())
     }
 
     /// Delivers a whole message through the targets from `first` on: each must accept the
@@ -330,14 +386,14 @@ impl Upstream {
             Ok(Ok(r)) => Ok(TargetReply::from_response(&r)),
             Ok(Err(e)) => Err(TargetError::from_smtp(e)),
         };
-        if let Ok(r) = &reply {
-            info!(relay_target = %self.name, reply = %r, "delivered to relay target");
+        match &reply {
+            Ok(r) => {
+                info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");
+                self.pool.put(self.target, self.conn);
+            }
+            // The target's answer is final: the client need not wait for QUIT as well.
+            Err(_) => quit_later(self.conn, self.protocol_timeout),
         }
-        // The target's answer is final: the client need not wait for QUIT as well.
-        let (mut conn, timeout) = (self.conn, self.protocol_timeout);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(timeout, conn.quit()).await;
-        });
         reply
     }
 

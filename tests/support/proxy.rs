@@ -12,22 +12,37 @@ use super::{POSTERN, Smtp, free_port, install_deps, run_script, script};
 pub struct Sink {
     pub port: u16,
     dir: PathBuf,
+    options: Vec<String>,
 }
 
 impl Sink {
     /// Starts an smtp-sink on a free loopback port keeping messages in `dir`, with extra
     /// smtp-sink `options` (a faulty target). Dropping it stops it.
     pub fn start(dir: PathBuf, options: &[&str]) -> Self {
-        let port = free_port();
+        let sink = Self {
+            port: free_port(),
+            dir,
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        sink.run();
+        sink
+    }
+
+    fn run(&self) {
         let mut args = vec![
             "start".to_owned(),
-            dir.display().to_string(),
-            port.to_string(),
+            self.dir.display().to_string(),
+            self.port.to_string(),
         ];
-        args.extend(options.iter().map(|o| o.to_string()));
+        args.extend(self.options.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_script("sink", &args);
-        Self { port, dir }
+    }
+
+    /// Stops the sink and starts it again on the same port: connections to it break.
+    pub fn restart(&self) {
+        self.stop();
+        self.run();
     }
 
     /// Stops the sink: its port refuses connections from now on.

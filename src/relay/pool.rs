@@ -1,0 +1,112 @@
+//! Connections to relay targets kept open between transactions, as Postfix's SMTP client
+//! caches them (`smtp_connection_cache_time_limit`): a message that follows another to the same
+//! target within the cache time skips the TCP connect, TLS handshake, greeting, EHLO and AUTH.
+//! A cached connection that turns out to be closed is dropped and a fresh one opened; nothing
+//! was sent on it yet, so nothing is lost.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+
+/// At most this many idle connections are kept, over all targets; the oldest goes first.
+const MAX_IDLE: usize = 64;
+
+struct Idle {
+    target: usize,
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+pub(super) struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+    /// How long an idle connection is kept; zero keeps none.
+    keep: Duration,
+    /// Time allowed for QUIT when a connection is let go.
+    quit_timeout: Duration,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let idle = self.idle.lock().map_or(0, |i| i.len());
+        f.debug_struct("Pool")
+            .field("keep", &self.keep)
+            .field("idle", &idle)
+            .finish()
+    }
+}
+
+impl Pool {
+    pub(super) fn new(keep: Duration, quit_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(VecDeque::new()),
+            keep,
+            quit_timeout,
+        })
+    }
+
+    pub(super) fn keep(&self) -> Duration {
+        self.keep
+    }
+
+    /// The most recently used idle connection to `target`, if one is still within its time.
+    pub(super) fn take(&self, target: usize) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().ok()?;
+        let at = idle
+            .iter()
+            .rposition(|i| i.target == target && i.since.elapsed() < self.keep)?;
+        idle.remove(at).map(|i| i.conn)
+    }
+
+    /// Keeps a connection whose transaction ended well for the next message to `target`, or
+    /// ends it with QUIT when the cache is off.
+    pub(super) fn put(self: &Arc<Self>, target: usize, conn: AsyncSmtpConnection) {
+        if self.keep.is_zero() {
+            quit_later(conn, self.quit_timeout);
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= MAX_IDLE
+            && let Some(oldest) = idle.pop_front()
+        {
+            quit_later(oldest.conn, self.quit_timeout);
+        }
+        idle.push_back(Idle {
+            target,
+            conn,
+            since: Instant::now(),
+        });
+        drop(idle);
+        // Once its time is up, an unused connection is closed properly.
+        let pool = Arc::downgrade(self);
+        let keep = self.keep;
+        tokio::spawn(async move {
+            tokio::time::sleep(keep).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.expire();
+            }
+        });
+    }
+
+    fn expire(&self) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        while idle.front().is_some_and(|i| i.since.elapsed() >= self.keep) {
+            if let Some(old) = idle.pop_front() {
+                quit_later(old.conn, self.quit_timeout);
+            }
+        }
+    }
+}
+
+/// QUIT in the background: nobody waits for the target's goodbye.
+pub(super) fn quit_later(mut conn: AsyncSmtpConnection, timeout: Duration) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, conn.quit()).await;
+    });
+}
