@@ -89,6 +89,30 @@ fn target_connections_are_reused_and_a_broken_one_loses_nothing() {
 }
 
 #[test]
+fn lines_longer_than_a_targets_line_limit_are_broken() {
+    let targets = format!("{}line_limit = 100\n", target("mta", "{sink0}", 1));
+    let env = ProxyEnv::start(&config("", &targets), &[&[]]);
+    let long = "0123456789".repeat(25);
+    let message = format!("Subject: long\r\nX-Long: {long}\r\n\r\n{long}\r\nend\r\n");
+    let reply = env
+        .smtp()
+        .send("a@sender.example", "b@rcpt.example", message.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = env.sinks[0].wait_delivered(1).remove(0);
+    let text = String::from_utf8(stored).unwrap();
+    for line in text.lines() {
+        assert!(line.len() <= 98, "{} octets: {line:?}", line.len());
+    }
+    // Broken with CRLF SPACE: a header fold, and the words are all there.
+    assert_eq!(text.replace("\n ", ""), as_stored_text(&message));
+    assert!(env.log().contains("long lines broken"), "{}", env.log());
+}
+
+fn as_stored_text(message: &str) -> String {
+    String::from_utf8(as_stored(message.as_bytes())).unwrap()
+}
+
+#[test]
 fn nothing_is_accepted_when_every_target_fails() {
     let targets = [
         target("down1", &free_port().to_string(), 1),

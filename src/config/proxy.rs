@@ -128,6 +128,12 @@ pub(super) struct RelayTargetSection {
     min_tls_version: TlsVersion,
     #[serde(default)]
     divert_only: bool,
+    #[serde(default = "rfc5321_line")]
+    line_limit: usize,
+}
+
+fn rfc5321_line() -> usize {
+    1000
 }
 
 fn smtp_port() -> u16 {
@@ -229,6 +235,16 @@ pub(super) fn compile_delivery(
                 format!("relay target {name:?} is defined twice"),
             ));
         }
+        if t.line_limit != 0 && t.line_limit < 80 {
+            return Err((
+                span,
+                key("line_limit"),
+                format!(
+                    "{} octets is too short for mail; give at least 80, or 0 for no limit",
+                    t.line_limit
+                ),
+            ));
+        }
         if t.priority == 0 {
             return Err((
                 span,
@@ -307,6 +323,7 @@ pub(super) fn compile_delivery(
             credentials,
             tls,
             divert_only: t.divert_only,
+            line_limit: t.line_limit,
         });
     }
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());

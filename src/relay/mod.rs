@@ -3,6 +3,7 @@
 //! reached, refuses with 4xx or breaks mid-way is skipped for the next; when every target
 //! fails the caller gets an error and answers 4xx, so the client keeps the message.
 
+mod lines;
 mod pool;
 mod target;
 
@@ -140,6 +141,10 @@ pub struct Upstream {
     pool: Arc<Pool>,
     /// Whether the connection came from the cache (for the log).
     reused: bool,
+    /// Whether it may go back to the cache: not for implicit TLS, whose socket lettre opens
+    /// without TCP_NODELAY (see [`RelayTarget::connect`]).
+    cacheable: bool,
+    line_limit: usize,
 }
 
 impl fmt::Debug for Upstream {
@@ -187,6 +192,8 @@ impl Delivery {
                         protocol_timeout: self.protocol_timeout,
                         pool: self.pool.clone(),
                         reused,
+                        cacheable: target.security != Security::Ssl,
+                        line_limit: target.line_limit,
                     });
                 }
                 Err(TargetError::Refused(reply)) if reply.code >= 500 => {
@@ -377,6 +384,11 @@ impl Upstream {
         data_timeout: Duration,
     ) -> Result<TargetReply, TargetError> {
         command_reply(&mut self.conn, "DATA\r\n", self.protocol_timeout).await?;
+        let (message, breaks) = lines::break_long_lines(message, self.line_limit);
+        if breaks > 0 {
+            info!(relay_target = %self.name, line_limit = self.line_limit, breaks, "long lines broken for the relay target");
+        }
+        let message = message.as_ref();
         // lettre ends the message with CRLF.CRLF itself: give it the message without its own
         // final line end, so that the target receives exactly the bytes the client sent.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
@@ -389,7 +401,7 @@ impl Upstream {
         match &reply {
             Ok(r) => {
                 info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");
-                self.pool.put(self.target, self.conn);
+                self.pool.put(self.target, self.conn, self.cacheable);
             }
             // The target's answer is final: the client need not wait for QUIT as well.
             Err(_) => quit_later(self.conn, self.protocol_timeout),

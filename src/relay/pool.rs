@@ -61,9 +61,9 @@ impl Pool {
     }
 
     /// Keeps a connection whose transaction ended well for the next message to `target`, or
-    /// ends it with QUIT when the cache is off.
-    pub(super) fn put(self: &Arc<Self>, target: usize, conn: AsyncSmtpConnection) {
-        if self.keep.is_zero() {
+    /// ends it with QUIT when the cache is off or the connection is not `cacheable`.
+    pub(super) fn put(self: &Arc<Self>, target: usize, conn: AsyncSmtpConnection, cacheable: bool) {
+        if self.keep.is_zero() || !cacheable {
             quit_later(conn, self.quit_timeout);
             return;
         }

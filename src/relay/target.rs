@@ -6,6 +6,7 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 
 use super::TargetReply;
 
@@ -56,6 +57,9 @@ pub struct RelayTarget {
     /// Only for messages a `divert` rule sends here (a quarantine, an encryption gateway):
     /// never used to relay ordinary mail.
     pub divert_only: bool,
+    /// Longest line sent, in octets with CRLF (seed "Line Limit", 1000); longer lines are
+    /// broken. 0: no limit.
+    pub line_limit: usize,
 }
 
 impl fmt::Debug for RelayTarget {
@@ -68,6 +72,7 @@ impl fmt::Debug for RelayTarget {
             .field("security", &self.security)
             .field("auth", &self.auth)
             .field("divert_only", &self.divert_only)
+            .field("line_limit", &self.line_limit)
             .finish_non_exhaustive()
     }
 }
@@ -115,19 +120,31 @@ impl RelayTarget {
         &self,
         helo: &ClientId,
     ) -> Result<AsyncSmtpConnection, TargetError> {
-        let implicit = match self.security {
-            Security::Ssl => self.tls.clone(),
-            _ => None,
+        let mut conn = match (self.security, &self.tls) {
+            (Security::Ssl, Some(tls)) => AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                None,
+                helo,
+                Some(tls.clone()),
+                None,
+            )
+            .await
+            .map_err(TargetError::from_smtp)?,
+            _ => {
+                // Our own socket, so that it has TCP_NODELAY: lettre writes the end of the
+                // message ("\r\n.\r\n") apart from the rest, and with Nagle's algorithm that
+                // small write would wait for the target's delayed ACK (40 ms) on every
+                // message after a connection's first.
+                let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|e| TargetError::Smtp(format!("cannot connect: {e}")))?;
+                tcp.set_nodelay(true)
+                    .map_err(|e| TargetError::Smtp(format!("cannot set TCP_NODELAY: {e}")))?;
+                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), helo)
+                    .await
+                    .map_err(TargetError::from_smtp)?
+            }
         };
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            None,
-            helo,
-            implicit,
-            None,
-        )
-        .await
-        .map_err(TargetError::from_smtp)?;
         match (self.security, &self.tls) {
             (Security::Tls, _) if !conn.can_starttls() => {
                 conn.abort().await;
