@@ -58,6 +58,22 @@ impl DataReader {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let mut i = 0;
         while i < input.len() {
+            // Inside a line (or at its start, unless it starts with a dot), everything up to
+            // the next CR or LF is content: copy it whole.
+            let in_text = match self.state {
+                State::Middle => true,
+                State::LineStart { .. } => input[i] != b'.',
+                _ => false,
+            };
+            if in_text {
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                if run > 0 {
+                    out.extend_from_slice(&input[i..i + run]);
+                    i += run;
+                    self.state = State::Middle;
+                    continue;
+                }
+            }
             let b = input[i];
             i += 1;
             self.state = match self.state {
