@@ -373,7 +373,7 @@ fn tls_listeners_and_auth() {
         &format!(
             "[proxy]\nlisten_tls = [\"127.0.0.1:{{tls_port}}\"]\n\
              submission_listen = [\"127.0.0.1:{{submission_port}}\"]\n\
-             auth_users_file = \"{}/users\"\n",
+             auth_users_file = \"{}/users\"\nmax_auth_failures_per_client = 2\n",
             users.path().display()
         ),
     );
@@ -442,6 +442,13 @@ fn tls_listeners_and_auth() {
     assert!(ok, "{out}");
     env.sinks[0].wait_delivered(3);
     env.wait_for_log("authenticated");
+
+    // A second failure, in another connection: this client has used up its failures, and
+    // not even the right password is tried now.
+    let (ok, out) = env.swaks(&[&common[..], &auth, &["--auth-password", "wrong"]].concat());
+    assert!(!ok && out.contains("535 5.7.8"), "{out}");
+    let (ok, out) = env.swaks(&[&common[..], &auth, &["--auth-password", "secret"]].concat());
+    assert!(!ok && out.contains("454 4.7.0"), "{out}");
 }
 
 #[test]

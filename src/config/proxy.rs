@@ -46,6 +46,8 @@ pub(super) struct ProxySection {
     auth_users_file: Option<PathBuf>,
     auth_over_plaintext: bool,
     max_auth_failures: NonZeroU32,
+    max_auth_failures_per_client: u32,
+    auth_failure_window: NonZeroU64,
     shutdown_timeout: u64,
 }
 
@@ -77,6 +79,8 @@ impl Default for ProxySection {
             auth_users_file: None,
             auth_over_plaintext: false,
             max_auth_failures: NonZeroU32::new(3).expect("nonzero"),
+            max_auth_failures_per_client: 10,
+            auth_failure_window: nz(600),
             shutdown_timeout: 30,
         }
     }
@@ -213,6 +217,8 @@ pub(super) fn compile_proxy(
         auth_users,
         auth_over_plaintext: p.auth_over_plaintext,
         max_auth_failures: p.max_auth_failures.get(),
+        max_auth_failures_per_client: p.max_auth_failures_per_client,
+        auth_failure_window: Duration::from_secs(p.auth_failure_window.get()),
         shutdown_timeout: Duration::from_secs(p.shutdown_timeout),
     })
 }

@@ -4,13 +4,86 @@
 //! purpose) and never logged.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+
+/// At most this many client addresses are remembered; beyond it, expired ones go first, then
+/// any.
+const MAX_CLIENTS: usize = 65_536;
+
+/// Authentication failures per client across its connections, so that a guesser gains nothing
+/// by reconnecting: after `max` failures within `window` (counted from the first), AUTH from
+/// that client is refused until the window ends. IPv6 clients count per /64, the block one
+/// host usually holds.
+#[derive(Debug)]
+pub struct ClientFailures {
+    max: u32,
+    window: Duration,
+    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl ClientFailures {
+    /// `max` 0 turns the limit off.
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+            v4 => v4,
+        }
+    }
+
+    /// Whether this client has used up its failures for now.
+    pub fn exhausted(&self, ip: IpAddr) -> bool {
+        let Ok(seen) = self.seen.lock() else {
+            return false;
+        };
+        self.max > 0
+            && seen
+                .get(&Self::key(ip))
+                .is_some_and(|(n, since)| *n >= self.max && since.elapsed() < self.window)
+    }
+
+    /// Counts one failure.
+    pub fn record(&self, ip: IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        if seen.len() >= MAX_CLIENTS {
+            seen.retain(|_, (_, since)| since.elapsed() < self.window);
+            if seen.len() >= MAX_CLIENTS
+                && let Some(any) = seen.keys().next().copied()
+            {
+                seen.remove(&any);
+            }
+        }
+        let entry = seen.entry(Self::key(ip)).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
 
 /// The users who may authenticate, with their password hashes (PHC strings).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,6 +184,27 @@ pub fn decode_line(response: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_count_per_client_and_per_ipv6_block() {
+        let f = ClientFailures::new(2, Duration::from_secs(600));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        f.record(a);
+        assert!(!f.exhausted(a));
+        f.record(a);
+        assert!(f.exhausted(a));
+        assert!(!f.exhausted("192.0.2.2".parse().unwrap()));
+        f.record("2001:db8:1:2::1".parse().unwrap());
+        f.record("2001:db8:1:2::ffff".parse().unwrap());
+        assert!(f.exhausted("2001:db8:1:2:aaaa::9".parse().unwrap()));
+        assert!(!f.exhausted("2001:db8:1:3::1".parse().unwrap()));
+        let off = ClientFailures::new(0, Duration::from_secs(600));
+        off.record(a);
+        assert!(!off.exhausted(a));
+        let short = ClientFailures::new(1, Duration::ZERO);
+        short.record(a);
+        assert!(!short.exhausted(a), "the window is over");
+    }
 
     #[test]
     fn plain_responses() {

@@ -73,6 +73,10 @@ pub struct ProxySettings {
     pub auth_over_plaintext: bool,
     /// Failed AUTH attempts in one connection before it is closed.
     pub max_auth_failures: u32,
+    /// Failed AUTH attempts from one client (IPv6: one /64) within `auth_failure_window`,
+    /// over all its connections, before AUTH is refused it; 0 for no such limit.
+    pub max_auth_failures_per_client: u32,
+    pub auth_failure_window: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -90,6 +94,7 @@ struct Shared {
     settings: ProxySettings,
     delivery: Arc<Delivery>,
     acceptor: SharedAcceptor,
+    auth_failures: auth::ClientFailures,
 }
 
 /// The proxy's listeners, bound (tests bind port 0 and read the addresses).
@@ -164,11 +169,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let grace = settings.shutdown_timeout;
     let slots = Arc::new(Semaphore::new(settings.max_inbound_connections));
+    let auth_failures = auth::ClientFailures::new(
+        settings.max_auth_failures_per_client,
+        settings.auth_failure_window,
+    );
     let shared = Arc::new(Shared {
         engine,
         settings,
         delivery,
         acceptor,
+        auth_failures,
     });
     let (conn_tx, mut conn_rx) =
         tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ListenerKind)>(64);

@@ -742,6 +742,14 @@ impl Conversation {
             self.say(538, "5.7.11 Encryption required for requested authentication mechanism (use STARTTLS first)");
             return Next::Continue;
         }
+        if self.shared.auth_failures.exhausted(self.peer.ip()) {
+            info!(client = %self.peer, "AUTH refused: too many failures from this client");
+            self.say(
+                454,
+                "4.7.0 Error: too many authentication failures from your address, try again later",
+            );
+            return Next::Continue;
+        }
         let credentials = match mechanism {
             "PLAIN" => {
                 let response = match initial {
@@ -787,6 +795,7 @@ impl Conversation {
             return Next::Continue;
         }
         self.auth_failures += 1;
+        self.shared.auth_failures.record(self.peer.ip());
         info!(client = %self.peer, failures = self.auth_failures, "authentication failed");
         if self.auth_failures >= self.settings().max_auth_failures {
             let text = format!(
