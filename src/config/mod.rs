@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
+use tokio::sync::Semaphore;
 use toml::Spanned;
 
 use crate::dns::{Dns, DnsSettings};
@@ -398,6 +399,7 @@ struct ScanSection {
     scan_timeout: NonZeroU64,
     message_memory_limit: NonZeroUsize,
     max_message_size: NonZeroU64,
+    max_concurrent_scans: usize,
     spool_directory: Option<Spanned<PathBuf>>,
     trace_header: bool,
     trace_header_name: Spanned<String>,
@@ -410,6 +412,7 @@ impl Default for ScanSection {
             scan_timeout: NonZeroU64::new(30).expect("nonzero"),
             message_memory_limit: NonZeroUsize::new(1 << 20).expect("nonzero"),
             max_message_size: NonZeroU64::new(40_000_000).expect("nonzero"),
+            max_concurrent_scans: 0,
             spool_directory: None,
             trace_header: false,
             trace_header_name: Spanned::new(0..0, "X-Postern-Verdict".to_owned()),
@@ -724,6 +727,10 @@ impl ConfigFile {
             help_url,
             scan_failure_action: self.scan.scan_failure_action,
             scan_timeout: Duration::from_secs(self.scan.scan_timeout.get()),
+            scan_slots: Arc::new(Semaphore::new(match self.scan.max_concurrent_scans {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            })),
             message_limits: MessageLimits {
                 memory_limit: self.scan.message_memory_limit.get(),
                 max_message_size: self.scan.max_message_size.get(),

@@ -2,9 +2,11 @@
 //! configuration, immutable afterwards and swapped whole on reload.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use super::checks::dos::ClientLimits;
 use super::checks::profiles::Profiles;
@@ -91,6 +93,10 @@ pub struct Policy {
     pub scan_failure_action: ScanFailureAction,
     /// Time budget of the engine for one stage.
     pub scan_timeout: Duration,
+    /// Content scans that may run at once (`max_concurrent_scans`): each holds a whole
+    /// message and its parse in memory, so this bounds the content stage's memory. A message
+    /// waits for a slot within its scan_timeout.
+    pub scan_slots: Arc<Semaphore>,
     pub message_limits: MessageLimits,
     pub delayed_rejection_state: Stage,
     pub ip_address_rejection: IpRejection,
@@ -129,6 +135,11 @@ impl fmt::Display for Policy {
             self.scan_failure_action.verdict()
         )?;
         writeln!(f, "scan timeout:            {:?}", self.scan_timeout)?;
+        writeln!(
+            f,
+            "concurrent scans:        {}",
+            self.scan_slots.available_permits()
+        )?;
         writeln!(
             f,
             "message limits:          {} bytes max, {} bytes in memory, spool in {}",

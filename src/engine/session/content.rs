@@ -29,6 +29,12 @@ impl Session {
         let buffer = tx.message.as_mut()?;
         let mut divert = None;
         let work = async {
+            // A slot first: the message and its parse are held in memory only while one is.
+            let _slot = policy
+                .scan_slots
+                .acquire()
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))?;
             let raw = buffer.contents().await?;
             let scan_policy = policy.clone();
             // Parsing and transforming a large message is CPU work: keep it off the threads
