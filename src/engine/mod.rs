@@ -21,7 +21,7 @@ pub use message::{MessageBuffer, MessageLimits};
 pub use policy::{Policy, ScanFailureAction, Stage};
 pub use reply::SmtpReply;
 pub use session::{ClientInfo, Session, TlsInfo};
-pub use verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
+pub use verdict::{Edits, HeaderEdit, MessageOutcome, ScanSlot, Verdict};
 
 /// The engine shared by all connections of a process: holds the current policy and swaps it
 /// whole on reload. Sessions keep the policy they started with.

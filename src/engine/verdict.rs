@@ -1,6 +1,9 @@
 //! What the engine decides at each SMTP stage, and what it wants changed in a message.
 
 use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::reply::SmtpReply;
 use crate::relay::TargetReply;
@@ -207,7 +210,24 @@ pub struct MessageOutcome {
     /// With [`Verdict::Discard`], when a `divert` rule delivered the message: the answer of
     /// the relay target that took it (a door that speaks SMTP passes it on).
     pub diverted: Option<TargetReply>,
+    /// The content-scan slot, held while the new body exists: the door lets it go (drops the
+    /// outcome) once it has passed the edits on, so that `max_concurrent_scans` bounds the
+    /// memory of rewritten bodies too.
+    pub scan_slot: ScanSlot,
 }
+
+/// A slot of `max_concurrent_scans`, released when the last clone is dropped. Slots never
+/// make two outcomes differ.
+#[derive(Clone, Debug, Default)]
+pub struct ScanSlot(pub Option<Arc<OwnedSemaphorePermit>>);
+
+impl PartialEq for ScanSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ScanSlot {}
 
 #[cfg(test)]
 mod tests {

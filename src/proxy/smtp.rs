@@ -628,6 +628,8 @@ impl Conversation {
         } else {
             outcome.edits.apply_to(&raw)
         };
+        // The edits (and the content-scan slot held for them) are no longer needed.
+        drop((outcome.edits, outcome.scan_slot));
         let delivery = self.shared.delivery.clone();
         let Some(upstream) = upstream else {
             self.say(

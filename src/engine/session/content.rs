@@ -28,13 +28,17 @@ impl Session {
         let queue_id = tx.queue_id.clone().unwrap_or_default();
         let buffer = tx.message.as_mut()?;
         let mut divert = None;
+        let mut slot = None;
         let work = async {
-            // A slot first: the message and its parse are held in memory only while one is.
-            let _slot = policy
+            // A slot first: the message, its parse and its new body are held in memory only
+            // while one is.
+            let held = policy
                 .scan_slots
-                .acquire()
+                .clone()
+                .acquire_owned()
                 .await
                 .map_err(|e| EngineError::Task(e.to_string()))?;
+            slot = Some(held);
             let raw = buffer.contents().await?;
             let scan_policy = policy.clone();
             // Parsing and transforming a large message is CPU work: keep it off the threads
@@ -54,6 +58,9 @@ impl Session {
         let found = guarded(&policy, "content", work).await;
         if found.is_none() {
             tx.divert = divert;
+            if edits.body.is_some() {
+                tx.scan_slot = ScanSlot(slot.map(Arc::new));
+            }
         }
         found
     }

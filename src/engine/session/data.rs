@@ -76,6 +76,7 @@ impl Session {
                 verdict: Verdict::Continue,
                 edits: Edits::default(),
                 diverted: None,
+                scan_slot: ScanSlot::default(),
             };
             return (outcome, None);
         };
@@ -126,10 +127,17 @@ impl Session {
             }
         }
         self.log_message(&tx, &verdict, reason);
+        // Without a new body there is nothing large left to hold the slot for.
+        let scan_slot = if edits.body.is_some() {
+            std::mem::take(&mut tx.scan_slot)
+        } else {
+            ScanSlot::default()
+        };
         let outcome = MessageOutcome {
             verdict,
             edits,
             diverted,
+            scan_slot,
         };
         (outcome, tx.message)
     }

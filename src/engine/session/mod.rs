@@ -26,7 +26,7 @@ use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
 use super::rules::Diversion;
-use super::verdict::{Edits, HeaderEdit, MessageOutcome, Verdict};
+use super::verdict::{Edits, HeaderEdit, MessageOutcome, ScanSlot, Verdict};
 
 /// What a door knows about the client when it connects.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,6 +80,8 @@ struct Transaction {
     spf: Option<SpfOutcome>,
     /// Set by the content stage when a `divert` rule matched.
     divert: Option<Diversion>,
+    /// The content-scan slot, kept while a rewritten body exists.
+    scan_slot: ScanSlot,
 }
 
 impl Transaction {
@@ -93,6 +95,7 @@ impl Transaction {
             failure: None,
             spf: None,
             divert: None,
+            scan_slot: ScanSlot::default(),
         }
     }
 }
@@ -281,6 +284,7 @@ async fn guarded(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::engine::ScanFailureAction;
 
     fn session(config: &str, first_reply_stage: Stage) -> Session {
         let policy = Config::parse(config, "test.toml").unwrap().policy;
@@ -370,6 +374,37 @@ mod tests {
             refused.reply().unwrap().to_string(),
             "554 5.7.1 <x@other.example>: Relay access denied; see https://postmaster.example/help"
         );
+    }
+
+    #[tokio::test]
+    async fn a_message_waits_for_a_scan_slot_within_its_budget() {
+        let config = "[scan]\nmax_concurrent_scans = 1\nscan_timeout = 1\n\
+                      [[ruleset]]\nname = \"r\"\n[[ruleset.rule]]\nname = \"ssn\"\n\
+                      targets = [\"body\"]\ndetector = \"us_ssn\"\naction = \"mask\"\n";
+        async fn message(s: &mut Session) -> MessageOutcome {
+            s.mail("a@b.example").await;
+            s.rcpt("c@d.example").await;
+            s.data().await;
+            s.message_data(b"Subject: s\r\n\r\nssn 078-05-1121\r\n")
+                .await;
+            s.end_of_message().await
+        }
+        let mut s = session(config, Stage::Helo);
+        s.connect(ClientInfo::default()).await;
+        assert_eq!(s.policy.scan_slots.available_permits(), 1);
+        let outcome = message(&mut s).await;
+        assert_eq!(outcome.verdict, Verdict::Continue);
+        assert!(outcome.edits.body.is_some(), "scanned and masked");
+        // The outcome holds the slot while its new body exists.
+        assert_eq!(s.policy.scan_slots.available_permits(), 0);
+        drop(outcome);
+        assert_eq!(s.policy.scan_slots.available_permits(), 1);
+
+        // Every slot busy for longer than the budget: the scan failure action (451).
+        let policy = s.policy.clone();
+        let _busy = policy.scan_slots.acquire().await.unwrap();
+        let outcome = message(&mut s).await;
+        assert_eq!(outcome.verdict, ScanFailureAction::Delay.verdict());
     }
 
     #[tokio::test]
