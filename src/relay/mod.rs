@@ -1,7 +1,8 @@
 //! Delivery to relay targets (lettre): the proxy door hands every accepted message on here, in
 //! priority order, before it says 250 to its client (invariant 1). A target that cannot be
 //! reached, refuses with 4xx or breaks mid-way is skipped for the next; when every target
-//! fails the caller gets an error and answers 4xx, so the client keeps the message.
+//! fails the caller gets an error and answers 4xx, so the client keeps the message. The engine
+//! delivers here too, for `divert` rules, through the targets a rule names.
 
 mod lines;
 mod pool;
