@@ -94,10 +94,10 @@ fn non_empty<T>(v: Vec<T>) -> LookupResult<Vec<T>> {
     }
 }
 
-#[async_trait]
-impl Lookup for Zone {
-    async fn lookup_a<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Ipv4Addr>> {
-        let found = self.find(name.as_str(), "A")?;
+impl Zone {
+    /// The addresses of one record type (A or AAAA) the scenario gives `name`.
+    fn addresses<T: std::str::FromStr>(&self, name: &Name, kind: &str) -> LookupResult<Vec<T>> {
+        let found = self.find(name.as_str(), kind)?;
         non_empty(
             found
                 .iter()
@@ -106,16 +106,16 @@ impl Lookup for Zone {
                 .collect(),
         )
     }
+}
+
+#[async_trait]
+impl Lookup for Zone {
+    async fn lookup_a<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Ipv4Addr>> {
+        self.addresses(name, "A")
+    }
 
     async fn lookup_aaaa<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Ipv6Addr>> {
-        let found = self.find(name.as_str(), "AAAA")?;
-        non_empty(
-            found
-                .iter()
-                .flat_map(strings)
-                .filter_map(|s| s.parse().ok())
-                .collect(),
-        )
+        self.addresses(name, "AAAA")
     }
 
     async fn lookup_mx<'l, 'a>(&'l self, name: &'a Name) -> LookupResult<Vec<Name>> {
