@@ -1,6 +1,7 @@
 //! The OpenSPF RFC 7208 test suite (tests/data/spf, with its licence), every case run through
 //! Postern's SPF identity evaluation with each scenario's zonedata served through viaspf's
-//! lookup seam.
+//! lookup seam. viaspf is the patched copy in vendor/viaspf (see its PATCHES.md); every case
+//! must pass.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -12,30 +13,6 @@ use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
 use viaspf::{Config, SpfResult};
 
 const SUITE: &str = include_str!("data/spf/rfc7208-tests.yml");
-
-/// Cases where viaspf 0.6 (and 0.7.0-alpha.2) departs from the suite, with the reason. The
-/// test fails if any other case fails, and also if one of these starts to pass, so that an
-/// upstream fix is noticed and this list shrinks.
-const KNOWN_UPSTREAM_DEVIATIONS: &[(&str, &str)] = &[
-    (
-        "A mechanism syntax/a-cidr4-0",
-        "viaspf computes a /0 mask as MAX << 32 (wraps: /0 acts as /32)",
-    ),
-    ("MX mechanism syntax/mx-cidr4-0", "same /0 mask bug"),
-    ("IP4 mechanism syntax/cidr4-0", "same /0 mask bug"),
-    (
-        "IP6 mechanism syntax/cidr6-0",
-        "same /0 mask bug (MAX << 128)",
-    ),
-    (
-        "Semantics of exp and other modifiers/dorky-sentinel",
-        "viaspf refuses a local part containing a space",
-    ),
-    (
-        "Macro expansion rules/exp-only-macro-char",
-        "viaspf accepts %{r} in an exp= domain-spec instead of permerror",
-    ),
-];
 
 /// One scenario's zone data: lowercase name → records.
 struct Zone(HashMap<String, Vec<Value>>);
@@ -218,32 +195,12 @@ async fn rfc7208_suite() {
             }
         }
     }
-    let known: Vec<&str> = KNOWN_UPSTREAM_DEVIATIONS
-        .iter()
-        .map(|(name, _)| *name)
-        .collect();
-    let unexpected: Vec<&String> = failures
-        .iter()
-        .filter(|f| !known.iter().any(|k| f.starts_with(&format!("{k}:"))))
-        .collect();
-    let fixed: Vec<&&str> = known
-        .iter()
-        .filter(|k| !failures.iter().any(|f| f.starts_with(&format!("{k}:"))))
-        .collect();
     println!(
-        "RFC 7208 suite: {} cases, {passed} passed, {} known upstream deviations:",
-        passed + failures.len(),
-        failures.len() - unexpected.len()
+        "RFC 7208 suite: {} cases, {passed} passed",
+        passed + failures.len()
     );
-    for (name, why) in KNOWN_UPSTREAM_DEVIATIONS {
-        println!("  {name}: {why}");
-    }
     assert_eq!(passed + failures.len(), 203, "every case of the suite ran");
-    assert!(unexpected.is_empty(), "failing cases:\n{unexpected:#?}");
-    assert!(
-        fixed.is_empty(),
-        "now passing, remove from KNOWN_UPSTREAM_DEVIATIONS: {fixed:?}"
-    );
+    assert!(failures.is_empty(), "failing cases:\n{failures:#?}");
 }
 
 use serde::Deserialize as _;

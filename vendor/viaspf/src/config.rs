@@ -192,7 +192,7 @@ impl Default for Config {
     }
 }
 
-struct ClosureDebug<'a>(&'a (dyn Fn(&mut ExplainString) + Send + Sync));
+struct ClosureDebug<'a>(#[allow(dead_code)] &'a (dyn Fn(&mut ExplainString) + Send + Sync));
 
 impl Debug for ClosureDebug<'_> {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {

@@ -80,7 +80,7 @@ impl Sender {
     pub fn new(sender: &str) -> Result<Self, ParseParamError> {
         let (local_part, domain) = match sender.rsplit_once('@') {
             Some((local_part, domain)) => {
-                if !is_local_part(local_part) {
+                if !(is_local_part(local_part) || is_unquoted_text(local_part)) {
                     return Err(ParseParamError);
                 }
                 (local_part, domain)
@@ -150,6 +150,15 @@ impl Display for Sender {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.local_part, self.domain_part)
     }
+}
+
+// SPF treats the local part as opaque text for the `l` macro, and the RFC 7208
+// test suite (dorky-sentinel) expects a sender such as `Macro Error@example.org`
+// to be evaluated: accept printable text with spaces that is not quoted.
+fn is_unquoted_text(s: &str) -> bool {
+    matches!(s.len(), 1..=64)
+        && !s.contains('"')
+        && s.chars().all(|c| c == ' ' || c.is_ascii_graphic() || !c.is_ascii())
 }
 
 // ‘local-part’ is defined in RFC 5321, §4.1.2. Modifications for
@@ -322,6 +331,15 @@ mod tests {
         let sender = Sender::from_domain("mail.example.org").unwrap();
         assert_eq!(sender.local_part(), "postmaster");
         assert_eq!(sender.domain().to_string(), "mail.example.org");
+    }
+
+    #[test]
+    fn unquoted_local_part_with_space() {
+        let sender = Sender::new("Macro Error@example.org").unwrap();
+        assert_eq!(sender.local_part(), "Macro Error");
+        assert_eq!(Sender::new("a\tb@example.org"), Err(ParseParamError));
+        assert_eq!(Sender::new("a\u{7}b@example.org"), Err(ParseParamError));
+        assert_eq!(Sender::new("\"a b@example.org"), Err(ParseParamError));
     }
 
     #[test]

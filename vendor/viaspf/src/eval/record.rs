@@ -19,7 +19,10 @@ use crate::{
         query::{Query, Resolver},
         EvalError, Evaluate, EvaluateMatch, EvaluateToString, MatchResult,
     },
-    record::{Explanation, Modifier, Qualifier, Redirect, SpfRecord},
+    record::{
+        Explanation, MacroExpand, MacroKind, MacroStringSegment, Modifier, Qualifier, Redirect,
+        SpfRecord,
+    },
     result::{ErrorCause, ExplanationString, SpfResult},
     trace::Tracepoint,
 };
@@ -49,6 +52,10 @@ impl Evaluate for SpfRecord {
                 return SpfResult::Permerror;
             }
         };
+        if explanation.is_some_and(uses_explain_only_macro) {
+            query.result_cause = Some(ErrorCause::InvalidSpfRecordSyntax.into());
+            return SpfResult::Permerror;
+        }
 
         // §4.6.2: ‘Each mechanism is considered in turn from left to right.’
         for directive in self.directives() {
@@ -163,6 +170,20 @@ fn get_explanation(record: &SpfRecord) -> Result<Option<&Explanation>, Vec<Expla
             }
         }
     }
+}
+
+// §7.1: ‘The following macro letters are allowed only in "exp" text: c, r, t’.
+// The exp= domain-spec is not exp text: using them there is a syntax error of
+// the record, found before any mechanism is evaluated (RFC 7208 test suite,
+// exp-only-macro-char).
+fn uses_explain_only_macro(explanation: &Explanation) -> bool {
+    explanation.domain_spec.as_ref().segments.iter().any(|segment| {
+        matches!(
+            segment,
+            MacroStringSegment::MacroExpand(MacroExpand::Macro(m))
+                if matches!(m.kind(), MacroKind::PrettyIp | MacroKind::Receiver | MacroKind::Timestamp)
+        )
+    })
 }
 
 async fn compute_explanation(

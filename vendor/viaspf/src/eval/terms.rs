@@ -305,7 +305,8 @@ where
                 // specified number of high-order bits of <ip> and the IP
                 // address are compared for equality.’
                 Some(len) => {
-                    let mask = u32::MAX << (32 - len.get());
+                    // A /0 prefix matches every address (`checked_shl` by 32 is `None`).
+                    let mask = u32::MAX.checked_shl(32 - u32::from(len.get())).unwrap_or(0);
                     (u32::from(network_addr) & mask) == (u32::from(ip) & mask)
                 }
             }
@@ -314,7 +315,7 @@ where
             match prefix_len.and_then(|l| l.into().ip6()) {
                 None => network_addr == ip,
                 Some(len) => {
-                    let mask = u128::MAX << (128 - len.get());
+                    let mask = u128::MAX.checked_shl(128 - u32::from(len.get())).unwrap_or(0);
                     (u128::from(network_addr) & mask) == (u128::from(ip) & mask)
                 }
             }
