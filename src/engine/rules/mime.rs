@@ -82,7 +82,7 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
     if walker.rules.is_empty() {
         return Ok(walker.rewrite);
     }
-    let Some(message) = MessageParser::new().parse(raw) else {
+    let Some(message) = parse(raw) else {
         // No header at all: the whole message is one plain text body, and is still scanned.
         return Ok(walker.headerless(raw));
     };
@@ -96,11 +96,61 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
     rewrite.headers = headers;
     if !splices.is_empty() {
         let body_start = message.parts.first().map_or(0, |p| p.offset_body as usize);
-        let new = splice(raw, splices);
         // Splices only ever touch bytes after the header (header fields are edits).
-        rewrite.body = Some(new[body_start.min(new.len())..].to_vec());
+        rewrite.body = Some(splice(raw, body_start, splices));
     }
     Ok(rewrite)
+}
+
+/// Parses `raw` for the walk. mail-parser decodes every text body it meets — for a large
+/// plain message a whole pass over the body that Postern does not use, since it decodes the
+/// bodies it scans itself (to write them back exactly). So a message that is one part whose
+/// body needs no decoding of its transfer encoding (not multipart, not a message, neither
+/// base64 nor quoted-printable) is parsed for its header only and its one part built here,
+/// the body being the rest of the bytes, exactly as mail-parser's full parse delimits it
+/// (checked against it over the MIME corpus). Anything else, and any header that does not end
+/// cleanly, gets the full parse.
+fn parse(raw: &[u8]) -> Option<Message<'_>> {
+    let parser = MessageParser::new();
+    let mut message = parser.parse_headers(raw)?;
+    let part = message.parts.first_mut()?;
+    let nested = part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart") || ct.ctype().eq_ignore_ascii_case("message")
+    });
+    let encoded = part.content_transfer_encoding().is_some_and(|cte| {
+        let cte = cte.trim();
+        cte.eq_ignore_ascii_case("base64") || cte.eq_ignore_ascii_case("quoted-printable")
+    });
+    let body_start = clean_body_start(raw, part);
+    match body_start {
+        Some(start) if !nested && !encoded => {
+            part.offset_body = start as u32;
+            part.offset_end = raw.len() as u32;
+            part.encoding = Encoding::None;
+            part.is_encoding_problem = false;
+            part.body = PartType::Text(Cow::Borrowed(""));
+            Some(message)
+        }
+        _ => parser.parse(raw),
+    }
+}
+
+/// Where the body starts when the header ends cleanly: the last field (mail-parser's offset
+/// ends after its line ending) followed by the empty line. `None` when anything else follows
+/// (a malformed line mail-parser would skip, or no empty line at all).
+fn clean_body_start(raw: &[u8], part: &MessagePart<'_>) -> Option<usize> {
+    let field_end = part.headers.last()?.offset_end as usize;
+    let rest = raw.get(field_end..)?;
+    if !raw[..field_end].ends_with(b"\n") {
+        return None;
+    }
+    if rest.starts_with(b"\r\n") {
+        Some(field_end + 2)
+    } else if rest.starts_with(b"\n") {
+        Some(field_end + 1)
+    } else {
+        None
+    }
 }
 
 struct Walker<'r> {
@@ -110,10 +160,19 @@ struct Walker<'r> {
 
 type Splices = Vec<(Range<usize>, Vec<u8>)>;
 
-fn splice(raw: &[u8], mut splices: Splices) -> Vec<u8> {
+/// `raw[from..]` with the splices (ranges of `raw`, none before `from`) put in place.
+fn splice(raw: &[u8], from: usize, mut splices: Splices) -> Vec<u8> {
+    let from = from.min(raw.len());
     splices.sort_by_key(|(r, _)| r.start);
-    let mut out = Vec::with_capacity(raw.len());
-    let mut at = 0;
+    // A single part whose body is the whole rest: its new bytes are the result, uncopied.
+    if let [(range, _)] = splices.as_slice()
+        && *range == (from..raw.len())
+        && let Some((_, bytes)) = splices.pop()
+    {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(raw.len() - from);
+    let mut at = from;
     for (range, bytes) in splices {
         if range.start < at {
             continue;
@@ -402,19 +461,21 @@ pub fn decode_base64(data: &[u8]) -> Option<Vec<u8>> {
     LENIENT.decode(&clean).ok()
 }
 
-/// A part body decoded to text, with what it takes to write it back the same way.
-struct DecodedText {
-    text: String,
+/// A part body decoded to text, with what it takes to write it back the same way. The text
+/// borrows the raw message when the body needs no decoding (UTF-8 or ASCII, no transfer
+/// encoding), so that a large untouched body is never copied.
+struct DecodedText<'a> {
+    text: Cow<'a, str>,
     charset: &'static encoding_rs::Encoding,
     eol: &'static str,
     trailing_eol: bool,
 }
 
-fn decode_body(
+fn decode_body<'a>(
     part: &MessagePart<'_>,
-    raw: &[u8],
+    raw: &'a [u8],
     index: usize,
-) -> Result<DecodedText, ContentError> {
+) -> Result<DecodedText<'a>, ContentError> {
     let body = &raw[part.offset_body as usize..part.offset_end as usize];
     let eol = eol_of(body);
     let bytes: Cow<'_, [u8]> = match part.encoding {
@@ -431,14 +492,17 @@ fn decode_body(
         .unwrap_or("utf-8");
     let declared =
         encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
-    // Undeclared or wrongly declared 8-bit text is read as windows-1252, which maps every byte
-    // to a character and back, so untransformed text is written back as it was.
-    let (text, charset) = match declared.decode_without_bom_handling_and_without_replacement(&bytes)
-    {
-        Some(text) => (text.into_owned(), declared),
-        None => {
-            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&bytes);
-            (text.into_owned(), encoding_rs::WINDOWS_1252)
+    let (text, charset) = match bytes {
+        Cow::Borrowed(bytes) => decode_text(bytes, declared),
+        Cow::Owned(bytes) => {
+            let (text, charset) = decode_text(&bytes, declared);
+            let text = match text {
+                Cow::Owned(text) => text,
+                // Already UTF-8: the decoded bytes become the text without a copy.
+                Cow::Borrowed(_) => String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            };
+            (Cow::Owned(text), charset)
         }
     };
     let trailing_eol = body.ends_with(b"\n");
@@ -450,21 +514,44 @@ fn decode_body(
     })
 }
 
+/// `bytes` read in the declared charset. Undeclared or wrongly declared 8-bit text is read as
+/// windows-1252, which maps every byte to a character and back, so untransformed text is
+/// written back as it was.
+fn decode_text<'a>(
+    bytes: &'a [u8],
+    declared: &'static encoding_rs::Encoding,
+) -> (Cow<'a, str>, &'static encoding_rs::Encoding) {
+    match declared.decode_without_bom_handling_and_without_replacement(bytes) {
+        Some(text) => (text, declared),
+        None => (
+            encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0,
+            encoding_rs::WINDOWS_1252,
+        ),
+    }
+}
+
 fn encode_body(
-    decoded: &DecodedText,
-    text: &str,
+    decoded: &DecodedText<'_>,
+    text: String,
     encoding: Encoding,
     index: usize,
 ) -> Result<Vec<u8>, ContentError> {
-    let (bytes, used, errors) = decoded.charset.encode(text);
+    let (bytes, used, errors) = decoded.charset.encode(&text);
     if errors || used != decoded.charset {
         return Err(ContentError::Charset {
             part: index,
             charset: decoded.charset.name().to_owned(),
         });
     }
+    // UTF-8 (and ASCII) text is its own encoding: its bytes are taken, not copied.
+    let bytes = match bytes {
+        Cow::Owned(bytes) => bytes,
+        Cow::Borrowed(_) => text.into_bytes(),
+    };
     let mut out = match encoding {
-        Encoding::None => bytes.into_owned(),
+        Encoding::None => bytes,
         Encoding::QuotedPrintable => quoted_printable(&bytes, decoded.eol),
         Encoding::Base64 => base64_lines(&bytes, decoded.eol),
     };
@@ -515,6 +602,9 @@ impl Walker<'_> {
         skip: &[Range<usize>],
     ) -> Option<String> {
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
+        // Each transform writes into `spare`, which then becomes `current`; the text it
+        // replaced is the next rule's spare. Two buffers serve the whole chain of rules.
+        let mut spare = String::new();
         let mut changed = false;
         for (ruleset, rule) in &self.rules {
             if !targets_match(rule, target)
@@ -553,14 +643,17 @@ impl Walker<'_> {
                     } else {
                         skip.to_vec()
                     };
-                    if let Some((new, count)) = rule.transform(&current, &skip) {
+                    if let Some(count) = rule.transform_into(&current, &skip, &mut spare) {
                         self.rewrite.hits.push(Hit {
                             ruleset: ruleset.name.clone(),
                             rule: rule.name.clone(),
                             target: target.name(),
                             count,
                         });
-                        current = Cow::Owned(new);
+                        let new = Cow::Owned(std::mem::take(&mut spare));
+                        if let Cow::Owned(old) = std::mem::replace(&mut current, new) {
+                            spare = old;
+                        }
                         changed = true;
                     }
                 }
@@ -614,7 +707,7 @@ impl Walker<'_> {
                         let mut inner_splices = Vec::new();
                         self.walk(inner, &inner.raw_message, None, &mut inner_splices)?;
                         if !inner_splices.is_empty() {
-                            let new = splice(&inner.raw_message, inner_splices);
+                            let new = splice(&inner.raw_message, 0, inner_splices);
                             let eol = eol_of(&raw[body.clone()]);
                             let mut encoded = match part.encoding {
                                 Encoding::Base64 => base64_lines(&new, eol),
@@ -687,7 +780,7 @@ impl Walker<'_> {
                 Vec::new()
             };
             if let Some(new) = self.apply(&target, &ctype, &decoded.text, &skip) {
-                splices.push((body, encode_body(&decoded, &new, part.encoding, index)?));
+                splices.push((body, encode_body(&decoded, new, part.encoding, index)?));
             }
         }
         Ok(())
@@ -803,4 +896,73 @@ fn removal_notice(eol: &str) -> Vec<u8> {
          An attachment was removed from this message by the sender's mail policy.{eol}"
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header-only parse of a plain single-part message delimits its one part exactly as
+    /// mail-parser's full parse does; everything else takes the full parse.
+    /// Returns whether the header-only parse was taken (its part has no decoded body).
+    fn same_parts(raw: &[u8], what: &str) -> bool {
+        let ours = parse(raw);
+        let full = MessageParser::new().parse(raw);
+        let (Some(ours), Some(full)) = (ours, full) else {
+            panic!("{what}: parsed by one side only");
+        };
+        assert_eq!(ours.parts.len(), full.parts.len(), "{what}: parts");
+        for (a, b) in ours.parts.iter().zip(&full.parts) {
+            assert_eq!(
+                (a.offset_header, a.offset_body, a.offset_end, a.encoding),
+                (b.offset_header, b.offset_body, b.offset_end, b.encoding),
+                "{what}: part offsets and encoding"
+            );
+        }
+        let decoded_len = |m: &Message<'_>| match &m.parts[0].body {
+            PartType::Text(t) => t.len(),
+            _ => usize::MAX,
+        };
+        decoded_len(&ours) == 0 && decoded_len(&full) > 0
+    }
+
+    #[test]
+    fn header_only_parse_matches_the_full_parse() {
+        for raw in [
+            &b"From: a\r\nSubject: x\r\n  y\r\n\r\nbody\r\n"[..],
+            b"From: a\nSubject: x\n\nbody\n",
+            b"From: a\r\n\r\n",
+            b"From: a\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>x</p>",
+            b"From: a\r\nContent-Transfer-Encoding: BASE64\r\n\r\naGVsbG8=\r\n",
+            b"From: a\r\nbody line\r\n\r\nmore",
+        ] {
+            same_parts(raw, &String::from_utf8_lossy(raw));
+        }
+        assert!(same_parts(b"From: a\r\n\r\nbody\r\n", "plain message"));
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mime");
+        let mut dirs = vec![corpus];
+        let (mut seen, mut header_only) = (0, 0);
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("corpus directory") {
+                let path = entry.expect("corpus entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if !matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("txt" | "tsv")
+                ) {
+                    let raw = std::fs::read(&path).expect("corpus message");
+                    if MessageParser::new().parse(&raw).is_some() {
+                        header_only += usize::from(same_parts(&raw, &path.display().to_string()));
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 100, "the corpus was read ({seen} messages)");
+        assert!(
+            header_only > 10,
+            "plain messages took the header-only parse"
+        );
+    }
 }

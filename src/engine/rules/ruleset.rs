@@ -9,7 +9,7 @@ use regex::Regex;
 
 use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
-use super::transforms::{mask, replace_spans};
+use super::transforms::{mask, replace_spans_into};
 use crate::engine::reply::SmtpReply;
 use crate::relay::Delivery;
 
@@ -176,6 +176,12 @@ impl Rule {
     /// `skip` (HTML markup).
     pub fn spans(&self, text: &str, skip: &[Range<usize>]) -> Vec<Range<usize>> {
         let mut spans: Vec<Range<usize>> = match &self.finder {
+            // The whole match needs no capture slots, which makes the search much cheaper.
+            Finder::Regex { regex, group: 0 } => regex
+                .find_iter(text)
+                .filter(|m| !m.is_empty())
+                .map(|m| m.range())
+                .collect(),
             Finder::Regex { regex, group } => regex
                 .captures_iter(text)
                 .filter_map(|c| c.get(*group))
@@ -199,6 +205,19 @@ impl Rule {
     /// Applies the rule's transform to `text`: the new text and how many spans changed, or
     /// `None` when nothing was found.
     pub fn transform(&self, text: &str, skip: &[Range<usize>]) -> Option<(String, usize)> {
+        let mut out = String::new();
+        self.transform_into(text, skip, &mut out)
+            .map(|count| (out, count))
+    }
+
+    /// [`Rule::transform`] writing the new text into `out` (cleared first; left alone when
+    /// nothing was found), so that a chain of rules can reuse its buffers.
+    pub fn transform_into(
+        &self,
+        text: &str,
+        skip: &[Range<usize>],
+        out: &mut String,
+    ) -> Option<usize> {
         let Action::Transform(transform) = &self.action else {
             return None;
         };
@@ -206,7 +225,7 @@ impl Rule {
         if spans.is_empty() {
             return None;
         }
-        let out = replace_spans(text, &spans, |span, out| {
+        replace_spans_into(text, &spans, out, |span, out| {
             let value = &text[span.clone()];
             match transform {
                 Transform::Mask {
@@ -230,7 +249,7 @@ impl Rule {
                 Transform::Unprotect(p) => out.push_str(&p.unprotect_text(value).0),
             }
         });
-        Some((out, spans.len()))
+        Some(spans.len())
     }
 
     /// Whether this rule looks at an attachment of this content type.

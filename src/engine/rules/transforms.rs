@@ -26,17 +26,30 @@ pub fn mask(value: &str, keep_last: usize, mask: char) -> String {
 pub fn replace_spans(
     text: &str,
     spans: &[std::ops::Range<usize>],
-    mut f: impl FnMut(std::ops::Range<usize>, &mut String),
+    f: impl FnMut(std::ops::Range<usize>, &mut String),
 ) -> String {
-    let mut out = String::with_capacity(text.len() + 16 * spans.len());
+    let mut out = String::new();
+    replace_spans_into(text, spans, &mut out, f);
+    out
+}
+
+/// [`replace_spans`] writing into `out` (cleared first), so that a caller running several
+/// rules over a large text can reuse one buffer instead of allocating one per rule.
+pub fn replace_spans_into(
+    text: &str,
+    spans: &[std::ops::Range<usize>],
+    out: &mut String,
+    mut f: impl FnMut(std::ops::Range<usize>, &mut String),
+) {
+    out.clear();
+    out.reserve(text.len() + 16 * spans.len());
     let mut at = 0;
     for span in spans {
         out.push_str(&text[at..span.start]);
-        f(span.clone(), &mut out);
+        f(span.clone(), out);
         at = span.end;
     }
     out.push_str(&text[at..]);
-    out
 }
 
 #[cfg(test)]
