@@ -602,8 +602,10 @@ impl Walker<'_> {
         skip: &[Range<usize>],
     ) -> Option<String> {
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
-        // Each transform writes into `spare`, which then becomes `current`; the text it
-        // replaced is the next rule's spare. Two buffers serve the whole chain of rules.
+        // A transform whose new texts are no longer than what they replace is written into
+        // `current`'s own buffer. Otherwise it writes into `spare`, which then becomes
+        // `current`, the text it replaced being the next spare: at most two buffers serve the
+        // whole chain of rules.
         let mut spare = String::new();
         let mut changed = false;
         for (ruleset, rule) in &self.rules {
@@ -643,16 +645,23 @@ impl Walker<'_> {
                     } else {
                         skip.to_vec()
                     };
-                    if let Some(count) = rule.transform_into(&current, &skip, &mut spare) {
+                    if let Some(found) = rule.replacements(&current, &skip) {
                         self.rewrite.hits.push(Hit {
                             ruleset: ruleset.name.clone(),
                             rule: rule.name.clone(),
                             target: target.name(),
-                            count,
+                            count: found.len(),
                         });
-                        let new = Cow::Owned(std::mem::take(&mut spare));
-                        if let Cow::Owned(old) = std::mem::replace(&mut current, new) {
-                            spare = old;
+                        let in_place = match &mut current {
+                            Cow::Owned(text) => found.apply_in_place(text),
+                            Cow::Borrowed(_) => false,
+                        };
+                        if !in_place {
+                            found.write_into(&current, &mut spare);
+                            let new = Cow::Owned(std::mem::take(&mut spare));
+                            if let Cow::Owned(old) = std::mem::replace(&mut current, new) {
+                                spare = old;
+                            }
                         }
                         changed = true;
                     }

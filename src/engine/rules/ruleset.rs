@@ -9,7 +9,7 @@ use regex::Regex;
 
 use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
-use super::transforms::{mask, replace_spans_into};
+use super::transforms::{Replacements, mask};
 use crate::engine::reply::SmtpReply;
 use crate::relay::Delivery;
 
@@ -205,19 +205,15 @@ impl Rule {
     /// Applies the rule's transform to `text`: the new text and how many spans changed, or
     /// `None` when nothing was found.
     pub fn transform(&self, text: &str, skip: &[Range<usize>]) -> Option<(String, usize)> {
+        let found = self.replacements(text, skip)?;
         let mut out = String::new();
-        self.transform_into(text, skip, &mut out)
-            .map(|count| (out, count))
+        found.write_into(text, &mut out);
+        Some((out, found.len()))
     }
 
-    /// [`Rule::transform`] writing the new text into `out` (cleared first; left alone when
-    /// nothing was found), so that a chain of rules can reuse its buffers.
-    pub fn transform_into(
-        &self,
-        text: &str,
-        skip: &[Range<usize>],
-        out: &mut String,
-    ) -> Option<usize> {
+    /// The rule's transform worked out for `text` — each span found and its new text — without
+    /// writing the text yet; `None` when nothing was found.
+    pub fn replacements(&self, text: &str, skip: &[Range<usize>]) -> Option<Replacements> {
         let Action::Transform(transform) = &self.action else {
             return None;
         };
@@ -225,7 +221,7 @@ impl Rule {
         if spans.is_empty() {
             return None;
         }
-        replace_spans_into(text, &spans, out, |span, out| {
+        Some(Replacements::new(spans, |span, out| {
             let value = &text[span.clone()];
             match transform {
                 Transform::Mask {
@@ -248,8 +244,7 @@ impl Rule {
                 },
                 Transform::Unprotect(p) => out.push_str(&p.unprotect_text(value).0),
             }
-        });
-        Some(spans.len())
+        }))
     }
 
     /// Whether this rule looks at an attachment of this content type.

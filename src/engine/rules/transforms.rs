@@ -2,6 +2,8 @@
 //! length stay; all but the last `keep_last` letters and digits become the mask character);
 //! `redact` replaces the span with a fixed text.
 
+use std::ops::Range;
+
 /// Masks `value`: every ASCII letter or digit but the last `keep_last` becomes `mask`;
 /// separators and other characters stay where they are.
 pub fn mask(value: &str, keep_last: usize, mask: char) -> String {
@@ -25,31 +27,94 @@ pub fn mask(value: &str, keep_last: usize, mask: char) -> String {
 /// writes for it; `f` gets the span's range, so it can look at the text around it.
 pub fn replace_spans(
     text: &str,
-    spans: &[std::ops::Range<usize>],
-    f: impl FnMut(std::ops::Range<usize>, &mut String),
+    spans: &[Range<usize>],
+    f: impl FnMut(Range<usize>, &mut String),
 ) -> String {
     let mut out = String::new();
-    replace_spans_into(text, spans, &mut out, f);
+    Replacements::new(spans.to_vec(), f).write_into(text, &mut out);
     out
 }
 
-/// [`replace_spans`] writing into `out` (cleared first), so that a caller running several
-/// rules over a large text can reuse one buffer instead of allocating one per rule.
-pub fn replace_spans_into(
-    text: &str,
-    spans: &[std::ops::Range<usize>],
-    out: &mut String,
-    mut f: impl FnMut(std::ops::Range<usize>, &mut String),
-) {
-    out.clear();
-    out.reserve(text.len() + 16 * spans.len());
-    let mut at = 0;
-    for span in spans {
-        out.push_str(&text[at..span.start]);
-        f(span.clone(), out);
-        at = span.end;
+/// The new text for every span of a text, worked out before any byte of the text is
+/// written. It can then go into a new buffer, or — when no replacement is longer than its
+/// span — into the text's own buffer, which spares a large body a second copy.
+#[derive(Debug)]
+pub struct Replacements {
+    /// Each span (in order, not overlapping) and where its new text ends in `new`.
+    spans: Vec<(Range<usize>, usize)>,
+    new: String,
+}
+
+impl Replacements {
+    /// `f` writes the new text for each span; it gets the span's range, so it can look at the
+    /// text around it.
+    pub fn new(spans: Vec<Range<usize>>, mut f: impl FnMut(Range<usize>, &mut String)) -> Self {
+        let mut new = String::new();
+        let spans = spans
+            .into_iter()
+            .map(|span| {
+                f(span.clone(), &mut new);
+                (span, new.len())
+            })
+            .collect();
+        Replacements { spans, new }
     }
-    out.push_str(&text[at..]);
+
+    /// How many spans are replaced.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The new text of each span, in order.
+    fn pieces(&self) -> impl Iterator<Item = (&Range<usize>, &str)> {
+        let mut from = 0;
+        self.spans.iter().map(move |(span, end)| {
+            let piece = &self.new[from..*end];
+            from = *end;
+            (span, piece)
+        })
+    }
+
+    /// Writes `text` with the replacements into `out` (cleared first).
+    pub fn write_into(&self, text: &str, out: &mut String) {
+        out.clear();
+        out.reserve(text.len() + self.new.len());
+        let mut at = 0;
+        for (span, piece) in self.pieces() {
+            out.push_str(&text[at..span.start]);
+            out.push_str(piece);
+            at = span.end;
+        }
+        out.push_str(&text[at..]);
+    }
+
+    /// Puts the replacements into `text`'s own buffer when none is longer than its span (the
+    /// write position then never passes the read position, so nothing unread is
+    /// overwritten). Returns false, with `text` untouched, when one is longer.
+    pub fn apply_in_place(&self, text: &mut String) -> bool {
+        if self.pieces().any(|(span, piece)| piece.len() > span.len()) {
+            return false;
+        }
+        let mut bytes = std::mem::take(text).into_bytes();
+        let (mut read, mut write) = (0, 0);
+        for (span, piece) in self.pieces() {
+            bytes.copy_within(read..span.start, write);
+            write += span.start - read;
+            bytes[write..write + piece.len()].copy_from_slice(piece.as_bytes());
+            write += piece.len();
+            read = span.end;
+        }
+        let len = bytes.len();
+        bytes.copy_within(read..len, write);
+        bytes.truncate(write + len - read);
+        // Spans lie on character boundaries and every piece is UTF-8, so this holds.
+        *text = String::from_utf8(bytes).expect("spans replaced on character boundaries");
+        true
+    }
 }
 
 #[cfg(test)]
@@ -65,6 +130,33 @@ mod tests {
             mask("12", 4, '*'),
             "12",
             "shorter than keep_last: nothing hidden"
+        );
+    }
+
+    /// Writing into the text's own buffer gives what writing a new one gives, and is refused
+    /// (the text untouched) when a replacement is longer than its span.
+    #[test]
+    fn in_place_replacement_matches_a_new_buffer() {
+        let text = "k\u{e4}rte 4111 1111 1111 1111, \u{fc}ber 123-45-6789 und \u{20ac}5";
+        let spans = vec![7..26, 34..45, 50..54];
+        for (new, fits) in [
+            ("[x]", true),
+            ("\u{2588}", true),
+            ("\u{2588}\u{2588}", false),
+            ("####", true),
+            ("#####", false),
+            ("a much longer text", false),
+        ] {
+            let found = Replacements::new(spans.clone(), |_, out| out.push_str(new));
+            let mut expected = String::new();
+            found.write_into(text, &mut expected);
+            let mut own = text.to_owned();
+            assert_eq!(found.apply_in_place(&mut own), fits, "{new:?}");
+            assert_eq!(own, if fits { &expected[..] } else { text }, "{new:?}");
+        }
+        assert_eq!(
+            replace_spans(text, &spans, |_, out| out.push_str("[x]")),
+            "k\u{e4}rte [x], \u{fc}ber [x] und [x]"
         );
     }
 
