@@ -276,6 +276,66 @@ fn base64_csv_attachment_and_filename_with_a_card_number() {
     assert_eq!(targets, ["filename", "attachment", "attachment"]);
 }
 
+/// UTF-16 parts (with a byte order mark under charset=utf-16, or little-endian without one)
+/// are masked and written back in UTF-16 in their own byte order, mark kept.
+#[test]
+fn utf16_parts_are_written_back_in_utf16() {
+    use base64::Engine as _;
+    let text = "Karte 4111 1111 1111 1111 \u{2013} grüß\r\n";
+    let utf16 = |big_endian: bool, bom: bool| -> Vec<u8> {
+        let units = bom.then_some(0xfeff).into_iter().chain(text.encode_utf16());
+        units
+            .flat_map(|u| {
+                if big_endian {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect()
+    };
+    for (charset, big_endian, bom) in [
+        ("utf-16", true, true),
+        ("utf-16", false, true),
+        ("utf-16le", false, false),
+        ("UTF-16BE", true, false),
+    ] {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(utf16(big_endian, bom));
+        let raw = message(&[
+            &format!("Subject: u\nContent-Type: text/plain; charset={charset}\n"),
+            "Content-Transfer-Encoding: base64\n\n",
+            &encoded,
+            "\n",
+        ]);
+        let r = run(CARDS_SSNS, &raw);
+        let body = r
+            .body
+            .clone()
+            .unwrap_or_else(|| panic!("{charset}: not masked"));
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(String::from_utf8(body).unwrap().replace("\r\n", ""))
+            .unwrap();
+        let expected = text.replace("4111 1111 1111 1111", "**** **** **** 1111");
+        let units: Vec<u16> = decoded
+            .chunks(2)
+            .map(|p| {
+                if big_endian {
+                    u16::from_be_bytes([p[0], p[1]])
+                } else {
+                    u16::from_le_bytes([p[0], p[1]])
+                }
+            })
+            .collect();
+        let (mark, rest) = units.split_at(usize::from(bom));
+        assert_eq!(
+            mark,
+            if bom { &[0xfeff][..] } else { &[] },
+            "{charset}: mark kept"
+        );
+        assert_eq!(String::from_utf16(rest).unwrap(), expected, "{charset}");
+    }
+}
+
 #[test]
 fn utf8_and_latin1_subjects_are_decoded_and_reencoded() {
     for subject in [

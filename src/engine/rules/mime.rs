@@ -492,6 +492,12 @@ fn decode_body<'a>(
         .unwrap_or("utf-8");
     let declared =
         encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
+    // "utf-16" names no byte order; a byte order mark says which (RFC 2781 §4.3). The mark
+    // stays in the text (U+FEFF) and is written back as it was.
+    let declared = match (declared, encoding_rs::Encoding::for_bom(&bytes)) {
+        (d, Some((bom, _))) if is_utf16(d) && is_utf16(bom) => bom,
+        (d, _) => d,
+    };
     let (text, charset) = match bytes {
         Cow::Borrowed(bytes) => decode_text(bytes, declared),
         Cow::Owned(bytes) => {
@@ -532,24 +538,48 @@ fn decode_text<'a>(
     }
 }
 
+fn is_utf16(encoding: &'static encoding_rs::Encoding) -> bool {
+    encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE
+}
+
+/// `text` in `charset`. encoding_rs decodes UTF-16 but encodes only to UTF-8 (as the WHATWG
+/// Encoding Standard has it), so UTF-16 is written here, in the part's byte order.
+fn encode_text(text: String, charset: &'static encoding_rs::Encoding) -> Option<Vec<u8>> {
+    if is_utf16(charset) {
+        let big_endian = charset == encoding_rs::UTF_16BE;
+        return Some(
+            text.encode_utf16()
+                .flat_map(|unit| {
+                    if big_endian {
+                        unit.to_be_bytes()
+                    } else {
+                        unit.to_le_bytes()
+                    }
+                })
+                .collect(),
+        );
+    }
+    let (bytes, used, errors) = charset.encode(&text);
+    if errors || used != charset {
+        return None;
+    }
+    // UTF-8 (and ASCII) text is its own encoding: its bytes are taken, not copied.
+    Some(match bytes {
+        Cow::Owned(bytes) => bytes,
+        Cow::Borrowed(_) => text.into_bytes(),
+    })
+}
+
 fn encode_body(
     decoded: &DecodedText<'_>,
     text: String,
     encoding: Encoding,
     index: usize,
 ) -> Result<Vec<u8>, ContentError> {
-    let (bytes, used, errors) = decoded.charset.encode(&text);
-    if errors || used != decoded.charset {
-        return Err(ContentError::Charset {
-            part: index,
-            charset: decoded.charset.name().to_owned(),
-        });
-    }
-    // UTF-8 (and ASCII) text is its own encoding: its bytes are taken, not copied.
-    let bytes = match bytes {
-        Cow::Owned(bytes) => bytes,
-        Cow::Borrowed(_) => text.into_bytes(),
-    };
+    let bytes = encode_text(text, decoded.charset).ok_or_else(|| ContentError::Charset {
+        part: index,
+        charset: decoded.charset.name().to_owned(),
+    })?;
     let mut out = match encoding {
         Encoding::None => bytes,
         Encoding::QuotedPrintable => quoted_printable(&bytes, decoded.eol),
