@@ -351,6 +351,10 @@ fn utf8_and_latin1_subjects_are_decoded_and_reencoded() {
         assert_eq!((name.as_str(), *index), ("Subject", 1));
         let value = value.as_ref().unwrap();
         assert!(!value.contains(['\r', '\n']));
+        // Written back in the charset it came in, under the same label.
+        let label = &subject[..subject[2..].find('?').unwrap() + 3];
+        assert!(value.starts_with(&format!("{label}B?")), "{value}");
+        assert!(value.split(' ').all(|w| w.len() <= 75), "{value}");
         let new = applied(&r, &raw);
         let m = MessageParser::new().parse(&new[..]).unwrap();
         let decoded = m.subject().unwrap();
@@ -359,6 +363,29 @@ fn utf8_and_latin1_subjects_are_decoded_and_reencoded() {
             "{subject} -> {value} -> {decoded}"
         );
     }
+    // New text the subject's charset cannot write goes back in UTF-8.
+    let raw = message(&["Subject: =?ISO-8859-1?Q?Karte_4111_1111_1111_1111_gr=FC=DF?=\n\nhi\n"]);
+    let r = run(
+        r#"
+[[ruleset]]
+name = "pci"
+[[ruleset.rule]]
+name = "cards"
+targets = ["subject"]
+detector = "card_number"
+action = "redact"
+text = "\u2713"
+"#,
+        &raw,
+    );
+    let [HeaderEdit::Change { value, .. }] = &r.headers[..] else {
+        panic!("{:?}", r.headers)
+    };
+    let value = value.as_ref().unwrap();
+    assert!(value.starts_with("=?UTF-8?B?"), "{value}");
+    let new = applied(&r, &raw);
+    let m = MessageParser::new().parse(&new[..]).unwrap();
+    assert_eq!(m.subject(), Some("Karte \u{2713} grüß"));
 }
 
 #[test]

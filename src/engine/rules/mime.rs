@@ -279,8 +279,11 @@ pub fn html_markup(html: &str) -> Vec<Range<usize>> {
 }
 
 /// A header value as it goes back into a message: plain when it is ASCII, otherwise RFC 2047
-/// encoded words (UTF-8, base64) separated by spaces, each within the 75-character limit.
-pub fn encode_header_text(text: &str) -> String {
+/// encoded words (base64) separated by spaces, each within the 75-character limit. The words
+/// are in `charset` — the charset the value came in, as labelled there — when it is a
+/// single-byte charset that can write the whole new value, so that every character the rules
+/// left alone goes back as the same bytes under the same label; otherwise in UTF-8.
+pub fn encode_header_text(text: &str, charset: Option<&str>) -> String {
     let plain = text
         .bytes()
         .all(|b| (b' '..=b'~').contains(&b) || b == b'\t')
@@ -288,28 +291,57 @@ pub fn encode_header_text(text: &str) -> String {
     if plain {
         return text.to_owned();
     }
-    let mut words = Vec::new();
-    let mut chunk = String::new();
-    for c in text.chars() {
-        // 45 bytes of UTF-8 become 60 characters of base64: with "=?UTF-8?B?" and "?=", 72.
-        if chunk.len() + c.len_utf8() > 45 {
-            words.push(std::mem::take(&mut chunk));
+    let single_byte = charset.and_then(|label| {
+        let encoding = encoding_rs::Encoding::for_label(label.as_bytes())?;
+        let (bytes, _, errors) = encoding.encode(text);
+        (encoding.is_single_byte() && !errors).then(|| (label, bytes.into_owned()))
+    });
+    // 45 bytes become 60 characters of base64: with "=?", the label and "?B?" ... "?=", a
+    // word stays within 75 characters for labels up to 8 characters; longer labels get
+    // shorter words.
+    let words: Vec<(&str, Vec<u8>)> = match single_byte {
+        Some((label, bytes)) => {
+            let room = 45 - 3 * label.len().saturating_sub(8).div_ceil(4);
+            bytes.chunks(room).map(|c| (label, c.to_vec())).collect()
         }
-        chunk.push(c);
-    }
-    if !chunk.is_empty() {
-        words.push(chunk);
-    }
+        None => {
+            let mut words = Vec::new();
+            let mut chunk = String::new();
+            for c in text.chars() {
+                if chunk.len() + c.len_utf8() > 45 {
+                    words.push(("UTF-8", std::mem::take(&mut chunk).into_bytes()));
+                }
+                chunk.push(c);
+            }
+            if !chunk.is_empty() {
+                words.push(("UTF-8", chunk.into_bytes()));
+            }
+            words
+        }
+    };
     words
         .iter()
-        .map(|w| {
+        .map(|(label, bytes)| {
             format!(
-                "=?UTF-8?B?{}?=",
-                base64::engine::general_purpose::STANDARD.encode(w)
+                "=?{label}?B?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
             )
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The charset label of the first RFC 2047 encoded word in a raw header value (without an
+/// RFC 2231 language suffix), when it is a well-formed label.
+fn first_word_charset(raw: &str) -> Option<&str> {
+    let rest = &raw[raw.find("=?")? + 2..];
+    let label = rest[..rest.find('?')?].split('*').next()?;
+    let well_formed = !label.is_empty()
+        && label.len() <= 40
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    well_formed.then_some(label)
 }
 
 /// A MIME parameter, RFC 2231 encoded when it is not plain ASCII.
@@ -865,7 +897,7 @@ impl Walker<'_> {
             let Some(new) = self.apply(&target, "", &text, &[]) else {
                 continue;
             };
-            let value = encode_header_text(&new);
+            let value = encode_header_text(&new, first_word_charset(&raw_value));
             match edits.as_deref_mut() {
                 Some(edits) => edits.push(HeaderEdit::Change {
                     name,
