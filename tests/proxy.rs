@@ -1,6 +1,6 @@
 //! The proxy door end to end: real clients (swaks, openssl s_client, a raw socket, a rustls
-//! client) talk to `postern proxy`, which relays to real smtp-sinks (some made faulty) and to a
-//! second Postern proxy as a TLS target. Each invariant of DESIGN.md has a test that fails
+//! client) talk to `postern proxy`, which relays to real smtp-sinks (some made faulty), to a
+//! second Postern proxy as a TLS target and to a real Postfix. Each invariant of DESIGN.md has a test that fails
 //! without its protection.
 
 mod support;
@@ -58,6 +58,80 @@ fn relays_byte_for_byte_through_the_first_target_that_works() {
         "{log}"
     );
     assert!(log.contains("relay_target=breaks-at-data"), "{log}");
+}
+
+/// A real Postfix (started by integration/postfix, relaying to a sink) as the relay target
+/// behind one that is down; stopped when dropped.
+struct PostfixTarget(String);
+
+impl Drop for PostfixTarget {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(support::script("postfix"))
+            .args(["stop", &self.0])
+            .output();
+    }
+}
+
+/// A real Postfix as the relay target: the message reaches the sink through it, and the
+/// answer Postfix gives for a recipient it refuses reaches the client as Postfix gave it.
+#[test]
+fn a_real_postfix_is_a_relay_target() {
+    let (down, postfix_port) = (free_port().to_string(), free_port().to_string());
+    let targets = [
+        target("down", &down, 1),
+        target("postfix", &postfix_port, 2),
+    ]
+    .concat();
+    let env = ProxyEnv::start(&config("", &targets), &[&[]]);
+    let postfix = PostfixTarget(env.path("postfix"));
+    support::run_script(
+        "postfix",
+        &[
+            "start",
+            &postfix.0,
+            &postfix_port,
+            &env.sinks[0].port.to_string(),
+            "none",
+            "tempfail",
+            "smtpd_recipient_restrictions = check_recipient_access inline:{refused@rcpt.example=REJECT}",
+        ],
+    );
+    let mut smtp = env.smtp();
+    assert!(
+        smtp.command("EHLO client.postern.test")
+            .unwrap()
+            .starts_with("250")
+    );
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let r = smtp.command("RCPT TO:<b@rcpt.example>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let r = smtp.command("RCPT TO:<refused@rcpt.example>").unwrap();
+    assert!(
+        r.starts_with("554 5.7.1") && r.contains("Recipient address rejected: Access denied"),
+        "Postfix's own answer: {r}"
+    );
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(
+            b"From: a@sender.example\r\nSubject: through postfix\r\n\r\n..dot line\r\nend\r\n.\r\n",
+        )
+        .unwrap();
+    let r = smtp.read_reply().unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let got = env.sinks[0].wait_delivered(1);
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(
+        text.contains("by postfix.postern.test"),
+        "went through Postfix:\n{text}"
+    );
+    assert!(text.contains("Subject: through postfix"), "{text}");
+    assert!(
+        text.contains("\n.dot line\n") || text.contains("\n.dot line\r\n"),
+        "{text}"
+    );
+    let log = env.log();
+    assert!(log.contains("relay_target=down"), "{log}");
 }
 
 #[test]
