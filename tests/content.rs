@@ -363,29 +363,38 @@ fn utf8_and_latin1_subjects_are_decoded_and_reencoded() {
             "{subject} -> {value} -> {decoded}"
         );
     }
-    // New text the subject's charset cannot write goes back in UTF-8.
-    let raw = message(&["Subject: =?ISO-8859-1?Q?Karte_4111_1111_1111_1111_gr=FC=DF?=\n\nhi\n"]);
-    let r = run(
-        r#"
-[[ruleset]]
-name = "pci"
-[[ruleset.rule]]
-name = "cards"
-targets = ["subject"]
-detector = "card_number"
-action = "redact"
-text = "\u2713"
-"#,
-        &raw,
-    );
-    let [HeaderEdit::Change { value, .. }] = &r.headers[..] else {
-        panic!("{:?}", r.headers)
-    };
-    let value = value.as_ref().unwrap();
-    assert!(value.starts_with("=?UTF-8?B?"), "{value}");
-    let new = applied(&r, &raw);
-    let m = MessageParser::new().parse(&new[..]).unwrap();
-    assert_eq!(m.subject(), Some("Karte \u{2713} grüß"));
+    // New text the subject's charset cannot write goes back in UTF-8: a character outside
+    // Latin-1, or any 8-bit character under a US-ASCII label.
+    for (subject, redacted, decoded) in [
+        (
+            "=?ISO-8859-1?Q?Karte_4111_1111_1111_1111_gr=FC=DF?=",
+            "\u{2713}",
+            "Karte \u{2713} grüß",
+        ),
+        (
+            "=?us-ascii?Q?Karte_4111_1111_1111_1111?=",
+            "\u{a7}",
+            "Karte \u{a7}",
+        ),
+    ] {
+        let raw = message(&[&format!("Subject: {subject}\n\nhi\n")]);
+        let r = run(
+            &format!(
+                "[[ruleset]]\nname = \"pci\"\n[[ruleset.rule]]\nname = \"cards\"\n\
+                 targets = [\"subject\"]\ndetector = \"card_number\"\naction = \"redact\"\n\
+                 text = \"{redacted}\"\n"
+            ),
+            &raw,
+        );
+        let [HeaderEdit::Change { value, .. }] = &r.headers[..] else {
+            panic!("{:?}", r.headers)
+        };
+        let value = value.as_ref().unwrap();
+        assert!(value.starts_with("=?UTF-8?B?"), "{subject}: {value}");
+        let new = applied(&r, &raw);
+        let m = MessageParser::new().parse(&new[..]).unwrap();
+        assert_eq!(m.subject(), Some(decoded), "{subject}");
+    }
 }
 
 #[test]

@@ -294,7 +294,13 @@ pub fn encode_header_text(text: &str, charset: Option<&str>) -> String {
     let single_byte = charset.and_then(|label| {
         let encoding = encoding_rs::Encoding::for_label(label.as_bytes())?;
         let (bytes, _, errors) = encoding.encode(text);
-        (encoding.is_single_byte() && !errors).then(|| (label, bytes.into_owned()))
+        // encoding_rs reads an ASCII label as windows-1252; 8-bit bytes must not go out
+        // under it.
+        let ascii_label = ["us-ascii", "ascii"]
+            .iter()
+            .any(|a| label.eq_ignore_ascii_case(a));
+        let fits = !errors && (!ascii_label || bytes.is_ascii());
+        (encoding.is_single_byte() && fits).then(|| (label, bytes.into_owned()))
     });
     // 45 bytes become 60 characters of base64: with "=?", the label and "?B?" ... "?=", a
     // word stays within 75 characters for labels up to 8 characters; longer labels get
