@@ -202,15 +202,6 @@ impl Rule {
         !self.spans(text, &[]).is_empty()
     }
 
-    /// Applies the rule's transform to `text`: the new text and how many spans changed, or
-    /// `None` when nothing was found.
-    pub fn transform(&self, text: &str, skip: &[Range<usize>]) -> Option<(String, usize)> {
-        let found = self.replacements(text, skip)?;
-        let mut out = String::new();
-        found.write_into(text, &mut out);
-        Some((out, found.len()))
-    }
-
     /// The rule's transform worked out for `text` — each span found and its new text — without
     /// writing the text yet; `None` when nothing was found.
     pub fn replacements(&self, text: &str, skip: &[Range<usize>]) -> Option<Replacements> {
@@ -265,6 +256,16 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Rule {
+        /// The rule's transform applied to `text`: the new text and how many spans changed.
+        fn transform(&self, text: &str, skip: &[Range<usize>]) -> Option<(String, usize)> {
+            let found = self.replacements(text, skip)?;
+            let mut out = String::new();
+            found.write_into(text, &mut out);
+            Some((out, found.len()))
+        }
+    }
 
     fn rule(finder: Finder, transform: Transform) -> Rule {
         Rule {

@@ -23,18 +23,6 @@ pub fn mask(value: &str, keep_last: usize, mask: char) -> String {
         .collect()
 }
 
-/// Replaces every span of `text` (byte ranges, in order, not overlapping) with what `f`
-/// writes for it; `f` gets the span's range, so it can look at the text around it.
-pub fn replace_spans(
-    text: &str,
-    spans: &[Range<usize>],
-    f: impl FnMut(Range<usize>, &mut String),
-) -> String {
-    let mut out = String::new();
-    Replacements::new(spans.to_vec(), f).write_into(text, &mut out);
-    out
-}
-
 /// The new text for every span of a text, worked out before any byte of the text is
 /// written. It can then go into a new buffer, or — when no replacement is longer than its
 /// span — into the text's own buffer, which spares a large body a second copy.
@@ -121,6 +109,17 @@ impl Replacements {
 mod tests {
     use super::*;
     use crate::engine::rules::detectors::Detector;
+
+    /// Every span of `text` replaced with what `f` writes for it, into a new string.
+    fn replace_spans(
+        text: &str,
+        spans: &[Range<usize>],
+        f: impl FnMut(Range<usize>, &mut String),
+    ) -> String {
+        let mut out = String::new();
+        Replacements::new(spans.to_vec(), f).write_into(text, &mut out);
+        out
+    }
 
     #[test]
     fn mask_keeps_shape_and_last_digits() {
