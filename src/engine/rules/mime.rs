@@ -639,13 +639,7 @@ fn targets_match(rule: &Rule, target: &Target) -> bool {
 
 impl Walker<'_> {
     fn headerless(mut self, raw: &[u8]) -> Rewrite {
-        let (text, charset) = match std::str::from_utf8(raw) {
-            Ok(t) => (Cow::Borrowed(t), encoding_rs::UTF_8),
-            Err(_) => (
-                encoding_rs::WINDOWS_1252.decode_without_bom_handling(raw).0,
-                encoding_rs::WINDOWS_1252,
-            ),
-        };
+        let (text, charset) = decode_text(raw, encoding_rs::UTF_8);
         if let Some(new) = self.apply(&Target::Body, "text/plain", &text, &[]) {
             let (bytes, _, _) = charset.encode(&new);
             self.rewrite.body = Some(bytes.into_owned());
