@@ -103,7 +103,7 @@ impl Default for DeliverySection {
             helo_name: None,
             connection_timeout: nz(60),
             protocol_timeout: nz(60),
-            data_timeout: nz(60),
+            data_timeout: nz(600),
             connection_cache_time: 2,
         }
     }

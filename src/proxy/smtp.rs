@@ -18,7 +18,7 @@ use super::{ListenerKind, Shared};
 use tokio_rustls::TlsAcceptor;
 
 use crate::engine::{ClientInfo, Session, SmtpReply, Stage, TlsInfo, Verdict};
-use crate::relay::{DeliveryError, Envelope, TargetReply, Upstream};
+use crate::relay::{DataFailure, DeliveryError, Envelope, TargetReply, Upstream};
 
 /// A reply on the wire: code and text (which starts with the enhanced status code).
 struct Reply {
@@ -68,7 +68,16 @@ struct Transaction {
     upstream: Option<Upstream>,
     /// A relay target refused the sender: every recipient gets this answer.
     upstream_refusal: Option<TargetReply>,
+    /// The relay target broke after it had taken recipients the client heard 250 for: the
+    /// rest of the transaction (RCPT, DATA) is answered 4xx, so that the client sends the
+    /// whole message again, as Postfix's smtpd_proxy_filter does. Cleared by RSET or a new
+    /// MAIL after the transaction ends.
+    broken: bool,
 }
+
+/// The answer to every command of a transaction whose relay target broke after recipients
+/// were accepted.
+const BROKEN_TRANSACTION: &str = "4.4.1 Error: the relay target failed during this transaction; send the whole message again later";
 
 struct Conversation {
     shared: Arc<Shared>,
@@ -460,6 +469,10 @@ impl Conversation {
     /// the client with the target's reply; whether the target took it.
     async fn relay_rcpt(&mut self, recipient: &str) -> bool {
         let tx = self.tx.as_mut().expect("in a transaction");
+        if tx.broken {
+            self.say(451, BROKEN_TRANSACTION);
+            return false;
+        }
         if let Some(refusal) = &tx.upstream_refusal {
             let reply = Reply::from(refusal);
             self.reply(reply);
@@ -500,16 +513,19 @@ impl Conversation {
                 false
             }
             Err(e) => {
-                // The target broke: forget it and the recipients it took; the next RCPT
-                // opens a new one.
                 warn!(client = %self.peer, relay_target = %upstream.target_name(), error = %e, "relay target failed at RCPT");
                 if let Some(u) = tx.upstream.take() {
                     u.abort().await;
                 }
-                for earlier in std::mem::take(&mut tx.recipients) {
-                    self.session.withdraw_recipient(&earlier);
+                if tx.recipients.is_empty() {
+                    // Nobody heard 250 yet: the next RCPT opens a new transaction upstream.
+                    self.say(451, "4.4.1 Error: relay target failed, try again later");
+                } else {
+                    // The client heard 250 for recipients this target took and lost: none of
+                    // them may be answered 250 at the end, so the transaction is failed.
+                    tx.broken = true;
+                    self.say(451, BROKEN_TRANSACTION);
                 }
-                self.say(451, "4.4.1 Error: relay target failed, try again later");
                 false
             }
         }
@@ -520,6 +536,10 @@ impl Conversation {
             self.say(503, "5.5.1 Error: need RCPT command");
             return Next::Continue;
         };
+        if tx.broken {
+            self.say(451, BROKEN_TRANSACTION);
+            return Next::Continue;
+        }
         if tx.recipients.is_empty() {
             self.say(554, "5.5.1 Error: no valid recipients");
             return Next::Continue;
@@ -638,28 +658,47 @@ impl Conversation {
             );
             return Next::Continue;
         };
-        let first_failed = upstream.target_index();
+        let first = upstream.target_index();
         let name = upstream.target_name().to_owned();
         let reply = match upstream.data(&raw, delivery.data_timeout).await {
             Ok(reply) => Ok(reply),
-            Err(crate::relay::TargetError::Refused(reply)) if reply.code >= 500 => Ok(reply),
-            Err(e) => {
-                warn!(client = %self.peer, relay_target = %name, error = %e, "relay target failed at end of message, trying the next");
+            Err(DataFailure::Refused(reply)) if reply.code >= 500 => Ok(reply),
+            Err(DataFailure::Uncertain(e)) => Err(DeliveryError::Uncertain {
+                target: name,
+                why: e.to_string(),
+            }),
+            Err(failure) => {
+                // The target did not take the message. Nothing was sent: the connection broke
+                // or was refused before DATA (it may have idled out while the client
+                // uploaded), so the same target is tried again on a fresh connection. It
+                // refused the message with 4xx: the next target. Either way the whole
+                // envelope is replayed and every recipient that heard 250 must be accepted
+                // again.
+                let from = match &failure {
+                    DataFailure::Refused(_) => first + 1,
+                    _ => first,
+                };
+                warn!(client = %self.peer, relay_target = %name, error = %failure, "relay target did not take the message, replaying the transaction");
                 delivery
-                    .send(&tx.envelope, &tx.recipients, &raw, first_failed + 1)
+                    .send(&tx.envelope, &tx.recipients, &raw, from)
                     .await
                     .map(|(_, reply)| reply)
-                    .map_err(|e| e.to_string())
             }
         };
         match reply {
-            Ok(reply) => {
+            Ok(reply) | Err(DeliveryError::Refused { reply, .. }) => {
                 info!(client = %self.peer, recipients = tx.recipients.len(), size = raw.len(), %reply, "message handed on");
-                let reply = Reply::from(&reply);
-                self.reply(reply);
+                self.reply(Reply::from(&reply));
             }
-            Err(why) => {
-                warn!(client = %self.peer, error = %why, "message not delivered; client keeps it");
+            Err(e @ DeliveryError::Uncertain { .. }) => {
+                warn!(client = %self.peer, error = %e, "message may have been delivered; client keeps it and is not sent elsewhere");
+                self.say(
+                    451,
+                    "4.4.1 Error: the relay target did not confirm the message, try again later",
+                );
+            }
+            Err(e) => {
+                warn!(client = %self.peer, error = %e, "message not delivered; client keeps it");
                 self.say(
                     451,
                     "4.4.1 Error: no relay target accepted the message, try again later",

@@ -102,6 +102,27 @@ pub enum DeliveryError {
     /// No target could take the transaction; each one's reason, in order.
     #[error("no relay target is available: {}", .0.join("; "))]
     Unavailable(Vec<String>),
+    /// A target was sent the whole message and then gave no answer: it may have taken it, so
+    /// no other target may be tried (invariant 1).
+    #[error("relay target {target} gave no answer to the end of the message: {why}")]
+    Uncertain { target: String, why: String },
+}
+
+/// How handing a message to one target failed; which kind decides whether another target may
+/// be tried with it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataFailure {
+    /// Nothing of the message was sent: the connection broke or the target refused up to and
+    /// including the DATA command. Another target (or a fresh connection) may take it.
+    #[error("before the message was sent: {0}")]
+    NotSent(TargetError),
+    /// The target answered the end of the message with 4xx or 5xx: it did not take it.
+    #[error("refused the message: {0}")]
+    Refused(TargetReply),
+    /// The message (or part of it) was sent and no answer came: the target may have
+    /// committed it. Sending it anywhere else could deliver it twice.
+    #[error("no answer after the message was sent: {0}")]
+    Uncertain(TargetError),
 }
 
 /// The sender and MAIL parameters of one transaction.
@@ -309,8 +330,10 @@ impl Delivery {
     }
 
     /// Delivers a whole message through the targets from `first` on: each must accept the
-    /// sender, every recipient and the message, or it is skipped. Used when the target that
-    /// took the recipients breaks at DATA, and for diverted messages.
+    /// sender, every recipient and the message, or it is skipped. A permanent refusal of the
+    /// message ends the attempt with that answer; a target that was sent the message and did
+    /// not answer ends it too, never tried elsewhere (invariant 1). Used when the target that
+    /// took the recipients breaks before DATA, and for diverted messages.
     pub async fn send(
         &self,
         envelope: &Envelope,
@@ -346,6 +369,18 @@ impl Delivery {
             let name = upstream.name.clone();
             match upstream.data(message, self.data_timeout).await {
                 Ok(reply) => return Ok((name, reply)),
+                Err(DataFailure::Refused(reply)) if reply.code >= 500 => {
+                    return Err(DeliveryError::Refused {
+                        target: name,
+                        reply,
+                    });
+                }
+                Err(DataFailure::Uncertain(e)) => {
+                    return Err(DeliveryError::Uncertain {
+                        target: name,
+                        why: e.to_string(),
+                    });
+                }
                 Err(e) => {
                     warn!(relay_target = %name, error = %e, "relay target failed at DATA, trying the next");
                     failures.push(format!("{name}: {e}"));
@@ -377,14 +412,18 @@ impl Upstream {
         .await
     }
 
-    /// DATA and the message (CRLF line ends, as received; dot-stuffing is added here), then
-    /// QUIT in the background. The reply is the target's answer to the end of the message.
+    /// DATA and the message (CRLF line ends, as received; dot-stuffing is added here). The
+    /// reply is the target's answer to the end of the message; the connection goes back to
+    /// the cache after a reply, or is closed in the background after a failure.
     pub async fn data(
         mut self,
         message: &[u8],
         data_timeout: Duration,
-    ) -> Result<TargetReply, TargetError> {
-        command_reply(&mut self.conn, "DATA\r\n", self.protocol_timeout).await?;
+    ) -> Result<TargetReply, DataFailure> {
+        if let Err(e) = command_reply(&mut self.conn, "DATA\r\n", self.protocol_timeout).await {
+            quit_later(self.conn, self.protocol_timeout);
+            return Err(DataFailure::NotSent(e));
+        }
         let (message, breaks) = lines::break_long_lines(message, self.line_limit);
         if breaks > 0 {
             info!(relay_target = %self.name, line_limit = self.line_limit, breaks, "long lines broken for the relay target");
@@ -395,14 +434,23 @@ impl Upstream {
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
         let budget = data_timeout + Duration::from_secs((message.len() >> 20) as u64);
         let reply = match tokio::time::timeout(budget, self.conn.message(body)).await {
-            Err(_) => Err(TargetError::Timeout("the end of the message")),
+            Err(_) => Err(DataFailure::Uncertain(TargetError::Timeout(
+                "the end of the message",
+            ))),
             Ok(Ok(r)) => Ok(TargetReply::from_response(&r)),
-            Ok(Err(e)) => Err(TargetError::from_smtp(e)),
+            Ok(Err(e)) => Err(match TargetError::from_smtp(e) {
+                TargetError::Refused(reply) => DataFailure::Refused(reply),
+                broken => DataFailure::Uncertain(broken),
+            }),
         };
         match &reply {
             Ok(r) => {
                 info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");
                 self.pool.put(self.target, self.conn, self.cacheable);
+            }
+            Err(DataFailure::Uncertain(e)) => {
+                warn!(relay_target = %self.name, error = %e, "no answer to the end of the message: it may have been delivered, so it is not sent elsewhere");
+                quit_later(self.conn, self.protocol_timeout);
             }
             // The target's answer is final: the client need not wait for QUIT as well.
             Err(_) => quit_later(self.conn, self.protocol_timeout),

@@ -1,0 +1,300 @@
+//! Delivery semantics of the proxy door under upstream faults (invariant 1): a recipient that
+//! heard 250 at RCPT, in a transaction that heard 250 at its end, reaches the relay targets
+//! exactly once; every other outcome is a 4xx or 5xx the client saw. Each fault runs against
+//! one target and against two targets in priority order (the faulty one first), through a
+//! scriptable target (`support::faulty`) that counts what it took.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use support::faulty::{Faults, FaultyTarget};
+use support::proxy::ProxyEnv;
+
+const RECIPIENTS: [&str; 3] = ["a@dest.test", "b@dest.test", "c@dest.test"];
+
+const MESSAGE: &str = "From: s@sender.test\r\nTo: a@dest.test\r\nSubject: delivery\r\n\r\nbody\r\n";
+
+/// The proxy in front of `targets` (by priority), with short outbound timeouts so that a stall
+/// shows within the test.
+fn start(targets: &[&FaultyTarget]) -> ProxyEnv {
+    let mut config = String::from(
+        "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n\
+         client_connection_timeout = 20\nclient_protocol_timeout = 20\n\
+         client_data_command_timeout = 20\nclient_data_payload_timeout = 20\n\
+         [delivery]\nconnection_timeout = 5\nprotocol_timeout = 2\ndata_timeout = 2\n",
+    );
+    for (i, t) in targets.iter().enumerate() {
+        config.push_str(&format!(
+            "[[relay_target]]\nname = \"t{i}\"\nhost = \"127.0.0.1\"\nport = {}\npriority = {}\n",
+            t.port,
+            i + 1
+        ));
+    }
+    ProxyEnv::start(&config, &[])
+}
+
+/// What the client heard.
+#[derive(Debug, Default)]
+struct Outcome {
+    rcpt: Vec<(&'static str, String)>,
+    data: String,
+    end: Option<String>,
+}
+
+impl Outcome {
+    fn accepted(&self) -> Vec<&'static str> {
+        self.rcpt
+            .iter()
+            .filter(|(_, r)| r.starts_with("250"))
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
+    fn end_ok(&self) -> bool {
+        self.end.as_deref().is_some_and(|r| r.starts_with("250"))
+    }
+}
+
+/// One transaction to every recipient of `RECIPIENTS`; the client pauses `upload_pause` in
+/// the middle of the message.
+fn transaction(env: &ProxyEnv, upload_pause: Duration) -> Outcome {
+    let mut smtp = env.smtp();
+    assert!(smtp.command("EHLO c.test").unwrap().starts_with("250"));
+    let r = smtp.command("MAIL FROM:<s@sender.test>").unwrap();
+    assert!(r.starts_with("250"), "MAIL: {r}");
+    let mut outcome = Outcome::default();
+    for rcpt in RECIPIENTS {
+        let reply = smtp.command(&format!("RCPT TO:<{rcpt}>")).unwrap();
+        outcome.rcpt.push((rcpt, reply));
+    }
+    outcome.data = smtp.command("DATA").unwrap();
+    if !outcome.data.starts_with("354") {
+        return outcome;
+    }
+    let (head, tail) = MESSAGE.split_at(MESSAGE.len() / 2);
+    smtp.writer_mut().write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(upload_pause);
+    smtp.writer_mut().write_all(tail.as_bytes()).unwrap();
+    smtp.writer_mut().write_all(b".\r\n").unwrap();
+    outcome.end = smtp.read_reply();
+    outcome
+}
+
+/// The invariant, over everything the targets took: no recipient twice; after a 250 at the
+/// end, exactly the recipients that heard 250; otherwise the client heard 4xx or 5xx.
+fn assert_delivered_as_promised(outcome: &Outcome, targets: &[&FaultyTarget]) {
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for t in targets {
+        for m in t.taken() {
+            for r in m.recipients {
+                *count.entry(r).or_default() += 1;
+            }
+        }
+    }
+    for (r, n) in &count {
+        assert_eq!(*n, 1, "{r} delivered {n} times; client heard {outcome:?}");
+    }
+    if outcome.end_ok() {
+        let accepted = outcome.accepted();
+        assert!(!accepted.is_empty(), "250 without a recipient: {outcome:?}");
+        for r in &accepted {
+            assert!(
+                count.contains_key(*r),
+                "{r} heard 250 but was not delivered; client heard {outcome:?}"
+            );
+        }
+        assert_eq!(count.len(), accepted.len(), "{count:?} vs {outcome:?}");
+    } else {
+        let last = outcome.end.as_deref().unwrap_or(&outcome.data);
+        assert!(
+            last.starts_with('4') || last.starts_with('5'),
+            "the client must hear 4xx or 5xx: {outcome:?}"
+        );
+    }
+}
+
+/// Runs one fault against one target and against two (the faulty one first); `check` sees the
+/// outcome, the targets and whether a healthy second target was there.
+fn each_arrangement(
+    faults: Faults,
+    upload_pause: Duration,
+    check: impl Fn(&Outcome, &[&FaultyTarget], bool),
+) {
+    for with_backup in [false, true] {
+        let faulty = FaultyTarget::start(faults.clone());
+        let healthy = FaultyTarget::start(Faults::default());
+        let targets: Vec<&FaultyTarget> = if with_backup {
+            vec![&faulty, &healthy]
+        } else {
+            vec![&faulty]
+        };
+        let env = start(&targets);
+        let outcome = transaction(&env, upload_pause);
+        assert_delivered_as_promised(&outcome, &targets);
+        check(&outcome, &targets, with_backup);
+    }
+}
+
+fn no_pause() -> Duration {
+    Duration::ZERO
+}
+
+/// The issue's case: the target closes when the second RCPT arrives. The client heard 250 for
+/// a, so nothing of this transaction may end in 250: it is failed as a whole.
+#[test]
+fn a_target_closing_at_a_later_rcpt_fails_the_whole_transaction() {
+    let faults = Faults {
+        close_at_rcpt: Some(2),
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, _| {
+        assert!(outcome.rcpt[0].1.starts_with("250"), "{outcome:?}");
+        assert!(outcome.rcpt[1].1.starts_with("451 4.4.1"), "{outcome:?}");
+        assert!(outcome.rcpt[2].1.starts_with("451 4.4.1"), "{outcome:?}");
+        assert!(outcome.data.starts_with("451 4.4.1"), "{outcome:?}");
+        assert!(targets.iter().all(|t| t.taken().is_empty()));
+    });
+}
+
+/// A target that stalls past protocol_timeout at the second RCPT is a broken one.
+#[test]
+fn a_target_stalling_at_a_later_rcpt_fails_the_whole_transaction() {
+    let faults = Faults {
+        stall_at_rcpt: Some((2, Duration::from_secs(3))),
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, _| {
+        assert!(outcome.rcpt[0].1.starts_with("250"), "{outcome:?}");
+        assert!(outcome.rcpt[1].1.starts_with("451"), "{outcome:?}");
+        assert!(outcome.data.starts_with("451"), "{outcome:?}");
+        assert!(targets.iter().all(|t| t.taken().is_empty()));
+    });
+}
+
+/// The target's own refusals reach the client; the rest is delivered once.
+#[test]
+fn recipients_the_target_refuses_are_answered_with_its_reply() {
+    let faults = Faults {
+        rcpt_replies: vec![
+            (
+                "b@dest.test",
+                "550 5.1.1 <b@dest.test>: Recipient address rejected",
+            ),
+            ("c@dest.test", "450 4.2.0 <c@dest.test>: greylisted"),
+        ],
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, _| {
+        assert!(outcome.rcpt[1].1.starts_with("550 5.1.1"), "{outcome:?}");
+        assert!(outcome.rcpt[2].1.starts_with("450 4.2.0"), "{outcome:?}");
+        assert!(outcome.end_ok(), "{outcome:?}");
+        assert_eq!(targets[0].taken()[0].recipients, ["a@dest.test"]);
+    });
+}
+
+/// The target takes the message and closes without answering: it may have committed it, so
+/// the client hears 451 and the second target never sees the message.
+#[test]
+fn no_answer_after_the_dot_is_451_and_never_a_second_delivery() {
+    let faults = Faults {
+        close_after_dot: true,
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, _| {
+        let end = outcome.end.as_deref().unwrap_or("");
+        assert!(end.starts_with("451 4.4.1"), "{outcome:?}");
+        assert_eq!(targets[0].taken().len(), 1);
+        assert!(targets[1..].iter().all(|t| t.taken().is_empty()));
+    });
+}
+
+/// The answer to the dot comes after data_timeout: the same as no answer.
+#[test]
+fn a_late_answer_after_the_dot_is_451_and_never_a_second_delivery() {
+    let faults = Faults {
+        end_reply_delay: Some(Duration::from_secs(4)),
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, _| {
+        let end = outcome.end.as_deref().unwrap_or("");
+        assert!(end.starts_with("451 4.4.1"), "{outcome:?}");
+        assert_eq!(targets[0].taken().len(), 1);
+        assert!(targets[1..].iter().all(|t| t.taken().is_empty()));
+    });
+}
+
+/// A target that breaks at the DATA command has nothing of the message: the next target gets
+/// the whole envelope replayed and the message once; with no other target, 451.
+#[test]
+fn a_target_breaking_at_data_fails_over_with_the_whole_envelope() {
+    let faults = Faults {
+        close_at_data: true,
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, with_backup| {
+        assert_eq!(outcome.accepted().len(), 3, "{outcome:?}");
+        assert_eq!(outcome.end_ok(), with_backup, "{outcome:?}");
+        if with_backup {
+            assert_eq!(targets[1].taken()[0].recipients, RECIPIENTS);
+        }
+    });
+}
+
+/// A target that answers the message with 4xx did not take it: the next one may.
+#[test]
+fn a_target_deferring_the_message_fails_over() {
+    let faults = Faults {
+        end_reply: Some("451 4.3.0 Error: queue file write error"),
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, with_backup| {
+        assert_eq!(outcome.end_ok(), with_backup, "{outcome:?}");
+        assert!(targets[0].taken().is_empty());
+        if !with_backup {
+            let end = outcome.end.as_deref().unwrap_or("");
+            assert!(end.starts_with("451"), "{outcome:?}");
+        }
+    });
+}
+
+/// A target that rejects the message for good: its answer reaches the client, no failover.
+#[test]
+fn a_target_rejecting_the_message_is_final() {
+    let faults = Faults {
+        end_reply: Some("554 5.7.1 Error: message content rejected"),
+        ..Faults::default()
+    };
+    each_arrangement(faults, no_pause(), |outcome, targets, _| {
+        let end = outcome.end.as_deref().unwrap_or("");
+        assert!(end.starts_with("554 5.7.1"), "{outcome:?}");
+        assert!(targets.iter().all(|t| t.taken().is_empty()));
+    });
+}
+
+/// The upstream opened at the first RCPT idles out while the client uploads slowly: the
+/// connection is opened again and the envelope replayed, and the message is delivered once to
+/// every recipient.
+#[test]
+fn an_upstream_that_idles_out_during_the_upload_is_reopened() {
+    let faults = Faults {
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..Faults::default()
+    };
+    each_arrangement(
+        faults,
+        Duration::from_millis(2500),
+        |outcome, targets, _| {
+            assert!(outcome.end_ok(), "{outcome:?}");
+            let taken = targets[0].taken();
+            assert_eq!(taken.len(), 1, "the first target is healthy again");
+            assert_eq!(taken[0].recipients, RECIPIENTS);
+            assert!(
+                String::from_utf8_lossy(&taken[0].message).contains("Subject: delivery"),
+                "{taken:?}"
+            );
+        },
+    );
+}

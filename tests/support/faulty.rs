@@ -1,0 +1,282 @@
+//! A scriptable SMTP relay target for the faults no real server produces on demand: it closes
+//! at the N-th RCPT, stalls before a reply, refuses chosen recipients, answers the end of the
+//! message late or never, idles out, and offers only the extensions a test names. It runs on
+//! threads inside the test process, keeps what it received in memory (a message counts as
+//! taken once its final dot arrived, as a real server commits it then) and stops when dropped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the target does wrong. `Faults::default()` is a well-behaved server.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Close the connection, without a reply, when the N-th RCPT (from 1, per connection)
+    /// arrives.
+    pub close_at_rcpt: Option<usize>,
+    /// Wait this long before answering the N-th RCPT.
+    pub stall_at_rcpt: Option<(usize, Duration)>,
+    /// A full reply line for a chosen recipient (`"550 5.1.1 no such user"`).
+    pub rcpt_replies: Vec<(&'static str, &'static str)>,
+    /// A reply to the DATA command instead of 354.
+    pub data_reply: Option<&'static str>,
+    /// Close the connection when DATA arrives.
+    pub close_at_data: bool,
+    /// Wait this long before answering the end of the message (the message is taken).
+    pub end_reply_delay: Option<Duration>,
+    /// A reply to the end of the message instead of 250; the message is then not taken.
+    pub end_reply: Option<&'static str>,
+    /// Close after the final dot without answering (the message is taken).
+    pub close_after_dot: bool,
+    /// Close a connection that sent nothing for this long, as servers do (Postfix's
+    /// smtpd_timeout), with 421 first.
+    pub idle_timeout: Option<Duration>,
+    /// EHLO keywords offered after the greeting line.
+    pub extensions: Vec<&'static str>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            close_at_rcpt: None,
+            stall_at_rcpt: None,
+            rcpt_replies: Vec::new(),
+            data_reply: None,
+            close_at_data: false,
+            end_reply_delay: None,
+            end_reply: None,
+            close_after_dot: false,
+            idle_timeout: None,
+            extensions: vec![
+                "PIPELINING",
+                "SIZE 100000000",
+                "8BITMIME",
+                "SMTPUTF8",
+                "ENHANCEDSTATUSCODES",
+            ],
+        }
+    }
+}
+
+/// One message the target took: the MAIL command line as sent, the recipients it accepted and
+/// the message with dot-stuffing removed.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    pub mail: String,
+    pub recipients: Vec<String>,
+    pub message: Vec<u8>,
+}
+
+pub struct FaultyTarget {
+    pub port: u16,
+    taken: Arc<Mutex<Vec<Taken>>>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl FaultyTarget {
+    /// Listens on a free loopback port and serves every connection with `faults`.
+    pub fn start(faults: Faults) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = Arc::new(Mutex::new(Vec::new()));
+        let accept = {
+            let (taken, connections, stop, workers) = (
+                taken.clone(),
+                connections.clone(),
+                stop.clone(),
+                workers.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).unwrap();
+                            connections
+                                .lock()
+                                .unwrap()
+                                .push(stream.try_clone().unwrap());
+                            let (faults, taken) = (faults.clone(), taken.clone());
+                            let worker = std::thread::spawn(move || {
+                                let _ = serve(stream, &faults, &taken);
+                            });
+                            workers.lock().unwrap().push(worker);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            taken,
+            connections,
+            stop,
+            accept: Some(accept),
+            workers,
+        }
+    }
+
+    /// The messages taken so far, in arrival order.
+    pub fn taken(&self) -> Vec<Taken> {
+        self.taken.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FaultyTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+        for w in self.workers.lock().unwrap().drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One connection: a plain ESMTP server following `faults`. Errors end the connection.
+fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    stream.set_read_timeout(faults.idle_timeout)?;
+    let mut input = BufReader::new(stream);
+    let say = |out: &mut TcpStream, line: &str| out.write_all(format!("{line}\r\n").as_bytes());
+    say(&mut out, "220 faulty.postern.test ESMTP")?;
+    let mut mail: Option<String> = None;
+    let mut recipients = Vec::new();
+    let mut rcpt_count = 0;
+    loop {
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    say(
+                        &mut out,
+                        "421 4.4.2 faulty.postern.test Error: timeout exceeded",
+                    )?;
+                }
+                return Err(e);
+            }
+        }
+        let line = line.trim_end();
+        let verb = line
+            .split([' ', ':'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" => {
+                let mut reply = String::from("250-faulty.postern.test");
+                for e in &faults.extensions {
+                    reply.push_str("\r\n250-");
+                    reply.push_str(e);
+                }
+                // The last line has a space after the code.
+                let at = reply.rfind("250-").unwrap();
+                reply.replace_range(at..at + 4, "250 ");
+                say(&mut out, &reply)?;
+            }
+            "HELO" => say(&mut out, "250 faulty.postern.test")?,
+            "MAIL" => {
+                mail = Some(line.to_owned());
+                recipients.clear();
+                say(&mut out, "250 2.1.0 Ok")?;
+            }
+            "RCPT" => {
+                rcpt_count += 1;
+                if faults.close_at_rcpt == Some(rcpt_count) {
+                    return Ok(());
+                }
+                if let Some((n, pause)) = faults.stall_at_rcpt
+                    && n == rcpt_count
+                {
+                    std::thread::sleep(pause);
+                }
+                let address = line
+                    .split_once('<')
+                    .and_then(|(_, rest)| rest.split_once('>'))
+                    .map(|(a, _)| a.to_owned())
+                    .unwrap_or_default();
+                match faults.rcpt_replies.iter().find(|(a, _)| *a == address) {
+                    Some((_, reply)) => say(&mut out, reply)?,
+                    None => {
+                        recipients.push(address);
+                        say(&mut out, "250 2.1.5 Ok")?;
+                    }
+                }
+            }
+            "DATA" => {
+                if faults.close_at_data {
+                    return Ok(());
+                }
+                if let Some(reply) = faults.data_reply {
+                    say(&mut out, reply)?;
+                    continue;
+                }
+                say(&mut out, "354 End data with <CR><LF>.<CR><LF>")?;
+                let message = read_message(&mut input)?;
+                if faults.end_reply.is_none() {
+                    taken.lock().unwrap().push(Taken {
+                        mail: mail.clone().unwrap_or_default(),
+                        recipients: std::mem::take(&mut recipients),
+                        message,
+                    });
+                }
+                if faults.close_after_dot {
+                    return Ok(());
+                }
+                if let Some(pause) = faults.end_reply_delay {
+                    std::thread::sleep(pause);
+                }
+                say(&mut out, faults.end_reply.unwrap_or("250 2.0.0 Ok: queued"))?;
+                mail = None;
+                rcpt_count = 0;
+            }
+            "RSET" => {
+                mail = None;
+                recipients.clear();
+                rcpt_count = 0;
+                say(&mut out, "250 2.0.0 Ok")?;
+            }
+            "NOOP" => say(&mut out, "250 2.0.0 Ok")?,
+            "QUIT" => {
+                say(&mut out, "221 2.0.0 Bye")?;
+                return Ok(());
+            }
+            _ => say(&mut out, "502 5.5.2 Error: command not recognized")?,
+        }
+    }
+}
+
+/// Reads up to the line holding only a dot, removing dot-stuffing.
+fn read_message(input: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut message = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == b".\r\n" {
+            return Ok(message);
+        }
+        let line = line.strip_prefix(b".").unwrap_or(&line);
+        message.extend_from_slice(line);
+    }
+}
