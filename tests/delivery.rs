@@ -20,11 +20,16 @@ const MESSAGE: &str = "From: s@sender.test\r\nTo: a@dest.test\r\nSubject: delive
 /// The proxy in front of `targets` (by priority), with short outbound timeouts so that a stall
 /// shows within the test.
 fn start(targets: &[&FaultyTarget]) -> ProxyEnv {
-    let mut config = String::from(
-        "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n\
+    start_with(targets, "", "")
+}
+
+/// The same, with extra `[proxy]` and `[delivery]` keys.
+fn start_with(targets: &[&FaultyTarget], proxy: &str, delivery: &str) -> ProxyEnv {
+    let mut config = format!(
+        "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
          client_connection_timeout = 20\nclient_protocol_timeout = 20\n\
-         client_data_command_timeout = 20\nclient_data_payload_timeout = 20\n\
-         [delivery]\nconnection_timeout = 5\nprotocol_timeout = 2\ndata_timeout = 2\n",
+         client_data_command_timeout = 20\nclient_data_payload_timeout = 20\n{proxy}\n\
+         [delivery]\nconnection_timeout = 5\nprotocol_timeout = 2\ndata_timeout = 2\n{delivery}\n",
     );
     for (i, t) in targets.iter().enumerate() {
         config.push_str(&format!(
@@ -297,4 +302,128 @@ fn an_upstream_that_idles_out_during_the_upload_is_reopened() {
             );
         },
     );
+}
+
+/// A target offering none of SIZE, 8BITMIME, SMTPUTF8.
+fn plain_target() -> FaultyTarget {
+    FaultyTarget::start(Faults {
+        extensions: vec!["PIPELINING", "ENHANCEDSTATUSCODES"],
+        ..Faults::default()
+    })
+}
+
+/// MAIL parameters go on only where the target offers their extension.
+#[test]
+fn size_and_body_go_only_to_targets_that_offer_them() {
+    for (target, offered) in [
+        (FaultyTarget::start(Faults::default()), true),
+        (plain_target(), false),
+    ] {
+        let env = start(&[&target]);
+        let mut smtp = env.smtp();
+        smtp.command("EHLO c.test").unwrap();
+        let r = smtp
+            .command("MAIL FROM:<s@sender.test> SIZE=120 BODY=8BITMIME")
+            .unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        let r = smtp.command("RCPT TO:<a@dest.test>").unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        assert!(smtp.command("DATA").unwrap().starts_with("354"));
+        smtp.writer_mut()
+            .write_all(format!("{MESSAGE}.\r\n").as_bytes())
+            .unwrap();
+        let end = smtp.read_reply().unwrap();
+        assert!(end.starts_with("250"), "{end}");
+        let mail = target.taken().remove(0).mail;
+        assert_eq!(mail.contains("SIZE=120"), offered, "{mail}");
+        assert_eq!(mail.contains("BODY=8BITMIME"), offered, "{mail}");
+    }
+}
+
+/// Without SMTPUTF8 at the target a non-ASCII recipient is refused with 5.6.7; without
+/// 8BITMIME an 8-bit message is deferred with a reply that says why, never passed raw.
+#[test]
+fn what_a_target_cannot_carry_is_refused_with_a_reason() {
+    let target = plain_target();
+    let env = start(&[&target]);
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    let r = smtp.command("MAIL FROM:<s@sender.test> SMTPUTF8").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let r = smtp.command("RCPT TO:<jürgen@dest.test>").unwrap();
+    assert!(r.starts_with("553 5.6.7"), "{r}");
+    let r = smtp.command("RCPT TO:<a@dest.test>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all("Subject: caf\u{e9}\r\n\r\n8-bit body \u{e9}\r\n.\r\n".as_bytes())
+        .unwrap();
+    let end = smtp.read_reply().unwrap();
+    assert!(end.starts_with("451 4.6.3"), "{end}");
+    assert!(target.taken().is_empty());
+    // The same message to a target that offers 8BITMIME goes through.
+    let good = FaultyTarget::start(Faults::default());
+    let env = start(&[&target, &good]);
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    smtp.command("MAIL FROM:<s@sender.test> BODY=8BITMIME")
+        .unwrap();
+    assert!(
+        smtp.command("RCPT TO:<a@dest.test>")
+            .unwrap()
+            .starts_with("250")
+    );
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all("Subject: caf\u{e9}\r\n\r\n8-bit body \u{e9}\r\n.\r\n".as_bytes())
+        .unwrap();
+    let end = smtp.read_reply().unwrap();
+    assert!(end.starts_with("250"), "{end}");
+    assert!(target.taken().is_empty());
+    assert_eq!(good.taken().len(), 1);
+}
+
+/// The MTA behind the proxy learns the real client: XFORWARD where offered, and a Received
+/// field for the hop; each can be turned off.
+#[test]
+fn the_target_sees_the_real_client() {
+    let target = FaultyTarget::start(Faults {
+        extensions: vec![
+            "PIPELINING",
+            "8BITMIME",
+            "XFORWARD NAME ADDR PORT PROTO HELO SOURCE",
+        ],
+        ..Faults::default()
+    });
+    let env = start(&[&target]);
+    let outcome = transaction(&env, no_pause());
+    assert!(outcome.end_ok(), "{outcome:?}");
+    let taken = target.taken().remove(0);
+    let xforward = taken.xforward.join("\n");
+    for attribute in [
+        "NAME=[UNAVAILABLE]",
+        "ADDR=127.0.0.1",
+        "PROTO=ESMTP",
+        "HELO=c.test",
+        "SOURCE=REMOTE",
+        "PORT=",
+    ] {
+        assert!(
+            xforward.contains(attribute),
+            "{attribute} missing: {xforward}"
+        );
+    }
+    let text = String::from_utf8(taken.message).unwrap();
+    assert!(text.starts_with("Received: from c.test (unknown [127.0.0.1])\r\n\tby gw.postern.test (Postern) with ESMTP id "), "{text}");
+    assert!(
+        text.ends_with(MESSAGE),
+        "the message follows unchanged: {text}"
+    );
+
+    let env = start_with(&[&target], "received_header = false", "xforward = false");
+    let outcome = transaction(&env, no_pause());
+    assert!(outcome.end_ok(), "{outcome:?}");
+    let taken = target.taken().remove(1);
+    assert!(taken.xforward.is_empty(), "{taken:?}");
+    assert_eq!(taken.message, MESSAGE.as_bytes());
 }

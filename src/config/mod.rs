@@ -897,6 +897,17 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_password_in_plaintext_needs_saying_so() {
+        let target = "[[relay_target]]\nname = \"mta\"\nhost = \"127.0.0.1\"\n\
+                      auth = \"plain\"\nusername = \"u\"\npassword_env = \"PATH\"\n";
+        let e = error(target);
+        assert!(e.contains("relay_target[0].auth"), "{e}");
+        assert!(e.contains("auth_over_plaintext = true"), "{e}");
+        let allowed = format!("{target}auth_over_plaintext = true\n");
+        assert!(Config::parse(&allowed, "test.toml").is_ok());
+    }
+
+    #[test]
     fn bad_cidr_names_line_and_key() {
         let e = error("[connection]\nip_address_rejection = [\"192.0.2.0/24\", \"300.1.1.0/8\"]\n");
         assert!(e.starts_with("test.toml:2:"), "{e}");

@@ -49,6 +49,7 @@ pub(super) struct ProxySection {
     max_auth_failures_per_client: u32,
     auth_failure_window: NonZeroU64,
     shutdown_timeout: u64,
+    received_header: bool,
 }
 
 impl Default for ProxySection {
@@ -82,6 +83,7 @@ impl Default for ProxySection {
             max_auth_failures_per_client: 10,
             auth_failure_window: nz(600),
             shutdown_timeout: 30,
+            received_header: true,
         }
     }
 }
@@ -94,6 +96,7 @@ pub(super) struct DeliverySection {
     protocol_timeout: NonZeroU64,
     data_timeout: NonZeroU64,
     connection_cache_time: u64,
+    xforward: bool,
 }
 
 impl Default for DeliverySection {
@@ -105,6 +108,7 @@ impl Default for DeliverySection {
             protocol_timeout: nz(60),
             data_timeout: nz(600),
             connection_cache_time: 2,
+            xforward: true,
         }
     }
 }
@@ -134,6 +138,9 @@ pub(super) struct RelayTargetSection {
     divert_only: bool,
     #[serde(default = "rfc5321_line")]
     line_limit: usize,
+    /// Allow AUTH toward a target without TLS (a password in the clear on the network).
+    #[serde(default)]
+    auth_over_plaintext: bool,
 }
 
 fn rfc5321_line() -> usize {
@@ -220,6 +227,7 @@ pub(super) fn compile_proxy(
         max_auth_failures_per_client: p.max_auth_failures_per_client,
         auth_failure_window: Duration::from_secs(p.auth_failure_window.get()),
         shutdown_timeout: Duration::from_secs(p.shutdown_timeout),
+        received_header: p.received_header,
     })
 }
 
@@ -256,6 +264,15 @@ pub(super) fn compile_delivery(
                 span,
                 key("priority"),
                 "priority starts at 1 (highest)".into(),
+            ));
+        }
+        if t.auth != RelayAuth::None && t.security == Security::None && !t.auth_over_plaintext {
+            return Err((
+                span,
+                key("auth"),
+                format!(
+                    "relay target {name:?} would send its password in plaintext (security = \"none\"); use security = \"tls\" or \"ssl\", or set auth_over_plaintext = true if the network is trusted"
+                ),
             ));
         }
         let credentials = match t.auth {
@@ -330,15 +347,18 @@ pub(super) fn compile_delivery(
             tls,
             divert_only: t.divert_only,
             line_limit: t.line_limit,
+            auth_over_plaintext: t.auth_over_plaintext,
         });
     }
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());
-    Ok(Delivery::new(
+    let mut delivery = Delivery::new(
         compiled,
         d.helo_name.unwrap_or_else(|| hostname.to_owned()),
         secs(d.connection_timeout),
         secs(d.protocol_timeout),
         secs(d.data_timeout),
         Duration::from_secs(d.connection_cache_time),
-    ))
+    );
+    delivery.xforward = d.xforward;
+    Ok(delivery)
 }

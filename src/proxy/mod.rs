@@ -12,6 +12,7 @@ pub mod auth;
 pub mod command;
 pub mod connection;
 pub mod data;
+mod received;
 mod smtp;
 pub mod tls;
 
@@ -78,6 +79,8 @@ pub struct ProxySettings {
     pub max_auth_failures_per_client: u32,
     pub auth_failure_window: Duration,
     pub shutdown_timeout: Duration,
+    /// Add a `Received:` field for this hop to every relayed message (`received_header`).
+    pub received_header: bool,
 }
 
 /// What kind of listener a client came in on.

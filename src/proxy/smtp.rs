@@ -17,8 +17,11 @@ use super::data::{BareNewline, DataReader};
 use super::{ListenerKind, Shared};
 use tokio_rustls::TlsAcceptor;
 
+use super::received::Hop;
 use crate::engine::{ClientInfo, Session, SmtpReply, Stage, TlsInfo, Verdict};
-use crate::relay::{DataFailure, DeliveryError, Envelope, TargetReply, Upstream};
+use crate::relay::{
+    DataFailure, DeliveryError, Envelope, ForwardedClient, TargetError, TargetReply, Upstream,
+};
 
 /// A reply on the wire: code and text (which starts with the enhanced status code).
 struct Reply {
@@ -432,11 +435,46 @@ impl Conversation {
             envelope: Envelope {
                 sender,
                 params: passed,
+                client: self.forwarded_client(),
             },
             ..Transaction::default()
         });
         self.say(250, "2.1.0 Ok");
         Next::Continue
+    }
+
+    /// Who the client is, for XFORWARD, when the targets are to be told.
+    fn forwarded_client(&self) -> Option<ForwardedClient> {
+        self.shared.delivery.xforward.then(|| ForwardedClient {
+            name: self.session.client().name.clone(),
+            addr: self.peer.ip(),
+            port: self.peer.port(),
+            proto: if self.esmtp { "ESMTP" } else { "SMTP" },
+            helo: self.session.helo_name().map(str::to_owned),
+        })
+    }
+
+    /// This hop's `Received:` field, when it is to be added.
+    fn received_field(&self, recipients: &[String]) -> String {
+        if !self.settings().received_header {
+            return String::new();
+        }
+        let s = &self.session;
+        Hop {
+            helo: s.helo_name(),
+            name: s.client().name.as_deref(),
+            addr: self.peer.ip(),
+            tls: s.tls().map(|t| (t.version.as_str(), t.cipher.as_str())),
+            esmtp: self.esmtp,
+            authenticated: s.authenticated_user().is_some(),
+            hostname: &self.hostname,
+            id: s.id(),
+            recipient: match recipients {
+                [one] => Some(one.as_str()),
+                _ => None,
+            },
+        }
+        .field(std::time::SystemTime::now())
     }
 
     async fn rcpt(&mut self, recipient: String) -> Next {
@@ -602,8 +640,7 @@ impl Conversation {
     async fn end_of_message(&mut self, refusal: Option<Verdict>) -> Next {
         let (outcome, message) = self.session.end_of_message_with_content().await;
         let verdict = refusal.unwrap_or(outcome.verdict);
-        let tx = self.tx.as_mut().expect("in a transaction");
-        let upstream = tx.upstream.take();
+        let upstream = self.tx.as_mut().and_then(|tx| tx.upstream.take());
         match &verdict {
             Verdict::Continue | Verdict::Accept => {}
             Verdict::Discard => {
@@ -658,9 +695,17 @@ impl Conversation {
             );
             return Next::Continue;
         };
+        let tx = self.tx.as_ref().expect("in a transaction");
+        let head = self.received_field(&tx.recipients);
         let first = upstream.target_index();
         let name = upstream.target_name().to_owned();
-        let reply = match upstream.data(&raw, delivery.data_timeout).await {
+        // Why the first target could not carry the message, for the client when no other
+        // target can either.
+        let mut incapable = None;
+        let reply = match upstream
+            .data(head.as_bytes(), &raw, delivery.data_timeout)
+            .await
+        {
             Ok(reply) => Ok(reply),
             Err(DataFailure::Refused(reply)) if reply.code >= 500 => Ok(reply),
             Err(DataFailure::Uncertain(e)) => Err(DeliveryError::Uncertain {
@@ -675,12 +720,17 @@ impl Conversation {
                 // envelope is replayed and every recipient that heard 250 must be accepted
                 // again.
                 let from = match &failure {
-                    DataFailure::Refused(_) => first + 1,
+                    DataFailure::Refused(_) | DataFailure::NotSent(TargetError::Incapable(_)) => {
+                        first + 1
+                    }
                     _ => first,
                 };
+                if let DataFailure::NotSent(TargetError::Incapable(reply)) = &failure {
+                    incapable = Some(reply.clone());
+                }
                 warn!(client = %self.peer, relay_target = %name, error = %failure, "relay target did not take the message, replaying the transaction");
                 delivery
-                    .send(&tx.envelope, &tx.recipients, &raw, from)
+                    .send(&tx.envelope, &tx.recipients, head.as_bytes(), &raw, from)
                     .await
                     .map(|(_, reply)| reply)
             }
@@ -699,6 +749,10 @@ impl Conversation {
             }
             Err(e) => {
                 warn!(client = %self.peer, error = %e, "message not delivered; client keeps it");
+                if let Some(reply) = incapable {
+                    self.reply(Reply::from(&reply));
+                    return Next::Continue;
+                }
                 self.say(
                     451,
                     "4.4.1 Error: no relay target accepted the message, try again later",

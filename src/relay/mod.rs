@@ -12,14 +12,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tracing::{debug, info, warn};
 
 use pool::{Pool, quit_later};
 
-pub use target::{RelayAuth, RelayTarget, Security, TargetError};
+pub use target::{Capabilities, RelayAuth, RelayTarget, Security, TargetError};
+
+use target::Link;
 
 /// An SMTP reply from a relay target, flattened to one line for the client:
 /// `550 5.1.1 <x@example.org>: Recipient address rejected`.
@@ -89,6 +90,8 @@ pub struct Delivery {
     /// Seed "Server DATA timeout": the reply to the end of the message (plus one second per
     /// megabyte sent, so that a large message on a slow link is not cut off).
     pub data_timeout: Duration,
+    /// Tell targets that offer XFORWARD who the client was (`xforward`, on by default).
+    pub xforward: bool,
     /// Idle connections kept for the next message (`connection_cache_time`).
     pool: Arc<Pool>,
 }
@@ -132,6 +135,82 @@ pub struct Envelope {
     /// Parameters passed on to the target when it supports them (`BODY=8BITMIME`,
     /// `SMTPUTF8`, `SIZE=n`).
     pub params: Vec<String>,
+    /// The client the message came from, passed with XFORWARD to targets that offer it, so
+    /// that their own checks and logs see the client rather than Postern.
+    pub client: Option<ForwardedClient>,
+}
+
+/// What XFORWARD tells a target about the client (Postfix's XFORWARD_README).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedClient {
+    /// Verified host name, if any.
+    pub name: Option<String>,
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    /// `SMTP` or `ESMTP`.
+    pub proto: &'static str,
+    pub helo: Option<String>,
+}
+
+impl ForwardedClient {
+    /// XFORWARD commands carrying the attributes the target offers, each line at most 512
+    /// octets (RFC 5321's command limit); values xtext-encoded.
+    fn commands(&self, offered: &[String]) -> Vec<String> {
+        const UNAVAILABLE: &str = "[UNAVAILABLE]";
+        let addr = match self.addr {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("IPv6:{a}"),
+        };
+        let attributes = [
+            (
+                "NAME",
+                self.name.clone().unwrap_or_else(|| UNAVAILABLE.into()),
+            ),
+            ("ADDR", addr),
+            ("PORT", self.port.to_string()),
+            ("PROTO", self.proto.to_owned()),
+            (
+                "HELO",
+                self.helo.clone().unwrap_or_else(|| UNAVAILABLE.into()),
+            ),
+            ("SOURCE", "REMOTE".to_owned()),
+        ];
+        let mut commands = Vec::new();
+        let mut line = String::new();
+        for (key, value) in attributes {
+            if !offered.iter().any(|o| o == key) {
+                continue;
+            }
+            let mut value = xtext(&value);
+            value.truncate(255);
+            let attribute = format!(" {key}={value}");
+            if !line.is_empty() && line.len() + attribute.len() + 2 > 512 {
+                commands.push(format!("{line}\r\n"));
+                line.clear();
+            }
+            if line.is_empty() {
+                line.push_str("XFORWARD");
+            }
+            line.push_str(&attribute);
+        }
+        if !line.is_empty() {
+            commands.push(format!("{line}\r\n"));
+        }
+        commands
+    }
+}
+
+/// RFC 3461 xtext: `+`, `=`, controls, space and non-ASCII as `+HH`.
+fn xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }
 
 impl Envelope {
@@ -149,13 +228,14 @@ impl Envelope {
         Self {
             sender: sender.to_owned(),
             params,
+            client: None,
         }
     }
 }
 
 /// An open transaction with one relay target: MAIL has been accepted.
 pub struct Upstream {
-    conn: AsyncSmtpConnection,
+    link: Link,
     /// Index of the target in [`Delivery::targets`].
     target: usize,
     name: String,
@@ -196,6 +276,7 @@ impl Delivery {
             connection_timeout,
             protocol_timeout,
             data_timeout,
+            xforward: true,
             pool: Pool::new(connection_cache_time, protocol_timeout),
         }
     }
@@ -203,12 +284,13 @@ impl Delivery {
     /// Opens a transaction with the first target, from `first` on, that accepts the sender.
     pub async fn open(&self, envelope: &Envelope, first: usize) -> Result<Upstream, DeliveryError> {
         let mut failures = Vec::new();
+        let mut incapable = None;
         let targets = self.targets.iter().enumerate().skip(first);
         for (index, target) in targets.filter(|(_, t)| !t.divert_only) {
             match self.open_one(index, target, envelope).await {
-                Ok((conn, reused)) => {
+                Ok((link, reused)) => {
                     return Ok(Upstream {
-                        conn,
+                        link,
                         target: index,
                         name: target.name.clone(),
                         protocol_timeout: self.protocol_timeout,
@@ -224,11 +306,21 @@ impl Delivery {
                         reply,
                     });
                 }
+                Err(TargetError::Incapable(reply)) => {
+                    warn!(relay_target = %target.name, reason = %reply, "relay target cannot take this transaction, trying the next");
+                    incapable.get_or_insert((target.name.clone(), reply));
+                }
                 Err(e) => {
                     warn!(relay_target = %target.name, error = %e, "relay target unavailable, trying the next");
                     failures.push(format!("{}: {e}", target.name));
                 }
             }
+        }
+        // Every target lacks what the transaction needs: the client hears why.
+        if failures.is_empty()
+            && let Some((target, reply)) = incapable
+        {
+            return Err(DeliveryError::Refused { target, reply });
         }
         if failures.is_empty() {
             failures.push("no [[relay_target]] relays ordinary mail".to_owned());
@@ -252,14 +344,17 @@ impl Delivery {
         if targets.is_empty() {
             return Err("name at least one relay target".into());
         }
-        Ok(Delivery::new(
-            targets,
-            self.helo_name.clone(),
-            self.connection_timeout,
-            self.protocol_timeout,
-            self.data_timeout,
-            self.pool.keep(),
-        ))
+        Ok(Delivery {
+            xforward: self.xforward,
+            ..Delivery::new(
+                targets,
+                self.helo_name.clone(),
+                self.connection_timeout,
+                self.protocol_timeout,
+                self.data_timeout,
+                self.pool.keep(),
+            )
+        })
     }
 
     /// Whether any target relays ordinary mail (is not `divert_only`).
@@ -274,57 +369,69 @@ impl Delivery {
         index: usize,
         target: &RelayTarget,
         envelope: &Envelope,
-    ) -> Result<(AsyncSmtpConnection, bool), TargetError> {
-        if let Some(mut conn) = self.pool.take(index) {
-            match self.mail(&mut conn, envelope).await {
-                Ok(()) => return Ok((conn, true)),
+    ) -> Result<(Link, bool), TargetError> {
+        if let Some(mut link) = self.pool.take(index) {
+            match self.mail(&mut link, envelope).await {
+                Ok(()) => return Ok((link, true)),
+                Err(e @ TargetError::Incapable(_)) => {
+                    self.pool.put(index, link, true);
+                    return Err(e);
+                }
                 Err(e) => {
                     debug!(relay_target = %target.name, error = %e, "cached connection no longer usable, opening a new one");
-                    quit_later(conn, self.protocol_timeout);
+                    quit_later(link.conn, self.protocol_timeout);
                 }
             }
         }
         let helo = ClientId::Domain(self.helo_name.clone());
-        let mut conn = tokio::time::timeout(self.connection_timeout, target.connect(&helo))
+        let mut link = tokio::time::timeout(self.connection_timeout, target.connect(&helo))
             .await
             .map_err(|_| TargetError::Timeout("connecting"))??;
-        match self.mail(&mut conn, envelope).await {
-            Ok(()) => Ok((conn, false)),
+        match self.mail(&mut link, envelope).await {
+            Ok(()) => Ok((link, false)),
             Err(e) => {
-                conn.abort().await;
+                link.conn.abort().await;
                 Err(e)
             }
         }
     }
 
-    /// MAIL FROM, with the parameters the target supports.
-    async fn mail(
-        &self,
-        conn: &mut AsyncSmtpConnection,
-        envelope: &Envelope,
-    ) -> Result<(), TargetError> {
-        let info = conn.server_info().clone();
-        let params: Vec<&str> = envelope
-            .params
-            .iter()
-            .map(String::as_str)
-            .filter(|p| {
-                let keyword = p.split('=').next().unwrap_or("").to_ascii_uppercase();
-                info.supports_feature(match keyword.as_str() {
-                    "BODY" => lettre::transport::smtp::extension::Extension::EightBitMime,
-                    "SMTPUTF8" => lettre::transport::smtp::extension::Extension::SmtpUtfEight,
-                    // SIZE is advisory; other parameters are never passed on.
-                    _ => return keyword == "SIZE",
-                })
-            })
-            .collect();
+    /// XFORWARD (when the target offers it) and MAIL FROM, with the parameters the target
+    /// supports: SIZE only where offered; SMTPUTF8 only where offered, and a non-ASCII sender
+    /// is refused where it is not (5.6.7, as Postfix does); BODY only with 8BITMIME (the
+    /// message itself is checked at DATA).
+    async fn mail(&self, link: &mut Link, envelope: &Envelope) -> Result<(), TargetError> {
+        let caps = &link.caps;
+        if !envelope.sender.is_ascii() && !caps.smtputf8 {
+            return Err(TargetError::Incapable(TargetReply::new(
+                553,
+                "5.6.7 Error: the sender address is not ASCII and the relay target does not offer SMTPUTF8",
+            )));
+        }
         let mut command = format!("MAIL FROM:<{}>", envelope.sender);
-        for p in params {
-            command.push(' ');
-            command.push_str(p);
+        for p in &envelope.params {
+            let keyword = p.split('=').next().unwrap_or("").to_ascii_uppercase();
+            let offered = match keyword.as_str() {
+                "BODY" => caps.eight_bit_mime,
+                "SMTPUTF8" => caps.smtputf8,
+                "SIZE" => caps.size,
+                // Other parameters are never passed on.
+                _ => false,
+            };
+            if offered {
+                command.push(' ');
+                command.push_str(p);
+            }
         }
         command.push_str("\r\n");
-        command_reply(conn, &command, self.protocol_timeout)
+        if let Some(client) = &envelope.client
+            && !caps.xforward.is_empty()
+        {
+            for xforward in client.commands(&caps.xforward) {
+                command_reply(&mut link.conn, &xforward, self.protocol_timeout).await?;
+            }
+        }
+        command_reply(&mut link.conn, &command, self.protocol_timeout)
             .await
             .map(|_| ())
     }
@@ -338,6 +445,7 @@ impl Delivery {
         &self,
         envelope: &Envelope,
         recipients: &[String],
+        head: &[u8],
         message: &[u8],
         first: usize,
     ) -> Result<(String, TargetReply), DeliveryError> {
@@ -367,7 +475,7 @@ impl Delivery {
                 continue;
             }
             let name = upstream.name.clone();
-            match upstream.data(message, self.data_timeout).await {
+            match upstream.data(head, message, self.data_timeout).await {
                 Ok(reply) => return Ok((name, reply)),
                 Err(DataFailure::Refused(reply)) if reply.code >= 500 => {
                     return Err(DeliveryError::Refused {
@@ -402,26 +510,46 @@ impl Upstream {
         self.target
     }
 
-    /// RCPT TO; a refusal carries the target's reply for the client.
+    /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address
+    /// is refused here (5.6.7) when the target does not offer SMTPUTF8.
     pub async fn rcpt(&mut self, recipient: &str) -> Result<TargetReply, TargetError> {
+        if !recipient.is_ascii() && !self.link.caps.smtputf8 {
+            return Err(TargetError::Refused(TargetReply::new(
+                553,
+                "5.6.7 Error: the recipient address is not ASCII and the relay target does not offer SMTPUTF8",
+            )));
+        }
         command_reply(
-            &mut self.conn,
+            &mut self.link.conn,
             &format!("RCPT TO:<{recipient}>\r\n"),
             self.protocol_timeout,
         )
         .await
     }
 
-    /// DATA and the message (CRLF line ends, as received; dot-stuffing is added here). The
-    /// reply is the target's answer to the end of the message; the connection goes back to
-    /// the cache after a reply, or is closed in the background after a failure.
+    /// DATA and the message (CRLF line ends, as received; dot-stuffing is added here), after
+    /// `head`: header fields Postern adds in front (its `Received:`), or nothing. The reply is
+    /// the target's answer to the end of the message; the connection goes back to the cache
+    /// after a reply, or is closed in the background after a failure.
     pub async fn data(
         mut self,
+        head: &[u8],
         message: &[u8],
         data_timeout: Duration,
     ) -> Result<TargetReply, DataFailure> {
-        if let Err(e) = command_reply(&mut self.conn, "DATA\r\n", self.protocol_timeout).await {
-            quit_later(self.conn, self.protocol_timeout);
+        if !(self.link.caps.eight_bit_mime || head.is_ascii() && message.is_ascii()) {
+            // Postern does not downgrade 8-bit content to quoted-printable.
+            self.abort().await;
+            return Err(DataFailure::NotSent(TargetError::Incapable(
+                TargetReply::new(
+                    451,
+                    "4.6.3 Error: the message has 8-bit content and no relay target offers 8BITMIME, try again later",
+                ),
+            )));
+        }
+        if let Err(e) = command_reply(&mut self.link.conn, "DATA\r\n", self.protocol_timeout).await
+        {
+            quit_later(self.link.conn, self.protocol_timeout);
             return Err(DataFailure::NotSent(e));
         }
         let (message, breaks) = lines::break_long_lines(message, self.line_limit);
@@ -433,7 +561,8 @@ impl Upstream {
         // final line end, so that the target receives exactly the bytes the client sent.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
         let budget = data_timeout + Duration::from_secs((message.len() >> 20) as u64);
-        let reply = match tokio::time::timeout(budget, self.conn.message(body)).await {
+        let sending = self.link.conn.message_iter([head, body].into_iter());
+        let reply = match tokio::time::timeout(budget, sending).await {
             Err(_) => Err(DataFailure::Uncertain(TargetError::Timeout(
                 "the end of the message",
             ))),
@@ -446,26 +575,26 @@ impl Upstream {
         match &reply {
             Ok(r) => {
                 info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");
-                self.pool.put(self.target, self.conn, self.cacheable);
+                self.pool.put(self.target, self.link, self.cacheable);
             }
             Err(DataFailure::Uncertain(e)) => {
                 warn!(relay_target = %self.name, error = %e, "no answer to the end of the message: it may have been delivered, so it is not sent elsewhere");
-                quit_later(self.conn, self.protocol_timeout);
+                quit_later(self.link.conn, self.protocol_timeout);
             }
             // The target's answer is final: the client need not wait for QUIT as well.
-            Err(_) => quit_later(self.conn, self.protocol_timeout),
+            Err(_) => quit_later(self.link.conn, self.protocol_timeout),
         }
         reply
     }
 
     /// Ends the transaction without delivering (QUIT).
     pub async fn abort(mut self) {
-        let _ = tokio::time::timeout(self.protocol_timeout, self.conn.abort()).await;
+        let _ = tokio::time::timeout(self.protocol_timeout, self.link.conn.abort()).await;
     }
 }
 
 async fn command_reply(
-    conn: &mut AsyncSmtpConnection,
+    conn: &mut lettre::transport::smtp::client::AsyncSmtpConnection,
     command: &str,
     timeout: Duration,
 ) -> Result<TargetReply, TargetError> {

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 
+use super::target::Link;
+
 /// At most this many idle connections are kept, over all targets; the oldest goes first.
 const MAX_IDLE: usize = 64;
 
 struct Idle {
     target: usize,
-    conn: AsyncSmtpConnection,
+    link: Link,
     since: Instant,
 }
 
@@ -52,19 +54,19 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `target`, if one is still within its time.
-    pub(super) fn take(&self, target: usize) -> Option<AsyncSmtpConnection> {
+    pub(super) fn take(&self, target: usize) -> Option<Link> {
         let mut idle = self.idle.lock().ok()?;
         let at = idle
             .iter()
             .rposition(|i| i.target == target && i.since.elapsed() < self.keep)?;
-        idle.remove(at).map(|i| i.conn)
+        idle.remove(at).map(|i| i.link)
     }
 
     /// Keeps a connection whose transaction ended well for the next message to `target`, or
     /// ends it with QUIT when the cache is off or the connection is not `cacheable`.
-    pub(super) fn put(self: &Arc<Self>, target: usize, conn: AsyncSmtpConnection, cacheable: bool) {
+    pub(super) fn put(self: &Arc<Self>, target: usize, link: Link, cacheable: bool) {
         if self.keep.is_zero() || !cacheable {
-            quit_later(conn, self.quit_timeout);
+            quit_later(link.conn, self.quit_timeout);
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
@@ -73,11 +75,11 @@ impl Pool {
         if idle.len() >= MAX_IDLE
             && let Some(oldest) = idle.pop_front()
         {
-            quit_later(oldest.conn, self.quit_timeout);
+            quit_later(oldest.link.conn, self.quit_timeout);
         }
         idle.push_back(Idle {
             target,
-            conn,
+            link,
             since: Instant::now(),
         });
         drop(idle);
@@ -98,7 +100,7 @@ impl Pool {
         };
         while idle.front().is_some_and(|i| i.since.elapsed() >= self.keep) {
             if let Some(old) = idle.pop_front() {
-                quit_later(old.conn, self.quit_timeout);
+                quit_later(old.link.conn, self.quit_timeout);
             }
         }
     }

@@ -60,6 +60,44 @@ pub struct RelayTarget {
     /// Longest line sent, in octets with CRLF (seed "Line Limit", 1000); longer lines are
     /// broken. 0: no limit.
     pub line_limit: usize,
+    /// AUTH may go over a connection without TLS (`auth_over_plaintext`); otherwise a target
+    /// that did not negotiate TLS is never sent the password.
+    pub auth_over_plaintext: bool,
+}
+
+/// What a target offered in its EHLO reply, as far as Postern's choices depend on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// SIZE (RFC 1870): only then is `SIZE=` sent with MAIL.
+    pub size: bool,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    /// The XFORWARD attributes offered (Postfix's XFORWARD_README), upper case.
+    pub xforward: Vec<String>,
+}
+
+impl Capabilities {
+    /// From the lines of an EHLO reply (the first names the server).
+    pub fn from_ehlo<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut caps = Self::default();
+        for line in lines.into_iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            match words.next().map(str::to_ascii_uppercase).as_deref() {
+                Some("SIZE") => caps.size = true,
+                Some("8BITMIME") => caps.eight_bit_mime = true,
+                Some("SMTPUTF8") => caps.smtputf8 = true,
+                Some("XFORWARD") => caps.xforward = words.map(str::to_ascii_uppercase).collect(),
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// An open connection to a target and what the target offered on it.
+pub struct Link {
+    pub conn: AsyncSmtpConnection,
+    pub caps: Capabilities,
 }
 
 impl fmt::Debug for RelayTarget {
@@ -86,6 +124,10 @@ pub enum TargetError {
     Timeout(&'static str),
     #[error("does not offer STARTTLS, and security = \"tls\" requires it")]
     NoStartTls,
+    /// The target lacks something this transaction needs (SMTPUTF8, 8BITMIME, TLS for
+    /// AUTH); the reply says what, for the client when no target has it.
+    #[error("{}", .0.text)]
+    Incapable(TargetReply),
     #[error("{0}")]
     Smtp(String),
 }
@@ -116,10 +158,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl RelayTarget {
     /// Connects, greets, secures and authenticates as configured.
-    pub(super) async fn connect(
-        &self,
-        helo: &ClientId,
-    ) -> Result<AsyncSmtpConnection, TargetError> {
+    pub(super) async fn connect(&self, helo: &ClientId) -> Result<Link, TargetError> {
         let mut conn = match (self.security, &self.tls) {
             (Security::Ssl, Some(tls)) => AsyncSmtpConnection::connect_tokio1(
                 (self.host.as_str(), self.port),
@@ -157,7 +196,23 @@ impl RelayTarget {
             }
             _ => {}
         }
+        // lettre keeps only the extensions it uses itself; ask again for the rest (SIZE,
+        // XFORWARD). After STARTTLS, so that it is what the secured session offers.
+        let caps = match conn.command(format!("EHLO {helo}\r\n")).await {
+            Ok(reply) => Capabilities::from_ehlo(reply.message()),
+            Err(e) => {
+                conn.abort().await;
+                return Err(TargetError::from_smtp(e));
+            }
+        };
         if let Some(credentials) = &self.credentials {
+            if !conn.is_encrypted() && !self.auth_over_plaintext {
+                conn.abort().await;
+                return Err(TargetError::Incapable(TargetReply::new(
+                    451,
+                    "4.7.0 relay target did not negotiate TLS, and its password is never sent in plaintext (set security = \"tls\", or auth_over_plaintext = true)",
+                )));
+            }
             let mechanism = match self.auth {
                 RelayAuth::Login => Mechanism::Login,
                 RelayAuth::Plain | RelayAuth::None => Mechanism::Plain,
@@ -167,6 +222,6 @@ impl RelayTarget {
                 return Err(TargetError::from_smtp(e));
             }
         }
-        Ok(conn)
+        Ok(Link { conn, caps })
     }
 }

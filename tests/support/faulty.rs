@@ -61,10 +61,12 @@ impl Default for Faults {
     }
 }
 
-/// One message the target took: the MAIL command line as sent, the recipients it accepted and
+/// One message the target took: XFORWARD and MAIL command lines as sent, the recipients it accepted and
 /// the message with dot-stuffing removed.
 #[derive(Clone, Debug)]
 pub struct Taken {
+    /// XFORWARD command lines of the transaction, as sent.
+    pub xforward: Vec<String>,
     pub mail: String,
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
@@ -155,6 +157,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
     let say = |out: &mut TcpStream, line: &str| out.write_all(format!("{line}\r\n").as_bytes());
     say(&mut out, "220 faulty.postern.test ESMTP")?;
     let mut mail: Option<String> = None;
+    let mut xforward = Vec::new();
     let mut recipients = Vec::new();
     let mut rcpt_count = 0;
     loop {
@@ -194,6 +197,10 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 say(&mut out, &reply)?;
             }
             "HELO" => say(&mut out, "250 faulty.postern.test")?,
+            "XFORWARD" => {
+                xforward.push(line.to_owned());
+                say(&mut out, "250 2.0.0 Ok")?;
+            }
             "MAIL" => {
                 mail = Some(line.to_owned());
                 recipients.clear();
@@ -234,6 +241,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 let message = read_message(&mut input)?;
                 if faults.end_reply.is_none() {
                     taken.lock().unwrap().push(Taken {
+                        xforward: std::mem::take(&mut xforward),
                         mail: mail.clone().unwrap_or_default(),
                         recipients: std::mem::take(&mut recipients),
                         message,
@@ -251,6 +259,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
             }
             "RSET" => {
                 mail = None;
+                xforward.clear();
                 recipients.clear();
                 rcpt_count = 0;
                 say(&mut out, "250 2.0.0 Ok")?;

@@ -13,6 +13,9 @@ pub struct Sink {
     pub port: u16,
     dir: PathBuf,
     options: Vec<String>,
+    /// The running smtp-sink, remembered here: its pid file may be gone with its directory
+    /// by the time the sink is dropped.
+    pid: std::cell::Cell<Option<u32>>,
 }
 
 impl Sink {
@@ -23,6 +26,7 @@ impl Sink {
             port: free_port(),
             dir,
             options: options.iter().map(|o| o.to_string()).collect(),
+            pid: std::cell::Cell::new(None),
         };
         sink.run();
         sink
@@ -37,6 +41,8 @@ impl Sink {
         args.extend(self.options.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_script("sink", &args);
+        let pid = std::fs::read_to_string(self.dir.join("sink.pid")).unwrap();
+        self.pid.set(Some(pid.trim().parse().unwrap()));
     }
 
     /// Stops the sink and starts it again on the same port: connections to it break.
@@ -47,9 +53,19 @@ impl Sink {
 
     /// Stops the sink: its port refuses connections from now on.
     pub fn stop(&self) {
-        let _ = Command::new(script("sink"))
-            .args(["stop", &self.dir.display().to_string()])
-            .output();
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill").arg(pid.to_string()).output();
+            // Wait until it is gone, so that its port is free again.
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|s| s.contains(") Z "))
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 
     /// Messages the sink holds, sorted by name: the message as received, with smtp-sink's own
@@ -74,7 +90,7 @@ impl Drop for Sink {
 }
 
 /// smtp-sink writes X-Client-Addr .. X-Rcpt-Args and its own Received field first, and one
-/// empty line after the message.
+/// empty line after the message; Postern's own Received field (its hop) follows.
 fn without_sink_trace(raw: &[u8]) -> Vec<u8> {
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
     let mut lines = raw.split_inclusive(|&b| b == b'\n').peekable();
@@ -83,10 +99,30 @@ fn without_sink_trace(raw: &[u8]) -> Vec<u8> {
             while lines.peek().is_some_and(|l| l.starts_with(b"\t")) {
                 lines.next();
             }
-            return lines.flatten().copied().collect();
+            let rest: Vec<u8> = lines.flatten().copied().collect();
+            return without_postern_received(&rest).to_vec();
         }
     }
     raw.to_vec()
+}
+
+/// The message without the `Received:` field Postern's proxy puts first (the one whose
+/// continuation lines name Postern), so that a relayed message compares with what the client
+/// sent.
+pub fn without_postern_received(message: &[u8]) -> &[u8] {
+    if !message.starts_with(b"Received: from ") {
+        return message;
+    }
+    let mut end = 0;
+    let mut ours = false;
+    for (i, line) in message.split_inclusive(|&b| b == b'\n').enumerate() {
+        if i > 0 && !line.starts_with(b"\t") {
+            break;
+        }
+        ours |= line.windows(9).any(|w| w == b"(Postern)");
+        end += line.len();
+    }
+    if ours { &message[end..] } else { message }
 }
 
 /// The message as a sink stores it: CRLF made LF.

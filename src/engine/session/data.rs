@@ -160,7 +160,7 @@ impl Session {
         let envelope = Envelope::for_message(&tx.sender, &tx.recipients, &message);
         let (target, reply) = divert
             .delivery
-            .send(&envelope, &tx.recipients, &message, 0)
+            .send(&envelope, &tx.recipients, b"", &message, 0)
             .await
             .map_err(|e| e.to_string())?;
         info!(

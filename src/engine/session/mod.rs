@@ -161,6 +161,31 @@ impl Session {
         &self.policy
     }
 
+    /// The client as the door reported it at connect.
+    pub fn client(&self) -> &ClientInfo {
+        &self.client
+    }
+
+    /// The name the client gave in HELO or EHLO, since the last TLS start.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
+    /// The TLS session in use, if any.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The user the client authenticated as, if any.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// This session's number, as the logs give it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// True between MAIL FROM and the end (or abort) of that message.
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
