@@ -427,3 +427,62 @@ fn the_target_sees_the_real_client() {
     assert!(taken.xforward.is_empty(), "{taken:?}");
     assert_eq!(taken.message, MESSAGE.as_bytes());
 }
+
+/// Messages in flight share `message_memory_budget`: with room for one, a second DATA while
+/// the first is uploading gets 452 4.3.1, and goes through once the first is handed on.
+#[test]
+fn data_beyond_the_memory_budget_is_deferred() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = start_with(
+        &[&target],
+        "message_memory_budget = 1048576\n[scan]\nmessage_memory_limit = 1048576",
+        "",
+    );
+    let open = |smtp: &mut support::Smtp| {
+        smtp.command("EHLO c.test").unwrap();
+        smtp.command("MAIL FROM:<s@sender.test>").unwrap();
+        let r = smtp.command("RCPT TO:<a@dest.test>").unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        smtp.command("DATA").unwrap()
+    };
+    let mut first = env.smtp();
+    assert!(open(&mut first).starts_with("354"));
+    let mut second = env.smtp();
+    let r = open(&mut second);
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    first
+        .writer_mut()
+        .write_all(format!("{MESSAGE}.\r\n").as_bytes())
+        .unwrap();
+    assert!(first.read_reply().unwrap().starts_with("250"));
+    let r = second.command("DATA").unwrap();
+    assert!(r.starts_with("354"), "{r}");
+    second
+        .writer_mut()
+        .write_all(format!("{MESSAGE}.\r\n").as_bytes())
+        .unwrap();
+    assert!(second.read_reply().unwrap().starts_with("250"));
+    assert_eq!(target.taken().len(), 2);
+}
+
+/// A message larger than message_memory_limit is relayed from the spool, in pieces, exactly.
+#[test]
+fn a_spooled_message_is_relayed_exactly() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = start_with(&[&target], "[scan]\nmessage_memory_limit = 65536", "");
+    let mut message = String::from("Subject: big\r\n\r\n");
+    for i in 0..20_000 {
+        message.push_str(&format!(
+            "line {i:05} of a message that is spooled to disk\r\n"
+        ));
+    }
+    message.push_str(".starts with a dot\r\n");
+    assert!(message.len() > 10 * 65536, "the message is spooled");
+    let mut smtp = env.smtp();
+    let reply = smtp.send("s@sender.test", "a@dest.test", message.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    let taken = target.taken().remove(0).message;
+    let relayed = support::proxy::without_postern_received(&taken);
+    assert_eq!(relayed.len(), message.len());
+    assert!(relayed == message.as_bytes(), "the relayed message differs");
+}

@@ -50,6 +50,7 @@ pub(super) struct ProxySection {
     auth_failure_window: NonZeroU64,
     shutdown_timeout: u64,
     received_header: bool,
+    message_memory_budget: NonZeroUsize,
 }
 
 impl Default for ProxySection {
@@ -84,6 +85,7 @@ impl Default for ProxySection {
             auth_failure_window: nz(600),
             shutdown_timeout: 30,
             received_header: true,
+            message_memory_budget: NonZeroUsize::new(256 << 20).expect("nonzero"),
         }
     }
 }
@@ -228,6 +230,7 @@ pub(super) fn compile_proxy(
         auth_failure_window: Duration::from_secs(p.auth_failure_window.get()),
         shutdown_timeout: Duration::from_secs(p.shutdown_timeout),
         received_header: p.received_header,
+        message_memory_budget: p.message_memory_budget.get(),
     })
 }
 

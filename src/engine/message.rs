@@ -38,6 +38,8 @@ pub struct MessageBuffer {
     memory: Vec<u8>,
     file: Option<File>,
     len: u64,
+    /// Some byte is not ASCII (8BITMIME is needed to send it on).
+    eight_bit: bool,
 }
 
 impl MessageBuffer {
@@ -47,7 +49,33 @@ impl MessageBuffer {
             memory: Vec::new(),
             file: None,
             len: 0,
+            eight_bit: false,
         }
+    }
+
+    /// True when some byte of the message is not ASCII.
+    pub fn is_eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// The whole message, when it is held in memory (not spooled).
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        self.file.is_none().then_some(self.memory.as_slice())
+    }
+
+    /// A handle on the spool file with every write flushed, to read at offsets (its own
+    /// position is not shared with ours); `None` when the message is in memory.
+    pub async fn spool_handle(&mut self) -> Result<Option<std::fs::File>, BufferError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        let spool_err = |source| BufferError::Spool {
+            dir: self.limits.spool_directory.clone(),
+            source,
+        };
+        file.flush().await.map_err(spool_err)?;
+        let handle = file.try_clone().await.map_err(spool_err)?;
+        Ok(Some(handle.into_std().await))
     }
 
     /// Size in bytes received so far.
@@ -88,6 +116,7 @@ impl MessageBuffer {
             None => self.memory.extend_from_slice(data),
         }
         self.len = new_len;
+        self.eight_bit |= !data.is_ascii();
         Ok(())
     }
 

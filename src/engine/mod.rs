@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use checks::dos::ClientTracker;
 use checks::reputation::{MemoryStore, ReputationStore};
 
-pub use message::{MessageBuffer, MessageLimits};
+pub use message::{BufferError, MessageBuffer, MessageLimits};
 pub use policy::{Policy, ScanFailureAction, Stage};
 pub use reply::SmtpReply;
 pub use session::{ClientInfo, Session, TlsInfo};

@@ -9,6 +9,7 @@
 //! hold TLS and AUTH settings.
 
 pub mod auth;
+mod budget;
 pub mod command;
 pub mod connection;
 pub mod data;
@@ -81,6 +82,8 @@ pub struct ProxySettings {
     pub shutdown_timeout: Duration,
     /// Add a `Received:` field for this hop to every relayed message (`received_header`).
     pub received_header: bool,
+    /// Bytes of messages held in memory at once, over all conversations (see `budget.rs`).
+    pub message_memory_budget: usize,
 }
 
 /// What kind of listener a client came in on.
@@ -98,6 +101,7 @@ struct Shared {
     delivery: Arc<Delivery>,
     acceptor: SharedAcceptor,
     auth_failures: auth::ClientFailures,
+    memory: Arc<budget::MemoryBudget>,
 }
 
 /// The proxy's listeners, bound (tests bind port 0 and read the addresses).
@@ -176,12 +180,14 @@ pub async fn serve(
         settings.max_auth_failures_per_client,
         settings.auth_failure_window,
     );
+    let memory = budget::MemoryBudget::new(settings.message_memory_budget);
     let shared = Arc::new(Shared {
         engine,
         settings,
         delivery,
         acceptor,
         auth_failures,
+        memory,
     });
     let (conn_tx, mut conn_rx) =
         tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ListenerKind)>(64);

@@ -18,9 +18,10 @@ use super::{ListenerKind, Shared};
 use tokio_rustls::TlsAcceptor;
 
 use super::received::Hop;
+use crate::engine::{BufferError, Edits, MessageBuffer};
 use crate::engine::{ClientInfo, Session, SmtpReply, Stage, TlsInfo, Verdict};
 use crate::relay::{
-    DataFailure, DeliveryError, Envelope, ForwardedClient, TargetError, TargetReply, Upstream,
+    Body, DataFailure, DeliveryError, Envelope, ForwardedClient, TargetError, TargetReply, Upstream,
 };
 
 /// A reply on the wire: code and text (which starts with the enhanced status code).
@@ -81,6 +82,44 @@ struct Transaction {
 /// The answer to every command of a transaction whose relay target broke after recipients
 /// were accepted.
 const BROKEN_TRANSACTION: &str = "4.4.1 Error: the relay target failed during this transaction; send the whole message again later";
+
+/// The message as it is to be relayed: the client's bytes where no rule changed them (held in
+/// memory or read from the spool piece by piece as they go out, never whole), or the edited
+/// message.
+enum Outgoing {
+    Unchanged {
+        message: MessageBuffer,
+        spool: Option<std::fs::File>,
+    },
+    Edited(Vec<u8>),
+}
+
+impl Outgoing {
+    async fn new(mut message: MessageBuffer, edits: &Edits) -> Result<Self, BufferError> {
+        if edits.is_empty() {
+            let spool = message.spool_handle().await?;
+            return Ok(Self::Unchanged { message, spool });
+        }
+        let raw = message.contents().await?;
+        drop(message);
+        Ok(Self::Edited(edits.apply_to(&raw)))
+    }
+
+    fn body(&self) -> Body<'_> {
+        match self {
+            Self::Unchanged {
+                message,
+                spool: Some(file),
+            } => Body::File {
+                file,
+                len: message.len(),
+                eight_bit: message.is_eight_bit(),
+            },
+            Self::Unchanged { message, .. } => Body::Memory(message.in_memory().unwrap_or(&[])),
+            Self::Edited(raw) => Body::Memory(raw),
+        }
+    }
+}
 
 struct Conversation {
     shared: Arc<Shared>,
@@ -582,6 +621,16 @@ impl Conversation {
             self.say(554, "5.5.1 Error: no valid recipients");
             return Next::Continue;
         }
+        // Held until the message is handed on (or refused).
+        let memory = self.session.policy().message_limits.memory_limit;
+        let Some(_reservation) = self.shared.memory.reserve(memory) else {
+            warn!(client = %self.peer, budget = self.settings().message_memory_budget, in_use = self.shared.memory.used(), "message_memory_budget exhausted, DATA deferred");
+            self.say(
+                452,
+                "4.3.1 Error: insufficient system storage, try again later",
+            );
+            return Next::Continue;
+        };
         let verdict = self.session.data().await;
         if let Some(next) = self.refused(&verdict) {
             self.reset().await;
@@ -664,12 +713,12 @@ impl Conversation {
                 return self.refused(refused).unwrap_or(Next::Continue);
             }
         }
-        let Some(mut message) = message else {
+        let Some(message) = message else {
             self.say(451, "4.3.0 Error: message was not kept, try again later");
             return Next::Continue;
         };
-        let raw = match message.contents().await {
-            Ok(raw) => raw,
+        let outgoing = match Outgoing::new(message, &outcome.edits).await {
+            Ok(outgoing) => outgoing,
             Err(e) => {
                 warn!(client = %self.peer, error = %e, "cannot read the message back");
                 self.say(
@@ -679,15 +728,8 @@ impl Conversation {
                 return Next::Continue;
             }
         };
-        drop(message);
-        let raw = if outcome.edits.is_empty() {
-            raw
-        } else {
-            outcome.edits.apply_to(&raw)
-        };
         // The edits (and the content-scan slot held for them) are no longer needed.
         drop((outcome.edits, outcome.scan_slot));
-        let delivery = self.shared.delivery.clone();
         let Some(upstream) = upstream else {
             self.say(
                 451,
@@ -695,6 +737,14 @@ impl Conversation {
             );
             return Next::Continue;
         };
+        self.hand_on(upstream, &outgoing.body()).await;
+        Next::Continue
+    }
+
+    /// Sends the message through the transaction's upstream and answers the client: 250 only
+    /// when a target took it for every recipient that heard 250 (invariant 1).
+    async fn hand_on(&mut self, upstream: Upstream, body: &Body<'_>) {
+        let delivery = self.shared.delivery.clone();
         let tx = self.tx.as_ref().expect("in a transaction");
         let head = self.received_field(&tx.recipients);
         let first = upstream.target_index();
@@ -703,7 +753,7 @@ impl Conversation {
         // target can either.
         let mut incapable = None;
         let reply = match upstream
-            .data(head.as_bytes(), &raw, delivery.data_timeout)
+            .data(head.as_bytes(), body, delivery.data_timeout)
             .await
         {
             Ok(reply) => Ok(reply),
@@ -712,13 +762,14 @@ impl Conversation {
                 target: name,
                 why: e.to_string(),
             }),
+            Err(DataFailure::Unreadable(why)) => Err(DeliveryError::Unavailable(vec![why])),
             Err(failure) => {
                 // The target did not take the message. Nothing was sent: the connection broke
                 // or was refused before DATA (it may have idled out while the client
                 // uploaded), so the same target is tried again on a fresh connection. It
-                // refused the message with 4xx: the next target. Either way the whole
-                // envelope is replayed and every recipient that heard 250 must be accepted
-                // again.
+                // refused the message with 4xx, or cannot carry it: the next target. Either
+                // way the whole envelope is replayed and every recipient that heard 250 must
+                // be accepted again.
                 let from = match &failure {
                     DataFailure::Refused(_) | DataFailure::NotSent(TargetError::Incapable(_)) => {
                         first + 1
@@ -730,14 +781,14 @@ impl Conversation {
                 }
                 warn!(client = %self.peer, relay_target = %name, error = %failure, "relay target did not take the message, replaying the transaction");
                 delivery
-                    .send(&tx.envelope, &tx.recipients, head.as_bytes(), &raw, from)
+                    .send(&tx.envelope, &tx.recipients, head.as_bytes(), body, from)
                     .await
                     .map(|(_, reply)| reply)
             }
         };
         match reply {
             Ok(reply) | Err(DeliveryError::Refused { reply, .. }) => {
-                info!(client = %self.peer, recipients = tx.recipients.len(), size = raw.len(), %reply, "message handed on");
+                info!(client = %self.peer, recipients = tx.recipients.len(), size = body.len(), %reply, "message handed on");
                 self.reply(Reply::from(&reply));
             }
             Err(e @ DeliveryError::Uncertain { .. }) => {
@@ -749,17 +800,15 @@ impl Conversation {
             }
             Err(e) => {
                 warn!(client = %self.peer, error = %e, "message not delivered; client keeps it");
-                if let Some(reply) = incapable {
-                    self.reply(Reply::from(&reply));
-                    return Next::Continue;
+                match incapable {
+                    Some(reply) => self.reply(Reply::from(&reply)),
+                    None => self.say(
+                        451,
+                        "4.4.1 Error: no relay target accepted the message, try again later",
+                    ),
                 }
-                self.say(
-                    451,
-                    "4.4.1 Error: no relay target accepted the message, try again later",
-                );
             }
         }
-        Next::Continue
     }
 
     async fn starttls(&mut self) -> Next {

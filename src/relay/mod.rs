@@ -4,20 +4,27 @@
 //! fails the caller gets an error and answers 4xx, so the client keeps the message. The engine
 //! delivers here too, for `divert` rules, through the targets a rule names.
 
+mod body;
 mod lines;
 mod pool;
 mod target;
 
+use std::borrow::Cow;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use pool::{Pool, quit_later};
 
+pub use body::Body;
 pub use target::{Capabilities, RelayAuth, RelayTarget, Security, TargetError};
 
 use target::Link;
@@ -126,6 +133,10 @@ pub enum DataFailure {
     /// committed it. Sending it anywhere else could deliver it twice.
     #[error("no answer after the message was sent: {0}")]
     Uncertain(TargetError),
+    /// The message could not be read back from the spool; the target was not sent its end
+    /// and has nothing. No other target can be sent it either.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// The sender and MAIL parameters of one transaction.
@@ -446,7 +457,7 @@ impl Delivery {
         envelope: &Envelope,
         recipients: &[String],
         head: &[u8],
-        message: &[u8],
+        message: &Body<'_>,
         first: usize,
     ) -> Result<(String, TargetReply), DeliveryError> {
         let mut failures = Vec::new();
@@ -489,6 +500,9 @@ impl Delivery {
                         why: e.to_string(),
                     });
                 }
+                Err(DataFailure::Unreadable(why)) => {
+                    return Err(DeliveryError::Unavailable(vec![why]));
+                }
                 Err(e) => {
                     warn!(relay_target = %name, error = %e, "relay target failed at DATA, trying the next");
                     failures.push(format!("{name}: {e}"));
@@ -528,16 +542,17 @@ impl Upstream {
     }
 
     /// DATA and the message (CRLF line ends, as received; dot-stuffing is added here), after
-    /// `head`: header fields Postern adds in front (its `Received:`), or nothing. The reply is
-    /// the target's answer to the end of the message; the connection goes back to the cache
-    /// after a reply, or is closed in the background after a failure.
+    /// `head`: header fields Postern adds in front (its `Received:`), or nothing. The message
+    /// goes out in pieces of whole lines, never copied whole. The reply is the target's answer
+    /// to the end of the message; the connection goes back to the cache after a reply, or is
+    /// closed in the background after a failure.
     pub async fn data(
         mut self,
         head: &[u8],
-        message: &[u8],
+        message: &Body<'_>,
         data_timeout: Duration,
     ) -> Result<TargetReply, DataFailure> {
-        if !(self.link.caps.eight_bit_mime || head.is_ascii() && message.is_ascii()) {
+        if !self.link.caps.eight_bit_mime && (message.is_eight_bit() || !head.is_ascii()) {
             // Postern does not downgrade 8-bit content to quoted-printable.
             self.abort().await;
             return Err(DataFailure::NotSent(TargetError::Incapable(
@@ -552,26 +567,37 @@ impl Upstream {
             quit_later(self.link.conn, self.protocol_timeout);
             return Err(DataFailure::NotSent(e));
         }
-        let (message, breaks) = lines::break_long_lines(message, self.line_limit);
-        if breaks > 0 {
-            info!(relay_target = %self.name, line_limit = self.line_limit, breaks, "long lines broken for the relay target");
-        }
-        let message = message.as_ref();
-        // lettre ends the message with CRLF.CRLF itself: give it the message without its own
-        // final line end, so that the target receives exactly the bytes the client sent.
-        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-        let budget = data_timeout + Duration::from_secs((message.len() >> 20) as u64);
-        let sending = self.link.conn.message_iter([head, body].into_iter());
+        let breaks = AtomicUsize::new(0);
+        let budget = data_timeout + Duration::from_secs(message.len() >> 20);
+        // lettre ends the message with CRLF.CRLF itself: the pieces leave out the message's
+        // own final line end, so that the target receives exactly the bytes the client sent.
+        let pieces = std::iter::once(Cow::Borrowed(head))
+            .chain(message.pieces(self.line_limit, &breaks))
+            .filter(|p| !p.is_empty());
+        let sending = AssertUnwindSafe(self.link.conn.message_iter(pieces)).catch_unwind();
         let reply = match tokio::time::timeout(budget, sending).await {
             Err(_) => Err(DataFailure::Uncertain(TargetError::Timeout(
                 "the end of the message",
             ))),
-            Ok(Ok(r)) => Ok(TargetReply::from_response(&r)),
-            Ok(Err(e)) => Err(match TargetError::from_smtp(e) {
+            Ok(Err(panic)) => {
+                // The spool could not be read (Body::pieces): the end of data was not sent,
+                // so the target has nothing; the connection is dropped mid-message.
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "reading the message failed".to_owned());
+                error!(relay_target = %self.name, error = %why, "message not sent");
+                return Err(DataFailure::Unreadable(why));
+            }
+            Ok(Ok(Ok(r))) => Ok(TargetReply::from_response(&r)),
+            Ok(Ok(Err(e))) => Err(match TargetError::from_smtp(e) {
                 TargetError::Refused(reply) => DataFailure::Refused(reply),
                 broken => DataFailure::Uncertain(broken),
             }),
         };
+        if breaks.load(Ordering::Relaxed) > 0 {
+            info!(relay_target = %self.name, line_limit = self.line_limit, breaks = breaks.load(Ordering::Relaxed), "long lines broken for the relay target");
+        }
         match &reply {
             Ok(r) => {
                 info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");

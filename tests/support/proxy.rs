@@ -106,23 +106,26 @@ fn without_sink_trace(raw: &[u8]) -> Vec<u8> {
     raw.to_vec()
 }
 
-/// The message without the `Received:` field Postern's proxy puts first (the one whose
-/// continuation lines name Postern), so that a relayed message compares with what the client
-/// sent.
-pub fn without_postern_received(message: &[u8]) -> &[u8] {
-    if !message.starts_with(b"Received: from ") {
-        return message;
-    }
-    let mut end = 0;
-    let mut ours = false;
-    for (i, line) in message.split_inclusive(|&b| b == b'\n').enumerate() {
-        if i > 0 && !line.starts_with(b"\t") {
+/// The message without the `Received:` fields Postern's proxies put first (those whose
+/// continuation lines name Postern; one per proxy hop), so that a relayed message compares
+/// with what the client sent.
+pub fn without_postern_received(mut message: &[u8]) -> &[u8] {
+    while message.starts_with(b"Received: from ") {
+        let mut end = 0;
+        let mut ours = false;
+        for (i, line) in message.split_inclusive(|&b| b == b'\n').enumerate() {
+            if i > 0 && !line.starts_with(b"\t") {
+                break;
+            }
+            ours |= line.windows(9).any(|w| w == b"(Postern)");
+            end += line.len();
+        }
+        if !ours {
             break;
         }
-        ours |= line.windows(9).any(|w| w == b"(Postern)");
-        end += line.len();
+        message = &message[end..];
     }
-    if ours { &message[end..] } else { message }
+    message
 }
 
 /// The message as a sink stores it: CRLF made LF.

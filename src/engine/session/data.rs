@@ -2,7 +2,7 @@
 //! log line.
 
 use super::*;
-use crate::relay::{Envelope, TargetReply};
+use crate::relay::{Body, Envelope, TargetReply};
 
 impl Session {
     /// The queue id the MTA gave the message, for logs.
@@ -160,7 +160,7 @@ impl Session {
         let envelope = Envelope::for_message(&tx.sender, &tx.recipients, &message);
         let (target, reply) = divert
             .delivery
-            .send(&envelope, &tx.recipients, b"", &message, 0)
+            .send(&envelope, &tx.recipients, b"", &Body::Memory(&message), 0)
             .await
             .map_err(|e| e.to_string())?;
         info!(
