@@ -650,3 +650,24 @@ fn early_talkers_are_refused() {
     tcp.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("554 5.5.0"), "{reply}");
 }
+
+/// Through the proxy door too, a forged Authentication-Results naming this host (behind a
+/// comment, in another case) is removed and any other one kept.
+#[test]
+fn forged_authentication_results_are_removed() {
+    let env = ProxyEnv::start(&config("", &target("mta", "{sink0}", 1)), &[&[]]);
+    let message =
+        b"Authentication-Results: (forged) GW.postern.test; dkim=pass header.d=paypal.com\r\n\
+Authentication-Results: other.example; dkim=pass header.d=other.example\r\n\
+Subject: forged\r\n\r\nbody\r\n";
+    let reply = env
+        .smtp()
+        .send("a@sender.example", "b@rcpt.example", message);
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = String::from_utf8(env.sinks[0].wait_delivered(1).remove(0)).unwrap();
+    assert!(!stored.contains("paypal.com"), "{stored}");
+    assert!(
+        stored.starts_with("Authentication-Results: other.example; dkim=pass"),
+        "{stored}"
+    );
+}

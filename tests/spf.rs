@@ -146,3 +146,56 @@ fn authentication_results_replace_forged_ones_for_this_host() {
         "{stored}"
     );
 }
+
+/// A HELO crafted to read as a second result (`x;dkim=pass;...`) is written as one quoted
+/// value: no `dkim=pass` result appears under this host's name.
+#[test]
+fn a_crafted_helo_cannot_add_a_result() {
+    let dns = DnsServer::start();
+    let env = MailEnv::start(
+        Socket::Unix,
+        &config(&dns, "header = \"authentication-results\"\n"),
+    );
+    let (ok, text) = send(
+        &env,
+        "192.0.2.10",
+        "<>",
+        &["--helo", "x;dkim=pass;header.d=paypal.com"],
+    );
+    assert!(ok, "{text}");
+    let stored = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
+    let ours = stored
+        .lines()
+        .find(|l| l.starts_with("Authentication-Results: mx.postern.test;"))
+        .unwrap_or_else(|| panic!("no result header:\n{stored}"));
+    assert!(
+        ours.ends_with("smtp.helo=\"x;dkim=pass;header.d=paypal.com\""),
+        "{ours}"
+    );
+    assert_eq!(ours.matches(';').count(), 3, "one resinfo only: {ours}");
+}
+
+/// Forged results naming this host go from every message, also when SPF did not run, and the
+/// authserv-id is found after a comment and in any case.
+#[test]
+fn forged_results_are_removed_without_spf() {
+    let env = MailEnv::start(Socket::Unix, "hostname = \"mx.postern.test\"\n");
+    let (ok, text) = env.swaks_result(&[
+        "-t",
+        "b@rcpt.example",
+        "--add-header",
+        "Authentication-Results: (c) MX.Postern.Test; dkim=pass header.d=paypal.com",
+        "--add-header",
+        "Authentication-Results: other.example; dkim=pass header.d=other.example",
+    ]);
+    assert!(ok, "{text}");
+    let stored = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
+    assert!(
+        !stored.contains("paypal.com"),
+        "forged result kept:\n{stored}"
+    );
+    assert!(
+        stored.contains("Authentication-Results: other.example; dkim=pass"),
+        "{stored}"
+    );
+}

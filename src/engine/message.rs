@@ -138,6 +138,39 @@ impl MessageBuffer {
         Ok(out)
     }
 
+    /// The header section, up to and including the empty line that ends it (all of a
+    /// message without one), read without the body.
+    pub async fn header_section(&mut self) -> Result<Vec<u8>, BufferError> {
+        let Some(file) = self.file.as_mut() else {
+            let end = header_section_len(&self.memory, 0).unwrap_or(self.memory.len());
+            return Ok(self.memory[..end].to_vec());
+        };
+        let dir = &self.limits.spool_directory;
+        let spool_err = |source| BufferError::Spool {
+            dir: dir.clone(),
+            source,
+        };
+        file.flush().await.map_err(spool_err)?;
+        file.seek(SeekFrom::Start(0)).await.map_err(spool_err)?;
+        let mut out = Vec::new();
+        let mut piece = vec![0; 64 * 1024];
+        let end = loop {
+            let n = file.read(&mut piece).await.map_err(spool_err)?;
+            // The line end before an empty line may be among the bytes already searched.
+            let from = out.len().saturating_sub(2);
+            out.extend_from_slice(&piece[..n]);
+            if let Some(len) = header_section_len(&out, from) {
+                break len;
+            }
+            if n == 0 {
+                break out.len();
+            }
+        };
+        file.seek(SeekFrom::End(0)).await.map_err(spool_err)?;
+        out.truncate(end);
+        Ok(out)
+    }
+
     async fn spool_file(&self) -> Result<File, BufferError> {
         let dir = self.limits.spool_directory.clone();
         let opened = tokio::task::spawn_blocking({
@@ -159,6 +192,28 @@ impl MessageBuffer {
                 source,
             })
     }
+}
+
+/// Length of the header section of `raw` through its ending empty line (CRLF or LF), looking
+/// only at line ends from offset `from` on (an empty first line counts when `from` is 0), or
+/// `None` when there is no empty line there yet.
+fn header_section_len(raw: &[u8], from: usize) -> Option<usize> {
+    if from == 0 {
+        if raw.starts_with(b"\r\n") {
+            return Some(2);
+        }
+        if raw.starts_with(b"\n") {
+            return Some(1);
+        }
+    }
+    memchr::memchr_iter(b'\n', raw.get(from..)?).find_map(|at| {
+        let at = from + at;
+        match &raw[at + 1..] {
+            [b'\r', b'\n', ..] => Some(at + 3),
+            [b'\n', ..] => Some(at + 2),
+            _ => None,
+        }
+    })
 }
 
 /// The header fields of a raw message, in order, with folded values unfolded: (name, value).
@@ -185,6 +240,39 @@ pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_section_ends_at_the_first_empty_line() {
+        assert_eq!(header_section_len(b"A: b\r\n\r\nbody\r\n\r\n", 0), Some(8));
+        assert_eq!(header_section_len(b"A: b\n\nbody", 0), Some(6));
+        assert_eq!(header_section_len(b"\r\nbody", 0), Some(2));
+        assert_eq!(header_section_len(b"A: b\r\nC: d\r\n", 0), None);
+        // From the middle: a line end before `from` is not mistaken for an empty line.
+        assert_eq!(header_section_len(b"A: b\r\nC: d\r\n", 4), None);
+        assert_eq!(header_section_len(b"A: b\r\n\r\n", 4), Some(8));
+    }
+
+    #[tokio::test]
+    async fn a_spooled_header_is_read_without_the_body() {
+        let mut m = MessageBuffer::new(MessageLimits {
+            memory_limit: 16,
+            max_message_size: 1 << 30,
+            spool_directory: std::env::temp_dir(),
+        });
+        let mut header = String::new();
+        for i in 0..5000 {
+            header.push_str(&format!("X-Field-{i}: value\r\n"));
+        }
+        m.append(header.as_bytes()).await.unwrap();
+        m.append(b"\r\n").await.unwrap();
+        m.append(&vec![b'x'; 300_000]).await.unwrap();
+        assert!(m.is_spooled());
+        let section = m.header_section().await.unwrap();
+        assert_eq!(section.len(), header.len() + 2);
+        // Appending still goes to the end afterwards.
+        m.append(b"\r\nend\r\n").await.unwrap();
+        assert!(m.contents().await.unwrap().ends_with(b"x\r\nend\r\n"));
+    }
 
     #[test]
     fn header_fields_are_unfolded_and_stop_at_the_body() {

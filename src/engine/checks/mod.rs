@@ -1,6 +1,7 @@
 //! Connection-stage checks. Each check is pure policy: it is given what the session knows and
 //! answers with a verdict or nothing; the session decides when to run it and how to log it.
 
+pub mod auth_results;
 pub mod dos;
 pub mod encryption;
 pub mod exploit_detection;

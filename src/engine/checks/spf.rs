@@ -16,6 +16,7 @@ use serde::Deserialize;
 use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
 use viaspf::{Config, DomainName, Sender, SpfResult};
 
+use super::auth_results::{comment_text, property_value, quoted};
 use crate::dns::Dns;
 use crate::engine::reply::{SmtpReply, printable_only};
 use crate::engine::verdict::Verdict;
@@ -272,25 +273,26 @@ impl Spf {
         mail_from: &str,
         outcome: &SpfOutcome,
     ) -> Option<(String, String)> {
-        // Quotes dropped too: envelope-from is written inside quotes.
-        let clean = |s: &str| printable_only(&s.replace('"', ""), 200);
+        // What the client gave is written so that it cannot end the value and start another
+        // key or result (a forged `;dkim=pass`).
+        let value = |s: &str| property_value(s, 200);
         match self.header {
             SpfHeader::None => None,
             SpfHeader::ReceivedSpf => Some((
                 "Received-SPF".to_owned(),
                 format!(
-                    "{} ({hostname}: {}) client-ip={ip}; envelope-from=\"{}\"; helo={}; identity={}; receiver={hostname};",
+                    "{} ({hostname}: {}) client-ip={ip}; envelope-from={}; helo={}; identity={}; receiver={hostname};",
                     outcome.name(),
-                    comment(outcome, ip),
-                    clean(mail_from),
-                    clean(helo),
+                    comment_text(&comment(outcome, ip), 300),
+                    quoted(&mail_from.chars().take(200).collect::<String>()),
+                    value(helo),
                     outcome.identity
                 ),
             )),
             SpfHeader::AuthenticationResults => {
                 let property = match outcome.identity {
-                    Identity::MailFrom => format!("smtp.mailfrom={}", clean(&outcome.checked)),
-                    Identity::Helo => format!("smtp.helo={}", clean(helo)),
+                    Identity::MailFrom => format!("smtp.mailfrom={}", value(&outcome.checked)),
+                    Identity::Helo => format!("smtp.helo={}", value(helo)),
                 };
                 Some((
                     "Authentication-Results".to_owned(),
@@ -327,28 +329,5 @@ fn comment(outcome: &SpfOutcome, ip: IpAddr) -> String {
             format!("error in processing during lookup of {who}: DNS timeout or error")
         }
         SpfResult::Permerror => format!("permanent error in processing the SPF record of {who}"),
-    }
-}
-
-/// The authserv-id of an `Authentication-Results` value: the first token before `;`.
-pub fn authserv_id(value: &str) -> &str {
-    value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authserv_id_is_the_first_token() {
-        assert_eq!(authserv_id(" mx.example.org; spf=pass"), "mx.example.org");
-        assert_eq!(authserv_id("mx.example.org 1; dkim=pass"), "mx.example.org");
-        assert_eq!(authserv_id(""), "");
     }
 }

@@ -93,6 +93,9 @@ impl Session {
         if !matches!(verdict, Verdict::Continue | Verdict::Accept) {
             edits = Edits::default();
         }
+        if matches!(verdict, Verdict::Continue | Verdict::Accept) {
+            self.remove_forged_results(&mut tx, &mut edits).await;
+        }
         if matches!(verdict, Verdict::Continue | Verdict::Accept)
             && let (Some(spf), Some(outcome), Some(ip)) =
                 (&policy.spf, tx.spf.clone(), self.client.addr)
@@ -175,8 +178,45 @@ impl Session {
         Ok(reply)
     }
 
-    /// The SPF result header, first in the message; with Authentication-Results, forged
-    /// results that claim to come from this host are removed (RFC 8601 §5).
+    /// `Authentication-Results` fields in the message that name this host as their
+    /// authserv-id were not written by it: they are removed from every message, whatever
+    /// checks ran, so that nothing downstream trusts a forged result (RFC 8601 §5). Deleted by
+    /// per-name index, as a milter's CHGHEADER does, highest first.
+    pub(super) async fn remove_forged_results(&self, tx: &mut Transaction, edits: &mut Edits) {
+        const NAME: &str = "Authentication-Results";
+        let hostname = &self.policy.hostname;
+        let Some(buffer) = tx.message.as_mut() else {
+            return;
+        };
+        let header = match buffer.header_section().await {
+            Ok(header) => header,
+            Err(e) => {
+                warn!(session = self.id, error = %e, "cannot read the header to look for forged Authentication-Results");
+                return;
+            }
+        };
+        let forged: Vec<u32> = header_fields(&header)
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(NAME))
+            .zip(1..)
+            .filter(|((_, v), _)| names_host(v, hostname))
+            .map(|(_, index)| index)
+            .collect();
+        // Highest index first: each deletion shifts the ones after it.
+        for index in forged.into_iter().rev() {
+            info!(
+                session = self.id,
+                index, "removing forged Authentication-Results for this host"
+            );
+            edits.headers.push(HeaderEdit::Change {
+                name: NAME.to_owned(),
+                index,
+                value: None,
+            });
+        }
+    }
+
+    /// The SPF result header, first in the message.
     pub(super) async fn spf_headers(
         &self,
         spf: &Spf,
@@ -190,30 +230,6 @@ impl Session {
         let Some((name, value)) = spf.header(hostname, ip, helo, &tx.sender, outcome) else {
             return;
         };
-        if spf.header == SpfHeader::AuthenticationResults
-            && let Some(buffer) = tx.message.as_mut()
-            && let Ok(raw) = buffer.contents().await
-        {
-            let ours: Vec<u32> = header_fields(&raw)
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(&name))
-                .zip(1..)
-                .filter(|((_, v), _)| authserv_id(v).eq_ignore_ascii_case(hostname))
-                .map(|(_, index)| index)
-                .collect();
-            // Highest index first: each deletion shifts the ones after it.
-            for index in ours.into_iter().rev() {
-                info!(
-                    session = self.id,
-                    index, "removing forged Authentication-Results for this host"
-                );
-                edits.headers.push(HeaderEdit::Change {
-                    name: name.clone(),
-                    index,
-                    value: None,
-                });
-            }
-        }
         edits.headers.push(HeaderEdit::Insert {
             index: 0,
             name,

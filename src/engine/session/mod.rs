@@ -17,11 +17,12 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::SharedState;
+use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
 use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
 use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Event;
-use super::checks::spf::{Spf, SpfHeader, SpfOutcome, authserv_id};
+use super::checks::spf::{Spf, SpfOutcome};
 use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
