@@ -14,6 +14,10 @@ pub struct MessageLimits {
     pub memory_limit: usize,
     /// Largest message accepted at all, in bytes.
     pub max_message_size: u64,
+    /// Most header fields in a message's header section (`max_header_fields`).
+    pub max_header_fields: usize,
+    /// Largest header section, in bytes (`max_header_size`).
+    pub max_header_size: u64,
     /// Directory for temporary files of large messages.
     pub spool_directory: PathBuf,
 }
@@ -23,6 +27,10 @@ pub struct MessageLimits {
 pub enum BufferError {
     #[error("message exceeds max_message_size ({limit} bytes)")]
     TooBig { limit: u64 },
+    #[error("message header has more than max_header_fields ({limit}) fields")]
+    TooManyHeaderFields { limit: usize },
+    #[error("message header exceeds max_header_size ({limit} bytes)")]
+    HeaderTooBig { limit: u64 },
     #[error("cannot spool message to a temporary file in {dir}: {source}")]
     Spool {
         dir: PathBuf,
@@ -40,6 +48,8 @@ pub struct MessageBuffer {
     len: u64,
     /// Some byte is not ASCII (8BITMIME is needed to send it on).
     eight_bit: bool,
+    /// The header section, counted as it arrives.
+    header: HeaderScan,
 }
 
 impl MessageBuffer {
@@ -50,6 +60,7 @@ impl MessageBuffer {
             file: None,
             len: 0,
             eight_bit: false,
+            header: HeaderScan::default(),
         }
     }
 
@@ -93,13 +104,27 @@ impl MessageBuffer {
         self.file.is_some()
     }
 
-    /// Appends bytes, moving to a temporary file when the memory bound is passed.
+    /// Appends bytes, moving to a temporary file when the memory bound is passed. The header
+    /// section is counted on the way: too many fields or too many bytes refuse the message,
+    /// at a cost linear in its size.
     pub async fn append(&mut self, data: &[u8]) -> Result<(), BufferError> {
         let new_len = self.len + data.len() as u64;
         if new_len > self.limits.max_message_size {
             return Err(BufferError::TooBig {
                 limit: self.limits.max_message_size,
             });
+        }
+        if self.header.feed(data) {
+            if self.header.fields > self.limits.max_header_fields {
+                return Err(BufferError::TooManyHeaderFields {
+                    limit: self.limits.max_header_fields,
+                });
+            }
+            if self.header.bytes > self.limits.max_header_size {
+                return Err(BufferError::HeaderTooBig {
+                    limit: self.limits.max_header_size,
+                });
+            }
         }
         if self.file.is_none() && self.memory.len() + data.len() > self.limits.memory_limit {
             let mut file = self.spool_file().await?;
@@ -194,6 +219,105 @@ impl MessageBuffer {
     }
 }
 
+/// Counts the header section as bytes arrive in pieces of any size: its fields (lines that
+/// start with a field name and a colon) and its bytes, until the empty line, or the first line
+/// that is neither a field nor a continuation, where the body begins (as Postfix's cleanup
+/// reads it). A first line `From ` (mbox) counts as header.
+#[derive(Debug, Default)]
+struct HeaderScan {
+    state: ScanState,
+    fields: usize,
+    bytes: u64,
+    /// Past the first line.
+    past_first_line: bool,
+    /// Bytes of the first line that matched `From ` so far.
+    mbox_from: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ScanState {
+    #[default]
+    LineStart,
+    /// A CR at the start of a line: an empty line if LF follows.
+    LineStartCr,
+    /// In a field name, before its colon.
+    Name,
+    /// In a field's value or a continuation line.
+    Value,
+    /// The header section has ended.
+    Done,
+}
+
+impl HeaderScan {
+    /// Counts `data`; true while (or when) the header section was being read.
+    fn feed(&mut self, data: &[u8]) -> bool {
+        if self.state == ScanState::Done {
+            return false;
+        }
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ScanState::Done => break,
+                ScanState::LineStart => {
+                    match b {
+                        b'\n' => self.state = ScanState::Done,
+                        b'\r' => self.state = ScanState::LineStartCr,
+                        b' ' | b'\t' => self.state = ScanState::Value,
+                        _ => self.state = ScanState::Name,
+                    }
+                    if matches!(self.state, ScanState::Value | ScanState::Name) {
+                        continue;
+                    }
+                }
+                ScanState::LineStartCr => {
+                    self.state = ScanState::Done;
+                    if b != b'\n' {
+                        break;
+                    }
+                }
+                ScanState::Name
+                    if !self.past_first_line
+                        && self.mbox_from < 5
+                        && b == b"From "[self.mbox_from] =>
+                {
+                    self.mbox_from += 1;
+                    if self.mbox_from == 5 {
+                        self.state = ScanState::Value;
+                    }
+                }
+                ScanState::Name => match b {
+                    b':' => {
+                        self.fields += 1;
+                        self.state = ScanState::Value;
+                    }
+                    33..=126 => {}
+                    // Not a field: the body has begun.
+                    _ => {
+                        self.state = ScanState::Done;
+                        break;
+                    }
+                },
+                ScanState::Value => match memchr::memchr(b'\n', &data[i..]) {
+                    Some(at) => {
+                        i += at;
+                        self.bytes += at as u64;
+                        self.state = ScanState::LineStart;
+                        self.past_first_line = true;
+                    }
+                    None => {
+                        self.bytes += (data.len() - i) as u64;
+                        return true;
+                    }
+                },
+            }
+            self.bytes += 1;
+            i += 1;
+        }
+        true
+    }
+}
+
 /// Length of the header section of `raw` through its ending empty line (CRLF or LF), looking
 /// only at line ends from offset `from` on (an empty first line counts when `from` is 0), or
 /// `None` when there is no empty line there yet.
@@ -241,6 +365,63 @@ pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    fn scan(pieces: &[&[u8]]) -> HeaderScan {
+        let mut h = HeaderScan::default();
+        for p in pieces {
+            h.feed(p);
+        }
+        h
+    }
+
+    #[test]
+    fn header_fields_are_counted_in_pieces_of_any_size() {
+        let m: &[u8] = b"From x@y Sat Jan  3 01:05:34 1996\r\nA: 1\r\nB: 2\r\n folded\r\nC:3\r\n\r\nD: not a header\r\n";
+        let whole = scan(&[m]);
+        assert_eq!(whole.fields, 3);
+        assert_eq!(whole.state, ScanState::Done);
+        let header_len = m.windows(4).position(|w| w == b"\r\n\r\n").unwrap() as u64 + 4;
+        assert_eq!(whole.bytes, header_len);
+        for size in 1..8 {
+            let pieces: Vec<&[u8]> = m.chunks(size).collect();
+            let h = scan(&pieces);
+            assert_eq!((h.fields, h.bytes), (3, header_len), "pieces of {size}");
+        }
+        // A line that is not a field ends the header, as the body's first line.
+        assert_eq!(scan(&[b"A: 1\r\nnot a field\r\nB: 2\r\n"]).fields, 1);
+        assert_eq!(scan(&[b"A: 1\n\nB: 2\n"]).fields, 1);
+    }
+
+    #[tokio::test]
+    async fn too_many_header_fields_refuse_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = MessageBuffer::new(limits(1 << 20, 1 << 30, dir.path().to_path_buf()));
+        let mut result = Ok(());
+        for i in 0..1001 {
+            result = m.append(format!("X-{i}: v\r\n").as_bytes()).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(
+            result,
+            Err(BufferError::TooManyHeaderFields { limit: 1000 })
+        ));
+        let mut m = MessageBuffer::new(limits(1 << 20, 1 << 30, dir.path().to_path_buf()));
+        let long = format!("X: {}\r\n", "v".repeat(1 << 20));
+        assert!(matches!(
+            m.append(long.as_bytes()).await,
+            Err(BufferError::HeaderTooBig { .. })
+        ));
+        // The body is not counted.
+        let mut m = MessageBuffer::new(limits(1 << 20, 1 << 30, dir.path().to_path_buf()));
+        m.append(b"Subject: s\r\n\r\n").await.unwrap();
+        for _ in 0..2000 {
+            m.append(b"X: a body line that looks like a field\r\n")
+                .await
+                .unwrap();
+        }
+    }
+
     #[test]
     fn the_header_section_ends_at_the_first_empty_line() {
         assert_eq!(header_section_len(b"A: b\r\n\r\nbody\r\n\r\n", 0), Some(8));
@@ -257,6 +438,8 @@ mod tests {
         let mut m = MessageBuffer::new(MessageLimits {
             memory_limit: 16,
             max_message_size: 1 << 30,
+            max_header_fields: 10_000,
+            max_header_size: 1 << 20,
             spool_directory: std::env::temp_dir(),
         });
         let mut header = String::new();
@@ -290,6 +473,8 @@ mod tests {
         MessageLimits {
             memory_limit,
             max_message_size: max,
+            max_header_fields: 1000,
+            max_header_size: 1 << 20,
             spool_directory: dir,
         }
     }

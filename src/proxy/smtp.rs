@@ -88,7 +88,7 @@ const BROKEN_TRANSACTION: &str = "4.4.1 Error: the relay target failed during th
 /// message.
 enum Outgoing {
     Unchanged {
-        message: MessageBuffer,
+        message: Box<MessageBuffer>,
         spool: Option<std::fs::File>,
     },
     Edited(Vec<u8>),
@@ -98,7 +98,10 @@ impl Outgoing {
     async fn new(mut message: MessageBuffer, edits: &Edits) -> Result<Self, BufferError> {
         if edits.is_empty() {
             let spool = message.spool_handle().await?;
-            return Ok(Self::Unchanged { message, spool });
+            return Ok(Self::Unchanged {
+                message: Box::new(message),
+                spool,
+            });
         }
         let raw = message.contents().await?;
         drop(message);

@@ -866,19 +866,15 @@ impl Walker<'_> {
         mut edits: Option<&mut Vec<HeaderEdit>>,
         splices: &mut Splices,
     ) {
-        let mut seen: Vec<(String, u32)> = Vec::new();
+        // Per-name counts (CHGHEADER indexes), kept in a map: linear in the number of fields.
+        let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
         for header in &part.headers {
             let name = header.name.as_str().to_owned();
             let lower = name.to_ascii_lowercase();
-            let index = match seen.iter_mut().find(|(n, _)| *n == lower) {
-                Some((_, i)) => {
-                    *i += 1;
-                    *i
-                }
-                None => {
-                    seen.push((lower.clone(), 1));
-                    1
-                }
+            let index = {
+                let count = seen.entry(lower.clone()).or_insert(0);
+                *count += 1;
+                *count
             };
             let target = if lower == "subject" {
                 Target::Subject

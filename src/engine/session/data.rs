@@ -48,6 +48,19 @@ impl Session {
                     .expect("static reply is valid"),
                 ),
             ),
+            Err(
+                e @ (BufferError::TooManyHeaderFields { .. } | BufferError::HeaderTooBig { .. }),
+            ) => (
+                "header limit",
+                Verdict::Reject(
+                    SmtpReply::new(
+                        552,
+                        Some("5.3.4"),
+                        &format!("Error: {e}; send fewer or shorter header fields"),
+                    )
+                    .expect("the error text is printable"),
+                ),
+            ),
             Err(e) => {
                 warn!(session = self.id, error = %e, action = ?self.policy.scan_failure_action, "scan failure");
                 ("scan_failure", self.policy.scan_failure_action.verdict())
