@@ -51,6 +51,10 @@ pub(super) struct ProxySection {
     shutdown_timeout: u64,
     received_header: bool,
     message_memory_budget: NonZeroUsize,
+    junk_command_limit: u32,
+    min_data_rate: u64,
+    stress_threshold: u8,
+    stress_timeout: NonZeroU64,
 }
 
 impl Default for ProxySection {
@@ -86,6 +90,10 @@ impl Default for ProxySection {
             shutdown_timeout: 30,
             received_header: true,
             message_memory_budget: NonZeroUsize::new(256 << 20).expect("nonzero"),
+            junk_command_limit: 100,
+            min_data_rate: 500,
+            stress_threshold: 80,
+            stress_timeout: nz(10),
         }
     }
 }
@@ -204,6 +212,15 @@ pub(super) fn compile_proxy(
     };
     // Certificates are read now so that check-config and a reload report them.
     tls.acceptor().map_err(|m| err("certificate_file", m))?;
+    if p.stress_threshold > 100 {
+        return Err(err(
+            "stress_threshold",
+            format!(
+                "{} is not a percentage: give 1 to 100 (percent of max_inbound_connections in use), or 0 for never",
+                p.stress_threshold
+            ),
+        ));
+    }
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());
     Ok(ProxySettings {
         listen: p.listen,
@@ -231,6 +248,10 @@ pub(super) fn compile_proxy(
         shutdown_timeout: Duration::from_secs(p.shutdown_timeout),
         received_header: p.received_header,
         message_memory_budget: p.message_memory_budget.get(),
+        junk_command_limit: p.junk_command_limit,
+        min_data_rate: p.min_data_rate,
+        stress_threshold: p.stress_threshold,
+        stress_timeout: secs(p.stress_timeout),
     })
 }
 

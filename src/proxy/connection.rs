@@ -90,15 +90,23 @@ pub struct Connection {
     input: Vec<u8>,
     /// Replies not yet sent.
     output: Vec<u8>,
+    /// How long a write may wait for a client that does not read.
+    write_timeout: Duration,
 }
 
 impl Connection {
-    pub fn new(stream: Stream) -> Self {
+    pub fn new(stream: Stream, write_timeout: Duration) -> Self {
         Self {
             stream,
             input: Vec::new(),
             output: Vec::with_capacity(512),
+            write_timeout,
         }
+    }
+
+    /// Changes the write timeout (shorter while the proxy is under stress).
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.write_timeout = timeout;
     }
 
     /// True when the client sent more than has been consumed: it pipelined.
@@ -119,13 +127,26 @@ impl Connection {
         self.output.extend_from_slice(reply);
     }
 
-    /// Sends queued replies.
+    /// Sends queued replies; a client that does not take them within the write timeout
+    /// (it pipelines without reading) is an error.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.output.is_empty() {
-            self.stream.write_all(&self.output).await?;
-            self.stream.flush().await?;
-            self.output.clear();
+        if self.output.is_empty() {
+            return Ok(());
         }
+        let writing = async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, writing).await {
+            Ok(written) => written?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not read its replies",
+                ));
+            }
+        }
+        self.output.clear();
         Ok(())
     }
 
@@ -141,14 +162,16 @@ impl Connection {
         )
     }
 
-    /// The next line, without its line end (LF or CRLF), at most `limit` bytes. Queued
-    /// replies are sent first when no input is waiting: the client is waiting for them. A
-    /// too long line is consumed up to its end and reported.
+    /// The next line, without its line end (LF or CRLF), at most `limit` bytes, whole within
+    /// `timeout` (a deadline for the line, which a client sending it a byte at a time cannot
+    /// stretch). Queued replies are sent first when no input is waiting: the client is
+    /// waiting for them. A too long line is consumed up to its end and reported.
     pub async fn read_line(
         &mut self,
         limit: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, ReadError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut too_long = false;
         loop {
             if let Some(end) = self.input.iter().position(|&b| b == b'\n') {
@@ -167,23 +190,33 @@ impl Connection {
                 too_long = true;
                 self.input.clear();
             }
-            self.receive(timeout).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.receive(left).await?;
         }
     }
 
-    /// Input for the DATA reader: what is buffered, or else whatever the client sends next
-    /// (waiting at most `timeout`). Call [`Connection::consume`] with what was used.
-    pub async fn data_input(&mut self, timeout: Duration) -> Result<&[u8], ReadError> {
+    /// Makes sure some input is buffered for the DATA reader: what is there, or else whatever
+    /// the client sends next (waiting at most `timeout`). Read it with
+    /// [`Connection::buffered`] and call [`Connection::consume`] with what was used.
+    pub async fn wait_input(&mut self, timeout: Duration) -> Result<(), ReadError> {
         if self.input.is_empty() {
             self.receive(timeout).await?;
         }
-        Ok(&self.input)
+        Ok(())
+    }
+
+    /// The input buffered and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.input
     }
 
     /// Sends queued replies (the client waits for them before it sends more), then reads
     /// what the client sends next, waiting at most `timeout`.
     async fn receive(&mut self, timeout: Duration) -> Result<(), ReadError> {
         self.flush().await?;
+        if timeout.is_zero() {
+            return Err(ReadError::Timeout);
+        }
         match tokio::time::timeout(timeout, self.fill()).await {
             Err(_) => Err(ReadError::Timeout),
             Ok(Ok(0)) => Err(ReadError::Closed),
@@ -244,7 +277,7 @@ impl Connection {
     /// Closes the connection after sending what is queued.
     pub async fn close(&mut self) {
         let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(self.write_timeout, self.stream.shutdown()).await;
     }
 }
 

@@ -84,6 +84,16 @@ pub struct ProxySettings {
     pub received_header: bool,
     /// Bytes of messages held in memory at once, over all conversations (see `budget.rs`).
     pub message_memory_budget: usize,
+    /// NOOP, RSET, HELP, VRFY and EXPN a client may send between messages before each one
+    /// counts as an invalid command (Postfix's smtpd_junk_command_limit).
+    pub junk_command_limit: u32,
+    /// Bytes per second a message must at least arrive at: the DATA phase has
+    /// `client_data_payload_timeout` plus its size at this rate (0: only the per-read timeout).
+    pub min_data_rate: u64,
+    /// Percent of `max_inbound_connections` in use from which every client timeout is at most
+    /// `stress_timeout` (0: never).
+    pub stress_threshold: u8,
+    pub stress_timeout: Duration,
 }
 
 /// What kind of listener a client came in on.
@@ -102,6 +112,18 @@ struct Shared {
     acceptor: SharedAcceptor,
     auth_failures: auth::ClientFailures,
     memory: Arc<budget::MemoryBudget>,
+    /// One permit per connection slot (`max_inbound_connections`).
+    slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// True while at least `stress_threshold` percent of the connection slots are taken.
+    fn under_stress(&self) -> bool {
+        let s = &self.settings;
+        let max = s.max_inbound_connections;
+        let taken = max.saturating_sub(self.slots.available_permits());
+        s.stress_threshold > 0 && taken * 100 >= max * usize::from(s.stress_threshold)
+    }
 }
 
 /// The proxy's listeners, bound (tests bind port 0 and read the addresses).
@@ -188,6 +210,7 @@ pub async fn serve(
         acceptor,
         auth_failures,
         memory,
+        slots: slots.clone(),
     });
     let (conn_tx, mut conn_rx) =
         tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ListenerKind)>(64);

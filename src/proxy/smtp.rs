@@ -14,7 +14,7 @@ use super::auth::{decode_line, decode_plain};
 use super::command::Command;
 use super::connection::{Connection, ReadError, Stream};
 use super::data::{BareNewline, DataReader};
-use super::{ListenerKind, Shared};
+use super::{ClientTimeouts, ListenerKind, Shared};
 use tokio_rustls::TlsAcceptor;
 
 use super::received::Hop;
@@ -137,6 +137,8 @@ struct Conversation {
     tls: bool,
     authenticated: bool,
     auth_failures: u32,
+    /// NOOP, RSET, HELP, VRFY, EXPN and ETRN since the last message (`junk_command_limit`).
+    junk_commands: u32,
     tx: Option<Transaction>,
 }
 
@@ -150,7 +152,7 @@ pub(super) async fn converse(
     let session = shared.engine.session(Stage::None);
     let hostname = session.policy().hostname.clone();
     let mut c = Conversation {
-        conn: Connection::new(Stream::Plain(stream)),
+        conn: Connection::new(Stream::Plain(stream), shared.settings.timeouts.protocol),
         session,
         peer,
         kind,
@@ -160,6 +162,7 @@ pub(super) async fn converse(
         tls: false,
         authenticated: false,
         auth_failures: 0,
+        junk_commands: 0,
         tx: None,
         shared,
     };
@@ -173,7 +176,7 @@ pub(super) async fn converse(
 pub(super) async fn too_many(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     let hostname = shared.engine.policy().hostname.clone();
     warn!(client = %peer, limit = shared.settings.max_inbound_connections, "too many connections, client refused");
-    let mut conn = Connection::new(Stream::Plain(stream));
+    let mut conn = Connection::new(Stream::Plain(stream), shared.settings.timeouts.protocol);
     conn.queue(
         format!("421 4.7.0 {hostname} Error: too many connections, try again later\r\n").as_bytes(),
     );
@@ -226,9 +229,7 @@ impl Conversation {
         let banner = format!("{} {}", self.hostname, self.settings().banner);
         self.say(220, &banner);
         loop {
-            let timeout = self.command_timeout();
-            let limit = self.settings().line_limit;
-            let line = match self.conn.read_line(limit, timeout).await {
+            let line = match self.next_line().await {
                 Ok(line) => line,
                 Err(ReadError::TooLong(limit)) => {
                     self.say(
@@ -267,14 +268,96 @@ impl Conversation {
         }
     }
 
+    /// The client timeouts now: as configured, or at most `stress_timeout` while the
+    /// connection slots are nearly all taken (`stress_threshold`), as Postfix's stress mode
+    /// does, so that slow clients cannot hold every slot.
+    fn timeouts(&self) -> ClientTimeouts {
+        let settings = self.settings();
+        let mut t = settings.timeouts.clone();
+        if self.shared.under_stress() {
+            let cap = |d: &mut Duration| *d = (*d).min(settings.stress_timeout);
+            cap(&mut t.connection);
+            cap(&mut t.protocol);
+            cap(&mut t.data_command);
+            cap(&mut t.data_payload);
+            cap(&mut t.tls_negotiation);
+        }
+        t
+    }
+
+    /// The next command line, within the command timeout. The wait goes in steps of
+    /// `stress_timeout`, so that a client that began waiting before the proxy came under
+    /// stress is held no longer than a new one.
+    async fn next_line(&mut self) -> Result<Vec<u8>, ReadError> {
+        let limit = self.settings().line_limit;
+        let mut waited = Duration::ZERO;
+        loop {
+            let timeout = self.command_timeout();
+            let step = self.stress_step(timeout.saturating_sub(waited));
+            match self.conn.read_line(limit, step).await {
+                Err(ReadError::Timeout)
+                    if waited + step < timeout && !self.shared.under_stress() =>
+                {
+                    waited += step;
+                }
+                read => return read,
+            }
+        }
+    }
+
+    /// How long one wait may last before the stress state is looked at again.
+    fn stress_step(&self, left: Duration) -> Duration {
+        if self.settings().stress_threshold == 0 {
+            left
+        } else {
+            left.min(self.settings().stress_timeout)
+        }
+    }
+
     /// How long to wait for the next command, by where the conversation is.
-    fn command_timeout(&self) -> Duration {
-        let t = &self.settings().timeouts;
+    fn command_timeout(&mut self) -> Duration {
+        let t = self.timeouts();
+        self.conn.set_write_timeout(t.protocol);
         match &self.tx {
             None => t.connection,
             Some(tx) if tx.recipients.is_empty() => t.protocol,
             Some(_) => t.data_command,
         }
+    }
+
+    /// Waits until message input is buffered: at most `timeout` for each piece (`stress_timeout`
+    /// once the proxy is under stress) and never past `deadline`.
+    async fn data_wait(
+        &mut self,
+        timeout: Duration,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), ReadError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut left = timeout.saturating_sub(waited);
+            if let Some(d) = deadline {
+                left = left.min(d.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            let step = self.stress_step(left);
+            match self.conn.wait_input(step).await {
+                Err(ReadError::Timeout) if step < left && !self.shared.under_stress() => {
+                    waited += step;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Counts a junk command; true when the client is to be dropped. Beyond
+    /// `junk_command_limit` since the last message, each one counts as an invalid command
+    /// (Postfix's smtpd_junk_command_limit), so the invalid-command limit ends the session.
+    async fn junk(&mut self, verb: &str) -> bool {
+        self.junk_commands += 1;
+        if self.junk_commands <= self.settings().junk_command_limit {
+            return false;
+        }
+        info!(client = %self.peer, command = verb, count = self.junk_commands, "junk command limit exceeded");
+        self.invalid(verb).await
     }
 
     /// RFC 2920: a client may send commands without waiting for replies only after EHLO
@@ -320,11 +403,11 @@ impl Conversation {
             Command::Rset => {
                 self.reset().await;
                 self.say(250, "2.0.0 Ok");
-                Next::Continue
+                self.after_junk("RSET").await
             }
             Command::Noop => {
                 self.say(250, "2.0.0 Ok");
-                Next::Continue
+                self.after_junk("NOOP").await
             }
             Command::Quit => {
                 self.say(221, "2.0.0 Bye");
@@ -332,11 +415,11 @@ impl Conversation {
             }
             Command::Vrfy | Command::Expn => {
                 self.say(502, "5.5.1 VRFY and EXPN are disabled");
-                Next::Continue
+                self.after_junk("VRFY").await
             }
             Command::Help => {
                 self.say(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS AUTH; see RFC 5321");
-                Next::Continue
+                self.after_junk("HELP").await
             }
             Command::StartTls => self.starttls().await,
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await,
@@ -361,6 +444,14 @@ impl Conversation {
                 }
                 Next::Continue
             }
+        }
+    }
+
+    async fn after_junk(&mut self, verb: &str) -> Next {
+        if self.junk(verb).await {
+            Next::Close
+        } else {
+            Next::Continue
         }
     }
 
@@ -643,14 +734,27 @@ impl Conversation {
         let mut reader = DataReader::default();
         let mut piece = Vec::new();
         let mut refusal: Option<Verdict> = None;
-        let timeout = self.settings().timeouts.data_payload;
+        let timeout = self.timeouts().data_payload;
+        // A deadline for the whole message that a trickle cannot stretch: the payload timeout
+        // plus the time its bytes take at min_data_rate (Postfix 3.7's
+        // smtpd_per_request_deadline with smtpd_min_data_rate).
+        let started = tokio::time::Instant::now();
+        let min_rate = self.settings().min_data_rate;
+        let mut received: u64 = 0;
         loop {
-            let input = match self.conn.data_input(timeout).await {
-                Ok(input) => input,
+            let deadline = (min_rate > 0).then(|| {
+                started + timeout + Duration::from_secs_f64(received as f64 / min_rate as f64)
+            });
+            let input = match self.data_wait(timeout, deadline).await {
+                Ok(()) => self.conn.buffered(),
                 Err(e) => {
-                    info!(client = %self.peer, reason = %e, "message not finished");
+                    info!(client = %self.peer, reason = %e, received, "message not finished");
                     if matches!(e, ReadError::Timeout) {
-                        let text = format!("4.4.2 {} Error: timeout exceeded", self.hostname);
+                        let text = format!(
+                            "4.4.2 {} Error: timeout exceeded (the message must arrive within {}s plus 1s per {min_rate} bytes)",
+                            self.hostname,
+                            timeout.as_secs()
+                        );
                         self.say(421, &text);
                     }
                     return Next::Close;
@@ -660,6 +764,7 @@ impl Conversation {
             let end = reader.feed(input, &mut piece);
             let used = end.unwrap_or(input.len());
             self.conn.consume(used);
+            received += used as u64;
             // Everything is read to its end even when refused, so that the next command is
             // found; only the first refusal counts and nothing more is kept.
             if refusal.is_none() && !piece.is_empty() {
@@ -686,6 +791,7 @@ impl Conversation {
         }
         let next = self.end_of_message(refusal).await;
         self.tx = None;
+        self.junk_commands = 0;
         next
     }
 
@@ -843,7 +949,7 @@ impl Conversation {
 
     /// The TLS handshake within tls_negotiation_timeout, logged either way.
     async fn handshake(&mut self, acceptor: &TlsAcceptor) -> Option<TlsInfo> {
-        let timeout = self.settings().timeouts.tls_negotiation;
+        let timeout = self.timeouts().tls_negotiation;
         match self.conn.start_tls(acceptor, timeout).await {
             Ok(info) => {
                 info!(client = %self.peer, version = %info.version, cipher = %info.cipher, client_certificate = info.cert_subject.is_some(), "TLS established");
@@ -962,7 +1068,7 @@ impl Conversation {
     /// or went away (the caller then fails the attempt).
     async fn challenge(&mut self, prompt: &str) -> Option<String> {
         self.conn.queue(format!("334 {prompt}\r\n").as_bytes());
-        let timeout = self.settings().timeouts.protocol;
+        let timeout = self.timeouts().protocol;
         let limit = self.settings().line_limit;
         let line = self.conn.read_line(limit, timeout).await.ok()?;
         let line = String::from_utf8(line).ok()?;
