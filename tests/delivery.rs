@@ -486,3 +486,42 @@ fn a_spooled_message_is_relayed_exactly() {
     assert_eq!(relayed.len(), message.len());
     assert!(relayed == message.as_bytes(), "the relayed message differs");
 }
+
+/// Address hiding through the proxy: the target's refusals (4xx and 5xx) count; after
+/// max_failed_addresses (3) every recipient, a valid one too, hears a temporary refusal with
+/// the same text, which names only its own address.
+#[test]
+fn hidden_recipients_get_a_temporary_answer_that_names_nobody_else() {
+    let target = FaultyTarget::start(Faults {
+        rcpt_replies: vec![
+            (
+                "nosuch1@dest.test",
+                "550 5.1.1 <nosuch1@dest.test>: Recipient address rejected: User unknown",
+            ),
+            (
+                "nosuch2@dest.test",
+                "450 4.2.1 <nosuch2@dest.test>: mailbox busy",
+            ),
+            (
+                "nosuch3@dest.test",
+                "550 5.1.1 <nosuch3@dest.test>: Recipient address rejected: User unknown",
+            ),
+        ],
+        ..Faults::default()
+    });
+    let env = start(&[&target]);
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    smtp.command("MAIL FROM:<s@sender.test>").unwrap();
+    for n in 1..=3 {
+        let r = smtp
+            .command(&format!("RCPT TO:<nosuch{n}@dest.test>"))
+            .unwrap();
+        assert!(!r.starts_with("250"), "{r}");
+    }
+    let hidden = smtp.command("RCPT TO:<valid@dest.test>").unwrap();
+    assert_eq!(
+        hidden.trim_end(),
+        "450 4.1.1 <valid@dest.test>: Recipient address rejected: User unknown"
+    );
+}

@@ -4,11 +4,12 @@ mod support;
 
 use support::{MailEnv, Socket};
 
-#[test]
-fn after_three_unknown_users_a_valid_one_gets_the_same_answer() {
+/// Postfix refusing nosuch* itself, Postern as its milter with `hiding` as
+/// address_hiding_reply: three unknown users, then what a valid one hears.
+fn valid_after_three_unknown(hiding: &str) -> (MailEnv, String) {
     let env = MailEnv::start_with_postfix(
         Socket::Unix,
-        "",
+        &format!("[exploit_detection]\naddress_hiding_reply = \"{hiding}\"\n"),
         &["smtpd_recipient_restrictions = check_recipient_access regexp:{dir}/recipients"],
         &[(
             "recipients",
@@ -42,11 +43,28 @@ fn after_three_unknown_users_a_valid_one_gets_the_same_answer() {
         refused[2].trim_end(),
         "550 5.1.1 <nosuch3@rcpt.example>: Recipient address rejected: User unknown in local recipient table"
     );
-    // Now a valid recipient is answered exactly like an unknown one.
     let hidden = smtp.command("RCPT TO:<valid2@rcpt.example>").unwrap();
+    (env, hidden.trim_end().to_owned())
+}
+
+/// By default a valid recipient then hears the refusal made temporary: a real sender with a
+/// few stale addresses retries, and its valid recipients arrive later.
+#[test]
+fn after_three_unknown_users_a_valid_one_is_deferred() {
+    let (env, hidden) = valid_after_three_unknown("temporary");
     assert_eq!(
-        hidden.trim_end(),
-        "550 5.1.1 <valid2@rcpt.example>: Recipient address rejected: User unknown in local recipient table"
+        hidden,
+        "450 4.1.1 <valid2@rcpt.example>: Recipient address rejected: User unknown in local recipient table"
     );
     assert!(env.postern_log().contains("dictionary attack suspected"));
+}
+
+/// With address_hiding_reply = "same" it hears exactly what an unknown one hears.
+#[test]
+fn after_three_unknown_users_a_valid_one_can_get_the_same_answer() {
+    let (_env, hidden) = valid_after_three_unknown("same");
+    assert_eq!(
+        hidden,
+        "550 5.1.1 <valid2@rcpt.example>: Recipient address rejected: User unknown in local recipient table"
+    );
 }

@@ -18,6 +18,7 @@ use toml::Spanned;
 use crate::dns::{Dns, DnsSettings};
 use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
+use crate::engine::checks::exploit_detection::HidingReply;
 use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
 use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
 use crate::engine::checks::reputation::{Penalties, Reputation, ReputationZone, ZoneKind};
@@ -454,6 +455,7 @@ struct ExploitDetectionSection {
     max_invalid_commands: NonZeroU32,
     address_hiding_on_dictionary_attack: bool,
     max_failed_addresses: NonZeroU32,
+    address_hiding_reply: HidingReply,
 }
 
 impl Default for ExploitDetectionSection {
@@ -463,6 +465,7 @@ impl Default for ExploitDetectionSection {
             max_invalid_commands: NonZeroU32::new(5).expect("nonzero"),
             address_hiding_on_dictionary_attack: true,
             max_failed_addresses: NonZeroU32::new(3).expect("nonzero"),
+            address_hiding_reply: HidingReply::Temporary,
         }
     }
 }
@@ -790,6 +793,7 @@ impl ConfigFile {
                     .exploit_detection
                     .address_hiding_on_dictionary_attack
                     .then_some(self.exploit_detection.max_failed_addresses.get()),
+                hiding_reply: self.exploit_detection.address_hiding_reply,
             },
             trace_header: self.scan.trace_header.then(|| TraceHeader {
                 name: self.scan.trace_header_name.into_inner(),

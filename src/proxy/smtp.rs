@@ -676,10 +676,9 @@ impl Conversation {
                 true
             }
             Err(crate::relay::TargetError::Refused(reply)) => {
-                if reply.code >= 500 {
-                    let enhanced = reply.enhanced().unwrap_or("5.1.1").to_owned();
-                    self.session.rcpt_refused_by_mta(&enhanced, &reply.text);
-                }
+                // Counted as the milter door counts the MTA's refusals, 4xx and 5xx alike.
+                let (enhanced, text) = refusal_parts(&reply);
+                self.session.rcpt_refused_by_mta(&enhanced, text);
                 self.reply(Reply::from(&reply));
                 false
             }
@@ -1089,10 +1088,56 @@ impl Conversation {
     }
 }
 
+/// A target's refusal of a recipient as the engine takes it: the enhanced status code, and
+/// the text without that code and without the `<address>: ` it starts with (the engine puts
+/// each recipient's own address there; the refused one must not leak to the next).
+fn refusal_parts(reply: &TargetReply) -> (String, &str) {
+    let default = if reply.code < 500 { "4.1.1" } else { "5.1.1" };
+    let enhanced = reply.enhanced().unwrap_or(default).to_owned();
+    let mut text = reply.text.as_str();
+    if reply.enhanced().is_some() {
+        text = text.split_once(' ').map_or("", |(_, rest)| rest);
+    }
+    if text.starts_with('<')
+        && let Some((_, rest)) = text.split_once(">: ")
+    {
+        text = rest;
+    }
+    (enhanced, text)
+}
+
 /// The first word of a line, for logs: printable and short.
 fn verb(line: &[u8]) -> String {
     let word = line.split(|&b| b == b' ').next().unwrap_or(b"");
     String::from_utf8_lossy(&word[..word.len().min(32)])
         .escape_debug()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_targets_refusal_loses_its_code_and_address() {
+        let r = TargetReply {
+            code: 550,
+            text: "5.1.1 <nosuch@x.test>: Recipient address rejected: User unknown".into(),
+        };
+        assert_eq!(
+            refusal_parts(&r),
+            (
+                "5.1.1".to_owned(),
+                "Recipient address rejected: User unknown"
+            )
+        );
+        let r = TargetReply {
+            code: 450,
+            text: "greylisted, try later".into(),
+        };
+        assert_eq!(
+            refusal_parts(&r),
+            ("4.1.1".to_owned(), "greylisted, try later")
+        );
+    }
 }

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::SharedState;
 use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
-use super::checks::exploit_detection::{RecipientRefusal, default_refusal};
+use super::checks::exploit_detection::{HidingReply, RecipientRefusal, default_refusal};
 use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Event;
 use super::checks::spf::{Spf, SpfOutcome};
@@ -371,7 +371,7 @@ mod tests {
         let hidden = s.rcpt("valid@local.example").await;
         assert_eq!(
             hidden.reply().unwrap().to_string(),
-            "550 5.1.1 <valid@local.example>: Recipient address rejected: User unknown"
+            "450 4.1.1 <valid@local.example>: Recipient address rejected: User unknown"
         );
         // Off: valid recipients pass whatever failed before.
         let mut s = session(

@@ -11,8 +11,14 @@ impl Session {
         if let Some(max) = self.policy.exploit_detection.max_failed_addresses
             && self.failed_recipients >= max
         {
+            // Temporary: a list server with a few stale addresses retries, and its valid
+            // recipients are delivered then; a prober learns nothing either way.
             let refusal = self.last_refusal.clone().unwrap_or_else(default_refusal);
             self.failed_recipients += 1;
+            let refusal = match self.policy.exploit_detection.hiding_reply {
+                HidingReply::Temporary => refusal.temporary(),
+                HidingReply::Same => refusal,
+            };
             return Verdict::refuse(refusal.reply_for(recipient));
         }
         if !self.may_relay()
