@@ -186,3 +186,78 @@ fn a_client_that_does_not_read_is_closed() {
     );
     env.wait_for_log("did not read its replies");
 }
+
+/// A users file with alice:secret in `dir`.
+fn users_file(dir: &std::path::Path) -> String {
+    let mut child = support::proxy::postern()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let path = dir.join("users");
+    std::fs::write(
+        &path,
+        format!("alice:{}", String::from_utf8(out.stdout).unwrap()),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// AUTH before EHLO is 503; `AUTH PLAIN =` is an empty response (a failure, not a
+/// challenge); `*` cancels with 501 and is not counted.
+#[test]
+fn auth_commands_are_read_as_rfc_4954_says() {
+    let users = tempfile::tempdir().unwrap();
+    let env = proxy(&format!(
+        "auth_users_file = \"{}\"\nauth_over_plaintext = true\n",
+        users_file(users.path())
+    ));
+    let mut smtp = env.smtp();
+    let r = smtp.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==").unwrap();
+    assert!(r.starts_with("503 5.5.1"), "{r}");
+    smtp.command("EHLO c.test").unwrap();
+    let r = smtp.command("AUTH PLAIN =").unwrap();
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    assert!(smtp.command("AUTH LOGIN").unwrap().starts_with("334"));
+    let r = smtp.command("*").unwrap();
+    assert!(r.starts_with("501"), "{r}");
+    let r = smtp.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==").unwrap();
+    assert!(r.starts_with("235"), "{r}");
+}
+
+/// The per-client failure limit holds over parallel connections: each attempt is counted
+/// before its password is checked, so four at once get no more than the two guesses allowed.
+#[test]
+fn parallel_connections_get_no_extra_guesses() {
+    let users = tempfile::tempdir().unwrap();
+    let env = proxy(&format!(
+        "auth_users_file = \"{}\"\nauth_over_plaintext = true\nmax_auth_failures_per_client = 2\n",
+        users_file(users.path())
+    ));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let replies: Vec<String> = (0..4)
+        .map(|_| {
+            let mut smtp = env.smtp();
+            smtp.command("EHLO c.test").unwrap();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                // alice / wrong
+                smtp.command("AUTH PLAIN AGFsaWNlAHdyb25n").unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let guessed = replies.iter().filter(|r| r.starts_with("535")).count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.starts_with("454 4.7.0"))
+        .count();
+    assert_eq!((guessed, refused), (2, 2), "{replies:?}");
+}

@@ -55,6 +55,7 @@ pub(super) struct ProxySection {
     min_data_rate: u64,
     stress_threshold: u8,
     stress_timeout: NonZeroU64,
+    max_concurrent_password_checks: usize,
 }
 
 impl Default for ProxySection {
@@ -94,6 +95,7 @@ impl Default for ProxySection {
             min_data_rate: 500,
             stress_threshold: 80,
             stress_timeout: nz(10),
+            max_concurrent_password_checks: 0,
         }
     }
 }
@@ -191,7 +193,14 @@ pub(super) fn compile_proxy(
     }
     let auth_users = match p.auth_users_file {
         Some(f) => {
-            Some(Users::load(&relative(f, config_dir)).map_err(|m| err("auth_users_file", m))?)
+            let checks = match p.max_concurrent_password_checks {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            };
+            Some(
+                Users::load(&relative(f, config_dir), checks)
+                    .map_err(|m| err("auth_users_file", m))?,
+            )
         }
         None if !p.submission_listen.is_empty() => {
             return Err(err(

@@ -13,6 +13,9 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use tokio::sync::Semaphore;
+
+use crate::engine::checks::dos::client_key;
 
 /// At most this many client addresses are remembered; beyond it, expired ones go first, then
 /// any.
@@ -39,17 +42,6 @@ impl ClientFailures {
         }
     }
 
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
-            v4 => v4,
-        }
-    }
-
     /// Whether this client has used up its failures for now.
     pub fn exhausted(&self, ip: IpAddr) -> bool {
         let Ok(seen) = self.seen.lock() else {
@@ -57,18 +49,46 @@ impl ClientFailures {
         };
         self.max > 0
             && seen
-                .get(&Self::key(ip))
+                .get(&client_key(ip))
                 .is_some_and(|(n, since)| *n >= self.max && since.elapsed() < self.window)
     }
 
-    /// Counts one failure.
-    pub fn record(&self, ip: IpAddr) {
+    /// Takes one attempt before the password is checked, counted as a failure until
+    /// [`ClientFailures::succeeded`] gives it back: parallel connections of one client get no
+    /// more guesses than one. False when the client has none left.
+    pub fn reserve(&self, ip: IpAddr) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let Ok(mut seen) = self.seen.lock() else {
+            return true;
+        };
+        let entry = self.entry(&mut seen, ip);
+        if entry.0 >= self.max {
+            return false;
+        }
+        entry.0 += 1;
+        true
+    }
+
+    /// The reserved attempt succeeded: it is not a failure.
+    pub fn succeeded(&self, ip: IpAddr) {
         if self.max == 0 {
             return;
         }
-        let Ok(mut seen) = self.seen.lock() else {
-            return;
-        };
+        if let Ok(mut seen) = self.seen.lock()
+            && let Some(entry) = seen.get_mut(&client_key(ip))
+        {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+
+    /// The client's count, started again when its window is over; room is made for it.
+    fn entry<'a>(
+        &self,
+        seen: &'a mut HashMap<IpAddr, (u32, Instant)>,
+        ip: IpAddr,
+    ) -> &'a mut (u32, Instant) {
         if seen.len() >= MAX_CLIENTS {
             seen.retain(|_, (_, since)| since.elapsed() < self.window);
             if seen.len() >= MAX_CLIENTS
@@ -77,23 +97,45 @@ impl ClientFailures {
                 seen.remove(&any);
             }
         }
-        let entry = seen.entry(Self::key(ip)).or_insert((0, Instant::now()));
+        let entry = seen.entry(client_key(ip)).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= self.window {
             *entry = (0, Instant::now());
         }
-        entry.0 += 1;
+        entry
     }
 }
 
 /// The users who may authenticate, with their password hashes (PHC strings).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Users {
     hashes: Arc<HashMap<String, String>>,
+    /// Password checks running at once (`max_concurrent_password_checks`): argon2 costs
+    /// about 20 MB and tens of milliseconds each, so a flood of AUTH must not take every
+    /// blocking thread.
+    checks: Arc<Semaphore>,
+}
+
+impl PartialEq for Users {
+    fn eq(&self, other: &Self) -> bool {
+        self.hashes == other.hashes
+    }
+}
+
+impl Eq for Users {}
+
+/// Why a password could not be checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verification {
+    Valid,
+    Invalid,
+    /// Every password check slot stayed busy for the whole wait.
+    Busy,
 }
 
 impl Users {
-    /// Reads a users file. Errors name the file and line.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// Reads a users file; at most `concurrent_checks` passwords are checked at once. Errors
+    /// name the file and line.
+    pub fn load(path: &Path, concurrent_checks: usize) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
         let mut hashes = HashMap::new();
@@ -115,11 +157,24 @@ impl Users {
         }
         Ok(Self {
             hashes: Arc::new(hashes),
+            checks: Arc::new(Semaphore::new(concurrent_checks.max(1))),
         })
     }
 
-    /// True when `user` exists and `password` is theirs. Runs on the blocking pool.
-    pub async fn verify(&self, user: &str, password: &str) -> bool {
+    /// Whether `user` exists and `password` is theirs; waits at most `wait` for a check slot.
+    /// Runs on the blocking pool.
+    pub async fn verify(&self, user: &str, password: &str, wait: Duration) -> Verification {
+        let Ok(Ok(_permit)) = tokio::time::timeout(wait, self.checks.acquire()).await else {
+            return Verification::Busy;
+        };
+        if self.check(user, password).await {
+            Verification::Valid
+        } else {
+            Verification::Invalid
+        }
+    }
+
+    async fn check(&self, user: &str, password: &str) -> bool {
         // An unknown user costs as much as a known one, so that timing does not tell them apart.
         const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Ia0vL4Hw1BqBwH5KJeyWBJZ6eS4QeU7jyNzCdyCvXgk";
         let hash = self
@@ -189,21 +244,34 @@ mod tests {
     fn failures_count_per_client_and_per_ipv6_block() {
         let f = ClientFailures::new(2, Duration::from_secs(600));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        f.record(a);
+        f.reserve(a);
         assert!(!f.exhausted(a));
-        f.record(a);
+        f.reserve(a);
         assert!(f.exhausted(a));
         assert!(!f.exhausted("192.0.2.2".parse().unwrap()));
-        f.record("2001:db8:1:2::1".parse().unwrap());
-        f.record("2001:db8:1:2::ffff".parse().unwrap());
+        f.reserve("2001:db8:1:2::1".parse().unwrap());
+        f.reserve("2001:db8:1:2::ffff".parse().unwrap());
         assert!(f.exhausted("2001:db8:1:2:aaaa::9".parse().unwrap()));
         assert!(!f.exhausted("2001:db8:1:3::1".parse().unwrap()));
         let off = ClientFailures::new(0, Duration::from_secs(600));
-        off.record(a);
+        off.reserve(a);
         assert!(!off.exhausted(a));
         let short = ClientFailures::new(1, Duration::ZERO);
-        short.record(a);
+        short.reserve(a);
         assert!(!short.exhausted(a), "the window is over");
+    }
+
+    #[test]
+    fn attempts_are_reserved_before_the_check() {
+        let f = ClientFailures::new(2, Duration::from_secs(600));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        // Two parallel attempts take both; a third gets none until one succeeds.
+        assert!(f.reserve(a));
+        assert!(f.reserve(a));
+        assert!(!f.reserve(a));
+        assert!(f.exhausted(a));
+        f.succeeded(a);
+        assert!(f.reserve(a));
     }
 
     #[test]
@@ -223,13 +291,31 @@ mod tests {
         let path = dir.path().join("users");
         let hash = hash_password("secret").unwrap();
         std::fs::write(&path, format!("# users\nalice:{hash}\n")).unwrap();
-        let users = Users::load(&path).unwrap();
-        assert!(users.verify("alice", "secret").await);
-        assert!(!users.verify("alice", "wrong").await);
-        assert!(!users.verify("bob", "secret").await);
+        let users = Users::load(&path, 2).unwrap();
+        let wait = Duration::from_secs(5);
+        assert_eq!(
+            users.verify("alice", "secret", wait).await,
+            Verification::Valid
+        );
+        assert_eq!(
+            users.verify("alice", "wrong", wait).await,
+            Verification::Invalid
+        );
+        assert_eq!(
+            users.verify("bob", "secret", wait).await,
+            Verification::Invalid
+        );
+        // Every slot busy for the whole wait.
+        let _held = users.checks.clone().acquire_many_owned(2).await.unwrap();
+        assert_eq!(
+            users
+                .verify("alice", "secret", Duration::from_millis(50))
+                .await,
+            Verification::Busy
+        );
 
         std::fs::write(&path, "alice:plaintext\n").unwrap();
-        let err = Users::load(&path).unwrap_err();
+        let err = Users::load(&path, 2).unwrap_err();
         assert!(
             err.contains(":1:") && err.contains("hash-password"),
             "{err}"

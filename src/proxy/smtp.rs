@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::auth::{decode_line, decode_plain};
+use super::auth::{Verification, decode_line, decode_plain};
 use super::command::Command;
 use super::connection::{Connection, ReadError, Stream};
 use super::data::{BareNewline, DataReader};
@@ -52,6 +52,25 @@ impl From<&SmtpReply> for Reply {
 impl From<&TargetReply> for Reply {
     fn from(r: &TargetReply) -> Self {
         Self::new(r.code, r.text.clone())
+    }
+}
+
+/// A client's answer to an AUTH challenge.
+enum Response<T> {
+    Given(T),
+    /// `*` (RFC 4954): the client gave up; answered 501, not counted as a failure.
+    Cancelled,
+    /// The connection ended or timed out.
+    Gone,
+}
+
+impl<T> Response<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Response<U> {
+        match self {
+            Response::Given(t) => Response::Given(f(t)),
+            Response::Cancelled => Response::Cancelled,
+            Response::Gone => Response::Gone,
+        }
     }
 }
 
@@ -982,6 +1001,10 @@ impl Conversation {
             self.say(502, "5.5.1 Error: authentication is not offered here");
             return Next::Continue;
         };
+        if !self.helo {
+            self.say(503, "5.5.1 Error: send EHLO first");
+            return Next::Continue;
+        }
         if self.authenticated {
             self.say(503, "5.5.1 Error: already authenticated");
             return Next::Continue;
@@ -994,7 +1017,50 @@ impl Conversation {
             self.say(538, "5.7.11 Encryption required for requested authentication mechanism (use STARTTLS first)");
             return Next::Continue;
         }
-        if self.shared.auth_failures.exhausted(self.peer.ip()) {
+        if !matches!(mechanism, "PLAIN" | "LOGIN") {
+            self.say(
+                504,
+                "5.5.4 Error: unsupported authentication mechanism (use PLAIN or LOGIN)",
+            );
+            return Next::Continue;
+        }
+        // RFC 4954: "=" is an empty initial response, not a request for a challenge.
+        let initial = initial.map(|r| if r == "=" { String::new() } else { r });
+        let credentials = match mechanism {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(r) => Response::Given(r),
+                    None => self.challenge("").await,
+                };
+                response.map(|r| decode_plain(&r))
+            }
+            _ => {
+                let user = match initial {
+                    Some(r) => Response::Given(r),
+                    None => self.challenge("VXNlcm5hbWU6").await,
+                };
+                match user.map(|u| decode_line(&u)) {
+                    Response::Given(Some(user)) => self
+                        .challenge("UGFzc3dvcmQ6")
+                        .await
+                        .map(|p| decode_line(&p).map(|p| (user, p))),
+                    Response::Given(None) => Response::Given(None),
+                    Response::Cancelled => Response::Cancelled,
+                    Response::Gone => Response::Gone,
+                }
+            }
+        };
+        let credentials = match credentials {
+            Response::Given(c) => c,
+            Response::Cancelled => {
+                self.say(501, "5.7.0 Authentication cancelled");
+                return Next::Continue;
+            }
+            Response::Gone => return Next::Close,
+        };
+        // The attempt is counted before the check, so that parallel connections of one
+        // client get no extra guesses; a success gives it back.
+        if !self.shared.auth_failures.reserve(self.peer.ip()) {
             info!(client = %self.peer, "AUTH refused: too many failures from this client");
             self.say(
                 454,
@@ -1002,52 +1068,33 @@ impl Conversation {
             );
             return Next::Continue;
         }
-        let credentials = match mechanism {
-            "PLAIN" => {
-                let response = match initial {
-                    Some(r) if r != "=" => Some(r),
-                    _ => self.challenge("").await,
-                };
-                response.as_deref().and_then(decode_plain)
+        let wait = self.timeouts().protocol;
+        let verdict = match &credentials {
+            Some((user, password)) => users.verify(user, password, wait).await,
+            None => Verification::Invalid,
+        };
+        match verdict {
+            Verification::Valid => {
+                self.shared.auth_failures.succeeded(self.peer.ip());
+                let user = credentials.map(|c| c.0).unwrap_or_default();
+                info!(client = %self.peer, user = %user.escape_debug(), "authenticated");
+                self.session.authenticated(&user);
+                self.authenticated = true;
+                self.say(235, "2.7.0 Authentication successful");
+                return Next::Continue;
             }
-            "LOGIN" => {
-                let user = match initial {
-                    Some(r) => Some(r),
-                    None => self.challenge("VXNlcm5hbWU6").await,
-                };
-                let user = user.as_deref().and_then(decode_line);
-                match user {
-                    Some(user) => self
-                        .challenge("UGFzc3dvcmQ6")
-                        .await
-                        .as_deref()
-                        .and_then(decode_line)
-                        .map(|p| (user, p)),
-                    None => None,
-                }
-            }
-            _ => {
+            Verification::Busy => {
+                self.shared.auth_failures.succeeded(self.peer.ip());
+                warn!(client = %self.peer, "AUTH deferred: every password check slot is busy (max_concurrent_password_checks)");
                 self.say(
-                    504,
-                    "5.5.4 Error: unsupported authentication mechanism (use PLAIN or LOGIN)",
+                    454,
+                    "4.7.0 Error: temporary authentication failure, try again later",
                 );
                 return Next::Continue;
             }
-        };
-        let ok = match &credentials {
-            Some((user, password)) => users.verify(user, password).await,
-            None => false,
-        };
-        if ok {
-            let user = credentials.map(|c| c.0).unwrap_or_default();
-            info!(client = %self.peer, user = %user.escape_debug(), "authenticated");
-            self.session.authenticated(&user);
-            self.authenticated = true;
-            self.say(235, "2.7.0 Authentication successful");
-            return Next::Continue;
+            Verification::Invalid => {}
         }
         self.auth_failures += 1;
-        self.shared.auth_failures.record(self.peer.ip());
         info!(client = %self.peer, failures = self.auth_failures, "authentication failed");
         if self.auth_failures >= self.settings().max_auth_failures {
             let text = format!(
@@ -1063,15 +1110,18 @@ impl Conversation {
         Next::Continue
     }
 
-    /// Sends a 334 challenge and reads the response; `None` when the client cancelled (`*`)
-    /// or went away (the caller then fails the attempt).
-    async fn challenge(&mut self, prompt: &str) -> Option<String> {
+    /// Sends a 334 challenge and reads the response.
+    async fn challenge(&mut self, prompt: &str) -> Response<String> {
         self.conn.queue(format!("334 {prompt}\r\n").as_bytes());
         let timeout = self.timeouts().protocol;
         let limit = self.settings().line_limit;
-        let line = self.conn.read_line(limit, timeout).await.ok()?;
-        let line = String::from_utf8(line).ok()?;
-        (line.trim() != "*").then_some(line)
+        match self.conn.read_line(limit, timeout).await {
+            Ok(line) if line.trim_ascii() == b"*" => Response::Cancelled,
+            // Not UTF-8 (or too long): a response that decodes to nothing.
+            Ok(line) => Response::Given(String::from_utf8(line).unwrap_or_default()),
+            Err(ReadError::TooLong(_)) => Response::Given(String::new()),
+            Err(_) => Response::Gone,
+        }
     }
 
     /// Ends the transaction (RSET, EHLO, STARTTLS) in the engine and with the relay target.

@@ -59,8 +59,21 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// The key a client is counted under: its IPv4 address (also when IPv4-mapped), or the /64 of
+/// an IPv6 address, the block one host usually holds, so that a client cannot escape its
+/// limits by changing the low bits of its address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl ClientTracker {
-    /// Counts a new connection from `ip`. Returns its slot, and the refusal when a limit is
+    /// Counts a new connection from `ip` (under its [`client_key`]). Returns its slot, and the refusal when a limit is
     /// exceeded (the connection is counted either way, as Postfix's anvil does).
     pub fn connect(
         self: &Arc<Self>,
@@ -68,11 +81,12 @@ impl ClientTracker {
         limits: ClientLimits,
         now: Instant,
     ) -> (ConnectionSlot, Option<SmtpReply>) {
+        let key = client_key(ip);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&ip) {
+        if clients.len() >= MAX_TRACKED_CLIENTS && !clients.contains_key(&key) {
             prune(&mut clients, now);
         }
-        let state = clients.entry(ip).or_default();
+        let state = clients.entry(key).or_default();
         while state
             .recent
             .front()
@@ -105,7 +119,7 @@ impl ClientTracker {
         };
         let slot = ConnectionSlot {
             tracker: self.clone(),
-            ip,
+            ip: key,
         };
         let reply =
             refusal.map(|text| SmtpReply::new(421, Some("4.7.0"), &text).expect("printable reply"));
@@ -166,6 +180,26 @@ mod tests {
         // Another client is not affected.
         let (_e, refused) = tracker.connect("192.0.2.11".parse().unwrap(), limits, now);
         assert!(refused.is_none());
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_per_64() {
+        let tracker = Arc::new(ClientTracker::default());
+        let limits = ClientLimits {
+            max_connections: Some(1),
+            max_connection_rate: None,
+        };
+        let now = Instant::now();
+        let (_a, refused) = tracker.connect("2001:db8:1:2::1".parse().unwrap(), limits, now);
+        assert!(refused.is_none());
+        let (_b, refused) = tracker.connect("2001:db8:1:2:ffff::9".parse().unwrap(), limits, now);
+        assert!(refused.is_some(), "the same /64");
+        let (_c, refused) = tracker.connect("2001:db8:1:3::1".parse().unwrap(), limits, now);
+        assert!(refused.is_none(), "another /64");
+        assert_eq!(
+            client_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
