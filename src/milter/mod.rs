@@ -470,9 +470,37 @@ async fn apply_edits(
         }
     }
     if let Some(body) = &edits.body {
-        actions.replace_body(body).await?;
+        actions.replace_body(&crlf_only(body)).await?;
     }
     Ok(())
+}
+
+/// `body` with every bare CR or LF made CRLF (invariant 2: no bare line end reaches the MTA
+/// through a milter edit either); borrowed when there is none. One pass.
+fn crlf_only(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = |i: usize| match body[i] {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || body[i - 1] != b'\r',
+        _ => false,
+    };
+    if !memchr::memchr2_iter(b'\r', b'\n', body).any(bare) {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' if body.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn one_line(value: &str) -> String {
@@ -518,6 +546,19 @@ fn first_arg(args: &[CString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_body_has_no_bare_line_ends() {
+        assert!(matches!(
+            crlf_only(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            crlf_only(b"a\rb\nc\r\n\n\r").as_ref(),
+            b"a\r\nb\r\nc\r\n\r\n\r\n"
+        );
+        assert_eq!(crlf_only(b"\n").as_ref(), b"\r\n");
+    }
 
     #[test]
     fn header_lines_are_rebuilt_with_crlf() {

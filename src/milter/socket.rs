@@ -113,6 +113,29 @@ pub struct MilterListener {
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
+/// Binds a unix socket that appears at `path` already with `mode`: it is made in a private
+/// directory (mode 0700) beside `path`, given its mode there and renamed into place, so there
+/// is no moment when the umask's mode lets others connect.
+fn bind_with_mode(path: &std::path::Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = parent.join(format!(".postern-socket.{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("socket");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 impl MilterListener {
     /// Binds the socket. A stale unix socket file is replaced and given `mode`. The handle
     /// returned with the listener closes it.
@@ -149,8 +172,7 @@ impl MilterListener {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
-                let listener = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                let listener = bind_with_mode(path, mode)?;
                 (EitherListener::Unix(listener), Some(path.clone()))
             }
         };
@@ -283,6 +305,14 @@ mod tests {
         let (l, _stop) = MilterListener::bind(&spec, 0o600).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // It was made in a private directory and moved into place: it works, and nothing
+        // else is left beside it.
+        UnixStream::connect(&path).await.unwrap();
+        let beside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, ["m.sock"]);
         drop(l);
         assert!(!path.exists(), "socket file removed on close");
     }

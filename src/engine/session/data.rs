@@ -254,7 +254,7 @@ impl Session {
         info!(
             session = self.id,
             queue_id = tx.queue_id.as_deref().unwrap_or(""),
-            sender = %tx.sender,
+            sender = %tx.sender.escape_debug(),
             recipients = tx.recipients.len(),
             size = tx.message.as_ref().map_or(0, MessageBuffer::len),
             spooled = tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
