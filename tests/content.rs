@@ -565,3 +565,30 @@ fn config_errors_name_the_rule_and_say_what_to_do() {
     );
     assert!(e.contains("give one"), "{e}");
 }
+
+/// scan_timeout stops the work itself: a rewrite whose deadline has passed gives up at once
+/// (the walk and the rule loops look at the clock), for a message with a header, a multipart
+/// one and a headerless one alike.
+#[test]
+fn a_passed_deadline_stops_the_rewrite() {
+    use postern::engine::rules::{ContentError, rewrite_within};
+    let sets = rulesets(
+        "[[ruleset]]\nname = \"r\"\n[[ruleset.rule]]\nname = \"digits\"\ntargets = [\"subject\", \"body\"]\n\
+         regex = \"([0-9]+)\"\naction = \"mask\"\n",
+    );
+    let refs: Vec<&Ruleset> = sets.iter().collect();
+    let past = std::time::Instant::now();
+    for raw in [
+        &b"Subject: 123\r\n\r\nbody 456\r\n"[..],
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n1\r\n--b\r\n\r\n2\r\n--b--\r\n",
+        b"no header here 789\r\n",
+    ] {
+        assert!(
+            matches!(rewrite_within(raw, &refs, Some(past)), Err(ContentError::Deadline)),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+        // Without a deadline the same message is rewritten.
+        assert!(!rewrite_within(raw, &refs, None).unwrap().hits.is_empty());
+    }
+}

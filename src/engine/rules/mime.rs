@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
@@ -67,10 +68,23 @@ pub enum ContentError {
     Undecodable { part: usize, encoding: &'static str },
     #[error("part {part}: text in charset {charset} cannot be written back after the transform")]
     Charset { part: usize, charset: String },
+    #[error("scan_timeout reached before the message was scanned")]
+    Deadline,
 }
 
 /// Runs `rulesets` over the raw message (header and body, as received).
 pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentError> {
+    rewrite_within(raw, rulesets, None)
+}
+
+/// [`rewrite`], giving up with [`ContentError::Deadline`] once `deadline` has passed: the
+/// walk and the rule loops look at the clock, so the work really stops (and its thread and
+/// scan slot are free again) soon after `scan_timeout`, not when a huge message is done.
+pub fn rewrite_within(
+    raw: &[u8],
+    rulesets: &[&Ruleset],
+    deadline: Option<Instant>,
+) -> Result<Rewrite, ContentError> {
     let rules: Vec<(&Ruleset, &Rule)> = rulesets
         .iter()
         .flat_map(|rs| rs.rules.iter().map(move |r| (*rs, r)))
@@ -78,17 +92,26 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
     let mut walker = Walker {
         rules,
         rewrite: Rewrite::default(),
+        deadline,
+        expired: false,
     };
     if walker.rules.is_empty() {
         return Ok(walker.rewrite);
     }
     let Some(message) = parse(raw) else {
         // No header at all: the whole message is one plain text body, and is still scanned.
-        return Ok(walker.headerless(raw));
+        let rewrite = walker.headerless(raw);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(ContentError::Deadline);
+        }
+        return Ok(rewrite);
     };
     let mut splices = Vec::new();
     let mut headers = Vec::new();
     walker.walk(&message, raw, Some(&mut headers), &mut splices)?;
+    if walker.expired {
+        return Err(ContentError::Deadline);
+    }
     let mut rewrite = walker.rewrite;
     if rewrite.reject.is_some() {
         return Ok(rewrite);
@@ -156,6 +179,16 @@ fn clean_body_start(raw: &[u8], part: &MessagePart<'_>) -> Option<usize> {
 struct Walker<'r> {
     rules: Vec<(&'r Ruleset, &'r Rule)>,
     rewrite: Rewrite,
+    deadline: Option<Instant>,
+    /// The deadline passed: the walk stops and the rewrite fails.
+    expired: bool,
+}
+
+impl Walker<'_> {
+    fn time_is_up(&mut self) -> bool {
+        self.expired |= self.deadline.is_some_and(|d| Instant::now() >= d);
+        self.expired
+    }
 }
 
 type Splices = Vec<(Range<usize>, Vec<u8>)>;
@@ -670,7 +703,14 @@ impl Walker<'_> {
         // whole chain of rules.
         let mut spare = String::new();
         let mut changed = false;
+        if self.time_is_up() {
+            return None;
+        }
         for (ruleset, rule) in &self.rules {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                self.expired = true;
+                break;
+            }
             if !targets_match(rule, target)
                 || matches!(target, Target::Attachment | Target::Filename)
                     && !rule.wants_type(ctype)
@@ -762,6 +802,9 @@ impl Walker<'_> {
         splices: &mut Splices,
     ) -> Result<(), ContentError> {
         for (index, part) in message.parts.iter().enumerate() {
+            if self.time_is_up() {
+                return Err(ContentError::Deadline);
+            }
             if index == 0 {
                 self.header_targets(part, raw, top_headers.as_deref_mut(), splices);
             }

@@ -9,5 +9,5 @@ pub mod ruleset;
 pub mod transforms;
 pub mod unprotect;
 
-pub use mime::{ContentError, Diversion, Hit, Rewrite, rewrite};
+pub use mime::{ContentError, Diversion, Hit, Rewrite, rewrite, rewrite_within};
 pub use ruleset::{ContentPolicy, MessageContext, Ruleset};

@@ -29,6 +29,7 @@ impl Session {
         let buffer = tx.message.as_mut()?;
         let mut divert = None;
         let mut slot = None;
+        let started = std::time::Instant::now();
         let work = async {
             // A slot first: the message, its parse and its new body are held in memory only
             // while one is.
@@ -38,20 +39,25 @@ impl Session {
                 .acquire_owned()
                 .await
                 .map_err(|e| EngineError::Task(e.to_string()))?;
-            slot = Some(held);
             let raw = buffer.contents().await?;
             let scan_policy = policy.clone();
+            let deadline = started + policy.scan_timeout;
             // Parsing and transforming a large message is CPU work: keep it off the threads
-            // that serve the other sessions.
-            let rewrite = tokio::task::spawn_blocking(move || {
+            // that serve the other sessions. The slot goes with the work and comes back only
+            // when it has really ended (at the latest soon after the deadline), so that no
+            // more than max_concurrent_scans blocking threads ever scan at once, even when
+            // scan_timeout gave up waiting for them.
+            let (rewrite, held) = tokio::task::spawn_blocking(move || {
                 let rulesets: Vec<_> = active
                     .iter()
                     .map(|&i| &scan_policy.content.rulesets[i])
                     .collect();
-                rules::rewrite(&raw, &rulesets)
+                (rules::rewrite_within(&raw, &rulesets, Some(deadline)), held)
             })
             .await
-            .map_err(|e| EngineError::Task(e.to_string()))??;
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+            slot = Some(held);
+            let rewrite = rewrite?;
             divert = rewrite.divert.clone();
             Ok(self.take_rewrite(rewrite, &queue_id, edits))
         };
