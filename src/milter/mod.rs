@@ -509,20 +509,37 @@ fn one_line(value: &str) -> String {
 
 /// Rebuilds one header field as it was on the wire: `Name: value` with CRLF line ends (the MTA
 /// hands folded values over with bare LF).
-fn header_line(name: &[u8], value: &[u8], leading_space: bool) -> Vec<u8> {
+/// One header field as the engine reads it, from the name and value the MTA hands over
+/// (Postfix folds with a bare LF): always exactly one field, ending with CRLF, its folds CRLF
+/// followed by a space or tab, no bare CR or LF.
+pub fn header_line(name: &[u8], value: &[u8], leading_space: bool) -> Vec<u8> {
     let mut line = Vec::with_capacity(name.len() + value.len() + 4);
-    line.extend_from_slice(name);
+    // A name is printable and has no colon; anything else would make another field.
+    line.extend(name.iter().map(|&b| match b {
+        b':' => b'-',
+        33..=126 => b,
+        _ => b'-',
+    }));
     line.push(b':');
     if !leading_space {
         line.push(b' ');
     }
-    let mut prev = 0u8;
-    for &b in value {
-        if b == b'\n' && prev != b'\r' {
-            line.push(b'\r');
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            // CRLF or a bare LF: a fold, so CRLF and at least one space or tab after it.
+            b'\r' if value.get(i + 1) == Some(&b'\n') => {}
+            b'\n' => {
+                line.extend_from_slice(b"\r\n");
+                if !matches!(value.get(i + 1), Some(b' ' | b'\t')) {
+                    line.push(b' ');
+                }
+            }
+            // A bare CR is no line end (invariant 2).
+            b'\r' => line.push(b' '),
+            b => line.push(b),
         }
-        line.push(b);
-        prev = b;
+        i += 1;
     }
     line.extend_from_slice(b"\r\n");
     line
