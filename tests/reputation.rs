@@ -76,3 +76,24 @@ fn scored_list_and_lookup_failure() {
         "{r}"
     );
 }
+
+/// A blocklist's error answer (zen.test answers 127.255.255.254, "query refused", for
+/// 198.51.100.66) is no score: before, a `score` zone read it as +50 and a refused query
+/// improved the client's reputation past a local penalty.
+#[test]
+fn an_error_answer_is_no_score() {
+    let dns = DnsServer::start();
+    let env = env(
+        &dns,
+        "[[reputation.zone]]\nzone = \"zen.test\"\nkind = \"score\"\n",
+    );
+    // Three refused recipients: -26 of local reputation, below the threshold of -20.
+    probe(&env, "198.51.100.66");
+    let (mut smtp, _) = env.smtp_as("198.51.100.66");
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(
+        r.starts_with("554 5.7.1"),
+        "the error answer did not offset the penalty: {r}"
+    );
+    assert!(env.postern_log().contains("answered an error code"));
+}

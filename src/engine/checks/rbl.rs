@@ -343,7 +343,7 @@ async fn self_test(dns: &Dns, zone: &Zone, interval: Duration) -> bool {
 }
 
 /// An answer that is a listing: inside 127.0.0.0/8, outside the error range 127.255.255.0/24.
-fn is_listing_code(a: Ipv4Addr) -> bool {
+pub(super) fn is_listing_code(a: Ipv4Addr) -> bool {
     let o = a.octets();
     o[0] == 127 && !(o[1] == 255 && o[2] == 255)
 }

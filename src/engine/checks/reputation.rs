@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::task::JoinSet;
+use tracing::warn;
 
+use super::rbl::is_listing_code;
 use crate::dns::{Dns, reversed};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::Verdict;
@@ -160,6 +162,8 @@ impl Reputation {
             ..ReputationResult::default()
         };
         let Some(dns) = &self.dns else { return result };
+        // IPv4-mapped IPv6 addresses are looked up as IPv4, as the RBL check does.
+        let ip = ip.to_canonical();
         let mut lookups = JoinSet::new();
         for zone in &self.zones {
             let (dns, zone) = (dns.clone(), zone.clone());
@@ -169,9 +173,14 @@ impl Reputation {
         while let Some(joined) = lookups.join_next().await {
             let Ok((zone, answer)) = joined else { continue };
             match answer {
+                // An error code (127.255.255.0/24: "query refused", or anything outside
+                // 127.0.0.0/8) is no answer, never a score: the zone is left out, as the RBL
+                // check leaves it out by default, and the log says why.
+                Ok(answers) if answers.iter().any(|a| !is_listing_code(*a)) => {
+                    warn!(zone = %zone.zone, answers = ?answers, "reputation zone answered an error code, not a listing; left out (a blocklist refuses queries it considers abusive, e.g. through public resolvers)");
+                }
                 Ok(answers) => {
-                    let listed = answers.iter().find(|a| a.octets()[0] == 127);
-                    if let Some(a) = listed {
+                    if let Some(a) = answers.first() {
                         let contribution = match zone.kind {
                             ZoneKind::Allow => f64::from(zone.score),
                             ZoneKind::Score => f64::from(a.octets()[3].min(100)) - 50.0,
