@@ -768,11 +768,13 @@ impl Conversation {
                 Err(e) => {
                     info!(client = %self.peer, reason = %e, received, "message not finished");
                     if matches!(e, ReadError::Timeout) {
-                        let text = format!(
-                            "4.4.2 {} Error: timeout exceeded (the message must arrive within {}s plus 1s per {min_rate} bytes)",
-                            self.hostname,
-                            timeout.as_secs()
-                        );
+                        let mut text = format!("4.4.2 {} Error: timeout exceeded", self.hostname);
+                        if min_rate > 0 {
+                            text.push_str(&format!(
+                                " (the message must arrive within {}s plus 1s per {min_rate} bytes)",
+                                timeout.as_secs()
+                            ));
+                        }
                         self.say(421, &text);
                     }
                     return Next::Close;
