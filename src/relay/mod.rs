@@ -385,7 +385,7 @@ impl Delivery {
             match self.mail(&mut link, envelope).await {
                 Ok(()) => return Ok((link, true)),
                 Err(e @ TargetError::Incapable(_)) => {
-                    self.pool.put(index, link, true);
+                    self.pool.put(index, link, target.security != Security::Ssl);
                     return Err(e);
                 }
                 Err(e) => {
