@@ -13,6 +13,7 @@ use postern::engine::Engine;
 use postern::engine::rules::protect::{Protector, Secret};
 use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
+use postern::proxy::SharedDelivery;
 use postern::reload::Also;
 
 /// Postern: an SMTP policy engine. One policy (connection checks and content rules) for every
@@ -276,19 +277,37 @@ async fn run_proxy(path: Option<PathBuf>) -> anyhow::Result<()> {
     let acceptor = postern::proxy::acceptor(&config.proxy)?;
     let running = config.proxy.clone();
     let reloaded = acceptor.clone();
+    let delivery: SharedDelivery = Arc::new(arc_swap::ArcSwap::from_pointee(config.delivery));
+    let reloaded_delivery = delivery.clone();
     let also: Also = Box::new(move |new: &Config| {
+        if !new.delivery.relays() {
+            return Err("no [[relay_target]] relays ordinary mail: the proxy would have nowhere to hand messages on".into());
+        }
         // Certificates are read again: a renewed certificate takes effect now.
         let fresh = new.proxy.tls.acceptor()?;
         reloaded.store(fresh.map(Arc::new));
+        // Relay targets and outbound settings too, for the next transaction, as divert
+        // targets (in the policy) are: ordinary mail and diverted mail never part ways.
+        reloaded_delivery.store(Arc::new(new.delivery.clone()));
         if new.proxy.listen != running.listen
             || new.proxy.listen_tls != running.listen_tls
             || new.proxy.submission_listen != running.submission_listen
         {
             warn!("[proxy] listeners changed: they take effect at the next restart");
         }
+        let mut same = new.proxy.clone();
+        same.tls = running.tls.clone();
+        same.listen.clone_from(&running.listen);
+        same.listen_tls.clone_from(&running.listen_tls);
+        same.submission_listen
+            .clone_from(&running.submission_listen);
+        if same != running {
+            warn!(
+                "[proxy] settings other than certificates and relay targets changed (timeouts, limits, auth_users_file, ...): they take effect at the next restart"
+            );
+        }
         Ok(())
     });
     postern::reload::reload_on_sighup(engine.clone(), path, also)?;
-    let delivery = Arc::new(config.delivery);
     postern::proxy::run(engine, config.proxy, delivery, acceptor, shutdown_signal()?).await
 }

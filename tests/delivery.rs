@@ -525,3 +525,26 @@ fn hidden_recipients_get_a_temporary_answer_that_names_nobody_else() {
         "450 4.1.1 <valid@dest.test>: Recipient address rejected: User unknown"
     );
 }
+
+/// A reload replaces the relay targets for ordinary mail (as it does for diverts): the next
+/// message goes to the new target.
+#[test]
+fn a_reload_moves_ordinary_mail_to_the_new_targets() {
+    let old = FaultyTarget::start(Faults::default());
+    let new = FaultyTarget::start(Faults::default());
+    let env = start(&[&old]);
+    let send = || {
+        env.smtp()
+            .send("s@sender.test", "a@dest.test", MESSAGE.as_bytes())
+    };
+    assert!(send().starts_with("250"));
+    let config = std::fs::read_to_string(env.dir.path().join("postern.toml"))
+        .unwrap()
+        .replace(
+            &format!("port = {}\n", old.port),
+            &format!("port = {}\n", new.port),
+        );
+    env.reload(&config);
+    assert!(send().starts_with("250"));
+    assert_eq!((old.taken().len(), new.taken().len()), (1, 1));
+}

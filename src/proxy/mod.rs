@@ -108,7 +108,9 @@ pub enum ListenerKind {
 struct Shared {
     engine: Arc<Engine>,
     settings: ProxySettings,
-    delivery: Arc<Delivery>,
+    /// The relay targets in force: replaced whole on reload; a transaction keeps the one it
+    /// began with.
+    delivery: SharedDelivery,
     acceptor: SharedAcceptor,
     auth_failures: auth::ClientFailures,
     memory: Arc<budget::MemoryBudget>,
@@ -186,12 +188,15 @@ pub fn acceptor(settings: &ProxySettings) -> anyhow::Result<SharedAcceptor> {
     )))
 }
 
+/// The relay targets and outbound settings, replaced whole when the configuration is reloaded.
+pub type SharedDelivery = Arc<arc_swap::ArcSwap<Delivery>>;
+
 /// Serves the listeners until `shutdown` resolves; then stops accepting and gives
 /// conversations in progress up to `shutdown_timeout` to finish.
 pub async fn serve(
     engine: Arc<Engine>,
     settings: ProxySettings,
-    delivery: Arc<Delivery>,
+    delivery: SharedDelivery,
     acceptor: SharedAcceptor,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
@@ -283,7 +288,7 @@ pub async fn serve(
 pub async fn run(
     engine: Arc<Engine>,
     settings: ProxySettings,
-    delivery: Arc<Delivery>,
+    delivery: SharedDelivery,
     acceptor: SharedAcceptor,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {

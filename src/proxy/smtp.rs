@@ -84,6 +84,9 @@ enum Next {
 #[derive(Default)]
 struct Transaction {
     envelope: Envelope,
+    /// The relay targets this transaction uses: those in force when it began (a reload
+    /// in between does not move it).
+    delivery: Option<Arc<crate::relay::Delivery>>,
     /// Recipients the relay target accepted.
     recipients: Vec<String>,
     /// RCPT commands seen (accepted or not), bounded by max_recipients.
@@ -597,13 +600,17 @@ impl Conversation {
 
     /// Who the client is, for XFORWARD, when the targets are to be told.
     fn forwarded_client(&self) -> Option<ForwardedClient> {
-        self.shared.delivery.xforward.then(|| ForwardedClient {
-            name: self.session.client().name.clone(),
-            addr: self.peer.ip(),
-            port: self.peer.port(),
-            proto: if self.esmtp { "ESMTP" } else { "SMTP" },
-            helo: self.session.helo_name().map(str::to_owned),
-        })
+        self.shared
+            .delivery
+            .load()
+            .xforward
+            .then(|| ForwardedClient {
+                name: self.session.client().name.clone(),
+                addr: self.peer.ip(),
+                port: self.peer.port(),
+                proto: if self.esmtp { "ESMTP" } else { "SMTP" },
+                helo: self.session.helo_name().map(str::to_owned),
+            })
     }
 
     /// This hop's `Received:` field, when it is to be added.
@@ -669,7 +676,11 @@ impl Conversation {
             return false;
         }
         if tx.upstream.is_none() {
-            match self.shared.delivery.open(&tx.envelope, 0).await {
+            let delivery = tx
+                .delivery
+                .get_or_insert_with(|| self.shared.delivery.load_full())
+                .clone();
+            match delivery.open(&tx.envelope, 0).await {
                 Ok(upstream) => tx.upstream = Some(upstream),
                 Err(DeliveryError::Refused { target, reply }) => {
                     info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
@@ -873,8 +884,11 @@ impl Conversation {
     /// Sends the message through the transaction's upstream and answers the client: 250 only
     /// when a target took it for every recipient that heard 250 (invariant 1).
     async fn hand_on(&mut self, upstream: Upstream, body: &Body<'_>) {
-        let delivery = self.shared.delivery.clone();
         let tx = self.tx.as_ref().expect("in a transaction");
+        let delivery = tx
+            .delivery
+            .clone()
+            .unwrap_or_else(|| self.shared.delivery.load_full());
         let head = self.received_field(&tx.recipients);
         let first = upstream.target_index();
         let name = upstream.target_name().to_owned();

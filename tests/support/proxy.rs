@@ -203,6 +203,25 @@ impl ProxyEnv {
         self.dir.path().join(sub).display().to_string()
     }
 
+    /// Replaces the config file (placeholders as in [`ProxyEnv::start`], ports unchanged) and
+    /// sends SIGHUP; returns once Postern logged the outcome.
+    pub fn reload(&self, config: &str) {
+        let text = config
+            .replace("{port}", &self.port.to_string())
+            .replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(self.dir.path().join("postern.toml"), text).unwrap();
+        let before = self.log().matches("configuration reloaded").count();
+        run_script("postern", &["hup", &self.path("postern")]);
+        super::wait_for_log_in("configuration reloaded", || {
+            let log = self.log();
+            if log.matches("configuration reloaded").count() > before {
+                log
+            } else {
+                String::new()
+            }
+        });
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postern/postern.log")).unwrap_or_default()
     }
