@@ -187,26 +187,6 @@ fn a_client_that_does_not_read_is_closed() {
     env.wait_for_log("did not read its replies");
 }
 
-/// A users file with alice:secret in `dir`.
-fn users_file(dir: &std::path::Path) -> String {
-    let mut child = support::proxy::postern()
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let path = dir.join("users");
-    std::fs::write(
-        &path,
-        format!("alice:{}", String::from_utf8(out.stdout).unwrap()),
-    )
-    .unwrap();
-    path.display().to_string()
-}
-
 /// AUTH before EHLO is 503; `AUTH PLAIN =` is an empty response (a failure, not a
 /// challenge); `*` cancels with 501 and is not counted.
 #[test]
@@ -214,7 +194,7 @@ fn auth_commands_are_read_as_rfc_4954_says() {
     let users = tempfile::tempdir().unwrap();
     let env = proxy(&format!(
         "auth_users_file = \"{}\"\nauth_over_plaintext = true\n",
-        users_file(users.path())
+        support::proxy::users_file(users.path()).display()
     ));
     let mut smtp = env.smtp();
     let r = smtp.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==").unwrap();
@@ -236,7 +216,7 @@ fn parallel_connections_get_no_extra_guesses() {
     let users = tempfile::tempdir().unwrap();
     let env = proxy(&format!(
         "auth_users_file = \"{}\"\nauth_over_plaintext = true\nmax_auth_failures_per_client = 2\n",
-        users_file(users.path())
+        support::proxy::users_file(users.path()).display()
     ));
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
     let replies: Vec<String> = (0..4)

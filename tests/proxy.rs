@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::proxy::{ProxyEnv, as_stored, postern};
+use support::proxy::{ProxyEnv, as_stored};
 use support::{Smtp, free_port};
 
 /// A proxy on `{port}` with STARTTLS, relaying to the sinks by `targets`.
@@ -421,27 +421,12 @@ fn every_input_is_bounded() {
     assert!(env.sinks[0].delivered().is_empty());
 }
 
-fn users_file(env_dir: &std::path::Path) {
-    let mut child = postern()
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap();
-    assert!(hash.starts_with("$argon2id$"), "{hash}");
-    std::fs::write(env_dir.join("users"), format!("alice:{hash}")).unwrap();
-}
-
 #[test]
 fn tls_listeners_and_auth() {
     // The users file is written into the environment's directory before Postern reads its
     // config: make it in a directory of its own and point at it.
     let users = tempfile::tempdir().unwrap();
-    users_file(users.path());
+    support::proxy::users_file(users.path());
     let cfg = config("", &target("sink", "{sink0}", 1)).replace(
         "[proxy]\n",
         &format!(

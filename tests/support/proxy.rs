@@ -309,6 +309,25 @@ pub fn write_certificates(dir: &Path) {
     );
 }
 
+/// Writes `dir/users` with alice:secret, hashed by `postern hash-password`; returns its path.
+pub fn users_file(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let mut child = postern()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let path = dir.join("users");
+    std::fs::write(&path, format!("alice:{hash}")).unwrap();
+    path
+}
+
 /// The proxy binary, for tests that run it directly (hash-password).
 pub fn postern() -> Command {
     Command::new(POSTERN)
