@@ -200,6 +200,15 @@ fn recipients_the_target_refuses_are_answered_with_its_reply() {
     });
 }
 
+/// After the dot the first target took the message and gave no answer: the client heard 451
+/// and no other target saw the message.
+fn deferred_and_never_sent_elsewhere(outcome: &Outcome, targets: &[&FaultyTarget], _: bool) {
+    let end = outcome.end.as_deref().unwrap_or("");
+    assert!(end.starts_with("451 4.4.1"), "{outcome:?}");
+    assert_eq!(targets[0].taken().len(), 1);
+    assert!(targets[1..].iter().all(|t| t.taken().is_empty()));
+}
+
 /// The target takes the message and closes without answering: it may have committed it, so
 /// the client hears 451 and the second target never sees the message.
 #[test]
@@ -208,12 +217,7 @@ fn no_answer_after_the_dot_is_451_and_never_a_second_delivery() {
         close_after_dot: true,
         ..Faults::default()
     };
-    each_arrangement(faults, no_pause(), |outcome, targets, _| {
-        let end = outcome.end.as_deref().unwrap_or("");
-        assert!(end.starts_with("451 4.4.1"), "{outcome:?}");
-        assert_eq!(targets[0].taken().len(), 1);
-        assert!(targets[1..].iter().all(|t| t.taken().is_empty()));
-    });
+    each_arrangement(faults, no_pause(), deferred_and_never_sent_elsewhere);
 }
 
 /// The answer to the dot comes after data_timeout: the same as no answer.
@@ -223,12 +227,7 @@ fn a_late_answer_after_the_dot_is_451_and_never_a_second_delivery() {
         end_reply_delay: Some(Duration::from_secs(4)),
         ..Faults::default()
     };
-    each_arrangement(faults, no_pause(), |outcome, targets, _| {
-        let end = outcome.end.as_deref().unwrap_or("");
-        assert!(end.starts_with("451 4.4.1"), "{outcome:?}");
-        assert_eq!(targets[0].taken().len(), 1);
-        assert!(targets[1..].iter().all(|t| t.taken().is_empty()));
-    });
+    each_arrangement(faults, no_pause(), deferred_and_never_sent_elsewhere);
 }
 
 /// A target that breaks at the DATA command has nothing of the message: the next target gets
