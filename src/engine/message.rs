@@ -1,6 +1,7 @@
 //! The message as the engine holds it: raw RFC 5322 bytes, in memory up to a bound and spilled
 //! to an unnamed temporary file beyond it, never larger than the configured maximum size.
 
+use std::borrow::Cow;
 use std::io::SeekFrom;
 use std::path::PathBuf;
 
@@ -165,10 +166,11 @@ impl MessageBuffer {
 
     /// The header section, up to and including the empty line that ends it (all of a
     /// message without one), read without the body.
-    pub async fn header_section(&mut self) -> Result<Vec<u8>, BufferError> {
+    pub async fn header_section(&mut self) -> Result<Cow<'_, [u8]>, BufferError> {
         let Some(file) = self.file.as_mut() else {
+            // In memory: borrowed, so that the look at every message's header copies nothing.
             let end = header_section_len(&self.memory, 0).unwrap_or(self.memory.len());
-            return Ok(self.memory[..end].to_vec());
+            return Ok(Cow::Borrowed(&self.memory[..end]));
         };
         let dir = &self.limits.spool_directory;
         let spool_err = |source| BufferError::Spool {
@@ -193,7 +195,7 @@ impl MessageBuffer {
         };
         file.seek(SeekFrom::End(0)).await.map_err(spool_err)?;
         out.truncate(end);
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
 
     async fn spool_file(&self) -> Result<File, BufferError> {
