@@ -315,6 +315,8 @@ impl Conversation {
         let mut waited = Duration::ZERO;
         loop {
             let timeout = self.command_timeout();
+            // Replies to this command wait as long for a client that does not read.
+            self.conn.set_write_timeout(self.timeouts().protocol);
             let step = self.stress_step(timeout.saturating_sub(waited));
             match self.conn.read_line(limit, step).await {
                 Err(ReadError::Timeout)
@@ -337,9 +339,8 @@ impl Conversation {
     }
 
     /// How long to wait for the next command, by where the conversation is.
-    fn command_timeout(&mut self) -> Duration {
+    fn command_timeout(&self) -> Duration {
         let t = self.timeouts();
-        self.conn.set_write_timeout(t.protocol);
         match &self.tx {
             None => t.connection,
             Some(tx) if tx.recipients.is_empty() => t.protocol,
