@@ -2,6 +2,7 @@
 //! front of one. See `README.md` for the picture and `config/postern.toml` for every
 //! setting.
 
+pub mod app;
 pub mod config;
 pub mod dns;
 pub mod engine;
@@ -9,4 +10,4 @@ pub mod logging;
 pub mod milter;
 pub mod proxy;
 pub mod relay;
-pub mod reload;
+pub mod state;

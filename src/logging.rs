@@ -1,4 +1,5 @@
-//! Log setup: human-readable structured lines on stderr, level from `RUST_LOG` (default info).
+//! Log setup: human-readable structured lines on stderr, level from `RUST_LOG` (default info),
+//! and [`LogEvents`], the sink that writes the engine's events as log lines.
 //!
 //! indymilter reports why it ended an MTA connection (a malformed packet, an absurd length, a
 //! peer that vanished) only at trace level, among much noise. [`MilterSessionErrors`] picks
@@ -9,11 +10,13 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber, debug, warn};
+use tracing::{Event, Level, Subscriber, debug, info, warn};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::engine::{self, ports::Events};
 
 /// The message indymilter logs when a session ends on an error.
 const SESSION_ERROR: &str = "error in session while processing commands: ";
@@ -71,6 +74,128 @@ impl Visit for MessageField {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
             self.0 = format!("{value:?}");
+        }
+    }
+}
+
+/// The log as an event sink: one line per connection, check, refusal, rule action and
+/// message, with the fields the lines have always had.
+#[derive(Debug, Default)]
+pub struct LogEvents;
+
+impl Events for LogEvents {
+    fn emit(&self, event: &engine::Event<'_>) {
+        use engine::Event as E;
+        match event {
+            E::Connected {
+                session,
+                client,
+                profile,
+            } => {
+                info!(
+                    session,
+                    client_addr = ?client.addr,
+                    client_name = client.name.as_deref().unwrap_or("unknown"),
+                    "connect"
+                );
+                if let Some(profile) = profile {
+                    info!(session, profile, "connection profile");
+                }
+            }
+            E::Checked {
+                session,
+                check,
+                client,
+                verdict,
+                detail,
+                elapsed,
+            } => info!(
+                session,
+                check = check.name(),
+                client_addr = ?client,
+                result = %detail,
+                verdict = verdict.map_or("pass", |v| v.name()),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "check"
+            ),
+            E::Refused {
+                session,
+                check,
+                verdict,
+                stage,
+                held_until: Some(until),
+            } => {
+                info!(session, check = check.name(), %verdict, stage, until, "verdict held")
+            }
+            E::Refused {
+                session,
+                check,
+                verdict,
+                stage,
+                held_until: None,
+            } => info!(session, check = check.name(), %verdict, stage, "refused"),
+            E::ScanFailed {
+                session,
+                stage,
+                error,
+                action,
+            } => warn!(session, stage, error, action, "scan failure"),
+            E::RuleActed {
+                session,
+                queue_id,
+                ruleset,
+                rule,
+                target,
+                count,
+            } => info!(
+                session,
+                queue_id, ruleset, rule, target, count, "content rule acted"
+            ),
+            E::Diverted {
+                session,
+                queue_id,
+                ruleset,
+                rule,
+                relay_target,
+                reply,
+            } => info!(
+                session,
+                queue_id,
+                ruleset,
+                rule,
+                relay_target,
+                %reply,
+                "message diverted"
+            ),
+            E::Message { session, report } => info!(
+                session,
+                queue_id = report.queue_id,
+                sender = %report.sender.escape_debug(),
+                recipients = report.recipients.len(),
+                size = report.size,
+                spooled = report.spooled,
+                spf = report.spf,
+                verdict = %report.verdict,
+                reason = %report.reason,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "message"
+            ),
+            E::Disconnected { session, report } => {
+                let checks: Vec<String> = report.checks.iter().map(|c| c.to_string()).collect();
+                info!(
+                    session,
+                    client_addr = ?report.client.addr,
+                    helo = report.helo.unwrap_or(""),
+                    tls = report.tls.map_or("none", |t| t.version.as_str()),
+                    authenticated = report.authenticated.is_some(),
+                    messages = report.messages,
+                    checks = %checks.join(","),
+                    invalid_commands = report.invalid_commands,
+                    failed_recipients = report.failed_recipients,
+                    unfinished_message = report.unfinished_message,
+                    "disconnect"
+                );
+            }
         }
     }
 }

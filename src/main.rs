@@ -1,20 +1,15 @@
 //! The `postern` command line.
 
+use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::info;
 
 use postern::config::{Config, DEFAULT_CONFIG_NAME};
-use postern::engine::Engine;
 use postern::engine::rules::protect::{Protector, Secret};
 use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
-use postern::proxy::SharedDelivery;
-use postern::reload::Also;
 
 /// Postern: an SMTP policy engine. One policy (connection checks and content rules) for every
 /// message, applied as a milter beside Postfix or Sendmail, or as an SMTP proxy in front of a
@@ -253,61 +248,10 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 async fn run_milter(path: Option<PathBuf>, listen: Option<ListenSocket>) -> anyhow::Result<()> {
     let config = load_config(path.as_deref(), "milter")?;
-    let engine = Arc::new(Engine::new(config.policy));
-    let running = config.milter.clone();
-    let also: Also = Box::new(move |new: &Config| {
-        if new.milter != running {
-            warn!("[milter] settings changed: they take effect at the next restart");
-        }
-        Ok(())
-    });
-    postern::reload::reload_on_sighup(engine.clone(), path, also)?;
-    let listen = listen.unwrap_or_else(|| config.milter.listen.clone());
-    postern::milter::run(engine, &config.milter, &listen, shutdown_signal()?).await
+    postern::app::run_milter(config, path, listen, shutdown_signal()?).await
 }
 
 async fn run_proxy(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(path.as_deref(), "proxy")?;
-    if !config.delivery.relays() {
-        anyhow::bail!(
-            "no [[relay_target]] relays ordinary mail (none is configured, or all are divert_only): the proxy has nowhere to hand messages on (see config/postern.toml)"
-        );
-    }
-    let engine = Arc::new(Engine::new(config.policy));
-    let acceptor = postern::proxy::acceptor(&config.proxy)?;
-    let running = config.proxy.clone();
-    let reloaded = acceptor.clone();
-    let delivery: SharedDelivery = Arc::new(arc_swap::ArcSwap::from_pointee(config.delivery));
-    let reloaded_delivery = delivery.clone();
-    let also: Also = Box::new(move |new: &Config| {
-        if !new.delivery.relays() {
-            return Err("no [[relay_target]] relays ordinary mail: the proxy would have nowhere to hand messages on".into());
-        }
-        // Certificates are read again: a renewed certificate takes effect now.
-        let fresh = new.proxy.tls.acceptor()?;
-        reloaded.store(fresh.map(Arc::new));
-        // Relay targets and outbound settings too, for the next transaction, as divert
-        // targets (in the policy) are: ordinary mail and diverted mail never part ways.
-        reloaded_delivery.store(Arc::new(new.delivery.clone()));
-        if new.proxy.listen != running.listen
-            || new.proxy.listen_tls != running.listen_tls
-            || new.proxy.submission_listen != running.submission_listen
-        {
-            warn!("[proxy] listeners changed: they take effect at the next restart");
-        }
-        let mut same = new.proxy.clone();
-        same.tls = running.tls.clone();
-        same.listen.clone_from(&running.listen);
-        same.listen_tls.clone_from(&running.listen_tls);
-        same.submission_listen
-            .clone_from(&running.submission_listen);
-        if same != running {
-            warn!(
-                "[proxy] settings other than certificates and relay targets changed (timeouts, limits, auth_users_file, ...): they take effect at the next restart"
-            );
-        }
-        Ok(())
-    });
-    postern::reload::reload_on_sighup(engine.clone(), path, also)?;
-    postern::proxy::run(engine, config.proxy, delivery, acceptor, shutdown_signal()?).await
+    postern::app::run_proxy(config, path, shutdown_signal()?).await
 }

@@ -2,11 +2,10 @@
 //! and engine, each test with its own small config.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use indymilter_test::{MacroStage, ProtoOpts, Status, TestConnection};
+use postern::app::App;
 use postern::config::Config;
-use postern::engine::Engine;
 use postern::milter::socket::{ListenSocket, MilterListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,7 +19,8 @@ struct Milter {
 impl Milter {
     async fn start(config: &str) -> Self {
         let config = Config::parse(config, "test.toml").expect("test config is valid");
-        let engine = Arc::new(Engine::new(config.policy));
+        let (app, settings, _) = App::new(config).expect("the engine starts");
+        let engine = app.engine.clone();
         let spec = ListenSocket::Inet {
             host: "127.0.0.1".into(),
             port: 0,
@@ -28,7 +28,6 @@ impl Milter {
         let (listener, stop) = MilterListener::bind(&spec, 0o600).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let settings = config.milter;
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;

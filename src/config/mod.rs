@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 use tokio::sync::Semaphore;
 use toml::Spanned;
 
-use crate::dns::{Dns, DnsSettings};
+use crate::dns::DnsSettings;
 use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::exploit_detection::HidingReply;
@@ -28,6 +28,7 @@ use crate::engine::checks::{
 };
 use crate::engine::policy::TraceHeader;
 use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
+use crate::milter::MilterSettings;
 use crate::milter::socket::ListenSocket;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
@@ -60,21 +61,12 @@ pub enum ConfigError {
     },
 }
 
-/// Settings of the milter door (`[milter]`). They take effect at start; a reload keeps the
-/// listener as it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MilterSettings {
-    pub listen: ListenSocket,
-    pub socket_mode: u32,
-    pub max_inbound_connections: usize,
-    pub connection_timeout: Duration,
-    pub shutdown_timeout: Duration,
-}
-
 /// A compiled configuration.
 #[derive(Debug)]
 pub struct Config {
     pub policy: Policy,
+    /// The resolver's settings, when a check needs DNS.
+    pub dns: Option<DnsSettings>,
     pub milter: MilterSettings,
     pub proxy: ProxySettings,
     pub delivery: Delivery,
@@ -543,57 +535,47 @@ impl ConfigFile {
         };
 
         let reputation_zones = self.reputation.enabled && !self.reputation.zones.is_empty();
-        let dns = if self.rbl.enabled || self.spf.enabled || reputation_zones {
-            Some(
-                Dns::new(&DnsSettings {
-                    nameservers: self.dns.nameservers.clone(),
-                    timeout: Duration::from_secs(self.dns.timeout.get()),
-                    attempts: self.dns.attempts.get(),
-                    cache_size: self.dns.cache_size,
-                })
-                .map_err(|e| invalid(0..0, "dns.nameservers", e.to_string()))?,
-            )
+        let dns = (self.rbl.enabled || self.spf.enabled || reputation_zones).then(|| DnsSettings {
+            nameservers: self.dns.nameservers.clone(),
+            timeout: Duration::from_secs(self.dns.timeout.get()),
+            attempts: self.dns.attempts.get(),
+            cache_size: self.dns.cache_size,
+        });
+
+        let rbl = if self.rbl.enabled {
+            if self.rbl.zones.is_empty() {
+                return Err(invalid(
+                    0..0,
+                    "rbl.zone",
+                    "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
+                        .to_owned(),
+                ));
+            }
+            Some(Rbl {
+                zones: self
+                    .rbl
+                    .zones
+                    .into_iter()
+                    .map(|z| {
+                        Arc::new(Zone::new(
+                            z.zone.trim_end_matches('.').to_owned(),
+                            z.answers,
+                            z.weight,
+                        ))
+                    })
+                    .collect(),
+                skip_local_ip: self.rbl.skip_local_ip,
+                hit_action: self.rbl.hit_action,
+                hit_threshold: self.rbl.hit_threshold.get(),
+                lookup_failure_action: self.rbl.lookup_failure_action,
+                self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
+                help_url: help_url.clone(),
+            })
         } else {
             None
         };
 
-        let rbl = match (&dns, self.rbl.enabled) {
-            (Some(dns), true) => {
-                if self.rbl.zones.is_empty() {
-                    return Err(invalid(
-                        0..0,
-                        "rbl.zone",
-                        "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
-                            .to_owned(),
-                    ));
-                }
-                Some(Rbl {
-                    dns: dns.clone(),
-                    zones: self
-                        .rbl
-                        .zones
-                        .into_iter()
-                        .map(|z| {
-                            Arc::new(Zone::new(
-                                z.zone.trim_end_matches('.').to_owned(),
-                                z.answers,
-                                z.weight,
-                            ))
-                        })
-                        .collect(),
-                    skip_local_ip: self.rbl.skip_local_ip,
-                    hit_action: self.rbl.hit_action,
-                    hit_threshold: self.rbl.hit_threshold.get(),
-                    lookup_failure_action: self.rbl.lookup_failure_action,
-                    self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
-                    help_url: help_url.clone(),
-                })
-            }
-            _ => None,
-        };
-
         let reputation = self.reputation.enabled.then(|| Reputation {
-            dns: dns.clone().filter(|_| reputation_zones),
             zones: self
                 .reputation
                 .zones
@@ -617,20 +599,16 @@ impl ConfigFile {
             help_url: help_url.clone(),
         });
 
-        let spf = match (&dns, self.spf.enabled) {
-            (Some(dns), true) => Some(Spf {
-                dns: dns.clone(),
-                timeout: Duration::from_secs(self.spf.timeout.get()),
-                fail_action: self.spf.fail_action,
-                softfail_action: self.spf.softfail_action,
-                temperror_action: self.spf.temperror_action,
-                permerror_action: self.spf.permerror_action,
-                treat_softfail_as_fail: self.spf.treat_softfail_as_fail,
-                header: self.spf.header,
-                help_url: help_url.clone(),
-            }),
-            _ => None,
-        };
+        let spf = self.spf.enabled.then(|| Spf {
+            timeout: Duration::from_secs(self.spf.timeout.get()),
+            fail_action: self.spf.fail_action,
+            softfail_action: self.spf.softfail_action,
+            temperror_action: self.spf.temperror_action,
+            permerror_action: self.spf.permerror_action,
+            treat_softfail_as_fail: self.spf.treat_softfail_as_fail,
+            header: self.spf.header,
+            help_url: help_url.clone(),
+        });
 
         if let Some(bad) = self
             .relay
@@ -808,6 +786,7 @@ impl ConfigFile {
         };
         Ok(Config {
             policy,
+            dns,
             milter,
             proxy,
             delivery,
@@ -1014,8 +993,10 @@ mod tests {
         let Action::Divert(through) = &c.policy.content.rulesets[0].rules[0].action else {
             panic!("not a divert rule");
         };
-        assert_eq!(through.targets.len(), 1);
-        assert!(!through.targets[0].divert_only);
+        assert_eq!(through, &["vault"]);
+        let route = c.delivery.through(through).unwrap();
+        assert_eq!(route.targets.len(), 1);
+        assert!(!route.targets[0].divert_only);
     }
 
     #[test]

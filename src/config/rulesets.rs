@@ -3,7 +3,6 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -327,10 +326,10 @@ fn compile_rule(
                         .into(),
                 ));
             };
-            let through = delivery
+            delivery
                 .through(names.get_ref())
                 .map_err(|m| (names.span(), format!("{key}.relay_targets"), m))?;
-            Action::Divert(Arc::new(through))
+            Action::Divert(names.get_ref().clone())
         }
         other => {
             return Err(err(

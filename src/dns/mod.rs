@@ -1,11 +1,15 @@
 //! The one DNS resolver every check shares (hickory): nameservers from the configuration or the
 //! system, a timeout and a number of attempts per query, and a cache that honours TTLs and
-//! caches negative answers, so the same client twice costs no second query.
+//! caches negative answers, so the same client twice costs no second query. It is the
+//! engine's [`Resolver`] port.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use async_trait::async_trait;
 use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
@@ -13,26 +17,10 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
 
-/// An address as reversed DNS labels: octets for IPv4, nibbles for IPv6 (as in
-/// `in-addr.arpa`, `ip6.arpa` and DNSBL queries, RFC 5782).
-pub fn reversed(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
-        }
-        IpAddr::V6(v6) => {
-            let mut nibbles = Vec::with_capacity(32);
-            for byte in v6.octets().iter().rev() {
-                nibbles.push(format!("{:x}", byte & 0xf));
-                nibbles.push(format!("{:x}", byte >> 4));
-            }
-            nibbles.join(".")
-        }
-    }
-}
+pub use crate::engine::checks::dnsbl::reversed;
+pub use crate::engine::ports::LookupError;
+use crate::engine::ports::Resolver;
 
 /// Resolver settings from `[dns]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,17 +31,6 @@ pub struct DnsSettings {
     pub attempts: usize,
     /// Number of answers kept in the cache.
     pub cache_size: u64,
-}
-
-/// Why a lookup gave no answer. A name that does not exist is not an error: it is an empty
-/// answer.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-#[error("DNS lookup of {name} failed: {reason}")]
-pub struct LookupError {
-    pub name: String,
-    pub reason: String,
-    /// No answer within the timeout (as opposed to an error answer).
-    pub timeout: bool,
 }
 
 /// Why the resolver could not be set up.
@@ -79,7 +56,7 @@ impl Dns {
     pub fn new(settings: &DnsSettings) -> Result<Self, SetupError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if settings.nameservers.is_empty() {
-            Resolver::builder(provider).map_err(|e| SetupError(e.to_string()))?
+            hickory_resolver::Resolver::builder(provider).map_err(|e| SetupError(e.to_string()))?
         } else {
             let servers = settings
                 .nameservers
@@ -100,7 +77,10 @@ impl Dns {
                     )
                 })
                 .collect();
-            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            hickory_resolver::Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                provider,
+            )
         };
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = settings.timeout;
@@ -110,65 +90,6 @@ impl Dns {
         opts.ndots = 0;
         let resolver = builder.build().map_err(|e| SetupError(e.to_string()))?;
         Ok(Self { resolver })
-    }
-
-    /// IPv4 addresses of `name` (fully qualified); empty when the name does not exist.
-    pub async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, LookupError> {
-        self.records(name, RecordType::A, |r| match r {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .await
-    }
-
-    /// IPv6 addresses of `name`; empty when the name does not exist.
-    pub async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, LookupError> {
-        self.records(name, RecordType::AAAA, |r| match r {
-            RData::AAAA(a) => Some(a.0),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Mail exchangers of `name`, most preferred first; empty when there are none.
-    pub async fn mx(&self, name: &str) -> Result<Vec<String>, LookupError> {
-        let mut mx = self
-            .records(name, RecordType::MX, |r| match r {
-                RData::MX(mx) => Some((mx.preference, mx.exchange.to_string())),
-                _ => None,
-            })
-            .await?;
-        mx.sort_by_key(|(preference, _)| *preference);
-        Ok(mx.into_iter().map(|(_, name)| name).collect())
-    }
-
-    /// TXT strings of `name`, each record's strings joined; empty when the name does not exist.
-    pub async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
-        self.records(name, RecordType::TXT, |r| match r {
-            RData::TXT(txt) => Some(
-                txt.txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s))
-                    .collect::<String>(),
-            ),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Host names of an address (reverse lookup); empty when there are none.
-    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
-        let suffix = if ip.is_ipv4() {
-            "in-addr.arpa"
-        } else {
-            "ip6.arpa"
-        };
-        let name = format!("{}.{suffix}", reversed(ip));
-        self.records(&name, RecordType::PTR, |r| match r {
-            RData::PTR(ptr) => Some(ptr.0.to_string()),
-            _ => None,
-        })
-        .await
     }
 
     async fn records<T>(
@@ -209,5 +130,67 @@ impl Dns {
                 reason: e.to_string(),
             }),
         }
+    }
+}
+
+#[async_trait]
+impl Resolver for Dns {
+    /// IPv4 addresses of `name` (fully qualified); empty when the name does not exist.
+    async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, LookupError> {
+        self.records(name, RecordType::A, |r| match r {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .await
+    }
+
+    /// IPv6 addresses of `name`; empty when the name does not exist.
+    async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, LookupError> {
+        self.records(name, RecordType::AAAA, |r| match r {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Mail exchangers of `name`, most preferred first; empty when there are none.
+    async fn mx(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let mut mx = self
+            .records(name, RecordType::MX, |r| match r {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_string())),
+                _ => None,
+            })
+            .await?;
+        mx.sort_by_key(|(preference, _)| *preference);
+        Ok(mx.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// TXT strings of `name`, each record's strings joined; empty when the name does not exist.
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        self.records(name, RecordType::TXT, |r| match r {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s))
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Host names of an address (reverse lookup); empty when there are none.
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
+        let suffix = if ip.is_ipv4() {
+            "in-addr.arpa"
+        } else {
+            "ip6.arpa"
+        };
+        let name = format!("{}.{suffix}", reversed(ip));
+        self.records(&name, RecordType::PTR, |r| match r {
+            RData::PTR(ptr) => Some(ptr.0.to_string()),
+            _ => None,
+        })
+        .await
     }
 }

@@ -1,10 +1,13 @@
 //! The policy engine: one [`Session`] per SMTP conversation, one call per stage, each answered
-//! with a [`Verdict`] (and, at end of message, [`Edits`]). It knows nothing of milter packets or
-//! sockets; the doors in `milter/` and `proxy/` translate.
+//! with a [`Verdict`] (and, at end of message, [`Edits`]). It knows nothing of milter packets,
+//! sockets, DNS servers or relay targets: the doors in `milter/` and `proxy/` translate, and
+//! what it needs of the world it asks through its [`ports`].
 
 pub mod checks;
+pub mod events;
 pub mod message;
 pub mod policy;
+pub mod ports;
 pub mod reply;
 pub mod rules;
 pub mod session;
@@ -15,8 +18,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use checks::dos::ClientTracker;
-use checks::reputation::{MemoryStore, ReputationStore};
+use ports::Ports;
 
+pub use events::{CheckId, Event};
 pub use message::{BufferError, MessageBuffer, MessageLimits};
 pub use policy::{Policy, ScanFailureAction, Stage};
 pub use reply::SmtpReply;
@@ -31,34 +35,34 @@ pub struct Engine {
     shared: SharedState,
 }
 
-/// What sessions share beyond the policy, across reloads: connections per client (DoS
-/// protection) and local reputations.
+/// What sessions share beyond the policy, across reloads: the ports, and the connections
+/// each client has open now (counted in this process only: a count in a shared store would
+/// outlive a process that crashed).
 #[derive(Clone, Debug)]
 pub struct SharedState {
+    pub ports: Ports,
     pub clients: Arc<ClientTracker>,
-    pub reputation: Arc<dyn ReputationStore>,
-}
-
-impl Default for SharedState {
-    fn default() -> Self {
-        Self {
-            clients: Arc::default(),
-            reputation: Arc::new(MemoryStore::default()),
-        }
-    }
 }
 
 impl Engine {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: Policy, ports: Ports) -> Self {
         Self {
             policy: ArcSwap::from_pointee(policy),
-            shared: SharedState::default(),
+            shared: SharedState {
+                ports,
+                clients: Arc::default(),
+            },
         }
     }
 
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
+    }
+
+    /// The ports the engine was built with.
+    pub fn ports(&self) -> &Ports {
+        &self.shared.ports
     }
 
     /// Replaces the policy atomically; sessions already running keep theirs.

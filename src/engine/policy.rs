@@ -32,6 +32,15 @@ pub enum ScanFailureAction {
 }
 
 impl ScanFailureAction {
+    /// The action's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delay => "delay",
+            Self::Allow => "allow",
+            Self::Reject => "reject",
+        }
+    }
+
     /// The verdict this action gives.
     pub fn verdict(self) -> Verdict {
         match self {
@@ -65,15 +74,21 @@ pub enum Stage {
     Data,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
             Self::None => "none",
             Self::Helo => "helo",
             Self::Mail => "mail",
             Self::Rcpt => "rcpt",
             Self::Data => "data",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

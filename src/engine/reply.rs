@@ -1,7 +1,10 @@
-//! SMTP replies as the policy speaks them: a code, an optional enhanced status code and text.
+//! SMTP replies, 2xx to 5xx: a code, an optional enhanced status code and text. The one reply
+//! type of the project: the policy's refusals, the doors' own answers and what relay targets
+//! answered all take this shape.
 //!
-//! Replies are validated once, when the configuration is compiled, so that a door never has to
-//! send something an MTA or client would choke on (a bare CR or LF, an out-of-range code).
+//! Replies are validated when they are built (the configuration's when it is compiled), so
+//! that a door never has to send something an MTA or client would choke on (a bare CR or LF,
+//! an out-of-range code); a reply read from a peer is cleaned with [`SmtpReply::from_wire`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,9 +38,9 @@ pub enum ReplyError {
 }
 
 impl SmtpReply {
-    /// Builds a reply; the code must be 4xx or 5xx (replies are only ever used to refuse).
+    /// Builds a reply with a code from 200 to 599.
     pub fn new(code: u16, enhanced: Option<&str>, text: &str) -> Result<Self, ReplyError> {
-        if !(400..=599).contains(&code) {
+        if !(200..=599).contains(&code) {
             return Err(ReplyError::Code(code.to_string()));
         }
         if let Some(e) = enhanced
@@ -73,6 +76,48 @@ impl SmtpReply {
     /// True for 4xx replies: the client should try again later.
     pub fn is_transient(&self) -> bool {
         self.code < 500
+    }
+
+    /// True for 2xx and 3xx replies.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// The same reply under another code of the same class (e.g. 421 for a refusal at the
+    /// greeting, where only 421 and 554 may be sent).
+    pub fn with_code(mut self, code: u16) -> Self {
+        if code / 100 == self.code / 100 {
+            self.code = code;
+        }
+        self
+    }
+
+    /// A reply as a peer (a relay target) sent it, made safe to pass on: anything but
+    /// printable ASCII becomes a space, the text is cut at the longest text we send, a code
+    /// outside 200-599 becomes 451, and a leading enhanced status code of the reply's class
+    /// is recognised as one.
+    pub fn from_wire(code: u16, text: &str) -> Self {
+        let code = if (200..=599).contains(&code) {
+            code
+        } else {
+            451
+        };
+        let text: String = text
+            .chars()
+            .map(|c| if (' '..='~').contains(&c) { c } else { ' ' })
+            .take(MAX_TEXT_LEN)
+            .collect();
+        let first = text.split(' ').next().unwrap_or("");
+        let enhanced = valid_enhanced(first, code).then(|| first.to_owned());
+        let text = match &enhanced {
+            Some(e) => text[e.len()..].trim_start().to_owned(),
+            None => text,
+        };
+        Self {
+            code,
+            enhanced,
+            text,
+        }
     }
 }
 
@@ -124,11 +169,12 @@ impl FromStr for SmtpReply {
     type Err = ReplyError;
 
     /// Parses `"554 5.7.1 text"`, `"554 text"` or `"554"`.
+    /// Replies in the configuration are refusals: 4xx or 5xx.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let (code, rest) = s.split_once(' ').unwrap_or((s, ""));
         let code_num = match code.parse::<u16>() {
-            Ok(n) if code.len() == 3 => n,
+            Ok(n) if code.len() == 3 && (400..=599).contains(&n) => n,
             _ => return Err(ReplyError::Code(code.to_owned())),
         };
         let rest = rest.trim_start();
@@ -186,9 +232,28 @@ mod tests {
             Err(ReplyError::Enhanced(_))
         ));
         assert_eq!(SmtpReply::new(554, None, "a\r\nb"), Err(ReplyError::Text));
+        assert!(SmtpReply::new(199, None, "x").is_err());
         assert_eq!(
             SmtpReply::new(554, None, &"x".repeat(501)),
             Err(ReplyError::Text)
         );
+    }
+
+    #[test]
+    fn a_peer_reply_is_cleaned_and_its_enhanced_code_recognised() {
+        let r = SmtpReply::from_wire(550, "5.1.1 <a@b>: Recipient address rejected");
+        assert_eq!(r.enhanced(), Some("5.1.1"));
+        assert_eq!(r.text(), "<a@b>: Recipient address rejected");
+        assert_eq!(r.to_string(), "550 5.1.1 <a@b>: Recipient address rejected");
+        assert_eq!(SmtpReply::from_wire(550, "Rejected").enhanced(), None);
+        assert_eq!(SmtpReply::from_wire(550, "5.1 x").enhanced(), None);
+        assert_eq!(
+            SmtpReply::from_wire(250, "2.0.0 Ok").enhanced(),
+            Some("2.0.0")
+        );
+        let r = SmtpReply::from_wire(550, &format!("a\r\nb\t{}", "x".repeat(900)));
+        assert!(r.text().starts_with("a  b "));
+        assert_eq!(r.text().len(), MAX_TEXT_LEN);
+        assert_eq!(SmtpReply::from_wire(999, "x").code(), 451);
     }
 }

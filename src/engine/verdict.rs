@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::reply::SmtpReply;
-use crate::relay::TargetReply;
 
 /// The engine's answer to one SMTP stage. Doors translate it into their own protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,7 +208,7 @@ pub struct MessageOutcome {
     pub edits: Edits,
     /// With [`Verdict::Discard`], when a `divert` rule delivered the message: the answer of
     /// the relay target that took it (a door that speaks SMTP passes it on).
-    pub diverted: Option<TargetReply>,
+    pub diverted: Option<SmtpReply>,
     /// The content-scan slot, held while the new body exists: the door lets it go (drops the
     /// outcome) once it has passed the edits on, so that `max_concurrent_scans` bounds the
     /// memory of rewritten bodies too.

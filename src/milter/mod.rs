@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use indymilter::{
@@ -17,9 +18,45 @@ use indymilter::{
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::config::MilterSettings;
 use crate::engine::{ClientInfo, Edits, Engine, HeaderEdit, Session, Stage, TlsInfo, Verdict};
 use socket::{ListenSocket, MilterListener, StopListening};
+
+/// Settings of the milter door (`[milter]`). They take effect at start; a reload keeps the
+/// listener as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MilterSettings {
+    pub listen: ListenSocket,
+    pub socket_mode: u32,
+    pub max_inbound_connections: usize,
+    pub connection_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl MilterSettings {
+    /// Keys that differ in `new`: all need a restart (the listener and its limits are set
+    /// up once).
+    pub fn changed_keys(&self, new: &Self) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != new.listen),
+            ("socket_mode", self.socket_mode != new.socket_mode),
+            (
+                "max_inbound_connections",
+                self.max_inbound_connections != new.max_inbound_connections,
+            ),
+            (
+                "connection_timeout",
+                self.connection_timeout != new.connection_timeout,
+            ),
+            (
+                "shutdown_timeout",
+                self.shutdown_timeout != new.shutdown_timeout,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+}
 
 /// Macros Postern asks the MTA for, by stage. Postfix sends only what is asked for.
 const MACROS: &[(MacroStage, &str)] = &[
@@ -318,7 +355,7 @@ async fn rcpt(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
         let enhanced = macro_str(&cx.macros, c"{rcpt_host}").unwrap_or_default();
         let text = macro_str(&cx.macros, c"{rcpt_addr}").unwrap_or_default();
         if let Some(conn) = cx.data.as_mut() {
-            conn.session.rcpt_refused_by_mta(&enhanced, &text);
+            conn.session.rcpt_refused_by_mta(&enhanced, &text).await;
         }
         return Status::Continue;
     }

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -15,93 +15,64 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tokio::sync::Semaphore;
 
-use crate::engine::checks::dos::client_key;
+use tracing::warn;
 
-/// At most this many client addresses are remembered; beyond it, expired ones go first, then
-/// any.
-const MAX_CLIENTS: usize = 65_536;
+use crate::engine::checks::dos::client_key;
+use crate::engine::ports::{Counter, Store};
 
 /// Authentication failures per client across its connections, so that a guesser gains nothing
 /// by reconnecting: after `max` failures within `window` (counted from the first), AUTH from
 /// that client is refused until the window ends. IPv6 clients count per /64, the block one
-/// host usually holds.
-#[derive(Debug)]
-pub struct ClientFailures {
-    max: u32,
-    window: Duration,
-    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+/// host usually holds. Counted in the engine's store, which a fleet can share; a store that
+/// cannot answer limits nothing (the per-connection limit still holds).
+pub struct ClientFailures<'a> {
+    pub store: &'a dyn Store,
+    /// 0 turns the limit off.
+    pub max: u32,
+    pub window: Duration,
 }
 
-impl ClientFailures {
-    /// `max` 0 turns the limit off.
-    pub fn new(max: u32, window: Duration) -> Self {
-        Self {
-            max,
-            window,
-            seen: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Whether this client has used up its failures for now.
-    pub fn exhausted(&self, ip: IpAddr) -> bool {
-        let Ok(seen) = self.seen.lock() else {
-            return false;
-        };
-        self.max > 0
-            && seen
-                .get(&client_key(ip))
-                .is_some_and(|(n, since)| *n >= self.max && since.elapsed() < self.window)
-    }
-
+impl ClientFailures<'_> {
     /// Takes one attempt before the password is checked, counted as a failure until
     /// [`ClientFailures::succeeded`] gives it back: parallel connections of one client get no
     /// more guesses than one. False when the client has none left.
-    pub fn reserve(&self, ip: IpAddr) -> bool {
+    pub async fn reserve(&self, ip: IpAddr) -> bool {
         if self.max == 0 {
             return true;
         }
-        let Ok(mut seen) = self.seen.lock() else {
-            return true;
-        };
-        let entry = self.entry(&mut seen, ip);
-        if entry.0 >= self.max {
-            return false;
+        let key = client_key(ip);
+        match self
+            .store
+            .add(Counter::AuthFailures, key, 1, self.window)
+            .await
+        {
+            Ok(n) if n > u64::from(self.max) => {
+                self.give_back(key).await;
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                warn!(client = %ip, error = %e, "AUTH failures not counted");
+                true
+            }
         }
-        entry.0 += 1;
-        true
     }
 
     /// The reserved attempt succeeded: it is not a failure.
-    pub fn succeeded(&self, ip: IpAddr) {
-        if self.max == 0 {
-            return;
-        }
-        if let Ok(mut seen) = self.seen.lock()
-            && let Some(entry) = seen.get_mut(&client_key(ip))
-        {
-            entry.0 = entry.0.saturating_sub(1);
+    pub async fn succeeded(&self, ip: IpAddr) {
+        if self.max > 0 {
+            self.give_back(client_key(ip)).await;
         }
     }
 
-    /// The client's count, started again when its window is over; room is made for it.
-    fn entry<'a>(
-        &self,
-        seen: &'a mut HashMap<IpAddr, (u32, Instant)>,
-        ip: IpAddr,
-    ) -> &'a mut (u32, Instant) {
-        if seen.len() >= MAX_CLIENTS {
-            seen.retain(|_, (_, since)| since.elapsed() < self.window);
-            if seen.len() >= MAX_CLIENTS
-                && let Some(any) = seen.keys().next().copied()
-            {
-                seen.remove(&any);
-            }
+    async fn give_back(&self, key: IpAddr) {
+        if let Err(e) = self
+            .store
+            .add(Counter::AuthFailures, key, -1, self.window)
+            .await
+        {
+            warn!(client = %key, error = %e, "AUTH attempt not given back");
         }
-        let entry = seen.entry(client_key(ip)).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, Instant::now());
-        }
-        entry
     }
 }
 
@@ -240,38 +211,52 @@ pub fn decode_line(response: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn failures_count_per_client_and_per_ipv6_block() {
-        let f = ClientFailures::new(2, Duration::from_secs(600));
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        f.reserve(a);
-        assert!(!f.exhausted(a));
-        f.reserve(a);
-        assert!(f.exhausted(a));
-        assert!(!f.exhausted("192.0.2.2".parse().unwrap()));
-        f.reserve("2001:db8:1:2::1".parse().unwrap());
-        f.reserve("2001:db8:1:2::ffff".parse().unwrap());
-        assert!(f.exhausted("2001:db8:1:2:aaaa::9".parse().unwrap()));
-        assert!(!f.exhausted("2001:db8:1:3::1".parse().unwrap()));
-        let off = ClientFailures::new(0, Duration::from_secs(600));
-        off.reserve(a);
-        assert!(!off.exhausted(a));
-        let short = ClientFailures::new(1, Duration::ZERO);
-        short.reserve(a);
-        assert!(!short.exhausted(a), "the window is over");
+    #[tokio::test]
+    async fn failures_count_per_client_and_per_ipv6_block() {
+        let store = crate::state::MemoryStore::default();
+        let f = ClientFailures {
+            store: &store,
+            max: 2,
+            window: Duration::from_secs(600),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(f.reserve(ip("192.0.2.1")).await);
+        assert!(f.reserve(ip("192.0.2.1")).await);
+        assert!(!f.reserve(ip("192.0.2.1")).await, "two failures used up");
+        assert!(f.reserve(ip("192.0.2.2")).await, "another client");
+        f.succeeded(ip("192.0.2.2")).await;
+        assert!(f.reserve(ip("2001:db8:1:2::1")).await);
+        assert!(f.reserve(ip("2001:db8:1:2::ffff")).await);
+        assert!(!f.reserve(ip("2001:db8:1:2:aaaa::9")).await, "the same /64");
+        assert!(f.reserve(ip("2001:db8:1:3::1")).await, "another /64");
+        let off = ClientFailures { max: 0, ..f };
+        for _ in 0..5 {
+            assert!(off.reserve(ip("192.0.2.1")).await);
+        }
+        let short = ClientFailures {
+            store: &store,
+            max: 1,
+            window: Duration::ZERO,
+        };
+        assert!(short.reserve(ip("192.0.2.9")).await);
+        assert!(short.reserve(ip("192.0.2.9")).await, "the window is over");
     }
 
-    #[test]
-    fn attempts_are_reserved_before_the_check() {
-        let f = ClientFailures::new(2, Duration::from_secs(600));
+    #[tokio::test]
+    async fn attempts_are_reserved_before_the_check() {
+        let store = crate::state::MemoryStore::default();
+        let f = ClientFailures {
+            store: &store,
+            max: 2,
+            window: Duration::from_secs(600),
+        };
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         // Two parallel attempts take both; a third gets none until one succeeds.
-        assert!(f.reserve(a));
-        assert!(f.reserve(a));
-        assert!(!f.reserve(a));
-        assert!(f.exhausted(a));
-        f.succeeded(a);
-        assert!(f.reserve(a));
+        assert!(f.reserve(a).await);
+        assert!(f.reserve(a).await);
+        assert!(!f.reserve(a).await);
+        f.succeeded(a).await;
+        assert!(f.reserve(a).await);
     }
 
     #[test]

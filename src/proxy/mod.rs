@@ -22,13 +22,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::engine::Engine;
-use crate::relay::Delivery;
+pub use crate::relay::SharedDelivery;
 use auth::Users;
 use connection::SharedAcceptor;
 use data::BareNewline;
@@ -104,25 +106,98 @@ pub enum ListenerKind {
     Submission,
 }
 
+/// The proxy door as the composition root builds it: the engine, and what a reload swaps
+/// (settings, relay targets, certificates). A conversation keeps the settings it began with;
+/// a transaction keeps its relay targets.
+#[derive(Clone)]
+pub struct ProxyDoor {
+    engine: Arc<Engine>,
+    settings: Arc<ArcSwap<ProxySettings>>,
+    delivery: SharedDelivery,
+    acceptor: SharedAcceptor,
+}
+
+impl ProxyDoor {
+    pub fn new(
+        engine: Arc<Engine>,
+        settings: ProxySettings,
+        delivery: SharedDelivery,
+    ) -> anyhow::Result<Self> {
+        let acceptor = acceptor(&settings)?;
+        Ok(Self {
+            engine,
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            delivery,
+            acceptor,
+        })
+    }
+
+    /// Checks that the proxy can take `new` (its certificates load): the TLS acceptor to use.
+    pub fn prepare_reload(&self, new: &ProxySettings) -> Result<Option<TlsAcceptor>, String> {
+        new.tls.acceptor()
+    }
+
+    /// Puts `new` in force for the next conversation (certificates at once); logs each key
+    /// that needs a restart.
+    pub fn reload(&self, new: ProxySettings, acceptor: Option<TlsAcceptor>) {
+        self.acceptor.store(acceptor.map(Arc::new));
+        let running = self.settings.load();
+        for key in running.restart_keys_changed(&new) {
+            warn!(key = %format!("proxy.{key}"), "setting changed: it takes effect at the next restart");
+        }
+        self.settings.store(Arc::new(new));
+    }
+}
+
+impl ProxySettings {
+    /// Keys fixed when the proxy starts (its listeners and the caps sized then) that differ
+    /// in `new`.
+    pub fn restart_keys_changed(&self, new: &Self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut changed = |key, differs| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        changed("listen", self.listen != new.listen);
+        changed("listen_tls", self.listen_tls != new.listen_tls);
+        changed(
+            "submission_listen",
+            self.submission_listen != new.submission_listen,
+        );
+        changed("tls_support", self.tls.support != new.tls.support);
+        changed(
+            "max_inbound_connections",
+            self.max_inbound_connections != new.max_inbound_connections,
+        );
+        changed(
+            "message_memory_budget",
+            self.message_memory_budget != new.message_memory_budget,
+        );
+        keys
+    }
+}
+
 /// What every connection shares.
 struct Shared {
     engine: Arc<Engine>,
-    settings: ProxySettings,
+    /// The settings in force; a conversation takes the ones current when it begins.
+    settings: Arc<ArcSwap<ProxySettings>>,
     /// The relay targets in force: replaced whole on reload; a transaction keeps the one it
     /// began with.
     delivery: SharedDelivery,
     acceptor: SharedAcceptor,
-    auth_failures: auth::ClientFailures,
     memory: Arc<budget::MemoryBudget>,
-    /// One permit per connection slot (`max_inbound_connections`).
+    /// One permit per connection slot (`max_inbound_connections` at start).
     slots: Arc<Semaphore>,
+    max_inbound_connections: usize,
 }
 
 impl Shared {
     /// True while at least `stress_threshold` percent of the connection slots are taken.
     fn under_stress(&self) -> bool {
-        let s = &self.settings;
-        let max = s.max_inbound_connections;
+        let s = self.settings.load();
+        let max = self.max_inbound_connections;
         let taken = max.saturating_sub(self.slots.available_permits());
         s.stress_threshold > 0 && taken * 100 >= max * usize::from(s.stress_threshold)
     }
@@ -188,34 +263,24 @@ pub fn acceptor(settings: &ProxySettings) -> anyhow::Result<SharedAcceptor> {
     )))
 }
 
-/// The relay targets and outbound settings, replaced whole when the configuration is reloaded.
-pub type SharedDelivery = Arc<arc_swap::ArcSwap<Delivery>>;
-
 /// Serves the listeners until `shutdown` resolves; then stops accepting and gives
 /// conversations in progress up to `shutdown_timeout` to finish.
 pub async fn serve(
-    engine: Arc<Engine>,
-    settings: ProxySettings,
-    delivery: SharedDelivery,
-    acceptor: SharedAcceptor,
+    door: ProxyDoor,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let grace = settings.shutdown_timeout;
+    let settings = door.settings.load_full();
     let slots = Arc::new(Semaphore::new(settings.max_inbound_connections));
-    let auth_failures = auth::ClientFailures::new(
-        settings.max_auth_failures_per_client,
-        settings.auth_failure_window,
-    );
     let memory = budget::MemoryBudget::new(settings.message_memory_budget);
     let shared = Arc::new(Shared {
-        engine,
-        settings,
-        delivery,
-        acceptor,
-        auth_failures,
+        engine: door.engine,
+        settings: door.settings,
+        delivery: door.delivery,
+        acceptor: door.acceptor,
         memory,
         slots: slots.clone(),
+        max_inbound_connections: settings.max_inbound_connections,
     });
     let (conn_tx, mut conn_rx) =
         tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ListenerKind)>(64);
@@ -264,6 +329,7 @@ pub async fn serve(
         }
     }
     accepting.abort_all();
+    let grace = shared.settings.load().shutdown_timeout;
     info!(
         connections = clients.len(),
         timeout = ?grace,
@@ -285,13 +351,7 @@ pub async fn serve(
 }
 
 /// Binds and serves: `postern proxy`.
-pub async fn run(
-    engine: Arc<Engine>,
-    settings: ProxySettings,
-    delivery: SharedDelivery,
-    acceptor: SharedAcceptor,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let listeners = Listeners::bind(&settings).await?;
-    serve(engine, settings, delivery, acceptor, listeners, shutdown).await
+pub async fn run(door: ProxyDoor, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&door.settings.load()).await?;
+    serve(door, listeners, shutdown).await
 }

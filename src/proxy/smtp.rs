@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::auth::{Verification, decode_line, decode_plain};
+use super::auth::{ClientFailures, Verification, decode_line, decode_plain};
 use super::command::Command;
 use super::connection::{Connection, ReadError, Stream};
 use super::data::{BareNewline, DataReader};
@@ -21,39 +21,8 @@ use super::received::Hop;
 use crate::engine::{BufferError, Edits, MessageBuffer};
 use crate::engine::{ClientInfo, Session, SmtpReply, Stage, TlsInfo, Verdict};
 use crate::relay::{
-    Body, DataFailure, DeliveryError, Envelope, ForwardedClient, TargetError, TargetReply, Upstream,
+    Body, DataFailure, DeliveryError, Envelope, ForwardedClient, TargetError, Upstream,
 };
-
-/// A reply on the wire: code and text (which starts with the enhanced status code).
-struct Reply {
-    code: u16,
-    text: String,
-}
-
-impl Reply {
-    fn new(code: u16, text: impl Into<String>) -> Self {
-        Self {
-            code,
-            text: text.into(),
-        }
-    }
-}
-
-impl From<&SmtpReply> for Reply {
-    fn from(r: &SmtpReply) -> Self {
-        let text = match r.enhanced() {
-            Some(e) => format!("{e} {}", r.text()),
-            None => r.text().to_owned(),
-        };
-        Self::new(r.code(), text)
-    }
-}
-
-impl From<&TargetReply> for Reply {
-    fn from(r: &TargetReply) -> Self {
-        Self::new(r.code, r.text.clone())
-    }
-}
 
 /// A client's answer to an AUTH challenge.
 enum Response<T> {
@@ -93,7 +62,7 @@ struct Transaction {
     rcpt_count: usize,
     upstream: Option<Upstream>,
     /// A relay target refused the sender: every recipient gets this answer.
-    upstream_refusal: Option<TargetReply>,
+    upstream_refusal: Option<SmtpReply>,
     /// The relay target broke after it had taken recipients the client heard 250 for: the
     /// rest of the transaction (RCPT, DATA) is answered 4xx, so that the client sends the
     /// whole message again, as Postfix's smtpd_proxy_filter does. Cleared by RSET or a new
@@ -148,6 +117,8 @@ impl Outgoing {
 
 struct Conversation {
     shared: Arc<Shared>,
+    /// The settings in force when the conversation began.
+    settings: Arc<super::ProxySettings>,
     conn: Connection,
     session: Session,
     peer: SocketAddr,
@@ -173,8 +144,10 @@ pub(super) async fn converse(
 ) {
     let session = shared.engine.session(Stage::None);
     let hostname = session.policy().hostname.clone();
+    let settings = shared.settings.load_full();
     let mut c = Conversation {
-        conn: Connection::new(Stream::Plain(stream), shared.settings.timeouts.protocol),
+        conn: Connection::new(Stream::Plain(stream), settings.timeouts.protocol),
+        settings,
         session,
         peer,
         kind,
@@ -197,8 +170,11 @@ pub(super) async fn converse(
 /// Answers a client beyond max_inbound_connections and closes.
 pub(super) async fn too_many(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     let hostname = shared.engine.policy().hostname.clone();
-    warn!(client = %peer, limit = shared.settings.max_inbound_connections, "too many connections, client refused");
-    let mut conn = Connection::new(Stream::Plain(stream), shared.settings.timeouts.protocol);
+    warn!(client = %peer, limit = shared.max_inbound_connections, "too many connections, client refused");
+    let mut conn = Connection::new(
+        Stream::Plain(stream),
+        shared.settings.load().timeouts.protocol,
+    );
     conn.queue(
         format!("421 4.7.0 {hostname} Error: too many connections, try again later\r\n").as_bytes(),
     );
@@ -207,16 +183,25 @@ pub(super) async fn too_many(shared: &Shared, stream: TcpStream, peer: SocketAdd
 
 impl Conversation {
     fn settings(&self) -> &super::ProxySettings {
-        &self.shared.settings
+        &self.settings
     }
 
-    fn reply(&mut self, reply: Reply) {
-        self.conn
-            .queue(format!("{} {}\r\n", reply.code, reply.text).as_bytes());
+    /// AUTH failures of this client over all its connections.
+    fn client_failures(&self) -> ClientFailures<'_> {
+        ClientFailures {
+            store: self.shared.engine.ports().store.as_ref(),
+            max: self.settings.max_auth_failures_per_client,
+            window: self.settings.auth_failure_window,
+        }
     }
 
+    fn reply(&mut self, reply: &SmtpReply) {
+        self.conn.queue(format!("{reply}\r\n").as_bytes());
+    }
+
+    /// A reply of the proxy's own: `text` starts with its enhanced status code, if any.
     fn say(&mut self, code: u16, text: &str) {
-        self.reply(Reply::new(code, text));
+        self.conn.queue(format!("{code} {text}\r\n").as_bytes());
     }
 
     async fn run(&mut self) {
@@ -242,9 +227,7 @@ impl Conversation {
                 let r = refused.reply().expect("refusals carry a reply");
                 // At the greeting only 554 and 421 are allowed (RFC 5321 §3.1).
                 let code = if r.is_transient() { 421 } else { 554 };
-                let mut reply = Reply::from(r);
-                reply.code = code;
-                self.reply(reply);
+                self.reply(&r.clone().with_code(code));
                 return;
             }
         }
@@ -399,7 +382,7 @@ impl Conversation {
     async fn invalid(&mut self, what: &str) -> bool {
         match self.session.unknown_command(what).await {
             Verdict::Drop(r) => {
-                self.reply(Reply::from(&r));
+                self.reply(&r);
                 true
             }
             _ => false,
@@ -409,7 +392,7 @@ impl Conversation {
     /// Translates an engine refusal; `Some(Next)` when the verdict refused.
     fn refused(&mut self, verdict: &Verdict) -> Option<Next> {
         let r = verdict.reply()?;
-        self.reply(Reply::from(r));
+        self.reply(r);
         Some(match verdict {
             Verdict::Drop(_) => Next::Close,
             _ => Next::Continue,
@@ -672,8 +655,8 @@ impl Conversation {
             return false;
         }
         if let Some(refusal) = &tx.upstream_refusal {
-            let reply = Reply::from(refusal);
-            self.reply(reply);
+            let reply = refusal.clone();
+            self.reply(&reply);
             return false;
         }
         if tx.upstream.is_none() {
@@ -686,7 +669,7 @@ impl Conversation {
                 Err(DeliveryError::Refused { target, reply }) => {
                     info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
                     tx.upstream_refusal = Some(reply.clone());
-                    self.reply(Reply::from(&reply));
+                    self.reply(&reply);
                     return false;
                 }
                 Err(e) => {
@@ -709,8 +692,8 @@ impl Conversation {
             Err(crate::relay::TargetError::Refused(reply)) => {
                 // Counted as the milter door counts the MTA's refusals, 4xx and 5xx alike.
                 let (enhanced, text) = refusal_parts(&reply);
-                self.session.rcpt_refused_by_mta(&enhanced, text);
-                self.reply(Reply::from(&reply));
+                self.session.rcpt_refused_by_mta(&enhanced, text).await;
+                self.reply(&reply);
                 false
             }
             Err(e) => {
@@ -839,7 +822,7 @@ impl Conversation {
                 }
                 match &outcome.diverted {
                     // A divert rule delivered it elsewhere: that target's answer is the one.
-                    Some(reply) => self.reply(Reply::from(reply)),
+                    Some(reply) => self.reply(reply),
                     None => {
                         info!(client = %self.peer, "message discarded by policy");
                         self.say(250, "2.7.0 Ok: discarded by policy");
@@ -901,7 +884,7 @@ impl Conversation {
             .await
         {
             Ok(reply) => Ok(reply),
-            Err(DataFailure::Refused(reply)) if reply.code >= 500 => Ok(reply),
+            Err(DataFailure::Refused(reply)) if reply.code() >= 500 => Ok(reply),
             Err(DataFailure::Uncertain(e)) => Err(DeliveryError::Uncertain {
                 target: name,
                 why: e.to_string(),
@@ -933,7 +916,7 @@ impl Conversation {
         match reply {
             Ok(reply) | Err(DeliveryError::Refused { reply, .. }) => {
                 info!(client = %self.peer, recipients = tx.recipients.len(), size = body.len(), %reply, "message handed on");
-                self.reply(Reply::from(&reply));
+                self.reply(&reply);
             }
             Err(e @ DeliveryError::Uncertain { .. }) => {
                 warn!(client = %self.peer, error = %e, "message may have been delivered; client keeps it and is not sent elsewhere");
@@ -945,7 +928,7 @@ impl Conversation {
             Err(e) => {
                 warn!(client = %self.peer, error = %e, "message not delivered; client keeps it");
                 match incapable {
-                    Some(reply) => self.reply(Reply::from(&reply)),
+                    Some(reply) => self.reply(&reply),
                     None => self.say(
                         451,
                         "4.4.1 Error: no relay target accepted the message, try again later",
@@ -1077,7 +1060,7 @@ impl Conversation {
         };
         // The attempt is counted before the check, so that parallel connections of one
         // client get no extra guesses; a success gives it back.
-        if !self.shared.auth_failures.reserve(self.peer.ip()) {
+        if !self.client_failures().reserve(self.peer.ip()).await {
             info!(client = %self.peer, "AUTH refused: too many failures from this client");
             self.say(
                 454,
@@ -1092,7 +1075,7 @@ impl Conversation {
         };
         match verdict {
             Verification::Valid => {
-                self.shared.auth_failures.succeeded(self.peer.ip());
+                self.client_failures().succeeded(self.peer.ip()).await;
                 let user = credentials.map(|c| c.0).unwrap_or_default();
                 info!(client = %self.peer, user = %user.escape_debug(), "authenticated");
                 self.session.authenticated(&user);
@@ -1101,7 +1084,7 @@ impl Conversation {
                 return Next::Continue;
             }
             Verification::Busy => {
-                self.shared.auth_failures.succeeded(self.peer.ip());
+                self.client_failures().succeeded(self.peer.ip()).await;
                 warn!(client = %self.peer, "AUTH deferred: every password check slot is busy (max_concurrent_password_checks)");
                 self.say(
                     454,
@@ -1158,13 +1141,14 @@ impl Conversation {
 /// A target's refusal of a recipient as the engine takes it: the enhanced status code, and
 /// the text without that code and without the `<address>: ` it starts with (the engine puts
 /// each recipient's own address there; the refused one must not leak to the next).
-fn refusal_parts(reply: &TargetReply) -> (String, &str) {
-    let default = if reply.code < 500 { "4.1.1" } else { "5.1.1" };
+fn refusal_parts(reply: &SmtpReply) -> (String, &str) {
+    let default = if reply.is_transient() {
+        "4.1.1"
+    } else {
+        "5.1.1"
+    };
     let enhanced = reply.enhanced().unwrap_or(default).to_owned();
-    let mut text = reply.text.as_str();
-    if reply.enhanced().is_some() {
-        text = text.split_once(' ').map_or("", |(_, rest)| rest);
-    }
+    let mut text = reply.text();
     if text.starts_with('<')
         && let Some((_, rest)) = text.split_once(">: ")
     {
@@ -1187,10 +1171,10 @@ mod tests {
 
     #[test]
     fn a_targets_refusal_loses_its_code_and_address() {
-        let r = TargetReply {
-            code: 550,
-            text: "5.1.1 <nosuch@x.test>: Recipient address rejected: User unknown".into(),
-        };
+        let r = SmtpReply::from_wire(
+            550,
+            "5.1.1 <nosuch@x.test>: Recipient address rejected: User unknown",
+        );
         assert_eq!(
             refusal_parts(&r),
             (
@@ -1198,10 +1182,7 @@ mod tests {
                 "Recipient address rejected: User unknown"
             )
         );
-        let r = TargetReply {
-            code: 450,
-            text: "greylisted, try later".into(),
-        };
+        let r = SmtpReply::from_wire(450, "greylisted, try later");
         assert_eq!(
             refusal_parts(&r),
             ("4.1.1".to_owned(), "greylisted, try later")

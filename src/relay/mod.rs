@@ -6,6 +6,7 @@
 
 mod body;
 mod lines;
+mod outbound;
 mod pool;
 mod target;
 
@@ -22,65 +23,35 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tracing::{debug, error, info, warn};
 
+use crate::engine::SmtpReply;
 use pool::{Pool, quit_later};
 
 pub use body::Body;
+pub use outbound::{RelayOutbound, SharedDelivery};
 pub use target::{Capabilities, RelayAuth, RelayTarget, Security, TargetError};
 
 use target::Link;
 
-/// An SMTP reply from a relay target, flattened to one line for the client:
-/// `550 5.1.1 <x@example.org>: Recipient address rejected`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetReply {
-    pub code: u16,
-    /// Enhanced status code and text, printable ASCII only, at most 500 characters.
-    pub text: String,
+/// A reply read from a relay target: each line of a multi-line reply joined by spaces,
+/// cleaned for passing on to the client (`550 5.1.1 <x@example.org>: Recipient address
+/// rejected`).
+fn reply_of(r: &Response) -> SmtpReply {
+    let code: u16 = r.code().to_string().parse().unwrap_or(451);
+    SmtpReply::from_wire(code, &r.message().collect::<Vec<_>>().join(" "))
 }
 
-impl TargetReply {
-    fn from_response(r: &Response) -> Self {
-        let code: u16 = r.code().to_string().parse().unwrap_or(451);
-        Self::new(code, &r.message().collect::<Vec<_>>().join(" "))
-    }
-
-    fn from_error(e: &lettre::transport::smtp::Error) -> Option<Self> {
-        let code: u16 = e.status()?.to_string().parse().ok()?;
-        let text = std::error::Error::source(e)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        Some(Self::new(code, &text))
-    }
-
-    fn new(code: u16, text: &str) -> Self {
-        let text: String = text
-            .chars()
-            .map(|c| if (' '..='~').contains(&c) { c } else { ' ' })
-            .take(500)
-            .collect();
-        Self { code, text }
-    }
-
-    /// True for 2xx and 3xx.
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
-    /// The enhanced status code at the start of the text, if any (`5.1.1`).
-    pub fn enhanced(&self) -> Option<&str> {
-        let first = self.text.split(' ').next()?;
-        let mut parts = first.split('.');
-        let ok = parts.next().is_some_and(|c| c.len() == 1)
-            && parts.clone().count() == 2
-            && first.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        ok.then_some(first)
-    }
+/// The target's reply inside a lettre error, if the error is one.
+fn reply_in(e: &lettre::transport::smtp::Error) -> Option<SmtpReply> {
+    let code: u16 = e.status()?.to_string().parse().ok()?;
+    let text = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    Some(SmtpReply::from_wire(code, &text))
 }
 
-impl fmt::Display for TargetReply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.code, self.text)
-    }
+/// A reply of Postern's own about a target, for the client.
+fn own_reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
+    SmtpReply::new(code, Some(enhanced), text).expect("static reply is valid")
 }
 
 /// Outbound settings (`[delivery]`) and the relay targets (`[[relay_target]]`), by priority.
@@ -108,7 +79,7 @@ pub struct Delivery {
 pub enum DeliveryError {
     /// A target answered the sender with a permanent refusal; the client should see it.
     #[error("relay target {target} refused: {reply}")]
-    Refused { target: String, reply: TargetReply },
+    Refused { target: String, reply: SmtpReply },
     /// No target could take the transaction; each one's reason, in order.
     #[error("no relay target is available: {}", .0.join("; "))]
     Unavailable(Vec<String>),
@@ -128,7 +99,7 @@ pub enum DataFailure {
     NotSent(TargetError),
     /// The target answered the end of the message with 4xx or 5xx: it did not take it.
     #[error("refused the message: {0}")]
-    Refused(TargetReply),
+    Refused(SmtpReply),
     /// The message (or part of it) was sent and no answer came: the target may have
     /// committed it. Sending it anywhere else could deliver it twice.
     #[error("no answer after the message was sent: {0}")]
@@ -311,7 +282,7 @@ impl Delivery {
                         line_limit: target.line_limit,
                     });
                 }
-                Err(TargetError::Refused(reply)) if reply.code >= 500 => {
+                Err(TargetError::Refused(reply)) if reply.code() >= 500 => {
                     return Err(DeliveryError::Refused {
                         target: target.name.clone(),
                         reply,
@@ -414,9 +385,10 @@ impl Delivery {
     async fn mail(&self, link: &mut Link, envelope: &Envelope) -> Result<(), TargetError> {
         let caps = &link.caps;
         if !envelope.sender.is_ascii() && !caps.smtputf8 {
-            return Err(TargetError::Incapable(TargetReply::new(
+            return Err(TargetError::Incapable(own_reply(
                 553,
-                "5.6.7 Error: the sender address is not ASCII and the relay target does not offer SMTPUTF8",
+                "5.6.7",
+                "Error: the sender address is not ASCII and the relay target does not offer SMTPUTF8",
             )));
         }
         let mut command = format!("MAIL FROM:<{}>", envelope.sender);
@@ -459,7 +431,7 @@ impl Delivery {
         head: &[u8],
         message: &Body<'_>,
         first: usize,
-    ) -> Result<(String, TargetReply), DeliveryError> {
+    ) -> Result<(String, SmtpReply), DeliveryError> {
         let mut failures = Vec::new();
         let mut next = first;
         while next < self.targets.len() {
@@ -488,7 +460,7 @@ impl Delivery {
             let name = upstream.name.clone();
             match upstream.data(head, message, self.data_timeout).await {
                 Ok(reply) => return Ok((name, reply)),
-                Err(DataFailure::Refused(reply)) if reply.code >= 500 => {
+                Err(DataFailure::Refused(reply)) if reply.code() >= 500 => {
                     return Err(DeliveryError::Refused {
                         target: name,
                         reply,
@@ -526,11 +498,12 @@ impl Upstream {
 
     /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address
     /// is refused here (5.6.7) when the target does not offer SMTPUTF8.
-    pub async fn rcpt(&mut self, recipient: &str) -> Result<TargetReply, TargetError> {
+    pub async fn rcpt(&mut self, recipient: &str) -> Result<SmtpReply, TargetError> {
         if !recipient.is_ascii() && !self.link.caps.smtputf8 {
-            return Err(TargetError::Refused(TargetReply::new(
+            return Err(TargetError::Refused(own_reply(
                 553,
-                "5.6.7 Error: the recipient address is not ASCII and the relay target does not offer SMTPUTF8",
+                "5.6.7",
+                "Error: the recipient address is not ASCII and the relay target does not offer SMTPUTF8",
             )));
         }
         command_reply(
@@ -551,16 +524,15 @@ impl Upstream {
         head: &[u8],
         message: &Body<'_>,
         data_timeout: Duration,
-    ) -> Result<TargetReply, DataFailure> {
+    ) -> Result<SmtpReply, DataFailure> {
         if !self.link.caps.eight_bit_mime && (message.is_eight_bit() || !head.is_ascii()) {
             // Postern does not downgrade 8-bit content to quoted-printable.
             self.abort().await;
-            return Err(DataFailure::NotSent(TargetError::Incapable(
-                TargetReply::new(
-                    451,
-                    "4.6.3 Error: the message has 8-bit content and no relay target offers 8BITMIME, try again later",
-                ),
-            )));
+            return Err(DataFailure::NotSent(TargetError::Incapable(own_reply(
+                451,
+                "4.6.3",
+                "Error: the message has 8-bit content and no relay target offers 8BITMIME, try again later",
+            ))));
         }
         if let Err(e) = command_reply(&mut self.link.conn, "DATA\r\n", self.protocol_timeout).await
         {
@@ -589,7 +561,7 @@ impl Upstream {
                 error!(relay_target = %self.name, error = %why, "message not sent");
                 return Err(DataFailure::Unreadable(why));
             }
-            Ok(Ok(Ok(r))) => Ok(TargetReply::from_response(&r)),
+            Ok(Ok(Ok(r))) => Ok(reply_of(&r)),
             Ok(Ok(Err(e))) => Err(match TargetError::from_smtp(e) {
                 TargetError::Refused(reply) => DataFailure::Refused(reply),
                 broken => DataFailure::Uncertain(broken),
@@ -623,34 +595,14 @@ async fn command_reply(
     conn: &mut lettre::transport::smtp::client::AsyncSmtpConnection,
     command: &str,
     timeout: Duration,
-) -> Result<TargetReply, TargetError> {
+) -> Result<SmtpReply, TargetError> {
     let verb = command.split([' ', '\r']).next().unwrap_or("").to_owned();
     match tokio::time::timeout(timeout, conn.command(command)).await {
         Err(_) => Err(TargetError::Timeout("a reply")),
-        Ok(Ok(r)) => Ok(TargetReply::from_response(&r)),
+        Ok(Ok(r)) => Ok(reply_of(&r)),
         Ok(Err(e)) => Err(match TargetError::from_smtp(e) {
             TargetError::Smtp(why) => TargetError::Smtp(format!("{verb}: {why}")),
             other => other,
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enhanced_status_is_read_from_the_text() {
-        let r = TargetReply::new(550, "5.1.1 <a@b>: Recipient address rejected");
-        assert_eq!(r.enhanced(), Some("5.1.1"));
-        assert_eq!(TargetReply::new(550, "Rejected").enhanced(), None);
-        assert_eq!(TargetReply::new(550, "5.1 x").enhanced(), None);
-    }
-
-    #[test]
-    fn replies_are_printable_and_bounded() {
-        let r = TargetReply::new(550, &format!("a\r\nb\t{}", "x".repeat(900)));
-        assert!(r.text.starts_with("a  b "));
-        assert_eq!(r.text.len(), 500);
     }
 }

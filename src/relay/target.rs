@@ -8,7 +8,7 @@ use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::TargetReply;
+use crate::engine::SmtpReply;
 
 /// Seed "Security" of a relay target.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -119,22 +119,30 @@ impl fmt::Debug for RelayTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("refused: {0}")]
-    Refused(TargetReply),
+    Refused(SmtpReply),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("does not offer STARTTLS, and security = \"tls\" requires it")]
     NoStartTls,
     /// The target lacks something this transaction needs (SMTPUTF8, 8BITMIME, TLS for
     /// AUTH); the reply says what, for the client when no target has it.
-    #[error("{}", .0.text)]
-    Incapable(TargetReply),
+    #[error("{}", incapable_text(.0))]
+    Incapable(SmtpReply),
     #[error("{0}")]
     Smtp(String),
 }
 
+/// What a target lacks, as the reply says it (its enhanced status code and text).
+fn incapable_text(reply: &SmtpReply) -> String {
+    match reply.enhanced() {
+        Some(e) => format!("{e} {}", reply.text()),
+        None => reply.text().to_owned(),
+    }
+}
+
 impl TargetError {
     pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> Self {
-        match TargetReply::from_error(&e) {
+        match super::reply_in(&e) {
             Some(reply) => Self::Refused(reply),
             None => Self::Smtp(error_chain(&e)),
         }
@@ -208,9 +216,10 @@ impl RelayTarget {
         if let Some(credentials) = &self.credentials {
             if !conn.is_encrypted() && !self.auth_over_plaintext {
                 conn.abort().await;
-                return Err(TargetError::Incapable(TargetReply::new(
+                return Err(TargetError::Incapable(super::own_reply(
                     451,
-                    "4.7.0 relay target did not negotiate TLS, and its password is never sent in plaintext (set security = \"tls\", or auth_over_plaintext = true)",
+                    "4.7.0",
+                    "relay target did not negotiate TLS, and its password is never sent in plaintext (set security = \"tls\", or auth_over_plaintext = true)",
                 )));
             }
             let mechanism = match self.auth {

@@ -1,9 +1,8 @@
 //! DNSBL/RBL (seed: "Enable RBL", "RBL server", "Skip Local IP", "RBL hit action"): the
 //! client's address is looked up in every configured zone at once (RFC 5782).
 //!
-//! Only answers inside 127.0.0.0/8 are listings; an answer in 127.255.255.0/24 (Spamhaus'
-//! "query refused" codes) or outside 127/8 means the zone is not answering us properly and is
-//! treated as a lookup failure, never as a listing. Each zone is self-tested (127.0.0.2 must
+//! The lookup itself is [`dnsbl::query`]: an error answer is a lookup failure, never a
+//! listing. Each zone is self-tested (127.0.0.2 must
 //! be listed, 127.0.0.1 must not) before use and again every `self_test_interval`; a zone that
 //! fails is taken out of use with a warning until it passes again.
 
@@ -17,7 +16,8 @@ use serde::{Deserialize, Deserializer};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::dns::{Dns, reversed};
+use super::dnsbl::{self, label};
+use crate::engine::ports::Resolver;
 use crate::engine::reply::{SmtpReply, printable};
 use crate::engine::verdict::Verdict;
 
@@ -136,7 +136,6 @@ impl Zone {
 /// The compiled DNSBL check.
 #[derive(Debug)]
 pub struct Rbl {
-    pub dns: Dns,
     pub zones: Vec<Arc<Zone>>,
     pub skip_local_ip: bool,
     pub hit_action: HitAction,
@@ -196,8 +195,8 @@ impl fmt::Display for RblResult {
 
 impl Rbl {
     /// Asks every usable zone about `ip`, all at once.
-    pub async fn check(&self, ip: IpAddr) -> RblResult {
-        // IPv4-mapped IPv6 addresses are looked up as IPv4.
+    pub async fn check(&self, resolver: &Arc<dyn Resolver>, ip: IpAddr) -> RblResult {
+        // IPv4-mapped IPv6 addresses are judged as IPv4.
         let ip = ip.to_canonical();
         if self.skip_local_ip && is_local(ip) {
             return RblResult {
@@ -207,13 +206,13 @@ impl Rbl {
         }
         let mut lookups = JoinSet::new();
         for zone in &self.zones {
-            let (dns, zone) = (self.dns.clone(), zone.clone());
+            let (resolver, zone) = (resolver.clone(), zone.clone());
             let interval = self.self_test_interval;
             lookups.spawn(async move {
-                if !self_test(&dns, &zone, interval).await {
+                if !self_test(resolver.as_ref(), &zone, interval).await {
                     return (zone, Err(None));
                 }
-                let answer = query(&dns, &zone, &reversed(ip)).await;
+                let answer = query(resolver.as_ref(), &zone, &label(ip)).await;
                 (zone, answer.map_err(Some))
             });
         }
@@ -222,9 +221,8 @@ impl Rbl {
             let Ok((zone, answer)) = joined else { continue };
             match answer {
                 Ok(Some(answer)) => {
-                    let name = format!("{}.{}", reversed(ip), zone.zone);
-                    let reason = self
-                        .dns
+                    let name = format!("{}.{}", label(ip), zone.zone);
+                    let reason = resolver
                         .txt(&name)
                         .await
                         .ok()
@@ -286,17 +284,14 @@ impl Rbl {
     }
 }
 
-/// Looks `label` up in a zone: `Some(answer)` when listed, `None` when not.
-async fn query(dns: &Dns, zone: &Zone, label: &str) -> Result<Option<Ipv4Addr>, String> {
-    let answers = dns
-        .a(&format!("{label}.{}", zone.zone))
-        .await
-        .map_err(|e| e.reason)?;
-    if let Some(bad) = answers.iter().find(|a| !is_listing_code(**a)) {
-        return Err(format!(
-            "answered {bad}, an error code rather than a listing (a blocklist refuses queries it considers abusive, e.g. through public resolvers)"
-        ));
-    }
+/// Looks `label` up in a zone: `Some(answer)` when listed in one of its answer ranges, `None`
+/// when not.
+async fn query(
+    resolver: &dyn Resolver,
+    zone: &Zone,
+    label: &str,
+) -> Result<Option<Ipv4Addr>, String> {
+    let answers = dnsbl::query(resolver, &zone.zone, label).await?;
     Ok(answers
         .into_iter()
         .find(|a| zone.answers.is_empty() || zone.answers.iter().any(|r| r.contains(*a))))
@@ -305,7 +300,7 @@ async fn query(dns: &Dns, zone: &Zone, label: &str) -> Result<Option<Ipv4Addr>, 
 /// RFC 5782 self-test, at most once per `interval`: 127.0.0.2 listed, 127.0.0.1 not. A
 /// lookup failure during the test leaves the zone as it was (a DNS hiccup is not a broken
 /// zone); a zone never tested successfully is given the benefit of the doubt.
-async fn self_test(dns: &Dns, zone: &Zone, interval: Duration) -> bool {
+async fn self_test(resolver: &dyn Resolver, zone: &Zone, interval: Duration) -> bool {
     {
         let health = zone.health.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tested) = health.tested
@@ -314,8 +309,8 @@ async fn self_test(dns: &Dns, zone: &Zone, interval: Duration) -> bool {
             return health.usable;
         }
     }
-    let test_listed = query(dns, zone, "2.0.0.127").await;
-    let test_clean = query(dns, zone, "1.0.0.127").await;
+    let test_listed = query(resolver, zone, "2.0.0.127").await;
+    let test_clean = query(resolver, zone, "1.0.0.127").await;
     let mut health = zone.health.lock().unwrap_or_else(|e| e.into_inner());
     let verdict = match (test_listed, test_clean) {
         (Ok(Some(_)), Ok(None)) => Some(true),
@@ -340,12 +335,6 @@ async fn self_test(dns: &Dns, zone: &Zone, interval: Duration) -> bool {
         }
         None => health.tested.is_none() || health.usable,
     }
-}
-
-/// An answer that is a listing: inside 127.0.0.0/8, outside the error range 127.255.255.0/24.
-pub(super) fn is_listing_code(a: Ipv4Addr) -> bool {
-    let o = a.octets();
-    o[0] == 127 && !(o[1] == 255 && o[2] == 255)
 }
 
 /// Addresses no public blocklist lists: loopback, private, link-local, shared, unique local.
@@ -375,15 +364,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_labels_follow_rfc_5782() {
-        assert_eq!(reversed("192.0.2.99".parse().unwrap()), "99.2.0.192");
-        assert_eq!(
-            reversed("2001:db8:1:2:3:4:567:89ab".parse().unwrap()),
-            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2"
-        );
-    }
-
-    #[test]
     fn answer_ranges_parse_in_three_forms() {
         let r: AnswerRange = "127.0.0.[2..11]".parse().unwrap();
         assert!(r.contains("127.0.0.2".parse().unwrap()));
@@ -397,13 +377,6 @@ mod tests {
         for bad in ["127.0.0.[11..2]", "127.0.0.[2..]", "zone", "127.0.0.0/40"] {
             assert!(bad.parse::<AnswerRange>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn error_codes_are_not_listings() {
-        assert!(is_listing_code("127.0.0.2".parse().unwrap()));
-        assert!(!is_listing_code("127.255.255.254".parse().unwrap()));
-        assert!(!is_listing_code("10.0.0.2".parse().unwrap()));
     }
 
     #[test]

@@ -7,81 +7,30 @@
 //! invalid commands, dictionary attacks, RBL hits and refused recipients lower it, and it decays
 //! back towards neutral with a half-life. Below the threshold the client is refused or delayed.
 //!
-//! The local reputation lives behind [`ReputationStore`], so that a shared store (Redis, say)
-//! can serve a fleet of gateways; [`MemoryStore`] serves one process.
+//! The local reputation lives in the engine's [`Store`](crate::engine::ports::Store) port, so
+//! that a shared store can serve a fleet of gateways; zones are asked with the one DNSBL
+//! lookup, [`dnsbl::query`].
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::rbl::is_listing_code;
-use crate::dns::{Dns, reversed};
+use super::dnsbl::{self, label};
+use crate::engine::ports::Resolver;
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::Verdict;
 
 /// Behaviour that lowers a client's local reputation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Behaviour {
     InvalidCommand,
     DictionaryAttack,
     RblHit,
     RefusedRecipient,
-}
-
-/// Where local reputations are kept. Scores decay towards 0 with `half_life`.
-pub trait ReputationStore: Send + Sync + std::fmt::Debug {
-    /// The client's local reputation now.
-    fn score(&self, ip: IpAddr, half_life: Duration, now: Instant) -> f64;
-    /// Adds `delta` to the client's local reputation.
-    fn record(&self, ip: IpAddr, delta: f64, half_life: Duration, now: Instant);
-}
-
-/// Local reputations remembered at most by [`MemoryStore`].
-const MAX_REMEMBERED: usize = 100_000;
-
-/// An in-process store.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    scores: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-fn decayed(score: f64, since: Instant, half_life: Duration, now: Instant) -> f64 {
-    let elapsed = now.saturating_duration_since(since).as_secs_f64();
-    score * 0.5f64.powf(elapsed / half_life.as_secs_f64().max(1.0))
-}
-
-impl ReputationStore for MemoryStore {
-    fn score(&self, ip: IpAddr, half_life: Duration, now: Instant) -> f64 {
-        let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        scores
-            .get(&ip)
-            .map_or(0.0, |(s, t)| decayed(*s, *t, half_life, now))
-    }
-
-    fn record(&self, ip: IpAddr, delta: f64, half_life: Duration, now: Instant) {
-        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        if scores.len() >= MAX_REMEMBERED && !scores.contains_key(&ip) {
-            // Forget what has (nearly) decayed away, then the weakest half.
-            scores.retain(|_, (s, t)| decayed(*s, *t, half_life, now).abs() >= 0.5);
-            if scores.len() >= MAX_REMEMBERED {
-                let mut weakest: Vec<(IpAddr, f64)> = scores
-                    .iter()
-                    .map(|(ip, (s, t))| (*ip, decayed(*s, *t, half_life, now).abs()))
-                    .collect();
-                weakest.sort_by(|a, b| a.1.total_cmp(&b.1));
-                for (ip, _) in weakest.into_iter().take(MAX_REMEMBERED / 2) {
-                    scores.remove(&ip);
-                }
-            }
-        }
-        let entry = scores.entry(ip).or_insert((0.0, now));
-        *entry = (decayed(entry.0, entry.1, half_life, now) + delta, now);
-    }
 }
 
 /// How a reputation zone's answer is read.
@@ -115,7 +64,6 @@ pub struct Penalties {
 /// The compiled reputation check.
 #[derive(Debug)]
 pub struct Reputation {
-    pub dns: Option<Dns>,
     pub zones: Vec<ReputationZone>,
     pub penalties: Penalties,
     pub half_life: Duration,
@@ -146,39 +94,38 @@ impl ReputationResult {
 
 impl Reputation {
     /// The penalty of an event.
-    pub fn penalty(&self, event: Event) -> f64 {
-        match event {
-            Event::InvalidCommand => self.penalties.invalid_command,
-            Event::DictionaryAttack => self.penalties.dictionary_attack,
-            Event::RblHit => self.penalties.rbl_hit,
-            Event::RefusedRecipient => self.penalties.refused_recipient,
+    pub fn penalty(&self, behaviour: Behaviour) -> f64 {
+        match behaviour {
+            Behaviour::InvalidCommand => self.penalties.invalid_command,
+            Behaviour::DictionaryAttack => self.penalties.dictionary_attack,
+            Behaviour::RblHit => self.penalties.rbl_hit,
+            Behaviour::RefusedRecipient => self.penalties.refused_recipient,
         }
     }
 
-    /// Asks the store and every zone (at once) about `ip`.
-    pub async fn check(&self, store: &dyn ReputationStore, ip: IpAddr) -> ReputationResult {
+    /// Adds what every zone (asked at once) says about `ip` to its `local` reputation.
+    pub async fn check(
+        &self,
+        resolver: &Arc<dyn Resolver>,
+        local: f64,
+        ip: IpAddr,
+    ) -> ReputationResult {
         let mut result = ReputationResult {
-            local: store.score(ip, self.half_life, Instant::now()),
+            local,
             ..ReputationResult::default()
         };
-        let Some(dns) = &self.dns else { return result };
-        // IPv4-mapped IPv6 addresses are looked up as IPv4, as the RBL check does.
-        let ip = ip.to_canonical();
         let mut lookups = JoinSet::new();
         for zone in &self.zones {
-            let (dns, zone) = (dns.clone(), zone.clone());
-            let name = format!("{}.{}", reversed(ip), zone.zone);
-            lookups.spawn(async move { (zone, dns.a(&name).await) });
+            let (resolver, zone) = (resolver.clone(), zone.clone());
+            let label = label(ip);
+            lookups.spawn(async move {
+                let answer = dnsbl::query(resolver.as_ref(), &zone.zone, &label).await;
+                (zone, answer)
+            });
         }
         while let Some(joined) = lookups.join_next().await {
             let Ok((zone, answer)) = joined else { continue };
             match answer {
-                // An error code (127.255.255.0/24: "query refused", or anything outside
-                // 127.0.0.0/8) is no answer, never a score: the zone is left out, as the RBL
-                // check leaves it out by default, and the log says why.
-                Ok(answers) if answers.iter().any(|a| !is_listing_code(*a)) => {
-                    warn!(zone = %zone.zone, answers = ?answers, "reputation zone answered an error code, not a listing; left out (a blocklist refuses queries it considers abusive, e.g. through public resolvers)");
-                }
                 Ok(answers) => {
                     if let Some(a) = answers.first() {
                         let contribution = match zone.kind {
@@ -188,7 +135,12 @@ impl Reputation {
                         result.zones.push((zone.zone, contribution));
                     }
                 }
-                Err(_) => result.failed.push(zone.zone),
+                // An error answer is no score: the zone is left out, as the RBL check
+                // leaves it out by default, and the log says why.
+                Err(why) => {
+                    warn!(zone = %zone.zone, error = %why, "reputation zone left out");
+                    result.failed.push(zone.zone);
+                }
             }
         }
         result
@@ -232,25 +184,8 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
-    fn local_reputation_adds_up_and_decays_by_half_life() {
-        let store = MemoryStore::default();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let t0 = Instant::now();
-        store.record(ip, -20.0, HOUR, t0);
-        store.record(ip, -20.0, HOUR, t0);
-        assert_eq!(store.score(ip, HOUR, t0), -40.0);
-        let later = store.score(ip, HOUR, t0 + HOUR);
-        assert!(
-            (later + 20.0).abs() < 0.01,
-            "half after one half-life: {later}"
-        );
-        assert_eq!(store.score("192.0.2.2".parse().unwrap(), HOUR, t0), 0.0);
-    }
-
-    #[test]
     fn threshold_decides_and_lookup_failures_defer() {
         let rep = Reputation {
-            dns: None,
             zones: vec![],
             penalties: Penalties {
                 invalid_command: -1.0,

@@ -17,14 +17,14 @@ use viaspf::lookup::{Lookup, LookupError, LookupResult, Name};
 use viaspf::{Config, DomainName, Sender, SpfResult};
 
 use super::auth_results::{comment_text, property_value, quoted};
-use crate::dns::Dns;
+use crate::engine::ports::{self, Resolver};
 use crate::engine::reply::{SmtpReply, printable_only};
 use crate::engine::verdict::Verdict;
 
-/// viaspf's lookup seam over the shared resolver.
-pub struct SpfLookup<'a>(pub &'a Dns);
+/// viaspf's lookup seam over the engine's resolver.
+pub struct SpfLookup<'a>(pub &'a dyn Resolver);
 
-fn spf_error(e: crate::dns::LookupError) -> LookupError {
+fn spf_error(e: ports::LookupError) -> LookupError {
     if e.timeout {
         LookupError::Timeout
     } else {
@@ -180,7 +180,6 @@ pub enum SpfHeader {
 /// The compiled SPF check.
 #[derive(Clone, Debug)]
 pub struct Spf {
-    pub dns: Dns,
     pub timeout: Duration,
     pub fail_action: SpfAction,
     pub softfail_action: SpfAction,
@@ -203,13 +202,14 @@ impl Spf {
     /// HELO identity first; its `fail` decides, else the MAIL FROM identity does.
     pub async fn check(
         &self,
+        resolver: &dyn Resolver,
         hostname: &str,
         ip: IpAddr,
         helo: &str,
         mail_from: &str,
     ) -> SpfOutcome {
         let config = self.config(hostname);
-        let lookup = SpfLookup(&self.dns);
+        let lookup = SpfLookup(resolver);
         if !mail_from.is_empty() && DomainName::new(helo).is_ok() {
             let helo_outcome = check_identity(&lookup, &config, ip, helo, "").await;
             if matches!(helo_outcome.result, SpfResult::Fail(_)) {

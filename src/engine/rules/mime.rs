@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -15,7 +14,6 @@ use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, Pa
 use super::ruleset::{Action, Finder, Rule, Ruleset, Target};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::HeaderEdit;
-use crate::relay::Delivery;
 
 /// What one rule did to one target, for the audit log: never the values themselves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +41,8 @@ pub struct Rewrite {
 /// A `divert` rule that matched: where the message goes instead of on.
 #[derive(Clone, Debug)]
 pub struct Diversion {
-    pub delivery: Arc<Delivery>,
+    /// The relay targets to deliver through, by name.
+    pub via: Vec<String>,
     pub ruleset: String,
     pub rule: String,
 }
@@ -724,7 +723,7 @@ impl Walker<'_> {
                             Some((reply.clone(), ruleset.name.clone(), rule.name.clone()));
                     }
                 }
-                Action::Divert(delivery) => {
+                Action::Divert(via) => {
                     if self.rewrite.divert.is_none() && rule.finds(&current) {
                         self.rewrite.hits.push(Hit {
                             ruleset: ruleset.name.clone(),
@@ -733,7 +732,7 @@ impl Walker<'_> {
                             count: 1,
                         });
                         self.rewrite.divert = Some(Diversion {
-                            delivery: delivery.clone(),
+                            via: via.clone(),
                             ruleset: ruleset.name.clone(),
                             rule: rule.name.clone(),
                         });

@@ -3,7 +3,6 @@
 //! with it.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use regex::Regex;
 
@@ -11,7 +10,6 @@ use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
 use super::transforms::{Replacements, mask};
 use crate::engine::reply::SmtpReply;
-use crate::relay::Delivery;
 
 /// Where in a message an extract rule looks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +79,8 @@ pub enum Action {
     Reject(SmtpReply),
     /// Deliver the message (as the other rules leave it) through these relay targets instead
     /// of letting it go on; the door discards its own copy only once one of them accepted.
-    Divert(Arc<Delivery>),
+    /// The relay targets are named here and delivered to through the engine's outbound port.
+    Divert(Vec<String>),
 }
 
 /// One extract rule and its transform or action.

@@ -2,62 +2,82 @@
 //! judged by the connection-stage checks, in order; a refusal is held until the door can show it.
 
 use super::*;
+use crate::engine::checks::dos::RATE_WINDOW;
+use crate::engine::ports::Counter;
 
 impl Session {
     /// The client connected.
     pub async fn connect(&mut self, client: ClientInfo) -> Verdict {
         self.client = client;
-        info!(
-            session = self.id,
-            client_addr = ?self.client.addr,
-            client_name = self.client.name.as_deref().unwrap_or("unknown"),
-            "connect"
-        );
         let policy = self.policy.clone();
         self.profile = policy
             .profiles
             .for_client(self.client.addr, self.client.name.as_deref());
-        if let Some(p) = self.client_profile() {
-            info!(session = self.id, profile = %p.name, "connection profile");
-        }
+        self.emit(&Event::Connected {
+            session: self.id,
+            client: &self.client,
+            profile: self.client_profile().map(|p| p.name.as_str()),
+        });
         // Counted first: a flooding client costs no lookups.
         let started = Instant::now();
-        let checked = match self.count_connection() {
+        let checked = match self.count_connection().await {
             Some(finding) => Some(finding),
-            None => guarded(&policy, "connect", self.connection_checks()).await,
+            None => self.guarded("connect", self.connection_checks()).await,
         };
-        let result = checked.as_ref().map_or("pass".to_owned(), |(check, v)| {
-            format!("{check}={}", v.name())
+        self.checks.push(CheckRecord {
+            stage: "connect",
+            found: checked.as_ref().map(|(check, v)| (*check, v.name())),
+            elapsed: started.elapsed(),
         });
-        self.checks.push(format!(
-            "connect:{result}:{}ms",
-            started.elapsed().as_millis()
-        ));
         match checked {
             Some((check, verdict)) if self.reply_stage != Stage::None => {
-                info!(session = self.id, check, %verdict, until = %self.reply_stage, "verdict held");
+                self.refused(check, &verdict, "connect", Some(self.reply_stage.name()));
                 self.held = Some(Held { verdict, check });
                 Verdict::Continue
             }
             Some((check, verdict)) => {
-                info!(session = self.id, check, %verdict, stage = "connect", "refused");
+                self.refused(check, &verdict, "connect", None);
                 verdict
             }
             None => Verdict::Continue,
         }
     }
 
-    /// DoS protection: counts this connection against its client's limits. Allowed relay
-    /// sources are not limited.
-    pub(super) fn count_connection(&mut self) -> Option<Finding> {
+    /// DoS protection: counts this connection against its client's limits, open connections
+    /// here and new ones per minute in the store. Allowed relay sources are not limited. A
+    /// store that cannot answer limits nothing.
+    pub(super) async fn count_connection(&mut self) -> Option<Finding> {
         let limits = self.policy.client_limits?;
         let ip = self.client.addr?;
         if self.policy.relay.is_relay_source(ip) {
             return None;
         }
-        let (slot, refusal) = self.shared.clients.connect(ip, limits, Instant::now());
+        let (slot, active) = self.shared.clients.connect(ip);
         self.slot = Some(slot);
-        refusal.map(|reply| ("dos_protection", Verdict::refuse(self.with_help(reply))))
+        let recent = match limits.max_connection_rate {
+            Some(max) => {
+                let key = crate::engine::checks::dos::client_key(ip);
+                match self
+                    .shared
+                    .ports
+                    .store
+                    .hit(Counter::Connections, key, RATE_WINDOW, max + 1)
+                    .await
+                {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        warn!(session = self.id, error = %e, "connection rate not counted");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let reply = limits.refusal(ip, active, recent)?;
+        Some((
+            CheckId::DosProtection,
+            Verdict::refuse(self.with_help(reply)),
+        ))
     }
 
     /// Runs the connection-stage checks in order; the first refusal wins.
@@ -67,7 +87,7 @@ impl Session {
         };
         if let Some(reply) = self.policy.ip_address_rejection.check(ip) {
             return Ok(Some((
-                "ip_address_rejection",
+                CheckId::IpAddressRejection,
                 Verdict::refuse(reply.clone()),
             )));
         }
@@ -78,63 +98,90 @@ impl Session {
             let text = format!("Client host [{ip}] rejected: access denied");
             let reply = SmtpReply::new(554, Some("5.7.1"), &text).expect("printable reply");
             return Ok(Some((
-                "connection_profile",
+                CheckId::ConnectionProfile,
                 Verdict::Reject(self.with_help(reply)),
             )));
         }
         let trusted = self.policy.skip_connection_tests_for_relay_sources
             && self.policy.relay.is_relay_source(ip);
         let rbl_applies = self.client_profile().is_none_or(|p| p.rbl);
+        let resolver = &self.shared.ports.resolver;
         if let Some(rbl) = self.policy.rbl.as_ref().filter(|_| !trusted && rbl_applies) {
             let started = Instant::now();
-            let result = rbl.check(ip).await;
+            let result = rbl.check(resolver, ip).await;
             let verdict = rbl.verdict(ip, &result);
-            info!(
-                session = self.id,
-                check = "rbl",
-                client_addr = %ip,
-                result = %result,
-                verdict = verdict.as_ref().map_or("pass", Verdict::name),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "check"
-            );
+            self.checked(CheckId::Rbl, verdict.as_ref(), result.to_string(), started);
             if let Some(verdict) = verdict {
-                self.learn(Event::RblHit);
-                return Ok(Some(("rbl", verdict)));
+                self.learn(Behaviour::RblHit).await;
+                return Ok(Some((CheckId::Rbl, verdict)));
             }
         }
         if let Some(reputation) = self.policy.reputation.as_ref().filter(|_| !trusted) {
             let started = Instant::now();
-            let result = reputation.check(self.shared.reputation.as_ref(), ip).await;
+            let local = match self
+                .shared
+                .ports
+                .store
+                .reputation(ip, reputation.half_life)
+                .await
+            {
+                Ok(score) => score,
+                Err(e) => {
+                    warn!(session = self.id, error = %e, "learned reputation not read; counted as neutral");
+                    0.0
+                }
+            };
+            let result = reputation.check(resolver, local, ip).await;
             let verdict = reputation.verdict(ip, &result);
-            info!(
-                session = self.id,
-                check = "reputation",
-                client_addr = %ip,
-                score = result.total(),
-                local = result.local,
-                zones = ?result.zones,
-                failed = ?result.failed,
-                verdict = verdict.as_ref().map_or("pass", Verdict::name),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "check"
+            let detail = format!(
+                "score {} (local {}, zones {:?}, failed {:?})",
+                result.total(),
+                result.local,
+                result.zones,
+                result.failed
             );
+            self.checked(CheckId::Reputation, verdict.as_ref(), detail, started);
             if let Some(verdict) = verdict {
-                return Ok(Some(("reputation", verdict)));
+                return Ok(Some((CheckId::Reputation, verdict)));
             }
         }
         Ok(None)
     }
 
-    /// Lowers the client's local reputation for its behaviour (allowed relay sources aside).
-    pub(super) fn learn(&self, event: Event) {
+    /// Reports a check's result.
+    pub(super) fn checked(
+        &self,
+        check: CheckId,
+        verdict: Option<&Verdict>,
+        detail: String,
+        started: Instant,
+    ) {
+        self.emit(&Event::Checked {
+            session: self.id,
+            check,
+            client: self.client.addr,
+            verdict,
+            detail,
+            elapsed: started.elapsed(),
+        });
+    }
+
+    /// Lowers the client's learned reputation for its behaviour (allowed relay sources
+    /// aside). A store that cannot take it is logged and otherwise ignored.
+    pub(super) async fn learn(&self, behaviour: Behaviour) {
         if let (Some(reputation), Some(ip)) = (&self.policy.reputation, self.client.addr)
             && !self.policy.relay.is_relay_source(ip)
         {
-            let penalty = reputation.penalty(event);
-            self.shared
-                .reputation
-                .record(ip, penalty, reputation.half_life, Instant::now());
+            let penalty = reputation.penalty(behaviour);
+            if let Err(e) = self
+                .shared
+                .ports
+                .store
+                .add_reputation(ip, penalty, reputation.half_life)
+                .await
+            {
+                warn!(session = self.id, error = %e, ?behaviour, "reputation not learned");
+            }
         }
     }
 }

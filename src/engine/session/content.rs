@@ -61,7 +61,7 @@ impl Session {
             divert = rewrite.divert.clone();
             Ok(self.take_rewrite(rewrite, &queue_id, edits))
         };
-        let found = guarded(&policy, "content", work).await;
+        let found = self.guarded("content", work).await;
         if found.is_none() {
             tx.divert = divert;
             if edits.body.is_some() {
@@ -74,19 +74,18 @@ impl Session {
     /// Logs what the rules did and turns it into a refusal or edits.
     fn take_rewrite(&self, rewrite: Rewrite, queue_id: &str, edits: &mut Edits) -> Option<Finding> {
         for hit in &rewrite.hits {
-            info!(
-                session = self.id,
+            self.emit(&Event::RuleActed {
+                session: self.id,
                 queue_id,
-                ruleset = %hit.ruleset,
-                rule = %hit.rule,
-                target = %hit.target,
-                count = hit.count,
-                "content rule acted"
-            );
+                ruleset: &hit.ruleset,
+                rule: &hit.rule,
+                target: &hit.target,
+                count: hit.count,
+            });
         }
         if let Some((reply, ruleset, rule)) = rewrite.reject {
             info!(session = self.id, queue_id, %ruleset, %rule, "message refused by content rule");
-            return Some(("content", Verdict::Reject(reply)));
+            return Some((CheckId::Content, Verdict::Reject(reply)));
         }
         if rewrite.hits.is_empty() {
             return None;

@@ -2,7 +2,7 @@
 //! log line.
 
 use super::*;
-use crate::relay::{Body, Envelope, TargetReply};
+use crate::engine::ports::OutboundMessage;
 
 impl Session {
     /// The queue id the MTA gave the message, for logs.
@@ -35,10 +35,10 @@ impl Session {
         let buffer = tx
             .message
             .get_or_insert_with(|| MessageBuffer::new(limits.clone()));
-        let (reason, verdict) = match buffer.append(bytes).await {
+        let (check, verdict, failure) = match buffer.append(bytes).await {
             Ok(()) => return Verdict::Continue,
             Err(BufferError::TooBig { limit }) => (
-                "max_message_size",
+                CheckId::MessageSize,
                 Verdict::Reject(
                     SmtpReply::new(
                         552,
@@ -47,11 +47,12 @@ impl Session {
                     )
                     .expect("static reply is valid"),
                 ),
+                None,
             ),
             Err(
                 e @ (BufferError::TooManyHeaderFields { .. } | BufferError::HeaderTooBig { .. }),
             ) => (
-                "header limit",
+                CheckId::HeaderLimit,
                 Verdict::Reject(
                     SmtpReply::new(
                         552,
@@ -60,17 +61,22 @@ impl Session {
                     )
                     .expect("the error text is printable"),
                 ),
+                None,
             ),
-            Err(e) => {
-                warn!(session = self.id, error = %e, action = ?self.policy.scan_failure_action, "scan failure");
-                ("scan_failure", self.policy.scan_failure_action.verdict())
-            }
+            Err(e) => (
+                CheckId::ScanFailure,
+                self.policy.scan_failure_action.verdict(),
+                Some(e.to_string()),
+            ),
         };
         tx.failure = Some(verdict.clone());
         // Nothing more is kept of this message; the verdict stands until its end.
         tx.message = None;
+        if let Some(error) = failure {
+            self.scan_failed("data", &error);
+        }
         if verdict != Verdict::Continue {
-            info!(session = self.id, reason, %verdict, "message refused before its end");
+            self.refused(check, &verdict, "data", None);
         }
         verdict
     }
@@ -96,12 +102,12 @@ impl Session {
         self.messages += 1;
         let mut edits = Edits::default();
         let (mut reason, mut verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
-            (Some(held), _) => ("held", held),
-            (None, Some(failed)) => ("refused_before_end", failed),
-            (None, None) => self
-                .content_stage(&mut tx, &mut edits)
-                .await
-                .unwrap_or(("end_of_message", Verdict::Continue)),
+            (Some(held), _) => (Reason::Held, held),
+            (None, Some(failed)) => (Reason::RefusedBeforeEnd, failed),
+            (None, None) => match self.content_stage(&mut tx, &mut edits).await {
+                Some((check, verdict)) => (Reason::Check(check), verdict),
+                None => (Reason::EndOfMessage, Verdict::Continue),
+            },
         };
         if !matches!(verdict, Verdict::Continue | Verdict::Accept) {
             edits = Edits::default();
@@ -130,12 +136,14 @@ impl Session {
         {
             match self.divert(&divert, &mut tx, &edits).await {
                 Ok(reply) => {
-                    (reason, verdict) = ("divert", Verdict::Discard);
+                    (reason, verdict) = (Reason::Divert, Verdict::Discard);
                     diverted = Some(reply);
                 }
                 Err(e) => {
-                    warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, action = ?policy.scan_failure_action, "message could not be diverted: scan failure");
-                    (reason, verdict) = ("divert_failed", policy.scan_failure_action.verdict());
+                    warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, "message could not be diverted");
+                    self.scan_failed("divert", &e);
+                    (reason, verdict) =
+                        (Reason::DivertFailed, policy.scan_failure_action.verdict());
                 }
             }
             if verdict != Verdict::Continue {
@@ -165,7 +173,7 @@ impl Session {
         divert: &Diversion,
         tx: &mut Transaction,
         edits: &Edits,
-    ) -> Result<TargetReply, String> {
+    ) -> Result<SmtpReply, String> {
         let buffer = tx.message.as_mut().ok_or("the message was not kept")?;
         let raw = buffer.contents().await.map_err(|e| e.to_string())?;
         let message = if edits.is_empty() {
@@ -173,21 +181,25 @@ impl Session {
         } else {
             edits.apply_to(&raw)
         };
-        let envelope = Envelope::for_message(&tx.sender, &tx.recipients, &message);
-        let (target, reply) = divert
-            .delivery
-            .send(&envelope, &tx.recipients, b"", &Body::Memory(&message), 0)
-            .await
-            .map_err(|e| e.to_string())?;
-        info!(
-            session = self.id,
-            queue_id = tx.queue_id.as_deref().unwrap_or(""),
-            ruleset = %divert.ruleset,
-            rule = %divert.rule,
-            relay_target = %target,
-            %reply,
-            "message diverted"
-        );
+        let outbound = OutboundMessage {
+            sender: &tx.sender,
+            recipients: &tx.recipients,
+            message: &message,
+        };
+        let (target, reply) = self
+            .shared
+            .ports
+            .outbound
+            .deliver(&divert.via, outbound)
+            .await?;
+        self.emit(&Event::Diverted {
+            session: self.id,
+            queue_id: tx.queue_id.as_deref().unwrap_or(""),
+            ruleset: &divert.ruleset,
+            rule: &divert.rule,
+            relay_target: &target,
+            reply: &reply,
+        });
         Ok(reply)
     }
 
@@ -250,19 +262,20 @@ impl Session {
         });
     }
 
-    pub(super) fn log_message(&self, tx: &Transaction, verdict: &Verdict, reason: &str) {
-        info!(
-            session = self.id,
-            queue_id = tx.queue_id.as_deref().unwrap_or(""),
-            sender = %tx.sender.escape_debug(),
-            recipients = tx.recipients.len(),
-            size = tx.message.as_ref().map_or(0, MessageBuffer::len),
-            spooled = tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
-            spf = tx.spf.as_ref().map_or("-", SpfOutcome::name),
-            %verdict,
-            reason,
-            elapsed_ms = tx.started.elapsed().as_millis() as u64,
-            "message"
-        );
+    pub(super) fn log_message(&self, tx: &Transaction, verdict: &Verdict, reason: Reason) {
+        self.emit(&Event::Message {
+            session: self.id,
+            report: MessageReport {
+                queue_id: tx.queue_id.as_deref().unwrap_or(""),
+                sender: &tx.sender,
+                recipients: &tx.recipients,
+                size: tx.message.as_ref().map_or(0, MessageBuffer::len),
+                spooled: tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
+                spf: tx.spf.as_ref().map_or("-", SpfOutcome::name),
+                verdict,
+                reason,
+                elapsed: tx.started.elapsed(),
+            },
+        });
     }
 }

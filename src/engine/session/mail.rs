@@ -20,13 +20,15 @@ impl Session {
             && p.require_tls
             && self.tls.is_none()
         {
-            info!(session = self.id, check = "connection_profile", profile = %p.name, "TLS required, session is not encrypted");
-            return Verdict::refuse(
+            info!(session = self.id, profile = %p.name, "TLS required, session is not encrypted");
+            let verdict = Verdict::refuse(
                 self.with_help(
                     SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
                         .expect("static reply is valid"),
                 ),
             );
+            self.refused(CheckId::ConnectionProfile, &verdict, "mail", None);
+            return verdict;
         }
         if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
             && self.authenticated.is_none()
@@ -35,24 +37,26 @@ impl Session {
         {
             let helo = self.helo.clone().unwrap_or_default();
             let started = Instant::now();
-            let checked = guarded(&policy, "mail", async {
-                let outcome = spf.check(&policy.hostname, ip, &helo, sender).await;
-                info!(
-                    session = self.id,
-                    check = "spf",
-                    identity = %outcome.identity,
-                    checked = %outcome.checked.escape_debug(),
-                    result = outcome.name(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "check"
-                );
-                let verdict = spf.verdict(ip, &outcome);
-                tx.spf = Some(outcome);
-                Ok(verdict.map(|v| ("spf", v)))
-            })
-            .await;
+            let resolver = self.shared.ports.resolver.as_ref();
+            let checked = self
+                .guarded("mail", async {
+                    let outcome = spf
+                        .check(resolver, &policy.hostname, ip, &helo, sender)
+                        .await;
+                    let verdict = spf.verdict(ip, &outcome);
+                    let detail = format!(
+                        "{} for {} {:?}",
+                        outcome.name(),
+                        outcome.identity,
+                        outcome.checked.escape_debug().to_string()
+                    );
+                    self.checked(CheckId::Spf, verdict.as_ref(), detail, started);
+                    tx.spf = Some(outcome);
+                    Ok(verdict.map(|v| (CheckId::Spf, v)))
+                })
+                .await;
             if let Some((check, verdict)) = checked {
-                info!(session = self.id, check, %verdict, stage = "mail", "refused");
+                self.refused(check, &verdict, "mail", None);
                 return verdict;
             }
         }

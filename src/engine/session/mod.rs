@@ -21,8 +21,9 @@ use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
 use super::checks::exploit_detection::{HidingReply, RecipientRefusal, default_refusal};
 use super::checks::profiles::{ConnectionProfile, RelayControl};
-use super::checks::reputation::Event;
+use super::checks::reputation::Behaviour;
 use super::checks::spf::{Spf, SpfOutcome};
+use super::events::{CheckId, CheckRecord, ConnectionReport, Event, MessageReport, Reason};
 use super::message::{BufferError, MessageBuffer, header_fields};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
@@ -64,7 +65,7 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 struct Held {
     verdict: Verdict,
-    check: &'static str,
+    check: CheckId,
 }
 
 /// One mail transaction (MAIL FROM to end of message or reset).
@@ -114,13 +115,12 @@ pub struct Session {
     /// state, or later when the door cannot show a reply earlier.
     reply_stage: Stage,
     held: Option<Held>,
-    /// Each check's result and timing for this connection, for its log line:
-    /// `rbl:pass:2ms`.
-    checks: Vec<String>,
+    /// Each stage's check result and timing for this connection, for its closing report.
+    checks: Vec<CheckRecord>,
     /// The connection profile chosen by the client's address or host name.
     profile: Option<usize>,
-    /// State shared by all sessions (connections per client, local reputations), and this
-    /// connection's place among the client's connections.
+    /// What all sessions share (the ports, connections per client), and this connection's
+    /// place among the client's connections.
     shared: SharedState,
     slot: Option<ConnectionSlot>,
     invalid_commands: u32,
@@ -231,7 +231,7 @@ impl Session {
     /// is dropped.
     pub async fn unknown_command(&mut self, command: &str) -> Verdict {
         self.invalid_commands += 1;
-        self.learn(Event::InvalidCommand);
+        self.learn(Behaviour::InvalidCommand).await;
         let verb = command.split_whitespace().next().unwrap_or("");
         let verb: String = verb.chars().take(32).collect();
         match self
@@ -249,20 +249,43 @@ impl Session {
 
     /// The connection ended.
     pub fn close(&mut self) {
-        info!(
-            session = self.id,
-            client_addr = ?self.client.addr,
-            helo = self.helo.as_deref().unwrap_or(""),
-            tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
-            authenticated = self.authenticated.is_some(),
-            messages = self.messages,
-            checks = %self.checks.join(","),
-            invalid_commands = self.invalid_commands,
-            failed_recipients = self.failed_recipients,
-            unfinished_message = self.tx.is_some(),
-            "disconnect"
-        );
+        self.emit(&Event::Disconnected {
+            session: self.id,
+            report: ConnectionReport {
+                client: &self.client,
+                helo: self.helo.as_deref(),
+                tls: self.tls.as_ref(),
+                authenticated: self.authenticated.as_deref(),
+                messages: self.messages,
+                checks: &self.checks,
+                invalid_commands: self.invalid_commands,
+                failed_recipients: self.failed_recipients,
+                unfinished_message: self.tx.is_some(),
+            },
+        });
         self.tx = None;
+    }
+
+    /// Reports an event to the sinks.
+    fn emit(&self, event: &Event<'_>) {
+        self.shared.ports.events.emit(event);
+    }
+
+    /// Reports a refusal answered now (`held_until` `None`) or held for a later stage.
+    fn refused(
+        &self,
+        check: CheckId,
+        verdict: &Verdict,
+        stage: &'static str,
+        held_until: Option<&'static str>,
+    ) {
+        self.emit(&Event::Refused {
+            session: self.id,
+            check,
+            verdict,
+            stage,
+            held_until,
+        });
     }
 
     /// A refusal by one of Postern's own rules, with where to get help ([connection] help_url).
@@ -278,31 +301,44 @@ impl Session {
     fn held_at(&self, stage: Stage) -> Option<Verdict> {
         let held = self.held.as_ref()?;
         (stage >= self.reply_stage).then(|| {
-            info!(session = self.id, check = held.check, verdict = %held.verdict, %stage, "refused (delayed)");
+            self.refused(held.check, &held.verdict, stage.name(), None);
             held.verdict.clone()
         })
     }
 }
 
-/// A check's name and the verdict it reached.
-type Finding = (&'static str, Verdict);
+/// The check that objected and the verdict it reached.
+type Finding = (CheckId, Verdict);
 
-/// Runs one piece of engine work within the policy's time budget. `None` means "no
-/// objection"; an error or a timeout is logged and becomes the scan failure action.
-async fn guarded(
-    policy: &Policy,
-    stage: &'static str,
-    work: impl Future<Output = Result<Option<Finding>, EngineError>>,
-) -> Option<Finding> {
-    let failure = match tokio::time::timeout(policy.scan_timeout, work).await {
-        Ok(Ok(found)) => return found,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("time budget of {:?} exceeded", policy.scan_timeout),
-    };
-    warn!(stage, error = %failure, action = ?policy.scan_failure_action, "scan failure");
-    match policy.scan_failure_action.verdict() {
-        Verdict::Continue => None,
-        verdict => Some(("scan_failure", verdict)),
+impl Session {
+    /// Runs one piece of engine work within the policy's time budget. `None` means "no
+    /// objection"; an error or a timeout is reported and becomes the scan failure action.
+    async fn guarded(
+        &self,
+        stage: &'static str,
+        work: impl Future<Output = Result<Option<Finding>, EngineError>>,
+    ) -> Option<Finding> {
+        let policy = &self.policy;
+        let failure = match tokio::time::timeout(policy.scan_timeout, work).await {
+            Ok(Ok(found)) => return found,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("time budget of {:?} exceeded", policy.scan_timeout),
+        };
+        self.scan_failed(stage, &failure);
+        match policy.scan_failure_action.verdict() {
+            Verdict::Continue => None,
+            verdict => Some((CheckId::ScanFailure, verdict)),
+        }
+    }
+
+    /// Reports that the engine could not judge something at `stage`.
+    fn scan_failed(&self, stage: &'static str, error: &str) {
+        self.emit(&Event::ScanFailed {
+            session: self.id,
+            stage,
+            error,
+            action: self.policy.scan_failure_action.name(),
+        });
     }
 }
 
@@ -313,8 +349,9 @@ mod tests {
     use crate::engine::ScanFailureAction;
 
     fn session(config: &str, first_reply_stage: Stage) -> Session {
-        let policy = Config::parse(config, "test.toml").unwrap().policy;
-        Session::new(Arc::new(policy), first_reply_stage, SharedState::default())
+        let config = Config::parse(config, "test.toml").unwrap();
+        let (app, _, _) = crate::app::App::new(config).unwrap();
+        app.engine.session(first_reply_stage)
     }
 
     fn listed() -> ClientInfo {
@@ -365,7 +402,8 @@ mod tests {
         s.connect(listed()).await;
         assert_eq!(s.mail("a@b.example").await, Verdict::Continue);
         for n in 1..=3 {
-            s.rcpt_refused_by_mta("5.1.1", "Recipient address rejected: User unknown");
+            s.rcpt_refused_by_mta("5.1.1", "Recipient address rejected: User unknown")
+                .await;
             assert_eq!(s.failed_recipients, n);
         }
         let hidden = s.rcpt("valid@local.example").await;
@@ -381,7 +419,7 @@ mod tests {
         s.connect(listed()).await;
         s.mail("a@b.example").await;
         for _ in 0..5 {
-            s.rcpt_refused_by_mta("5.1.1", "User unknown");
+            s.rcpt_refused_by_mta("5.1.1", "User unknown").await;
         }
         assert_eq!(s.rcpt("valid@local.example").await, Verdict::Continue);
     }

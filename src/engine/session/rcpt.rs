@@ -24,10 +24,13 @@ impl Session {
         if !self.may_relay()
             && let Some(reply) = self.policy.relay.check(recipient)
         {
-            info!(session = self.id, check = "relay", recipient = %recipient.escape_debug(), "relay access denied");
+            info!(session = self.id, recipient = %recipient.escape_debug(), "relay access denied");
             let reply = self.with_help(reply);
-            self.recipient_failed(RecipientRefusal::from_reply(&reply));
-            return Verdict::refuse(reply);
+            self.recipient_failed(RecipientRefusal::from_reply(&reply))
+                .await;
+            let verdict = Verdict::refuse(reply);
+            self.refused(CheckId::RelayRestriction, &verdict, "rcpt", None);
+            return verdict;
         }
         let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
         if let Some(reply) =
@@ -35,8 +38,10 @@ impl Session {
                 .encryption_rules
                 .check(sender, recipient, self.tls.is_some())
         {
-            info!(session = self.id, check = "encryption_rule", recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
-            return Verdict::refuse(self.with_help(reply));
+            info!(session = self.id, recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
+            let verdict = Verdict::refuse(self.with_help(reply));
+            self.refused(CheckId::EncryptionRule, &verdict, "rcpt", None);
+            return verdict;
         }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(recipient.to_owned());
@@ -70,16 +75,17 @@ impl Session {
 
     /// The MTA refused a recipient itself (reported by the milter door: Postfix's
     /// `{rcpt_mailer}` is `error`), with this enhanced status code and text.
-    pub fn rcpt_refused_by_mta(&mut self, enhanced: &str, text: &str) {
-        self.recipient_failed(RecipientRefusal::from_mta(enhanced, text));
+    pub async fn rcpt_refused_by_mta(&mut self, enhanced: &str, text: &str) {
+        self.recipient_failed(RecipientRefusal::from_mta(enhanced, text))
+            .await;
     }
 
-    pub(super) fn recipient_failed(&mut self, refusal: RecipientRefusal) {
+    pub(super) async fn recipient_failed(&mut self, refusal: RecipientRefusal) {
         self.failed_recipients += 1;
         self.last_refusal = Some(refusal);
-        self.learn(Event::RefusedRecipient);
+        self.learn(Behaviour::RefusedRecipient).await;
         if self.policy.exploit_detection.max_failed_addresses == Some(self.failed_recipients) {
-            self.learn(Event::DictionaryAttack);
+            self.learn(Behaviour::DictionaryAttack).await;
             info!(
                 session = self.id,
                 client_addr = ?self.client.addr,

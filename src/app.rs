@@ -1,0 +1,210 @@
+//! The composition root: from a compiled [`Config`] it builds the engine with its ports (the
+//! resolver, outbound delivery, the state store, the event sinks) and what each door needs,
+//! and it owns every reload rule. `main.rs` is only the command line.
+//!
+//! A reload (SIGHUP) compiles the whole file first; a file that does not compile, or that the
+//! running door cannot use, changes nothing. Otherwise everything that can change at run time
+//! changes at once: the policy, the resolver's settings, the relay targets (ordinary and
+//! divert alike), and for the proxy its certificates and every `[proxy]` setting; settings
+//! that need a restart (listeners, connection and memory caps fixed at start) are logged by
+//! key.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::dns::{Dns, DnsSettings, LookupError};
+use crate::engine::Engine;
+use crate::engine::ports::{NoResolver, Ports, Resolver};
+use crate::logging::LogEvents;
+use crate::milter::MilterSettings;
+use crate::proxy::{self, ProxyDoor, ProxySettings};
+use crate::relay::{RelayOutbound, SharedDelivery};
+use crate::state::MemoryStore;
+
+/// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
+#[derive(Debug)]
+struct CurrentResolver(ArcSwap<Box<dyn Resolver>>);
+
+#[async_trait]
+impl Resolver for CurrentResolver {
+    async fn a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, LookupError> {
+        self.0.load_full().a(name).await
+    }
+    async fn aaaa(&self, name: &str) -> Result<Vec<std::net::Ipv6Addr>, LookupError> {
+        self.0.load_full().aaaa(name).await
+    }
+    async fn mx(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        self.0.load_full().mx(name).await
+    }
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        self.0.load_full().txt(name).await
+    }
+    async fn ptr(&self, ip: std::net::IpAddr) -> Result<Vec<String>, LookupError> {
+        self.0.load_full().ptr(ip).await
+    }
+}
+
+fn resolver_for(settings: Option<&DnsSettings>) -> anyhow::Result<Box<dyn Resolver>> {
+    Ok(match settings {
+        Some(s) => Box::new(Dns::new(s)?),
+        None => Box::new(NoResolver),
+    })
+}
+
+/// Which door runs, and what of it a reload may change.
+pub enum Door {
+    Milter { running: MilterSettings },
+    Proxy(ProxyDoor),
+}
+
+/// A running Postern: the engine, the relay targets in force and the door.
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub delivery: SharedDelivery,
+    resolver: Arc<CurrentResolver>,
+    dns: Mutex<Option<DnsSettings>>,
+}
+
+impl App {
+    /// Builds the engine and its ports from `config`; the door settings are handed back for
+    /// the door to start with.
+    pub fn new(config: Config) -> anyhow::Result<(Self, MilterSettings, ProxySettings)> {
+        let resolver = Arc::new(CurrentResolver(ArcSwap::from_pointee(resolver_for(
+            config.dns.as_ref(),
+        )?)));
+        let delivery: SharedDelivery = Arc::new(ArcSwap::from_pointee(config.delivery));
+        let ports = Ports {
+            resolver: resolver.clone(),
+            outbound: Arc::new(RelayOutbound::new(delivery.clone())),
+            store: Arc::new(MemoryStore::default()),
+            events: Arc::new(LogEvents),
+        };
+        let app = Self {
+            engine: Arc::new(Engine::new(config.policy, ports)),
+            delivery,
+            resolver,
+            dns: Mutex::new(config.dns),
+        };
+        Ok((app, config.milter, config.proxy))
+    }
+
+    /// The proxy door over this engine, with `settings` in force.
+    pub fn proxy(&self, settings: ProxySettings) -> anyhow::Result<ProxyDoor> {
+        if !self.delivery.load().relays() {
+            anyhow::bail!(
+                "no [[relay_target]] relays ordinary mail (none is configured, or all are divert_only): the proxy has nowhere to hand messages on (see config/postern.toml)"
+            );
+        }
+        ProxyDoor::new(self.engine.clone(), settings, self.delivery.clone())
+    }
+
+    /// Reloads `path`: either all of it takes effect, or nothing does. Returns whether the
+    /// new configuration is in force.
+    pub fn reload(&self, path: Option<&Path>, door: &Door) -> bool {
+        let Some(path) = path else {
+            info!(
+                "reload requested, but Postern runs on its embedded default config: nothing to reload (start it with --config FILE)"
+            );
+            return false;
+        };
+        match self.apply(Config::load(path), door) {
+            Ok(()) => {
+                info!(config = %path.display(), "configuration reloaded");
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "configuration not reloaded; the previous one stays in force");
+                false
+            }
+        }
+    }
+
+    fn apply(&self, config: Result<Config, ConfigError>, door: &Door) -> Result<(), String> {
+        let config = config.map_err(|e| e.to_string())?;
+        // Everything that can fail is prepared before anything changes.
+        if matches!(door, Door::Proxy(_)) && !config.delivery.relays() {
+            return Err("no [[relay_target]] relays ordinary mail: the proxy would have nowhere to hand messages on".into());
+        }
+        let mut dns = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        let resolver = if *dns != config.dns {
+            Some(resolver_for(config.dns.as_ref()).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let acceptor = match door {
+            Door::Proxy(proxy) => Some(proxy.prepare_reload(&config.proxy)?),
+            Door::Milter { .. } => None,
+        };
+        // Now all at once.
+        if let Some(resolver) = resolver {
+            info!("[dns] settings changed: the resolver is replaced");
+            self.resolver.0.store(Arc::new(resolver));
+            dns.clone_from(&config.dns);
+        }
+        self.delivery.store(Arc::new(config.delivery));
+        match door {
+            Door::Proxy(proxy) => proxy.reload(config.proxy, acceptor.flatten()),
+            Door::Milter { running } => {
+                for key in running.changed_keys(&config.milter) {
+                    warn!(key = %format!("milter.{key}"), "setting changed: it takes effect at the next restart");
+                }
+            }
+        }
+        self.engine.replace_policy(config.policy);
+        Ok(())
+    }
+
+    /// Spawns a task that reloads `path` on every SIGHUP.
+    pub fn reload_on_sighup(
+        self: &Arc<Self>,
+        path: Option<PathBuf>,
+        door: Door,
+    ) -> std::io::Result<()> {
+        let mut hup = signal(SignalKind::hangup())?;
+        let app = self.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                app.reload(path.as_deref(), &door);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Runs the milter door until `shutdown`.
+pub async fn run_milter(
+    config: Config,
+    path: Option<PathBuf>,
+    listen: Option<crate::milter::socket::ListenSocket>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (app, milter, _) = App::new(config)?;
+    let app = Arc::new(app);
+    app.reload_on_sighup(
+        path,
+        Door::Milter {
+            running: milter.clone(),
+        },
+    )?;
+    let listen = listen.unwrap_or_else(|| milter.listen.clone());
+    crate::milter::run(app.engine.clone(), &milter, &listen, shutdown).await
+}
+
+/// Runs the proxy door until `shutdown`.
+pub async fn run_proxy(
+    config: Config,
+    path: Option<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (app, _, settings) = App::new(config)?;
+    let app = Arc::new(app);
+    let door = app.proxy(settings)?;
+    app.reload_on_sighup(path, Door::Proxy(door.clone()))?;
+    proxy::run(door, shutdown).await
+}

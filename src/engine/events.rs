@@ -1,0 +1,214 @@
+//! What the engine reports, as typed events: which check decided what, how long it took, what
+//! became of each message and connection. Sinks (the log today; metrics and message tracking
+//! next) receive them through the [`Events`](super::ports::Events) port and never parse text.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::reply::SmtpReply;
+use super::session::{ClientInfo, TlsInfo};
+use super::verdict::Verdict;
+
+/// The checks of both stages, by the name logs and metrics give them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckId {
+    DosProtection,
+    IpAddressRejection,
+    ConnectionProfile,
+    Rbl,
+    Reputation,
+    Spf,
+    RelayRestriction,
+    EncryptionRule,
+    MessageSize,
+    HeaderLimit,
+    Content,
+    /// The engine could not judge (a timeout, a lookup or spool error): the scan failure
+    /// action decided.
+    ScanFailure,
+}
+
+impl CheckId {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DosProtection => "dos_protection",
+            Self::IpAddressRejection => "ip_address_rejection",
+            Self::ConnectionProfile => "connection_profile",
+            Self::Rbl => "rbl",
+            Self::Reputation => "reputation",
+            Self::Spf => "spf",
+            Self::RelayRestriction => "relay",
+            Self::EncryptionRule => "encryption_rule",
+            Self::MessageSize => "max_message_size",
+            Self::HeaderLimit => "header_limit",
+            Self::Content => "content",
+            Self::ScanFailure => "scan_failure",
+        }
+    }
+}
+
+impl fmt::Display for CheckId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One stage's checks of a connection, for its closing log line: `connect:rbl=reject:2ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckRecord {
+    pub stage: &'static str,
+    /// The check that objected and its verdict's name; `None` when all passed.
+    pub found: Option<(CheckId, &'static str)>,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for CheckRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.stage)?;
+        match self.found {
+            Some((check, verdict)) => write!(f, "{check}={verdict}")?,
+            None => f.write_str("pass")?,
+        }
+        write!(f, ":{}ms", self.elapsed.as_millis())
+    }
+}
+
+/// Why a message got its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No check objected.
+    EndOfMessage,
+    /// A check objected at the end of the message.
+    Check(CheckId),
+    /// A verdict reached earlier was held until DATA (delayed rejection).
+    Held,
+    /// The message was refused while it arrived (too big, spool failure).
+    RefusedBeforeEnd,
+    /// A `divert` rule delivered it elsewhere.
+    Divert,
+    /// A `divert` rule matched but no relay target took the message.
+    DivertFailed,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::EndOfMessage => "end_of_message",
+            Self::Check(check) => check.name(),
+            Self::Held => "held",
+            Self::RefusedBeforeEnd => "refused_before_end",
+            Self::Divert => "divert",
+            Self::DivertFailed => "divert_failed",
+        })
+    }
+}
+
+/// What a finished message looked like, for the per-message line.
+#[derive(Clone, Debug)]
+pub struct MessageReport<'a> {
+    pub queue_id: &'a str,
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub size: u64,
+    pub spooled: bool,
+    /// The SPF result's name, `-` when SPF did not run.
+    pub spf: &'static str,
+    pub verdict: &'a Verdict,
+    pub reason: Reason,
+    pub elapsed: Duration,
+}
+
+/// What a closed connection looked like, for the per-connection line.
+#[derive(Clone, Debug)]
+pub struct ConnectionReport<'a> {
+    pub client: &'a ClientInfo,
+    pub helo: Option<&'a str>,
+    pub tls: Option<&'a TlsInfo>,
+    pub authenticated: Option<&'a str>,
+    pub messages: u32,
+    pub checks: &'a [CheckRecord],
+    pub invalid_commands: u32,
+    pub failed_recipients: u32,
+    pub unfinished_message: bool,
+}
+
+/// One thing that happened in a session.
+#[derive(Clone, Debug)]
+pub enum Event<'a> {
+    Connected {
+        session: u64,
+        client: &'a ClientInfo,
+        /// The connection profile chosen for the client, if any.
+        profile: Option<&'a str>,
+    },
+    /// A check ran: its result in its own words (`detail`) and the verdict it asks for.
+    Checked {
+        session: u64,
+        check: CheckId,
+        client: Option<IpAddr>,
+        verdict: Option<&'a Verdict>,
+        detail: String,
+        elapsed: Duration,
+    },
+    /// A check's refusal was answered (`held` is the stage a delayed one waits for).
+    Refused {
+        session: u64,
+        check: CheckId,
+        verdict: &'a Verdict,
+        stage: &'static str,
+        held_until: Option<&'static str>,
+    },
+    /// The engine could not judge; `action` is the scan failure action taken.
+    ScanFailed {
+        session: u64,
+        stage: &'static str,
+        error: &'a str,
+        action: &'static str,
+    },
+    RuleActed {
+        session: u64,
+        queue_id: &'a str,
+        ruleset: &'a str,
+        rule: &'a str,
+        target: &'a str,
+        count: usize,
+    },
+    Diverted {
+        session: u64,
+        queue_id: &'a str,
+        ruleset: &'a str,
+        rule: &'a str,
+        relay_target: &'a str,
+        reply: &'a SmtpReply,
+    },
+    Message {
+        session: u64,
+        report: MessageReport<'a>,
+    },
+    Disconnected {
+        session: u64,
+        report: ConnectionReport<'a>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_records_read_as_before() {
+        let passed = CheckRecord {
+            stage: "connect",
+            found: None,
+            elapsed: Duration::from_millis(3),
+        };
+        assert_eq!(passed.to_string(), "connect:pass:3ms");
+        let refused = CheckRecord {
+            stage: "connect",
+            found: Some((CheckId::Rbl, "reject")),
+            elapsed: Duration::from_millis(2),
+        };
+        assert_eq!(refused.to_string(), "connect:rbl=reject:2ms");
+    }
+}

@@ -1,0 +1,201 @@
+//! What the engine asks of the world. Each port is a trait declared here and implemented
+//! outside the engine: the resolver by `dns/`, outbound delivery by `relay/`, the state store
+//! by `state/`, the event sinks by `logging` (metrics and tracking can be more sinks). The
+//! composition root (`app`) builds one of each and hands them to the [`Engine`](super::Engine);
+//! the engine itself opens no socket and keeps no state a fleet would need to share.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::events::Event;
+use super::reply::SmtpReply;
+
+/// Why a DNS lookup gave no answer. A name that does not exist is not an error: it is an
+/// empty answer.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("DNS lookup of {name} failed: {reason}")]
+pub struct LookupError {
+    pub name: String,
+    pub reason: String,
+    /// No answer within the timeout (as opposed to an error answer).
+    pub timeout: bool,
+}
+
+/// DNS as the checks use it (RBL, reputation zones, SPF). Names are fully qualified.
+#[async_trait]
+pub trait Resolver: Send + Sync + fmt::Debug {
+    /// IPv4 addresses of `name`; empty when the name does not exist.
+    async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, LookupError>;
+    /// IPv6 addresses of `name`; empty when the name does not exist.
+    async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, LookupError>;
+    /// Mail exchangers of `name`, most preferred first.
+    async fn mx(&self, name: &str) -> Result<Vec<String>, LookupError>;
+    /// TXT strings of `name`, each record's strings joined.
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError>;
+    /// Host names of an address (reverse lookup).
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError>;
+}
+
+/// A message handed to relay targets by the engine itself: where a `divert` rule sends it.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboundMessage<'a> {
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// The whole message, header and body, CRLF line ends.
+    pub message: &'a [u8],
+}
+
+/// Outbound delivery for what the engine delivers itself (divert rules).
+#[async_trait]
+pub trait Outbound: Send + Sync + fmt::Debug {
+    /// Delivers `message` through the relay targets named in `via`, in their priority order:
+    /// the name of the target that accepted it and its reply, or why none did.
+    async fn deliver(
+        &self,
+        via: &[String],
+        message: OutboundMessage<'_>,
+    ) -> Result<(String, SmtpReply), String>;
+}
+
+/// Why the store could not answer. The caller decides as if it had no state for the key
+/// (never refusing mail because of the store) and logs it.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("state store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// What a counter in the store counts, per client key (see
+/// [`client_key`](super::checks::dos::client_key)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// New connections (DoS protection's rate limit).
+    Connections,
+    /// Failed AUTH attempts.
+    AuthFailures,
+}
+
+impl Counter {
+    /// The counter's name in keys and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::AuthFailures => "auth_failures",
+        }
+    }
+}
+
+/// State that outlives one connection and that a fleet of gateways would share: rate
+/// counters, failure windows and learned reputation. Async, so that a networked store can
+/// serve it; an implementation answers within its own timeout or fails.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Records one event of `counter` for `client` now and returns how many fell within the
+    /// last `window`, this one included. Only the last `keep` events need be remembered.
+    async fn hit(
+        &self,
+        counter: Counter,
+        client: IpAddr,
+        window: Duration,
+        keep: u32,
+    ) -> Result<u32, StoreError>;
+
+    /// Adds `delta` (at least 0 after the change) to `counter` of `client` in a window that
+    /// starts at its first addition and ends `window` later, when the count starts again from
+    /// zero. Returns the count after the change; a `delta` of 0 reads it.
+    async fn add(
+        &self,
+        counter: Counter,
+        client: IpAddr,
+        delta: i64,
+        window: Duration,
+    ) -> Result<u64, StoreError>;
+
+    /// The client's learned reputation now, decayed towards 0 by `half_life`.
+    async fn reputation(&self, client: IpAddr, half_life: Duration) -> Result<f64, StoreError>;
+
+    /// Adds `delta` to the client's learned reputation.
+    async fn add_reputation(
+        &self,
+        client: IpAddr,
+        delta: f64,
+        half_life: Duration,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where the engine reports what happened: checks, messages, connections. Logging is one
+/// sink; metrics and message tracking are more. A sink must not block.
+pub trait Events: Send + Sync + fmt::Debug {
+    fn emit(&self, event: &Event<'_>);
+}
+
+/// Several sinks as one, each given every event in order.
+#[derive(Debug, Default, Clone)]
+pub struct Fanout(pub Vec<Arc<dyn Events>>);
+
+impl Events for Fanout {
+    fn emit(&self, event: &Event<'_>) {
+        for sink in &self.0 {
+            sink.emit(event);
+        }
+    }
+}
+
+/// The ports of one engine.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    pub resolver: Arc<dyn Resolver>,
+    pub outbound: Arc<dyn Outbound>,
+    pub store: Arc<dyn Store>,
+    pub events: Arc<dyn Events>,
+}
+
+/// A resolver for a policy that asks DNS nothing: every lookup fails, saying so.
+#[derive(Debug, Default)]
+pub struct NoResolver;
+
+#[async_trait]
+impl Resolver for NoResolver {
+    async fn a(&self, name: &str) -> Result<Vec<Ipv4Addr>, LookupError> {
+        Err(no_resolver(name))
+    }
+    async fn aaaa(&self, name: &str) -> Result<Vec<Ipv6Addr>, LookupError> {
+        Err(no_resolver(name))
+    }
+    async fn mx(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        Err(no_resolver(name))
+    }
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        Err(no_resolver(name))
+    }
+    async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
+        Err(no_resolver(&ip.to_string()))
+    }
+}
+
+fn no_resolver(name: &str) -> LookupError {
+    LookupError {
+        name: name.to_owned(),
+        reason: "no DNS resolver is set up (no check that needs DNS is enabled)".to_owned(),
+        timeout: false,
+    }
+}
+
+/// Outbound delivery where no relay target is configured.
+#[derive(Debug, Default)]
+pub struct NoOutbound;
+
+#[async_trait]
+impl Outbound for NoOutbound {
+    async fn deliver(
+        &self,
+        via: &[String],
+        _message: OutboundMessage<'_>,
+    ) -> Result<(String, SmtpReply), String> {
+        Err(format!(
+            "no outbound delivery is set up for relay targets {via:?}"
+        ))
+    }
+}
