@@ -1000,6 +1000,55 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_another_action_is_refused_with_its_line() {
+        let rule = |action: &str, keys: &str| {
+            format!(
+                "[[ruleset]]\nname = \"r\"\n[[ruleset.rule]]\nname = \"x\"\n\
+                 targets = [\"body\"]\ndetector = \"card_number\"\naction = \"{action}\"\n{keys}"
+            )
+        };
+        let e = error(&rule("mask", "keep_last = 2\ntemplate = \"$1\"\n"));
+        assert!(
+            e.starts_with("test.toml:9: key `ruleset[0].rule[0].template`: "),
+            "{e}"
+        );
+        assert!(
+            e.contains("template does not belong to action \"mask\", which takes keep_last and mask_char; remove it or change the action"),
+            "{e}"
+        );
+        let e = error(&rule(
+            "tokenize",
+            "reply = \"550 5.7.1 no\"\nkey_env = \"POSTERN_TEST_UNSET_KEY\"\n",
+        ));
+        assert!(
+            e.starts_with("test.toml:8: key `ruleset[0].rule[0].reply`: "),
+            "{e}"
+        );
+        assert!(
+            e.contains("reply does not belong to action \"tokenize\", which takes key_file, key_env, prefix and length; remove it or change the action"),
+            "{e}"
+        );
+        let e = error(&rule("strip_attachment", "mask_char = \"#\"\n"));
+        assert!(
+            e.starts_with("test.toml:8: key `ruleset[0].rule[0].mask_char`: ")
+                && e.contains("which takes no keys of its own"),
+            "{e}"
+        );
+        // The keys an action does take are still taken.
+        let c = Config::parse(&rule("mask", "keep_last = 2\nmask_char = \"#\"\n"), "t");
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn a_bad_ruleset_header_names_its_line() {
+        let e = error("[content]\n\nruleset_header = \"X Rulesets\"\n");
+        assert!(
+            e.starts_with("test.toml:3: key `content.ruleset_header`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn syntax_error_names_line() {
         let e = error("[milter]\nlisten = \n");
         assert!(e.starts_with("test.toml:2"), "{e}");

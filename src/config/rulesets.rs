@@ -20,13 +20,14 @@ use crate::relay::Delivery;
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ContentSection {
     /// Header naming the rulesets that changed a message; "" for none.
-    ruleset_header: String,
+    ruleset_header: Spanned<String>,
 }
 
 impl Default for ContentSection {
     fn default() -> Self {
         Self {
-            ruleset_header: "X-Postern-Rulesets".to_owned(),
+            // The default is a valid name: no error ever points at its empty span.
+            ruleset_header: Spanned::new(0..0, "X-Postern-Rulesets".to_owned()),
         }
     }
 }
@@ -61,26 +62,68 @@ struct RuleSection {
     #[serde(default)]
     content_types: Vec<String>,
     action: Spanned<String>,
+    // The keys of one action or another (see `action_keys`): each keeps its span, so that
+    // one set on a rule of another action is refused at its line.
     // mask
-    keep_last: Option<usize>,
-    mask_char: Option<char>,
+    keep_last: Option<Spanned<usize>>,
+    mask_char: Option<Spanned<char>>,
     // redact
-    text: Option<String>,
+    text: Option<Spanned<String>>,
     // replace
-    template: Option<String>,
+    template: Option<Spanned<String>>,
     // tokenize, protect
-    key_file: Option<PathBuf>,
-    key_env: Option<String>,
-    prefix: Option<String>,
+    key_file: Option<Spanned<PathBuf>>,
+    key_env: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
     // tokenize
-    length: Option<usize>,
+    length: Option<Spanned<usize>>,
     // protect
-    tweak: Option<String>,
-    suffix: Option<String>,
+    tweak: Option<Spanned<String>>,
+    suffix: Option<Spanned<String>>,
     // reject
     reply: Option<Spanned<String>>,
     // divert
     relay_targets: Option<Spanned<Vec<String>>>,
+}
+
+impl RuleSection {
+    /// The action keys set on this rule, each with where its value is.
+    fn action_keys_set(&self) -> impl Iterator<Item = (&'static str, Range<usize>)> {
+        [
+            ("keep_last", self.keep_last.as_ref().map(Spanned::span)),
+            ("mask_char", self.mask_char.as_ref().map(Spanned::span)),
+            ("text", self.text.as_ref().map(Spanned::span)),
+            ("template", self.template.as_ref().map(Spanned::span)),
+            ("key_file", self.key_file.as_ref().map(Spanned::span)),
+            ("key_env", self.key_env.as_ref().map(Spanned::span)),
+            ("prefix", self.prefix.as_ref().map(Spanned::span)),
+            ("length", self.length.as_ref().map(Spanned::span)),
+            ("tweak", self.tweak.as_ref().map(Spanned::span)),
+            ("suffix", self.suffix.as_ref().map(Spanned::span)),
+            ("reply", self.reply.as_ref().map(Spanned::span)),
+            (
+                "relay_targets",
+                self.relay_targets.as_ref().map(Spanned::span),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, span)| Some((name, span?)))
+    }
+}
+
+/// The keys of its own that `action` reads; `None` when `action` names no action.
+fn action_keys(action: &str) -> Option<&'static [&'static str]> {
+    Some(match action {
+        "mask" => &["keep_last", "mask_char"],
+        "redact" => &["text"],
+        "replace" => &["template"],
+        "tokenize" => &["key_file", "key_env", "prefix", "length"],
+        "protect" => &["key_file", "key_env", "prefix", "tweak", "suffix"],
+        "strip_attachment" => &[],
+        "reject" => &["reply"],
+        "divert" => &["relay_targets"],
+        _ => return None,
+    })
 }
 
 /// A config error before it is given its file and line: the span, the key path, the message.
@@ -93,10 +136,11 @@ pub(super) fn compile(
     delivery: &Delivery,
     config_dir: Option<&Path>,
 ) -> Result<ContentPolicy, Invalid> {
-    let header = content.ruleset_header;
+    let header_span = content.ruleset_header.span();
+    let header = content.ruleset_header.into_inner();
     if !header.is_empty() && !super::valid_header_name(&header) {
         return Err((
-            0..0,
+            header_span,
             "content.ruleset_header".into(),
             format!("{header:?} is not a header field name (printable ASCII, no spaces or colons)"),
         ));
@@ -182,6 +226,30 @@ fn compile_rule(
     let at = r.action.span();
     let err = |field: &str, message: String| (at.clone(), format!("{key}.{field}"), message);
 
+    let action_name = r.action.get_ref().as_str();
+    // A key the action does not read (left from another action, or meant for one) would
+    // otherwise be ignored without a word. The first such key in the file is named.
+    if let Some(own) = action_keys(action_name)
+        && let Some((name, span)) = r
+            .action_keys_set()
+            .filter(|(name, _)| !own.contains(name))
+            .min_by_key(|(_, span)| span.start)
+    {
+        let takes = match own {
+            [] => "no keys of its own".to_owned(),
+            [one] => (*one).to_owned(),
+            [some @ .., last] => format!("{} and {last}", some.join(", ")),
+        };
+        return Err((
+            span,
+            format!("{key}.{name}"),
+            format!(
+                "{name} does not belong to action {action_name:?}, which takes {takes}; remove it \
+                 or change the action"
+            ),
+        ));
+    }
+
     let mut targets = Vec::new();
     for t in r.targets.get_ref() {
         match target(t) {
@@ -238,22 +306,25 @@ fn compile_rule(
 
     let secret = || -> Result<Secret, Invalid> {
         let file = r.key_file.as_ref().map(|f| match config_dir {
-            Some(dir) if f.is_relative() => dir.join(f),
-            _ => f.clone(),
+            Some(dir) if f.get_ref().is_relative() => dir.join(f.get_ref()),
+            _ => f.get_ref().clone(),
         });
-        Secret::load(file.as_deref(), r.key_env.as_deref()).map_err(|m| err("key_file", m))
+        let env = r.key_env.as_ref().map(|e| e.get_ref().as_str());
+        Secret::load(file.as_deref(), env).map_err(|m| err("key_file", m))
     };
-    let action_name = r.action.get_ref().as_str();
     let action = match action_name {
         "mask" => Action::Transform(Transform::Mask {
-            keep_last: r.keep_last.unwrap_or(4),
-            mask_char: r.mask_char.unwrap_or('*'),
+            keep_last: r.keep_last.as_ref().map_or(4, |k| *k.get_ref()),
+            mask_char: r.mask_char.as_ref().map_or('*', |c| *c.get_ref()),
         }),
         "redact" => Action::Transform(Transform::Redact {
-            text: r.text.clone().unwrap_or_else(|| "[redacted]".into()),
+            text: r
+                .text
+                .as_ref()
+                .map_or_else(|| "[redacted]".into(), |t| t.get_ref().clone()),
         }),
         "replace" => {
-            let Some(template) = r.template.clone() else {
+            let Some(template) = r.template.as_ref().map(|t| t.get_ref().clone()) else {
                 return Err(err("template", "action replace needs a template".into()));
             };
             if !matches!(finder, Finder::Regex { .. }) {
@@ -266,13 +337,13 @@ fn compile_rule(
         }
         "tokenize" => Action::Transform(Transform::Tokenize(Tokenizer::new(
             secret()?,
-            r.prefix.as_deref().unwrap_or("tok_"),
-            r.length.unwrap_or(16),
+            r.prefix.as_ref().map_or("tok_", |p| p.get_ref().as_str()),
+            r.length.as_ref().map_or(16, |l| *l.get_ref()),
         ))),
         "protect" => {
             let key = secret()?.aes256_key().map_err(|m| err("key_file", m))?;
-            let prefix = r.prefix.as_deref().unwrap_or("[p:");
-            let suffix = r.suffix.as_deref().unwrap_or("]");
+            let prefix = r.prefix.as_ref().map_or("[p:", |p| p.get_ref().as_str());
+            let suffix = r.suffix.as_ref().map_or("]", |s| s.get_ref().as_str());
             if prefix.is_empty() || suffix.is_empty() {
                 return Err(err(
                     "prefix",
@@ -283,7 +354,7 @@ fn compile_rule(
             }
             Action::Transform(Transform::Protect(Protector::new(
                 &key,
-                r.tweak.as_deref().unwrap_or(""),
+                r.tweak.as_ref().map_or("", |t| t.get_ref().as_str()),
                 prefix,
                 suffix,
             )))

@@ -1,0 +1,133 @@
+//! The rules over one target's decoded text: which rules want a target, the transforms in
+//! order, and the reject, divert and strip decisions, each recorded with its hit.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::time::Instant;
+
+use super::html::html_markup;
+use super::{Diversion, Hit, Walker};
+use crate::engine::rules::ruleset::{Action, Finder, Rule, Target};
+
+fn targets_match(rule: &Rule, target: &Target) -> bool {
+    rule.targets.iter().any(|t| match (t, target) {
+        (Target::Header(a), Target::Header(b)) => a.eq_ignore_ascii_case(b),
+        (a, b) => a == b,
+    })
+}
+
+impl Walker<'_> {
+    pub(super) fn wants(&self, target: &Target, ctype: &str) -> bool {
+        self.rules.iter().any(|(_, r)| {
+            targets_match(r, target)
+                && (!matches!(target, Target::Attachment | Target::Filename) || r.wants_type(ctype))
+        })
+    }
+
+    /// Runs the transform rules for `target` over `text`; the new text when any changed it.
+    /// A matching `reject` rule is recorded.
+    pub(super) fn apply(
+        &mut self,
+        target: &Target,
+        ctype: &str,
+        text: &str,
+        skip: &[Range<usize>],
+    ) -> Option<String> {
+        let mut current: Cow<'_, str> = Cow::Borrowed(text);
+        // A transform whose new texts are no longer than what they replace is written into
+        // `current`'s own buffer. Otherwise it writes into `spare`, which then becomes
+        // `current`, the text it replaced being the next spare: at most two buffers serve the
+        // whole chain of rules.
+        let mut spare = String::new();
+        let mut changed = false;
+        if self.time_is_up() {
+            return None;
+        }
+        for (ruleset, rule) in &self.rules {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                self.expired = true;
+                break;
+            }
+            if !targets_match(rule, target)
+                || matches!(target, Target::Attachment | Target::Filename)
+                    && !rule.wants_type(ctype)
+            {
+                continue;
+            }
+            match &rule.action {
+                Action::Reject(reply) => {
+                    if self.rewrite.reject.is_none() && rule.finds(&current) {
+                        self.rewrite.reject =
+                            Some((reply.clone(), ruleset.name.clone(), rule.name.clone()));
+                    }
+                }
+                Action::Divert(via) => {
+                    if self.rewrite.divert.is_none() && rule.finds(&current) {
+                        self.rewrite.hits.push(Hit {
+                            ruleset: ruleset.name.clone(),
+                            rule: rule.name.clone(),
+                            target: target.name(),
+                            count: 1,
+                        });
+                        self.rewrite.divert = Some(Diversion {
+                            via: via.clone(),
+                            ruleset: ruleset.name.clone(),
+                            rule: rule.name.clone(),
+                        });
+                    }
+                }
+                Action::StripAttachment => {}
+                Action::Transform(_) => {
+                    // Markup positions hold only while the text is the original.
+                    let skip = if changed && !skip.is_empty() {
+                        html_markup(&current)
+                    } else {
+                        skip.to_vec()
+                    };
+                    if let Some(found) = rule.replacements(&current, &skip) {
+                        self.rewrite.hits.push(Hit {
+                            ruleset: ruleset.name.clone(),
+                            rule: rule.name.clone(),
+                            target: target.name(),
+                            count: found.len(),
+                        });
+                        let in_place = match &mut current {
+                            Cow::Owned(text) => found.apply_in_place(text),
+                            Cow::Borrowed(_) => false,
+                        };
+                        if !in_place {
+                            found.write_into(&current, &mut spare);
+                            let new = Cow::Owned(std::mem::take(&mut spare));
+                            if let Cow::Owned(old) = std::mem::replace(&mut current, new) {
+                                spare = old;
+                            }
+                        }
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed.then(|| current.into_owned())
+    }
+
+    /// True when a `strip_attachment` rule for `target` matches `text`.
+    pub(super) fn strips(&mut self, target: &Target, ctype: &str, text: Option<&str>) -> bool {
+        for (ruleset, rule) in &self.rules {
+            if matches!(rule.action, Action::StripAttachment)
+                && targets_match(rule, target)
+                && rule.wants_type(ctype)
+                && (matches!(rule.finder, Finder::Everything)
+                    || text.is_some_and(|t| rule.finds(t)))
+            {
+                self.rewrite.hits.push(Hit {
+                    ruleset: ruleset.name.clone(),
+                    rule: rule.name.clone(),
+                    target: target.name(),
+                    count: 1,
+                });
+                return true;
+            }
+        }
+        false
+    }
+}
