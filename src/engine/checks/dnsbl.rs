@@ -38,21 +38,32 @@ pub fn is_listing_code(a: Ipv4Addr) -> bool {
     o[0] == 127 && !(o[1] == 255 && o[2] == 255)
 }
 
+/// Why a zone gave no usable answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DnsblError {
+    /// The lookup failed (timeout, SERVFAIL, REFUSED).
+    #[error("{0}")]
+    Lookup(String),
+    /// The zone answered with an error code.
+    #[error(
+        "answered an error code rather than a listing ({0}; a blocklist refuses queries it considers abusive, e.g. through public resolvers)"
+    )]
+    ErrorCode(Ipv4Addr),
+}
+
 /// Looks `label` up in `zone`: the listing answers (empty when not listed), or why the zone
-/// could not be asked (a failed lookup, or an error answer).
+/// gave no usable answer.
 pub async fn query(
     resolver: &dyn Resolver,
     zone: &str,
     label: &str,
-) -> Result<Vec<Ipv4Addr>, String> {
+) -> Result<Vec<Ipv4Addr>, DnsblError> {
     let answers = resolver
         .a(&format!("{label}.{zone}"))
         .await
-        .map_err(|e| e.reason)?;
+        .map_err(|e| DnsblError::Lookup(e.reason))?;
     if let Some(bad) = answers.iter().find(|a| !is_listing_code(**a)) {
-        return Err(format!(
-            "answered an error code rather than a listing ({bad}; a blocklist refuses queries it considers abusive, e.g. through public resolvers)"
-        ));
+        return Err(DnsblError::ErrorCode(*bad));
     }
     Ok(answers)
 }

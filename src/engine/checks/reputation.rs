@@ -1,4 +1,4 @@
-//! IP reputation (seed: "Enable IP reputation service", "Reject IP reputation match", "4xx on
+//! IP reputation (options "Enable IP reputation service", "Reject IP reputation match", "4xx on
 //! IP reputation tmpfail").
 //!
 //! A client's reputation is the sum of what reputation zones say of it (DNS allow lists such as
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::dnsbl::{self, label};
+use super::dnsbl::{self, DnsblError, label};
 use crate::engine::ports::Resolver;
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::Verdict;
@@ -69,9 +69,9 @@ pub struct Reputation {
     pub half_life: Duration,
     /// At or below this score the client is refused.
     pub threshold: f64,
-    /// Seed "Reject IP reputation match": 554 when true, 421 otherwise.
+    /// "Reject IP reputation match": 554 when true, 421 otherwise.
     pub reject_match: bool,
-    /// Seed "4xx on IP reputation tmpfail": 451 when a zone cannot be asked.
+    /// "4xx on IP reputation tmpfail": 451 when a zone cannot be asked.
     pub tempfail_on_lookup_failure: bool,
     pub help_url: Option<String>,
 }
@@ -137,10 +137,10 @@ impl Reputation {
                 }
                 // An error answer is no score: the zone is left out, as the RBL check
                 // leaves it out by default, and the log says why.
-                Err(why) => {
+                Err(why @ DnsblError::ErrorCode(_)) => {
                     warn!(zone = %zone.zone, error = %why, "reputation zone left out");
-                    result.failed.push(zone.zone);
                 }
+                Err(DnsblError::Lookup(_)) => result.failed.push(zone.zone),
             }
         }
         result
