@@ -99,7 +99,7 @@ impl Events for LogEvents {
                     "connect"
                 );
                 if let Some(profile) = profile {
-                    info!(session, profile, "connection profile");
+                    info!(session, %profile, "connection profile");
                 }
             }
             E::Checked {
@@ -149,7 +149,12 @@ impl Events for LogEvents {
                 count,
             } => info!(
                 session,
-                queue_id, ruleset, rule, target, count, "content rule acted"
+                queue_id,
+                %ruleset,
+                %rule,
+                %target,
+                count,
+                "content rule acted"
             ),
             E::Diverted {
                 session,
@@ -161,9 +166,9 @@ impl Events for LogEvents {
             } => info!(
                 session,
                 queue_id,
-                ruleset,
-                rule,
-                relay_target,
+                %ruleset,
+                %rule,
+                %relay_target,
                 %reply,
                 "message diverted"
             ),
