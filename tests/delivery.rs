@@ -547,3 +547,70 @@ fn a_reload_moves_ordinary_mail_to_the_new_targets() {
     assert!(send().starts_with("250"));
     assert_eq!((old.taken().len(), new.taken().len()), (1, 1));
 }
+
+/// A reload applies to a running proxy everything but its listeners: the next conversation
+/// uses the new relay targets, the new users file and the new timeouts.
+#[test]
+fn a_reload_applies_relay_targets_users_and_timeouts() {
+    let old = FaultyTarget::start(Faults::default());
+    let new = FaultyTarget::start(Faults::default());
+    let users = tempfile::tempdir().unwrap();
+    let alice = support::proxy::users_file(users.path());
+    // bob has alice's password ("secret"), in a second file.
+    let hash = std::fs::read_to_string(&alice)
+        .unwrap()
+        .replace("alice:", "bob:");
+    let bob = users.path().join("bob");
+    std::fs::write(&bob, hash).unwrap();
+    let env = start_with(
+        &[&old],
+        &format!(
+            "auth_users_file = \"{}\"\nauth_over_plaintext = true\n",
+            alice.display()
+        ),
+        "",
+    );
+    let auth = |plain: &str| {
+        let mut smtp = env.smtp();
+        smtp.command("EHLO client.postern.test").unwrap();
+        smtp.command(&format!("AUTH PLAIN {plain}")).unwrap()
+    };
+    const ALICE: &str = "AGFsaWNlAHNlY3JldA=="; // \0alice\0secret
+    const BOB: &str = "AGJvYgBzZWNyZXQ="; // \0bob\0secret
+    assert!(auth(ALICE).starts_with("235"));
+    assert!(auth(BOB).starts_with("535"));
+
+    let config = std::fs::read_to_string(env.dir.path().join("postern.toml"))
+        .unwrap()
+        .replace(
+            &format!("port = {}\n", old.port),
+            &format!("port = {}\n", new.port),
+        )
+        .replace(&alice.display().to_string(), &bob.display().to_string())
+        .replace(
+            "client_connection_timeout = 20",
+            "client_connection_timeout = 1",
+        );
+    env.reload(&config);
+
+    assert!(auth(BOB).starts_with("235"), "the new users file");
+    assert!(auth(ALICE).starts_with("535"), "the old users file is gone");
+    let r = env
+        .smtp()
+        .send("s@sender.test", "a@dest.test", MESSAGE.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(
+        (old.taken().len(), new.taken().len()),
+        (0, 1),
+        "the new relay target"
+    );
+    let mut idle = env.smtp();
+    let started = std::time::Instant::now();
+    let r = idle.read_reply().unwrap();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the new connection timeout (1 s, was 20 s): {:?}",
+        started.elapsed()
+    );
+}

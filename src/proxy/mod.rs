@@ -36,7 +36,7 @@ use connection::SharedAcceptor;
 use data::BareNewline;
 use tls::{TlsSettings, TlsSupport};
 
-/// Seed 001 inbound timeouts.
+/// How long the proxy waits for a client, by where the conversation is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientTimeouts {
     /// Waiting for a command outside a mail transaction (and for the first one).
