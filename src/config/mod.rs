@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use toml::Spanned;
 
 use crate::dns::DnsSettings;
+use crate::engine::address::DomainPattern;
 use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::exploit_detection::HidingReply;
@@ -681,7 +682,7 @@ impl ConfigFile {
                 sender_domains: p
                     .sender_domains
                     .iter()
-                    .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                    .map(|d| DomainPattern::new(d))
                     .collect(),
                 relay_control: p.relay_control,
                 rbl: p.rbl.unwrap_or(checks),
@@ -743,7 +744,7 @@ impl ConfigFile {
                     .relay
                     .local_domains
                     .iter()
-                    .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                    .map(|d| DomainPattern::new(d))
                     .collect(),
                 allowed_relay_sources: self.relay.allowed_relay_sources,
                 allow_relay_if_authenticated: self.relay.allow_relay_if_authenticated,
@@ -753,8 +754,8 @@ impl ConfigFile {
                     .into_iter()
                     .filter(|r| r.enabled)
                     .map(|r| EncryptionRule {
-                        sender_domain: r.sender_domain.to_ascii_lowercase(),
-                        recipient_domain: r.recipient_domain.to_ascii_lowercase(),
+                        sender_domain: DomainPattern::new(&r.sender_domain),
+                        recipient_domain: DomainPattern::new(&r.recipient_domain),
                         sender_encryption: r.sender_encryption,
                         recipient_encryption: r.recipient_encryption,
                     })

@@ -9,10 +9,11 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::engine::SmtpReply;
+use crate::engine::address::DomainPattern;
 use crate::engine::rules::detectors::Detector;
 use crate::engine::rules::protect::{Protector, Secret, Tokenizer};
 use crate::engine::rules::ruleset::{
-    Action, Conditions, ContentPolicy, DomainPattern, Finder, Rule, Ruleset, Target, Transform,
+    Action, Conditions, ContentPolicy, Finder, Rule, Ruleset, Target, Transform,
 };
 use crate::relay::Delivery;
 
@@ -198,9 +199,7 @@ pub(super) fn compile(
 }
 
 fn patterns(list: Vec<String>) -> Vec<DomainPattern> {
-    list.into_iter()
-        .map(|d| DomainPattern(d.trim_end_matches('.').to_ascii_lowercase()))
-        .collect()
+    list.into_iter().map(|d| DomainPattern::new(&d)).collect()
 }
 
 fn target(name: &str) -> Option<Target> {

@@ -3,6 +3,7 @@
 //! sockets, DNS servers or relay targets: the doors in `milter/` and `proxy/` translate, and
 //! what it needs of the world it asks through its [`ports`].
 
+pub mod address;
 pub mod checks;
 pub mod events;
 pub mod message;

@@ -1,4 +1,4 @@
-//! Encryption rules (seed 003, "STARTTLS Encryption"): ordered rules by sender and recipient
+//! Encryption rules ("STARTTLS Encryption"): ordered rules by sender and recipient
 //! domain, `*` as wildcard; the first rule matching a (sender, recipient) pair decides.
 //!
 //! Sender encryption is judged from the session: `required` refuses a recipient on a session
@@ -8,9 +8,10 @@
 
 use serde::Deserialize;
 
+use crate::engine::address::DomainPattern;
 use crate::engine::reply::SmtpReply;
 
-/// Seed "Sender Encryption".
+/// "Sender Encryption".
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SenderEncryption {
@@ -23,7 +24,7 @@ pub enum SenderEncryption {
     Optional,
 }
 
-/// Seed "Recipient Encryption".
+/// "Recipient Encryption".
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientEncryption {
@@ -37,10 +38,9 @@ pub enum RecipientEncryption {
 /// One rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncryptionRule {
-    /// Sender domain pattern (`*`, `*.example.org`, `example.org`), lowercase.
-    pub sender_domain: String,
-    /// Recipient domain pattern, lowercase.
-    pub recipient_domain: String,
+    /// Sender domain pattern (`*`, `*.example.org`, `example.org`, `mail*.example.*`).
+    pub sender_domain: DomainPattern,
+    pub recipient_domain: DomainPattern,
     pub sender_encryption: SenderEncryption,
     pub recipient_encryption: RecipientEncryption,
 }
@@ -52,10 +52,9 @@ pub struct EncryptionRules(pub Vec<EncryptionRule>);
 impl EncryptionRules {
     /// The first rule matching the sender and recipient addresses.
     pub fn rule_for(&self, sender: &str, recipient: &str) -> Option<&EncryptionRule> {
-        let (sender, recipient) = (domain_of(sender), domain_of(recipient));
-        self.0
-            .iter()
-            .find(|r| glob(&r.sender_domain, &sender) && glob(&r.recipient_domain, &recipient))
+        self.0.iter().find(|r| {
+            r.sender_domain.matches_address(sender) && r.recipient_domain.matches_address(recipient)
+        })
     }
 
     /// The refusal for a recipient on a session without TLS, if a rule requires it.
@@ -68,60 +67,17 @@ impl EncryptionRules {
     }
 }
 
-fn domain_of(address: &str) -> String {
-    let address = address.trim_start_matches('<').trim_end_matches('>');
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-/// `*` matches any run of characters (including none); everything else matches itself.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rule(sender: &str, recipient: &str, enc: SenderEncryption) -> EncryptionRule {
         EncryptionRule {
-            sender_domain: sender.into(),
-            recipient_domain: recipient.into(),
+            sender_domain: DomainPattern::new(sender),
+            recipient_domain: DomainPattern::new(recipient),
             sender_encryption: enc,
             recipient_encryption: RecipientEncryption::Preferred,
         }
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(glob("*", "anything.example"));
-        assert!(glob("*", ""));
-        assert!(glob("*.example.org", "mx.example.org"));
-        assert!(!glob("*.example.org", "example.org"));
-        assert!(glob("example.org", "example.org"));
-        assert!(!glob("example.org", "example.org.evil"));
-        assert!(glob("mail*.example.*", "mail2.example.net"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! Connection profiles (seed 004): who a client is decides which rules apply to it.
+//! Connection profiles: who a client is decides which rules apply to it.
 //!
 //! A profile is chosen by the client's address (IPv4/IPv6 CIDR), then by its verified host
-//! name, and, failing both, by the sender's domain at MAIL FROM. As in the seed, a profile
+//! name, and, failing both, by the sender's domain at MAIL FROM. As on other gateways, a profile
 //! chosen by sender domain governs inbound TLS only, never relaying or checks.
 
 use std::net::IpAddr;
@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// Seed "Inbound Relay Control".
+use crate::engine::address::DomainPattern;
+
+/// "Inbound Relay Control".
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum RelayControl {
@@ -38,8 +40,8 @@ pub enum ClientHost {
 pub struct ConnectionProfile {
     pub name: String,
     pub client_hosts: Vec<ClientHost>,
-    /// Lowercase sender domains.
-    pub sender_domains: Vec<String>,
+    /// Sender domains (patterns, as everywhere).
+    pub sender_domains: Vec<DomainPattern>,
     pub relay_control: RelayControl,
     /// Run the RBL check for this profile's clients.
     pub rbl: bool,
@@ -86,14 +88,9 @@ impl Profiles {
 
     /// The profile chosen by the sender's domain (for inbound TLS only).
     pub fn for_sender(&self, sender: &str) -> Option<usize> {
-        let domain = sender
-            .rsplit_once('@')?
-            .1
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
         self.0
             .iter()
-            .position(|p| p.sender_domains.contains(&domain))
+            .position(|p| p.sender_domains.iter().any(|d| d.matches_address(sender)))
     }
 
     pub fn get(&self, index: usize) -> &ConnectionProfile {
@@ -115,7 +112,7 @@ mod tests {
                     Err(_) => ClientHost::Name(h.to_string()),
                 })
                 .collect(),
-            sender_domains: senders.iter().map(|s| s.to_string()).collect(),
+            sender_domains: senders.iter().map(|s| DomainPattern::new(s)).collect(),
             relay_control: RelayControl::Full,
             rbl: false,
             spf: false,

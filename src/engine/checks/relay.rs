@@ -1,4 +1,4 @@
-//! Relay restriction (seed: "Restrict relaying", "Allowed relay sources", "Allow relay if
+//! Relay restriction (options "Restrict relaying", "Allowed relay sources", "Allow relay if
 //! authenticated"): a client that is neither an allowed relay source nor (when allowed)
 //! authenticated may only send to local domains.
 //!
@@ -11,13 +11,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::engine::address::DomainPattern;
 use crate::engine::reply::{SmtpReply, printable_only};
 
 /// The compiled relay restriction.
 #[derive(Clone, Debug)]
 pub struct RelayRestriction {
     /// Domains we receive mail for; `*.example.org` (or `.example.org`) covers subdomains.
-    pub local_domains: Vec<String>,
+    pub local_domains: Vec<DomainPattern>,
     pub allowed_relay_sources: Vec<IpNet>,
     pub allow_relay_if_authenticated: bool,
 }
@@ -61,16 +62,7 @@ impl RelayRestriction {
     }
 
     fn is_local(&self, domain: &str) -> bool {
-        self.local_domains.iter().any(|local| {
-            match local.strip_prefix("*.").or_else(|| local.strip_prefix('.')) {
-                Some(parent) => {
-                    domain.len() > parent.len()
-                        && domain.ends_with(parent)
-                        && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
-                }
-                None => domain == local,
-            }
-        })
+        self.local_domains.iter().any(|local| local.matches(domain))
     }
 }
 
@@ -127,7 +119,10 @@ mod tests {
 
     fn relay() -> RelayRestriction {
         RelayRestriction {
-            local_domains: vec!["local.example".into(), "*.corp.example".into()],
+            local_domains: vec![
+                DomainPattern::new("local.example"),
+                DomainPattern::new("*.corp.example"),
+            ],
             allowed_relay_sources: vec!["10.0.0.0/8".parse().unwrap()],
             allow_relay_if_authenticated: true,
         }

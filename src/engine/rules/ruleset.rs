@@ -9,6 +9,7 @@ use regex::Regex;
 use super::detectors::Detector;
 use super::protect::{Protector, Tokenizer};
 use super::transforms::{Replacements, mask};
+use crate::engine::address::{Address, DomainPattern};
 use crate::engine::reply::SmtpReply;
 
 /// Where in a message an extract rule looks.
@@ -95,21 +96,6 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// A domain pattern: `example.com`, `*.example.com` (sub-domains only) or `*`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DomainPattern(pub String);
-
-impl DomainPattern {
-    pub fn matches(&self, domain: &str) -> bool {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        match self.0.strip_prefix("*") {
-            Some("") => true,
-            Some(suffix) => domain.ends_with(suffix),
-            None => domain == self.0,
-        }
-    }
-}
-
 /// When a ruleset applies. Empty lists and `None` mean "any".
 #[derive(Clone, Debug, Default)]
 pub struct Conditions {
@@ -129,13 +115,6 @@ pub struct MessageContext<'a> {
     pub recipients: &'a [String],
 }
 
-fn domain_of(address: &str) -> &str {
-    address
-        .trim_matches(['<', '>'])
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-}
-
 impl Conditions {
     pub fn hold(&self, ctx: &MessageContext<'_>) -> bool {
         let any = |patterns: &[DomainPattern], domain: &str| {
@@ -146,12 +125,12 @@ impl Conditions {
                 .profile
                 .is_some_and(|p| self.connection_profiles.iter().any(|n| n == p)))
             && self.authenticated.is_none_or(|a| a == ctx.authenticated)
-            && any(&self.sender_domains, domain_of(ctx.sender))
+            && any(&self.sender_domains, Address::parse(ctx.sender).domain)
             && (self.recipient_domains.is_empty()
                 || ctx
                     .recipients
                     .iter()
-                    .any(|r| any(&self.recipient_domains, domain_of(r))))
+                    .any(|r| any(&self.recipient_domains, Address::parse(r).domain)))
     }
 }
 
@@ -321,8 +300,8 @@ mod tests {
     #[test]
     fn conditions_and_domain_patterns() {
         let c = Conditions {
-            sender_domains: vec![DomainPattern("*.corp.example".into())],
-            recipient_domains: vec![DomainPattern("partner.example".into())],
+            sender_domains: vec![DomainPattern::new("*.corp.example")],
+            recipient_domains: vec![DomainPattern::new("partner.example")],
             authenticated: Some(false),
             ..Default::default()
         };

@@ -1,0 +1,141 @@
+//! Mail addresses and domain patterns, read one way everywhere: relay restriction, encryption
+//! rules, connection profiles and ruleset conditions all ask [`Address`] for a domain and a
+//! [`DomainPattern`] whether it matches.
+
+use std::fmt;
+
+/// An envelope address as given in MAIL FROM or RCPT TO (with or without angle brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Address<'a> {
+    /// Everything before the last `@` (the whole address when there is none).
+    pub local: &'a str,
+    /// What follows the last `@`, as given; empty when there is none.
+    pub domain: &'a str,
+}
+
+impl<'a> Address<'a> {
+    pub fn parse(address: &'a str) -> Self {
+        let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+        match address.rsplit_once('@') {
+            Some((local, domain)) => Self { local, domain },
+            None => Self {
+                local: address,
+                domain: "",
+            },
+        }
+    }
+
+    /// The null sender `<>` of bounces.
+    pub fn is_null(&self) -> bool {
+        self.local.is_empty() && self.domain.is_empty()
+    }
+
+    /// The domain as patterns match it: lowercase, without a trailing dot.
+    pub fn domain_key(&self) -> String {
+        self.domain.trim_end_matches('.').to_ascii_lowercase()
+    }
+}
+
+/// A domain pattern from the configuration: `example.org` (that domain), `*.example.org` or
+/// `.example.org` (its sub-domains only), `*` (any domain), or a pattern with `*` wildcards
+/// elsewhere (`mail*.example.*`), each `*` standing for any run of characters. Case does not
+/// matter, nor a trailing dot.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DomainPattern(String);
+
+impl DomainPattern {
+    pub fn new(pattern: &str) -> Self {
+        let pattern = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
+        match pattern.strip_prefix('.') {
+            Some(parent) => Self(format!("*.{parent}")),
+            None => Self(pattern),
+        }
+    }
+
+    /// Whether `domain` (any case, trailing dot or not) matches.
+    pub fn matches(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        glob(self.0.as_bytes(), domain.as_bytes())
+    }
+
+    /// Whether the domain of `address` matches.
+    pub fn matches_address(&self, address: &str) -> bool {
+        self.matches(Address::parse(address).domain)
+    }
+}
+
+impl fmt::Debug for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `*` matches any run of bytes (including none); every other byte matches itself. Only the
+/// last `*` is backtracked to, so the cost is at most the product of the two lengths (a
+/// pattern from the configuration, a domain of at most 255 characters).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_at_the_last_at() {
+        let a = Address::parse("<\"a@b\"@Example.ORG.>");
+        assert_eq!((a.local, a.domain), ("\"a@b\"", "Example.ORG."));
+        assert_eq!(a.domain_key(), "example.org");
+        assert!(Address::parse("<>").is_null());
+        assert!(Address::parse("").is_null());
+        let local = Address::parse("postmaster");
+        assert_eq!((local.local, local.domain), ("postmaster", ""));
+        assert!(!local.is_null());
+    }
+
+    #[test]
+    fn patterns_match_exact_sub_domains_any_and_wildcards() {
+        let exact = DomainPattern::new("Example.org");
+        assert!(exact.matches("example.ORG."));
+        assert!(!exact.matches("mx.example.org"));
+        assert!(!exact.matches("example.org.evil"));
+        for sub in ["*.example.org", ".example.org"] {
+            let sub = DomainPattern::new(sub);
+            assert!(sub.matches("mx.example.org"));
+            assert!(sub.matches("a.b.example.org"));
+            assert!(!sub.matches("example.org"));
+            assert!(!sub.matches("badexample.org"));
+        }
+        let any = DomainPattern::new("*");
+        assert!(any.matches("anything.example"));
+        assert!(any.matches(""));
+        let wild = DomainPattern::new("mail*.example.*");
+        assert!(wild.matches("mail2.example.net"));
+        assert!(!wild.matches("smtp.example.net"));
+        assert!(DomainPattern::new("*.example.org").matches_address("<u@mx.example.org>"));
+        assert!(!DomainPattern::new("example.org").matches_address("<>"));
+    }
+}
