@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use super::reply::SmtpReply;
+
 /// Limits on one message, from `[scan]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageLimits {
@@ -21,6 +23,22 @@ pub struct MessageLimits {
     pub max_header_size: u64,
     /// Directory for temporary files of large messages.
     pub spool_directory: PathBuf,
+}
+
+impl MessageLimits {
+    /// The refusal of a message of `size` bytes (announced with SIZE, or counted as it
+    /// arrives), when it is larger than `max_message_size`.
+    pub fn size_refusal(&self, size: u64) -> Option<SmtpReply> {
+        let max = self.max_message_size;
+        (size > max).then(|| {
+            SmtpReply::new(
+                552,
+                Some("5.3.4"),
+                &format!("Message size exceeds fixed limit of {max} bytes"),
+            )
+            .expect("static reply is valid")
+        })
+    }
 }
 
 /// Why appending to a message failed.

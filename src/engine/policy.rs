@@ -18,7 +18,7 @@ use super::reply::SmtpReply;
 use super::rules::ContentPolicy;
 use super::verdict::Verdict;
 
-/// Seed: "Scan failure action": what happens to a message when Postern cannot judge it.
+/// "Scan failure action": what happens to a message when Postern cannot judge it.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ScanFailureAction {
@@ -65,7 +65,7 @@ impl ScanFailureAction {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
-    /// Seed "No delay": refuse where the verdict is reached.
+    /// "No delay": refuse where the verdict is reached.
     #[default]
     None,
     Helo,
@@ -115,7 +115,7 @@ pub struct Policy {
     pub message_limits: MessageLimits,
     pub delayed_rejection_state: Stage,
     pub ip_address_rejection: IpRejection,
-    /// Connection profiles (seed 004), in order.
+    /// Connection profiles, in order.
     pub profiles: Profiles,
     /// Per-client connection limits; `None` when DoS protection is off.
     pub client_limits: Option<ClientLimits>,
@@ -127,12 +127,12 @@ pub struct Policy {
     pub spf: Option<Spf>,
     /// Allowed relay sources and local domains.
     pub relay: RelayRestriction,
-    /// Seed "Restrict relaying": clients that may not relay may send only to local domains.
+    /// "Restrict relaying": clients that may not relay may send only to local domains.
     pub restrict_relaying: bool,
-    /// Seed "Skip Connection Tests": allowed relay sources skip the connection tests (RBL).
+    /// "Skip Connection Tests": allowed relay sources skip the connection tests (RBL).
     pub skip_connection_tests_for_relay_sources: bool,
     pub exploit_detection: ExploitDetection,
-    /// Seed 003 encryption rules, in order.
+    /// Encryption rules, in order.
     pub encryption_rules: EncryptionRules,
     pub trace_header: Option<TraceHeader>,
     /// The content stage: rulesets over subject, headers, body, attachments and names.

@@ -12,8 +12,6 @@ use super::reply::SmtpReply;
 pub enum Verdict {
     /// Nothing against it: go on to the next stage.
     Continue,
-    /// Accept the message (or connection) without asking the policy again.
-    Accept,
     /// Refuse permanently with this 5xx reply.
     Reject(SmtpReply),
     /// Refuse for now with this 4xx reply; the client keeps the message.
@@ -40,7 +38,7 @@ impl Verdict {
     pub fn reply(&self) -> Option<&SmtpReply> {
         match self {
             Self::Reject(r) | Self::Tempfail(r) | Self::Drop(r) => Some(r),
-            Self::Continue | Self::Accept | Self::Discard => None,
+            Self::Continue | Self::Discard => None,
         }
     }
 
@@ -48,7 +46,6 @@ impl Verdict {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Continue => "continue",
-            Self::Accept => "accept",
             Self::Reject(_) => "reject",
             Self::Tempfail(_) => "tempfail",
             Self::Discard => "discard",
@@ -87,7 +84,7 @@ pub enum HeaderEdit {
 }
 
 /// Changes the engine asks for at the end of a message. Empty means "leave the message
-/// byte-for-byte as it came" (invariant 6).
+/// byte-for-byte as it came": a message no rule touched is never re-encoded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Edits {
     /// Header changes, applied in order.
@@ -206,6 +203,8 @@ fn field_name(field: &[u8]) -> &[u8] {
 pub struct MessageOutcome {
     pub verdict: Verdict,
     pub edits: Edits,
+    /// The recipients the message was accepted for, for a door that delivers it itself.
+    pub recipients: Vec<String>,
     /// With [`Verdict::Discard`], when a `divert` rule delivered the message: the answer of
     /// the relay target that took it (a door that speaks SMTP passes it on).
     pub diverted: Option<SmtpReply>,

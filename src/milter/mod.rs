@@ -451,7 +451,6 @@ async fn unknown(cx: &mut Context<Conn>, command: CString) -> Status {
 fn answer(reply: &mut MilterReply, verdict: Verdict) -> Status {
     let status = match &verdict {
         Verdict::Continue => return Status::Continue,
-        Verdict::Accept => return Status::Accept,
         Verdict::Discard => return Status::Discard,
         Verdict::Reject(_) => Status::Reject,
         // Postfix and Sendmail end the SMTP session after a 421 reply from a milter.
@@ -512,8 +511,9 @@ async fn apply_edits(
     Ok(())
 }
 
-/// `body` with every bare CR or LF made CRLF (invariant 2: no bare line end reaches the MTA
-/// through a milter edit either); borrowed when there is none. One pass.
+/// `body` with every bare CR or LF made CRLF, so that no bare line end (which an MTA or
+/// the next hop could read as the end of the message) reaches the MTA through a milter edit
+/// either; borrowed when there is none. One pass.
 fn crlf_only(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let bare = |i: usize| match body[i] {
         b'\r' => body.get(i + 1) != Some(&b'\n'),
@@ -572,7 +572,7 @@ pub fn header_line(name: &[u8], value: &[u8], leading_space: bool) -> Vec<u8> {
                     line.push(b' ');
                 }
             }
-            // A bare CR is no line end (invariant 2).
+            // A bare CR is no line end.
             b'\r' => line.push(b' '),
             b => line.push(b),
         }

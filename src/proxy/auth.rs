@@ -1,4 +1,4 @@
-//! Inbound SMTP AUTH (seed 004): PLAIN and LOGIN against a users file of argon2 password
+//! Inbound SMTP AUTH: PLAIN and LOGIN against a users file of argon2 password
 //! hashes. The file holds `user:$argon2id$...` lines (`#` starts a comment); make a hash with
 //! `postern hash-password`. Passwords are checked on the blocking pool (argon2 is slow on
 //! purpose) and never logged.

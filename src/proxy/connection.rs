@@ -114,7 +114,8 @@ impl Connection {
         !self.input.is_empty()
     }
 
-    /// Forgets whatever the client sent beyond the current command (STARTTLS, invariant 3).
+    /// Forgets whatever the client sent beyond the current command (STARTTLS: what was
+    /// sent in plaintext behind it could have been injected by a man in the middle).
     /// Returns how many bytes were thrown away.
     pub fn discard_pending_input(&mut self) -> usize {
         let n = self.input.len();

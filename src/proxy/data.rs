@@ -1,5 +1,5 @@
 //! The DATA reader: turns the bytes after 354 into the message, undoing dot-stuffing, and finds
-//! its end. Only CRLF "." CRLF ends a message (invariant 2): a "." line reached through a bare
+//! its end. Only CRLF "." CRLF ends a message: a "." line reached through a bare
 //! LF or ended by a bare LF is message content, never the end, so that Postern and the server
 //! behind it always see the same message (the "SMTP smuggling" family of attacks).
 //!

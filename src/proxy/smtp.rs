@@ -56,8 +56,6 @@ struct Transaction {
     /// The relay targets this transaction uses: those in force when it began (a reload
     /// in between does not move it).
     delivery: Option<Arc<crate::relay::Delivery>>,
-    /// Recipients the relay target accepted.
-    recipients: Vec<String>,
     /// RCPT commands seen (accepted or not), bounded by max_recipients.
     rcpt_count: usize,
     upstream: Option<Upstream>,
@@ -125,10 +123,8 @@ struct Conversation {
     kind: ListenerKind,
     hostname: String,
     /// EHLO (not HELO) was given since the last reset: PIPELINING and extensions apply.
+    /// (HELO, TLS and authentication themselves are the session's facts.)
     esmtp: bool,
-    helo: bool,
-    tls: bool,
-    authenticated: bool,
     auth_failures: u32,
     /// NOOP, RSET, HELP, VRFY, EXPN and ETRN since the last message (`junk_command_limit`).
     junk_commands: u32,
@@ -153,9 +149,6 @@ pub(super) async fn converse(
         kind,
         hostname,
         esmtp: false,
-        helo: false,
-        tls: false,
-        authenticated: false,
         auth_failures: 0,
         junk_commands: 0,
         tx: None,
@@ -222,7 +215,7 @@ impl Conversation {
             name: None,
         };
         match self.session.connect(client).await {
-            Verdict::Continue | Verdict::Accept | Verdict::Discard => {}
+            Verdict::Continue | Verdict::Discard => {}
             refused => {
                 let r = refused.reply().expect("refusals carry a reply");
                 // At the greeting only 554 and 421 are allowed (RFC 5321 §3.1).
@@ -326,7 +319,7 @@ impl Conversation {
         let t = self.timeouts();
         match &self.tx {
             None => t.connection,
-            Some(tx) if tx.recipients.is_empty() => t.protocol,
+            Some(_) if self.session.recipients().is_empty() => t.protocol,
             Some(_) => t.data_command,
         }
     }
@@ -368,7 +361,7 @@ impl Conversation {
 
     /// RFC 2920: a client may send commands without waiting for replies only after EHLO
     /// offered PIPELINING, and EHLO, HELO, DATA and AUTH end a group. What follows STARTTLS
-    /// is thrown away by STARTTLS itself (invariant 3).
+    /// is thrown away by STARTTLS itself.
     fn may_pipeline(&self, command: &Command) -> bool {
         matches!(command, Command::StartTls)
             || (self.esmtp
@@ -467,7 +460,6 @@ impl Conversation {
         if let Some(next) = self.refused(&verdict) {
             return next;
         }
-        self.helo = true;
         self.esmtp = esmtp;
         if !esmtp {
             let text = self.hostname.clone();
@@ -485,7 +477,7 @@ impl Conversation {
             "SMTPUTF8".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
         ];
-        if !self.tls && self.shared.acceptor.load().is_some() {
+        if self.session.tls().is_none() && self.shared.acceptor.load().is_some() {
             lines.push("STARTTLS".to_owned());
         }
         if self.auth_offered() {
@@ -505,12 +497,12 @@ impl Conversation {
 
     fn auth_offered(&self) -> bool {
         self.settings().auth_users.is_some()
-            && !self.authenticated
-            && (self.tls || self.settings().auth_over_plaintext)
+            && self.session.authenticated_user().is_none()
+            && (self.session.tls().is_some() || self.settings().auth_over_plaintext)
     }
 
     async fn mail(&mut self, sender: String, params: Vec<String>) -> Next {
-        if !self.helo {
+        if self.session.helo_name().is_none() {
             self.say(503, "5.5.1 Error: send HELO/EHLO first");
             return Next::Continue;
         }
@@ -518,27 +510,26 @@ impl Conversation {
             self.say(503, "5.5.1 Error: nested MAIL command");
             return Next::Continue;
         }
-        if self.kind == ListenerKind::Submission && !self.authenticated {
+        if self.kind == ListenerKind::Submission && self.session.authenticated_user().is_none() {
             self.say(
                 530,
                 "5.7.0 Authentication required (this is a submission port)",
             );
             return Next::Continue;
         }
-        let max = self.session.policy().message_limits.max_message_size;
         let mut passed = Vec::new();
         for p in &params {
             let (key, value) = p.split_once('=').unwrap_or((p, ""));
             match key.to_ascii_uppercase().as_str() {
                 "SIZE" => match value.parse::<u64>() {
-                    Ok(n) if n > max => {
-                        self.say(
-                            552,
-                            &format!("5.3.4 Message size exceeds fixed limit of {max} bytes"),
-                        );
-                        return Next::Continue;
+                    Ok(n) => {
+                        let limits = &self.session.policy().message_limits;
+                        if let Some(reply) = limits.size_refusal(n) {
+                            self.reply(&reply);
+                            return Next::Continue;
+                        }
+                        passed.push(p.clone());
                     }
-                    Ok(_) => passed.push(p.clone()),
                     Err(_) => {
                         self.say(501, "5.5.4 Syntax: SIZE=number");
                         return Next::Continue;
@@ -638,9 +629,9 @@ impl Conversation {
         if let Some(next) = self.refused(&verdict) {
             return next;
         }
+        // The engine judges the message (content rules, a divert) by the recipients that were
+        // really accepted, as it does behind an MTA: one the target refuses is withdrawn.
         if !self.relay_rcpt(&recipient).await {
-            // The engine judges the message (content rules, a divert) by the recipients that
-            // were really accepted, as it does behind an MTA.
             self.session.withdraw_recipient(&recipient);
         }
         Next::Continue
@@ -685,7 +676,6 @@ impl Conversation {
         let upstream = tx.upstream.as_mut().expect("opened above");
         match upstream.rcpt(recipient).await {
             Ok(_) => {
-                tx.recipients.push(recipient.to_owned());
                 self.say(250, "2.1.5 Ok");
                 true
             }
@@ -701,7 +691,8 @@ impl Conversation {
                 if let Some(u) = tx.upstream.take() {
                     u.abort().await;
                 }
-                if tx.recipients.is_empty() {
+                // The session counts this recipient until the caller withdraws it.
+                if self.session.recipients().len() <= 1 {
                     // Nobody heard 250 yet: the next RCPT opens a new transaction upstream.
                     self.say(451, "4.4.1 Error: relay target failed, try again later");
                 } else {
@@ -724,7 +715,7 @@ impl Conversation {
             self.say(451, BROKEN_TRANSACTION);
             return Next::Continue;
         }
-        if tx.recipients.is_empty() {
+        if self.session.recipients().is_empty() {
             self.say(554, "5.5.1 Error: no valid recipients");
             return Next::Continue;
         }
@@ -815,7 +806,7 @@ impl Conversation {
         let verdict = refusal.unwrap_or(outcome.verdict);
         let upstream = self.tx.as_mut().and_then(|tx| tx.upstream.take());
         match &verdict {
-            Verdict::Continue | Verdict::Accept => {}
+            Verdict::Continue => {}
             Verdict::Discard => {
                 if let Some(u) = upstream {
                     u.abort().await;
@@ -838,17 +829,13 @@ impl Conversation {
             }
         }
         let Some(message) = message else {
-            self.say(451, "4.3.0 Error: message was not kept, try again later");
+            self.unreadable("the message was not kept");
             return Next::Continue;
         };
         let outgoing = match Outgoing::new(message, &outcome.edits).await {
             Ok(outgoing) => outgoing,
             Err(e) => {
-                warn!(client = %self.peer, error = %e, "cannot read the message back");
-                self.say(
-                    451,
-                    "4.3.0 Error: message could not be held, try again later",
-                );
+                self.unreadable(&e.to_string());
                 return Next::Continue;
             }
         };
@@ -861,19 +848,38 @@ impl Conversation {
             );
             return Next::Continue;
         };
-        self.hand_on(upstream, &outgoing.body()).await;
+        self.hand_on(upstream, &outgoing.body(), &outcome.recipients)
+            .await;
         Next::Continue
     }
 
+    /// The message cannot be read back (a spool error): the scan failure action's answer, as
+    /// the milter door gives; 451 where that action would let it through, since there is
+    /// nothing left to relay.
+    fn unreadable(&mut self, why: &str) {
+        warn!(client = %self.peer, error = why, "cannot read the message back");
+        match self.session.policy().scan_failure_action.verdict().reply() {
+            Some(reply) => {
+                let reply = reply.clone();
+                self.reply(&reply);
+            }
+            None => self.say(
+                451,
+                "4.3.0 Error: message could not be held, try again later",
+            ),
+        }
+    }
+
     /// Sends the message through the transaction's upstream and answers the client: 250 only
-    /// when a target took it for every recipient that heard 250 (invariant 1).
-    async fn hand_on(&mut self, upstream: Upstream, body: &Body<'_>) {
+    /// when a target took it for every recipient that heard 250, never to one that may
+    /// already have it.
+    async fn hand_on(&mut self, upstream: Upstream, body: &Body<'_>, recipients: &[String]) {
         let tx = self.tx.as_ref().expect("in a transaction");
         let delivery = tx
             .delivery
             .clone()
             .unwrap_or_else(|| self.shared.delivery.load_full());
-        let head = self.received_field(&tx.recipients);
+        let head = self.received_field(recipients);
         let first = upstream.target_index();
         let name = upstream.target_name().to_owned();
         // Why the first target could not carry the message, for the client when no other
@@ -908,14 +914,14 @@ impl Conversation {
                 }
                 warn!(client = %self.peer, relay_target = %name, error = %failure, "relay target did not take the message, replaying the transaction");
                 delivery
-                    .send(&tx.envelope, &tx.recipients, head.as_bytes(), body, from)
+                    .send(&tx.envelope, recipients, head.as_bytes(), body, from)
                     .await
                     .map(|(_, reply)| reply)
             }
         };
         match reply {
             Ok(reply) | Err(DeliveryError::Refused { reply, .. }) => {
-                info!(client = %self.peer, recipients = tx.recipients.len(), size = body.len(), %reply, "message handed on");
+                info!(client = %self.peer, recipients = recipients.len(), size = body.len(), %reply, "message handed on");
                 self.reply(&reply);
             }
             Err(e @ DeliveryError::Uncertain { .. }) => {
@@ -940,11 +946,12 @@ impl Conversation {
 
     async fn starttls(&mut self) -> Next {
         let acceptor = self.shared.acceptor.load_full();
-        let Some(acceptor) = acceptor.filter(|_| !self.tls) else {
+        let Some(acceptor) = acceptor.filter(|_| self.session.tls().is_none()) else {
             self.say(502, "5.5.1 Error: STARTTLS is not offered here");
             return Next::Continue;
         };
-        // Invariant 3: nothing the client sent in plaintext after STARTTLS counts.
+        // Nothing the client sent in plaintext after STARTTLS counts: a man in the middle
+        // could have added it.
         let dropped = self.conn.discard_pending_input();
         if dropped > 0 {
             warn!(client = %self.peer, bytes = dropped, "plaintext sent after STARTTLS discarded");
@@ -959,9 +966,7 @@ impl Conversation {
             return Next::Close;
         };
         self.session.restart_after_tls(info);
-        self.helo = false;
         self.esmtp = false;
-        self.authenticated = false;
         Next::Continue
     }
 
@@ -971,7 +976,6 @@ impl Conversation {
         match self.conn.start_tls(acceptor, timeout).await {
             Ok(info) => {
                 info!(client = %self.peer, version = %info.version, cipher = %info.cipher, client_certificate = info.cert_subject.is_some(), "TLS established");
-                self.tls = true;
                 Some(info)
             }
             Err(e) => {
@@ -1001,11 +1005,11 @@ impl Conversation {
             self.say(502, "5.5.1 Error: authentication is not offered here");
             return Next::Continue;
         };
-        if !self.helo {
+        if self.session.helo_name().is_none() {
             self.say(503, "5.5.1 Error: send EHLO first");
             return Next::Continue;
         }
-        if self.authenticated {
+        if self.session.authenticated_user().is_some() {
             self.say(503, "5.5.1 Error: already authenticated");
             return Next::Continue;
         }
@@ -1013,7 +1017,7 @@ impl Conversation {
             self.say(503, "5.5.1 Error: AUTH not allowed in a mail transaction");
             return Next::Continue;
         }
-        if !self.tls && !self.settings().auth_over_plaintext {
+        if self.session.tls().is_none() && !self.settings().auth_over_plaintext {
             self.say(538, "5.7.11 Encryption required for requested authentication mechanism (use STARTTLS first)");
             return Next::Continue;
         }
@@ -1079,7 +1083,6 @@ impl Conversation {
                 let user = credentials.map(|c| c.0).unwrap_or_default();
                 info!(client = %self.peer, user = %user.escape_debug(), "authenticated");
                 self.session.authenticated(&user);
-                self.authenticated = true;
                 self.say(235, "2.7.0 Authentication successful");
                 return Next::Continue;
             }

@@ -1,5 +1,6 @@
 //! The proxy's TLS server side (rustls with ring): certificate chain and key from PEM files,
-//! minimum version, cipher suites and client certificates (seed 000 `cert_reqs`). Built at
+//! minimum version, cipher suites and client certificates (none, optional or
+//! required, as `cert_reqs` in Python's ssl module). Built at
 //! start and again on SIGHUP, so renewed certificates take effect without a restart.
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use tokio_rustls::TlsAcceptor;
 
-/// Seed 002 "TLS Support".
+/// Whether the proxy offers TLS: not at all, alongside plaintext, or only.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsSupport {
@@ -26,7 +27,7 @@ pub enum TlsSupport {
     Required,
 }
 
-/// Seed 000 `cert_reqs`: whether clients must show a certificate.
+/// Whether clients must show a certificate.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientCertificates {

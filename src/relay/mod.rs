@@ -1,5 +1,6 @@
 //! Delivery to relay targets (lettre): the proxy door hands every accepted message on here, in
-//! priority order, before it says 250 to its client (invariant 1). A target that cannot be
+//! priority order, before it says 250 to its client, so that a 250 always means
+//! a target has the message. A target that cannot be
 //! reached, refuses with 4xx or breaks mid-way is skipped for the next; when every target
 //! fails the caller gets an error and answers 4xx, so the client keeps the message. The engine
 //! delivers here too, for `divert` rules, through the targets a rule names.
@@ -61,11 +62,11 @@ pub struct Delivery {
     pub targets: Vec<RelayTarget>,
     /// Name Postern gives in EHLO.
     pub helo_name: String,
-    /// Seed "Server connection timeout": TCP connect, TLS and greeting.
+    /// "Server connection timeout": TCP connect, TLS and greeting.
     pub connection_timeout: Duration,
-    /// Seed "Server protocol timeout": each command's reply.
+    /// "Server protocol timeout": each command's reply.
     pub protocol_timeout: Duration,
-    /// Seed "Server DATA timeout": the reply to the end of the message (plus one second per
+    /// "Server DATA timeout": the reply to the end of the message (plus one second per
     /// megabyte sent, so that a large message on a slow link is not cut off).
     pub data_timeout: Duration,
     /// Tell targets that offer XFORWARD who the client was (`xforward`, on by default).
@@ -84,7 +85,7 @@ pub enum DeliveryError {
     #[error("no relay target is available: {}", .0.join("; "))]
     Unavailable(Vec<String>),
     /// A target was sent the whole message and then gave no answer: it may have taken it, so
-    /// no other target may be tried (invariant 1).
+    /// no other target may be tried (that could deliver it twice).
     #[error("relay target {target} gave no answer to the end of the message: {why}")]
     Uncertain { target: String, why: String },
 }
@@ -422,7 +423,7 @@ impl Delivery {
     /// Delivers a whole message through the targets from `first` on: each must accept the
     /// sender, every recipient and the message, or it is skipped. A permanent refusal of the
     /// message ends the attempt with that answer; a target that was sent the message and did
-    /// not answer ends it too, never tried elsewhere (invariant 1). Used when the target that
+    /// not answer ends it too, never tried elsewhere (it could arrive twice). Used when the target that
     /// took the recipients breaks before DATA, and for diverted messages.
     pub async fn send(
         &self,

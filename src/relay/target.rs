@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::SmtpReply;
 
-/// Seed "Security" of a relay target.
+/// "Security" of a relay target.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Security {
@@ -26,7 +26,7 @@ pub enum Security {
     Ssl,
 }
 
-/// Seed "Authentication" of a relay target. CRAM-MD5 is not offered: it needs the password
+/// "Authentication" of a relay target. CRAM-MD5 is not offered: it needs the password
 /// stored in clear on the target and is obsolete (RFC 8314 era); PLAIN and LOGIN go only over
 /// TLS in practice.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct RelayTarget {
     pub security: Security,
     pub auth: RelayAuth,
     /// Username and password; the password came from a file or the environment and is never
-    /// logged (invariant 7).
+    /// logged.
     pub credentials: Option<Credentials>,
     /// Certificate validation for this target (name, roots, minimum version); `None` when
     /// `security = "none"`.
@@ -57,7 +57,7 @@ pub struct RelayTarget {
     /// Only for messages a `divert` rule sends here (a quarantine, an encryption gateway):
     /// never used to relay ordinary mail.
     pub divert_only: bool,
-    /// Longest line sent, in octets with CRLF (seed "Line Limit", 1000); longer lines are
+    /// Longest line sent, in octets with CRLF ("Line Limit", 1000); longer lines are
     /// broken. 0: no limit.
     pub line_limit: usize,
     /// AUTH may go over a connection without TLS (`auth_over_plaintext`); otherwise a target

@@ -1,4 +1,4 @@
-//! Denial-of-service protection (seed: "Enable DoS functionality"): per-client limits on
+//! Denial-of-service protection (option "Enable DoS functionality"): per-client limits on
 //! simultaneous connections and on connections per minute, answered with 421, as Postfix's
 //! anvil does with smtpd_client_connection_count_limit and _rate_limit.
 //!

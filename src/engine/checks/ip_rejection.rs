@@ -1,4 +1,4 @@
-//! IP address rejection (seed: "IP address rejection"): clients in listed networks are refused.
+//! IP address rejection (option "IP address rejection"): clients in listed networks are refused.
 
 use std::net::IpAddr;
 

@@ -1,4 +1,4 @@
-//! DNSBL/RBL (seed: "Enable RBL", "RBL server", "Skip Local IP", "RBL hit action"): the
+//! DNSBL/RBL (options "Enable RBL", "RBL server", "Skip Local IP", "RBL hit action"): the
 //! client's address is looked up in every configured zone at once (RFC 5782).
 //!
 //! The lookup itself is [`dnsbl::query`]: an error answer is a lookup failure, never a
@@ -83,7 +83,7 @@ impl<'de> Deserialize<'de> for AnswerRange {
     }
 }
 
-/// Seed "RBL hit action".
+/// "RBL hit action".
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum HitAction {
@@ -291,7 +291,9 @@ async fn query(
     zone: &Zone,
     label: &str,
 ) -> Result<Option<Ipv4Addr>, String> {
-    let answers = dnsbl::query(resolver, &zone.zone, label).await?;
+    let answers = dnsbl::query(resolver, &zone.zone, label)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(answers
         .into_iter()
         .find(|a| zone.answers.is_empty() || zone.answers.iter().any(|r| r.contains(*a))))

@@ -1,4 +1,4 @@
-//! SPF (RFC 7208, seed: "Enable SPF", "Treat ~all as -all"), evaluated by viaspf over the
+//! SPF (RFC 7208, options "Enable SPF", "Treat ~all as -all"), evaluated by viaspf over the
 //! shared resolver.
 //!
 //! Identities in RFC 7208 order: the HELO identity first (when HELO names a domain); a HELO
@@ -185,7 +185,7 @@ pub struct Spf {
     pub softfail_action: SpfAction,
     pub temperror_action: SpfAction,
     pub permerror_action: SpfAction,
-    /// Seed "Treat ~all as -all": softfail gets the fail action.
+    /// "Treat ~all as -all": softfail gets the fail action.
     pub treat_softfail_as_fail: bool,
     pub header: SpfHeader,
     pub help_url: Option<String>,

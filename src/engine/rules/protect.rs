@@ -20,8 +20,8 @@ use fpe::ff1::{FF1, FlexibleNumeralString};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// A secret read from a file or the environment (invariant 7: never from the config itself,
-/// never logged).
+/// A secret read from a file or the environment never from the config itself (which is
+/// often readable by many), never logged.
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
 

@@ -37,15 +37,12 @@ impl Session {
             .get_or_insert_with(|| MessageBuffer::new(limits.clone()));
         let (check, verdict, failure) = match buffer.append(bytes).await {
             Ok(()) => return Verdict::Continue,
-            Err(BufferError::TooBig { limit }) => (
+            Err(BufferError::TooBig { .. }) => (
                 CheckId::MessageSize,
                 Verdict::Reject(
-                    SmtpReply::new(
-                        552,
-                        Some("5.3.4"),
-                        &format!("Message size exceeds fixed limit of {limit} bytes"),
-                    )
-                    .expect("static reply is valid"),
+                    limits
+                        .size_refusal(limits.max_message_size + 1)
+                        .expect("larger than the limit"),
                 ),
                 None,
             ),
@@ -94,6 +91,7 @@ impl Session {
             let outcome = MessageOutcome {
                 verdict: Verdict::Continue,
                 edits: Edits::default(),
+                recipients: Vec::new(),
                 diverted: None,
                 scan_slot: ScanSlot::default(),
             };
@@ -109,13 +107,13 @@ impl Session {
                 None => (Reason::EndOfMessage, Verdict::Continue),
             },
         };
-        if !matches!(verdict, Verdict::Continue | Verdict::Accept) {
+        if verdict != Verdict::Continue {
             edits = Edits::default();
         }
-        if matches!(verdict, Verdict::Continue | Verdict::Accept) {
+        if verdict == Verdict::Continue {
             self.remove_forged_results(&mut tx, &mut edits).await;
         }
-        if matches!(verdict, Verdict::Continue | Verdict::Accept)
+        if verdict == Verdict::Continue
             && let (Some(spf), Some(outcome), Some(ip)) =
                 (&policy.spf, tx.spf.clone(), self.client.addr)
         {
@@ -123,7 +121,7 @@ impl Session {
                 .await;
         }
         if let Some(trace) = &policy.trace_header
-            && matches!(verdict, Verdict::Continue | Verdict::Accept)
+            && verdict == Verdict::Continue
         {
             edits.headers.push(HeaderEdit::Add {
                 name: trace.name.clone(),
@@ -132,7 +130,7 @@ impl Session {
         }
         let mut diverted = None;
         if let Some(divert) = tx.divert.take()
-            && matches!(verdict, Verdict::Continue | Verdict::Accept)
+            && verdict == Verdict::Continue
         {
             match self.divert(&divert, &mut tx, &edits).await {
                 Ok(reply) => {
@@ -160,6 +158,7 @@ impl Session {
         let outcome = MessageOutcome {
             verdict,
             edits,
+            recipients: std::mem::take(&mut tx.recipients),
             diverted,
             scan_slot,
         };

@@ -60,7 +60,7 @@ pub enum EngineError {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// A verdict reached early and held until the configured stage (seed: "Delayed rejection
+/// A verdict reached early and held until the configured stage (option "Delayed rejection
 /// state"), so that the MTA records the sender and recipients first.
 #[derive(Debug)]
 struct Held {
@@ -187,15 +187,24 @@ impl Session {
         self.id
     }
 
+    /// The recipients accepted so far in this transaction (by the policy and, where the
+    /// door delivers itself, by its relay target).
+    pub fn recipients(&self) -> &[String] {
+        self.tx.as_ref().map_or(&[], |tx| tx.recipients.as_slice())
+    }
+
     /// True between MAIL FROM and the end (or abort) of that message.
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
     }
 
-    /// The client said HELO or EHLO.
+    /// The client said HELO or EHLO. The name counts only when the greeting is accepted.
     pub async fn helo(&mut self, name: &str) -> Verdict {
-        self.helo = Some(name.to_owned());
-        self.held_at(Stage::Helo).unwrap_or(Verdict::Continue)
+        let verdict = self.held_at(Stage::Helo).unwrap_or(Verdict::Continue);
+        if verdict == Verdict::Continue {
+            self.helo = Some(name.to_owned());
+        }
+        verdict
     }
 
     /// TLS was negotiated (in milter mode, learned from the `{tls_version}` macro).
@@ -204,7 +213,8 @@ impl Session {
     }
 
     /// TLS started on this connection (STARTTLS): what was learned before it is forgotten
-    /// (invariant 3), HELO, authentication and any transaction.
+    /// (HELO, authentication and any transaction), since a man in the middle could have
+    /// said it in the plaintext part.
     pub fn restart_after_tls(&mut self, tls: TlsInfo) {
         info!(session = self.id, version = %tls.version, cipher = %tls.cipher, "TLS started");
         self.helo = None;
