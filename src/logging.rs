@@ -118,6 +118,28 @@ impl Events for LogEvents {
                 elapsed_ms = elapsed.as_millis() as u64,
                 "check"
             ),
+            E::Zone {
+                session,
+                check,
+                zone,
+                usable: Some(true),
+                note,
+            } => debug!(session, check = check.name(), zone, "{note}"),
+            E::Zone {
+                session,
+                check,
+                zone,
+                usable,
+                note,
+            } => warn!(session, check = check.name(), zone, ?usable, "{note}"),
+            E::StoreUnavailable {
+                session,
+                what,
+                error,
+            } => warn!(
+                session,
+                what, error, "state store unavailable, went on without that state"
+            ),
             E::Refused {
                 session,
                 check,

@@ -151,6 +151,23 @@ pub enum Event<'a> {
         detail: String,
         elapsed: Duration,
     },
+    /// Something worth an operator's attention about a DNS zone a check uses: a self-test's
+    /// outcome (`usable` says whether the zone is in use now; `None` when the test could not
+    /// run), or an answer that was left out (`usable` `None`).
+    Zone {
+        session: u64,
+        check: CheckId,
+        zone: &'a str,
+        usable: Option<bool>,
+        note: &'a str,
+    },
+    /// The state store could not answer; the session went on as if it had no state for the
+    /// client (`what` says which state).
+    StoreUnavailable {
+        session: u64,
+        what: &'static str,
+        error: &'a str,
+    },
     /// A check's refusal was answered (`held` is the stage a delayed one waits for).
     Refused {
         session: u64,

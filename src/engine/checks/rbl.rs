@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer};
 use tokio::task::JoinSet;
-use tracing::warn;
 
 use super::dnsbl::{self, label};
 use crate::engine::ports::Resolver;
@@ -166,6 +165,19 @@ pub struct RblResult {
     pub out_of_use: Vec<String>,
     /// Why no zone was asked at all (local client).
     pub skipped: Option<&'static str>,
+    /// Self-tests run for this lookup, for the session to report.
+    pub self_tests: Vec<ZoneTest>,
+}
+
+/// The outcome of a zone's self-test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneTest {
+    pub zone: String,
+    /// Whether the zone is in use now; `None` when the test could not run (the zone stays
+    /// as it was).
+    pub usable: Option<bool>,
+    /// What the test found, in words.
+    pub note: String,
 }
 
 impl fmt::Display for RblResult {
@@ -209,16 +221,20 @@ impl Rbl {
             let (resolver, zone) = (resolver.clone(), zone.clone());
             let interval = self.self_test_interval;
             lookups.spawn(async move {
-                if !self_test(resolver.as_ref(), &zone, interval).await {
-                    return (zone, Err(None));
+                let (usable, test) = self_test(resolver.as_ref(), &zone, interval).await;
+                if !usable {
+                    return (zone, Err(None), test);
                 }
                 let answer = query(resolver.as_ref(), &zone, &label(ip)).await;
-                (zone, answer.map_err(Some))
+                (zone, answer.map_err(Some), test)
             });
         }
         let mut result = RblResult::default();
         while let Some(joined) = lookups.join_next().await {
-            let Ok((zone, answer)) = joined else { continue };
+            let Ok((zone, answer, test)) = joined else {
+                continue;
+            };
+            result.self_tests.extend(test);
             match answer {
                 Ok(Some(answer)) => {
                     let name = format!("{}.{}", label(ip), zone.zone);
@@ -301,42 +317,53 @@ async fn query(
 
 /// RFC 5782 self-test, at most once per `interval`: 127.0.0.2 listed, 127.0.0.1 not. A
 /// lookup failure during the test leaves the zone as it was (a DNS hiccup is not a broken
-/// zone); a zone never tested successfully is given the benefit of the doubt.
-async fn self_test(resolver: &dyn Resolver, zone: &Zone, interval: Duration) -> bool {
+/// zone); a zone never tested successfully is given the benefit of the doubt. Whether the
+/// zone may be used, and the test's outcome when one ran.
+async fn self_test(
+    resolver: &dyn Resolver,
+    zone: &Zone,
+    interval: Duration,
+) -> (bool, Option<ZoneTest>) {
     {
         let health = zone.health.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tested) = health.tested
             && tested.elapsed() < interval
         {
-            return health.usable;
+            return (health.usable, None);
         }
     }
     let test_listed = query(resolver, zone, "2.0.0.127").await;
     let test_clean = query(resolver, zone, "1.0.0.127").await;
     let mut health = zone.health.lock().unwrap_or_else(|e| e.into_inner());
-    let verdict = match (test_listed, test_clean) {
-        (Ok(Some(_)), Ok(None)) => Some(true),
-        (Ok(None), Ok(_)) => {
-            warn!(zone = %zone.zone, "DNSBL self-test failed: 127.0.0.2 is not listed; zone taken out of use (is the zone name right?)");
-            Some(false)
-        }
-        (Ok(Some(_)), Ok(Some(_))) => {
-            warn!(zone = %zone.zone, "DNSBL self-test failed: 127.0.0.1 is listed, so the zone lists everything; zone taken out of use");
-            Some(false)
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            warn!(zone = %zone.zone, error = %e, "DNSBL self-test could not run; will retry");
-            None
-        }
+    let (usable, note) = match (test_listed, test_clean) {
+        (Ok(Some(_)), Ok(None)) => (Some(true), "DNSBL self-test passed".to_owned()),
+        (Ok(None), Ok(_)) => (
+            Some(false),
+            "DNSBL self-test failed: 127.0.0.2 is not listed; zone taken out of use (is the zone name right?)".to_owned(),
+        ),
+        (Ok(Some(_)), Ok(Some(_))) => (
+            Some(false),
+            "DNSBL self-test failed: 127.0.0.1 is listed, so the zone lists everything; zone taken out of use".to_owned(),
+        ),
+        (Err(e), _) | (_, Err(e)) => (
+            None,
+            format!("DNSBL self-test could not run ({e}); will retry"),
+        ),
     };
-    match verdict {
+    let test = ZoneTest {
+        zone: zone.zone.clone(),
+        usable,
+        note,
+    };
+    let now_usable = match usable {
         Some(usable) => {
             health.usable = usable;
             health.tested = Some(Instant::now());
             usable
         }
         None => health.tested.is_none() || health.usable,
-    }
+    };
+    (now_usable, Some(test))
 }
 
 /// Addresses no public blocklist lists: loopback, private, link-local, shared, unique local.

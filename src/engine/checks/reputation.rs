@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::task::JoinSet;
-use tracing::warn;
 
 use super::dnsbl::{self, DnsblError, label};
 use crate::engine::ports::Resolver;
@@ -84,6 +83,8 @@ pub struct ReputationResult {
     pub zones: Vec<(String, f64)>,
     /// Zones that could not be asked.
     pub failed: Vec<String>,
+    /// Zones left out because they answered with an error code, and what they said.
+    pub left_out: Vec<(String, String)>,
 }
 
 impl ReputationResult {
@@ -138,7 +139,7 @@ impl Reputation {
                 // An error answer is no score: the zone is left out, as the RBL check
                 // leaves it out by default, and the log says why.
                 Err(why @ DnsblError::ErrorCode(_)) => {
-                    warn!(zone = %zone.zone, error = %why, "reputation zone left out");
+                    result.left_out.push((zone.zone, why.to_string()));
                 }
                 Err(DnsblError::Lookup(_)) => result.failed.push(zone.zone),
             }
@@ -203,13 +204,13 @@ mod tests {
         let bad = ReputationResult {
             local: -30.0,
             zones: vec![("wl.test".into(), 5.0)],
-            failed: vec![],
+            ..ReputationResult::default()
         };
         assert_eq!(rep.verdict(ip, &bad).unwrap().reply().unwrap().code(), 554);
         let allowed = ReputationResult {
             local: -30.0,
             zones: vec![("wl.test".into(), 50.0)],
-            failed: vec![],
+            ..ReputationResult::default()
         };
         assert!(
             rep.verdict(ip, &allowed).is_none(),

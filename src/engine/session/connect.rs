@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::engine::checks::dos::RATE_WINDOW;
-use crate::engine::ports::Counter;
+use crate::engine::ports::{Counter, StoreError};
 
 impl Session {
     /// The client connected.
@@ -66,7 +66,7 @@ impl Session {
                 {
                     Ok(n) => Some(n),
                     Err(e) => {
-                        warn!(session = self.id, error = %e, "connection rate not counted");
+                        self.store_unavailable("connection rate", &e);
                         None
                     }
                 }
@@ -109,6 +109,15 @@ impl Session {
         if let Some(rbl) = self.policy.rbl.as_ref().filter(|_| !trusted && rbl_applies) {
             let started = Instant::now();
             let result = rbl.check(resolver, ip).await;
+            for test in &result.self_tests {
+                self.emit(&Event::Zone {
+                    session: self.id,
+                    check: CheckId::Rbl,
+                    zone: &test.zone,
+                    usable: test.usable,
+                    note: &test.note,
+                });
+            }
             let verdict = rbl.verdict(ip, &result);
             self.checked(CheckId::Rbl, verdict.as_ref(), result.to_string(), started);
             if let Some(verdict) = verdict {
@@ -127,11 +136,20 @@ impl Session {
             {
                 Ok(score) => score,
                 Err(e) => {
-                    warn!(session = self.id, error = %e, "learned reputation not read; counted as neutral");
+                    self.store_unavailable("learned reputation (read as neutral)", &e);
                     0.0
                 }
             };
             let result = reputation.check(resolver, local, ip).await;
+            for (zone, why) in &result.left_out {
+                self.emit(&Event::Zone {
+                    session: self.id,
+                    check: CheckId::Reputation,
+                    zone,
+                    usable: None,
+                    note: &format!("reputation zone left out: {why}"),
+                });
+            }
             let verdict = reputation.verdict(ip, &result);
             let detail = format!(
                 "score {} (local {}, zones {:?}, failed {:?})",
@@ -146,6 +164,15 @@ impl Session {
             }
         }
         Ok(None)
+    }
+
+    /// Reports that the store could not answer for `what`.
+    fn store_unavailable(&self, what: &'static str, error: &StoreError) {
+        self.emit(&Event::StoreUnavailable {
+            session: self.id,
+            what,
+            error: &error.to_string(),
+        });
     }
 
     /// Reports a check's result.
@@ -180,7 +207,7 @@ impl Session {
                 .add_reputation(ip, penalty, reputation.half_life)
                 .await
             {
-                warn!(session = self.id, error = %e, ?behaviour, "reputation not learned");
+                self.store_unavailable("learned reputation (not recorded)", &e);
             }
         }
     }
