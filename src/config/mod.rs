@@ -1,40 +1,35 @@
 //! The configuration file: one TOML document, parsed strictly (unknown keys are refused) and
 //! compiled into a [`Policy`] for the engine and settings for the doors.
 //!
+//! Each section is read and compiled in its own module, next to its struct; this one holds
+//! the file as a whole, its errors, and the order in which the sections compile.
+//!
 //! Every key, its default and its meaning is in `config/postern.toml`, which is also the
 //! embedded default configuration.
 
-use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
-use tokio::sync::Semaphore;
 use toml::Spanned;
 
 use crate::dns::DnsSettings;
-use crate::engine::checks::dos::ClientLimits;
-use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
-use crate::engine::checks::exploit_detection::HidingReply;
-use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
-use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
-use crate::engine::checks::reputation::{Penalties, Reputation, ReputationZone, ZoneKind};
-use crate::engine::checks::spf::{Spf, SpfAction, SpfHeader};
-use crate::engine::checks::{
-    EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction,
-};
-use crate::engine::policy::TraceHeader;
-use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
+use crate::engine::Policy;
 use crate::milter::MilterSettings;
-use crate::milter::socket::ListenSocket;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
 
+mod connection;
+mod delivery;
+mod dns;
+mod milter;
 mod proxy;
+mod rbl;
+mod reputation;
 mod rulesets;
+mod scan;
+mod spf;
 
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
@@ -102,7 +97,14 @@ impl Config {
                     message: inner.message().to_owned(),
                 }
             })?;
-        raw.compile(text, file)
+        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
+        raw.compile(config_dir)
+            .map_err(|(span, key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                line: (span != (0..0)).then(|| line_of(text, span.start)),
+                key,
+                message,
+            })
     }
 }
 
@@ -110,697 +112,123 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// A config error before it is given its file and line: the span, the key path, the message.
+type Invalid = (Range<usize>, String, String);
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
     hostname: Option<Spanned<String>>,
-    milter: MilterSection,
-    scan: ScanSection,
-    connection: ConnectionSection,
-    exploit_detection: ExploitDetectionSection,
-    dns: DnsSection,
-    rbl: RblSection,
-    relay: RelaySection,
+    milter: milter::MilterSection,
+    scan: scan::ScanSection,
+    connection: connection::ConnectionSection,
+    exploit_detection: connection::ExploitDetectionSection,
+    dns: dns::DnsSection,
+    rbl: rbl::RblSection,
+    relay: connection::RelaySection,
     #[serde(rename = "encryption_rule")]
-    encryption_rules: Vec<EncryptionRuleSection>,
-    spf: SpfSection,
-    dos_protection: DosSection,
+    encryption_rules: Vec<connection::EncryptionRuleSection>,
+    spf: spf::SpfSection,
+    dos_protection: connection::DosSection,
     #[serde(rename = "connection_profile")]
-    connection_profiles: Vec<ProfileSection>,
-    reputation: ReputationSection,
+    connection_profiles: Vec<connection::ProfileSection>,
+    reputation: reputation::ReputationSection,
     content: rulesets::ContentSection,
     #[serde(rename = "ruleset")]
     rulesets: Vec<rulesets::RulesetSection>,
     proxy: proxy::ProxySection,
-    delivery: proxy::DeliverySection,
+    delivery: delivery::DeliverySection,
     #[serde(rename = "relay_target")]
-    relay_targets: Vec<proxy::RelayTargetSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ReputationSection {
-    enabled: bool,
-    reject_match: bool,
-    tempfail_on_lookup_failure: bool,
-    threshold: i32,
-    half_life: NonZeroU64,
-    invalid_command_penalty: u32,
-    dictionary_attack_penalty: u32,
-    rbl_hit_penalty: u32,
-    refused_recipient_penalty: u32,
-    #[serde(rename = "zone")]
-    zones: Vec<ReputationZoneSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReputationZoneSection {
-    zone: String,
-    kind: ZoneKind,
-    #[serde(default)]
-    score: i32,
-}
-
-impl Default for ReputationSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            reject_match: true,
-            tempfail_on_lookup_failure: true,
-            threshold: -50,
-            half_life: NonZeroU64::new(3600).expect("nonzero"),
-            invalid_command_penalty: 1,
-            dictionary_attack_penalty: 20,
-            rbl_hit_penalty: 25,
-            refused_recipient_penalty: 2,
-            zones: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfileSection {
-    name: String,
-    #[serde(default)]
-    client_hosts: Vec<String>,
-    #[serde(default)]
-    sender_domains: Vec<String>,
-    #[serde(default)]
-    relay_control: RelayControl,
-    rbl: Option<bool>,
-    spf: Option<bool>,
-    #[serde(default)]
-    require_tls: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct DosSection {
-    enabled: bool,
-    max_connections_per_client: u32,
-    max_connection_rate_per_client: u32,
-}
-
-impl Default for DosSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_connections_per_client: 50,
-            max_connection_rate_per_client: 0,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct SpfSection {
-    enabled: bool,
-    treat_softfail_as_fail: bool,
-    fail_action: SpfAction,
-    softfail_action: SpfAction,
-    temperror_action: SpfAction,
-    permerror_action: SpfAction,
-    header: SpfHeader,
-    timeout: NonZeroU64,
-}
-
-impl Default for SpfSection {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            treat_softfail_as_fail: false,
-            fail_action: SpfAction::Reject,
-            softfail_action: SpfAction::Accept,
-            temperror_action: SpfAction::Tempfail,
-            permerror_action: SpfAction::Accept,
-            header: SpfHeader::ReceivedSpf,
-            timeout: NonZeroU64::new(20).expect("nonzero"),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EncryptionRuleSection {
-    #[serde(default = "any_domain")]
-    sender_domain: String,
-    #[serde(default = "any_domain")]
-    recipient_domain: String,
-    #[serde(default)]
-    sender_encryption: SenderEncryption,
-    #[serde(default)]
-    recipient_encryption: RecipientEncryption,
-    #[serde(default = "yes")]
-    enabled: bool,
-}
-
-fn any_domain() -> String {
-    "*".to_owned()
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RelaySection {
-    restrict_relaying: bool,
-    local_domains: Vec<String>,
-    #[serde(deserialize_with = "networks")]
-    allowed_relay_sources: Vec<IpNet>,
-    allow_relay_if_authenticated: bool,
-    skip_connection_tests: bool,
-}
-
-impl Default for RelaySection {
-    fn default() -> Self {
-        Self {
-            restrict_relaying: false,
-            local_domains: Vec::new(),
-            allowed_relay_sources: [
-                "127.0.0.0/8",
-                "::1/128",
-                "10.0.0.0/8",
-                "172.16.0.0/12",
-                "192.168.0.0/16",
-            ]
-            .iter()
-            .map(|n| n.parse().expect("static network"))
-            .collect(),
-            allow_relay_if_authenticated: false,
-            skip_connection_tests: true,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct DnsSection {
-    nameservers: Vec<SocketAddr>,
-    timeout: NonZeroU64,
-    attempts: NonZeroUsize,
-    cache_size: u64,
-}
-
-impl Default for DnsSection {
-    fn default() -> Self {
-        Self {
-            nameservers: Vec::new(),
-            timeout: NonZeroU64::new(5).expect("nonzero"),
-            attempts: NonZeroUsize::new(2).expect("nonzero"),
-            cache_size: 8192,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RblSection {
-    enabled: bool,
-    skip_local_ip: bool,
-    hit_action: HitAction,
-    hit_threshold: NonZeroU32,
-    lookup_failure_action: LookupFailureAction,
-    self_test_interval: NonZeroU64,
-    #[serde(rename = "zone")]
-    zones: Vec<RblZoneSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RblZoneSection {
-    zone: String,
-    #[serde(default)]
-    answers: Vec<AnswerRange>,
-    #[serde(default = "one")]
-    weight: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl Default for RblSection {
-    fn default() -> Self {
-        let zone = |name: &str| RblZoneSection {
-            zone: name.to_owned(),
-            answers: Vec::new(),
-            weight: 1,
-        };
-        Self {
-            enabled: false,
-            skip_local_ip: true,
-            hit_action: HitAction::Delay,
-            hit_threshold: NonZeroU32::new(1).expect("nonzero"),
-            lookup_failure_action: LookupFailureAction::Ignore,
-            self_test_interval: NonZeroU64::new(3600).expect("nonzero"),
-            zones: vec![zone("sbl-xbl.spamhaus.org"), zone("bl.spamcop.net")],
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct MilterSection {
-    listen: ListenSocket,
-    #[serde(deserialize_with = "octal_mode")]
-    socket_mode: u32,
-    max_inbound_connections: NonZeroUsize,
-    connection_timeout: NonZeroU64,
-    shutdown_timeout: u64,
-}
-
-impl Default for MilterSection {
-    fn default() -> Self {
-        Self {
-            listen: ListenSocket::default(),
-            socket_mode: 0o660,
-            max_inbound_connections: NonZeroUsize::new(256).expect("nonzero"),
-            connection_timeout: NonZeroU64::new(300).expect("nonzero"),
-            shutdown_timeout: 30,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ScanSection {
-    scan_failure_action: ScanFailureAction,
-    scan_timeout: NonZeroU64,
-    message_memory_limit: NonZeroUsize,
-    max_message_size: NonZeroU64,
-    max_header_fields: NonZeroUsize,
-    max_header_size: NonZeroU64,
-    max_concurrent_scans: usize,
-    spool_directory: Option<Spanned<PathBuf>>,
-    trace_header: bool,
-    trace_header_name: Spanned<String>,
-}
-
-impl Default for ScanSection {
-    fn default() -> Self {
-        Self {
-            scan_failure_action: ScanFailureAction::Delay,
-            scan_timeout: NonZeroU64::new(30).expect("nonzero"),
-            message_memory_limit: NonZeroUsize::new(1 << 20).expect("nonzero"),
-            max_message_size: NonZeroU64::new(40_000_000).expect("nonzero"),
-            max_header_fields: NonZeroUsize::new(1000).expect("nonzero"),
-            max_header_size: NonZeroU64::new(1 << 20).expect("nonzero"),
-            max_concurrent_scans: 0,
-            spool_directory: None,
-            trace_header: false,
-            trace_header_name: Spanned::new(0..0, "X-Postern-Verdict".to_owned()),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ConnectionSection {
-    delayed_rejection_state: Stage,
-    #[serde(deserialize_with = "networks")]
-    ip_address_rejection: Vec<IpNet>,
-    ip_address_rejection_reply: SmtpReply,
-    help_url: Option<String>,
-}
-
-impl Default for ConnectionSection {
-    fn default() -> Self {
-        Self {
-            delayed_rejection_state: Stage::None,
-            ip_address_rejection: Vec::new(),
-            ip_address_rejection_reply: "554 5.7.1 Client host rejected: access denied"
-                .parse()
-                .expect("static reply is valid"),
-            help_url: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ExploitDetectionSection {
-    drop_on_invalid_commands: bool,
-    max_invalid_commands: NonZeroU32,
-    address_hiding_on_dictionary_attack: bool,
-    max_failed_addresses: NonZeroU32,
-    address_hiding_reply: HidingReply,
-}
-
-impl Default for ExploitDetectionSection {
-    fn default() -> Self {
-        Self {
-            drop_on_invalid_commands: true,
-            max_invalid_commands: NonZeroU32::new(5).expect("nonzero"),
-            address_hiding_on_dictionary_attack: true,
-            max_failed_addresses: NonZeroU32::new(3).expect("nonzero"),
-            address_hiding_reply: HidingReply::Temporary,
-        }
-    }
+    relay_targets: Vec<delivery::RelayTargetSection>,
 }
 
 impl ConfigFile {
-    /// Checks what serde cannot and builds the policy.
-    fn compile(self, text: &str, file: &str) -> Result<Config, ConfigError> {
-        let invalid =
-            |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
-                file: file.to_owned(),
-                line: (span != (0..0)).then(|| line_of(text, span.start)),
-                key: key.to_owned(),
-                message,
-            };
-
-        let spool_directory = match self.scan.spool_directory {
-            Some(dir) => {
-                let span = dir.span();
-                let dir = dir.into_inner();
-                if !dir.is_dir() {
-                    return Err(invalid(
-                        span,
-                        "scan.spool_directory",
-                        format!(
-                            "{} is not an existing directory; create it or point the key at one",
-                            dir.display()
-                        ),
-                    ));
-                }
-                dir
-            }
-            None => std::env::temp_dir(),
-        };
-
-        let trace_name = &self.scan.trace_header_name;
-        if !valid_header_name(trace_name.get_ref()) {
-            return Err(invalid(
-                trace_name.span(),
-                "scan.trace_header_name",
-                format!(
-                    "{:?} is not a header field name (printable ASCII, no spaces or colons)",
-                    trace_name.get_ref()
-                ),
-            ));
-        }
-
-        let hostname = match self.hostname {
-            Some(h) if valid_hostname(h.get_ref()) => h.into_inner(),
-            Some(h) => {
-                return Err(invalid(
-                    h.span(),
-                    "hostname",
-                    format!(
-                        "{:?} is not a host name (letters, digits, '-' and '.')",
-                        h.get_ref()
-                    ),
-                ));
-            }
-            None => system_hostname(),
-        };
-
-        let help_url = match self.connection.help_url {
-            Some(url) if url.is_empty() => None,
-            Some(url) if url.len() <= 200 && url.bytes().all(|b| b.is_ascii_graphic()) => Some(url),
-            Some(url) => {
-                return Err(invalid(
-                    0..0,
-                    "connection.help_url",
-                    format!(
-                        "{url:?} is not a URL for a reply: printable ASCII without spaces, at most 200 characters"
-                    ),
-                ));
-            }
-            None => None,
-        };
-
-        let reputation_zones = self.reputation.enabled && !self.reputation.zones.is_empty();
-        let dns = (self.rbl.enabled || self.spf.enabled || reputation_zones).then(|| DnsSettings {
-            nameservers: self.dns.nameservers.clone(),
-            timeout: Duration::from_secs(self.dns.timeout.get()),
-            attempts: self.dns.attempts.get(),
-            cache_size: self.dns.cache_size,
-        });
-
-        let rbl = if self.rbl.enabled {
-            if self.rbl.zones.is_empty() {
-                return Err(invalid(
-                    0..0,
-                    "rbl.zone",
-                    "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
-                        .to_owned(),
-                ));
-            }
-            Some(Rbl {
-                zones: self
-                    .rbl
-                    .zones
-                    .into_iter()
-                    .map(|z| {
-                        Arc::new(Zone::new(
-                            z.zone.trim_end_matches('.').to_owned(),
-                            z.answers,
-                            z.weight,
-                        ))
-                    })
-                    .collect(),
-                skip_local_ip: self.rbl.skip_local_ip,
-                hit_action: self.rbl.hit_action,
-                hit_threshold: self.rbl.hit_threshold.get(),
-                lookup_failure_action: self.rbl.lookup_failure_action,
-                self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
-                help_url: help_url.clone(),
-            })
-        } else {
-            None
-        };
-
-        let reputation = self.reputation.enabled.then(|| Reputation {
-            zones: self
-                .reputation
-                .zones
-                .into_iter()
-                .map(|z| ReputationZone {
-                    zone: z.zone.trim_end_matches('.').to_owned(),
-                    kind: z.kind,
-                    score: z.score,
-                })
-                .collect(),
-            penalties: Penalties {
-                invalid_command: -f64::from(self.reputation.invalid_command_penalty),
-                dictionary_attack: -f64::from(self.reputation.dictionary_attack_penalty),
-                rbl_hit: -f64::from(self.reputation.rbl_hit_penalty),
-                refused_recipient: -f64::from(self.reputation.refused_recipient_penalty),
-            },
-            half_life: Duration::from_secs(self.reputation.half_life.get()),
-            threshold: f64::from(self.reputation.threshold),
-            reject_match: self.reputation.reject_match,
-            tempfail_on_lookup_failure: self.reputation.tempfail_on_lookup_failure,
-            help_url: help_url.clone(),
-        });
-
-        let spf = self.spf.enabled.then(|| Spf {
-            timeout: Duration::from_secs(self.spf.timeout.get()),
-            fail_action: self.spf.fail_action,
-            softfail_action: self.spf.softfail_action,
-            temperror_action: self.spf.temperror_action,
-            permerror_action: self.spf.permerror_action,
-            treat_softfail_as_fail: self.spf.treat_softfail_as_fail,
-            header: self.spf.header,
-            help_url: help_url.clone(),
-        });
-
-        if let Some(bad) = self
-            .relay
-            .local_domains
-            .iter()
-            .find(|d| !valid_hostname(d.trim_start_matches("*.").trim_start_matches('.')))
-        {
-            return Err(invalid(
-                0..0,
-                "relay.local_domains",
-                format!(
-                    "{bad:?} is not a domain (write example.org, or *.example.org for its subdomains)"
-                ),
-            ));
-        }
-        if self.relay.restrict_relaying && self.relay.local_domains.is_empty() {
-            return Err(invalid(
-                0..0,
-                "relay.local_domains",
-                "restrict_relaying is on but no local domain is listed, so every recipient of a client outside allowed_relay_sources would be refused; list the domains you receive mail for".to_owned(),
-            ));
-        }
-
-        let mut profiles = Vec::new();
-        for (n, p) in self.connection_profiles.into_iter().enumerate() {
-            let key = format!("connection_profile[{n}]");
-            let mut client_hosts = Vec::new();
-            for host in &p.client_hosts {
-                let parsed = host
-                    .parse::<IpNet>()
-                    .or_else(|_| host.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map(ClientHost::Network)
-                    .ok()
-                    .or_else(|| {
-                        valid_hostname(host).then(|| {
-                            ClientHost::Name(host.trim_end_matches('.').to_ascii_lowercase())
-                        })
-                    });
-                match parsed {
-                    Some(h) => client_hosts.push(h),
-                    None => {
-                        return Err(invalid(
-                            0..0,
-                            &format!("{key}.client_hosts"),
-                            format!(
-                                "{host:?} is neither an IP network (192.0.2.0/24, 2001:db8::/32) nor a host name"
-                            ),
-                        ));
-                    }
-                }
-            }
-            if matches!(
-                p.relay_control,
-                RelayControl::RestrictedExternal | RelayControl::RestrictedInternal
-            ) && self.relay.local_domains.is_empty()
-            {
-                return Err(invalid(
-                    0..0,
-                    &format!("{key}.relay_control"),
-                    format!(
-                        "profile {:?} restricts its clients to local domains, but [relay] local_domains is empty; list the domains you receive mail for",
-                        p.name
-                    ),
-                ));
-            }
-            let checks = ConnectionProfile::checks_by_default(p.relay_control);
-            profiles.push(ConnectionProfile {
-                name: p.name,
-                client_hosts,
-                sender_domains: p
-                    .sender_domains
-                    .iter()
-                    .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-                    .collect(),
-                relay_control: p.relay_control,
-                rbl: p.rbl.unwrap_or(checks),
-                spf: p.spf.unwrap_or(checks),
-                require_tls: p.require_tls,
-            });
-        }
-
-        let profile_names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
-        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
-        let proxy = proxy::compile_proxy(self.proxy, config_dir)
-            .map_err(|(span, key, message)| invalid(span, &key, message))?;
-        let delivery =
-            proxy::compile_delivery(self.delivery, self.relay_targets, &hostname, config_dir)
-                .map_err(|(span, key, message)| invalid(span, &key, message))?;
+    /// Checks what serde cannot and builds the settings, one section after another: a
+    /// section compiles after those it reads (the checks take the help URL, a ruleset names
+    /// profiles and relay targets), and the first error found is the one reported.
+    fn compile(self, config_dir: Option<&Path>) -> Result<Config, Invalid> {
+        let scan = scan::compile(self.scan)?;
+        let hostname = hostname(self.hostname)?;
+        let connection = connection::compile(self.connection)?;
+        let help_url = &connection.help_url;
+        let rbl = rbl::compile(self.rbl, help_url)?;
+        let reputation = reputation::compile(self.reputation, help_url);
+        let spf = spf::compile(self.spf, help_url);
+        // The resolver is set up only for a check that looks something up.
+        let needs_dns = rbl.is_some()
+            || spf.is_some()
+            || reputation.as_ref().is_some_and(|r| !r.zones.is_empty());
+        let dns = dns::compile(self.dns, needs_dns);
+        let relay = connection::relay(self.relay)?;
+        let profiles = connection::profiles(self.connection_profiles, &relay.restriction)?;
+        let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
+        let proxy = proxy::compile(self.proxy, config_dir)?;
+        let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
         let content = rulesets::compile(
             self.content,
             self.rulesets,
             &profile_names,
             &delivery,
             config_dir,
-        )
-        .map_err(|(span, key, message)| invalid(span, &key, message))?;
+        )?;
 
         let policy = Policy {
             content,
             hostname,
-            help_url,
-            scan_failure_action: self.scan.scan_failure_action,
-            scan_timeout: Duration::from_secs(self.scan.scan_timeout.get()),
-            scan_slots: Arc::new(Semaphore::new(match self.scan.max_concurrent_scans {
-                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-                n => n,
-            })),
-            message_limits: MessageLimits {
-                memory_limit: self.scan.message_memory_limit.get(),
-                max_message_size: self.scan.max_message_size.get(),
-                max_header_fields: self.scan.max_header_fields.get(),
-                max_header_size: self.scan.max_header_size.get(),
-                spool_directory,
-            },
-            delayed_rejection_state: self.connection.delayed_rejection_state,
-            ip_address_rejection: IpRejection::new(
-                self.connection.ip_address_rejection,
-                self.connection.ip_address_rejection_reply,
-            ),
-            profiles: Profiles(profiles),
-            client_limits: self.dos_protection.enabled.then(|| ClientLimits {
-                max_connections: Some(self.dos_protection.max_connections_per_client)
-                    .filter(|n| *n > 0),
-                max_connection_rate: Some(self.dos_protection.max_connection_rate_per_client)
-                    .filter(|n| *n > 0),
-            }),
+            help_url: connection.help_url,
+            scan_failure_action: scan.scan_failure_action,
+            scan_timeout: scan.scan_timeout,
+            scan_slots: scan.scan_slots,
+            message_limits: scan.message_limits,
+            delayed_rejection_state: connection.delayed_rejection_state,
+            ip_address_rejection: connection.ip_address_rejection,
+            profiles,
+            client_limits: connection::client_limits(self.dos_protection),
             rbl,
             reputation,
             spf,
-            relay: RelayRestriction {
-                local_domains: self
-                    .relay
-                    .local_domains
-                    .iter()
-                    .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-                    .collect(),
-                allowed_relay_sources: self.relay.allowed_relay_sources,
-                allow_relay_if_authenticated: self.relay.allow_relay_if_authenticated,
-            },
-            encryption_rules: EncryptionRules(
-                self.encryption_rules
-                    .into_iter()
-                    .filter(|r| r.enabled)
-                    .map(|r| EncryptionRule {
-                        sender_domain: r.sender_domain.to_ascii_lowercase(),
-                        recipient_domain: r.recipient_domain.to_ascii_lowercase(),
-                        sender_encryption: r.sender_encryption,
-                        recipient_encryption: r.recipient_encryption,
-                    })
-                    .collect(),
-            ),
-            restrict_relaying: self.relay.restrict_relaying,
-            skip_connection_tests_for_relay_sources: self.relay.skip_connection_tests,
-            exploit_detection: ExploitDetection {
-                max_invalid_commands: self
-                    .exploit_detection
-                    .drop_on_invalid_commands
-                    .then_some(self.exploit_detection.max_invalid_commands.get()),
-                max_failed_addresses: self
-                    .exploit_detection
-                    .address_hiding_on_dictionary_attack
-                    .then_some(self.exploit_detection.max_failed_addresses.get()),
-                hiding_reply: self.exploit_detection.address_hiding_reply,
-            },
-            trace_header: self.scan.trace_header.then(|| TraceHeader {
-                name: self.scan.trace_header_name.into_inner(),
-            }),
-        };
-        let milter = MilterSettings {
-            listen: self.milter.listen,
-            socket_mode: self.milter.socket_mode,
-            max_inbound_connections: self.milter.max_inbound_connections.get(),
-            connection_timeout: Duration::from_secs(self.milter.connection_timeout.get()),
-            shutdown_timeout: Duration::from_secs(self.milter.shutdown_timeout),
+            relay: relay.restriction,
+            encryption_rules: connection::encryption_rules(self.encryption_rules),
+            restrict_relaying: relay.restrict_relaying,
+            skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
+            exploit_detection: connection::exploit_detection(self.exploit_detection),
+            trace_header: scan.trace_header,
         };
         Ok(Config {
             policy,
             dns,
-            milter,
+            milter: milter::compile(self.milter),
             proxy,
             delivery,
         })
     }
 }
 
-fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let s = String::deserialize(d)?;
-    match u32::from_str_radix(&s, 8) {
-        Ok(mode) if mode <= 0o777 && !s.is_empty() => Ok(mode),
-        _ => Err(serde::de::Error::custom(format!(
-            "{s:?} is not an octal file mode such as \"0660\""
-        ))),
+/// The top-level `hostname` key; the system's host name when it is not set.
+fn hostname(key: Option<Spanned<String>>) -> Result<String, Invalid> {
+    match key {
+        Some(h) if valid_hostname(h.get_ref()) => Ok(h.into_inner()),
+        Some(h) => Err((
+            h.span(),
+            "hostname".into(),
+            format!(
+                "{:?} is not a host name (letters, digits, '-' and '.')",
+                h.get_ref()
+            ),
+        )),
+        None => Ok(system_hostname()),
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A path in the file is relative to the file's directory.
+fn relative(path: PathBuf, config_dir: Option<&Path>) -> PathBuf {
+    match config_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
     }
 }
 
@@ -852,6 +280,7 @@ fn system_hostname() -> String {
 mod tests {
     use super::*;
     use crate::engine::rules::ruleset::Action;
+    use crate::engine::{ScanFailureAction, Stage};
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()

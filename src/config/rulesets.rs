@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::Invalid;
 use crate::engine::SmtpReply;
 use crate::engine::rules::detectors::Detector;
 use crate::engine::rules::protect::{Protector, Secret, Tokenizer};
@@ -125,9 +126,6 @@ fn action_keys(action: &str) -> Option<&'static [&'static str]> {
         _ => return None,
     })
 }
-
-/// A config error before it is given its file and line: the span, the key path, the message.
-pub(super) type Invalid = (Range<usize>, String, String);
 
 pub(super) fn compile(
     content: ContentSection,
