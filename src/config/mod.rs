@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
+use serde_path_to_error::Segment;
 use toml::Spanned;
 
 use crate::dns::DnsSettings;
@@ -88,12 +89,12 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let raw: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
-                let key = e.path().to_string();
+                let key = key_path(e.path());
                 let inner = e.into_inner();
                 ConfigError::Invalid {
                     file: file.to_owned(),
                     line: inner.span().map(|s| line_of(text, s.start)),
-                    key: if key == "." { String::new() } else { key },
+                    key,
                     message: inner.message().to_owned(),
                 }
             })?;
@@ -106,6 +107,26 @@ impl Config {
                 message,
             })
     }
+}
+
+/// The key of a parse error as the file writes it, e.g. `relay_target[0].port`; empty for the
+/// file as a whole. A value read through `Spanned` adds the private field that `Spanned` takes
+/// it from to the path: it is left out.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: field } if field.starts_with("$__serde_spanned_private") => {}
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            named => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(&named.to_string());
+            }
+        }
+    }
+    key
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -473,6 +494,25 @@ mod tests {
         let e = error("[content]\n\nruleset_header = \"X Rulesets\"\n");
         assert!(
             e.starts_with("test.toml:3: key `content.ruleset_header`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_as_written() {
+        let e = error("[scan]\nspool_directory = 5\n");
+        assert!(
+            e.starts_with("test.toml:2: key `scan.spool_directory`: invalid type"),
+            "{e}"
+        );
+        let e = error("hostname = 5\n");
+        assert!(e.starts_with("test.toml:1: key `hostname`: "), "{e}");
+        let e = error(
+            "[[ruleset]]\nname = \"r\"\n[[ruleset.rule]]\nname = \"x\"\n\
+             targets = [\"body\", 1]\naction = \"redact\"\n",
+        );
+        assert!(
+            e.starts_with("test.toml:5: key `ruleset[0].rule[0].targets[1]`: "),
             "{e}"
         );
     }
