@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use toml::Spanned;
 
 use super::{Invalid, networks, valid_hostname, yes};
 use crate::engine::checks::dos::ClientLimits;
@@ -22,7 +23,7 @@ pub(super) struct ConnectionSection {
     #[serde(deserialize_with = "networks")]
     ip_address_rejection: Vec<IpNet>,
     ip_address_rejection_reply: SmtpReply,
-    help_url: Option<String>,
+    help_url: Option<Spanned<String>>,
 }
 
 impl Default for ConnectionSection {
@@ -48,14 +49,20 @@ pub(super) struct Connection {
 
 pub(super) fn compile(c: ConnectionSection) -> Result<Connection, Invalid> {
     let help_url = match c.help_url {
-        Some(url) if url.is_empty() => None,
-        Some(url) if url.len() <= 200 && url.bytes().all(|b| b.is_ascii_graphic()) => Some(url),
+        Some(url) if url.get_ref().is_empty() => None,
+        Some(url)
+            if url.get_ref().len() <= 200
+                && url.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(url.into_inner())
+        }
         Some(url) => {
             return Err((
-                0..0,
+                url.span(),
                 "connection.help_url".into(),
                 format!(
-                    "{url:?} is not a URL for a reply: printable ASCII without spaces, at most 200 characters"
+                    "{:?} is not a URL for a reply: printable ASCII without spaces, at most 200 characters",
+                    url.get_ref()
                 ),
             ));
         }
@@ -134,8 +141,9 @@ pub(super) fn client_limits(d: DosSection) -> Option<ClientLimits> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RelaySection {
-    restrict_relaying: bool,
-    local_domains: Vec<String>,
+    /// Unset: off. Kept with its line, for the error when no local domain is listed.
+    restrict_relaying: Option<Spanned<bool>>,
+    local_domains: Vec<Spanned<String>>,
     #[serde(deserialize_with = "networks")]
     allowed_relay_sources: Vec<IpNet>,
     allow_relay_if_authenticated: bool,
@@ -145,7 +153,7 @@ pub(super) struct RelaySection {
 impl Default for RelaySection {
     fn default() -> Self {
         Self {
-            restrict_relaying: false,
+            restrict_relaying: None,
             local_domains: Vec::new(),
             allowed_relay_sources: [
                 "127.0.0.0/8",
@@ -174,34 +182,40 @@ pub(super) fn relay(r: RelaySection) -> Result<Relay, Invalid> {
     if let Some(bad) = r
         .local_domains
         .iter()
-        .find(|d| !valid_hostname(d.trim_start_matches("*.").trim_start_matches('.')))
+        .find(|d| !valid_hostname(d.get_ref().trim_start_matches("*.").trim_start_matches('.')))
     {
         return Err((
-            0..0,
+            bad.span(),
             "relay.local_domains".into(),
             format!(
-                "{bad:?} is not a domain (write example.org, or *.example.org for its subdomains)"
+                "{:?} is not a domain (write example.org, or *.example.org for its subdomains)",
+                bad.get_ref()
             ),
         ));
     }
-    if r.restrict_relaying && r.local_domains.is_empty() {
-        return Err((
-            0..0,
-            "relay.local_domains".into(),
-            "restrict_relaying is on but no local domain is listed, so every recipient of a client outside allowed_relay_sources would be refused; list the domains you receive mail for".to_owned(),
-        ));
-    }
+    let restrict_relaying = match r.restrict_relaying {
+        // With no local domain to name, the error points at the key that needs one.
+        Some(on) if *on.get_ref() && r.local_domains.is_empty() => {
+            return Err((
+                on.span(),
+                "relay.local_domains".into(),
+                "restrict_relaying is on but no local domain is listed, so every recipient of a client outside allowed_relay_sources would be refused; list the domains you receive mail for".to_owned(),
+            ));
+        }
+        Some(on) => on.into_inner(),
+        None => false,
+    };
     Ok(Relay {
         restriction: RelayRestriction {
             local_domains: r
                 .local_domains
                 .iter()
-                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .map(|d| d.get_ref().trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
             allowed_relay_sources: r.allowed_relay_sources,
             allow_relay_if_authenticated: r.allow_relay_if_authenticated,
         },
-        restrict_relaying: r.restrict_relaying,
+        restrict_relaying,
         skip_connection_tests: r.skip_connection_tests,
     })
 }
@@ -246,11 +260,11 @@ pub(super) fn encryption_rules(rules: Vec<EncryptionRuleSection>) -> EncryptionR
 pub(super) struct ProfileSection {
     name: String,
     #[serde(default)]
-    client_hosts: Vec<String>,
+    client_hosts: Vec<Spanned<String>>,
     #[serde(default)]
     sender_domains: Vec<String>,
-    #[serde(default)]
-    relay_control: RelayControl,
+    /// Unset: the default, [`RelayControl::None`].
+    relay_control: Option<Spanned<RelayControl>>,
     rbl: Option<bool>,
     spf: Option<bool>,
     #[serde(default)]
@@ -266,7 +280,8 @@ pub(super) fn profiles(
     for (n, p) in sections.into_iter().enumerate() {
         let key = format!("connection_profile[{n}]");
         let mut client_hosts = Vec::new();
-        for host in &p.client_hosts {
+        for spanned in &p.client_hosts {
+            let host = spanned.get_ref();
             let parsed = host
                 .parse::<IpNet>()
                 .or_else(|_| host.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -280,7 +295,7 @@ pub(super) fn profiles(
                 Some(h) => client_hosts.push(h),
                 None => {
                     return Err((
-                        0..0,
+                        spanned.span(),
                         format!("{key}.client_hosts"),
                         format!(
                             "{host:?} is neither an IP network (192.0.2.0/24, 2001:db8::/32) nor a host name"
@@ -289,21 +304,26 @@ pub(super) fn profiles(
                 }
             }
         }
-        if matches!(
-            p.relay_control,
-            RelayControl::RestrictedExternal | RelayControl::RestrictedInternal
-        ) && relay.local_domains.is_empty()
-        {
-            return Err((
-                0..0,
-                format!("{key}.relay_control"),
-                format!(
-                    "profile {:?} restricts its clients to local domains, but [relay] local_domains is empty; list the domains you receive mail for",
-                    p.name
-                ),
-            ));
-        }
-        let checks = ConnectionProfile::checks_by_default(p.relay_control);
+        let relay_control = match p.relay_control {
+            Some(control)
+                if matches!(
+                    control.get_ref(),
+                    RelayControl::RestrictedExternal | RelayControl::RestrictedInternal
+                ) && relay.local_domains.is_empty() =>
+            {
+                return Err((
+                    control.span(),
+                    format!("{key}.relay_control"),
+                    format!(
+                        "profile {:?} restricts its clients to local domains, but [relay] local_domains is empty; list the domains you receive mail for",
+                        p.name
+                    ),
+                ));
+            }
+            Some(control) => control.into_inner(),
+            None => RelayControl::default(),
+        };
+        let checks = ConnectionProfile::checks_by_default(relay_control);
         profiles.push(ConnectionProfile {
             name: p.name,
             client_hosts,
@@ -312,7 +332,7 @@ pub(super) fn profiles(
                 .iter()
                 .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
-            relay_control: p.relay_control,
+            relay_control,
             rbl: p.rbl.unwrap_or(checks),
             spf: p.spf.unwrap_or(checks),
             require_tls: p.require_tls,

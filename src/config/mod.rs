@@ -102,7 +102,7 @@ impl Config {
         raw.compile(config_dir)
             .map_err(|(span, key, message)| ConfigError::Invalid {
                 file: file.to_owned(),
-                line: (span != (0..0)).then(|| line_of(text, span.start)),
+                line: Some(line_of(text, span.start)),
                 key,
                 message,
             })
@@ -302,6 +302,7 @@ mod tests {
     use super::*;
     use crate::engine::rules::ruleset::Action;
     use crate::engine::{ScanFailureAction, Stage};
+    use crate::relay::{RelayAuth, Security};
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()
@@ -496,6 +497,159 @@ mod tests {
             e.starts_with("test.toml:3: key `content.ruleset_header`"),
             "{e}"
         );
+    }
+
+    /// Asserts that `text` is refused at `line` with `key` named.
+    fn assert_error_at(text: &str, line: usize, key: &str) {
+        let e = error(text);
+        let at = format!("test.toml:{line}: key `{key}`: ");
+        assert!(e.starts_with(&at), "expected {at:?}, got: {e}");
+    }
+
+    #[test]
+    fn a_bad_help_url_names_its_line() {
+        assert_error_at(
+            "[connection]\n\nhelp_url = \"see https://example.org\"\n",
+            3,
+            "connection.help_url",
+        );
+    }
+
+    #[test]
+    fn rbl_without_zones_names_the_empty_list() {
+        assert_error_at("[rbl]\nenabled = true\n\nzone = []\n", 4, "rbl.zone");
+    }
+
+    #[test]
+    fn relay_errors_name_their_line() {
+        // A bad domain in a list written over several lines: the line of that domain.
+        assert_error_at(
+            "[relay]\nlocal_domains = [\n  \"example.org\",\n  \"bad domain\",\n]\n",
+            4,
+            "relay.local_domains",
+        );
+        // No local domain to point at: the key that needs one.
+        assert_error_at(
+            "[relay]\nallow_relay_if_authenticated = true\nrestrict_relaying = true\n",
+            3,
+            "relay.local_domains",
+        );
+    }
+
+    #[test]
+    fn connection_profile_errors_name_their_line() {
+        assert_error_at(
+            "[[connection_profile]]\nname = \"p\"\nclient_hosts = [\n  \"10.0.0.0/8\",\n  \"bad host!\",\n]\n",
+            5,
+            "connection_profile[0].client_hosts",
+        );
+        assert_error_at(
+            "[[connection_profile]]\nname = \"p\"\nrequire_tls = true\nrelay_control = \"restricted-internal\"\n",
+            4,
+            "connection_profile[0].relay_control",
+        );
+    }
+
+    #[test]
+    fn proxy_errors_name_their_line() {
+        assert_error_at(
+            "[proxy]\nlisten = []\nbanner = \"ESMTP \u{e9}\"\n",
+            3,
+            "proxy.banner",
+        );
+        assert_error_at(
+            "[proxy]\n\nstress_threshold = 101\n",
+            3,
+            "proxy.stress_threshold",
+        );
+        // Either half of the certificate pair alone: the line of the half given.
+        assert_error_at(
+            "[proxy]\nlisten = []\nkey_file = \"/nonexistent/key.pem\"\n",
+            3,
+            "proxy.certificate_file",
+        );
+        assert_error_at(
+            "[proxy]\n\ncertificate_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            3,
+            "proxy.certificate_file",
+        );
+        assert_error_at(
+            "[proxy]\n\nauth_users_file = \"/nonexistent/users\"\n",
+            3,
+            "proxy.auth_users_file",
+        );
+        assert_error_at(
+            "[proxy]\n\nsubmission_listen = [\"127.0.0.1:587\"]\n",
+            3,
+            "proxy.submission_listen",
+        );
+    }
+
+    #[test]
+    fn relay_target_errors_name_the_line_of_their_key() {
+        let target =
+            |keys: &str| format!("[[relay_target]]\nname = \"mta\"\nhost = \"127.0.0.1\"\n{keys}");
+        assert_error_at(
+            &target("line_limit = 10\n"),
+            4,
+            "relay_target[0].line_limit",
+        );
+        assert_error_at(
+            &target("port = 2525\npriority = 0\n"),
+            5,
+            "relay_target[0].priority",
+        );
+        assert_error_at(&target("auth = \"plain\"\n"), 4, "relay_target[0].auth");
+        let tls = "security = \"tls\"\nauth = \"login\"\n";
+        // A missing username or password: the auth key that needs it.
+        assert_error_at(&target(tls), 5, "relay_target[0].username");
+        assert_error_at(
+            &target(&format!("{tls}username = \"u\"\n")),
+            5,
+            "relay_target[0].password_file",
+        );
+        assert_error_at(
+            &target(&format!(
+                "{tls}username = \"u\"\npassword_env = \"POSTERN_TEST_UNSET_PASSWORD\"\n"
+            )),
+            7,
+            "relay_target[0].password_file",
+        );
+        assert_error_at(
+            &target("security = \"tls\"\nca_file = \"/nonexistent/ca.pem\"\n"),
+            5,
+            "relay_target[0].ca_file",
+        );
+    }
+
+    #[test]
+    fn a_bad_trace_header_name_names_its_line() {
+        assert_error_at(
+            "[scan]\ntrace_header = true\ntrace_header_name = \"X Verdict\"\n",
+            3,
+            "scan.trace_header_name",
+        );
+    }
+
+    #[test]
+    fn keys_left_out_take_their_documented_defaults() {
+        let c = Config::parse(
+            "[scan]\ntrace_header = true\n[[relay_target]]\nname = \"mta\"\nhost = \"h\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.policy.trace_header.unwrap().name, "X-Postern-Verdict");
+        assert_eq!(
+            c.policy.content.ruleset_header.as_deref(),
+            Some("X-Postern-Rulesets")
+        );
+        assert_eq!(c.proxy.banner, "ESMTP Postern");
+        assert_eq!(c.proxy.stress_threshold, 80);
+        assert!(!c.policy.restrict_relaying);
+        let t = &c.delivery.targets[0];
+        assert_eq!((t.port, t.priority, t.line_limit), (25, 1, 1000));
+        assert_eq!((t.security, t.auth), (Security::None, RelayAuth::None));
+        assert!(t.credentials.is_none() && t.tls.is_none());
     }
 
     #[test]

@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use super::{Invalid, relative};
 use crate::proxy::auth::Users;
@@ -18,15 +20,16 @@ use crate::proxy::{ClientTimeouts, ProxySettings};
 pub(super) struct ProxySection {
     listen: Vec<SocketAddr>,
     listen_tls: Vec<SocketAddr>,
-    submission_listen: Vec<SocketAddr>,
+    submission_listen: Vec<Spanned<SocketAddr>>,
     tls_support: TlsSupport,
-    certificate_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
+    certificate_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
     min_tls_version: TlsVersion,
     cipher_suites: Vec<String>,
     client_certificates: ClientCertificates,
     ca_certs: Option<PathBuf>,
-    banner: String,
+    /// Unset: [`BANNER`].
+    banner: Option<Spanned<String>>,
     max_inbound_connections: NonZeroUsize,
     line_limit: NonZeroUsize,
     max_recipients: NonZeroUsize,
@@ -37,7 +40,7 @@ pub(super) struct ProxySection {
     tls_negotiation_timeout: NonZeroU64,
     greet_pause_ms: u64,
     bare_newline: BareNewline,
-    auth_users_file: Option<PathBuf>,
+    auth_users_file: Option<Spanned<PathBuf>>,
     auth_over_plaintext: bool,
     max_auth_failures: NonZeroU32,
     max_auth_failures_per_client: u32,
@@ -47,10 +50,18 @@ pub(super) struct ProxySection {
     message_memory_budget: NonZeroUsize,
     junk_command_limit: u32,
     min_data_rate: u64,
-    stress_threshold: u8,
+    /// Unset: [`STRESS_THRESHOLD`].
+    stress_threshold: Option<Spanned<u8>>,
     stress_timeout: NonZeroU64,
     max_concurrent_password_checks: usize,
 }
+
+/// The greeting's text after the host name when `banner` is not set.
+const BANNER: &str = "ESMTP Postern";
+
+/// Percent of `max_inbound_connections` in use from which timeouts shorten, when
+/// `stress_threshold` is not set.
+const STRESS_THRESHOLD: u8 = 80;
 
 impl Default for ProxySection {
     fn default() -> Self {
@@ -66,7 +77,7 @@ impl Default for ProxySection {
             cipher_suites: Vec::new(),
             client_certificates: ClientCertificates::None,
             ca_certs: None,
-            banner: "ESMTP Postern".to_owned(),
+            banner: None,
             max_inbound_connections: NonZeroUsize::new(256).expect("nonzero"),
             line_limit: NonZeroUsize::new(1000).expect("nonzero"),
             max_recipients: NonZeroUsize::new(1000).expect("nonzero"),
@@ -87,7 +98,7 @@ impl Default for ProxySection {
             message_memory_budget: NonZeroUsize::new(256 << 20).expect("nonzero"),
             junk_command_limit: 100,
             min_data_rate: 500,
-            stress_threshold: 80,
+            stress_threshold: None,
             stress_timeout: nz(10),
             max_concurrent_password_checks: 0,
         }
@@ -98,65 +109,99 @@ pub(super) fn compile(
     p: ProxySection,
     config_dir: Option<&Path>,
 ) -> Result<ProxySettings, Invalid> {
-    let err = |key: &str, message: String| (0..0, format!("proxy.{key}"), message);
-    if p.certificate_file.is_some() != p.key_file.is_some() {
-        return Err(err(
-            "certificate_file",
-            "give both certificate_file and key_file, or neither".into(),
-        ));
-    }
-    if !p.banner.bytes().all(|b| (0x20..0x7f).contains(&b)) || p.banner.len() > 400 {
-        return Err(err(
-            "banner",
-            "the banner must be printable ASCII, at most 400 characters".into(),
-        ));
-    }
+    let err =
+        |span: Range<usize>, key: &str, message: String| (span, format!("proxy.{key}"), message);
+    // Either key alone is refused at its own line.
+    let certificate_span = match (&p.certificate_file, &p.key_file) {
+        (Some(cert), Some(_)) => Some(cert.span()),
+        (Some(alone), None) | (None, Some(alone)) => {
+            return Err(err(
+                alone.span(),
+                "certificate_file",
+                "give both certificate_file and key_file, or neither".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let banner = match p.banner {
+        Some(banner)
+            if !banner.get_ref().bytes().all(|c| (b' '..=b'~').contains(&c))
+                || banner.get_ref().len() > 400 =>
+        {
+            return Err(err(
+                banner.span(),
+                "banner",
+                "the banner must be printable ASCII, at most 400 characters".into(),
+            ));
+        }
+        Some(banner) => banner.into_inner(),
+        None => BANNER.to_owned(),
+    };
     let auth_users = match p.auth_users_file {
         Some(f) => {
             let checks = match p.max_concurrent_password_checks {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,
             };
+            let span = f.span();
             Some(
-                Users::load(&relative(f, config_dir), checks)
-                    .map_err(|m| err("auth_users_file", m))?,
+                Users::load(&relative(f.into_inner(), config_dir), checks)
+                    .map_err(|m| err(span, "auth_users_file", m))?,
             )
         }
-        None if !p.submission_listen.is_empty() => {
-            return Err(err(
-                "submission_listen",
-                "a submission listener requires AUTH: set auth_users_file".into(),
-            ));
-        }
-        None => None,
+        None => match p.submission_listen.first() {
+            Some(listener) => {
+                return Err(err(
+                    listener.span(),
+                    "submission_listen",
+                    "a submission listener requires AUTH: set auth_users_file".into(),
+                ));
+            }
+            None => None,
+        },
     };
     let tls = TlsSettings {
         support: p.tls_support,
-        certificate_file: p.certificate_file.map(|f| relative(f, config_dir)),
-        key_file: p.key_file.map(|f| relative(f, config_dir)),
+        certificate_file: p
+            .certificate_file
+            .map(|f| relative(f.into_inner(), config_dir)),
+        key_file: p.key_file.map(|f| relative(f.into_inner(), config_dir)),
         min_version: p.min_tls_version,
         cipher_suites: p.cipher_suites,
         client_certificates: p.client_certificates,
         ca_certs: p.ca_certs.map(|f| relative(f, config_dir)),
     };
-    // Certificates are read now so that check-config and a reload report them.
-    tls.acceptor().map_err(|m| err("certificate_file", m))?;
-    if p.stress_threshold > 100 {
-        return Err(err(
-            "stress_threshold",
-            format!(
-                "{} is not a percentage: give 1 to 100 (percent of max_inbound_connections in use), or 0 for never",
-                p.stress_threshold
-            ),
-        ));
+    // Certificates are read now so that check-config and a reload report them. Without
+    // them there is nothing to read: the acceptor is `None`.
+    if let Some(span) = certificate_span {
+        tls.acceptor()
+            .map_err(|m| err(span, "certificate_file", m))?;
     }
+    let stress_threshold = match p.stress_threshold {
+        Some(t) if *t.get_ref() > 100 => {
+            return Err(err(
+                t.span(),
+                "stress_threshold",
+                format!(
+                    "{} is not a percentage: give 1 to 100 (percent of max_inbound_connections in use), or 0 for never",
+                    t.get_ref()
+                ),
+            ));
+        }
+        Some(t) => t.into_inner(),
+        None => STRESS_THRESHOLD,
+    };
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());
     Ok(ProxySettings {
         listen: p.listen,
         listen_tls: p.listen_tls,
-        submission_listen: p.submission_listen,
+        submission_listen: p
+            .submission_listen
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         tls,
-        banner: p.banner,
+        banner,
         max_inbound_connections: p.max_inbound_connections.get(),
         line_limit: p.line_limit.get(),
         max_recipients: p.max_recipients.get(),
@@ -179,7 +224,7 @@ pub(super) fn compile(
         message_memory_budget: p.message_memory_budget.get(),
         junk_command_limit: p.junk_command_limit,
         min_data_rate: p.min_data_rate,
-        stress_threshold: p.stress_threshold,
+        stress_threshold,
         stress_timeout: secs(p.stress_timeout),
     })
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use super::Invalid;
 use crate::engine::checks::Rbl;
@@ -20,8 +21,9 @@ pub(super) struct RblSection {
     hit_threshold: NonZeroU32,
     lookup_failure_action: LookupFailureAction,
     self_test_interval: NonZeroU64,
+    /// Unset: [`default_zones`]. Kept with its line: only `zone = []` leaves the list empty.
     #[serde(rename = "zone")]
-    zones: Vec<RblZoneSection>,
+    zones: Option<Spanned<Vec<RblZoneSection>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,13 +40,18 @@ fn one() -> u32 {
     1
 }
 
+/// The seed's default zones, used when the file has no `zone` key at all.
+fn default_zones() -> Vec<RblZoneSection> {
+    let zone = |name: &str| RblZoneSection {
+        zone: name.to_owned(),
+        answers: Vec::new(),
+        weight: 1,
+    };
+    vec![zone("sbl-xbl.spamhaus.org"), zone("bl.spamcop.net")]
+}
+
 impl Default for RblSection {
     fn default() -> Self {
-        let zone = |name: &str| RblZoneSection {
-            zone: name.to_owned(),
-            answers: Vec::new(),
-            weight: 1,
-        };
         Self {
             enabled: false,
             skip_local_ip: true,
@@ -52,7 +59,7 @@ impl Default for RblSection {
             hit_threshold: NonZeroU32::new(1).expect("nonzero"),
             lookup_failure_action: LookupFailureAction::Ignore,
             self_test_interval: NonZeroU64::new(3600).expect("nonzero"),
-            zones: vec![zone("sbl-xbl.spamhaus.org"), zone("bl.spamcop.net")],
+            zones: None,
         }
     }
 }
@@ -62,17 +69,20 @@ pub(super) fn compile(r: RblSection, help_url: &Option<String>) -> Result<Option
     if !r.enabled {
         return Ok(None);
     }
-    if r.zones.is_empty() {
-        return Err((
-            0..0,
-            "rbl.zone".into(),
-            "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
-                .to_owned(),
-        ));
-    }
+    let zones = match r.zones {
+        Some(zones) if zones.get_ref().is_empty() => {
+            return Err((
+                zones.span(),
+                "rbl.zone".into(),
+                "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
+                    .to_owned(),
+            ));
+        }
+        Some(zones) => zones.into_inner(),
+        None => default_zones(),
+    };
     Ok(Some(Rbl {
-        zones: r
-            .zones
+        zones: zones
             .into_iter()
             .map(|z| {
                 Arc::new(Zone::new(

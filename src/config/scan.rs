@@ -26,8 +26,12 @@ pub(super) struct ScanSection {
     max_concurrent_scans: usize,
     spool_directory: Option<Spanned<PathBuf>>,
     trace_header: bool,
-    trace_header_name: Spanned<String>,
+    /// Unset: [`TRACE_HEADER_NAME`].
+    trace_header_name: Option<Spanned<String>>,
 }
+
+/// The trace header's name when `trace_header_name` is not set.
+const TRACE_HEADER_NAME: &str = "X-Postern-Verdict";
 
 impl Default for ScanSection {
     fn default() -> Self {
@@ -41,7 +45,7 @@ impl Default for ScanSection {
             max_concurrent_scans: 0,
             spool_directory: None,
             trace_header: false,
-            trace_header_name: Spanned::new(0..0, "X-Postern-Verdict".to_owned()),
+            trace_header_name: None,
         }
     }
 }
@@ -75,17 +79,20 @@ pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
         None => std::env::temp_dir(),
     };
 
-    let trace_name = &s.trace_header_name;
-    if !valid_header_name(trace_name.get_ref()) {
-        return Err((
-            trace_name.span(),
-            "scan.trace_header_name".into(),
-            format!(
-                "{:?} is not a header field name (printable ASCII, no spaces or colons)",
-                trace_name.get_ref()
-            ),
-        ));
-    }
+    let trace_header_name = match s.trace_header_name {
+        Some(name) if !valid_header_name(name.get_ref()) => {
+            return Err((
+                name.span(),
+                "scan.trace_header_name".into(),
+                format!(
+                    "{:?} is not a header field name (printable ASCII, no spaces or colons)",
+                    name.get_ref()
+                ),
+            ));
+        }
+        Some(name) => name.into_inner(),
+        None => TRACE_HEADER_NAME.to_owned(),
+    };
 
     Ok(Scan {
         scan_failure_action: s.scan_failure_action,
@@ -101,8 +108,8 @@ pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
             max_header_size: s.max_header_size.get(),
             spool_directory,
         },
-        trace_header: s.trace_header.then(|| TraceHeader {
-            name: s.trace_header_name.into_inner(),
+        trace_header: s.trace_header.then_some(TraceHeader {
+            name: trace_header_name,
         }),
     })
 }
