@@ -1,41 +1,36 @@
 //! The configuration file: one TOML document, parsed strictly (unknown keys are refused) and
 //! compiled into a [`Policy`] for the engine and settings for the doors.
 //!
+//! Each section is read and compiled in its own module, next to its struct; this one holds
+//! the file as a whole, its errors, and the order in which the sections compile.
+//!
 //! Every key, its default and its meaning is in `config/postern.toml`, which is also the
 //! embedded default configuration.
 
-use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
-use tokio::sync::Semaphore;
+use serde_path_to_error::Segment;
 use toml::Spanned;
 
 use crate::dns::DnsSettings;
-use crate::engine::address::DomainPattern;
-use crate::engine::checks::dos::ClientLimits;
-use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
-use crate::engine::checks::exploit_detection::HidingReply;
-use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
-use crate::engine::checks::rbl::{AnswerRange, HitAction, LookupFailureAction, Zone};
-use crate::engine::checks::reputation::{Penalties, Reputation, ReputationZone, ZoneKind};
-use crate::engine::checks::spf::{Spf, SpfAction, SpfHeader};
-use crate::engine::checks::{
-    EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction,
-};
-use crate::engine::policy::TraceHeader;
-use crate::engine::{MessageLimits, Policy, ScanFailureAction, SmtpReply, Stage};
+use crate::engine::Policy;
 use crate::milter::MilterSettings;
-use crate::milter::socket::ListenSocket;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
 
+mod connection;
+mod delivery;
+mod dns;
+mod milter;
 mod proxy;
+mod rbl;
+mod reputation;
 mod rulesets;
+mod scan;
+mod spf;
 
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
@@ -94,714 +89,167 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let raw: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
-                let key = e.path().to_string();
+                let key = key_path(e.path());
                 let inner = e.into_inner();
                 ConfigError::Invalid {
                     file: file.to_owned(),
                     line: inner.span().map(|s| line_of(text, s.start)),
-                    key: if key == "." { String::new() } else { key },
+                    key,
                     message: inner.message().to_owned(),
                 }
             })?;
-        raw.compile(text, file)
+        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
+        raw.compile(config_dir)
+            .map_err(|(span, key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                line: Some(line_of(text, span.start)),
+                key,
+                message,
+            })
     }
+}
+
+/// The key of a parse error as the file writes it, e.g. `relay_target[0].port`; empty for the
+/// file as a whole. A value read through `Spanned` adds the private field that `Spanned` takes
+/// it from to the path: it is left out.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: field } if field.starts_with("$__serde_spanned_private") => {}
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            named => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(&named.to_string());
+            }
+        }
+    }
+    key
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// A config error before it is given its file and line: the span, the key path, the message.
+type Invalid = (Range<usize>, String, String);
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
     hostname: Option<Spanned<String>>,
-    milter: MilterSection,
-    scan: ScanSection,
-    connection: ConnectionSection,
-    exploit_detection: ExploitDetectionSection,
-    dns: DnsSection,
-    rbl: RblSection,
-    relay: RelaySection,
+    milter: milter::MilterSection,
+    scan: scan::ScanSection,
+    connection: connection::ConnectionSection,
+    exploit_detection: connection::ExploitDetectionSection,
+    dns: dns::DnsSection,
+    rbl: rbl::RblSection,
+    relay: connection::RelaySection,
     #[serde(rename = "encryption_rule")]
-    encryption_rules: Vec<EncryptionRuleSection>,
-    spf: SpfSection,
-    dos_protection: DosSection,
+    encryption_rules: Vec<connection::EncryptionRuleSection>,
+    spf: spf::SpfSection,
+    dos_protection: connection::DosSection,
     #[serde(rename = "connection_profile")]
-    connection_profiles: Vec<ProfileSection>,
-    reputation: ReputationSection,
+    connection_profiles: Vec<connection::ProfileSection>,
+    reputation: reputation::ReputationSection,
     content: rulesets::ContentSection,
     #[serde(rename = "ruleset")]
     rulesets: Vec<rulesets::RulesetSection>,
     proxy: proxy::ProxySection,
-    delivery: proxy::DeliverySection,
+    delivery: delivery::DeliverySection,
     #[serde(rename = "relay_target")]
-    relay_targets: Vec<proxy::RelayTargetSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ReputationSection {
-    enabled: bool,
-    reject_match: bool,
-    tempfail_on_lookup_failure: bool,
-    threshold: i32,
-    half_life: NonZeroU64,
-    invalid_command_penalty: u32,
-    dictionary_attack_penalty: u32,
-    rbl_hit_penalty: u32,
-    refused_recipient_penalty: u32,
-    #[serde(rename = "zone")]
-    zones: Vec<ReputationZoneSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReputationZoneSection {
-    zone: String,
-    kind: ZoneKind,
-    #[serde(default)]
-    score: i32,
-}
-
-impl Default for ReputationSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            reject_match: true,
-            tempfail_on_lookup_failure: true,
-            threshold: -50,
-            half_life: NonZeroU64::new(3600).expect("nonzero"),
-            invalid_command_penalty: 1,
-            dictionary_attack_penalty: 20,
-            rbl_hit_penalty: 25,
-            refused_recipient_penalty: 2,
-            zones: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfileSection {
-    name: String,
-    #[serde(default)]
-    client_hosts: Vec<String>,
-    #[serde(default)]
-    sender_domains: Vec<String>,
-    #[serde(default)]
-    relay_control: RelayControl,
-    rbl: Option<bool>,
-    spf: Option<bool>,
-    #[serde(default)]
-    require_tls: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct DosSection {
-    enabled: bool,
-    max_connections_per_client: u32,
-    max_connection_rate_per_client: u32,
-}
-
-impl Default for DosSection {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_connections_per_client: 50,
-            max_connection_rate_per_client: 0,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct SpfSection {
-    enabled: bool,
-    treat_softfail_as_fail: bool,
-    fail_action: SpfAction,
-    softfail_action: SpfAction,
-    temperror_action: SpfAction,
-    permerror_action: SpfAction,
-    header: SpfHeader,
-    timeout: NonZeroU64,
-}
-
-impl Default for SpfSection {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            treat_softfail_as_fail: false,
-            fail_action: SpfAction::Reject,
-            softfail_action: SpfAction::Accept,
-            temperror_action: SpfAction::Tempfail,
-            permerror_action: SpfAction::Accept,
-            header: SpfHeader::ReceivedSpf,
-            timeout: NonZeroU64::new(20).expect("nonzero"),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EncryptionRuleSection {
-    #[serde(default = "any_domain")]
-    sender_domain: String,
-    #[serde(default = "any_domain")]
-    recipient_domain: String,
-    #[serde(default)]
-    sender_encryption: SenderEncryption,
-    #[serde(default)]
-    recipient_encryption: RecipientEncryption,
-    #[serde(default = "yes")]
-    enabled: bool,
-}
-
-fn any_domain() -> String {
-    "*".to_owned()
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RelaySection {
-    restrict_relaying: bool,
-    local_domains: Vec<String>,
-    #[serde(deserialize_with = "networks")]
-    allowed_relay_sources: Vec<IpNet>,
-    allow_relay_if_authenticated: bool,
-    skip_connection_tests: bool,
-}
-
-impl Default for RelaySection {
-    fn default() -> Self {
-        Self {
-            restrict_relaying: false,
-            local_domains: Vec::new(),
-            allowed_relay_sources: [
-                "127.0.0.0/8",
-                "::1/128",
-                "10.0.0.0/8",
-                "172.16.0.0/12",
-                "192.168.0.0/16",
-            ]
-            .iter()
-            .map(|n| n.parse().expect("static network"))
-            .collect(),
-            allow_relay_if_authenticated: false,
-            skip_connection_tests: true,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct DnsSection {
-    nameservers: Vec<SocketAddr>,
-    timeout: NonZeroU64,
-    attempts: NonZeroUsize,
-    cache_size: u64,
-}
-
-impl Default for DnsSection {
-    fn default() -> Self {
-        Self {
-            nameservers: Vec::new(),
-            timeout: NonZeroU64::new(5).expect("nonzero"),
-            attempts: NonZeroUsize::new(2).expect("nonzero"),
-            cache_size: 8192,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RblSection {
-    enabled: bool,
-    skip_local_ip: bool,
-    hit_action: HitAction,
-    hit_threshold: NonZeroU32,
-    lookup_failure_action: LookupFailureAction,
-    self_test_interval: NonZeroU64,
-    #[serde(rename = "zone")]
-    zones: Vec<RblZoneSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RblZoneSection {
-    zone: String,
-    #[serde(default)]
-    answers: Vec<AnswerRange>,
-    #[serde(default = "one")]
-    weight: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl Default for RblSection {
-    fn default() -> Self {
-        let zone = |name: &str| RblZoneSection {
-            zone: name.to_owned(),
-            answers: Vec::new(),
-            weight: 1,
-        };
-        Self {
-            enabled: false,
-            skip_local_ip: true,
-            hit_action: HitAction::Delay,
-            hit_threshold: NonZeroU32::new(1).expect("nonzero"),
-            lookup_failure_action: LookupFailureAction::Ignore,
-            self_test_interval: NonZeroU64::new(3600).expect("nonzero"),
-            zones: vec![zone("sbl-xbl.spamhaus.org"), zone("bl.spamcop.net")],
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct MilterSection {
-    listen: ListenSocket,
-    #[serde(deserialize_with = "octal_mode")]
-    socket_mode: u32,
-    max_inbound_connections: NonZeroUsize,
-    connection_timeout: NonZeroU64,
-    shutdown_timeout: u64,
-}
-
-impl Default for MilterSection {
-    fn default() -> Self {
-        Self {
-            listen: ListenSocket::default(),
-            socket_mode: 0o660,
-            max_inbound_connections: NonZeroUsize::new(256).expect("nonzero"),
-            connection_timeout: NonZeroU64::new(300).expect("nonzero"),
-            shutdown_timeout: 30,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ScanSection {
-    scan_failure_action: ScanFailureAction,
-    scan_timeout: NonZeroU64,
-    message_memory_limit: NonZeroUsize,
-    max_message_size: NonZeroU64,
-    max_header_fields: NonZeroUsize,
-    max_header_size: NonZeroU64,
-    max_concurrent_scans: usize,
-    spool_directory: Option<Spanned<PathBuf>>,
-    trace_header: bool,
-    trace_header_name: Spanned<String>,
-}
-
-impl Default for ScanSection {
-    fn default() -> Self {
-        Self {
-            scan_failure_action: ScanFailureAction::Delay,
-            scan_timeout: NonZeroU64::new(30).expect("nonzero"),
-            message_memory_limit: NonZeroUsize::new(1 << 20).expect("nonzero"),
-            max_message_size: NonZeroU64::new(40_000_000).expect("nonzero"),
-            max_header_fields: NonZeroUsize::new(1000).expect("nonzero"),
-            max_header_size: NonZeroU64::new(1 << 20).expect("nonzero"),
-            max_concurrent_scans: 0,
-            spool_directory: None,
-            trace_header: false,
-            trace_header_name: Spanned::new(0..0, "X-Postern-Verdict".to_owned()),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ConnectionSection {
-    delayed_rejection_state: Stage,
-    #[serde(deserialize_with = "networks")]
-    ip_address_rejection: Vec<IpNet>,
-    ip_address_rejection_reply: SmtpReply,
-    help_url: Option<String>,
-}
-
-impl Default for ConnectionSection {
-    fn default() -> Self {
-        Self {
-            delayed_rejection_state: Stage::None,
-            ip_address_rejection: Vec::new(),
-            ip_address_rejection_reply: "554 5.7.1 Client host rejected: access denied"
-                .parse()
-                .expect("static reply is valid"),
-            help_url: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ExploitDetectionSection {
-    drop_on_invalid_commands: bool,
-    max_invalid_commands: NonZeroU32,
-    address_hiding_on_dictionary_attack: bool,
-    max_failed_addresses: NonZeroU32,
-    address_hiding_reply: HidingReply,
-}
-
-impl Default for ExploitDetectionSection {
-    fn default() -> Self {
-        Self {
-            drop_on_invalid_commands: true,
-            max_invalid_commands: NonZeroU32::new(5).expect("nonzero"),
-            address_hiding_on_dictionary_attack: true,
-            max_failed_addresses: NonZeroU32::new(3).expect("nonzero"),
-            address_hiding_reply: HidingReply::Temporary,
-        }
-    }
+    relay_targets: Vec<delivery::RelayTargetSection>,
 }
 
 impl ConfigFile {
-    /// Checks what serde cannot and builds the policy.
-    fn compile(self, text: &str, file: &str) -> Result<Config, ConfigError> {
-        let invalid =
-            |span: std::ops::Range<usize>, key: &str, message: String| ConfigError::Invalid {
-                file: file.to_owned(),
-                line: (span != (0..0)).then(|| line_of(text, span.start)),
-                key: key.to_owned(),
-                message,
-            };
-
-        let spool_directory = match self.scan.spool_directory {
-            Some(dir) => {
-                let span = dir.span();
-                let dir = dir.into_inner();
-                if !dir.is_dir() {
-                    return Err(invalid(
-                        span,
-                        "scan.spool_directory",
-                        format!(
-                            "{} is not an existing directory; create it or point the key at one",
-                            dir.display()
-                        ),
-                    ));
-                }
-                dir
-            }
-            None => std::env::temp_dir(),
-        };
-
-        let trace_name = &self.scan.trace_header_name;
-        if !valid_header_name(trace_name.get_ref()) {
-            return Err(invalid(
-                trace_name.span(),
-                "scan.trace_header_name",
-                format!(
-                    "{:?} is not a header field name (printable ASCII, no spaces or colons)",
-                    trace_name.get_ref()
-                ),
-            ));
-        }
-
-        let hostname = match self.hostname {
-            Some(h) if valid_hostname(h.get_ref()) => h.into_inner(),
-            Some(h) => {
-                return Err(invalid(
-                    h.span(),
-                    "hostname",
-                    format!(
-                        "{:?} is not a host name (letters, digits, '-' and '.')",
-                        h.get_ref()
-                    ),
-                ));
-            }
-            None => system_hostname(),
-        };
-
-        let help_url = match self.connection.help_url {
-            Some(url) if url.is_empty() => None,
-            Some(url) if url.len() <= 200 && url.bytes().all(|b| b.is_ascii_graphic()) => Some(url),
-            Some(url) => {
-                return Err(invalid(
-                    0..0,
-                    "connection.help_url",
-                    format!(
-                        "{url:?} is not a URL for a reply: printable ASCII without spaces, at most 200 characters"
-                    ),
-                ));
-            }
-            None => None,
-        };
-
-        let reputation_zones = self.reputation.enabled && !self.reputation.zones.is_empty();
-        let dns = (self.rbl.enabled || self.spf.enabled || reputation_zones).then(|| DnsSettings {
-            nameservers: self.dns.nameservers.clone(),
-            timeout: Duration::from_secs(self.dns.timeout.get()),
-            attempts: self.dns.attempts.get(),
-            cache_size: self.dns.cache_size,
-        });
-
-        let rbl = if self.rbl.enabled {
-            if self.rbl.zones.is_empty() {
-                return Err(invalid(
-                    0..0,
-                    "rbl.zone",
-                    "RBL is enabled but no [[rbl.zone]] is listed; add one or set enabled = false"
-                        .to_owned(),
-                ));
-            }
-            Some(Rbl {
-                zones: self
-                    .rbl
-                    .zones
-                    .into_iter()
-                    .map(|z| {
-                        Arc::new(Zone::new(
-                            z.zone.trim_end_matches('.').to_owned(),
-                            z.answers,
-                            z.weight,
-                        ))
-                    })
-                    .collect(),
-                skip_local_ip: self.rbl.skip_local_ip,
-                hit_action: self.rbl.hit_action,
-                hit_threshold: self.rbl.hit_threshold.get(),
-                lookup_failure_action: self.rbl.lookup_failure_action,
-                self_test_interval: Duration::from_secs(self.rbl.self_test_interval.get()),
-                help_url: help_url.clone(),
-            })
-        } else {
-            None
-        };
-
-        let reputation = self.reputation.enabled.then(|| Reputation {
-            zones: self
-                .reputation
-                .zones
-                .into_iter()
-                .map(|z| ReputationZone {
-                    zone: z.zone.trim_end_matches('.').to_owned(),
-                    kind: z.kind,
-                    score: z.score,
-                })
-                .collect(),
-            penalties: Penalties {
-                invalid_command: -f64::from(self.reputation.invalid_command_penalty),
-                dictionary_attack: -f64::from(self.reputation.dictionary_attack_penalty),
-                rbl_hit: -f64::from(self.reputation.rbl_hit_penalty),
-                refused_recipient: -f64::from(self.reputation.refused_recipient_penalty),
-            },
-            half_life: Duration::from_secs(self.reputation.half_life.get()),
-            threshold: f64::from(self.reputation.threshold),
-            reject_match: self.reputation.reject_match,
-            tempfail_on_lookup_failure: self.reputation.tempfail_on_lookup_failure,
-            help_url: help_url.clone(),
-        });
-
-        let spf = self.spf.enabled.then(|| Spf {
-            timeout: Duration::from_secs(self.spf.timeout.get()),
-            fail_action: self.spf.fail_action,
-            softfail_action: self.spf.softfail_action,
-            temperror_action: self.spf.temperror_action,
-            permerror_action: self.spf.permerror_action,
-            treat_softfail_as_fail: self.spf.treat_softfail_as_fail,
-            header: self.spf.header,
-            help_url: help_url.clone(),
-        });
-
-        if let Some(bad) = self
-            .relay
-            .local_domains
-            .iter()
-            .find(|d| !valid_hostname(d.trim_start_matches("*.").trim_start_matches('.')))
-        {
-            return Err(invalid(
-                0..0,
-                "relay.local_domains",
-                format!(
-                    "{bad:?} is not a domain (write example.org, or *.example.org for its subdomains)"
-                ),
-            ));
-        }
-        if self.relay.restrict_relaying && self.relay.local_domains.is_empty() {
-            return Err(invalid(
-                0..0,
-                "relay.local_domains",
-                "restrict_relaying is on but no local domain is listed, so every recipient of a client outside allowed_relay_sources would be refused; list the domains you receive mail for".to_owned(),
-            ));
-        }
-
-        let mut profiles = Vec::new();
-        for (n, p) in self.connection_profiles.into_iter().enumerate() {
-            let key = format!("connection_profile[{n}]");
-            let mut client_hosts = Vec::new();
-            for host in &p.client_hosts {
-                let parsed = host
-                    .parse::<IpNet>()
-                    .or_else(|_| host.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map(ClientHost::Network)
-                    .ok()
-                    .or_else(|| {
-                        valid_hostname(host).then(|| {
-                            ClientHost::Name(host.trim_end_matches('.').to_ascii_lowercase())
-                        })
-                    });
-                match parsed {
-                    Some(h) => client_hosts.push(h),
-                    None => {
-                        return Err(invalid(
-                            0..0,
-                            &format!("{key}.client_hosts"),
-                            format!(
-                                "{host:?} is neither an IP network (192.0.2.0/24, 2001:db8::/32) nor a host name"
-                            ),
-                        ));
-                    }
-                }
-            }
-            if matches!(
-                p.relay_control,
-                RelayControl::RestrictedExternal | RelayControl::RestrictedInternal
-            ) && self.relay.local_domains.is_empty()
-            {
-                return Err(invalid(
-                    0..0,
-                    &format!("{key}.relay_control"),
-                    format!(
-                        "profile {:?} restricts its clients to local domains, but [relay] local_domains is empty; list the domains you receive mail for",
-                        p.name
-                    ),
-                ));
-            }
-            let checks = ConnectionProfile::checks_by_default(p.relay_control);
-            profiles.push(ConnectionProfile {
-                name: p.name,
-                client_hosts,
-                sender_domains: p
-                    .sender_domains
-                    .iter()
-                    .map(|d| DomainPattern::new(d))
-                    .collect(),
-                relay_control: p.relay_control,
-                rbl: p.rbl.unwrap_or(checks),
-                spf: p.spf.unwrap_or(checks),
-                require_tls: p.require_tls,
-            });
-        }
-
-        let profile_names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
-        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
-        let proxy = proxy::compile_proxy(self.proxy, config_dir)
-            .map_err(|(span, key, message)| invalid(span, &key, message))?;
-        let delivery =
-            proxy::compile_delivery(self.delivery, self.relay_targets, &hostname, config_dir)
-                .map_err(|(span, key, message)| invalid(span, &key, message))?;
+    /// Checks what serde cannot and builds the settings, one section after another: a
+    /// section compiles after those it reads (the checks take the help URL, a ruleset names
+    /// profiles and relay targets), and the first error found is the one reported.
+    fn compile(self, config_dir: Option<&Path>) -> Result<Config, Invalid> {
+        let scan = scan::compile(self.scan)?;
+        let hostname = hostname(self.hostname)?;
+        let connection = connection::compile(self.connection)?;
+        let help_url = &connection.help_url;
+        let rbl = rbl::compile(self.rbl, help_url)?;
+        let reputation = reputation::compile(self.reputation, help_url);
+        let spf = spf::compile(self.spf, help_url);
+        // The resolver is set up only for a check that looks something up.
+        let needs_dns = rbl.is_some()
+            || spf.is_some()
+            || reputation.as_ref().is_some_and(|r| !r.zones.is_empty());
+        let dns = dns::compile(self.dns, needs_dns);
+        let relay = connection::relay(self.relay)?;
+        let profiles = connection::profiles(self.connection_profiles, &relay.restriction)?;
+        let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
+        let proxy = proxy::compile(self.proxy, config_dir)?;
+        let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
         let content = rulesets::compile(
             self.content,
             self.rulesets,
             &profile_names,
             &delivery,
             config_dir,
-        )
-        .map_err(|(span, key, message)| invalid(span, &key, message))?;
+        )?;
 
         let policy = Policy {
             content,
             hostname,
-            help_url,
-            scan_failure_action: self.scan.scan_failure_action,
-            scan_timeout: Duration::from_secs(self.scan.scan_timeout.get()),
-            scan_slots: Arc::new(Semaphore::new(match self.scan.max_concurrent_scans {
-                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-                n => n,
-            })),
-            message_limits: MessageLimits {
-                memory_limit: self.scan.message_memory_limit.get(),
-                max_message_size: self.scan.max_message_size.get(),
-                max_header_fields: self.scan.max_header_fields.get(),
-                max_header_size: self.scan.max_header_size.get(),
-                spool_directory,
-            },
-            delayed_rejection_state: self.connection.delayed_rejection_state,
-            ip_address_rejection: IpRejection::new(
-                self.connection.ip_address_rejection,
-                self.connection.ip_address_rejection_reply,
-            ),
-            profiles: Profiles(profiles),
-            client_limits: self.dos_protection.enabled.then(|| ClientLimits {
-                max_connections: Some(self.dos_protection.max_connections_per_client)
-                    .filter(|n| *n > 0),
-                max_connection_rate: Some(self.dos_protection.max_connection_rate_per_client)
-                    .filter(|n| *n > 0),
-            }),
+            help_url: connection.help_url,
+            scan_failure_action: scan.scan_failure_action,
+            scan_timeout: scan.scan_timeout,
+            scan_slots: scan.scan_slots,
+            message_limits: scan.message_limits,
+            delayed_rejection_state: connection.delayed_rejection_state,
+            ip_address_rejection: connection.ip_address_rejection,
+            profiles,
+            client_limits: connection::client_limits(self.dos_protection),
             rbl,
             reputation,
             spf,
-            relay: RelayRestriction {
-                local_domains: self
-                    .relay
-                    .local_domains
-                    .iter()
-                    .map(|d| DomainPattern::new(d))
-                    .collect(),
-                allowed_relay_sources: self.relay.allowed_relay_sources,
-                allow_relay_if_authenticated: self.relay.allow_relay_if_authenticated,
-            },
-            encryption_rules: EncryptionRules(
-                self.encryption_rules
-                    .into_iter()
-                    .filter(|r| r.enabled)
-                    .map(|r| EncryptionRule {
-                        sender_domain: DomainPattern::new(&r.sender_domain),
-                        recipient_domain: DomainPattern::new(&r.recipient_domain),
-                        sender_encryption: r.sender_encryption,
-                        recipient_encryption: r.recipient_encryption,
-                    })
-                    .collect(),
-            ),
-            restrict_relaying: self.relay.restrict_relaying,
-            skip_connection_tests_for_relay_sources: self.relay.skip_connection_tests,
-            exploit_detection: ExploitDetection {
-                max_invalid_commands: self
-                    .exploit_detection
-                    .drop_on_invalid_commands
-                    .then_some(self.exploit_detection.max_invalid_commands.get()),
-                max_failed_addresses: self
-                    .exploit_detection
-                    .address_hiding_on_dictionary_attack
-                    .then_some(self.exploit_detection.max_failed_addresses.get()),
-                hiding_reply: self.exploit_detection.address_hiding_reply,
-            },
-            trace_header: self.scan.trace_header.then(|| TraceHeader {
-                name: self.scan.trace_header_name.into_inner(),
-            }),
-        };
-        let milter = MilterSettings {
-            listen: self.milter.listen,
-            socket_mode: self.milter.socket_mode,
-            max_inbound_connections: self.milter.max_inbound_connections.get(),
-            connection_timeout: Duration::from_secs(self.milter.connection_timeout.get()),
-            shutdown_timeout: Duration::from_secs(self.milter.shutdown_timeout),
+            relay: relay.restriction,
+            encryption_rules: connection::encryption_rules(self.encryption_rules),
+            restrict_relaying: relay.restrict_relaying,
+            skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
+            exploit_detection: connection::exploit_detection(self.exploit_detection),
+            trace_header: scan.trace_header,
         };
         Ok(Config {
             policy,
             dns,
-            milter,
+            milter: milter::compile(self.milter),
             proxy,
             delivery,
         })
     }
 }
 
-fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    let s = String::deserialize(d)?;
-    match u32::from_str_radix(&s, 8) {
-        Ok(mode) if mode <= 0o777 && !s.is_empty() => Ok(mode),
-        _ => Err(serde::de::Error::custom(format!(
-            "{s:?} is not an octal file mode such as \"0660\""
-        ))),
+/// The top-level `hostname` key; the system's host name when it is not set.
+fn hostname(key: Option<Spanned<String>>) -> Result<String, Invalid> {
+    match key {
+        Some(h) if valid_hostname(h.get_ref()) => Ok(h.into_inner()),
+        Some(h) => Err((
+            h.span(),
+            "hostname".into(),
+            format!(
+                "{:?} is not a host name (letters, digits, '-' and '.')",
+                h.get_ref()
+            ),
+        )),
+        None => Ok(system_hostname()),
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A path in the file is relative to the file's directory.
+fn relative(path: PathBuf, config_dir: Option<&Path>) -> PathBuf {
+    match config_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
     }
 }
 
@@ -853,6 +301,8 @@ fn system_hostname() -> String {
 mod tests {
     use super::*;
     use crate::engine::rules::ruleset::Action;
+    use crate::engine::{ScanFailureAction, Stage};
+    use crate::relay::{RelayAuth, Security};
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()
@@ -942,7 +392,7 @@ mod tests {
             e.starts_with("test.toml:2: key `dns.nameservers[0]`"),
             "{e}"
         );
-        // Enabled without zones listed: the seed's default zones.
+        // Enabled without zones listed: the default zones.
         let c = Config::parse(
             "[dns]\nnameservers = [\"127.0.0.1:53\"]\n[rbl]\nenabled = true\n",
             "t",
@@ -1045,6 +495,178 @@ mod tests {
         let e = error("[content]\n\nruleset_header = \"X Rulesets\"\n");
         assert!(
             e.starts_with("test.toml:3: key `content.ruleset_header`"),
+            "{e}"
+        );
+    }
+
+    /// Asserts that `text` is refused at `line` with `key` named.
+    fn assert_error_at(text: &str, line: usize, key: &str) {
+        let e = error(text);
+        let at = format!("test.toml:{line}: key `{key}`: ");
+        assert!(e.starts_with(&at), "expected {at:?}, got: {e}");
+    }
+
+    #[test]
+    fn a_bad_help_url_names_its_line() {
+        assert_error_at(
+            "[connection]\n\nhelp_url = \"see https://example.org\"\n",
+            3,
+            "connection.help_url",
+        );
+    }
+
+    #[test]
+    fn rbl_without_zones_names_the_empty_list() {
+        assert_error_at("[rbl]\nenabled = true\n\nzone = []\n", 4, "rbl.zone");
+    }
+
+    #[test]
+    fn relay_errors_name_their_line() {
+        // A bad domain in a list written over several lines: the line of that domain.
+        assert_error_at(
+            "[relay]\nlocal_domains = [\n  \"example.org\",\n  \"bad domain\",\n]\n",
+            4,
+            "relay.local_domains",
+        );
+        // No local domain to point at: the key that needs one.
+        assert_error_at(
+            "[relay]\nallow_relay_if_authenticated = true\nrestrict_relaying = true\n",
+            3,
+            "relay.local_domains",
+        );
+    }
+
+    #[test]
+    fn connection_profile_errors_name_their_line() {
+        assert_error_at(
+            "[[connection_profile]]\nname = \"p\"\nclient_hosts = [\n  \"10.0.0.0/8\",\n  \"bad host!\",\n]\n",
+            5,
+            "connection_profile[0].client_hosts",
+        );
+        assert_error_at(
+            "[[connection_profile]]\nname = \"p\"\nrequire_tls = true\nrelay_control = \"restricted-internal\"\n",
+            4,
+            "connection_profile[0].relay_control",
+        );
+    }
+
+    #[test]
+    fn proxy_errors_name_their_line() {
+        assert_error_at(
+            "[proxy]\nlisten = []\nbanner = \"ESMTP \u{e9}\"\n",
+            3,
+            "proxy.banner",
+        );
+        assert_error_at(
+            "[proxy]\n\nstress_threshold = 101\n",
+            3,
+            "proxy.stress_threshold",
+        );
+        // Either half of the certificate pair alone: the line of the half given.
+        assert_error_at(
+            "[proxy]\nlisten = []\nkey_file = \"/nonexistent/key.pem\"\n",
+            3,
+            "proxy.certificate_file",
+        );
+        assert_error_at(
+            "[proxy]\n\ncertificate_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            3,
+            "proxy.certificate_file",
+        );
+        assert_error_at(
+            "[proxy]\n\nauth_users_file = \"/nonexistent/users\"\n",
+            3,
+            "proxy.auth_users_file",
+        );
+        assert_error_at(
+            "[proxy]\n\nsubmission_listen = [\"127.0.0.1:587\"]\n",
+            3,
+            "proxy.submission_listen",
+        );
+    }
+
+    #[test]
+    fn relay_target_errors_name_the_line_of_their_key() {
+        let target =
+            |keys: &str| format!("[[relay_target]]\nname = \"mta\"\nhost = \"127.0.0.1\"\n{keys}");
+        assert_error_at(
+            &target("line_limit = 10\n"),
+            4,
+            "relay_target[0].line_limit",
+        );
+        assert_error_at(
+            &target("port = 2525\npriority = 0\n"),
+            5,
+            "relay_target[0].priority",
+        );
+        assert_error_at(&target("auth = \"plain\"\n"), 4, "relay_target[0].auth");
+        let tls = "security = \"tls\"\nauth = \"login\"\n";
+        // A missing username or password: the auth key that needs it.
+        assert_error_at(&target(tls), 5, "relay_target[0].username");
+        assert_error_at(
+            &target(&format!("{tls}username = \"u\"\n")),
+            5,
+            "relay_target[0].password_file",
+        );
+        assert_error_at(
+            &target(&format!(
+                "{tls}username = \"u\"\npassword_env = \"POSTERN_TEST_UNSET_PASSWORD\"\n"
+            )),
+            7,
+            "relay_target[0].password_file",
+        );
+        assert_error_at(
+            &target("security = \"tls\"\nca_file = \"/nonexistent/ca.pem\"\n"),
+            5,
+            "relay_target[0].ca_file",
+        );
+    }
+
+    #[test]
+    fn a_bad_trace_header_name_names_its_line() {
+        assert_error_at(
+            "[scan]\ntrace_header = true\ntrace_header_name = \"X Verdict\"\n",
+            3,
+            "scan.trace_header_name",
+        );
+    }
+
+    #[test]
+    fn keys_left_out_take_their_documented_defaults() {
+        let c = Config::parse(
+            "[scan]\ntrace_header = true\n[[relay_target]]\nname = \"mta\"\nhost = \"h\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.policy.trace_header.unwrap().name, "X-Postern-Verdict");
+        assert_eq!(
+            c.policy.content.ruleset_header.as_deref(),
+            Some("X-Postern-Rulesets")
+        );
+        assert_eq!(c.proxy.banner, "ESMTP Postern");
+        assert_eq!(c.proxy.stress_threshold, 80);
+        assert!(!c.policy.restrict_relaying);
+        let t = &c.delivery.targets[0];
+        assert_eq!((t.port, t.priority, t.line_limit), (25, 1, 1000));
+        assert_eq!((t.security, t.auth), (Security::None, RelayAuth::None));
+        assert!(t.credentials.is_none() && t.tls.is_none());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_as_written() {
+        let e = error("[scan]\nspool_directory = 5\n");
+        assert!(
+            e.starts_with("test.toml:2: key `scan.spool_directory`: invalid type"),
+            "{e}"
+        );
+        let e = error("hostname = 5\n");
+        assert!(e.starts_with("test.toml:1: key `hostname`: "), "{e}");
+        let e = error(
+            "[[ruleset]]\nname = \"r\"\n[[ruleset.rule]]\nname = \"x\"\n\
+             targets = [\"body\", 1]\naction = \"redact\"\n",
+        );
+        assert!(
+            e.starts_with("test.toml:5: key `ruleset[0].rule[0].targets[1]`: "),
             "{e}"
         );
     }

@@ -8,6 +8,7 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::Invalid;
 use crate::engine::SmtpReply;
 use crate::engine::address::DomainPattern;
 use crate::engine::rules::detectors::Detector;
@@ -17,21 +18,16 @@ use crate::engine::rules::ruleset::{
 };
 use crate::relay::Delivery;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ContentSection {
-    /// Header naming the rulesets that changed a message; "" for none.
-    ruleset_header: Spanned<String>,
+    /// Header naming the rulesets that changed a message; "" for none. Unset:
+    /// [`RULESET_HEADER`].
+    ruleset_header: Option<Spanned<String>>,
 }
 
-impl Default for ContentSection {
-    fn default() -> Self {
-        Self {
-            // The default is a valid name: no error ever points at its empty span.
-            ruleset_header: Spanned::new(0..0, "X-Postern-Rulesets".to_owned()),
-        }
-    }
-}
+/// The ruleset header's name when `ruleset_header` is not set.
+const RULESET_HEADER: &str = "X-Postern-Rulesets";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,9 +123,6 @@ fn action_keys(action: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-/// A config error before it is given its file and line: the span, the key path, the message.
-pub(super) type Invalid = (Range<usize>, String, String);
-
 pub(super) fn compile(
     content: ContentSection,
     rulesets: Vec<RulesetSection>,
@@ -137,15 +130,20 @@ pub(super) fn compile(
     delivery: &Delivery,
     config_dir: Option<&Path>,
 ) -> Result<ContentPolicy, Invalid> {
-    let header_span = content.ruleset_header.span();
-    let header = content.ruleset_header.into_inner();
-    if !header.is_empty() && !super::valid_header_name(&header) {
-        return Err((
-            header_span,
-            "content.ruleset_header".into(),
-            format!("{header:?} is not a header field name (printable ASCII, no spaces or colons)"),
-        ));
-    }
+    let header = match content.ruleset_header {
+        Some(h) if !h.get_ref().is_empty() && !super::valid_header_name(h.get_ref()) => {
+            return Err((
+                h.span(),
+                "content.ruleset_header".into(),
+                format!(
+                    "{:?} is not a header field name (printable ASCII, no spaces or colons)",
+                    h.get_ref()
+                ),
+            ));
+        }
+        Some(h) => h.into_inner(),
+        None => RULESET_HEADER.to_owned(),
+    };
     let mut compiled = Vec::new();
     for (i, rs) in rulesets.into_iter().enumerate() {
         let key = format!("ruleset[{i}]");

@@ -1,0 +1,343 @@
+//! `[connection]`, `[exploit_detection]`, `[dos_protection]`, `[relay]`, `[[encryption_rule]]`
+//! and `[[connection_profile]]`: which clients are refused, limited or trusted, who may relay
+//! to which domains, and which connections must be encrypted.
+
+use std::num::NonZeroU32;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Invalid, networks, valid_hostname, yes};
+use crate::engine::address::DomainPattern;
+use crate::engine::checks::dos::ClientLimits;
+use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
+use crate::engine::checks::exploit_detection::HidingReply;
+use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
+use crate::engine::checks::{EncryptionRules, ExploitDetection, IpRejection, RelayRestriction};
+use crate::engine::{SmtpReply, Stage};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ConnectionSection {
+    delayed_rejection_state: Stage,
+    #[serde(deserialize_with = "networks")]
+    ip_address_rejection: Vec<IpNet>,
+    ip_address_rejection_reply: SmtpReply,
+    help_url: Option<Spanned<String>>,
+}
+
+impl Default for ConnectionSection {
+    fn default() -> Self {
+        Self {
+            delayed_rejection_state: Stage::None,
+            ip_address_rejection: Vec::new(),
+            ip_address_rejection_reply: "554 5.7.1 Client host rejected: access denied"
+                .parse()
+                .expect("static reply is valid"),
+            help_url: None,
+        }
+    }
+}
+
+/// What `[connection]` gives the policy.
+pub(super) struct Connection {
+    pub(super) delayed_rejection_state: Stage,
+    pub(super) ip_address_rejection: IpRejection,
+    /// Added to the replies of Postern's own checks, so it is compiled before them.
+    pub(super) help_url: Option<String>,
+}
+
+pub(super) fn compile(c: ConnectionSection) -> Result<Connection, Invalid> {
+    let help_url = match c.help_url {
+        Some(url) if url.get_ref().is_empty() => None,
+        Some(url)
+            if url.get_ref().len() <= 200
+                && url.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(url.into_inner())
+        }
+        Some(url) => {
+            return Err((
+                url.span(),
+                "connection.help_url".into(),
+                format!(
+                    "{:?} is not a URL for a reply: printable ASCII without spaces, at most 200 characters",
+                    url.get_ref()
+                ),
+            ));
+        }
+        None => None,
+    };
+    Ok(Connection {
+        delayed_rejection_state: c.delayed_rejection_state,
+        ip_address_rejection: IpRejection::new(
+            c.ip_address_rejection,
+            c.ip_address_rejection_reply,
+        ),
+        help_url,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct ExploitDetectionSection {
+    drop_on_invalid_commands: bool,
+    max_invalid_commands: NonZeroU32,
+    address_hiding_on_dictionary_attack: bool,
+    max_failed_addresses: NonZeroU32,
+    address_hiding_reply: HidingReply,
+}
+
+impl Default for ExploitDetectionSection {
+    fn default() -> Self {
+        Self {
+            drop_on_invalid_commands: true,
+            max_invalid_commands: NonZeroU32::new(5).expect("nonzero"),
+            address_hiding_on_dictionary_attack: true,
+            max_failed_addresses: NonZeroU32::new(3).expect("nonzero"),
+            address_hiding_reply: HidingReply::Temporary,
+        }
+    }
+}
+
+pub(super) fn exploit_detection(e: ExploitDetectionSection) -> ExploitDetection {
+    ExploitDetection {
+        max_invalid_commands: e
+            .drop_on_invalid_commands
+            .then_some(e.max_invalid_commands.get()),
+        max_failed_addresses: e
+            .address_hiding_on_dictionary_attack
+            .then_some(e.max_failed_addresses.get()),
+        hiding_reply: e.address_hiding_reply,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct DosSection {
+    enabled: bool,
+    max_connections_per_client: u32,
+    max_connection_rate_per_client: u32,
+}
+
+impl Default for DosSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_connections_per_client: 50,
+            max_connection_rate_per_client: 0,
+        }
+    }
+}
+
+/// `None` when DoS protection is off; a limit of 0 is no limit.
+pub(super) fn client_limits(d: DosSection) -> Option<ClientLimits> {
+    d.enabled.then(|| ClientLimits {
+        max_connections: Some(d.max_connections_per_client).filter(|n| *n > 0),
+        max_connection_rate: Some(d.max_connection_rate_per_client).filter(|n| *n > 0),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RelaySection {
+    /// Unset: off. Kept with its line, for the error when no local domain is listed.
+    restrict_relaying: Option<Spanned<bool>>,
+    local_domains: Vec<Spanned<String>>,
+    #[serde(deserialize_with = "networks")]
+    allowed_relay_sources: Vec<IpNet>,
+    allow_relay_if_authenticated: bool,
+    skip_connection_tests: bool,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            restrict_relaying: None,
+            local_domains: Vec::new(),
+            allowed_relay_sources: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+            ]
+            .iter()
+            .map(|n| n.parse().expect("static network"))
+            .collect(),
+            allow_relay_if_authenticated: false,
+            skip_connection_tests: true,
+        }
+    }
+}
+
+/// What `[relay]` gives the policy.
+pub(super) struct Relay {
+    pub(super) restriction: RelayRestriction,
+    pub(super) restrict_relaying: bool,
+    pub(super) skip_connection_tests: bool,
+}
+
+pub(super) fn relay(r: RelaySection) -> Result<Relay, Invalid> {
+    if let Some(bad) = r
+        .local_domains
+        .iter()
+        .find(|d| !valid_hostname(d.get_ref().trim_start_matches("*.").trim_start_matches('.')))
+    {
+        return Err((
+            bad.span(),
+            "relay.local_domains".into(),
+            format!(
+                "{:?} is not a domain (write example.org, or *.example.org for its subdomains)",
+                bad.get_ref()
+            ),
+        ));
+    }
+    let restrict_relaying = match r.restrict_relaying {
+        // With no local domain to name, the error points at the key that needs one.
+        Some(on) if *on.get_ref() && r.local_domains.is_empty() => {
+            return Err((
+                on.span(),
+                "relay.local_domains".into(),
+                "restrict_relaying is on but no local domain is listed, so every recipient of a client outside allowed_relay_sources would be refused; list the domains you receive mail for".to_owned(),
+            ));
+        }
+        Some(on) => on.into_inner(),
+        None => false,
+    };
+    Ok(Relay {
+        restriction: RelayRestriction {
+            local_domains: r
+                .local_domains
+                .iter()
+                .map(|d| DomainPattern::new(d.get_ref()))
+                .collect(),
+            allowed_relay_sources: r.allowed_relay_sources,
+            allow_relay_if_authenticated: r.allow_relay_if_authenticated,
+        },
+        restrict_relaying,
+        skip_connection_tests: r.skip_connection_tests,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EncryptionRuleSection {
+    #[serde(default = "any_domain")]
+    sender_domain: String,
+    #[serde(default = "any_domain")]
+    recipient_domain: String,
+    #[serde(default)]
+    sender_encryption: SenderEncryption,
+    #[serde(default)]
+    recipient_encryption: RecipientEncryption,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn any_domain() -> String {
+    "*".to_owned()
+}
+
+/// The enabled rules, in order.
+pub(super) fn encryption_rules(rules: Vec<EncryptionRuleSection>) -> EncryptionRules {
+    EncryptionRules(
+        rules
+            .into_iter()
+            .filter(|r| r.enabled)
+            .map(|r| EncryptionRule {
+                sender_domain: DomainPattern::new(&r.sender_domain),
+                recipient_domain: DomainPattern::new(&r.recipient_domain),
+                sender_encryption: r.sender_encryption,
+                recipient_encryption: r.recipient_encryption,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProfileSection {
+    name: String,
+    #[serde(default)]
+    client_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    sender_domains: Vec<String>,
+    /// Unset: the default, [`RelayControl::None`].
+    relay_control: Option<Spanned<RelayControl>>,
+    rbl: Option<bool>,
+    spf: Option<bool>,
+    #[serde(default)]
+    require_tls: bool,
+}
+
+/// The connection profiles, in order; a restricted profile needs `[relay]`'s local domains.
+pub(super) fn profiles(
+    sections: Vec<ProfileSection>,
+    relay: &RelayRestriction,
+) -> Result<Profiles, Invalid> {
+    let mut profiles = Vec::new();
+    for (n, p) in sections.into_iter().enumerate() {
+        let key = format!("connection_profile[{n}]");
+        let mut client_hosts = Vec::new();
+        for spanned in &p.client_hosts {
+            let host = spanned.get_ref();
+            let parsed = host
+                .parse::<IpNet>()
+                .or_else(|_| host.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(ClientHost::Network)
+                .ok()
+                .or_else(|| {
+                    valid_hostname(host)
+                        .then(|| ClientHost::Name(host.trim_end_matches('.').to_ascii_lowercase()))
+                });
+            match parsed {
+                Some(h) => client_hosts.push(h),
+                None => {
+                    return Err((
+                        spanned.span(),
+                        format!("{key}.client_hosts"),
+                        format!(
+                            "{host:?} is neither an IP network (192.0.2.0/24, 2001:db8::/32) nor a host name"
+                        ),
+                    ));
+                }
+            }
+        }
+        let relay_control = match p.relay_control {
+            Some(control)
+                if matches!(
+                    control.get_ref(),
+                    RelayControl::RestrictedExternal | RelayControl::RestrictedInternal
+                ) && relay.local_domains.is_empty() =>
+            {
+                return Err((
+                    control.span(),
+                    format!("{key}.relay_control"),
+                    format!(
+                        "profile {:?} restricts its clients to local domains, but [relay] local_domains is empty; list the domains you receive mail for",
+                        p.name
+                    ),
+                ));
+            }
+            Some(control) => control.into_inner(),
+            None => RelayControl::default(),
+        };
+        let checks = ConnectionProfile::checks_by_default(relay_control);
+        profiles.push(ConnectionProfile {
+            name: p.name,
+            client_hosts,
+            sender_domains: p
+                .sender_domains
+                .iter()
+                .map(|d| DomainPattern::new(d))
+                .collect(),
+            relay_control,
+            rbl: p.rbl.unwrap_or(checks),
+            spf: p.spf.unwrap_or(checks),
+            require_tls: p.require_tls,
+        });
+    }
+    Ok(Profiles(profiles))
+}
