@@ -25,7 +25,7 @@ use crate::logging::LogEvents;
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
 use crate::relay::{RelayOutbound, SharedDelivery};
-use crate::state::MemoryStore;
+use crate::state::{MemoryStore, StateSettings};
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
 #[derive(Debug)]
@@ -69,6 +69,8 @@ pub struct App {
     pub delivery: SharedDelivery,
     resolver: Arc<CurrentResolver>,
     dns: Mutex<Option<DnsSettings>>,
+    /// The store's settings at start: the store is built once.
+    state: StateSettings,
 }
 
 impl App {
@@ -82,7 +84,7 @@ impl App {
         let ports = Ports {
             resolver: resolver.clone(),
             outbound: Arc::new(RelayOutbound::new(delivery.clone())),
-            store: Arc::new(MemoryStore::default()),
+            store: Arc::new(MemoryStore::with_capacity(config.state.max_tracked_clients)),
             events: Arc::new(LogEvents),
         };
         let app = Self {
@@ -90,6 +92,7 @@ impl App {
             delivery,
             resolver,
             dns: Mutex::new(config.dns),
+            state: config.state,
         };
         Ok((app, config.milter, config.proxy))
     }
@@ -146,6 +149,12 @@ impl App {
             info!("[dns] settings changed: the resolver is replaced");
             self.resolver.0.store(Arc::new(resolver));
             dns.clone_from(&config.dns);
+        }
+        if config.state != self.state {
+            warn!(
+                key = "state.max_tracked_clients",
+                "setting changed: it takes effect at the next restart"
+            );
         }
         self.delivery.store(Arc::new(config.delivery));
         match door {

@@ -14,7 +14,7 @@ use toml::Spanned;
 use super::{Invalid, relative};
 use crate::engine::rules::protect::Secret;
 use crate::proxy::tls::TlsVersion;
-use crate::relay::{Delivery, RelayAuth, RelayTarget, Security};
+use crate::relay::{ConnectionCache, Delivery, RelayAuth, RelayTarget, Security};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +24,7 @@ pub(super) struct DeliverySection {
     protocol_timeout: NonZeroU64,
     data_timeout: NonZeroU64,
     connection_cache_time: u64,
+    max_idle_connections: usize,
     xforward: bool,
 }
 
@@ -36,6 +37,7 @@ impl Default for DeliverySection {
             protocol_timeout: nz(60),
             data_timeout: nz(600),
             connection_cache_time: 2,
+            max_idle_connections: 64,
             xforward: true,
         }
     }
@@ -159,7 +161,10 @@ pub(super) fn compile(
         secs(d.connection_timeout),
         secs(d.protocol_timeout),
         secs(d.data_timeout),
-        Duration::from_secs(d.connection_cache_time),
+        ConnectionCache {
+            keep: Duration::from_secs(d.connection_cache_time),
+            max_idle: d.max_idle_connections,
+        },
     );
     delivery.xforward = d.xforward;
     Ok(delivery)

@@ -20,6 +20,7 @@ use crate::engine::Policy;
 use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
+use crate::state::StateSettings;
 
 mod connection;
 mod delivery;
@@ -31,6 +32,7 @@ mod reputation;
 mod rulesets;
 mod scan;
 mod spf;
+mod state;
 
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
@@ -66,6 +68,7 @@ pub struct Config {
     pub milter: MilterSettings,
     pub proxy: ProxySettings,
     pub delivery: Delivery,
+    pub state: StateSettings,
 }
 
 impl Config {
@@ -161,6 +164,7 @@ struct ConfigFile {
     delivery: delivery::DeliverySection,
     #[serde(rename = "relay_target")]
     relay_targets: Vec<delivery::RelayTargetSection>,
+    state: state::StateSection,
 }
 
 impl ConfigFile {
@@ -221,6 +225,7 @@ impl ConfigFile {
             milter: milter::compile(self.milter),
             proxy,
             delivery,
+            state: state::compile(self.state),
         })
     }
 }

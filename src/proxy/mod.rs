@@ -81,6 +81,9 @@ pub struct ProxySettings {
     /// over all its connections, before AUTH is refused it; 0 for no such limit.
     pub max_auth_failures_per_client: u32,
     pub auth_failure_window: Duration,
+    /// The pause before a failed AUTH is answered, times the connection's failures so far
+    /// (`auth_failure_delay_ms`): guessing gets slower without holding other clients up.
+    pub auth_failure_delay: Duration,
     pub shutdown_timeout: Duration,
     /// Add a `Received:` field for this hop to every relayed message (`received_header`).
     pub received_header: bool,

@@ -1108,7 +1108,7 @@ impl Conversation {
             return Next::Close;
         }
         // A pause makes guessing slow without holding other clients up.
-        tokio::time::sleep(Duration::from_millis(500) * self.auth_failures).await;
+        tokio::time::sleep(self.settings().auth_failure_delay * self.auth_failures).await;
         self.say(535, "5.7.8 Error: authentication failed");
         Next::Continue
     }

@@ -25,6 +25,7 @@ use lettre::transport::smtp::response::Response;
 use tracing::{debug, error, info, warn};
 
 use crate::engine::SmtpReply;
+pub use pool::ConnectionCache;
 use pool::{Pool, quit_later};
 
 pub use body::Body;
@@ -242,15 +243,15 @@ impl fmt::Debug for Upstream {
 
 impl Delivery {
     /// Relay targets (sorted here by priority, equal priorities in the given order) and the
-    /// outbound settings; connections stay open `connection_cache_time` after a message for
-    /// the next one (zero: closed at once).
+    /// outbound settings; connections stay open as `cache` says after a message for the next
+    /// one.
     pub fn new(
         mut targets: Vec<RelayTarget>,
         helo_name: String,
         connection_timeout: Duration,
         protocol_timeout: Duration,
         data_timeout: Duration,
-        connection_cache_time: Duration,
+        cache: ConnectionCache,
     ) -> Self {
         targets.sort_by_key(|t| t.priority);
         Self {
@@ -260,7 +261,7 @@ impl Delivery {
             protocol_timeout,
             data_timeout,
             xforward: true,
-            pool: Pool::new(connection_cache_time, protocol_timeout),
+            pool: Pool::new(cache, protocol_timeout),
         }
     }
 
@@ -335,7 +336,7 @@ impl Delivery {
                 self.connection_timeout,
                 self.protocol_timeout,
                 self.data_timeout,
-                self.pool.keep(),
+                self.pool.settings(),
             )
         })
     }

@@ -13,19 +13,26 @@ use lettre::transport::smtp::client::AsyncSmtpConnection;
 
 use super::target::Link;
 
-/// At most this many idle connections are kept, over all targets; the oldest goes first.
-const MAX_IDLE: usize = 64;
-
 struct Idle {
     target: usize,
     link: Link,
     since: Instant,
 }
 
+/// How connections are kept between transactions (`connection_cache_time`,
+/// `max_idle_connections`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCache {
+    pub keep: Duration,
+    pub max_idle: usize,
+}
+
 pub(super) struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     /// How long an idle connection is kept; zero keeps none.
     keep: Duration,
+    /// Idle connections kept at most, over all targets; the oldest goes first.
+    max_idle: usize,
     /// Time allowed for QUIT when a connection is let go.
     quit_timeout: Duration,
 }
@@ -41,16 +48,20 @@ impl fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub(super) fn new(keep: Duration, quit_timeout: Duration) -> Arc<Self> {
+    pub(super) fn new(cache: ConnectionCache, quit_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(VecDeque::new()),
-            keep,
+            keep: cache.keep,
+            max_idle: cache.max_idle,
             quit_timeout,
         })
     }
 
-    pub(super) fn keep(&self) -> Duration {
-        self.keep
+    pub(super) fn settings(&self) -> ConnectionCache {
+        ConnectionCache {
+            keep: self.keep,
+            max_idle: self.max_idle,
+        }
     }
 
     /// The most recently used idle connection to `target`, if one is still within its time.
@@ -65,14 +76,14 @@ impl Pool {
     /// Keeps a connection whose transaction ended well for the next message to `target`, or
     /// ends it with QUIT when the cache is off or the connection is not `cacheable`.
     pub(super) fn put(self: &Arc<Self>, target: usize, link: Link, cacheable: bool) {
-        if self.keep.is_zero() || !cacheable {
+        if self.keep.is_zero() || self.max_idle == 0 || !cacheable {
             quit_later(link.conn, self.quit_timeout);
             return;
         }
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        if idle.len() >= MAX_IDLE
+        if idle.len() >= self.max_idle
             && let Some(oldest) = idle.pop_front()
         {
             quit_later(oldest.link.conn, self.quit_timeout);

@@ -4,4 +4,13 @@
 
 mod memory;
 
-pub use memory::MemoryStore;
+pub use memory::{DEFAULT_CAPACITY, MemoryStore};
+
+/// Settings of the state store (`[state]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateSettings {
+    /// Clients the in-process store remembers per kind of state (connection rate, AUTH
+    /// failures, learned reputation); beyond it, what ran out and then the weakest half are
+    /// forgotten.
+    pub max_tracked_clients: usize,
+}
