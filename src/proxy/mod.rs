@@ -5,8 +5,8 @@
 //! the client's responsibility).
 //!
 //! `connection.rs` frames bytes (lines, DATA, TLS upgrade), `command.rs` parses commands,
-//! `data.rs` finds the end of a message, `smtp.rs` is the conversation, `tls.rs` and `auth.rs`
-//! hold TLS and AUTH settings.
+//! `data.rs` finds the end of a message, `smtp/` is the conversation (`smtp/mod.rs` the command
+//! loop, one file per SMTP stage beside it), `tls.rs` and `auth.rs` hold TLS and AUTH settings.
 
 pub mod auth;
 mod budget;

@@ -1,0 +1,150 @@
+//! RCPT TO: the recipient limit, the engine's verdict, and each accepted recipient handed to the
+//! relay target (opened at the first one), whose answer is the one the client hears.
+
+use tracing::{info, warn};
+
+use crate::engine::SmtpReply;
+use crate::relay::DeliveryError;
+
+use super::{BROKEN_TRANSACTION, Conversation, Next};
+
+impl Conversation {
+    pub(super) async fn rcpt(&mut self, recipient: String) -> Next {
+        let max = self.settings().max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            self.say(503, "5.5.1 Error: need MAIL command");
+            return Next::Continue;
+        };
+        tx.rcpt_count += 1;
+        if tx.rcpt_count > max {
+            self.say(
+                452,
+                &format!("4.5.3 Error: too many recipients (limit {max})"),
+            );
+            return Next::Continue;
+        }
+        let verdict = self.session.rcpt(&recipient).await;
+        if let Some(next) = self.refused(&verdict) {
+            return next;
+        }
+        // The engine judges the message (content rules, a divert) by the recipients that were
+        // really accepted, as it does behind an MTA: one the target refuses is withdrawn.
+        if !self.relay_rcpt(&recipient).await {
+            self.session.withdraw_recipient(&recipient);
+        }
+        Next::Continue
+    }
+
+    /// Hands an accepted recipient to the relay target (opened at the first one) and answers
+    /// the client with the target's reply; whether the target took it.
+    async fn relay_rcpt(&mut self, recipient: &str) -> bool {
+        let tx = self.tx.as_mut().expect("in a transaction");
+        if tx.broken {
+            self.say(451, BROKEN_TRANSACTION);
+            return false;
+        }
+        if let Some(refusal) = &tx.upstream_refusal {
+            let reply = refusal.clone();
+            self.reply(&reply);
+            return false;
+        }
+        if tx.upstream.is_none() {
+            let delivery = tx
+                .delivery
+                .get_or_insert_with(|| self.shared.delivery.load_full())
+                .clone();
+            match delivery.open(&tx.envelope, 0).await {
+                Ok(upstream) => tx.upstream = Some(upstream),
+                Err(DeliveryError::Refused { target, reply }) => {
+                    info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
+                    tx.upstream_refusal = Some(reply.clone());
+                    self.reply(&reply);
+                    return false;
+                }
+                Err(e) => {
+                    warn!(client = %self.peer, error = %e, "recipient deferred");
+                    self.say(
+                        451,
+                        "4.4.1 Error: no relay target is available, try again later",
+                    );
+                    return false;
+                }
+            }
+        }
+        let upstream = tx.upstream.as_mut().expect("opened above");
+        match upstream.rcpt(recipient).await {
+            Ok(_) => {
+                self.say(250, "2.1.5 Ok");
+                true
+            }
+            Err(crate::relay::TargetError::Refused(reply)) => {
+                // Counted as the milter door counts the MTA's refusals, 4xx and 5xx alike.
+                let (enhanced, text) = refusal_parts(&reply);
+                self.session.rcpt_refused_by_mta(&enhanced, text).await;
+                self.reply(&reply);
+                false
+            }
+            Err(e) => {
+                warn!(client = %self.peer, relay_target = %upstream.target_name(), error = %e, "relay target failed at RCPT");
+                if let Some(u) = tx.upstream.take() {
+                    u.abort().await;
+                }
+                // The session counts this recipient until the caller withdraws it.
+                if self.session.recipients().len() <= 1 {
+                    // Nobody heard 250 yet: the next RCPT opens a new transaction upstream.
+                    self.say(451, "4.4.1 Error: relay target failed, try again later");
+                } else {
+                    // The client heard 250 for recipients this target took and lost: none of
+                    // them may be answered 250 at the end, so the transaction is failed.
+                    tx.broken = true;
+                    self.say(451, BROKEN_TRANSACTION);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// A target's refusal of a recipient as the engine takes it: the enhanced status code, and
+/// the text without that code and without the `<address>: ` it starts with (the engine puts
+/// each recipient's own address there; the refused one must not leak to the next).
+fn refusal_parts(reply: &SmtpReply) -> (String, &str) {
+    let default = if reply.is_transient() {
+        "4.1.1"
+    } else {
+        "5.1.1"
+    };
+    let enhanced = reply.enhanced().unwrap_or(default).to_owned();
+    let mut text = reply.text();
+    if text.starts_with('<')
+        && let Some((_, rest)) = text.split_once(">: ")
+    {
+        text = rest;
+    }
+    (enhanced, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_targets_refusal_loses_its_code_and_address() {
+        let r = SmtpReply::from_wire(
+            550,
+            "5.1.1 <nosuch@x.test>: Recipient address rejected: User unknown",
+        );
+        assert_eq!(
+            refusal_parts(&r),
+            (
+                "5.1.1".to_owned(),
+                "Recipient address rejected: User unknown"
+            )
+        );
+        let r = SmtpReply::from_wire(450, "greylisted, try later");
+        assert_eq!(
+            refusal_parts(&r),
+            ("4.1.1".to_owned(), "greylisted, try later")
+        );
+    }
+}
