@@ -493,6 +493,21 @@ mod tests {
         // The keys an action does take are still taken.
         let c = Config::parse(&rule("mask", "keep_last = 2\nmask_char = \"#\"\n"), "t");
         assert!(c.is_ok(), "{c:?}");
+        // A bad value of an action's own key names that key's line, not the action's.
+        let e = error(&rule("reject", "\n\nreply = \"450 4.7.1 later\"\n"));
+        assert!(
+            e.starts_with("test.toml:10: key `ruleset[0].rule[0].reply`: ")
+                && e.contains("a reject reply is a 5xx reply"),
+            "{e}"
+        );
+        let e = error(&rule(
+            "tokenize",
+            "\nkey_env = \"POSTERN_TEST_UNSET_KEY\"\n",
+        ));
+        assert!(
+            e.starts_with("test.toml:9: key `ruleset[0].rule[0].key_file`: "),
+            "{e}"
+        );
     }
 
     #[test]

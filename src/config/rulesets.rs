@@ -220,8 +220,24 @@ fn compile_rule(
     delivery: &Delivery,
     config_dir: Option<&Path>,
 ) -> Result<Rule, Invalid> {
-    let at = r.action.span();
-    let err = |field: &str, message: String| (at.clone(), format!("{key}.{field}"), message);
+    // An error names the line of its key where the key is written (a secret given by
+    // key_env counts for key_file), else the action's line.
+    let set: Vec<(&str, Range<usize>)> = r
+        .action_keys_set()
+        .chain([("targets", r.targets.span())])
+        .collect();
+    let err = |field: &str, message: String| {
+        let at = set
+            .iter()
+            .find(|(name, _)| *name == field)
+            .or_else(|| {
+                (field == "key_file")
+                    .then(|| set.iter().find(|(name, _)| *name == "key_env"))
+                    .flatten()
+            })
+            .map_or_else(|| r.action.span(), |(_, span)| span.clone());
+        (at, format!("{key}.{field}"), message)
+    };
 
     let action_name = r.action.get_ref().as_str();
     // A key the action does not read (left from another action, or meant for one) would

@@ -112,13 +112,49 @@ pub enum DataFailure {
     Unreadable(String),
 }
 
+/// The MAIL FROM parameters Postern passes on, read once from the client's command (or from
+/// the message Postern sends itself) and written for each target as its EHLO allows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailParameters {
+    /// `SIZE=n`, passed where the target offers SIZE.
+    pub size: Option<u64>,
+    /// `BODY=7BIT` or `BODY=8BITMIME`, passed where the target offers 8BITMIME.
+    pub body: Option<BodyType>,
+    /// `SMTPUTF8`, passed where the target offers it.
+    pub smtputf8: bool,
+}
+
+/// The `BODY=` of MAIL FROM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyType {
+    SevenBit,
+    EightBitMime,
+}
+
+impl MailParameters {
+    /// The parameters a target with `caps` is given, each with its leading space.
+    fn for_target(&self, caps: &Capabilities) -> String {
+        let mut out = String::new();
+        if let Some(size) = self.size.filter(|_| caps.size) {
+            out.push_str(&format!(" SIZE={size}"));
+        }
+        match self.body.filter(|_| caps.eight_bit_mime) {
+            Some(BodyType::SevenBit) => out.push_str(" BODY=7BIT"),
+            Some(BodyType::EightBitMime) => out.push_str(" BODY=8BITMIME"),
+            None => {}
+        }
+        if self.smtputf8 && caps.smtputf8 {
+            out.push_str(" SMTPUTF8");
+        }
+        out
+    }
+}
+
 /// The sender and MAIL parameters of one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Envelope {
     pub sender: String,
-    /// Parameters passed on to the target when it supports them (`BODY=8BITMIME`,
-    /// `SMTPUTF8`, `SIZE=n`).
-    pub params: Vec<String>,
+    pub params: MailParameters,
     /// The client the message came from, passed with XFORWARD to targets that offer it, so
     /// that their own checks and logs see the client rather than Postern.
     pub client: Option<ForwardedClient>,
@@ -201,14 +237,11 @@ impl Envelope {
     /// The envelope for a whole message sent on by Postern itself: `BODY=8BITMIME` when the
     /// message has 8-bit bytes, `SMTPUTF8` when an address is not ASCII, and its `SIZE`.
     pub fn for_message(sender: &str, recipients: &[String], message: &[u8]) -> Self {
-        let mut params = Vec::new();
-        if !message.is_ascii() {
-            params.push("BODY=8BITMIME".to_owned());
-        }
-        if !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()) {
-            params.push("SMTPUTF8".to_owned());
-        }
-        params.push(format!("SIZE={}", message.len()));
+        let params = MailParameters {
+            size: Some(message.len() as u64),
+            body: (!message.is_ascii()).then_some(BodyType::EightBitMime),
+            smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+        };
         Self {
             sender: sender.to_owned(),
             params,
@@ -393,22 +426,11 @@ impl Delivery {
                 "Error: the sender address is not ASCII and the relay target does not offer SMTPUTF8",
             )));
         }
-        let mut command = format!("MAIL FROM:<{}>", envelope.sender);
-        for p in &envelope.params {
-            let keyword = p.split('=').next().unwrap_or("").to_ascii_uppercase();
-            let offered = match keyword.as_str() {
-                "BODY" => caps.eight_bit_mime,
-                "SMTPUTF8" => caps.smtputf8,
-                "SIZE" => caps.size,
-                // Other parameters are never passed on.
-                _ => false,
-            };
-            if offered {
-                command.push(' ');
-                command.push_str(p);
-            }
-        }
-        command.push_str("\r\n");
+        let command = format!(
+            "MAIL FROM:<{}>{}\r\n",
+            envelope.sender,
+            envelope.params.for_target(caps)
+        );
         if let Some(client) = &envelope.client
             && !caps.xforward.is_empty()
         {
@@ -606,5 +628,37 @@ async fn command_reply(
             TargetError::Smtp(why) => TargetError::Smtp(format!("{verb}: {why}")),
             other => other,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_go_only_where_offered() {
+        let params = MailParameters {
+            size: Some(120),
+            body: Some(BodyType::EightBitMime),
+            smtputf8: true,
+        };
+        let all = Capabilities::from_ehlo(["mx", "SIZE 1000", "8BITMIME", "SMTPUTF8"]);
+        assert_eq!(params.for_target(&all), " SIZE=120 BODY=8BITMIME SMTPUTF8");
+        let none = Capabilities::from_ehlo(["mx"]);
+        assert_eq!(params.for_target(&none), "");
+        let seven = MailParameters {
+            body: Some(BodyType::SevenBit),
+            ..MailParameters::default()
+        };
+        assert_eq!(seven.for_target(&all), " BODY=7BIT");
+        let message = Envelope::for_message("s@x.test", &["r@y.test".into()], "é\r\n".as_bytes());
+        assert_eq!(
+            message.params,
+            MailParameters {
+                size: Some(4),
+                body: Some(BodyType::EightBitMime),
+                smtputf8: false,
+            }
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! and what XFORWARD tells the relay targets about the client.
 
 use crate::proxy::ListenerKind;
-use crate::relay::{Envelope, ForwardedClient};
+use crate::relay::{BodyType, Envelope, ForwardedClient, MailParameters};
 
 use super::{Conversation, Next, Transaction, verb};
 
@@ -24,7 +24,7 @@ impl Conversation {
             );
             return Next::Continue;
         }
-        let mut passed = Vec::new();
+        let mut passed = MailParameters::default();
         for p in &params {
             let (key, value) = p.split_once('=').unwrap_or((p, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -35,17 +35,20 @@ impl Conversation {
                             self.reply(&reply);
                             return Next::Continue;
                         }
-                        passed.push(p.clone());
+                        passed.size = Some(n);
                     }
                     Err(_) => {
                         self.say(501, "5.5.4 Syntax: SIZE=number");
                         return Next::Continue;
                     }
                 },
-                "BODY" if ["7BIT", "8BITMIME"].contains(&value.to_ascii_uppercase().as_str()) => {
-                    passed.push(p.clone())
+                "BODY" if value.eq_ignore_ascii_case("7BIT") => {
+                    passed.body = Some(BodyType::SevenBit)
                 }
-                "SMTPUTF8" if value.is_empty() => passed.push(p.clone()),
+                "BODY" if value.eq_ignore_ascii_case("8BITMIME") => {
+                    passed.body = Some(BodyType::EightBitMime)
+                }
+                "SMTPUTF8" if value.is_empty() => passed.smtputf8 = true,
                 // RFC 4954 AUTH=<mailbox>: accepted, not passed on.
                 "AUTH" => {}
                 _ if self.esmtp => {
