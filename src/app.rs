@@ -20,11 +20,12 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::dns::{Dns, DnsSettings, LookupError};
 use crate::engine::Engine;
-use crate::engine::ports::{NoResolver, Ports, Resolver};
+use crate::engine::ports::{Events, Fanout, NoResolver, Ports, Resolver};
 use crate::logging::LogEvents;
+use crate::metrics::{Metrics, MetricsSettings};
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
-use crate::relay::{RelayOutbound, SharedDelivery};
+use crate::relay::{Delivery, RelayObserver, RelayOutbound, SharedDelivery};
 use crate::state::{MemoryStore, StateSettings};
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
@@ -50,6 +51,12 @@ impl Resolver for CurrentResolver {
     }
 }
 
+/// The delivery with the metrics told of every relay attempt.
+fn observed(mut delivery: Delivery, metrics: &Option<Arc<Metrics>>) -> Delivery {
+    delivery.observer = metrics.clone().map(|m| m as Arc<dyn RelayObserver>);
+    delivery
+}
+
 fn resolver_for(settings: Option<&DnsSettings>) -> anyhow::Result<Box<dyn Resolver>> {
     Ok(match settings {
         Some(s) => Box::new(Dns::new(s)?),
@@ -67,6 +74,9 @@ pub enum Door {
 pub struct App {
     pub engine: Arc<Engine>,
     pub delivery: SharedDelivery,
+    /// The metrics, when `[metrics]` is set; the endpoint is started by [`App::serve_metrics`].
+    pub metrics: Option<Arc<Metrics>>,
+    metrics_settings: Option<MetricsSettings>,
     resolver: Arc<CurrentResolver>,
     dns: Mutex<Option<DnsSettings>>,
     /// The store's settings at start: the store is built once.
@@ -74,22 +84,34 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the engine and its ports from `config`; the door settings are handed back for
-    /// the door to start with.
-    pub fn new(config: Config) -> anyhow::Result<(Self, MilterSettings, ProxySettings)> {
+    /// Builds the engine and its ports from `config` for `door` (`milter` or `proxy`, the
+    /// metrics' label); the door settings are handed back for the door to start with.
+    pub fn new(
+        config: Config,
+        door: &'static str,
+    ) -> anyhow::Result<(Self, MilterSettings, ProxySettings)> {
         let resolver = Arc::new(CurrentResolver(ArcSwap::from_pointee(resolver_for(
             config.dns.as_ref(),
         )?)));
-        let delivery: SharedDelivery = Arc::new(ArcSwap::from_pointee(config.delivery));
+        let metrics = config
+            .metrics
+            .is_some()
+            .then(|| Arc::new(Metrics::new(door)));
+        let mut events: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents)];
+        events.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
+        let delivery: SharedDelivery =
+            Arc::new(ArcSwap::from_pointee(observed(config.delivery, &metrics)));
         let ports = Ports {
             resolver: resolver.clone(),
             outbound: Arc::new(RelayOutbound::new(delivery.clone())),
             store: Arc::new(MemoryStore::with_capacity(config.state.max_tracked_clients)),
-            events: Arc::new(LogEvents),
+            events: Arc::new(Fanout(events)),
         };
         let app = Self {
             engine: Arc::new(Engine::new(config.policy, ports)),
             delivery,
+            metrics,
+            metrics_settings: config.metrics,
             resolver,
             dns: Mutex::new(config.dns),
             state: config.state,
@@ -116,7 +138,7 @@ impl App {
             );
             return false;
         };
-        match self.apply(Config::load(path), door) {
+        let applied = match self.apply(Config::load(path), door) {
             Ok(()) => {
                 info!(config = %path.display(), "configuration reloaded");
                 true
@@ -125,7 +147,11 @@ impl App {
                 error!(error = %e, "configuration not reloaded; the previous one stays in force");
                 false
             }
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.reloaded(applied);
         }
+        applied
     }
 
     fn apply(&self, config: Result<Config, ConfigError>, door: &Door) -> Result<(), String> {
@@ -156,7 +182,14 @@ impl App {
                 "setting changed: it takes effect at the next restart"
             );
         }
-        self.delivery.store(Arc::new(config.delivery));
+        if config.metrics != self.metrics_settings {
+            warn!(
+                key = "metrics",
+                "setting changed: it takes effect at the next restart"
+            );
+        }
+        self.delivery
+            .store(Arc::new(observed(config.delivery, &self.metrics)));
         match door {
             Door::Proxy(proxy) => proxy.reload(config.proxy, acceptor.flatten()),
             Door::Milter { running } => {
@@ -166,6 +199,19 @@ impl App {
             }
         }
         self.engine.replace_policy(config.policy);
+        Ok(())
+    }
+
+    /// Binds the metrics endpoint, when `[metrics]` is set, and serves it in the background.
+    pub async fn serve_metrics(&self) -> anyhow::Result<()> {
+        if let (Some(metrics), Some(settings)) = (&self.metrics, &self.metrics_settings) {
+            let listener = crate::metrics::bind(settings).await?;
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                settings.basic_auth.clone(),
+            ));
+        }
         Ok(())
     }
 
@@ -193,7 +239,8 @@ pub async fn run_milter(
     listen: Option<crate::milter::socket::ListenSocket>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (app, milter, _) = App::new(config)?;
+    let (app, milter, _) = App::new(config, "milter")?;
+    app.serve_metrics().await?;
     let app = Arc::new(app);
     app.reload_on_sighup(
         path,
@@ -211,7 +258,8 @@ pub async fn run_proxy(
     path: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (app, _, settings) = App::new(config)?;
+    let (app, _, settings) = App::new(config, "proxy")?;
+    app.serve_metrics().await?;
     let app = Arc::new(app);
     let door = app.proxy(settings)?;
     app.reload_on_sighup(path, Door::Proxy(door.clone()))?;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns;
 pub mod engine;
 pub mod logging;
+pub mod metrics;
 pub mod milter;
 pub mod proxy;
 pub mod relay;

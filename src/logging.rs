@@ -146,6 +146,7 @@ impl Events for LogEvents {
                 verdict,
                 stage,
                 held_until: Some(until),
+                ..
             } => {
                 info!(session, check = check.name(), %verdict, stage, until, "verdict held")
             }
@@ -155,6 +156,7 @@ impl Events for LogEvents {
                 verdict,
                 stage,
                 held_until: None,
+                ..
             } => info!(session, check = check.name(), %verdict, stage, "refused"),
             E::ScanFailed {
                 session,
@@ -169,6 +171,7 @@ impl Events for LogEvents {
                 rule,
                 target,
                 count,
+                ..
             } => info!(
                 session,
                 queue_id,
@@ -194,6 +197,7 @@ impl Events for LogEvents {
                 %reply,
                 "message diverted"
             ),
+            E::Scanned { .. } => {}
             E::Message { session, report } => info!(
                 session,
                 queue_id = report.queue_id,

@@ -19,7 +19,7 @@ struct Milter {
 impl Milter {
     async fn start(config: &str) -> Self {
         let config = Config::parse(config, "test.toml").expect("test config is valid");
-        let (app, settings, _) = App::new(config).expect("the engine starts");
+        let (app, settings, _) = App::new(config, "milter").expect("the engine starts");
         let engine = app.engine.clone();
         let spec = ListenSocket::Inet {
             host: "127.0.0.1".into(),

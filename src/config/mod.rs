@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use crate::dns::DnsSettings;
 use crate::engine::Policy;
+use crate::metrics::MetricsSettings;
 use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
@@ -25,6 +26,7 @@ use crate::state::StateSettings;
 mod connection;
 mod delivery;
 mod dns;
+mod metrics;
 mod milter;
 mod proxy;
 mod rbl;
@@ -69,6 +71,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub delivery: Delivery,
     pub state: StateSettings,
+    /// The Prometheus endpoint, when `[metrics] listen` is set.
+    pub metrics: Option<MetricsSettings>,
 }
 
 impl Config {
@@ -165,6 +169,7 @@ struct ConfigFile {
     #[serde(rename = "relay_target")]
     relay_targets: Vec<delivery::RelayTargetSection>,
     state: state::StateSection,
+    metrics: metrics::MetricsSection,
 }
 
 impl ConfigFile {
@@ -226,6 +231,7 @@ impl ConfigFile {
             proxy,
             delivery,
             state: state::compile(self.state),
+            metrics: metrics::compile(self.metrics, config_dir)?,
         })
     }
 }

@@ -131,6 +131,8 @@ pub struct ConnectionReport<'a> {
     pub invalid_commands: u32,
     pub failed_recipients: u32,
     pub unfinished_message: bool,
+    /// From connect to close.
+    pub elapsed: Duration,
 }
 
 /// One thing that happened in a session.
@@ -168,13 +170,15 @@ pub enum Event<'a> {
         what: &'static str,
         error: &'a str,
     },
-    /// A check's refusal was answered (`held` is the stage a delayed one waits for).
+    /// A check's refusal: answered at once, held until a later stage (`held_until`), or, when
+    /// `late`, one held earlier and answered now.
     Refused {
         session: u64,
         check: CheckId,
         verdict: &'a Verdict,
         stage: &'static str,
         held_until: Option<&'static str>,
+        late: bool,
     },
     /// The engine could not judge; `action` is the scan failure action taken.
     ScanFailed {
@@ -189,8 +193,12 @@ pub enum Event<'a> {
         ruleset: &'a str,
         rule: &'a str,
         target: &'a str,
+        /// The rule's action (`mask`, `reject`, `divert`, ...).
+        action: &'static str,
         count: usize,
     },
+    /// The content stage ran over a message (whatever it found), taking `elapsed`.
+    Scanned { session: u64, elapsed: Duration },
     Diverted {
         session: u64,
         queue_id: &'a str,

@@ -74,6 +74,54 @@ pub struct Delivery {
     pub xforward: bool,
     /// Idle connections kept for the next message (`connection_cache_time`).
     pool: Arc<Pool>,
+    /// Told of every attempt's outcome (metrics), when set.
+    pub observer: Option<Arc<dyn RelayObserver>>,
+}
+
+/// What became of one attempt with one relay target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target took the message.
+    Delivered,
+    /// It refused the sender or the message permanently (5xx).
+    Refused,
+    /// It refused for now (4xx), or cannot carry this transaction.
+    Deferred,
+    /// It could not be reached or broke before it had the message.
+    Unavailable,
+    /// It was sent the message and gave no answer.
+    Uncertain,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Refused => "refused",
+            Self::Deferred => "deferred",
+            Self::Unavailable => "unavailable",
+            Self::Uncertain => "uncertain",
+        }
+    }
+
+    fn of_error(e: &TargetError) -> Self {
+        match e {
+            TargetError::Refused(reply) if !reply.is_transient() => Self::Refused,
+            TargetError::Refused(_) | TargetError::Incapable(_) => Self::Deferred,
+            _ => Self::Unavailable,
+        }
+    }
+}
+
+/// Told of the outcome of each attempt with a relay target.
+pub trait RelayObserver: Send + Sync + fmt::Debug {
+    fn attempt(&self, target: &str, outcome: Outcome);
+}
+
+fn observe(observer: &Option<Arc<dyn RelayObserver>>, target: &str, outcome: Outcome) {
+    if let Some(o) = observer {
+        o.attempt(target, outcome);
+    }
 }
 
 /// Why a transaction could not be opened or a message not delivered.
@@ -264,6 +312,7 @@ pub struct Upstream {
     /// without TCP_NODELAY (see [`RelayTarget::connect`]).
     cacheable: bool,
     line_limit: usize,
+    observer: Option<Arc<dyn RelayObserver>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -295,6 +344,7 @@ impl Delivery {
             data_timeout,
             xforward: true,
             pool: Pool::new(cache, protocol_timeout),
+            observer: None,
         }
     }
 
@@ -304,7 +354,11 @@ impl Delivery {
         let mut incapable = None;
         let targets = self.targets.iter().enumerate().skip(first);
         for (index, target) in targets.filter(|(_, t)| !t.divert_only) {
-            match self.open_one(index, target, envelope).await {
+            let opened = self.open_one(index, target, envelope).await;
+            if let Err(e) = &opened {
+                observe(&self.observer, &target.name, Outcome::of_error(e));
+            }
+            match opened {
                 Ok((link, reused)) => {
                     return Ok(Upstream {
                         link,
@@ -315,6 +369,7 @@ impl Delivery {
                         reused,
                         cacheable: target.security != Security::Ssl,
                         line_limit: target.line_limit,
+                        observer: self.observer.clone(),
                     });
                 }
                 Err(TargetError::Refused(reply)) if reply.code() >= 500 => {
@@ -363,6 +418,7 @@ impl Delivery {
         }
         Ok(Delivery {
             xforward: self.xforward,
+            observer: self.observer.clone(),
             ..Delivery::new(
                 targets,
                 self.helo_name.clone(),
@@ -551,6 +607,7 @@ impl Upstream {
     ) -> Result<SmtpReply, DataFailure> {
         if !self.link.caps.eight_bit_mime && (message.is_eight_bit() || !head.is_ascii()) {
             // Postern does not downgrade 8-bit content to quoted-printable.
+            observe(&self.observer, &self.name, Outcome::Deferred);
             self.abort().await;
             return Err(DataFailure::NotSent(TargetError::Incapable(own_reply(
                 451,
@@ -594,6 +651,15 @@ impl Upstream {
         if breaks.load(Ordering::Relaxed) > 0 {
             info!(relay_target = %self.name, line_limit = self.line_limit, breaks = breaks.load(Ordering::Relaxed), "long lines broken for the relay target");
         }
+        let outcome = match &reply {
+            Ok(_) => Outcome::Delivered,
+            Err(DataFailure::Refused(r)) if !r.is_transient() => Outcome::Refused,
+            Err(DataFailure::Refused(_)) => Outcome::Deferred,
+            Err(DataFailure::Uncertain(_)) => Outcome::Uncertain,
+            Err(DataFailure::NotSent(e)) => Outcome::of_error(e),
+            Err(DataFailure::Unreadable(_)) => Outcome::Unavailable,
+        };
+        observe(&self.observer, &self.name, outcome);
         match &reply {
             Ok(r) => {
                 info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");

@@ -84,6 +84,23 @@ pub enum Action {
     Divert(Vec<String>),
 }
 
+impl Action {
+    /// The action's name in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Transform(Transform::Mask { .. }) => "mask",
+            Self::Transform(Transform::Redact { .. }) => "redact",
+            Self::Transform(Transform::Replace { .. }) => "replace",
+            Self::Transform(Transform::Tokenize(_)) => "tokenize",
+            Self::Transform(Transform::Protect(_)) => "protect",
+            Self::Transform(Transform::Unprotect(_)) => "unprotect",
+            Self::StripAttachment => "strip_attachment",
+            Self::Reject(_) => "reject",
+            Self::Divert(_) => "divert",
+        }
+    }
+}
+
 /// One extract rule and its transform or action.
 #[derive(Clone, Debug)]
 pub struct Rule {

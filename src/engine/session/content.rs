@@ -62,6 +62,10 @@ impl Session {
             Ok(self.take_rewrite(rewrite, &queue_id, edits))
         };
         let found = self.guarded("content", work).await;
+        self.emit(&Event::Scanned {
+            session: self.id,
+            elapsed: started.elapsed(),
+        });
         if found.is_none() {
             tx.divert = divert;
             if edits.body.is_some() {
@@ -80,6 +84,7 @@ impl Session {
                 ruleset: &hit.ruleset,
                 rule: &hit.rule,
                 target: &hit.target,
+                action: hit.action,
                 count: hit.count,
             });
         }

@@ -106,6 +106,7 @@ impl Transaction {
 #[derive(Debug)]
 pub struct Session {
     id: u64,
+    started: Instant,
     policy: Arc<Policy>,
     client: ClientInfo,
     helo: Option<String>,
@@ -138,6 +139,7 @@ impl Session {
     pub fn new(policy: Arc<Policy>, first_reply_stage: Stage, shared: SharedState) -> Self {
         Self {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            started: Instant::now(),
             reply_stage: policy.delayed_rejection_state.max(first_reply_stage),
             policy,
             client: ClientInfo::default(),
@@ -271,6 +273,7 @@ impl Session {
                 invalid_commands: self.invalid_commands,
                 failed_recipients: self.failed_recipients,
                 unfinished_message: self.tx.is_some(),
+                elapsed: self.started.elapsed(),
             },
         });
         self.tx = None;
@@ -295,6 +298,7 @@ impl Session {
             verdict,
             stage,
             held_until,
+            late: false,
         });
     }
 
@@ -311,7 +315,14 @@ impl Session {
     fn held_at(&self, stage: Stage) -> Option<Verdict> {
         let held = self.held.as_ref()?;
         (stage >= self.reply_stage).then(|| {
-            self.refused(held.check, &held.verdict, stage.name(), None);
+            self.emit(&Event::Refused {
+                session: self.id,
+                check: held.check,
+                verdict: &held.verdict,
+                stage: stage.name(),
+                held_until: None,
+                late: true,
+            });
             held.verdict.clone()
         })
     }
@@ -360,7 +371,7 @@ mod tests {
 
     fn session(config: &str, first_reply_stage: Stage) -> Session {
         let config = Config::parse(config, "test.toml").unwrap();
-        let (app, _, _) = crate::app::App::new(config).unwrap();
+        let (app, _, _) = crate::app::App::new(config, "test").unwrap();
         app.engine.session(first_reply_stage)
     }
 

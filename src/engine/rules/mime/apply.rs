@@ -67,6 +67,7 @@ impl Walker<'_> {
                             ruleset: ruleset.name.clone(),
                             rule: rule.name.clone(),
                             target: target.name(),
+                            action: rule.action.name(),
                             count: 1,
                         });
                         self.rewrite.divert = Some(Diversion {
@@ -89,6 +90,7 @@ impl Walker<'_> {
                             ruleset: ruleset.name.clone(),
                             rule: rule.name.clone(),
                             target: target.name(),
+                            action: rule.action.name(),
                             count: found.len(),
                         });
                         let in_place = match &mut current {
@@ -123,6 +125,7 @@ impl Walker<'_> {
                     ruleset: ruleset.name.clone(),
                     rule: rule.name.clone(),
                     target: target.name(),
+                    action: rule.action.name(),
                     count: 1,
                 });
                 return true;

@@ -47,6 +47,8 @@ pub struct Hit {
     pub ruleset: String,
     pub rule: String,
     pub target: String,
+    /// The rule's action (`mask`, `divert`, ...).
+    pub action: &'static str,
     pub count: usize,
 }
 
