@@ -206,15 +206,21 @@ impl ProxyEnv {
     /// Replaces the config file (placeholders as in [`ProxyEnv::start`], ports unchanged) and
     /// sends SIGHUP; returns once Postern logged the outcome.
     pub fn reload(&self, config: &str) {
+        self.reload_logging(config, "configuration reloaded");
+    }
+
+    /// As [`ProxyEnv::reload`], returning once Postern logged one more line with `outcome`
+    /// (`configuration reloaded`, or `configuration not reloaded` for a refused file).
+    pub fn reload_logging(&self, config: &str, outcome: &str) {
         let text = config
             .replace("{port}", &self.port.to_string())
             .replace("{dir}", &self.dir.path().display().to_string());
         std::fs::write(self.dir.path().join("postern.toml"), text).unwrap();
-        let before = self.log().matches("configuration reloaded").count();
+        let before = self.log().matches(outcome).count();
         run_script("postern", &["hup", &self.path("postern")]);
-        super::wait_for_log_in("configuration reloaded", || {
+        super::wait_for_log_in(outcome, || {
             let log = self.log();
-            if log.matches("configuration reloaded").count() > before {
+            if log.matches(outcome).count() > before {
                 log
             } else {
                 String::new()

@@ -1,0 +1,168 @@
+//! The Prometheus endpoint after real traffic: through the proxy to an smtp-sink, and through
+//! Postfix to the milter. The values are checked, not only the names.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::proxy::ProxyEnv;
+use support::{MailEnv, Socket, free_port};
+
+const MESSAGE: &str = "From: s@sender.test\r\nTo: a@dest.test\r\nSubject: metrics\r\n\r\ncard 4111 1111 1111 1111\r\n";
+
+/// One HTTP request to the endpoint; the whole response (head and body).
+fn get(port: u16, path: &str, authorization: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The value of the sample `name` (with its labels, as printed) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+const RULESET: &str = r#"
+[[ruleset]]
+name = "cards"
+[[ruleset.rule]]
+name = "card numbers"
+targets = ["body"]
+detector = "card_number"
+action = "mask"
+"#;
+
+#[test]
+fn the_proxy_counts_what_it_did() {
+    let metrics = free_port();
+    let users = tempfile::tempdir().unwrap();
+    let auth_file = users.path().join("metrics-auth");
+    std::fs::write(&auth_file, "prom:s3cret\n").unwrap();
+    let env = ProxyEnv::start(
+        &format!(
+            "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\nbasic_auth_file = \"{}\"\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n{RULESET}",
+            auth_file.display()
+        ),
+        &[&[]],
+    );
+    for _ in 0..2 {
+        let r = env
+            .smtp()
+            .send("s@sender.test", "a@dest.test", MESSAGE.as_bytes());
+        assert!(r.starts_with("250"), "{r}");
+    }
+    env.sinks[0].wait_delivered(2);
+
+    let refused = get(metrics, "/metrics", None);
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(refused.contains("WWW-Authenticate: Basic"), "{refused}");
+    // "prom:s3cret" in base64.
+    let text = get(metrics, "/metrics", Some("Basic cHJvbTpzM2NyZXQ="));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("Content-Type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    let value = |name: &str| sample(&text, name);
+    assert_eq!(
+        value("postern_messages_total{door=\"proxy\",verdict=\"continue\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("postern_relay_attempts_total{target=\"sink\",outcome=\"delivered\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "postern_rule_actions_total{ruleset=\"cards\",rule=\"card numbers\",action=\"mask\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(value("postern_scan_duration_seconds_count"), Some(2.0));
+    // The two clients (and the start script's probe) connected and left; the scraper is no
+    // SMTP client.
+    let connections = value("postern_connections_total{door=\"proxy\"}").unwrap();
+    assert!(connections >= 2.0, "{text}");
+    assert_eq!(
+        value("postern_active_connections{door=\"proxy\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value("postern_session_duration_seconds_count{door=\"proxy\"}"),
+        Some(connections)
+    );
+    assert!(text.contains("postern_build_info{version=\""), "{text}");
+    assert!(!text.contains("127.0.0.1"), "no address as a label: {text}");
+
+    let missing = get(metrics, "/nothing", Some("Basic cHJvbTpzM2NyZXQ="));
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+
+    // A refused reload is counted too.
+    env.reload_logging("this is = not toml", "configuration not reloaded");
+    let text = get(metrics, "/metrics", Some("Basic cHJvbTpzM2NyZXQ="));
+    assert_eq!(
+        sample(&text, "postern_config_reloads_total{result=\"refused\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_milter_counts_what_postfix_sent_and_what_it_refused() {
+    let metrics = free_port();
+    let env = MailEnv::start(
+        Socket::Unix,
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n"
+        ),
+    );
+    let (ok, dialogue) = env.send_from("198.51.100.7");
+    assert!(ok, "{dialogue}");
+    env.wait_delivered(1);
+    let (ok, _) = env.send_from("192.0.2.9");
+    assert!(!ok, "a listed client is refused");
+
+    let text = get(metrics, "/metrics", None);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "postern_messages_total{door=\"milter\",verdict=\"continue\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "postern_check_results_total{check=\"ip_address_rejection\",result=\"reject\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "postern_connections_total{door=\"milter\"}").is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+}
