@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::dns::{Dns, DnsSettings, LookupError};
 use crate::engine::Engine;
 use crate::engine::ports::{Events, Fanout, NoResolver, Ports, Resolver};
-use crate::logging::LogEvents;
+use crate::logging::{LogEvents, LogSettings};
 use crate::metrics::{Metrics, MetricsSettings};
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
@@ -77,6 +77,8 @@ pub struct App {
     /// The metrics, when `[metrics]` is set; the endpoint is started by [`App::serve_metrics`].
     pub metrics: Option<Arc<Metrics>>,
     metrics_settings: Option<MetricsSettings>,
+    /// `[log]` as read at start.
+    log: LogSettings,
     resolver: Arc<CurrentResolver>,
     dns: Mutex<Option<DnsSettings>>,
     /// The store's settings at start: the store is built once.
@@ -112,6 +114,7 @@ impl App {
             delivery,
             metrics,
             metrics_settings: config.metrics,
+            log: config.log,
             resolver,
             dns: Mutex::new(config.dns),
             state: config.state,
@@ -182,11 +185,13 @@ impl App {
                 "setting changed: it takes effect at the next restart"
             );
         }
-        if config.metrics != self.metrics_settings {
-            warn!(
-                key = "metrics",
-                "setting changed: it takes effect at the next restart"
-            );
+        for (key, changed) in [
+            ("metrics", config.metrics != self.metrics_settings),
+            ("log", config.log != self.log),
+        ] {
+            if changed {
+                warn!(key, "setting changed: it takes effect at the next restart");
+            }
         }
         self.delivery
             .store(Arc::new(observed(config.delivery, &self.metrics)));

@@ -21,13 +21,55 @@ use crate::engine::{self, ports::Events};
 /// The message indymilter logs when a session ends on an error.
 const SESSION_ERROR: &str = "error in session while processing commands: ";
 
+/// How log lines are written (`[log]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// The default filter (`info`, `debug`, `postern=debug,info`, ...); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `text`: one human-readable line per event; `json`: one JSON object per line, the same
+/// fields at the top level (for a log pipeline).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Whether `level` is a filter the log understands.
+pub fn valid_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level).map(|_| ()).map_err(|e| {
+        format!(
+            "{level:?} is not a log level or filter (e.g. \"info\", \"postern=debug,info\"): {e}"
+        )
+    })
+}
+
 /// Installs the global subscriber.
-pub fn init() {
-    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(env);
+pub fn init(settings: &LogSettings) {
+    let env = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match settings.format {
+        LogFormat::Text => layer
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(env)
+            .boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).with_filter(env).boxed(),
+    };
     let session_errors = MilterSessionErrors
         .with_filter(Targets::new().with_target("indymilter::session", Level::TRACE));
     tracing_subscriber::registry()

@@ -155,14 +155,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Milter { config, listen } => serve(run_milter(config, listen)),
-        Command::Proxy { config } => serve(run_proxy(config)),
+        Command::Milter { config, listen } => match start(config.as_deref(), "milter") {
+            Some(loaded) => serve(run_milter(loaded, config, listen)),
+            None => ExitCode::FAILURE,
+        },
+        Command::Proxy { config } => match start(config.as_deref(), "proxy") {
+            Some(loaded) => serve(run_proxy(loaded, config)),
+            None => ExitCode::FAILURE,
+        },
     }
 }
 
-/// Runs a door on a single-threaded runtime, logging to stderr.
+/// Runs a door on a single-threaded runtime.
 fn serve(door: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    postern::logging::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -219,19 +224,27 @@ fn unprotect(
     Ok(())
 }
 
-/// Loads the configuration (or the embedded default) and logs the start.
-fn load_config(path: Option<&Path>, door: &str) -> anyhow::Result<Config> {
+/// Loads the configuration (or the embedded default), sets up logging to stderr as `[log]`
+/// says and logs the start; `None` (said on stderr) when the file cannot be used.
+fn start(path: Option<&Path>, door: &str) -> Option<Config> {
     let config = match path {
-        Some(p) => Config::load(p)?,
+        Some(p) => match Config::load(p) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("postern: {e}");
+                return None;
+            }
+        },
         None => Config::embedded_default(),
     };
+    postern::logging::init(&config.log);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         door,
         config = path.map_or(DEFAULT_CONFIG_NAME.to_owned(), |p| p.display().to_string()),
         "postern starting"
     );
-    Ok(config)
+    Some(config)
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -246,12 +259,14 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn run_milter(path: Option<PathBuf>, listen: Option<ListenSocket>) -> anyhow::Result<()> {
-    let config = load_config(path.as_deref(), "milter")?;
+async fn run_milter(
+    config: Config,
+    path: Option<PathBuf>,
+    listen: Option<ListenSocket>,
+) -> anyhow::Result<()> {
     postern::app::run_milter(config, path, listen, shutdown_signal()?).await
 }
 
-async fn run_proxy(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = load_config(path.as_deref(), "proxy")?;
+async fn run_proxy(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     postern::app::run_proxy(config, path, shutdown_signal()?).await
 }

@@ -166,3 +166,35 @@ fn the_milter_counts_what_postfix_sent_and_what_it_refused() {
         "{text}"
     );
 }
+
+/// `[log] format = "json"`: one JSON object per line, with the fields the text lines have.
+#[test]
+fn json_logs_carry_the_same_fields() {
+    let env = ProxyEnv::start(
+        "[log]\nformat = \"json\"\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n\
+         [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {sink0}\n",
+        &[&[]],
+    );
+    let r = env
+        .smtp()
+        .send("s@sender.test", "a@dest.test", MESSAGE.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    env.wait_for_log("\"message\":\"message\"");
+    let log = env.log();
+    let mut messages = 0;
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        // serde_yaml reads JSON (YAML 1.2 is a superset of it).
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(value.get("level").is_some(), "{line}");
+        if value.get("message").and_then(|m| m.as_str()) == Some("message") {
+            messages += 1;
+            assert_eq!(
+                value.get("verdict").and_then(|v| v.as_str()),
+                Some("continue")
+            );
+            assert_eq!(value.get("recipients").and_then(|v| v.as_u64()), Some(1));
+        }
+    }
+    assert_eq!(messages, 1, "{log}");
+}

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use crate::dns::DnsSettings;
 use crate::engine::Policy;
+use crate::logging::LogSettings;
 use crate::metrics::MetricsSettings;
 use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
@@ -26,6 +27,7 @@ use crate::state::StateSettings;
 mod connection;
 mod delivery;
 mod dns;
+mod log;
 mod metrics;
 mod milter;
 mod proxy;
@@ -73,6 +75,8 @@ pub struct Config {
     pub state: StateSettings,
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<MetricsSettings>,
+    /// How log lines are written; read at start.
+    pub log: LogSettings,
 }
 
 impl Config {
@@ -170,6 +174,7 @@ struct ConfigFile {
     relay_targets: Vec<delivery::RelayTargetSection>,
     state: state::StateSection,
     metrics: metrics::MetricsSection,
+    log: log::LogSection,
 }
 
 impl ConfigFile {
@@ -232,6 +237,7 @@ impl ConfigFile {
             delivery,
             state: state::compile(self.state),
             metrics: metrics::compile(self.metrics, config_dir)?,
+            log: log::compile(self.log)?,
         })
     }
 }
