@@ -79,6 +79,8 @@ pub struct App {
     metrics_settings: Option<MetricsSettings>,
     /// `[log]` as read at start.
     log: LogSettings,
+    /// `--dry-run` was given: every configuration loaded runs dry.
+    forced_dry_run: bool,
     resolver: Arc<CurrentResolver>,
     dns: Mutex<Option<DnsSettings>>,
     /// The store's settings at start: the store is built once.
@@ -115,6 +117,7 @@ impl App {
             metrics,
             metrics_settings: config.metrics,
             log: config.log,
+            forced_dry_run: false,
             resolver,
             dns: Mutex::new(config.dns),
             state: config.state,
@@ -158,7 +161,8 @@ impl App {
     }
 
     fn apply(&self, config: Result<Config, ConfigError>, door: &Door) -> Result<(), String> {
-        let config = config.map_err(|e| e.to_string())?;
+        let mut config = config.map_err(|e| e.to_string())?;
+        config.policy.dry_run |= self.forced_dry_run;
         // Everything that can fail is prepared before anything changes.
         if matches!(door, Door::Proxy(_)) && !config.delivery.relays() {
             return Err("no [[relay_target]] relays ordinary mail: the proxy would have nowhere to hand messages on".into());
@@ -242,9 +246,11 @@ pub async fn run_milter(
     config: Config,
     path: Option<PathBuf>,
     listen: Option<crate::milter::socket::ListenSocket>,
+    dry_run: bool,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (app, milter, _) = App::new(config, "milter")?;
+    let (mut app, milter, _) = App::new(config, "milter")?;
+    app.forced_dry_run = dry_run;
     app.serve_metrics().await?;
     let app = Arc::new(app);
     app.reload_on_sighup(
@@ -261,9 +267,11 @@ pub async fn run_milter(
 pub async fn run_proxy(
     config: Config,
     path: Option<PathBuf>,
+    dry_run: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (app, _, settings) = App::new(config, "proxy")?;
+    let (mut app, _, settings) = App::new(config, "proxy")?;
+    app.forced_dry_run = dry_run;
     app.serve_metrics().await?;
     let app = Arc::new(app);
     let door = app.proxy(settings)?;

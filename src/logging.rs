@@ -174,6 +174,11 @@ impl Events for LogEvents {
                 usable,
                 note,
             } => warn!(session, check = check.name(), zone, ?usable, "{note}"),
+            E::WouldRefuse {
+                session,
+                stage,
+                verdict,
+            } => info!(session, stage, %verdict, "dry run: would have refused; went on"),
             E::StoreUnavailable {
                 session,
                 what,
@@ -250,6 +255,7 @@ impl Events for LogEvents {
                 spf = report.spf,
                 verdict = %report.verdict,
                 reason = %report.reason,
+                dry_run = report.dry_run,
                 elapsed_ms = report.elapsed.as_millis() as u64,
                 "message"
             ),

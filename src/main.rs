@@ -49,6 +49,10 @@ enum Command {
         /// Socket to listen on, overriding [milter] listen: inet:HOST:PORT or unix:/path.
         #[arg(short, long, value_name = "SOCKET")]
         listen: Option<ListenSocket>,
+        /// Run every check and rule and report what they would have done, but refuse and
+        /// change nothing (as [scan] dry_run = true; kept across reloads).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run as an SMTP proxy in front of a mail server: Postern's own listeners (STARTTLS,
     /// implicit TLS, submission with AUTH), the same policy, and every accepted message handed
@@ -59,6 +63,10 @@ enum Command {
         /// 127.0.0.1:2525, relay to the MTA on 127.0.0.1:25.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Run every check and rule and report what they would have done, but refuse and
+        /// change nothing (as [scan] dry_run = true; kept across reloads).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print an argon2id hash of a password read from stdin, for [proxy] auth_users_file
     /// (`user:HASH` lines).
@@ -155,12 +163,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Milter { config, listen } => match start(config.as_deref(), "milter") {
-            Some(loaded) => serve(run_milter(loaded, config, listen)),
+        Command::Milter {
+            config,
+            listen,
+            dry_run,
+        } => match start(config.as_deref(), "milter", dry_run) {
+            Some(loaded) => serve(run_milter(loaded, config, listen, dry_run)),
             None => ExitCode::FAILURE,
         },
-        Command::Proxy { config } => match start(config.as_deref(), "proxy") {
-            Some(loaded) => serve(run_proxy(loaded, config)),
+        Command::Proxy { config, dry_run } => match start(config.as_deref(), "proxy", dry_run) {
+            Some(loaded) => serve(run_proxy(loaded, config, dry_run)),
             None => ExitCode::FAILURE,
         },
     }
@@ -226,8 +238,8 @@ fn unprotect(
 
 /// Loads the configuration (or the embedded default), sets up logging to stderr as `[log]`
 /// says and logs the start; `None` (said on stderr) when the file cannot be used.
-fn start(path: Option<&Path>, door: &str) -> Option<Config> {
-    let config = match path {
+fn start(path: Option<&Path>, door: &str, dry_run: bool) -> Option<Config> {
+    let mut config = match path {
         Some(p) => match Config::load(p) {
             Ok(config) => config,
             Err(e) => {
@@ -238,10 +250,12 @@ fn start(path: Option<&Path>, door: &str) -> Option<Config> {
         None => Config::embedded_default(),
     };
     postern::logging::init(&config.log);
+    config.policy.dry_run |= dry_run;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         door,
         config = path.map_or(DEFAULT_CONFIG_NAME.to_owned(), |p| p.display().to_string()),
+        dry_run = config.policy.dry_run,
         "postern starting"
     );
     Some(config)
@@ -263,10 +277,11 @@ async fn run_milter(
     config: Config,
     path: Option<PathBuf>,
     listen: Option<ListenSocket>,
+    dry_run: bool,
 ) -> anyhow::Result<()> {
-    postern::app::run_milter(config, path, listen, shutdown_signal()?).await
+    postern::app::run_milter(config, path, listen, dry_run, shutdown_signal()?).await
 }
 
-async fn run_proxy(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    postern::app::run_proxy(config, path, shutdown_signal()?).await
+async fn run_proxy(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
+    postern::app::run_proxy(config, path, dry_run, shutdown_signal()?).await
 }

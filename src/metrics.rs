@@ -76,7 +76,7 @@ struct Door {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DoorVerdict {
     door: &'static str,
-    verdict: &'static str,
+    verdict: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,7 +94,7 @@ struct Check {
 struct RuleAction {
     ruleset: String,
     rule: String,
-    action: &'static str,
+    action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -324,13 +324,14 @@ impl Events for Metrics {
                 ruleset,
                 rule,
                 action,
+                dry_run,
                 ..
             } => {
                 self.rule_actions
                     .get_or_create(&RuleAction {
                         ruleset: (*ruleset).to_owned(),
                         rule: (*rule).to_owned(),
-                        action,
+                        action: would(action, *dry_run),
                     })
                     .inc();
             }
@@ -339,7 +340,7 @@ impl Events for Metrics {
                 self.messages
                     .get_or_create(&DoorVerdict {
                         door: self.door,
-                        verdict: report.verdict.name(),
+                        verdict: would(report.verdict.name(), report.dry_run),
                     })
                     .inc();
             }
@@ -355,11 +356,20 @@ impl Events for Metrics {
                     })
                     .set(i64::from(*usable));
             }
-            Event::Zone { .. } | Event::Diverted { .. } => {}
+            Event::Zone { .. } | Event::Diverted { .. } | Event::WouldRefuse { .. } => {}
             Event::StoreUnavailable { .. } => {
                 self.store_unavailable.inc();
             }
         }
+    }
+}
+
+/// A label value, `would_` before it in a dry run (`would_reject`, `would_mask`).
+fn would(name: &str, dry_run: bool) -> String {
+    if dry_run {
+        format!("would_{name}")
+    } else {
+        name.to_owned()
     }
 }
 
@@ -544,6 +554,7 @@ mod tests {
                 verdict: &verdict,
                 reason: Why::EndOfMessage,
                 elapsed: Duration::from_millis(5),
+                dry_run: false,
             },
         });
         let checks: Vec<CheckRecord> = Vec::new();

@@ -198,3 +198,62 @@ fn json_logs_carry_the_same_fields() {
     }
     assert_eq!(messages, 1, "{log}");
 }
+
+/// A dry run: a policy that refuses the client, the recipient and the message lets the mail
+/// through unchanged, and says and counts what it would have done.
+#[test]
+fn a_dry_run_refuses_nothing_and_counts_what_it_would_have_done() {
+    let metrics = free_port();
+    let env = ProxyEnv::start(
+        &format!(
+            "[scan]\ndry_run = true\n[connection]\nip_address_rejection = [\"127.0.0.0/8\"]\n\
+             [relay]\nrestrict_relaying = true\nlocal_domains = [\"local.test\"]\n\
+             allowed_relay_sources = [\"192.0.2.0/24\"]\n\
+             [proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n\
+             [[ruleset]]\nname = \"block\"\n[[ruleset.rule]]\nname = \"no cards\"\n\
+             targets = [\"body\"]\ndetector = \"card_number\"\naction = \"reject\"\n{RULESET}"
+        ),
+        &[&[]],
+    );
+    let r = env
+        .smtp()
+        .send("s@sender.test", "a@dest.test", MESSAGE.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    let delivered = env.sinks[0].wait_delivered(1);
+    let body = String::from_utf8_lossy(&delivered[0]);
+    assert!(
+        body.contains("card 4111 1111 1111 1111"),
+        "the message went on unchanged: {body}"
+    );
+    let log = env.log();
+    for stage in [
+        "stage=\"connect\"",
+        "stage=\"rcpt\"",
+        "stage=\"end_of_message\"",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("dry run: would have refused") && l.contains(stage)),
+            "{stage}: {log}"
+        );
+    }
+    let text = get(metrics, "/metrics", None);
+    assert_eq!(
+        sample(
+            &text,
+            "postern_messages_total{door=\"proxy\",verdict=\"would_reject\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "postern_rule_actions_total{ruleset=\"cards\",rule=\"card numbers\",action=\"would_mask\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -228,6 +228,7 @@ impl ConfigFile {
             skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
             exploit_detection: connection::exploit_detection(self.exploit_detection),
             trace_header: scan.trace_header,
+            dry_run: scan.dry_run,
         };
         Ok(Config {
             policy,

@@ -28,6 +28,7 @@ pub(super) struct ScanSection {
     trace_header: bool,
     /// Unset: [`TRACE_HEADER_NAME`].
     trace_header_name: Option<Spanned<String>>,
+    dry_run: bool,
 }
 
 /// The trace header's name when `trace_header_name` is not set.
@@ -46,6 +47,7 @@ impl Default for ScanSection {
             spool_directory: None,
             trace_header: false,
             trace_header_name: None,
+            dry_run: false,
         }
     }
 }
@@ -57,6 +59,7 @@ pub(super) struct Scan {
     pub(super) scan_slots: Arc<Semaphore>,
     pub(super) message_limits: MessageLimits,
     pub(super) trace_header: Option<TraceHeader>,
+    pub(super) dry_run: bool,
 }
 
 pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
@@ -111,5 +114,6 @@ pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
         trace_header: s.trace_header.then_some(TraceHeader {
             name: trace_header_name,
         }),
+        dry_run: s.dry_run,
     })
 }

@@ -117,6 +117,8 @@ pub struct MessageReport<'a> {
     pub verdict: &'a Verdict,
     pub reason: Reason,
     pub elapsed: Duration,
+    /// A dry run: `verdict` is what would have been answered; the message went on unchanged.
+    pub dry_run: bool,
 }
 
 /// What a closed connection looked like, for the per-connection line.
@@ -163,6 +165,13 @@ pub enum Event<'a> {
         usable: Option<bool>,
         note: &'a str,
     },
+    /// A dry run: the policy would have answered `verdict` at `stage`; the conversation went
+    /// on as if it had passed.
+    WouldRefuse {
+        session: u64,
+        stage: &'static str,
+        verdict: &'a Verdict,
+    },
     /// The state store could not answer; the session went on as if it had no state for the
     /// client (`what` says which state).
     StoreUnavailable {
@@ -196,6 +205,8 @@ pub enum Event<'a> {
         /// The rule's action (`mask`, `reject`, `divert`, ...).
         action: &'static str,
         count: usize,
+        /// A dry run: the action would have been taken.
+        dry_run: bool,
     },
     /// The content stage ran over a message (whatever it found), taking `elapsed`.
     Scanned { session: u64, elapsed: Duration },

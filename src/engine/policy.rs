@@ -137,6 +137,9 @@ pub struct Policy {
     pub trace_header: Option<TraceHeader>,
     /// The content stage: rulesets over subject, headers, body, attachments and names.
     pub content: ContentPolicy,
+    /// Every check and rule runs and reports, but nothing is refused or changed
+    /// (`[scan] dry_run`, `--dry-run`).
+    pub dry_run: bool,
 }
 
 impl fmt::Display for Policy {
@@ -150,6 +153,12 @@ impl fmt::Display for Policy {
             self.scan_failure_action.verdict()
         )?;
         writeln!(f, "scan timeout:            {:?}", self.scan_timeout)?;
+        if self.dry_run {
+            writeln!(
+                f,
+                "dry run:                 on (nothing is refused or changed)"
+            )?;
+        }
         writeln!(
             f,
             "concurrent scans:        {}",

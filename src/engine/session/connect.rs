@@ -6,8 +6,7 @@ use crate::engine::checks::dos::RATE_WINDOW;
 use crate::engine::ports::{Counter, StoreError};
 
 impl Session {
-    /// The client connected.
-    pub async fn connect(&mut self, client: ClientInfo) -> Verdict {
+    pub(super) async fn judge_connect(&mut self, client: ClientInfo) -> Verdict {
         self.client = client;
         let policy = self.policy.clone();
         self.profile = policy

@@ -86,6 +86,7 @@ impl Session {
                 target: &hit.target,
                 action: hit.action,
                 count: hit.count,
+                dry_run: self.policy.dry_run,
             });
         }
         if let Some((reply, ruleset, rule)) = rewrite.reject {

@@ -12,8 +12,7 @@ impl Session {
         }
     }
 
-    /// DATA.
-    pub async fn data(&mut self) -> Verdict {
+    pub(super) async fn judge_data(&mut self) -> Verdict {
         if let Some(v) = self.held_at(Stage::Data) {
             return v;
         }
@@ -23,10 +22,7 @@ impl Session {
         Verdict::Continue
     }
 
-    /// Raw message bytes (header and body as on the wire, CRLF line ends), in order. A
-    /// refusal here (too big, cannot be held) is repeated for every later call and at end of
-    /// message, so a door that cannot answer every call still delivers it.
-    pub async fn message_data(&mut self, bytes: &[u8]) -> Verdict {
+    pub(super) async fn judge_message_data(&mut self, bytes: &[u8]) -> Verdict {
         let limits = &self.policy.message_limits;
         let tx = self.tx.get_or_insert_with(|| Transaction::new(""));
         if let Some(failed) = &tx.failure {
@@ -132,16 +128,20 @@ impl Session {
         if let Some(divert) = tx.divert.take()
             && verdict == Verdict::Continue
         {
-            match self.divert(&divert, &mut tx, &edits).await {
-                Ok(reply) => {
-                    (reason, verdict) = (Reason::Divert, Verdict::Discard);
-                    diverted = Some(reply);
-                }
-                Err(e) => {
-                    warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, "message could not be diverted");
-                    self.scan_failed("divert", &e);
-                    (reason, verdict) =
-                        (Reason::DivertFailed, policy.scan_failure_action.verdict());
+            if policy.dry_run {
+                (reason, verdict) = (Reason::Divert, Verdict::Discard);
+            } else {
+                match self.divert(&divert, &mut tx, &edits).await {
+                    Ok(reply) => {
+                        (reason, verdict) = (Reason::Divert, Verdict::Discard);
+                        diverted = Some(reply);
+                    }
+                    Err(e) => {
+                        warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, "message could not be diverted");
+                        self.scan_failed("divert", &e);
+                        (reason, verdict) =
+                            (Reason::DivertFailed, policy.scan_failure_action.verdict());
+                    }
                 }
             }
             if verdict != Verdict::Continue {
@@ -149,6 +149,11 @@ impl Session {
             }
         }
         self.log_message(&tx, &verdict, reason);
+        if policy.dry_run {
+            // What would have been done is reported above; the message goes on unchanged.
+            verdict = self.unless_dry_run("end_of_message", verdict);
+            edits = Edits::default();
+        }
         // Without a new body there is nothing large left to hold the slot for.
         let scan_slot = if edits.body.is_some() {
             std::mem::take(&mut tx.scan_slot)
@@ -274,6 +279,7 @@ impl Session {
                 verdict,
                 reason,
                 elapsed: tx.started.elapsed(),
+                dry_run: self.policy.dry_run,
             },
         });
     }

@@ -3,8 +3,7 @@
 use super::*;
 
 impl Session {
-    /// MAIL FROM: starts a transaction (ending any earlier one).
-    pub async fn mail(&mut self, sender: &str) -> Verdict {
+    pub(super) async fn judge_mail(&mut self, sender: &str) -> Verdict {
         self.tx = None;
         if let Some(v) = self.held_at(Stage::Mail) {
             return v;

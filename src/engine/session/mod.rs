@@ -7,6 +7,7 @@ mod content;
 mod data;
 mod mail;
 mod rcpt;
+mod stages;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -200,8 +201,7 @@ impl Session {
         self.tx.is_some()
     }
 
-    /// The client said HELO or EHLO. The name counts only when the greeting is accepted.
-    pub async fn helo(&mut self, name: &str) -> Verdict {
+    async fn judge_helo(&mut self, name: &str) -> Verdict {
         let verdict = self.held_at(Stage::Helo).unwrap_or(Verdict::Continue);
         if verdict == Verdict::Continue {
             self.helo = Some(name.to_owned());
@@ -239,9 +239,7 @@ impl Session {
         self.tx = None;
     }
 
-    /// A command the server does not know. Counted per connection; at the limit the client
-    /// is dropped.
-    pub async fn unknown_command(&mut self, command: &str) -> Verdict {
+    async fn judge_unknown_command(&mut self, command: &str) -> Verdict {
         self.invalid_commands += 1;
         self.learn(Behaviour::InvalidCommand).await;
         let verb = command.split_whitespace().next().unwrap_or("");

@@ -3,8 +3,7 @@
 use super::*;
 
 impl Session {
-    /// RCPT TO.
-    pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
+    pub(super) async fn judge_rcpt(&mut self, recipient: &str) -> Verdict {
         if let Some(v) = self.held_at(Stage::Rcpt) {
             return v;
         }

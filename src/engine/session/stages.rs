@@ -1,0 +1,88 @@
+//! The stages as the doors call them. Each asks the policy (the `judge_*` methods of the
+//! stage files); in a dry run (`[scan] dry_run`, `--dry-run`) a refusal is reported as what
+//! would have been answered and the conversation goes on as if it had passed, with the
+//! session's facts kept as a pass would keep them.
+
+use super::*;
+
+impl Session {
+    /// The client connected.
+    pub async fn connect(&mut self, client: ClientInfo) -> Verdict {
+        let verdict = self.judge_connect(client).await;
+        self.unless_dry_run("connect", verdict)
+    }
+
+    /// The client said HELO or EHLO. The name counts only when the greeting is accepted.
+    pub async fn helo(&mut self, name: &str) -> Verdict {
+        let verdict = self.judge_helo(name).await;
+        let verdict = self.unless_dry_run("helo", verdict);
+        if verdict == Verdict::Continue {
+            self.helo.get_or_insert_with(|| name.to_owned());
+        }
+        verdict
+    }
+
+    /// MAIL FROM: starts a transaction (ending any earlier one).
+    pub async fn mail(&mut self, sender: &str) -> Verdict {
+        let verdict = self.judge_mail(sender).await;
+        let verdict = self.unless_dry_run("mail", verdict);
+        if verdict == Verdict::Continue && self.tx.is_none() {
+            self.tx = Some(Transaction::new(sender));
+        }
+        verdict
+    }
+
+    /// RCPT TO.
+    pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
+        let before = self.recipients().len();
+        let verdict = self.judge_rcpt(recipient).await;
+        let verdict = self.unless_dry_run("rcpt", verdict);
+        if verdict == Verdict::Continue
+            && self.recipients().len() == before
+            && let Some(tx) = self.tx.as_mut()
+        {
+            tx.recipients.push(recipient.to_owned());
+        }
+        verdict
+    }
+
+    /// DATA.
+    pub async fn data(&mut self) -> Verdict {
+        let verdict = self.judge_data().await;
+        self.unless_dry_run("data", verdict)
+    }
+
+    /// Raw message bytes (header and body as on the wire, CRLF line ends), in order. A
+    /// refusal here (too big, cannot be held) is repeated for every later call and at end of
+    /// message, so a door that cannot answer every call still delivers it. In a dry run the
+    /// refusal is reported once; what could not be held stays unheld.
+    pub async fn message_data(&mut self, bytes: &[u8]) -> Verdict {
+        let already = self.tx.as_ref().is_some_and(|tx| tx.failure.is_some());
+        let verdict = self.judge_message_data(bytes).await;
+        if self.policy.dry_run && already {
+            return Verdict::Continue;
+        }
+        self.unless_dry_run("data", verdict)
+    }
+
+    /// A command the server does not know. Counted per connection; at the limit the client
+    /// is dropped.
+    pub async fn unknown_command(&mut self, command: &str) -> Verdict {
+        let verdict = self.judge_unknown_command(command).await;
+        self.unless_dry_run("unknown_command", verdict)
+    }
+
+    /// `verdict`, or in a dry run, when it refuses, a pass (the refusal reported as what would
+    /// have been answered).
+    pub(super) fn unless_dry_run(&self, stage: &'static str, verdict: Verdict) -> Verdict {
+        if !self.policy.dry_run || verdict == Verdict::Continue {
+            return verdict;
+        }
+        self.emit(&Event::WouldRefuse {
+            session: self.id,
+            stage,
+            verdict: &verdict,
+        });
+        Verdict::Continue
+    }
+}
