@@ -144,6 +144,7 @@ impl App {
             );
             return false;
         };
+        crate::notify::reloading();
         let applied = match self.apply(Config::load(path), door) {
             Ok(()) => {
                 info!(config = %path.display(), "configuration reloaded");
@@ -157,6 +158,7 @@ impl App {
         if let Some(metrics) = &self.metrics {
             metrics.reloaded(applied);
         }
+        crate::notify::ready();
         applied
     }
 

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod logging;
 pub mod metrics;
 pub mod milter;
+pub mod notify;
 pub mod proxy;
 pub mod relay;
 pub mod state;

@@ -190,6 +190,7 @@ pub async fn run(
     let (listener, stop) = MilterListener::bind(listen, settings.socket_mode)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    crate::notify::ready();
     serve(engine, settings, listener, stop, shutdown).await
 }
 

@@ -356,5 +356,6 @@ pub async fn serve(
 /// Binds and serves: `postern proxy`.
 pub async fn run(door: ProxyDoor, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&door.settings.load()).await?;
+    crate::notify::ready();
     serve(door, listeners, shutdown).await
 }
