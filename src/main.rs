@@ -56,8 +56,8 @@ enum Command {
     },
     /// Run as an SMTP proxy in front of a mail server: Postern's own listeners (STARTTLS,
     /// implicit TLS, submission with AUTH), the same policy, and every accepted message handed
-    /// to the [[relay_target]]s before the client hears 250. SIGHUP reloads the policy and
-    /// the certificates; SIGTERM stops after conversations in progress finish.
+    /// to the [[relay_target]]s before the client hears 250. SIGHUP reloads the config
+    /// (listeners need a restart); SIGTERM stops after conversations in progress finish.
     Proxy {
         /// Configuration file (TOML). Without it the embedded default serves: listen on
         /// 127.0.0.1:2525, relay to the MTA on 127.0.0.1:25.
@@ -77,6 +77,13 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Write the manual pages into DIR: postern.8 and one page per command from this command
+    /// line, postern.toml.5 from the documented configuration (man/ holds them, built so).
+    #[command(hide = true)]
+    Manual {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Restore values that a `protect` rule encrypted. Reads stdin, writes stdout. Give the
     /// rule's key, tweak and markers; with --message, stdin is a whole message and every
@@ -138,6 +145,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("postern: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Manual { dir } => match manual(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "postern: cannot write the manual pages into {}: {e}",
+                    dir.display()
+                );
                 ExitCode::FAILURE
             }
         },
@@ -284,4 +301,51 @@ async fn run_milter(
 
 async fn run_proxy(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
     postern::app::run_proxy(config, path, dry_run, shutdown_signal()?).await
+}
+
+/// The manual pages: one per command (section 8, an administrator's command) and the
+/// configuration file's (section 5), which is the documented example itself.
+fn manual(dir: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    fn pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            pages(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd)
+            .section("8")
+            .manual("Postern")
+            .source(concat!("postern ", env!("CARGO_PKG_VERSION")))
+            .generate_to(dir)
+            .map(|_| ())
+    }
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    pages(cmd, dir)?;
+    std::fs::write(dir.join("postern.toml.5"), config_page())
+}
+
+/// postern.toml(5): the documented configuration, comments and defaults as they are.
+fn config_page() -> String {
+    let mut page = String::from(concat!(
+        ".TH POSTERN.TOML 5 \"\" \"postern ",
+        env!("CARGO_PKG_VERSION"),
+        "\" \"Postern\"\n",
+        ".SH NAME\npostern.toml \\- configuration of the Postern SMTP policy engine\n",
+        ".SH DESCRIPTION\n",
+        "One TOML file, given with \\fB--config\\fR; without it the embedded default below serves. ",
+        "Unknown keys are refused; errors name the file, line and key; ",
+        "\\fBpostern check-config\\fR validates a file; SIGHUP reloads it. ",
+        "Every key follows with its default and what it does.\n",
+        ".SH FILE\n.nf\n",
+    ));
+    for line in postern::config::DEFAULT_CONFIG.lines() {
+        let line = line.replace('\\', "\\e");
+        if line.starts_with(['.', '\'']) {
+            page.push_str("\\&");
+        }
+        page.push_str(&line);
+        page.push('\n');
+    }
+    page.push_str(".fi\n.SH SEE ALSO\n\\fBpostern\\fR(8)\n");
+    page
 }
