@@ -63,13 +63,9 @@ impl Walker<'_> {
                 }
                 Action::Divert(via) => {
                     if self.rewrite.divert.is_none() && rule.finds(&current) {
-                        self.rewrite.hits.push(Hit {
-                            ruleset: ruleset.name.clone(),
-                            rule: rule.name.clone(),
-                            target: target.name(),
-                            action: rule.action.name(),
-                            count: 1,
-                        });
+                        self.rewrite
+                            .hits
+                            .push(Hit::of(&ruleset.name, rule, target, 1));
                         self.rewrite.divert = Some(Diversion {
                             via: via.clone(),
                             ruleset: ruleset.name.clone(),
@@ -86,13 +82,9 @@ impl Walker<'_> {
                         skip.to_vec()
                     };
                     if let Some(found) = rule.replacements(&current, &skip) {
-                        self.rewrite.hits.push(Hit {
-                            ruleset: ruleset.name.clone(),
-                            rule: rule.name.clone(),
-                            target: target.name(),
-                            action: rule.action.name(),
-                            count: found.len(),
-                        });
+                        self.rewrite
+                            .hits
+                            .push(Hit::of(&ruleset.name, rule, target, found.len()));
                         let in_place = match &mut current {
                             Cow::Owned(text) => found.apply_in_place(text),
                             Cow::Borrowed(_) => false,
@@ -121,13 +113,9 @@ impl Walker<'_> {
                 && (matches!(rule.finder, Finder::Everything)
                     || text.is_some_and(|t| rule.finds(t)))
             {
-                self.rewrite.hits.push(Hit {
-                    ruleset: ruleset.name.clone(),
-                    rule: rule.name.clone(),
-                    target: target.name(),
-                    action: rule.action.name(),
-                    count: 1,
-                });
+                self.rewrite
+                    .hits
+                    .push(Hit::of(&ruleset.name, rule, target, 1));
                 return true;
             }
         }

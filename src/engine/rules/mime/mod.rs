@@ -75,6 +75,19 @@ pub struct Diversion {
     pub rule: String,
 }
 
+impl Hit {
+    /// `rule` of the ruleset named `ruleset` acted `count` times on `target`.
+    pub(super) fn of(ruleset: &str, rule: &Rule, target: &Target, count: usize) -> Self {
+        Self {
+            ruleset: ruleset.to_owned(),
+            rule: rule.name.clone(),
+            target: target.name(),
+            action: rule.action.name(),
+            count,
+        }
+    }
+}
+
 impl Rewrite {
     /// Names of the rulesets that acted, in order, once each.
     pub fn rulesets(&self) -> Vec<&str> {
