@@ -75,17 +75,22 @@ pub fn sink_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Waits up to 20 s until `read` returns at least `n` messages, and returns them.
+/// Waits up to 20 s until `read` returns at least `n` messages, and returns them. smtp-sink
+/// creates a message's file before it has written it: the messages count only once a second
+/// read, a moment later, finds them unchanged.
 pub fn wait_for_messages(n: usize, read: impl Fn() -> Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let got = read();
-        if got.len() >= n {
-            return got;
+        if got.len() >= n && got.iter().all(|m| !m.is_empty()) {
+            std::thread::sleep(Duration::from_millis(100));
+            if read() == got {
+                return got;
+            }
         }
         assert!(
             Instant::now() < deadline,
-            "only {} of {n} message(s) reached the sink",
+            "only {} of {n} message(s) reached the sink whole",
             got.len()
         );
         std::thread::sleep(Duration::from_millis(50));
