@@ -54,8 +54,7 @@ impl DomainPattern {
 
     /// Whether `domain` (any case, trailing dot or not) matches.
     pub fn matches(&self, domain: &str) -> bool {
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        glob(self.0.as_bytes(), domain.as_bytes())
+        glob(self.0.as_bytes(), domain.trim_end_matches('.').as_bytes())
     }
 
     /// Whether the domain of `address` matches.
@@ -76,7 +75,8 @@ impl fmt::Display for DomainPattern {
     }
 }
 
-/// `*` matches any run of bytes (including none); every other byte matches itself. Only the
+/// `*` matches any run of bytes (including none); every other byte matches itself, ASCII case
+/// aside (`pattern` is lowercase). Only the
 /// last `*` is backtracked to, so the cost is at most the product of the two lengths (a
 /// pattern from the configuration, a domain of at most 255 characters).
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
@@ -86,7 +86,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
         if p < pattern.len() && pattern[p] == b'*' {
             star = Some((p, t));
             p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
+        } else if p < pattern.len() && pattern[p] == text[t].to_ascii_lowercase() {
             p += 1;
             t += 1;
         } else if let Some((sp, st)) = star {
