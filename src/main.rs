@@ -115,18 +115,22 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
-                println!("{}: OK", file.display());
-                println!("{}", config.policy);
-                println!("milter listen:           {}", config.milter.listen);
+                use std::fmt::Write as _;
+                let mut out = format!("{}: OK\n{}\n", file.display(), config.policy);
+                let _ = writeln!(out, "milter listen:           {}", config.milter.listen);
                 let listen: Vec<String> =
                     config.proxy.listen.iter().map(|a| a.to_string()).collect();
-                println!("proxy listen:            {}", listen.join(", "));
+                let _ = writeln!(out, "proxy listen:            {}", listen.join(", "));
                 for t in &config.delivery.targets {
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "relay target:            {} {}:{} priority {} security {:?}",
                         t.name, t.host, t.port, t.priority, t.security
                     );
                 }
+                // A reader that stops early (`| head`) is no error of the file's.
+                use std::io::Write as _;
+                let _ = std::io::stdout().write_all(out.as_bytes());
                 ExitCode::SUCCESS
             }
             Err(e) => {
