@@ -77,16 +77,6 @@ pub enum Counter {
     AuthFailures,
 }
 
-impl Counter {
-    /// The counter's name in keys and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Connections => "connections",
-            Self::AuthFailures => "auth_failures",
-        }
-    }
-}
-
 /// State that outlives one connection and that a fleet of gateways would share: rate
 /// counters, failure windows and learned reputation. Async, so that a networked store can
 /// serve it; an implementation answers within its own timeout or fails.
@@ -180,22 +170,5 @@ fn no_resolver(name: &str) -> LookupError {
         name: name.to_owned(),
         reason: "no DNS resolver is set up (no check that needs DNS is enabled)".to_owned(),
         timeout: false,
-    }
-}
-
-/// Outbound delivery where no relay target is configured.
-#[derive(Debug, Default)]
-pub struct NoOutbound;
-
-#[async_trait]
-impl Outbound for NoOutbound {
-    async fn deliver(
-        &self,
-        via: &[String],
-        _message: OutboundMessage<'_>,
-    ) -> Result<(String, SmtpReply), String> {
-        Err(format!(
-            "no outbound delivery is set up for relay targets {via:?}"
-        ))
     }
 }

@@ -78,11 +78,6 @@ impl SmtpReply {
         self.code < 500
     }
 
-    /// True for 2xx and 3xx replies.
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
     /// The same reply under another code of the same class (e.g. 421 for a refusal at the
     /// greeting, where only 421 and 554 may be sent).
     pub fn with_code(mut self, code: u16) -> Self {
