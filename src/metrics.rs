@@ -157,8 +157,7 @@ pub struct Metrics {
 impl Metrics {
     /// The metrics of a process serving `door` (`milter` or `proxy`).
     pub fn new(door: &'static str) -> Self {
-        let mut registry = Registry::default();
-        let m = Self {
+        let mut m = Self {
             door,
             connections: Family::default(),
             active_connections: Family::default(),
@@ -175,67 +174,67 @@ impl Metrics {
             reloads: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
+        m.registry.register(
             "postern_connections",
             "Connections accepted",
             m.connections.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_active_connections",
             "Connections open now",
             m.active_connections.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_messages",
             "Messages judged, by verdict",
             m.messages.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_check_results",
             "Check results: pass or the verdict a check asked for",
             m.check_results.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_check_duration_seconds",
             "Time DNS-based checks (rbl, reputation, spf) took",
             m.check_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_session_duration_seconds",
             "Time from connect to close",
             m.session_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_scan_duration_seconds",
             "Time the content stage took per message",
             m.scan_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_rule_actions",
             "Content rules that acted, by ruleset, rule and action",
             m.rule_actions.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_scan_failures",
             "Times the engine could not judge, by the stage it happened at",
             m.scan_failures.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_relay_attempts",
             "Attempts with a relay target, by outcome",
             m.relay_attempts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_rbl_zone_usable",
             "Whether a DNSBL zone passed its last self-test (1) or was taken out of use (0)",
             m.zone_usable.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_state_store_unavailable",
             "Times the state store could not answer and a decision went on without it",
             m.store_unavailable.clone(),
         );
-        registry.register(
+        m.registry.register(
             "postern_config_reloads",
             "Configuration reloads, by result",
             m.reloads.clone(),
@@ -245,8 +244,9 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION"),
         })
         .set(1);
-        registry.register("postern_build_info", "Postern's version", info);
-        Self { registry, ..m }
+        m.registry
+            .register("postern_build_info", "Postern's version", info);
+        m
     }
 
     /// A configuration reload was tried.
