@@ -434,13 +434,26 @@ async fn answer(
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "", "").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "",
+                (String::new(), 0),
+            )
+            .await;
         }
         Ok(Err(e)) => return Err(e),
-        Err(_) => return respond(&mut stream, "408 Request Timeout", "", "").await,
+        Err(_) => return respond(&mut stream, "408 Request Timeout", "", (String::new(), 0)).await,
     };
     let (status, extra, body) = route(&head, metrics, auth);
-    respond(&mut stream, status, extra, &body).await
+    // HEAD: the same head, no body.
+    let body = if head.starts_with("HEAD ") {
+        (String::new(), body.len())
+    } else {
+        let len = body.len();
+        (body, len)
+    };
+    respond(&mut stream, status, extra, body).await
 }
 
 /// The status line, extra header lines and body for a request head.
@@ -498,16 +511,17 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     }
 }
 
+/// Writes the response: `body` is what is sent and the length the head announces (a HEAD
+/// request's body is not sent).
 async fn respond(
     stream: &mut TcpStream,
     status: &str,
     extra: &str,
-    body: &str,
+    (body, length): (String, usize),
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {length}\r\n{extra}Connection: close\r\n\r\n",
         prometheus_text::CONTENT_TYPE,
-        body.len()
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
