@@ -20,13 +20,14 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::dns::{Dns, DnsSettings, LookupError};
 use crate::engine::Engine;
+use crate::engine::ports::Store;
 use crate::engine::ports::{Events, Fanout, NoResolver, Ports, Resolver};
 use crate::logging::{LogEvents, LogSettings};
 use crate::metrics::{Metrics, MetricsSettings};
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
 use crate::relay::{Delivery, RelayObserver, RelayOutbound, SharedDelivery};
-use crate::state::{MemoryStore, StateSettings};
+use crate::state::{MemoryStore, RedisStore, SharedStateSettings, StateSettings};
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
 #[derive(Debug)]
@@ -85,6 +86,7 @@ pub struct App {
     dns: Mutex<Option<DnsSettings>>,
     /// The store's settings at start: the store is built once.
     state: StateSettings,
+    shared_state: Option<SharedStateSettings>,
 }
 
 impl App {
@@ -101,15 +103,30 @@ impl App {
             .metrics
             .is_some()
             .then(|| Arc::new(Metrics::new(door)));
-        let mut events: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents)];
+        let mut events: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents::default())];
         events.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
+        let events: Arc<dyn Events> = Arc::new(Fanout(events));
         let delivery: SharedDelivery =
             Arc::new(ArcSwap::from_pointee(observed(config.delivery, &metrics)));
+        let local = MemoryStore::with_capacity(config.state.max_tracked_clients);
+        let store: Arc<dyn Store> = match &config.shared_state {
+            Some(shared) => {
+                info!(
+                    redis = %crate::state::redacted(&shared.redis_url),
+                    key_prefix = %shared.key_prefix,
+                    "connection rates, AUTH failures and learned reputation are shared through Redis"
+                );
+                Arc::new(
+                    RedisStore::new(shared, local, events.clone()).map_err(anyhow::Error::msg)?,
+                )
+            }
+            None => Arc::new(local),
+        };
         let ports = Ports {
             resolver: resolver.clone(),
             outbound: Arc::new(RelayOutbound::new(delivery.clone())),
-            store: Arc::new(MemoryStore::with_capacity(config.state.max_tracked_clients)),
-            events: Arc::new(Fanout(events)),
+            store,
+            events,
         };
         let app = Self {
             engine: Arc::new(Engine::new(config.policy, ports)),
@@ -121,6 +138,7 @@ impl App {
             resolver,
             dns: Mutex::new(config.dns),
             state: config.state,
+            shared_state: config.shared_state,
         };
         Ok((app, config.milter, config.proxy))
     }
@@ -185,13 +203,9 @@ impl App {
             self.resolver.0.store(Arc::new(resolver));
             dns.clone_from(&config.dns);
         }
-        if config.state != self.state {
-            warn!(
-                key = "state.max_tracked_clients",
-                "setting changed: it takes effect at the next restart"
-            );
-        }
         for (key, changed) in [
+            ("state", config.state != self.state),
+            ("shared_state", config.shared_state != self.shared_state),
             ("metrics", config.metrics != self.metrics_settings),
             ("log", config.log != self.log),
         ] {

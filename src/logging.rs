@@ -121,9 +121,32 @@ impl Visit for MessageField {
 }
 
 /// The log as an event sink: one line per connection, check, refusal, rule action and
-/// message, with the fields the lines have always had.
+/// message, with the fields the lines have always had. An unavailable state store is told
+/// once a minute, with how many times it was since.
 #[derive(Debug, Default)]
-pub struct LogEvents;
+pub struct LogEvents {
+    store_unavailable: std::sync::Mutex<Quiet>,
+}
+
+/// When a repeated line was last written and how often it was held back since.
+#[derive(Debug, Default)]
+struct Quiet {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Quiet {
+    /// Whether to write the line now (and how many were held back before it).
+    fn speak(&mut self, every: std::time::Duration) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < every) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
 
 impl Events for LogEvents {
     fn emit(&self, event: &engine::Event<'_>) {
@@ -183,9 +206,30 @@ impl Events for LogEvents {
                 session,
                 what,
                 error,
-            } => warn!(
-                session,
-                what, error, "state store unavailable, went on without that state"
+            } => {
+                let mut quiet = self
+                    .store_unavailable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(held_back) = quiet.speak(std::time::Duration::from_secs(60)) {
+                    warn!(
+                        session,
+                        what,
+                        error,
+                        same_since_last_line = held_back,
+                        "state store unavailable; decided without it (told once a minute; postern_state_store_unavailable_total counts each)"
+                    );
+                }
+            }
+            E::StoreBack {
+                store,
+                after,
+                fallbacks,
+            } => info!(
+                store,
+                after_ms = after.as_millis() as u64,
+                decided_without_it = fallbacks,
+                "state store answers again; state is shared again"
             ),
             E::Refused {
                 session,

@@ -77,6 +77,10 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Also connect to the services the file names ([shared_state] redis_url) and
+        /// fail when one does not answer.
+        #[arg(long)]
+        connect: bool,
     },
     /// Write the manual pages into DIR: postern.8 and one page per command from this command
     /// line, postern.toml.5 from the documented configuration (man/ holds them, built so).
@@ -110,24 +114,60 @@ enum Command {
     },
 }
 
+/// `postern check-config`: the summary of a valid file, or what is wrong with it (or, with
+/// `connect`, with a service it names).
+fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let config = Config::load(file)?;
+    let mut out = format!("{}: OK\n{}\n", file.display(), config.policy);
+    let _ = writeln!(out, "milter listen:           {}", config.milter.listen);
+    let listen: Vec<String> = config.proxy.listen.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(out, "proxy listen:            {}", listen.join(", "));
+    for t in &config.delivery.targets {
+        let _ = writeln!(
+            out,
+            "relay target:            {} {}:{} priority {} security {:?}",
+            t.name, t.host, t.port, t.priority, t.security
+        );
+    }
+    match &config.shared_state {
+        Some(shared) => {
+            let url = postern::state::redacted(&shared.redis_url);
+            let reach = if connect {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                // Connecting may take longer than one call is allowed to.
+                let wait = shared.timeout.max(std::time::Duration::from_secs(2));
+                runtime
+                    .block_on(postern::state::ping(shared, wait))
+                    .map_err(anyhow::Error::msg)?;
+                "reachable"
+            } else {
+                "not tried; --connect tries it"
+            };
+            let _ = writeln!(
+                out,
+                "shared state:            {url} prefix {:?} timeout {} ms ({reach})",
+                shared.key_prefix,
+                shared.timeout.as_millis()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "shared state:            none (state stays in this process)"
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(config) => {
-                use std::fmt::Write as _;
-                let mut out = format!("{}: OK\n{}\n", file.display(), config.policy);
-                let _ = writeln!(out, "milter listen:           {}", config.milter.listen);
-                let listen: Vec<String> =
-                    config.proxy.listen.iter().map(|a| a.to_string()).collect();
-                let _ = writeln!(out, "proxy listen:            {}", listen.join(", "));
-                for t in &config.delivery.targets {
-                    let _ = writeln!(
-                        out,
-                        "relay target:            {} {}:{} priority {} security {:?}",
-                        t.name, t.host, t.port, t.priority, t.security
-                    );
-                }
+        Command::CheckConfig { file, connect } => match check_config(&file, connect) {
+            Ok(out) => {
                 // A reader that stops early (`| head`) is no error of the file's.
                 use std::io::Write as _;
                 let _ = std::io::stdout().write_all(out.as_bytes());

@@ -231,7 +231,7 @@ impl Metrics {
         );
         m.registry.register(
             "postern_state_store_unavailable",
-            "Times the state store could not answer and a decision went on without it",
+            "Times the state store could not answer and a decision was made without it (for a shared store: from this instance's own state)",
             m.store_unavailable.clone(),
         );
         m.registry.register(
@@ -356,7 +356,10 @@ impl Events for Metrics {
                     })
                     .set(i64::from(*usable));
             }
-            Event::Zone { .. } | Event::Diverted { .. } | Event::WouldRefuse { .. } => {}
+            Event::Zone { .. }
+            | Event::Diverted { .. }
+            | Event::WouldRefuse { .. }
+            | Event::StoreBack { .. } => {}
             Event::StoreUnavailable { .. } => {
                 self.store_unavailable.inc();
             }

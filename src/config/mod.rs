@@ -22,7 +22,7 @@ use crate::metrics::MetricsSettings;
 use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
-use crate::state::StateSettings;
+use crate::state::{SharedStateSettings, StateSettings};
 
 mod connection;
 mod delivery;
@@ -73,6 +73,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub delivery: Delivery,
     pub state: StateSettings,
+    /// The Redis a fleet shares its state through, when `[shared_state] redis_url` is set.
+    pub shared_state: Option<SharedStateSettings>,
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<MetricsSettings>,
     /// How log lines are written; read at start.
@@ -173,6 +175,7 @@ struct ConfigFile {
     #[serde(rename = "relay_target")]
     relay_targets: Vec<delivery::RelayTargetSection>,
     state: state::StateSection,
+    shared_state: state::SharedStateSection,
     metrics: metrics::MetricsSection,
     log: log::LogSection,
 }
@@ -237,6 +240,7 @@ impl ConfigFile {
             proxy,
             delivery,
             state: state::compile(self.state),
+            shared_state: state::compile_shared(self.shared_state)?,
             metrics: metrics::compile(self.metrics, config_dir)?,
             log: log::compile(self.log)?,
         })

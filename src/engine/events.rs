@@ -172,12 +172,20 @@ pub enum Event<'a> {
         stage: &'static str,
         verdict: &'a Verdict,
     },
-    /// The state store could not answer; the session went on as if it had no state for the
-    /// client (`what` says which state).
+    /// The state store could not answer: `what` says which state and what was done instead
+    /// (gone on without it, or, for a shared store, answered from this instance's own state).
+    /// `session` is the session that asked, when the engine reports it.
     StoreUnavailable {
-        session: u64,
+        session: Option<u64>,
         what: &'static str,
         error: &'a str,
+    },
+    /// A shared store answers again after an outage of `after`, during which `fallbacks`
+    /// decisions were made without it.
+    StoreBack {
+        store: &'a str,
+        after: Duration,
+        fallbacks: u64,
     },
     /// A check's refusal: answered at once, held until a later stage (`held_until`), or, when
     /// `late`, one held earlier and answered now.

@@ -1,10 +1,15 @@
 //! Implementations of the engine's [`Store`](crate::engine::ports::Store) port: state that
-//! outlives a connection (rate counters, failure windows, learned reputation). [`MemoryStore`]
-//! keeps it in this process; a store a fleet shares can be added beside it.
+//! outlives a connection (rate counters, failure windows, learned reputation).
+//! [`MemoryStore`] keeps it in this process; [`RedisStore`] keeps it in a Redis that a fleet
+//! of instances shares, with a `MemoryStore` as its fallback.
 
 mod memory;
+mod redis;
+
+use std::time::Duration;
 
 pub use memory::{DEFAULT_CAPACITY, MemoryStore};
+pub use redis::{RETRY_AFTER, RedisStore, check_url, ping, redacted};
 
 /// Settings of the state store (`[state]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,4 +18,31 @@ pub struct StateSettings {
     /// failures, learned reputation); beyond it, what ran out and then the weakest half are
     /// forgotten.
     pub max_tracked_clients: usize,
+}
+
+/// Settings of the shared store (`[shared_state]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedStateSettings {
+    /// `redis://host:port/db`, `rediss://host:port/db` or `redis+unix:///path`.
+    pub redis_url: String,
+    /// Put before every key, so that several fleets can share one Redis.
+    pub key_prefix: String,
+    /// How long one call may take before the decision is made locally.
+    pub timeout: Duration,
+}
+
+/// The default key prefix.
+pub const DEFAULT_KEY_PREFIX: &str = "postern:";
+
+/// The default timeout of one call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+impl Default for SharedStateSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub const POSTERN: &str = env!("CARGO_BIN_EXE_postern");
 
 pub mod faulty;
 pub mod proxy;
+pub mod redis;
 
 pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -168,7 +168,7 @@ impl Session {
     /// Reports that the store could not answer for `what`.
     fn store_unavailable(&self, what: &'static str, error: &StoreError) {
         self.emit(&Event::StoreUnavailable {
-            session: self.id,
+            session: Some(self.id),
             what,
             error: &error.to_string(),
         });

@@ -1,0 +1,406 @@
+//! The store a fleet of gateways shares: Redis (`[shared_state] redis_url`). Every counter is
+//! changed by a script run on the server, atomically and by the server's clock, so that
+//! instances with clocks apart still count the same window.
+//!
+//! Redis down or slow never holds mail up: every call has `timeout_ms`, and a call that fails
+//! is answered from this instance's own state, which mirrors every change it makes (so that a
+//! fallback still knows what this instance saw). After a failure Redis is left alone for
+//! [`RETRY_AFTER`] while the connection manager reconnects in the background; each fallback
+//! is reported as [`Event::StoreUnavailable`] (the log says so once a minute, the metrics count
+//! each one), and the first answer after an outage as [`Event::StoreBack`].
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+
+use super::{MemoryStore, SharedStateSettings};
+use crate::engine::Event;
+use crate::engine::ports::{Counter, Events, Store, StoreError};
+
+/// How long Redis is left alone after a call failed: decisions are local meanwhile.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long one attempt to connect (and to log in) may take. Calls do not wait for it longer
+/// than their own timeout: they fall back while the connection is made in the background.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sliding window of events per key, in a sorted set scored by the server's time in
+/// microseconds. KEYS[1] the set; ARGV: window (µs), events to keep, a unique member name.
+const HIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+local n = redis.call('ZCARD', KEYS[1])
+local keep = tonumber(ARGV[2])
+if n > keep then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1)
+  n = keep
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+return n
+";
+
+/// A count in a window that starts at its first addition and expires with it. KEYS[1] the
+/// count; ARGV: delta, window (ms). Never below 0; a delta of 0 only reads.
+const ADD: &str = r"
+local delta = tonumber(ARGV[1])
+if delta == 0 then
+  return tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+local n = redis.call('INCRBY', KEYS[1], delta)
+if n < 0 then
+  redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+  n = 0
+end
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return n
+";
+
+/// Learned reputation: a score and the server time it was last changed, decayed by the half
+/// life when read. KEYS[1] the hash; ARGV: delta (0 reads), half life (s). Returns the score
+/// as a string (Redis would cut a number to an integer).
+const REPUTATION: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local half_life = math.max(tonumber(ARGV[2]), 1)
+local v = redis.call('HMGET', KEYS[1], 's', 't')
+local score = 0
+if v[1] then
+  score = tonumber(v[1]) * 0.5 ^ (math.max(now - tonumber(v[2]), 0) / half_life)
+end
+local delta = tonumber(ARGV[1])
+if delta ~= 0 then
+  score = score + delta
+  redis.call('HSET', KEYS[1], 's', tostring(score), 't', tostring(now))
+  -- Kept until it has decayed below 0.5 (at most 64 half lives).
+  local lives = math.min(math.max(math.log(math.abs(score) / 0.5) / math.log(2), 1), 64)
+  redis.call('EXPIRE', KEYS[1], math.ceil(lives * half_life))
+end
+return tostring(score)
+";
+
+/// State in Redis, shared by every instance with the same URL and key prefix.
+pub struct RedisStore {
+    manager: ConnectionManager,
+    /// The URL without its password, for messages.
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    local: MemoryStore,
+    /// Members of the sliding windows are unique per instance and event.
+    instance: String,
+    sequence: AtomicU64,
+    scripts: [Script; 3],
+    /// Set while Redis is left alone after a failure: until when, and since when it failed.
+    outage: Mutex<Outage>,
+    events: Arc<dyn Events>,
+}
+
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<Instant>,
+    retry_at: Option<Instant>,
+    fallbacks: u64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn client(settings: &SharedStateSettings) -> Result<redis::Client, String> {
+    redis::Client::open(settings.redis_url.as_str()).map_err(|e| {
+        format!(
+            "[shared_state] redis_url {:?} is not usable: {e} (write redis://host:port/db, rediss://host:port/db or redis+unix:///path/to/redis.sock)",
+            redacted(&settings.redis_url)
+        )
+    })
+}
+
+/// Checks that the URL can be parsed (without connecting): for check-config.
+pub fn check_url(settings: &SharedStateSettings) -> Result<(), String> {
+    client(settings).map(|_| ())
+}
+
+/// Connects to Redis and asks PING, within `timeout`: for `check-config --connect`.
+pub async fn ping(settings: &SharedStateSettings, timeout: Duration) -> Result<(), String> {
+    let client = client(settings)?;
+    let url = redacted(&settings.redis_url);
+    let answer = tokio::time::timeout(timeout, async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    })
+    .await;
+    match answer {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("Redis at {url} did not answer PING: {e}")),
+        Err(_) => Err(format!(
+            "Redis at {url} did not answer PING within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+impl RedisStore {
+    /// A store over the Redis at `settings.redis_url`, with `local` as its fallback. It
+    /// connects on first use and reconnects by itself; it must be built inside the runtime.
+    pub fn new(
+        settings: &SharedStateSettings,
+        local: MemoryStore,
+        events: Arc<dyn Events>,
+    ) -> Result<Self, String> {
+        let client = client(settings)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(RETRY_AFTER);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("[shared_state] cannot set up the Redis connection: {e}"))?;
+        Ok(Self {
+            manager,
+            url: redacted(&settings.redis_url),
+            prefix: settings.key_prefix.clone(),
+            timeout: settings.timeout,
+            local,
+            instance: format!("{}.{}", std::process::id(), unique_start()),
+            sequence: AtomicU64::new(0),
+            scripts: [Script::new(HIT), Script::new(ADD), Script::new(REPUTATION)],
+            outage: Mutex::default(),
+            events,
+        })
+    }
+
+    fn key(&self, kind: &str, client: IpAddr) -> String {
+        format!("{}{kind}:{client}", self.prefix)
+    }
+
+    /// Runs `invocation` against Redis within the timeout, unless Redis is being left alone.
+    /// `None` when the answer must come from the local state; `what` names the decision.
+    async fn ask<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        {
+            let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+            if outage.retry_at.is_some_and(|at| Instant::now() < at) {
+                outage.fallbacks += 1;
+                drop(outage);
+                self.report(
+                    what,
+                    "left alone after a failure; reconnecting in the background",
+                );
+                return None;
+            }
+        }
+        let mut conn = self.manager.clone();
+        let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut conn))
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from Redis at {} within {} ms",
+                    self.url,
+                    self.timeout.as_millis()
+                )
+            })
+            .and_then(|r| r.map_err(|e: RedisError| format!("Redis at {}: {e}", self.url)));
+        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(value) => {
+                if let Some(since) = outage.since.take() {
+                    let fallbacks = std::mem::take(&mut outage.fallbacks);
+                    outage.retry_at = None;
+                    drop(outage);
+                    self.events.emit(&Event::StoreBack {
+                        store: &self.url,
+                        after: since.elapsed(),
+                        fallbacks,
+                    });
+                }
+                Some(value)
+            }
+            Err(error) => {
+                let now = Instant::now();
+                outage.since.get_or_insert(now);
+                outage.retry_at = Some(now + RETRY_AFTER);
+                outage.fallbacks += 1;
+                drop(outage);
+                self.report(what, &error);
+                None
+            }
+        }
+    }
+
+    fn report(&self, what: &'static str, error: &str) {
+        self.events.emit(&Event::StoreUnavailable {
+            session: None,
+            what,
+            error,
+        });
+    }
+}
+
+/// A number that tells this start of the process from an earlier one with the same pid.
+fn unique_start() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn hit(
+        &self,
+        counter: Counter,
+        client: IpAddr,
+        window: Duration,
+        keep: u32,
+    ) -> Result<u32, StoreError> {
+        let local = self.local.hit(counter, client, window, keep).await?;
+        let member = format!(
+            "{}.{}",
+            self.instance,
+            self.sequence.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut invocation = self.scripts[0].prepare_invoke();
+        invocation
+            .key(self.key(counter_name(counter), client))
+            .arg(window.as_micros().max(1) as u64)
+            .arg(keep.max(1))
+            .arg(member);
+        Ok(self
+            .ask(counter_what(counter), invocation)
+            .await
+            .unwrap_or(local))
+    }
+
+    async fn add(
+        &self,
+        counter: Counter,
+        client: IpAddr,
+        delta: i64,
+        window: Duration,
+    ) -> Result<u64, StoreError> {
+        let local = self.local.add(counter, client, delta, window).await?;
+        let mut invocation = self.scripts[1].prepare_invoke();
+        invocation
+            .key(self.key(counter_name(counter), client))
+            .arg(delta)
+            .arg(window.as_millis().max(1) as u64);
+        Ok(self
+            .ask(counter_what(counter), invocation)
+            .await
+            .unwrap_or(local))
+    }
+
+    async fn reputation(&self, client: IpAddr, half_life: Duration) -> Result<f64, StoreError> {
+        let local = self.local.reputation(client, half_life).await?;
+        Ok(self
+            .reputation_script(client, 0.0, half_life, "learned reputation (read locally)")
+            .await
+            .unwrap_or(local))
+    }
+
+    async fn add_reputation(
+        &self,
+        client: IpAddr,
+        delta: f64,
+        half_life: Duration,
+    ) -> Result<(), StoreError> {
+        self.local.add_reputation(client, delta, half_life).await?;
+        self.reputation_script(
+            client,
+            delta,
+            half_life,
+            "learned reputation (kept locally)",
+        )
+        .await;
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    async fn reputation_script(
+        &self,
+        client: IpAddr,
+        delta: f64,
+        half_life: Duration,
+        what: &'static str,
+    ) -> Option<f64> {
+        let mut invocation = self.scripts[2].prepare_invoke();
+        invocation
+            .key(self.key("reputation", client))
+            .arg(delta.to_string())
+            .arg(half_life.as_secs_f64().to_string());
+        let score: String = self.ask(what, invocation).await?;
+        score.parse().ok()
+    }
+}
+
+/// What a fallback of `counter` means, for the log.
+fn counter_what(counter: Counter) -> &'static str {
+    match counter {
+        Counter::Connections => "connection rate (counted by this instance alone)",
+        Counter::AuthFailures => "AUTH failures (counted by this instance alone)",
+    }
+}
+
+fn counter_name(counter: Counter) -> &'static str {
+    match counter {
+        Counter::Connections => "connections",
+        Counter::AuthFailures => "auth-failures",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_shows_in_messages() {
+        assert_eq!(
+            redacted("redis://:secret@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock"),
+            "redis+unix:///run/redis.sock"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_says_how_to_write_one() {
+        let settings = SharedStateSettings {
+            redis_url: "http://127.0.0.1/".into(),
+            ..SharedStateSettings::default()
+        };
+        let e = check_url(&settings).unwrap_err();
+        assert!(e.contains("redis+unix:///"), "{e}");
+    }
+}
