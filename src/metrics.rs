@@ -356,7 +356,11 @@ impl Events for Metrics {
                     })
                     .set(i64::from(*usable));
             }
-            Event::Zone { .. } | Event::Diverted { .. } | Event::WouldRefuse { .. } => {}
+            Event::Zone { .. }
+            | Event::Diverted { .. }
+            | Event::WouldRefuse { .. }
+            | Event::TransactionEnded { .. }
+            | Event::HandedOn { .. } => {}
             Event::StoreUnavailable { .. } => {
                 self.store_unavailable.inc();
             }
@@ -562,6 +566,14 @@ mod tests {
                 queue_id: "",
                 sender: "a@b.example",
                 recipients: &[],
+                refused: &[],
+                message_id: None,
+                facts: crate::engine::events::SessionFacts {
+                    client: &client,
+                    helo: None,
+                    tls: None,
+                    authenticated: None,
+                },
                 size: 10,
                 spooled: false,
                 spf: "-",

@@ -62,13 +62,19 @@ impl Session {
         }
     }
 
-    /// A recipient the engine let through was not accepted after all (the door's relay
-    /// target refused it): it no longer counts for the message.
-    pub fn withdraw_recipient(&mut self, recipient: &str) {
-        if let Some(tx) = self.tx.as_mut()
-            && let Some(at) = tx.recipients.iter().rposition(|r| r == recipient)
-        {
-            tx.recipients.remove(at);
+    /// A recipient was refused after the policy let it through (the door's relay target or
+    /// the MTA refused it, or no relay target could take it), with the reply the client heard:
+    /// it no longer counts for the message, and is reported with the transaction.
+    pub fn recipient_refused(&mut self, recipient: &str, reply: SmtpReply, by: RefusedBy) {
+        if let Some(tx) = self.tx.as_mut() {
+            if let Some(at) = tx.recipients.iter().rposition(|r| r == recipient) {
+                tx.recipients.remove(at);
+            }
+            tx.refused.push(RefusedRecipient {
+                address: recipient.to_owned(),
+                reply,
+                by,
+            });
         }
     }
 

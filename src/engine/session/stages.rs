@@ -43,6 +43,13 @@ impl Session {
         {
             tx.recipients.push(recipient.to_owned());
         }
+        if let (Some(reply), Some(tx)) = (verdict.reply(), self.tx.as_mut()) {
+            tx.refused.push(RefusedRecipient {
+                address: recipient.to_owned(),
+                reply: reply.clone(),
+                by: RefusedBy::Policy,
+            });
+        }
         verdict
     }
 
