@@ -213,6 +213,9 @@ fn main() -> ExitCode {
                         t.name, t.host, t.port, t.priority, t.security
                     );
                 }
+                if let Some(tracking) = &config.tracking {
+                    let _ = writeln!(out, "message tracking:        {}", tracking.store);
+                }
                 // A reader that stops early (`| head`) is no error of the file's.
                 use std::io::Write as _;
                 let _ = std::io::stdout().write_all(out.as_bytes());

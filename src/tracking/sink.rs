@@ -71,10 +71,12 @@ impl Tracker {
             StoreSettings::Sqlite { path } => {
                 writer::Backend::Sqlite(super::sqlite::Store::open(path)?)
             }
-            StoreSettings::Postgres(pg) => writer::Backend::Postgres(super::postgres::Store::new(
-                pg.config()
-                    .map_err(|e| anyhow::anyhow!("[tracking] url {e}"))?,
-            )),
+            StoreSettings::Postgres(pg) => {
+                let config = pg
+                    .config()
+                    .map_err(|e| anyhow::anyhow!("[tracking] url {e}"))?;
+                writer::Backend::Postgres(Box::new(super::postgres::Store::new(config)))
+            }
         };
         let (queue, records) = mpsc::channel(settings.queue_size);
         let drops = Arc::new(Drops::new(observer));

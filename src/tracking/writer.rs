@@ -21,7 +21,7 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 /// The store the writer writes to.
 pub(super) enum Backend {
     Sqlite(sqlite::Store),
-    Postgres(postgres::Store),
+    Postgres(Box<postgres::Store>),
 }
 
 impl Backend {
