@@ -311,6 +311,21 @@ impl Tracker {
 
 impl Events for Tracker {
     fn emit(&self, event: &Event<'_>) {
+        // The events a record needs nothing from take no lock.
+        if matches!(
+            event,
+            Event::Checked { .. }
+                | Event::Zone { .. }
+                | Event::StoreUnavailable { .. }
+                | Event::ScanFailed { .. }
+                | Event::Scanned { .. }
+                | Event::Refused {
+                    held_until: Some(_),
+                    ..
+                }
+        ) {
+            return;
+        }
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Event::Connected { session, .. } => {
