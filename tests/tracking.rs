@@ -300,22 +300,35 @@ fn a_dry_run_tracks_the_would_be_verdicts() {
     assert!(String::from_utf8_lossy(&taken[0].message).contains("078-05-1121"));
 }
 
-/// The milter door through a real Postfix: a delivered message and a refused connection.
+/// The milter door through a real Postfix: a delivered message, a recipient Postfix refused
+/// itself, and a refused connection.
 #[test]
 fn the_milter_tracks_what_postfix_passed_and_refused() {
-    let env = MailEnv::start(
+    let env = MailEnv::start_with_postfix(
         Socket::Unix,
         "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n\
          [tracking]\nstore = \"sqlite\"\npath = \"tracking.sqlite\"\n\
          track_dropped_connections = true\n",
+        &["smtpd_recipient_restrictions = check_recipient_access regexp:{dir}/recipients"],
+        &[(
+            "recipients",
+            "/^nosuch/ 550 5.1.1 User unknown in local recipient table\n",
+        )],
     );
-    let (ok, dialogue) = env.send_from("198.51.100.7");
-    assert!(ok, "{dialogue}");
+    let (ok, dialogue) = env.swaks_result(&[
+        "--xclient-addr",
+        "198.51.100.7",
+        "-f",
+        "a@sender.example",
+        "-t",
+        "b@rcpt.example,nosuch@rcpt.example",
+    ]);
+    assert!(dialogue.contains("250 2.0.0 Ok: queued"), "{ok} {dialogue}");
     env.wait_delivered(1);
     let (ok, _) = env.send_from("192.0.2.9");
     assert!(!ok, "a listed client is refused");
 
-    let records = wait_track(&env.config, &["--sender", "a@sender.example"], 1);
+    let records = wait_track(&env.config, &["--sender", "a@sender.example"], 2);
     let r = for_recipient(&records, "b@rcpt.example");
     assert_eq!(field(r, "door"), "milter", "{r:#}");
     assert_eq!(field(r, "outcome"), "accepted", "{r:#}");
@@ -325,11 +338,19 @@ fn the_milter_tracks_what_postfix_passed_and_refused() {
         "Postfix's queue id: {r:#}"
     );
     let queue_id = field(r, "queue_id").to_owned();
+    let nosuch = for_recipient(&records, "nosuch@rcpt.example");
+    assert_eq!(field(nosuch, "outcome"), "refused", "{nosuch:#}");
+    assert_eq!(field(nosuch, "reason"), "mta", "{nosuch:#}");
+    assert!(
+        field(nosuch, "reply").starts_with("550 5.1.1"),
+        "{nosuch:#}"
+    );
+    // Both recipients of the message, the refused one included.
     assert_eq!(
         track(&env.config, &["--queue-id", &queue_id])
             .unwrap()
             .len(),
-        1
+        2
     );
 
     let refused = wait_track(&env.config, &["--client", "192.0.2.9"], 1);
