@@ -205,8 +205,8 @@ const WIDTH: usize = 100;
 /// outcome, sender and recipient; then the reply, relay target, verdict and the rest.
 pub fn table(records: &[Record]) -> String {
     let mut out = format!(
-        "{:<19} {:<6} {:<10} {:<30} {:<30}\n",
-        "TIME (UTC)", "DOOR", "OUTCOME", "SENDER", "RECIPIENT"
+        "{:<19} {:<6} {:<10} {:<30} RECIPIENT\n",
+        "TIME (UTC)", "DOOR", "OUTCOME", "SENDER"
     );
     for r in records {
         let time = format_time(r.time_ms);
@@ -253,21 +253,12 @@ fn details(r: &Record) -> String {
     if let Some(id) = &r.queue_id {
         parts.push(format!("queue {id}"));
     }
-    if let Some(id) = &r.message_id {
-        parts.push(format!("id {id}"));
-    }
     let client = match (&r.client_addr, &r.client_name) {
         (Some(a), Some(n)) => format!("client {n}[{a}]"),
         (Some(a), None) => format!("client [{a}]"),
         (None, _) => "client local".to_owned(),
     };
     parts.push(client);
-    if let Some(helo) = &r.helo {
-        parts.push(format!("helo {helo}"));
-    }
-    if let Some(tls) = &r.tls {
-        parts.push(tls.clone());
-    }
     if let Some(user) = &r.auth_user {
         parts.push(format!("auth {user}"));
     }
@@ -275,6 +266,15 @@ fn details(r: &Record) -> String {
         parts.push(format!("{size} B"));
     }
     parts.push(format!("{} ms", r.duration_ms));
+    if let Some(id) = &r.message_id {
+        parts.push(format!("id {id}"));
+    }
+    if let Some(helo) = &r.helo {
+        parts.push(format!("helo {helo}"));
+    }
+    if let Some(tls) = &r.tls {
+        parts.push(tls.clone());
+    }
     parts.push(format!("session {}", r.session));
     parts.join(", ")
 }
