@@ -428,3 +428,101 @@ fn some(s: &str) -> Option<String> {
 fn joined(items: Vec<String>, separator: &str) -> Option<String> {
     (!items.is_empty()).then(|| items.join(separator))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::{ClientInfo, Stage};
+    use crate::tracking::query::{Filter, find};
+
+    fn client(addr: &str) -> ClientInfo {
+        ClientInfo {
+            addr: Some(addr.parse().unwrap()),
+            name: None,
+        }
+    }
+
+    /// The outcomes no end-to-end test reaches, through the real engine into a real SQLite
+    /// file: a refusal held until DATA, a transaction the client gave up, a connection refused
+    /// before any message.
+    #[tokio::test]
+    async fn held_abandoned_and_refused_connections_are_tracked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracking.sqlite");
+        let text = format!(
+            "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n\
+             delayed_rejection_state = \"data\"\n\
+             [tracking]\nstore = \"sqlite\"\npath = \"{}\"\ntrack_dropped_connections = true\n",
+            path.display()
+        );
+        let config = Config::parse(&text, "test.toml").unwrap();
+        let (app, _, _) = crate::app::App::new(config, "milter").unwrap();
+
+        let mut s = app.engine.session(Stage::Helo);
+        s.connect(client("192.0.2.10")).await;
+        s.helo("held.example").await;
+        s.mail("held@sender.example").await;
+        s.rcpt("one@d.example").await;
+        s.rcpt("two@d.example").await;
+        assert!(matches!(s.data().await, Verdict::Reject(_)));
+        s.reset();
+        s.close();
+
+        let mut s = app.engine.session(Stage::Helo);
+        s.connect(client("198.51.100.1")).await;
+        s.mail("gave-up@sender.example").await;
+        s.rcpt("three@d.example").await;
+        s.close();
+
+        // A connection that did nothing leaves no record.
+        let mut s = app.engine.session(Stage::Helo);
+        s.connect(client("198.51.100.2")).await;
+        s.close();
+        app.finish_tracking().await;
+
+        // Without delayed rejection, the client is refused at connect.
+        let text = text.replace("delayed_rejection_state = \"data\"\n", "");
+        let config = Config::parse(&text, "test.toml").unwrap();
+        let (app, _, _) = crate::app::App::new(config, "proxy").unwrap();
+        let mut s = app.engine.session(Stage::None);
+        assert!(matches!(
+            s.connect(client("192.0.2.11")).await,
+            Verdict::Reject(_)
+        ));
+        s.close();
+        app.finish_tracking().await;
+        let store = StoreSettings::Sqlite { path };
+        let all = Filter {
+            limit: 10,
+            ..Filter::default()
+        };
+        let records = find(&store, &all).await.unwrap();
+        assert_eq!(records.len(), 4, "{records:#?}");
+        let of = |recipient: Option<&str>| {
+            records
+                .iter()
+                .find(|r| r.recipient.as_deref() == recipient)
+                .unwrap_or_else(|| panic!("{recipient:?}: {records:#?}"))
+        };
+        for held in [of(Some("one@d.example")), of(Some("two@d.example"))] {
+            assert_eq!(held.outcome, "rejected", "{held:#?}");
+            assert_eq!(held.verdict, "reject");
+            assert_eq!(held.reason.as_deref(), Some("ip_address_rejection"));
+            assert!(
+                held.reply.as_deref().unwrap().starts_with("554"),
+                "{held:#?}"
+            );
+            // Held until DATA, the refusal let HELO through.
+            assert_eq!(held.helo.as_deref(), Some("held.example"));
+            assert_eq!(held.door, "milter");
+        }
+        let gave_up = of(Some("three@d.example"));
+        assert_eq!(gave_up.outcome, "abandoned", "{gave_up:#?}");
+        assert_eq!(gave_up.sender, "gave-up@sender.example");
+        let refused = of(None);
+        assert_eq!(refused.outcome, "connection_refused", "{refused:#?}");
+        assert_eq!(refused.client_addr.as_deref(), Some("192.0.2.11"));
+        assert_eq!(refused.reason.as_deref(), Some("ip_address_rejection"));
+    }
+}
