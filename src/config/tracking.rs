@@ -136,3 +136,54 @@ pub(super) fn compile(
         queue_size: t.queue_size.into_inner(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::tracking::StoreSettings;
+
+    fn error(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_store_needs_its_own_key() {
+        assert!(Config::parse("", "t.toml").unwrap().tracking.is_none());
+        let e = error("[tracking]\nstore = \"sqlite\"\n");
+        assert!(e.contains("t.toml:2: key `tracking.path`"), "{e}");
+        let e = error("[tracking]\nstore = \"postgres\"\npath = \"x\"\n");
+        assert!(e.contains("tracking.path") && e.contains("url"), "{e}");
+        let e = error("[tracking]\nstore = \"postgres\"\nurl = \"not a url=\"\n");
+        assert!(e.contains("tracking.url"), "{e}");
+        let e = error("[tracking]\npath = \"x.sqlite\"\n");
+        assert!(e.contains("tracking.store"), "{e}");
+        let e = error("[tracking]\nstore = \"mysql\"\n");
+        assert!(e.contains("tracking.store"), "{e}");
+        let e = error("[tracking]\nstore = \"sqlite\"\npath = \"x\"\nqueue_size = 0\n");
+        assert!(e.contains("tracking.queue_size"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_password_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = format!(
+            "[tracking]\nstore = \"postgres\"\nurl = \"postgresql://postern:other@db.example/mail\"\n\
+             password_file = \"{}\"\nretention_days = 7\n",
+            file.display()
+        );
+        let tracking = Config::parse(&text, "t.toml").unwrap().tracking.unwrap();
+        assert_eq!(tracking.retention_days, 7);
+        let StoreSettings::Postgres(pg) = &tracking.store else {
+            panic!("{tracking:?}");
+        };
+        assert_eq!(pg.config().unwrap().get_password(), Some(&b"s3cret"[..]));
+        let shown = format!("{} {tracking:?}", tracking.store);
+        assert!(shown.contains("postern@db.example"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("other"),
+            "{shown}"
+        );
+    }
+}

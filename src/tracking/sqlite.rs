@@ -167,3 +167,59 @@ pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, String> {
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::query::Filter;
+
+    fn record(time_ms: i64, recipient: &str) -> Record {
+        Record {
+            time_ms,
+            door: "proxy".into(),
+            session: 1,
+            queue_id: None,
+            client_addr: Some("192.0.2.1".into()),
+            client_name: None,
+            helo: None,
+            tls: None,
+            auth_user: None,
+            sender: "a@b.example".into(),
+            recipient: Some(recipient.into()),
+            outcome: "relayed".into(),
+            reply: Some("250 2.0.0 Ok".into()),
+            relay_target: Some("mta".into()),
+            message_id: None,
+            size: Some(10),
+            verdict: "continue".into(),
+            reason: None,
+            rules: None,
+            dry_run: false,
+            would: None,
+            duration_ms: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_past_their_retention_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = Store::open(&path).unwrap();
+        let old = record(1_000, "old@d.example");
+        let new = record(5_000, "new@d.example");
+        store.write(vec![old, new.clone()]).await.unwrap();
+        assert_eq!(store.purge(2_000).await, Ok(1));
+        let query = Query::new(
+            &Filter {
+                limit: 10,
+                ..Filter::default()
+            },
+            |n| format!("?{n}"),
+        );
+        assert_eq!(find(&path, &query), Ok(vec![new]));
+        // Opening it again finds the table and keeps what is there.
+        drop(store);
+        Store::open(&path).unwrap();
+        assert_eq!(find(&path, &query).unwrap().len(), 1);
+    }
+}
