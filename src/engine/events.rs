@@ -1,6 +1,7 @@
 //! What the engine reports, as typed events: which check decided what, how long it took, what
-//! became of each message and connection. Sinks (the log today; metrics and message tracking
-//! next) receive them through the [`Events`](super::ports::Events) port and never parse text.
+//! became of each message, recipient and connection. Sinks (the log, the metrics, message
+//! tracking) receive them through the [`Events`](super::ports::Events) port and never parse
+//! text.
 
 use std::fmt;
 use std::net::IpAddr;
