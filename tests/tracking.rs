@@ -360,11 +360,13 @@ fn the_milter_tracks_what_postfix_passed_and_refused() {
     assert!(field(r, "reply").starts_with('5'), "{r:#}");
 }
 
-/// A private PostgreSQL 15 in a temporary directory, on a loopback port; stopped when dropped.
+/// A private PostgreSQL 15 in a temporary directory, on a loopback port. The server runs in
+/// the foreground as this test's child (under runuser), so that it is reaped when it stops;
+/// dropping this stops it.
 struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
-    running: bool,
+    server: Option<std::process::Child>,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -384,18 +386,26 @@ impl Postgres {
         let mut pg = Self {
             port: free_port(),
             dir,
-            running: false,
+            server: None,
         };
-        pg.as_postgres(&[
-            "initdb",
-            "-D",
-            &pg.data(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ]);
+        let out = pg
+            .as_postgres("initdb")
+            .args([
+                "-D",
+                &pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pg.start_server();
         pg
     }
@@ -408,62 +418,76 @@ impl Postgres {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn as_postgres(&self, args: &[&str]) {
-        let program = PathBuf::from(PG_BIN).join(args[0]);
-        let out = Command::new("runuser")
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pg.log")).unwrap_or_default()
+    }
+
+    /// `program` of PostgreSQL's, run as the postgres user.
+    fn as_postgres(&self, program: &str) -> Command {
+        let mut command = Command::new("runuser");
+        command
             .args(["-u", "postgres", "--"])
-            .arg(program)
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} failed:\n{}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.dir.path().join("pg.log")).unwrap_or_default()
-        );
+            .arg(PathBuf::from(PG_BIN).join(program))
+            .current_dir(self.dir.path());
+        command
     }
 
+    /// Starts the server and waits until it accepts connections.
     fn start_server(&mut self) {
-        let options = format!(
-            "-k {} -c listen_addresses=127.0.0.1 -p {} -c fsync=off",
-            self.dir.path().display(),
-            self.port
-        );
-        let log = self.dir.path().join("pg.log").display().to_string();
-        self.as_postgres(&[
-            "pg_ctl",
-            "-D",
-            &self.data(),
-            "-w",
-            "-l",
-            &log,
-            "-o",
-            &options,
-            "start",
-        ]);
-        self.running = true;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pg.log"))
+            .unwrap();
+        let server = self
+            .as_postgres("postgres")
+            .args(["-D", &self.data(), "-p", &self.port.to_string()])
+            .args(["-k", &self.dir.path().display().to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(server);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = self
+                .as_postgres("pg_isready")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .unwrap();
+            if ready.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
+    /// Stops the server (fast shutdown: sessions are ended) and reaps it.
     fn stop(&mut self) {
-        if self.running {
-            self.as_postgres(&["pg_ctl", "-D", &self.data(), "-m", "fast", "-w", "stop"]);
-            self.running = false;
+        if let Some(mut server) = self.server.take() {
+            let _ = self
+                .as_postgres("pg_ctl")
+                .args(["-D", &self.data(), "-m", "fast", "-w", "stop"])
+                .output();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while server.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = server.kill();
+            let _ = server.wait();
         }
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if self.running {
-            let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(PathBuf::from(PG_BIN).join("pg_ctl"))
-                .args(["-D", &self.data(), "-m", "fast", "-w", "stop"])
-                .output();
-        }
+        self.stop();
     }
 }
 
