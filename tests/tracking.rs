@@ -158,7 +158,7 @@ fn check_three(config: &Path) {
     let x = for_recipient(&alice, "x@other.test");
     assert_eq!(field(x, "outcome"), "refused", "{x:#}");
     assert!(field(x, "reply").starts_with("554 5.7.1"), "{x:#}");
-    assert_eq!(field(x, "reason"), "policy");
+    assert_eq!(field(x, "reason"), "relay");
     assert_eq!(field(x, "verdict"), "reject");
     let gone = for_recipient(&alice, "gone@dest.test");
     assert_eq!(field(gone, "outcome"), "refused", "{gone:#}");

@@ -108,8 +108,9 @@ impl fmt::Display for Reason {
 /// Who refused a recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefusedBy {
-    /// Postern's own policy (relay restriction, encryption rules, address hiding, ...).
-    Policy,
+    /// Postern's own policy: the check that refused (`relay`, `encryption_rule`, ...), or
+    /// `address_hiding` after a dictionary attack was suspected.
+    Policy(&'static str),
     /// The MTA behind the milter door refused it itself.
     Mta,
     /// The proxy's relay target, by name, refused it (or the sender before it).

@@ -99,7 +99,9 @@ pub struct Record {
     pub size: Option<i64>,
     /// The verdict in force: the message's, or for a refused recipient that refusal's.
     pub verdict: String,
-    /// Why: the check that decided, or who refused a recipient (`policy`, `mta`, ...).
+    /// Why: the check that decided; for a refused recipient the check (`relay`,
+    /// `encryption_rule`, `address_hiding`, ...) or who else refused it (`mta`,
+    /// `relay_target`, `no_relay_target`).
     pub reason: Option<String>,
     /// Rules that acted on the message: `ruleset/rule:action`, comma separated.
     pub rules: Option<String>,

@@ -214,7 +214,7 @@ impl Tracker {
                 r.verdict = Verdict::refuse(refusal.reply.clone()).name().to_owned();
                 r.reason = Some(
                     match refusal.by {
-                        RefusedBy::Policy => "policy",
+                        RefusedBy::Policy(check) => check,
                         RefusedBy::Mta => "mta",
                         RefusedBy::RelayTarget(_) => "relay_target",
                         RefusedBy::NoRelayTarget => "no_relay_target",

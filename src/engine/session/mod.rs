@@ -138,6 +138,8 @@ pub struct Session {
     /// Recipients refused in this connection (by Postern or the MTA), and how the last was.
     failed_recipients: u32,
     last_refusal: Option<RecipientRefusal>,
+    /// What refused the recipient being judged, for the transaction's report.
+    rcpt_refusal: Option<&'static str>,
     messages: u32,
     tx: Option<Transaction>,
 }
@@ -164,6 +166,7 @@ impl Session {
             invalid_commands: 0,
             failed_recipients: 0,
             last_refusal: None,
+            rcpt_refusal: None,
             messages: 0,
             tx: None,
         }

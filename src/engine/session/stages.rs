@@ -35,6 +35,7 @@ impl Session {
     /// RCPT TO.
     pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
         let before = self.recipients().len();
+        self.rcpt_refusal = None;
         let verdict = self.judge_rcpt(recipient).await;
         let verdict = self.unless_dry_run("rcpt", verdict);
         if verdict == Verdict::Continue
@@ -47,7 +48,7 @@ impl Session {
             tx.refused.push(RefusedRecipient {
                 address: recipient.to_owned(),
                 reply: reply.clone(),
-                by: RefusedBy::Policy,
+                by: RefusedBy::Policy(self.rcpt_refusal.take().unwrap_or("policy")),
             });
         }
         verdict
