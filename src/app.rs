@@ -28,6 +28,7 @@ use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
 use crate::relay::{Delivery, RelayObserver, RelayOutbound, SharedDelivery};
 use crate::state::{MemoryStore, RedisStore, SharedStateSettings, StateSettings};
+use crate::tracking::{DropObserver, Tracker, TrackingSettings};
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
 #[derive(Debug)]
@@ -78,6 +79,9 @@ pub struct App {
     /// The metrics, when `[metrics]` is set; the endpoint is started by [`App::serve_metrics`].
     pub metrics: Option<Arc<Metrics>>,
     metrics_settings: Option<MetricsSettings>,
+    /// Message tracking, when `[tracking]` is set; its settings are read at start.
+    pub tracker: Option<Arc<Tracker>>,
+    tracking_settings: Option<TrackingSettings>,
     /// `[log]` as read at start.
     log: LogSettings,
     /// `--dry-run` was given: every configuration loaded runs dry.
@@ -103,8 +107,17 @@ impl App {
             .metrics
             .is_some()
             .then(|| Arc::new(Metrics::new(door)));
+        let tracker = match &config.tracking {
+            Some(settings) => {
+                let observer = metrics.clone().map(|m| m as Arc<dyn DropObserver>);
+                info!(store = %settings.store, "message tracking on");
+                Some(Arc::new(Tracker::start(settings, door, observer)?))
+            }
+            None => None,
+        };
         let mut events: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents::default())];
         events.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
+        events.extend(tracker.clone().map(|t| t as Arc<dyn Events>));
         let events: Arc<dyn Events> = Arc::new(Fanout(events));
         let delivery: SharedDelivery =
             Arc::new(ArcSwap::from_pointee(observed(config.delivery, &metrics)));
@@ -133,6 +146,8 @@ impl App {
             delivery,
             metrics,
             metrics_settings: config.metrics,
+            tracker,
+            tracking_settings: config.tracking,
             log: config.log,
             forced_dry_run: false,
             resolver,
@@ -208,6 +223,7 @@ impl App {
             ("shared_state", config.shared_state != self.shared_state),
             ("metrics", config.metrics != self.metrics_settings),
             ("log", config.log != self.log),
+            ("tracking", config.tracking != self.tracking_settings),
         ] {
             if changed {
                 warn!(key, "setting changed: it takes effect at the next restart");
@@ -238,6 +254,13 @@ impl App {
             ));
         }
         Ok(())
+    }
+
+    /// At shutdown: lets the tracking writer store what is queued (for a few seconds at most).
+    pub async fn finish_tracking(&self) {
+        if let Some(tracker) = &self.tracker {
+            tracker.finish(std::time::Duration::from_secs(5)).await;
+        }
     }
 
     /// Spawns a task that reloads `path` on every SIGHUP.
@@ -276,7 +299,9 @@ pub async fn run_milter(
         },
     )?;
     let listen = listen.unwrap_or_else(|| milter.listen.clone());
-    crate::milter::run(app.engine.clone(), &milter, &listen, shutdown).await
+    let result = crate::milter::run(app.engine.clone(), &milter, &listen, shutdown).await;
+    app.finish_tracking().await;
+    result
 }
 
 /// Runs the proxy door until `shutdown`.
@@ -292,5 +317,7 @@ pub async fn run_proxy(
     let app = Arc::new(app);
     let door = app.proxy(settings)?;
     app.reload_on_sighup(path, Door::Proxy(door.clone()))?;
-    proxy::run(door, shutdown).await
+    let result = proxy::run(door, shutdown).await;
+    app.finish_tracking().await;
+    result
 }

@@ -1,9 +1,9 @@
 //! Postern: an SMTP policy engine with two doors, a milter beside an MTA and an SMTP proxy in
 //! front of one. [`engine`] decides and imports nothing else of the crate; what it needs of
-//! the world it declares as ports ([`engine::ports`]) that [`dns`], [`relay`], [`state`] and
-//! [`logging`] implement; [`app`] builds it all from a [`config::Config`] and owns reloads;
-//! [`milter`] and [`proxy`] are the doors. `README.md` has the whole picture and
-//! `config/postern.toml` every setting.
+//! the world it declares as ports ([`engine::ports`]) that [`dns`], [`relay`], [`state`],
+//! [`logging`], [`metrics`] and [`tracking`] implement; [`app`] builds it all from a
+//! [`config::Config`] and owns reloads; [`milter`] and [`proxy`] are the doors. `README.md`
+//! has the whole picture and `config/postern.toml` every setting.
 
 pub mod app;
 pub mod config;
@@ -16,3 +16,4 @@ pub mod notify;
 pub mod proxy;
 pub mod relay;
 pub mod state;
+pub mod tracking;

@@ -288,12 +288,22 @@ impl Events for LogEvents {
                 %reply,
                 "message diverted"
             ),
-            E::Scanned { .. } => {}
+            E::Scanned { .. } | E::HandedOn { .. } => {}
+            E::TransactionEnded { session, report } => info!(
+                session,
+                queue_id = report.queue_id,
+                sender = %report.sender.escape_debug(),
+                accepted = report.accepted.len(),
+                refused = report.refused.len(),
+                dry_run = report.dry_run,
+                "transaction ended without a message"
+            ),
             E::Message { session, report } => info!(
                 session,
                 queue_id = report.queue_id,
                 sender = %report.sender.escape_debug(),
                 recipients = report.recipients.len(),
+                refused = report.refused.len(),
                 size = report.size,
                 spooled = report.spooled,
                 spf = report.spf,

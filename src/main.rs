@@ -10,6 +10,7 @@ use postern::config::{Config, DEFAULT_CONFIG_NAME};
 use postern::engine::rules::protect::{Protector, Secret};
 use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
+use postern::tracking::query::{Filter, find, json, parse_time_now, table};
 
 /// Postern: an SMTP policy engine. One policy (connection checks and content rules) for every
 /// message, applied as a milter beside Postfix or Sendmail, or as an SMTP proxy in front of a
@@ -29,6 +30,7 @@ Examples:
   postern milter -c /etc/postern/postern.toml -l unix:/var/spool/postfix/postern/postern.sock
   postern proxy -c /etc/postern/postern.toml       SMTP proxy, relays to [[relay_target]]s
   postern check-config /etc/postern/postern.toml
+  postern track -c /etc/postern/postern.toml --recipient bob@example.org --since 1h
   postern unprotect --key-file /etc/postern/protect.key --message < received.eml
 
 Postfix main.cf:
@@ -67,6 +69,45 @@ enum Command {
         /// change nothing (as [scan] dry_run = true; kept across reloads).
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Show message tracking records: what became of each message and recipient (accepted,
+    /// refused with the reply, relayed to which target), newest first, from the store
+    /// [tracking] names. Conditions given together must all hold; addresses ignore case and
+    /// `@domain` matches a whole domain.
+    Track {
+        /// Configuration file (TOML) whose [tracking] section names the store.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Envelope sender (MAIL FROM), or @domain.
+        #[arg(long, value_name = "ADDRESS")]
+        sender: Option<String>,
+        /// Recipient (RCPT TO), accepted or refused, or @domain.
+        #[arg(long, value_name = "ADDRESS")]
+        recipient: Option<String>,
+        /// Client IP address.
+        #[arg(long, value_name = "IP")]
+        client: Option<std::net::IpAddr>,
+        /// The MTA's queue id (milter door).
+        #[arg(long, value_name = "ID")]
+        queue_id: Option<String>,
+        /// The Message-ID header, with or without angle brackets.
+        #[arg(long, value_name = "ID")]
+        message_id: Option<String>,
+        /// Verdict: continue, reject, tempfail, discard or drop.
+        #[arg(long, value_name = "VERDICT")]
+        verdict: Option<String>,
+        /// From this time: an age (90s, 30m, 1h, 2d, 1w), a date (2026-12-01, UTC) or RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Before this time, written as for --since.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// At most this many records.
+        #[arg(long, value_name = "N", default_value_t = postern::tracking::query::DEFAULT_LIMIT)]
+        limit: u32,
+        /// table (two lines per record, 100 columns) or json (one array of records).
+        #[arg(long, value_enum, default_value_t = TrackFormat::Table)]
+        format: TrackFormat,
     },
     /// Print an argon2id hash of a password read from stdin, for [proxy] auth_users_file
     /// (`user:HASH` lines).
@@ -114,6 +155,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TrackFormat {
+    Table,
+    Json,
+}
+
 /// `postern check-config`: the summary of a valid file, or what is wrong with it (or, with
 /// `connect`, with a service it names).
 fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String> {
@@ -129,6 +176,9 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
             "relay target:            {} {}:{} priority {} security {:?}",
             t.name, t.host, t.port, t.priority, t.security
         );
+    }
+    if let Some(tracking) = &config.tracking {
+        let _ = writeln!(out, "message tracking:        {}", tracking.store);
     }
     match &config.shared_state {
         Some(shared) => {
@@ -166,6 +216,44 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Track {
+            config,
+            sender,
+            recipient,
+            client,
+            queue_id,
+            message_id,
+            verdict,
+            since,
+            until,
+            limit,
+            format,
+        } => {
+            let filter = (|| -> Result<Filter, String> {
+                let time = |t: Option<String>, flag: &str| {
+                    t.map(|t| parse_time_now(&t).map_err(|e| format!("{flag} {e}")))
+                        .transpose()
+                };
+                Ok(Filter {
+                    sender,
+                    recipient,
+                    client,
+                    queue_id,
+                    message_id,
+                    verdict: verdict.map(|v| v.to_lowercase()),
+                    since_ms: time(since, "--since")?,
+                    until_ms: time(until, "--until")?,
+                    limit,
+                })
+            })();
+            match filter.and_then(|f| track(config.as_deref(), &f, format)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("postern: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { file, connect } => match check_config(&file, connect) {
             Ok(out) => {
                 // A reader that stops early (`| head`) is no error of the file's.
@@ -237,6 +325,35 @@ fn main() -> ExitCode {
             None => ExitCode::FAILURE,
         },
     }
+}
+
+/// Prints the tracking records `filter` selects from the store `config` names.
+fn track(config: Option<&Path>, filter: &Filter, format: TrackFormat) -> Result<(), String> {
+    let (loaded, name) = match config {
+        Some(path) => (
+            Config::load(path).map_err(|e| e.to_string())?,
+            path.display().to_string(),
+        ),
+        None => (Config::embedded_default(), DEFAULT_CONFIG_NAME.to_owned()),
+    };
+    let Some(tracking) = loaded.tracking else {
+        return Err(format!(
+            "message tracking is not configured in {name}: set [tracking] store = \"sqlite\" with path (or \"postgres\" with url) there, and give the file with --config"
+        ));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let records = runtime.block_on(find(&tracking.store, filter))?;
+    let out = match format {
+        TrackFormat::Table => table(&records),
+        TrackFormat::Json => json(&records),
+    };
+    use std::io::Write as _;
+    // A reader that stops early (`| head`) is no error.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(())
 }
 
 /// Runs a door on a single-threaded runtime.

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::engine::events::{CheckId, Event};
 use crate::engine::ports::Events;
 use crate::relay::{Outcome, RelayObserver};
+use crate::tracking::DropObserver;
 
 /// Settings of `[metrics]`; no endpoint without them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +152,7 @@ pub struct Metrics {
     relay_attempts: Family<TargetOutcome, Counter>,
     zone_usable: Family<Zone, Gauge>,
     store_unavailable: Counter,
+    tracking_dropped: Family<Reason, Counter>,
     reloads: Family<ReloadResult, Counter>,
 }
 
@@ -171,6 +173,7 @@ impl Metrics {
             relay_attempts: Family::default(),
             zone_usable: Family::default(),
             store_unavailable: Counter::default(),
+            tracking_dropped: Family::default(),
             reloads: Family::default(),
             registry: Registry::default(),
         };
@@ -233,6 +236,11 @@ impl Metrics {
             "postern_state_store_unavailable",
             "Times the state store could not answer and a decision was made without it (for a shared store: from this instance's own state)",
             m.store_unavailable.clone(),
+        );
+        m.registry.register(
+            "postern_tracking_dropped",
+            "Message tracking records dropped, by reason (queue_full, store_unavailable, writer_stopped)",
+            m.tracking_dropped.clone(),
         );
         m.registry.register(
             "postern_config_reloads",
@@ -359,7 +367,9 @@ impl Events for Metrics {
             Event::Zone { .. }
             | Event::Diverted { .. }
             | Event::WouldRefuse { .. }
-            | Event::StoreBack { .. } => {}
+            | Event::StoreBack { .. }
+            | Event::TransactionEnded { .. }
+            | Event::HandedOn { .. } => {}
             Event::StoreUnavailable { .. } => {
                 self.store_unavailable.inc();
             }
@@ -389,6 +399,14 @@ impl RelayObserver for Metrics {
                 outcome: outcome.name(),
             })
             .inc();
+    }
+}
+
+impl DropObserver for Metrics {
+    fn dropped(&self, reason: &'static str, count: u64) {
+        self.tracking_dropped
+            .get_or_create(&Reason { reason })
+            .inc_by(count);
     }
 }
 
@@ -565,6 +583,14 @@ mod tests {
                 queue_id: "",
                 sender: "a@b.example",
                 recipients: &[],
+                refused: &[],
+                message_id: None,
+                facts: crate::engine::events::SessionFacts {
+                    client: &client,
+                    helo: None,
+                    tls: None,
+                    authenticated: None,
+                },
                 size: 10,
                 spooled: false,
                 spf: "-",

@@ -23,6 +23,7 @@ use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
 use crate::state::{SharedStateSettings, StateSettings};
+use crate::tracking::TrackingSettings;
 
 mod connection;
 mod delivery;
@@ -37,6 +38,7 @@ mod rulesets;
 mod scan;
 mod spf;
 mod state;
+mod tracking;
 
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
@@ -79,6 +81,8 @@ pub struct Config {
     pub metrics: Option<MetricsSettings>,
     /// How log lines are written; read at start.
     pub log: LogSettings,
+    /// Message tracking, when `[tracking] store` is set; read at start.
+    pub tracking: Option<TrackingSettings>,
 }
 
 impl Config {
@@ -178,6 +182,7 @@ struct ConfigFile {
     shared_state: state::SharedStateSection,
     metrics: metrics::MetricsSection,
     log: log::LogSection,
+    tracking: tracking::TrackingSection,
 }
 
 impl ConfigFile {
@@ -243,6 +248,7 @@ impl ConfigFile {
             shared_state: state::compile_shared(self.shared_state)?,
             metrics: metrics::compile(self.metrics, config_dir)?,
             log: log::compile(self.log)?,
+            tracking: tracking::compile(self.tracking, config_dir)?,
         })
     }
 }

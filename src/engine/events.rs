@@ -1,6 +1,7 @@
 //! What the engine reports, as typed events: which check decided what, how long it took, what
-//! became of each message and connection. Sinks (the log today; metrics and message tracking
-//! next) receive them through the [`Events`](super::ports::Events) port and never parse text.
+//! became of each message, recipient and connection. Sinks (the log, the metrics, message
+//! tracking) receive them through the [`Events`](super::ports::Events) port and never parse
+//! text.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -104,12 +105,59 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Who refused a recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// Postern's own policy: the check that refused (`relay`, `encryption_rule`, ...), or
+    /// `address_hiding` after a dictionary attack was suspected.
+    Policy(&'static str),
+    /// The MTA behind the milter door refused it itself.
+    Mta,
+    /// The proxy's relay target, by name, refused it (or the sender before it).
+    RelayTarget(String),
+    /// The proxy could not hand it to any relay target.
+    NoRelayTarget,
+}
+
+impl RefusedBy {
+    /// The relay target's name, when one refused.
+    pub fn relay_target(&self) -> Option<&str> {
+        match self {
+            Self::RelayTarget(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A recipient of a transaction that was refused, with the reply the client heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRecipient {
+    pub address: String,
+    pub reply: SmtpReply,
+    pub by: RefusedBy,
+}
+
+/// What the session knew about the client when a transaction ended.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionFacts<'a> {
+    pub client: &'a ClientInfo,
+    pub helo: Option<&'a str>,
+    pub tls: Option<&'a TlsInfo>,
+    pub authenticated: Option<&'a str>,
+}
+
 /// What a finished message looked like, for the per-message line.
 #[derive(Clone, Debug)]
 pub struct MessageReport<'a> {
     pub queue_id: &'a str,
     pub sender: &'a str,
+    /// The recipients accepted for the message.
     pub recipients: &'a [String],
+    /// The recipients refused in this transaction, each with its reply.
+    pub refused: &'a [RefusedRecipient],
+    /// The message's `Message-ID` field, as it came (angle brackets included).
+    pub message_id: Option<&'a str>,
+    pub facts: SessionFacts<'a>,
     pub size: u64,
     pub spooled: bool,
     /// The SPF result's name, `-` when SPF did not run.
@@ -118,6 +166,21 @@ pub struct MessageReport<'a> {
     pub reason: Reason,
     pub elapsed: Duration,
     /// A dry run: `verdict` is what would have been answered; the message went on unchanged.
+    pub dry_run: bool,
+}
+
+/// A transaction that ended without reaching the end of its message (RSET, a new MAIL, a
+/// refusal at DATA, the connection closed) after recipients were given: each refused one with
+/// its reply, so that a refused address can be found later.
+#[derive(Clone, Debug)]
+pub struct TransactionReport<'a> {
+    pub queue_id: &'a str,
+    pub sender: &'a str,
+    /// Recipients accepted, whose message never came (or was refused at DATA).
+    pub accepted: &'a [String],
+    pub refused: &'a [RefusedRecipient],
+    pub facts: SessionFacts<'a>,
+    pub elapsed: Duration,
     pub dry_run: bool,
 }
 
@@ -229,6 +292,18 @@ pub enum Event<'a> {
     Message {
         session: u64,
         report: MessageReport<'a>,
+    },
+    /// A transaction ended before its message; see [`TransactionReport`].
+    TransactionEnded {
+        session: u64,
+        report: TransactionReport<'a>,
+    },
+    /// The door handed the last message on itself (the proxy): the relay target that answered
+    /// (`None` when none could take it) and the reply the client heard.
+    HandedOn {
+        session: u64,
+        relay_target: Option<&'a str>,
+        reply: &'a SmtpReply,
     },
     Disconnected {
         session: u64,

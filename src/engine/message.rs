@@ -362,6 +362,48 @@ fn header_section_len(raw: &[u8], from: usize) -> Option<usize> {
 
 /// The header fields of a raw message, in order, with folded values unfolded: (name, value).
 /// Reading stops at the first empty line.
+/// The longest field value [`first_header_field`] gives (RFC 5322's line limit).
+const MAX_FIELD_VALUE: usize = 998;
+
+/// The value of the first field called `name` in a header section, unfolded and trimmed, at
+/// most 998 bytes; `None` when there is none.
+pub fn first_header_field(raw: &[u8], name: &str) -> Option<String> {
+    let mut lines = raw
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            return None;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        if !line[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(name.as_bytes())
+        {
+            continue;
+        }
+        let mut value = line[colon + 1..].to_vec();
+        for next in lines.by_ref() {
+            if !next.starts_with(b" ") && !next.starts_with(b"\t") {
+                break;
+            }
+            value.extend_from_slice(next);
+        }
+        let mut value = String::from_utf8_lossy(value.trim_ascii()).into_owned();
+        if value.len() > MAX_FIELD_VALUE {
+            let mut end = MAX_FIELD_VALUE;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+        }
+        return Some(value);
+    }
+    None
+}
+
 pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in raw.split(|&b| b == b'\n') {
@@ -383,6 +425,19 @@ pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn first_header_field_unfolds_and_stops_at_the_body() {
+        let raw = b"From: a@b\r\nmessage-id:\r\n <x@y.example>\r\nMessage-ID: <second>\r\n\r\nMessage-ID: <body>\r\n";
+        assert_eq!(
+            first_header_field(raw, "Message-ID").as_deref(),
+            Some("<x@y.example>")
+        );
+        assert_eq!(
+            first_header_field(b"From: a\r\n\r\nMessage-ID: <b>\r\n", "Message-ID"),
+            None
+        );
+    }
     use super::*;
 
     fn scan(pieces: &[&[u8]]) -> HeaderScan {

@@ -1,6 +1,6 @@
 //! What the engine asks of the world. Each port is a trait declared here and implemented
 //! outside the engine: the resolver by `dns/`, outbound delivery by `relay/`, the state store
-//! by `state/`, the event sinks by `logging` (metrics and tracking can be more sinks). The
+//! by `state/`, the event sinks by `logging`, `metrics` and `tracking`. The
 //! composition root (`app`) builds one of each and hands them to the [`Engine`](super::Engine);
 //! the engine itself opens no socket and keeps no state a fleet would need to share.
 

@@ -18,7 +18,10 @@ use indymilter::{
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::engine::{ClientInfo, Edits, Engine, HeaderEdit, Session, Stage, TlsInfo, Verdict};
+use crate::engine::events::RefusedBy;
+use crate::engine::{
+    ClientInfo, Edits, Engine, HeaderEdit, Session, SmtpReply, Stage, TlsInfo, Verdict,
+};
 use socket::{ListenSocket, MilterListener, StopListening};
 
 /// Settings of the milter door (`[milter]`). They take effect at start; a reload keeps the
@@ -357,10 +360,20 @@ async fn rcpt(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
         let text = macro_str(&cx.macros, c"{rcpt_addr}").unwrap_or_default();
         if let Some(conn) = cx.data.as_mut() {
             conn.session.rcpt_refused_by_mta(&enhanced, &text).await;
+            conn.session
+                .recipient_refused(&recipient, mta_reply(&enhanced, &text), RefusedBy::Mta);
         }
         return Status::Continue;
     }
     with_session!(cx, |conn| conn.session.rcpt(&recipient).await)
+}
+
+/// The MTA's refusal of a recipient as the client heard it, from its enhanced status code
+/// (`{rcpt_host}`) and text (`{rcpt_addr}`): Postfix gives no reply code, so 450 or 550 by
+/// the status class.
+fn mta_reply(enhanced: &str, text: &str) -> SmtpReply {
+    let code = if enhanced.starts_with('4') { 450 } else { 550 };
+    SmtpReply::from_wire(code, format!("{enhanced} {text}").trim())
 }
 
 async fn data(cx: &mut Context<Conn>) -> Status {

@@ -91,6 +91,17 @@ impl Session {
         }
         if let Some((reply, ruleset, rule)) = rewrite.reject {
             info!(session = self.id, queue_id, %ruleset, %rule, "message refused by content rule");
+            // Reported as the other actions are, for the metrics and the tracking records.
+            self.emit(&Event::RuleActed {
+                session: self.id,
+                queue_id,
+                ruleset: &ruleset,
+                rule: &rule,
+                target: "message",
+                action: "reject",
+                count: 1,
+                dry_run: self.policy.dry_run,
+            });
             return Some((CheckId::Content, Verdict::Reject(reply)));
         }
         if rewrite.hits.is_empty() {

@@ -94,6 +94,11 @@ impl Session {
             return (outcome, None);
         };
         self.messages += 1;
+        if let Some(buffer) = tx.message.as_mut()
+            && let Ok(header) = buffer.header_section().await
+        {
+            tx.message_id = first_header_field(&header, "Message-ID");
+        }
         let mut edits = Edits::default();
         let (mut reason, mut verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
             (Some(held), _) => (Reason::Held, held),
@@ -273,6 +278,9 @@ impl Session {
                 queue_id: tx.queue_id.as_deref().unwrap_or(""),
                 sender: &tx.sender,
                 recipients: &tx.recipients,
+                refused: &tx.refused,
+                message_id: tx.message_id.as_deref(),
+                facts: self.facts(),
                 size: tx.message.as_ref().map_or(0, MessageBuffer::len),
                 spooled: tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
                 spf: tx.spf.as_ref().map_or("-", SpfOutcome::name),

@@ -4,7 +4,7 @@ use super::*;
 
 impl Session {
     pub(super) async fn judge_mail(&mut self, sender: &str) -> Verdict {
-        self.tx = None;
+        self.end_transaction();
         if let Some(v) = self.held_at(Stage::Mail) {
             return v;
         }

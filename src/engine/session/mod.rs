@@ -24,8 +24,11 @@ use super::checks::exploit_detection::{HidingReply, RecipientRefusal, default_re
 use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Behaviour;
 use super::checks::spf::{Spf, SpfOutcome};
-use super::events::{CheckId, CheckRecord, ConnectionReport, Event, MessageReport, Reason};
-use super::message::{BufferError, MessageBuffer, header_fields};
+use super::events::{
+    CheckId, CheckRecord, ConnectionReport, Event, MessageReport, Reason, RefusedBy,
+    RefusedRecipient, SessionFacts, TransactionReport,
+};
+use super::message::{BufferError, MessageBuffer, first_header_field, header_fields};
 use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
 use super::rules::Diversion;
@@ -75,7 +78,11 @@ struct Transaction {
     started: Instant,
     sender: String,
     recipients: Vec<String>,
+    /// Recipients refused in this transaction, by anyone, with their replies.
+    refused: Vec<RefusedRecipient>,
     queue_id: Option<String>,
+    /// The message's `Message-ID`, read at its end.
+    message_id: Option<String>,
     message: Option<MessageBuffer>,
     /// Set when the message could not be held (too big, spool failure): its final verdict.
     failure: Option<Verdict>,
@@ -93,7 +100,9 @@ impl Transaction {
             started: Instant::now(),
             sender: sender.to_owned(),
             recipients: Vec::new(),
+            refused: Vec::new(),
             queue_id: None,
+            message_id: None,
             message: None,
             failure: None,
             spf: None,
@@ -129,6 +138,8 @@ pub struct Session {
     /// Recipients refused in this connection (by Postern or the MTA), and how the last was.
     failed_recipients: u32,
     last_refusal: Option<RecipientRefusal>,
+    /// What refused the recipient being judged, for the transaction's report.
+    rcpt_refusal: Option<&'static str>,
     messages: u32,
     tx: Option<Transaction>,
 }
@@ -155,6 +166,7 @@ impl Session {
             invalid_commands: 0,
             failed_recipients: 0,
             last_refusal: None,
+            rcpt_refusal: None,
             messages: 0,
             tx: None,
         }
@@ -219,9 +231,9 @@ impl Session {
     /// said it in the plaintext part.
     pub fn restart_after_tls(&mut self, tls: TlsInfo) {
         info!(session = self.id, version = %tls.version, cipher = %tls.cipher, "TLS started");
+        self.end_transaction();
         self.helo = None;
         self.authenticated = None;
-        self.tx = None;
         self.tls = Some(tls);
     }
 
@@ -236,7 +248,50 @@ impl Session {
 
     /// RSET, or the MTA aborted the message.
     pub fn reset(&mut self) {
-        self.tx = None;
+        self.end_transaction();
+    }
+
+    /// What the session knows of the client now, for a report.
+    fn facts(&self) -> SessionFacts<'_> {
+        SessionFacts {
+            client: &self.client,
+            helo: self.helo.as_deref(),
+            tls: self.tls.as_ref(),
+            authenticated: self.authenticated.as_deref(),
+        }
+    }
+
+    /// Ends a transaction that did not reach the end of its message, reporting it when it had
+    /// recipients (accepted or refused).
+    fn end_transaction(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        if tx.recipients.is_empty() && tx.refused.is_empty() {
+            return;
+        }
+        self.emit(&Event::TransactionEnded {
+            session: self.id,
+            report: TransactionReport {
+                queue_id: tx.queue_id.as_deref().unwrap_or(""),
+                sender: &tx.sender,
+                accepted: &tx.recipients,
+                refused: &tx.refused,
+                facts: self.facts(),
+                elapsed: tx.started.elapsed(),
+                dry_run: self.policy.dry_run,
+            },
+        });
+    }
+
+    /// The door handed the last message on itself (the proxy, to its relay targets): which
+    /// target answered (`None`: none could take it) and the reply the client heard.
+    pub fn handed_on(&self, relay_target: Option<&str>, reply: &SmtpReply) {
+        self.emit(&Event::HandedOn {
+            session: self.id,
+            relay_target,
+            reply,
+        });
     }
 
     async fn judge_unknown_command(&mut self, command: &str) -> Verdict {
@@ -259,6 +314,8 @@ impl Session {
 
     /// The connection ended.
     pub fn close(&mut self) {
+        let unfinished_message = self.tx.is_some();
+        self.end_transaction();
         self.emit(&Event::Disconnected {
             session: self.id,
             report: ConnectionReport {
@@ -270,11 +327,10 @@ impl Session {
                 checks: &self.checks,
                 invalid_commands: self.invalid_commands,
                 failed_recipients: self.failed_recipients,
-                unfinished_message: self.tx.is_some(),
+                unfinished_message,
                 elapsed: self.started.elapsed(),
             },
         });
-        self.tx = None;
     }
 
     /// Reports an event to the sinks.

@@ -5,6 +5,7 @@ use super::*;
 impl Session {
     pub(super) async fn judge_rcpt(&mut self, recipient: &str) -> Verdict {
         if let Some(v) = self.held_at(Stage::Rcpt) {
+            self.rcpt_refusal = self.held.as_ref().map(|h| h.check.name());
             return v;
         }
         if let Some(max) = self.policy.exploit_detection.max_failed_addresses
@@ -18,6 +19,7 @@ impl Session {
                 HidingReply::Temporary => refusal.temporary(),
                 HidingReply::Same => refusal,
             };
+            self.rcpt_refusal = Some("address_hiding");
             return Verdict::refuse(refusal.reply_for(recipient));
         }
         if !self.may_relay()
@@ -29,6 +31,7 @@ impl Session {
                 .await;
             let verdict = Verdict::refuse(reply);
             self.refused(CheckId::RelayRestriction, &verdict, "rcpt", None);
+            self.rcpt_refusal = Some(CheckId::RelayRestriction.name());
             return verdict;
         }
         let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
@@ -40,6 +43,7 @@ impl Session {
             info!(session = self.id, recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
             let verdict = Verdict::refuse(self.with_help(reply));
             self.refused(CheckId::EncryptionRule, &verdict, "rcpt", None);
+            self.rcpt_refusal = Some(CheckId::EncryptionRule.name());
             return verdict;
         }
         if let Some(tx) = self.tx.as_mut() {
@@ -62,13 +66,19 @@ impl Session {
         }
     }
 
-    /// A recipient the engine let through was not accepted after all (the door's relay
-    /// target refused it): it no longer counts for the message.
-    pub fn withdraw_recipient(&mut self, recipient: &str) {
-        if let Some(tx) = self.tx.as_mut()
-            && let Some(at) = tx.recipients.iter().rposition(|r| r == recipient)
-        {
-            tx.recipients.remove(at);
+    /// A recipient was refused after the policy let it through (the door's relay target or
+    /// the MTA refused it, or no relay target could take it), with the reply the client heard:
+    /// it no longer counts for the message, and is reported with the transaction.
+    pub fn recipient_refused(&mut self, recipient: &str, reply: SmtpReply, by: RefusedBy) {
+        if let Some(tx) = self.tx.as_mut() {
+            if let Some(at) = tx.recipients.iter().rposition(|r| r == recipient) {
+                tx.recipients.remove(at);
+            }
+            tx.refused.push(RefusedRecipient {
+                address: recipient.to_owned(),
+                reply,
+                by,
+            });
         }
     }
 

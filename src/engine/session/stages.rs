@@ -35,6 +35,7 @@ impl Session {
     /// RCPT TO.
     pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
         let before = self.recipients().len();
+        self.rcpt_refusal = None;
         let verdict = self.judge_rcpt(recipient).await;
         let verdict = self.unless_dry_run("rcpt", verdict);
         if verdict == Verdict::Continue
@@ -42,6 +43,13 @@ impl Session {
             && let Some(tx) = self.tx.as_mut()
         {
             tx.recipients.push(recipient.to_owned());
+        }
+        if let (Some(reply), Some(tx)) = (verdict.reply(), self.tx.as_mut()) {
+            tx.refused.push(RefusedRecipient {
+                address: recipient.to_owned(),
+                reply: reply.clone(),
+                by: RefusedBy::Policy(self.rcpt_refusal.take().unwrap_or("policy")),
+            });
         }
         verdict
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::engine::{BufferError, Edits, MessageBuffer, Verdict};
+use crate::engine::{BufferError, Edits, MessageBuffer, SmtpReply, Verdict};
 use crate::proxy::connection::ReadError;
 use crate::proxy::data::{BareNewline, DataReader};
 use crate::proxy::received::Hop;
@@ -238,10 +238,12 @@ impl Conversation {
         // The edits (and the content-scan slot held for them) are no longer needed.
         drop((outcome.edits, outcome.scan_slot));
         let Some(upstream) = upstream else {
-            self.say(
+            let reply = SmtpReply::from_wire(
                 451,
                 "4.4.1 Error: no relay target is available, try again later",
             );
+            self.reply(&reply);
+            self.session.handed_on(None, &reply);
             return Next::Continue;
         };
         self.hand_on(upstream, &outgoing.body(), &outcome.recipients)
@@ -285,8 +287,8 @@ impl Conversation {
             .data(head.as_bytes(), body, delivery.data_timeout)
             .await
         {
-            Ok(reply) => Ok(reply),
-            Err(DataFailure::Refused(reply)) if reply.code() >= 500 => Ok(reply),
+            Ok(reply) => Ok((name, reply)),
+            Err(DataFailure::Refused(reply)) if reply.code() >= 500 => Ok((name, reply)),
             Err(DataFailure::Uncertain(e)) => Err(DeliveryError::Uncertain {
                 target: name,
                 why: e.to_string(),
@@ -312,31 +314,33 @@ impl Conversation {
                 delivery
                     .send(&tx.envelope, recipients, head.as_bytes(), body, from)
                     .await
-                    .map(|(_, reply)| reply)
             }
         };
-        match reply {
-            Ok(reply) | Err(DeliveryError::Refused { reply, .. }) => {
+        let (target, reply) = match reply {
+            Ok((target, reply)) | Err(DeliveryError::Refused { target, reply }) => {
                 info!(client = %self.peer, recipients = recipients.len(), size = body.len(), %reply, "message handed on");
-                self.reply(&reply);
+                (Some(target), reply)
             }
-            Err(e @ DeliveryError::Uncertain { .. }) => {
-                warn!(client = %self.peer, error = %e, "message may have been delivered; client keeps it and is not sent elsewhere");
-                self.say(
+            Err(DeliveryError::Uncertain { target, why }) => {
+                warn!(client = %self.peer, relay_target = %target, error = %why, "message may have been delivered; client keeps it and is not sent elsewhere");
+                let reply = SmtpReply::from_wire(
                     451,
                     "4.4.1 Error: the relay target did not confirm the message, try again later",
                 );
+                (Some(target), reply)
             }
             Err(e) => {
                 warn!(client = %self.peer, error = %e, "message not delivered; client keeps it");
-                match incapable {
-                    Some(reply) => self.reply(&reply),
-                    None => self.say(
+                let reply = incapable.unwrap_or_else(|| {
+                    SmtpReply::from_wire(
                         451,
                         "4.4.1 Error: no relay target accepted the message, try again later",
-                    ),
-                }
+                    )
+                });
+                (None, reply)
             }
-        }
+        };
+        self.reply(&reply);
+        self.session.handed_on(target.as_deref(), &reply);
     }
 }

@@ -44,8 +44,8 @@ struct Transaction {
     /// RCPT commands seen (accepted or not), bounded by max_recipients.
     rcpt_count: usize,
     upstream: Option<Upstream>,
-    /// A relay target refused the sender: every recipient gets this answer.
-    upstream_refusal: Option<SmtpReply>,
+    /// A relay target (by name) refused the sender: every recipient gets this answer.
+    upstream_refusal: Option<(String, SmtpReply)>,
     /// The relay target broke after it had taken recipients the client heard 250 for: the
     /// rest of the transaction (RCPT, DATA) is answered 4xx, so that the client sends the
     /// whole message again, as Postfix's smtpd_proxy_filter does. Cleared by RSET or a new

@@ -4,6 +4,7 @@
 use tracing::{info, warn};
 
 use crate::engine::SmtpReply;
+use crate::engine::events::RefusedBy;
 use crate::relay::DeliveryError;
 
 use super::{BROKEN_TRANSACTION, Conversation, Next};
@@ -29,24 +30,24 @@ impl Conversation {
         }
         // The engine judges the message (content rules, a divert) by the recipients that were
         // really accepted, as it does behind an MTA: one the target refuses is withdrawn.
-        if !self.relay_rcpt(&recipient).await {
-            self.session.withdraw_recipient(&recipient);
+        if let Err((reply, by)) = self.relay_rcpt(&recipient).await {
+            self.reply(&reply);
+            self.session.recipient_refused(&recipient, reply, by);
         }
         Next::Continue
     }
 
     /// Hands an accepted recipient to the relay target (opened at the first one) and answers
-    /// the client with the target's reply; whether the target took it.
-    async fn relay_rcpt(&mut self, recipient: &str) -> bool {
+    /// the client with the target's reply when it took it; otherwise the reply the client is to
+    /// hear, and who refused.
+    async fn relay_rcpt(&mut self, recipient: &str) -> Result<(), (SmtpReply, RefusedBy)> {
         let tx = self.tx.as_mut().expect("in a transaction");
+        let unavailable = |text: &str| (SmtpReply::from_wire(451, text), RefusedBy::NoRelayTarget);
         if tx.broken {
-            self.say(451, BROKEN_TRANSACTION);
-            return false;
+            return Err(unavailable(BROKEN_TRANSACTION));
         }
-        if let Some(refusal) = &tx.upstream_refusal {
-            let reply = refusal.clone();
-            self.reply(&reply);
-            return false;
+        if let Some((target, refusal)) = &tx.upstream_refusal {
+            return Err((refusal.clone(), RefusedBy::RelayTarget(target.clone())));
         }
         if tx.upstream.is_none() {
             let delivery = tx
@@ -57,17 +58,14 @@ impl Conversation {
                 Ok(upstream) => tx.upstream = Some(upstream),
                 Err(DeliveryError::Refused { target, reply }) => {
                     info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
-                    tx.upstream_refusal = Some(reply.clone());
-                    self.reply(&reply);
-                    return false;
+                    tx.upstream_refusal = Some((target.clone(), reply.clone()));
+                    return Err((reply, RefusedBy::RelayTarget(target)));
                 }
                 Err(e) => {
                     warn!(client = %self.peer, error = %e, "recipient deferred");
-                    self.say(
-                        451,
+                    return Err(unavailable(
                         "4.4.1 Error: no relay target is available, try again later",
-                    );
-                    return false;
+                    ));
                 }
             }
         }
@@ -75,14 +73,14 @@ impl Conversation {
         match upstream.rcpt(recipient).await {
             Ok(_) => {
                 self.say(250, "2.1.5 Ok");
-                true
+                Ok(())
             }
             Err(crate::relay::TargetError::Refused(reply)) => {
+                let target = upstream.target_name().to_owned();
                 // Counted as the milter door counts the MTA's refusals, 4xx and 5xx alike.
                 let (enhanced, text) = refusal_parts(&reply);
                 self.session.rcpt_refused_by_mta(&enhanced, text).await;
-                self.reply(&reply);
-                false
+                Err((reply, RefusedBy::RelayTarget(target)))
             }
             Err(e) => {
                 warn!(client = %self.peer, relay_target = %upstream.target_name(), error = %e, "relay target failed at RCPT");
@@ -92,14 +90,15 @@ impl Conversation {
                 // The session counts this recipient until the caller withdraws it.
                 if self.session.recipients().len() <= 1 {
                     // Nobody heard 250 yet: the next RCPT opens a new transaction upstream.
-                    self.say(451, "4.4.1 Error: relay target failed, try again later");
+                    Err(unavailable(
+                        "4.4.1 Error: relay target failed, try again later",
+                    ))
                 } else {
                     // The client heard 250 for recipients this target took and lost: none of
                     // them may be answered 250 at the end, so the transaction is failed.
                     tx.broken = true;
-                    self.say(451, BROKEN_TRANSACTION);
+                    Err(unavailable(BROKEN_TRANSACTION))
                 }
-                false
             }
         }
     }

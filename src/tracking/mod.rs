@@ -1,0 +1,122 @@
+//! Message tracking (`[tracking]`): one record per message and recipient — who sent what to
+//! whom, what became of each recipient (accepted, refused with its reply, relayed to which
+//! target with its reply), the verdict, the rules that acted (names and actions, never a value)
+//! — in SQLite or PostgreSQL, and `postern track` to read them back.
+//!
+//! [`Tracker`] is one more event sink: it gathers a session's events into [`Record`]s and
+//! hands them to a bounded queue without waiting. A writer task drains the queue into the
+//! store. When the store is down or the queue is full, records are dropped, counted (a
+//! [`DropObserver`], the metrics) and logged at most once a minute: tracking never delays or
+//! refuses mail.
+
+mod drops;
+mod postgres;
+pub mod query;
+mod record;
+mod sink;
+mod sqlite;
+mod writer;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use drops::DropObserver;
+pub use record::{Outcome, Record};
+pub use sink::Tracker;
+
+/// `retention_days` when unset.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// `queue_size` when unset.
+pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
+
+/// The settings of `[tracking]`; no tracking without them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackingSettings {
+    pub store: StoreSettings,
+    /// Records older than this many days are deleted; 0 keeps them for ever.
+    pub retention_days: u32,
+    /// Also record connections refused or dropped before any message.
+    pub track_dropped_connections: bool,
+    /// Records waiting for the writer; beyond it they are dropped.
+    pub queue_size: usize,
+}
+
+/// Where the records are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// A local database file (WAL mode), the embedded default.
+    Sqlite { path: PathBuf },
+    /// One database that a fleet of gateways shares.
+    Postgres(PostgresSettings),
+}
+
+impl fmt::Display for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite { path } => write!(f, "sqlite {}", path.display()),
+            Self::Postgres(pg) => write!(f, "postgres {pg:?}"),
+        }
+    }
+}
+
+/// A PostgreSQL connection: the URL (or key=value string) as configured, and the password
+/// from `password_file`. Neither password is ever shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    url: String,
+    password: Option<String>,
+}
+
+impl PostgresSettings {
+    /// Checks that `url` is a connection string tokio-postgres understands.
+    pub fn new(url: String, password: Option<String>) -> Result<Self, String> {
+        let settings = Self { url, password };
+        let config = settings.config()?;
+        if config.get_hosts().is_empty() {
+            return Err(
+                "names no host: write e.g. \"postgresql://postern@127.0.0.1:5432/postern\"".into(),
+            );
+        }
+        Ok(settings)
+    }
+
+    /// The client configuration, with the password file's password.
+    pub(crate) fn config(&self) -> Result<tokio_postgres::Config, String> {
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            format!("is not a PostgreSQL connection URL ({e}): write e.g. \"postgresql://postern@127.0.0.1:5432/postern\"")
+        })?;
+        if let Some(password) = &self.password {
+            config.password(password.as_bytes());
+        }
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        config.application_name("postern");
+        Ok(config)
+    }
+}
+
+impl fmt::Debug for PostgresSettings {
+    /// The URL without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = match self.config() {
+            Ok(c) => {
+                let hosts: Vec<String> = c
+                    .get_hosts()
+                    .iter()
+                    .map(|h| match h {
+                        tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                        tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                    })
+                    .collect();
+                format!(
+                    "{}@{}:{:?}/{}",
+                    c.get_user().unwrap_or(""),
+                    hosts.join(","),
+                    c.get_ports(),
+                    c.get_dbname().unwrap_or("")
+                )
+            }
+            Err(_) => "(invalid url)".to_owned(),
+        };
+        f.write_str(&shown)
+    }
+}

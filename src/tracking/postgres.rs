@@ -1,0 +1,191 @@
+//! The PostgreSQL store, for a fleet that shares one database: one connection, opened when
+//! first needed and opened again after it broke, at most every few seconds while the server
+//! is down (records that come meanwhile are dropped, never waited for).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls};
+use tracing::{info, warn};
+
+use super::query::{Param, Query};
+use super::record::{COLUMNS, Record, Row, TABLE, insert_statement, schema};
+
+/// The wait after a failed connection before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The writer's connection.
+pub(super) struct Store {
+    config: Config,
+    client: Option<Client>,
+    /// No new connection is tried before this.
+    retry_at: Option<Instant>,
+}
+
+impl Store {
+    pub(super) fn new(config: Config) -> Self {
+        Self {
+            config,
+            client: None,
+            retry_at: None,
+        }
+    }
+
+    /// The connection, opened (with the table) when there is none or it broke.
+    async fn client(&mut self) -> Result<&mut Client, String> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            warn!("message tracking: the PostgreSQL connection was lost");
+            self.client = None;
+        }
+        if self.client.is_none() {
+            if let Some(at) = self.retry_at
+                && Instant::now() < at
+            {
+                return Err(
+                    "PostgreSQL is unreachable (the connection is retried every 5 s)".into(),
+                );
+            }
+            match connect(&self.config).await {
+                Ok(client) => {
+                    info!("message tracking: connected to PostgreSQL");
+                    self.client = Some(client);
+                    self.retry_at = None;
+                }
+                Err(e) => {
+                    self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Writes `batch` in one transaction. On an error the connection is given up, so that
+    /// the next batch starts on a fresh one.
+    pub(super) async fn write(&mut self, batch: &[Record]) -> Result<(), String> {
+        let client = self.client().await?;
+        let result = insert(client, batch).await;
+        if result.is_err() {
+            self.client = None;
+        }
+        result.map_err(|e| format!("PostgreSQL: {e}"))
+    }
+
+    /// Deletes records made before `before_ms`; how many.
+    pub(super) async fn purge(&mut self, before_ms: i64) -> Result<u64, String> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!("DELETE FROM {TABLE} WHERE time_ms < $1"),
+                &[&before_ms],
+            )
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))
+    }
+}
+
+/// A new connection, its driver running on its own task, and the table.
+async fn connect(config: &Config) -> Result<Client, String> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "message tracking: PostgreSQL connection ended");
+        }
+    });
+    for statement in schema("BIGSERIAL PRIMARY KEY") {
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|e| format!("cannot create the tracking table in PostgreSQL: {e}"))?;
+    }
+    Ok(client)
+}
+
+async fn insert(client: &mut Client, batch: &[Record]) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let statement = tx.prepare(&insert_statement(|n| format!("${n}"))).await?;
+    for r in batch {
+        tx.execute(
+            &statement,
+            &[
+                &r.time_ms,
+                &r.door,
+                &r.session,
+                &r.queue_id,
+                &r.client_addr,
+                &r.client_name,
+                &r.helo,
+                &r.tls,
+                &r.auth_user,
+                &r.sender,
+                &r.recipient,
+                &r.outcome,
+                &r.reply,
+                &r.relay_target,
+                &r.message_id,
+                &r.size,
+                &r.verdict,
+                &r.reason,
+                &r.rules,
+                &r.dry_run,
+                &r.would,
+                &r.duration_ms,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+impl Row for tokio_postgres::Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, String> {
+        self.try_get(i)
+            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        self.try_get(i)
+            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    }
+    fn boolean(&self, i: usize) -> Result<bool, String> {
+        self.try_get(i)
+            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    }
+}
+
+/// Runs `query` on a connection of its own.
+pub(super) async fn find(config: &Config, query: &Query) -> Result<Vec<Record>, String> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to the tracking database (PostgreSQL): {e}"))?;
+    let driver = tokio::spawn(connection);
+    let params: Vec<Box<dyn ToSql + Sync + Send>> = query
+        .params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                Param::Text(s) => Box::new(s.clone()),
+                Param::Int(n) => Box::new(*n),
+            }
+        })
+        .collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query(&query.sql, &refs).await.map_err(|e| {
+        let hint = if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            " (no record was written yet: Postern creates the table when it first writes)"
+        } else {
+            ""
+        };
+        format!("tracking database (PostgreSQL): {e}{hint}")
+    })?;
+    drop(client);
+    let _ = driver.await;
+    rows.iter().map(Record::from_row).collect()
+}

@@ -1,0 +1,257 @@
+//! One tracking record: a message (or a transaction, or a refused connection) and one of its
+//! recipients, with that recipient's outcome.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// What became of one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Accepted and handed back to the MTA (milter door).
+    Accepted,
+    /// Handed to a relay target, which accepted it (proxy door).
+    Relayed,
+    /// Delivered through a `divert` rule's relay target instead.
+    Diverted,
+    /// Accepted and thrown away by the policy.
+    Discarded,
+    /// Refused for good (5xx) after the recipient was accepted: by the policy at the message,
+    /// or by the relay target at the end of the data.
+    Rejected,
+    /// Refused for now (4xx): the client keeps the message.
+    Deferred,
+    /// The connection was closed on the client (421).
+    Dropped,
+    /// The recipient itself was refused at RCPT.
+    Refused,
+    /// Accepted, but the client never sent the message (RSET, QUIT, a new MAIL).
+    Abandoned,
+    /// A connection refused or dropped before any message (`track_dropped_connections`).
+    ConnectionRefused,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Relayed => "relayed",
+            Self::Diverted => "diverted",
+            Self::Discarded => "discarded",
+            Self::Rejected => "rejected",
+            Self::Deferred => "deferred",
+            Self::Dropped => "dropped",
+            Self::Refused => "refused",
+            Self::Abandoned => "abandoned",
+            Self::ConnectionRefused => "connection_refused",
+        }
+    }
+
+    /// The outcome a reply gives a recipient that was accepted before: 2xx relayed, 421
+    /// dropped, other 4xx deferred, 5xx rejected.
+    pub fn of_reply(code: u16) -> Self {
+        match code {
+            200..=399 => Self::Relayed,
+            421 => Self::Dropped,
+            400..=499 => Self::Deferred,
+            _ => Self::Rejected,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One record as stored and as `postern track` shows it. Optional fields are `None` (SQL NULL)
+/// when the fact was not known.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    /// When the record was made, in milliseconds since the Unix epoch (UTC); shown as RFC 3339.
+    #[serde(rename = "time", serialize_with = "rfc3339")]
+    pub time_ms: i64,
+    /// `milter` or `proxy`.
+    pub door: String,
+    /// The session number, as the log lines give it.
+    pub session: i64,
+    pub queue_id: Option<String>,
+    pub client_addr: Option<String>,
+    pub client_name: Option<String>,
+    pub helo: Option<String>,
+    /// The TLS version of the session, when it used TLS.
+    pub tls: Option<String>,
+    pub auth_user: Option<String>,
+    pub sender: String,
+    /// `None` for a refused connection's record.
+    pub recipient: Option<String>,
+    /// What became of this recipient (an [`Outcome`]'s name).
+    pub outcome: String,
+    /// The reply that decided the outcome, as the client heard it.
+    pub reply: Option<String>,
+    /// The relay target that took (or refused) the message or this recipient.
+    pub relay_target: Option<String>,
+    pub message_id: Option<String>,
+    pub size: Option<i64>,
+    /// The verdict in force: the message's, or for a refused recipient that refusal's.
+    pub verdict: String,
+    /// Why: the check that decided; for a refused recipient the check (`relay`,
+    /// `encryption_rule`, `address_hiding`, ...) or who else refused it (`mta`,
+    /// `relay_target`, `no_relay_target`).
+    pub reason: Option<String>,
+    /// Rules that acted on the message: `ruleset/rule:action`, comma separated.
+    pub rules: Option<String>,
+    /// A dry run: nothing was refused or changed; `would` says what would have been.
+    pub dry_run: bool,
+    /// In a dry run, the refusals the policy would have given: `stage: verdict`, `; ` between.
+    pub would: Option<String>,
+    /// From MAIL FROM to the end of the transaction (or the connection's length).
+    pub duration_ms: i64,
+}
+
+/// The stored columns, in the order of [`Record`]'s fields.
+pub const COLUMNS: [&str; 22] = [
+    "time_ms",
+    "door",
+    "session",
+    "queue_id",
+    "client_addr",
+    "client_name",
+    "helo",
+    "tls",
+    "auth_user",
+    "sender",
+    "recipient",
+    "outcome",
+    "reply",
+    "relay_target",
+    "message_id",
+    "size",
+    "verdict",
+    "reason",
+    "rules",
+    "dry_run",
+    "would",
+    "duration_ms",
+];
+
+fn rfc3339<S: Serializer>(time_ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*time_ms))
+}
+
+/// `time_ms` as RFC 3339 in UTC, to the millisecond.
+pub fn format_time(time_ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| time_ms.to_string())
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The table's name, in SQLite and PostgreSQL alike.
+pub const TABLE: &str = "postern_tracking";
+
+/// The statements that create the table and its indexes when they are missing; `id` is the
+/// store's auto-numbered key column type.
+pub fn schema(id: &str) -> Vec<String> {
+    let mut statements = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {TABLE} (
+            id {id},
+            time_ms BIGINT NOT NULL,
+            door TEXT NOT NULL,
+            session BIGINT NOT NULL,
+            queue_id TEXT,
+            client_addr TEXT,
+            client_name TEXT,
+            helo TEXT,
+            tls TEXT,
+            auth_user TEXT,
+            sender TEXT NOT NULL,
+            recipient TEXT,
+            outcome TEXT NOT NULL,
+            reply TEXT,
+            relay_target TEXT,
+            message_id TEXT,
+            size BIGINT,
+            verdict TEXT NOT NULL,
+            reason TEXT,
+            rules TEXT,
+            dry_run BOOLEAN NOT NULL,
+            would TEXT,
+            duration_ms BIGINT NOT NULL
+        )"
+    )];
+    // Searches by address ignore case (`lower(...)`), so their indexes are on the lowered
+    // values.
+    for (name, expression) in [
+        ("time", "time_ms"),
+        ("sender", "lower(sender)"),
+        ("recipient", "lower(recipient)"),
+        ("client", "client_addr"),
+        ("queue_id", "queue_id"),
+        ("message_id", "message_id"),
+    ] {
+        statements.push(format!(
+            "CREATE INDEX IF NOT EXISTS {TABLE}_{name} ON {TABLE} ({expression})"
+        ));
+    }
+    statements
+}
+
+/// `INSERT` of one record, with `placeholder(n)` for the n-th value (1-based).
+pub fn insert_statement(placeholder: fn(usize) -> String) -> String {
+    let values: Vec<String> = (1..=COLUMNS.len()).map(placeholder).collect();
+    format!(
+        "INSERT INTO {TABLE} ({}) VALUES ({})",
+        COLUMNS.join(", "),
+        values.join(", ")
+    )
+}
+
+/// Reads a stored row, whatever the store: the columns in [`COLUMNS`] order.
+pub trait Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, String>;
+    fn text(&self, i: usize) -> Result<Option<String>, String>;
+    fn boolean(&self, i: usize) -> Result<bool, String>;
+}
+
+impl Record {
+    pub fn from_row(row: &impl Row) -> Result<Self, String> {
+        let text = |i| row.text(i).map(Option::unwrap_or_default);
+        let int = |i| row.int(i).map(Option::unwrap_or_default);
+        Ok(Self {
+            time_ms: int(0)?,
+            door: text(1)?,
+            session: int(2)?,
+            queue_id: row.text(3)?,
+            client_addr: row.text(4)?,
+            client_name: row.text(5)?,
+            helo: row.text(6)?,
+            tls: row.text(7)?,
+            auth_user: row.text(8)?,
+            sender: text(9)?,
+            recipient: row.text(10)?,
+            outcome: text(11)?,
+            reply: row.text(12)?,
+            relay_target: row.text(13)?,
+            message_id: row.text(14)?,
+            size: row.int(15)?,
+            verdict: text(16)?,
+            reason: row.text(17)?,
+            rules: row.text(18)?,
+            dry_run: row.boolean(19)?,
+            would: row.text(20)?,
+            duration_ms: int(21)?,
+        })
+    }
+}

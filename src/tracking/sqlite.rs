@@ -1,0 +1,225 @@
+//! The SQLite store: one database file in WAL mode (readers such as `postern track` never
+//! wait for the writer), written by one connection off the async threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::query::{Param, Query};
+use super::record::{COLUMNS, Record, Row, TABLE, insert_statement, schema};
+
+/// How long a statement waits for a lock held by another connection (a reader's checkpoint).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer's connection.
+pub(super) struct Store {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database at `path` and its table.
+    pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
+        let fail = |e: rusqlite::Error| {
+            anyhow::anyhow!(
+                "[tracking] path: cannot open the SQLite database {}: {e} (its directory must exist and be writable by Postern)",
+                path.display()
+            )
+        };
+        let connection = Connection::open(path).map_err(fail)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        // WAL with synchronous=NORMAL stays consistent after a crash and does not fsync each
+        // batch: a tracking record is worth less than the mail's time.
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(fail)?;
+        for statement in schema("INTEGER PRIMARY KEY") {
+            connection.execute(&statement, []).map_err(fail)?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Writes `batch` in one transaction, on a blocking thread.
+    pub(super) async fn write(&self, batch: Vec<Record>) -> Result<(), String> {
+        let connection = self.connection.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+            insert(&mut connection, &batch)
+                .map_err(|e| format!("SQLite database {}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Deletes records made before `before_ms`; how many.
+    pub(super) async fn purge(&self, before_ms: i64) -> Result<u64, String> {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+            connection
+                .execute(
+                    &format!("DELETE FROM {TABLE} WHERE time_ms < ?1"),
+                    [before_ms],
+                )
+                .map(|n| n as u64)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
+    let tx = connection.transaction()?;
+    {
+        let mut statement = tx.prepare(&insert_statement(|n| format!("?{n}")))?;
+        for r in batch {
+            statement.execute(params![
+                r.time_ms,
+                r.door,
+                r.session,
+                r.queue_id,
+                r.client_addr,
+                r.client_name,
+                r.helo,
+                r.tls,
+                r.auth_user,
+                r.sender,
+                r.recipient,
+                r.outcome,
+                r.reply,
+                r.relay_target,
+                r.message_id,
+                r.size,
+                r.verdict,
+                r.reason,
+                r.rules,
+                r.dry_run,
+                r.would,
+                r.duration_ms,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<Option<i64>, String> {
+        self.get(i)
+            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        self.get(i)
+            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    }
+    fn boolean(&self, i: usize) -> Result<bool, String> {
+        self.get(i)
+            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    }
+}
+
+/// Runs `query` against the database at `path`, read-only.
+pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, String> {
+    let db = path.display();
+    if !path.exists() {
+        return Err(format!(
+            "there is no tracking database at {db} yet: Postern creates it when it starts with this [tracking] configuration"
+        ));
+    }
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open the tracking database {db}: {e}"))?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let values: Vec<Value> = query
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Text(s) => Value::Text(s.clone()),
+            Param::Int(n) => Value::Integer(*n),
+        })
+        .collect();
+    let mut statement = connection
+        .prepare(&query.sql)
+        .map_err(|e| format!("tracking database {db}: {e}"))?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(values))
+        .map_err(|e| format!("tracking database {db}: {e}"))?;
+    let mut records = Vec::new();
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| format!("tracking database {db}: {e}"))?
+    {
+        records.push(Record::from_row(row)?);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::query::Filter;
+
+    fn record(time_ms: i64, recipient: &str) -> Record {
+        Record {
+            time_ms,
+            door: "proxy".into(),
+            session: 1,
+            queue_id: None,
+            client_addr: Some("192.0.2.1".into()),
+            client_name: None,
+            helo: None,
+            tls: None,
+            auth_user: None,
+            sender: "a@b.example".into(),
+            recipient: Some(recipient.into()),
+            outcome: "relayed".into(),
+            reply: Some("250 2.0.0 Ok".into()),
+            relay_target: Some("mta".into()),
+            message_id: None,
+            size: Some(10),
+            verdict: "continue".into(),
+            reason: None,
+            rules: None,
+            dry_run: false,
+            would: None,
+            duration_ms: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_past_their_retention_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = Store::open(&path).unwrap();
+        let old = record(1_000, "old@d.example");
+        let new = record(5_000, "new@d.example");
+        store.write(vec![old, new.clone()]).await.unwrap();
+        assert_eq!(store.purge(2_000).await, Ok(1));
+        let query = Query::new(
+            &Filter {
+                limit: 10,
+                ..Filter::default()
+            },
+            |n| format!("?{n}"),
+        );
+        assert_eq!(find(&path, &query), Ok(vec![new]));
+        // Opening it again finds the table and keeps what is there.
+        drop(store);
+        Store::open(&path).unwrap();
+        assert_eq!(find(&path, &query).unwrap().len(), 1);
+    }
+}
