@@ -125,26 +125,28 @@ impl Visit for MessageField {
 /// once a minute, with how many times it was since.
 #[derive(Debug, Default)]
 pub struct LogEvents {
-    store_unavailable: std::sync::Mutex<Quiet>,
+    store_unavailable: std::sync::Mutex<Throttle>,
 }
 
-/// When a repeated line was last written and how often it was held back since.
+/// A line that repeats while a fault lasts: written at most once per interval, with how
+/// many occurrences it stands for.
 #[derive(Debug, Default)]
-struct Quiet {
+pub struct Throttle {
     last: Option<std::time::Instant>,
-    held_back: u64,
+    pending: u64,
 }
 
-impl Quiet {
-    /// Whether to write the line now (and how many were held back before it).
-    fn speak(&mut self, every: std::time::Duration) -> Option<u64> {
+impl Throttle {
+    /// Counts `count` more occurrences; when the line is due (the first time, or `every`
+    /// after the last one), returns how many occurrences it stands for, this one included.
+    pub fn due(&mut self, every: std::time::Duration, count: u64) -> Option<u64> {
+        self.pending += count;
         let now = std::time::Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < every) {
-            self.held_back += 1;
             return None;
         }
         self.last = Some(now);
-        Some(std::mem::take(&mut self.held_back))
+        Some(std::mem::take(&mut self.pending))
     }
 }
 
@@ -207,16 +209,16 @@ impl Events for LogEvents {
                 what,
                 error,
             } => {
-                let mut quiet = self
+                let mut throttle = self
                     .store_unavailable
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                if let Some(held_back) = quiet.speak(std::time::Duration::from_secs(60)) {
+                if let Some(times) = throttle.due(std::time::Duration::from_secs(60), 1) {
                     warn!(
                         session,
                         what,
                         error,
-                        same_since_last_line = held_back,
+                        times_since_last_line = times,
                         "state store unavailable; decided without it (told once a minute; postern_state_store_unavailable_total counts each)"
                     );
                 }
@@ -330,5 +332,23 @@ impl Events for LogEvents {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Throttle;
+
+    #[test]
+    fn a_throttled_line_stands_for_every_occurrence_held_back() {
+        let mut throttle = Throttle::default();
+        let minute = Duration::from_secs(60);
+        assert_eq!(throttle.due(minute, 1), Some(1), "the first is written");
+        assert_eq!(throttle.due(minute, 2), None);
+        assert_eq!(throttle.due(minute, 1), None);
+        // Due again once the interval has passed: it stands for the three held back and itself.
+        assert_eq!(throttle.due(Duration::ZERO, 1), Some(4));
     }
 }

@@ -3,9 +3,11 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::warn;
+
+use crate::logging::Throttle;
 
 /// Told of every record dropped, with why: `queue_full` (the writer falls behind),
 /// `store_unavailable` (the store refused or could not be reached), `writer_stopped` (at
@@ -17,25 +19,18 @@ pub trait DropObserver: Send + Sync + fmt::Debug {
 /// How often a drop is logged at most.
 const LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default)]
-struct Unlogged {
-    last_logged: Option<Instant>,
-    /// Dropped since the last log line.
-    count: u64,
-}
-
 /// The drop counter shared by the sink and the writer.
 #[derive(Debug)]
 pub(super) struct Drops {
     observer: Option<Arc<dyn DropObserver>>,
-    unlogged: Mutex<Unlogged>,
+    unlogged: Mutex<Throttle>,
 }
 
 impl Drops {
     pub(super) fn new(observer: Option<Arc<dyn DropObserver>>) -> Self {
         Self {
             observer,
-            unlogged: Mutex::new(Unlogged::default()),
+            unlogged: Mutex::new(Throttle::default()),
         }
     }
 
@@ -48,19 +43,13 @@ impl Drops {
             observer.dropped(reason, count);
         }
         let mut unlogged = self.unlogged.lock().unwrap_or_else(|e| e.into_inner());
-        unlogged.count += count;
-        if unlogged
-            .last_logged
-            .is_none_or(|at| at.elapsed() >= LOG_INTERVAL)
-        {
+        if let Some(dropped) = unlogged.due(LOG_INTERVAL, count) {
             warn!(
-                dropped = unlogged.count,
+                dropped,
                 reason,
                 error = detail,
                 "message tracking records dropped; mail is not affected (logged at most once a minute, counted in postern_tracking_dropped_total)"
             );
-            unlogged.count = 0;
-            unlogged.last_logged = Some(Instant::now());
         }
     }
 }
