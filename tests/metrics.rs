@@ -3,39 +3,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use support::proxy::ProxyEnv;
-use support::{MailEnv, Socket, free_port};
+use support::{MailEnv, Socket, free_port, get, sample};
 
 const MESSAGE: &str = "From: s@sender.test\r\nTo: a@dest.test\r\nSubject: metrics\r\n\r\ncard 4111 1111 1111 1111\r\n";
-
-/// One HTTP request to the endpoint; the whole response (head and body).
-fn get(port: u16, path: &str, authorization: Option<&str>) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// The value of the sample `name` (with its labels, as printed) in `text`.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
 
 const RULESET: &str = r#"
 [[ruleset]]

@@ -212,13 +212,9 @@ fn redis_down_or_hanging_holds_no_mail_up() {
         "{}",
         a.log()
     );
-    let metrics = metrics_text(metrics_port);
-    let unavailable = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("postern_state_store_unavailable_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    assert!(unavailable >= 6.0, "{metrics}");
+    let metrics = support::get(metrics_port, "/metrics", None);
+    let unavailable = support::sample(&metrics, "postern_state_store_unavailable_total");
+    assert!(unavailable.is_some_and(|n| n >= 6.0), "{metrics}");
 
     redis.restart();
     // Both reconnect by themselves within a few seconds.
@@ -235,14 +231,4 @@ fn redis_down_or_hanging_holds_no_mail_up() {
     assert_eq!(counted(&redis), before + 4, "counted in Redis again");
     assert_eq!(a.sinks[0].wait_delivered(sent / 2).len(), sent / 2);
     assert_eq!(b.sinks[0].wait_delivered(sent / 2).len(), sent / 2);
-}
-
-fn metrics_text(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    text
 }

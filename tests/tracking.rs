@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -492,22 +490,6 @@ impl Drop for Postgres {
 }
 
 /// One HTTP GET of the metrics endpoint; the body.
-fn metrics(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn postgres_tracks_the_same_and_its_outage_loses_no_mail() {
     let mut pg = Postgres::start();
@@ -537,8 +519,8 @@ fn postgres_tracks_the_same_and_its_outage_loses_no_mail() {
     assert!(log.contains("reason=\"store_unavailable\""), "{log}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = metrics(metrics_port);
-        let dropped = sample(
+        let text = support::get(metrics_port, "/metrics", None);
+        let dropped = support::sample(
             &text,
             "postern_tracking_dropped_total{reason=\"store_unavailable\"}",
         );
