@@ -232,6 +232,13 @@ impl Connection {
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
+        if self.input.capacity() == 0
+            && let Stream::Plain(tcp) = &self.stream
+        {
+            // A client that has not said anything yet holds no read buffer: its first bytes
+            // are waited for before one is allocated (a TLS stream has its own buffers).
+            tcp.readable().await?;
+        }
         if self.input.is_empty() && self.input.capacity() > 4 * READ_CHUNK {
             // A large pipelined burst is over: an idle connection holds little memory.
             self.input = Vec::with_capacity(READ_CHUNK);

@@ -99,7 +99,7 @@ pub(super) async fn converse(
         shared,
     };
     c.run().await;
-    c.abort_upstream().await;
+    Box::pin(c.abort_upstream()).await;
     c.session.close();
     c.conn.close().await;
 }
@@ -133,7 +133,7 @@ impl Conversation {
     }
 
     async fn run(&mut self) {
-        if self.kind == ListenerKind::ImplicitTls && !self.start_tls().await {
+        if self.kind == ListenerKind::ImplicitTls && !Box::pin(self.start_tls()).await {
             return;
         }
         // Early talkers: a client that speaks before the greeting does not follow SMTP.
@@ -149,7 +149,7 @@ impl Conversation {
             addr: Some(self.peer.ip()),
             name: None,
         };
-        match self.session.connect(client).await {
+        match Box::pin(self.session.connect(client)).await {
             Verdict::Continue | Verdict::Discard => {}
             refused => {
                 let r = refused.reply().expect("refusals carry a reply");
@@ -169,7 +169,7 @@ impl Conversation {
                         500,
                         &format!("5.5.2 Error: line too long (limit {limit} bytes)"),
                     );
-                    if self.invalid("line too long").await {
+                    if Box::pin(self.invalid("line too long")).await {
                         return;
                     }
                     continue;
@@ -268,7 +268,7 @@ impl Conversation {
             return false;
         }
         info!(client = %self.peer, command = verb, count = self.junk_commands, "junk command limit exceeded");
-        self.invalid(verb).await
+        Box::pin(self.invalid(verb)).await
     }
 
     /// RFC 2920: a client may send commands without waiting for replies only after EHLO
@@ -304,21 +304,23 @@ impl Conversation {
         })
     }
 
+    /// Runs one command. The larger commands' futures are boxed: held only while they run,
+    /// they would otherwise size every connection's task, idle ones included.
     async fn command(&mut self, command: Command) -> Next {
         match command {
-            Command::Ehlo(name) => self.hello(name, true).await,
-            Command::Helo(name) => self.hello(name, false).await,
-            Command::Mail { sender, params } => self.mail(sender, params).await,
-            Command::Rcpt { recipient, .. } => self.rcpt(recipient).await,
-            Command::Data => self.data().await,
+            Command::Ehlo(name) => Box::pin(self.hello(name, true)).await,
+            Command::Helo(name) => Box::pin(self.hello(name, false)).await,
+            Command::Mail { sender, params } => Box::pin(self.mail(sender, params)).await,
+            Command::Rcpt { recipient, .. } => Box::pin(self.rcpt(recipient)).await,
+            Command::Data => Box::pin(self.data()).await,
             Command::Rset => {
-                self.reset().await;
+                Box::pin(self.reset()).await;
                 self.say(250, "2.0.0 Ok");
-                self.after_junk("RSET").await
+                Box::pin(self.after_junk("RSET")).await
             }
             Command::Noop => {
                 self.say(250, "2.0.0 Ok");
-                self.after_junk("NOOP").await
+                Box::pin(self.after_junk("NOOP")).await
             }
             Command::Quit => {
                 self.say(221, "2.0.0 Bye");
@@ -326,14 +328,14 @@ impl Conversation {
             }
             Command::Vrfy | Command::Expn => {
                 self.say(502, "5.5.1 VRFY and EXPN are disabled");
-                self.after_junk("VRFY").await
+                Box::pin(self.after_junk("VRFY")).await
             }
             Command::Help => {
                 self.say(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT STARTTLS AUTH; see RFC 5321");
-                self.after_junk("HELP").await
+                Box::pin(self.after_junk("HELP")).await
             }
-            Command::StartTls => self.starttls().await,
-            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await,
+            Command::StartTls => Box::pin(self.starttls()).await,
+            Command::Auth { mechanism, initial } => Box::pin(self.auth(&mechanism, initial)).await,
             Command::Bdat => {
                 self.say(
                     502,
@@ -343,14 +345,14 @@ impl Conversation {
             }
             Command::Invalid(text) => {
                 self.say(501, text);
-                if self.invalid("syntax error").await {
+                if Box::pin(self.invalid("syntax error")).await {
                     return Next::Close;
                 }
                 Next::Continue
             }
             Command::Unknown(verb) => {
                 self.say(502, "5.5.2 Error: command not recognized");
-                if self.invalid(&verb).await {
+                if Box::pin(self.invalid(&verb)).await {
                     return Next::Close;
                 }
                 Next::Continue
@@ -359,7 +361,7 @@ impl Conversation {
     }
 
     async fn after_junk(&mut self, verb: &str) -> Next {
-        if self.junk(verb).await {
+        if Box::pin(self.junk(verb)).await {
             Next::Close
         } else {
             Next::Continue
@@ -369,7 +371,7 @@ impl Conversation {
     /// Ends the transaction (RSET, EHLO, STARTTLS) in the engine and with the relay target.
     async fn reset(&mut self) {
         self.session.reset();
-        self.abort_upstream().await;
+        Box::pin(self.abort_upstream()).await;
         self.tx = None;
     }
 
