@@ -305,6 +305,7 @@ impl Events for LogEvents {
                 queue_id = report.queue_id,
                 sender = %report.sender.escape_debug(),
                 recipients = report.recipients.len(),
+                rewritten = %report.envelope,
                 refused = report.refused.len(),
                 size = report.size,
                 spooled = report.spooled,

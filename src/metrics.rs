@@ -583,6 +583,7 @@ mod tests {
                 queue_id: "",
                 sender: "a@b.example",
                 recipients: &[],
+                envelope: &Default::default(),
                 refused: &[],
                 message_id: None,
                 facts: crate::engine::events::SessionFacts {

@@ -25,8 +25,10 @@ use crate::relay::Delivery;
 use crate::state::{SharedStateSettings, StateSettings};
 use crate::tracking::TrackingSettings;
 
+mod address_transformation;
 mod connection;
 mod delivery;
+mod dkim;
 mod dns;
 mod log;
 mod metrics;
@@ -183,6 +185,10 @@ struct ConfigFile {
     metrics: metrics::MetricsSection,
     log: log::LogSection,
     tracking: tracking::TrackingSection,
+    #[serde(rename = "address_transformation")]
+    address_transformations: Vec<address_transformation::AddressTransformationSection>,
+    #[serde(rename = "dkim_signer")]
+    dkim_signers: Vec<dkim::DkimSignerSection>,
 }
 
 impl ConfigFile {
@@ -215,8 +221,13 @@ impl ConfigFile {
             config_dir,
         )?;
 
+        let address_transformations =
+            address_transformation::compile(self.address_transformations)?;
+        let dkim = dkim::compile(self.dkim_signers, config_dir)?;
         let policy = Policy {
             content,
+            address_transformations,
+            dkim,
             hostname,
             help_url: connection.help_url,
             scan_failure_action: scan.scan_failure_action,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::reply::SmtpReply;
 use super::session::{ClientInfo, TlsInfo};
-use super::verdict::Verdict;
+use super::verdict::{EnvelopeEdits, Verdict};
 
 /// The checks of both stages, by the name logs and metrics give them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +90,8 @@ pub enum Reason {
     Divert,
     /// A `divert` rule matched but no relay target took the message.
     DivertFailed,
+    /// The message could not be signed (DKIM).
+    SigningFailed,
 }
 
 impl fmt::Display for Reason {
@@ -101,6 +103,7 @@ impl fmt::Display for Reason {
             Self::RefusedBeforeEnd => "refused_before_end",
             Self::Divert => "divert",
             Self::DivertFailed => "divert_failed",
+            Self::SigningFailed => "dkim_failed",
         })
     }
 }
@@ -151,8 +154,10 @@ pub struct SessionFacts<'a> {
 pub struct MessageReport<'a> {
     pub queue_id: &'a str,
     pub sender: &'a str,
-    /// The recipients accepted for the message.
+    /// The recipients accepted for the message, as the client gave them.
     pub recipients: &'a [String],
+    /// The envelope as relayed, where the address transformation rewrote it.
+    pub envelope: &'a EnvelopeEdits,
     /// The recipients refused in this transaction, each with its reply.
     pub refused: &'a [RefusedRecipient],
     /// The message's `Message-ID` field, as it came (angle brackets included).

@@ -4,7 +4,9 @@
 //! what it needs of the world it asks through its [`ports`].
 
 pub mod address;
+pub mod addressing;
 pub mod checks;
+pub mod dkim;
 pub mod events;
 pub mod message;
 pub mod policy;
@@ -26,7 +28,7 @@ pub use message::{BufferError, MessageBuffer, MessageLimits};
 pub use policy::{Policy, ScanFailureAction, Stage};
 pub use reply::SmtpReply;
 pub use session::{ClientInfo, Session, TlsInfo};
-pub use verdict::{Edits, HeaderEdit, MessageOutcome, ScanSlot, Verdict};
+pub use verdict::{Edits, EnvelopeEdits, HeaderEdit, MessageOutcome, ScanSlot, Verdict};
 
 /// The engine shared by all connections of a process: holds the current policy and swaps it
 /// whole on reload. Sessions keep the policy they started with.

@@ -8,11 +8,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use super::addressing::AddressTransformations;
 use super::checks::dos::ClientLimits;
 use super::checks::profiles::Profiles;
 use super::checks::reputation::Reputation;
 use super::checks::spf::Spf;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
+use super::dkim::DkimSigners;
 use super::message::MessageLimits;
 use super::reply::SmtpReply;
 use super::rules::ContentPolicy;
@@ -137,6 +139,11 @@ pub struct Policy {
     pub trace_header: Option<TraceHeader>,
     /// The content stage: rulesets over subject, headers, body, attachments and names.
     pub content: ContentPolicy,
+    /// Address transformation rules, in order: applied to what is relayed, never to what the
+    /// policy judges.
+    pub address_transformations: AddressTransformations,
+    /// DKIM signers, in order: outbound messages are signed as they leave.
+    pub dkim: DkimSigners,
     /// Every check and rule runs and reports, but nothing is refused or changed
     /// (`[scan] dry_run`, `--dry-run`).
     pub dry_run: bool,
@@ -260,6 +267,29 @@ impl fmt::Display for Policy {
         }
         if self.content.rulesets.is_empty() {
             writeln!(f, "rulesets:                none")?;
+        }
+        for r in &self.address_transformations.0 {
+            let places: Vec<&str> = r.applies_to.iter().map(|p| p.name()).collect();
+            writeln!(
+                f,
+                "address transformation:  {}: {} -> {} ({}, {})",
+                r.name,
+                r.matcher,
+                r.replacement,
+                r.direction.name(),
+                places.join(", ")
+            )?;
+        }
+        for s in &self.dkim.0 {
+            writeln!(
+                f,
+                "dkim signer:             d={} s={} {} ({} messages, key {})",
+                s.domain,
+                s.selector,
+                s.key.algorithm(),
+                s.sign.name(),
+                s.key_file
+            )?;
         }
         match &self.trace_header {
             Some(t) => write!(f, "trace header:            {}", t.name),

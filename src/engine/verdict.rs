@@ -203,8 +203,10 @@ fn field_name(field: &[u8]) -> &[u8] {
 pub struct MessageOutcome {
     pub verdict: Verdict,
     pub edits: Edits,
-    /// The recipients the message was accepted for, for a door that delivers it itself.
+    /// The recipients the message was accepted for, as the client gave them.
     pub recipients: Vec<String>,
+    /// The envelope as it is to be relayed, where the address transformation changes it.
+    pub envelope: EnvelopeEdits,
     /// With [`Verdict::Discard`], when a `divert` rule delivered the message: the answer of
     /// the relay target that took it (a door that speaks SMTP passes it on).
     pub diverted: Option<SmtpReply>,
@@ -212,6 +214,60 @@ pub struct MessageOutcome {
     /// outcome) once it has passed the edits on, so that `max_concurrent_scans` bounds the
     /// memory of rewritten bodies too.
     pub scan_slot: ScanSlot,
+}
+
+impl MessageOutcome {
+    /// The recipients as they are to be relayed (rewritten where a rule says so).
+    pub fn relayed_recipients(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .map(|r| self.envelope.recipient(r).to_owned())
+            .collect()
+    }
+}
+
+/// Envelope changes of the address transformation: empty when it changes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnvelopeEdits {
+    /// The new envelope sender.
+    pub sender: Option<String>,
+    /// Recipients replaced: (as the client gave it, as it is relayed).
+    pub recipients: Vec<(String, String)>,
+}
+
+impl EnvelopeEdits {
+    pub fn is_empty(&self) -> bool {
+        self.sender.is_none() && self.recipients.is_empty()
+    }
+
+    /// `recipient` as it is relayed.
+    pub fn recipient<'a>(&'a self, recipient: &'a str) -> &'a str {
+        self.recipients
+            .iter()
+            .find(|(from, _)| from == recipient)
+            .map_or(recipient, |(_, to)| to.as_str())
+    }
+}
+
+impl fmt::Display for EnvelopeEdits {
+    /// `-` when nothing is rewritten; else `sender <a> -> <b>, <c> -> <d>`, escaped.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut parts = Vec::new();
+        if let Some(sender) = &self.sender {
+            parts.push(format!("sender -> <{}>", sender.escape_debug()));
+        }
+        for (from, to) in &self.recipients {
+            parts.push(format!(
+                "<{}> -> <{}>",
+                from.escape_debug(),
+                to.escape_debug()
+            ));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// A slot of `max_concurrent_scans`, released when the last clone is dropped. Slots never

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use crate::engine::events::RefusedBy;
 use crate::engine::{
-    ClientInfo, Edits, Engine, HeaderEdit, Session, SmtpReply, Stage, TlsInfo, Verdict,
+    ClientInfo, Edits, Engine, EnvelopeEdits, HeaderEdit, Session, SmtpReply, Stage, TlsInfo,
+    Verdict,
 };
 use socket::{ListenSocket, MilterListener, StopListening};
 
@@ -138,6 +139,8 @@ struct Conn {
     leading_space: bool,
     /// Stages at which the MTA does not wait for an answer (see [`NOREPLY`]).
     noreply: ProtoOpts,
+    /// The message changes the MTA grants this connection.
+    granted: Actions,
 }
 
 impl Conn {
@@ -197,6 +200,20 @@ pub async fn run(
     serve(engine, settings, listener, stop, shutdown).await
 }
 
+/// The message changes Postern asks the MTA for: header fields and the body (content rules,
+/// DKIM), the envelope sender and recipients (address transformation).
+const ACTIONS: Actions = Actions::ADD_HEADER
+    .union(Actions::CHANGE_HEADER)
+    .union(Actions::REPLACE_BODY)
+    .union(Actions::CHANGE_SENDER)
+    .union(Actions::ADD_RCPT)
+    .union(Actions::DELETE_RCPT);
+
+/// The envelope changes of the address transformation.
+const ENVELOPE_ACTIONS: Actions = Actions::CHANGE_SENDER
+    .union(Actions::ADD_RCPT)
+    .union(Actions::DELETE_RCPT);
+
 /// Serves an already bound listener (tests bind port 0 and read the address first).
 pub async fn serve(
     engine: Arc<Engine>,
@@ -208,7 +225,7 @@ pub async fn serve(
     let in_flight = Arc::new(InFlight::default());
     let config = indymilter::Config {
         max_connections: settings.max_inbound_connections,
-        actions: Actions::ADD_HEADER | Actions::CHANGE_HEADER | Actions::REPLACE_BODY,
+        actions: ACTIONS,
         connection_timeout: settings.connection_timeout,
     };
     let grace = settings.shutdown_timeout;
@@ -270,6 +287,7 @@ async fn negotiate(
     in_flight: Arc<InFlight>,
 ) -> Status {
     cx.requested_actions &= actions;
+    let granted = cx.requested_actions;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
     let noreply = opts & NOREPLY;
     cx.requested_opts |= noreply | (opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::REJECTED_RCPT));
@@ -283,6 +301,7 @@ async fn negotiate(
         in_message: false,
         leading_space,
         noreply,
+        granted,
     });
     Status::Continue
 }
@@ -423,7 +442,20 @@ async fn eom(cx: &mut EomContext<Conn>) -> Status {
     }
     let outcome = conn.session.end_of_message().await;
     conn.end_message();
-    let verdict = match apply_edits(&cx.actions, &outcome.edits, conn.leading_space).await {
+    if !outcome.envelope.is_empty() && !conn.granted.contains(ENVELOPE_ACTIONS) {
+        warn!(
+            session = conn.session.id(),
+            granted = ?conn.granted,
+            "address transformation needs the MTA to let milters change the sender and recipients (SMFIF_CHGFROM, SMFIF_ADDRCPT, SMFIF_DELRCPT: Postfix 2.6 or later, Sendmail 8.14 or later); the scan failure action applies"
+        );
+        let verdict = conn.session.policy().scan_failure_action.verdict();
+        return answer(&mut cx.reply, verdict);
+    }
+    let edited = async {
+        apply_envelope(&cx.actions, &outcome.envelope).await?;
+        apply_edits(&cx.actions, &outcome.edits, conn.leading_space).await
+    };
+    let verdict = match edited.await {
         Ok(()) => outcome.verdict,
         Err(e) => {
             warn!(error = %e, "cannot send message edits to the MTA");
@@ -521,6 +553,25 @@ async fn apply_edits(
     }
     if let Some(body) = &edits.body {
         actions.replace_body(&crlf_only(body)).await?;
+    }
+    Ok(())
+}
+
+/// Sends the address transformation's envelope changes: the new sender, and each rewritten
+/// recipient removed and its new address added.
+async fn apply_envelope(
+    actions: &impl ContextActions,
+    envelope: &EnvelopeEdits,
+) -> Result<(), indymilter::ActionError> {
+    let bracketed = |a: &str| format!("<{}>", one_line(a.trim_matches(['<', '>'])));
+    if let Some(sender) = &envelope.sender {
+        actions
+            .change_sender(bracketed(sender), None::<CString>)
+            .await?;
+    }
+    for (from, to) in &envelope.recipients {
+        actions.delete_recipient(bracketed(from)).await?;
+        actions.add_recipient(bracketed(to)).await?;
     }
     Ok(())
 }

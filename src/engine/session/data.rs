@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::engine::ports::OutboundMessage;
+use crate::engine::verdict::EnvelopeEdits;
 
 impl Session {
     /// The queue id the MTA gave the message, for logs.
@@ -88,6 +89,7 @@ impl Session {
                 verdict: Verdict::Continue,
                 edits: Edits::default(),
                 recipients: Vec::new(),
+                envelope: EnvelopeEdits::default(),
                 diverted: None,
                 scan_slot: ScanSlot::default(),
             };
@@ -111,7 +113,13 @@ impl Session {
         if verdict != Verdict::Continue {
             edits = Edits::default();
         }
+        // Changed by the content stage: the sender's own signature no longer holds.
+        let mut transformed = !edits.is_empty();
+        let mut envelope = EnvelopeEdits::default();
         if verdict == Verdict::Continue {
+            let (rewritten, header_changed) = self.transform_addresses(&mut tx, &mut edits).await;
+            envelope = rewritten;
+            transformed |= header_changed;
             self.remove_forged_results(&mut tx, &mut edits).await;
         }
         if verdict == Verdict::Continue
@@ -129,6 +137,17 @@ impl Session {
                 value: format!("{}; by {}", verdict.name(), policy.hostname),
             });
         }
+        if verdict == Verdict::Continue
+            && !policy.dry_run
+            && let Err(e) = self.sign(&mut tx, &mut edits, transformed).await
+        {
+            warn!(session = self.id, error = %e, "cannot sign the message (DKIM)");
+            self.scan_failed("dkim", &e);
+            (reason, verdict) = (Reason::SigningFailed, policy.scan_failure_action.verdict());
+            if verdict != Verdict::Continue {
+                edits = Edits::default();
+            }
+        }
         let mut diverted = None;
         if let Some(divert) = tx.divert.take()
             && verdict == Verdict::Continue
@@ -136,7 +155,7 @@ impl Session {
             if policy.dry_run {
                 (reason, verdict) = (Reason::Divert, Verdict::Discard);
             } else {
-                match self.divert(&divert, &mut tx, &edits).await {
+                match self.divert(&divert, &mut tx, &edits, &envelope).await {
                     Ok(reply) => {
                         (reason, verdict) = (Reason::Divert, Verdict::Discard);
                         diverted = Some(reply);
@@ -153,11 +172,15 @@ impl Session {
                 edits = Edits::default();
             }
         }
-        self.log_message(&tx, &verdict, reason);
+        if verdict != Verdict::Continue {
+            envelope = EnvelopeEdits::default();
+        }
+        self.log_message(&tx, &verdict, reason, &envelope);
         if policy.dry_run {
             // What would have been done is reported above; the message goes on unchanged.
             verdict = self.unless_dry_run("end_of_message", verdict);
             edits = Edits::default();
+            envelope = EnvelopeEdits::default();
         }
         // Without a new body there is nothing large left to hold the slot for.
         let scan_slot = if edits.body.is_some() {
@@ -169,6 +192,7 @@ impl Session {
             verdict,
             edits,
             recipients: std::mem::take(&mut tx.recipients),
+            envelope,
             diverted,
             scan_slot,
         };
@@ -182,6 +206,7 @@ impl Session {
         divert: &Diversion,
         tx: &mut Transaction,
         edits: &Edits,
+        envelope: &EnvelopeEdits,
     ) -> Result<SmtpReply, String> {
         let buffer = tx.message.as_mut().ok_or("the message was not kept")?;
         let raw = buffer.contents().await.map_err(|e| e.to_string())?;
@@ -191,8 +216,12 @@ impl Session {
             edits.apply_to(&raw)
         };
         let outbound = OutboundMessage {
-            sender: &tx.sender,
-            recipients: &tx.recipients,
+            sender: &envelope.sender.clone().unwrap_or_else(|| tx.sender.clone()),
+            recipients: &tx
+                .recipients
+                .iter()
+                .map(|r| envelope.recipient(r).to_owned())
+                .collect::<Vec<_>>(),
             message: &message,
         };
         let (target, reply) = self
@@ -271,13 +300,20 @@ impl Session {
         });
     }
 
-    pub(super) fn log_message(&self, tx: &Transaction, verdict: &Verdict, reason: Reason) {
+    pub(super) fn log_message(
+        &self,
+        tx: &Transaction,
+        verdict: &Verdict,
+        reason: Reason,
+        envelope: &EnvelopeEdits,
+    ) {
         self.emit(&Event::Message {
             session: self.id,
             report: MessageReport {
                 queue_id: tx.queue_id.as_deref().unwrap_or(""),
                 sender: &tx.sender,
                 recipients: &tx.recipients,
+                envelope,
                 refused: &tx.refused,
                 message_id: tx.message_id.as_deref(),
                 facts: self.facts(),

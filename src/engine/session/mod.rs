@@ -6,6 +6,7 @@ mod connect;
 mod content;
 mod data;
 mod mail;
+mod outgoing;
 mod rcpt;
 mod stages;
 

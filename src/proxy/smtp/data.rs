@@ -199,7 +199,7 @@ impl Conversation {
 
     async fn end_of_message(&mut self, refusal: Option<Verdict>) -> Next {
         let (outcome, message) = self.session.end_of_message_with_content().await;
-        let verdict = refusal.unwrap_or(outcome.verdict);
+        let verdict = refusal.unwrap_or_else(|| outcome.verdict.clone());
         let upstream = self.tx.as_mut().and_then(|tx| tx.upstream.take());
         match &verdict {
             Verdict::Continue => {}
@@ -235,6 +235,7 @@ impl Conversation {
                 return Next::Continue;
             }
         };
+        let recipients = outcome.relayed_recipients();
         // The edits (and the content-scan slot held for them) are no longer needed.
         drop((outcome.edits, outcome.scan_slot));
         let Some(upstream) = upstream else {
@@ -246,8 +247,7 @@ impl Conversation {
             self.session.handed_on(None, &reply);
             return Next::Continue;
         };
-        self.hand_on(upstream, &outgoing.body(), &outcome.recipients)
-            .await;
+        self.hand_on(upstream, &outgoing.body(), &recipients).await;
         Next::Continue
     }
 

@@ -2,6 +2,7 @@
 //! checks, passes on or takes (SIZE, BODY, SMTPUTF8, AUTH), the engine's verdict on the sender,
 //! and what XFORWARD tells the relay targets about the client.
 
+use crate::engine::addressing::Place;
 use crate::proxy::ListenerKind;
 use crate::relay::{BodyType, Envelope, ForwardedClient, MailParameters};
 
@@ -71,6 +72,8 @@ impl Conversation {
         if let Some(next) = self.refused(&verdict) {
             return next;
         }
+        // The target gets the sender the address transformation makes of it.
+        let sender = self.session.relayed_address(Place::Sender, &sender);
         self.tx = Some(Transaction {
             envelope: Envelope {
                 sender,

@@ -4,6 +4,7 @@
 use tracing::{info, warn};
 
 use crate::engine::SmtpReply;
+use crate::engine::addressing::Place;
 use crate::engine::events::RefusedBy;
 use crate::relay::DeliveryError;
 
@@ -70,7 +71,8 @@ impl Conversation {
             }
         }
         let upstream = tx.upstream.as_mut().expect("opened above");
-        match upstream.rcpt(recipient).await {
+        let relayed = self.session.relayed_address(Place::Recipients, recipient);
+        match upstream.rcpt(&relayed).await {
             Ok(_) => {
                 self.say(250, "2.1.5 Ok");
                 Ok(())

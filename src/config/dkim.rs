@@ -1,0 +1,95 @@
+//! `[[dkim_signer]]`: the domains Postern signs outbound mail for, and their keys
+//! (src/engine/dkim.rs).
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Invalid, relative, valid_hostname};
+use crate::engine::dkim::{DkimSigner, DkimSigners, SignWhen, SigningKey, signed_headers};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DkimSignerSection {
+    domain: Spanned<String>,
+    selector: Spanned<String>,
+    key_file: Spanned<PathBuf>,
+    headers: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    sign: SignWhen,
+}
+
+pub(super) fn compile(
+    sections: Vec<DkimSignerSection>,
+    config_dir: Option<&Path>,
+) -> Result<DkimSigners, Invalid> {
+    let mut signers = Vec::with_capacity(sections.len());
+    for (i, s) in sections.into_iter().enumerate() {
+        let key = |k: &str| format!("dkim_signer[{i}].{k}");
+        let domain = s
+            .domain
+            .get_ref()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !valid_hostname(&domain) || !domain.contains('.') {
+            return Err((
+                s.domain.span(),
+                key("domain"),
+                format!("{:?} is not a domain name", s.domain.get_ref()),
+            ));
+        }
+        let selector = s.selector.get_ref().clone();
+        if !valid_hostname(&selector) {
+            return Err((
+                s.selector.span(),
+                key("selector"),
+                format!(
+                    "{selector:?} is not a selector (letters, digits, '-' and '.'; the key is published at <selector>._domainkey.{domain})"
+                ),
+            ));
+        }
+        let (headers_span, headers) = match s.headers {
+            Some(h) => (h.span(), Some(h.into_inner())),
+            None => (s.domain.span(), None),
+        };
+        let headers = signed_headers(headers).map_err(|e| (headers_span, key("headers"), e))?;
+        let span = s.key_file.span();
+        let path = relative(s.key_file.into_inner(), config_dir);
+        let signing_key = load_key(&path, &domain, &selector, &headers)
+            .map_err(|e| (span, key("key_file"), e))?;
+        signers.push(DkimSigner {
+            domain,
+            selector,
+            key_file: path.display().to_string(),
+            headers,
+            sign: s.sign,
+            key: signing_key,
+        });
+    }
+    Ok(DkimSigners(signers))
+}
+
+/// Reads a PEM private key (RSA of 2048 bits or more, PKCS#1 or PKCS#8; or Ed25519, PKCS#8).
+fn load_key(
+    path: &Path,
+    domain: &str,
+    selector: &str,
+    headers: &[String],
+) -> Result<SigningKey, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "{} holds no PEM private key ({e}); make one with `openssl genpkey -algorithm ed25519` or `openssl genrsa 2048`",
+            path.display()
+        )
+    })?;
+    SigningKey::from_der(der, domain, selector, headers).map_err(|e| {
+        format!(
+            "{}: not an RSA key of 2048 to 8192 bits nor an Ed25519 key ({e})",
+            path.display()
+        )
+    })
+}

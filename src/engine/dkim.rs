@@ -1,0 +1,211 @@
+//! DKIM signing (`[[dkim_signer]]`): a gateway that changes a message breaks the signature its
+//! sender made, so it signs what it sends itself. The signature is made last, over the message
+//! exactly as it leaves: after the content stage, the address transformation and every other
+//! header edit. Relaxed canonicalization for header and body, so that an MTA re-folding a header
+//! or re-ending a line does not break it.
+
+use std::fmt;
+
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner as Signer, Done};
+
+/// The header fields signed when the configuration names none. `From` is listed twice: the
+/// second, absent instance is signed too ("oversigned"), so that nobody can add a second From.
+/// Fields absent from a message are signed as absent, for the same reason.
+pub const DEFAULT_HEADERS: [&str; 12] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
+
+/// Which messages a signer signs.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignWhen {
+    /// Only messages Postern changed (content rules, a rewritten From/To/Cc): the sender's own
+    /// signature is broken on those. Untouched messages leave byte for byte as they came.
+    Transformed,
+    /// Every outbound message from the domain.
+    #[default]
+    All,
+}
+
+impl SignWhen {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Transformed => "transformed",
+            Self::All => "all",
+        }
+    }
+}
+
+/// A private key: RSA (2048 bits or more, rsa-sha256) or Ed25519 (ed25519-sha256).
+pub enum SigningKey {
+    Rsa(Signer<RsaKey<Sha256>, Done>),
+    Ed25519(Signer<Ed25519Key, Done>),
+}
+
+impl SigningKey {
+    /// Reads a PKCS#1 or PKCS#8 private key in DER; what is wrong when it is neither an RSA
+    /// key ring accepts for signing nor an Ed25519 key.
+    pub fn from_der(
+        der: rustls_pki_types::PrivateKeyDer<'_>,
+        domain: &str,
+        selector: &str,
+        headers: &[String],
+    ) -> Result<Self, String> {
+        let rsa = RsaKey::<Sha256>::from_key_der(der.clone_key());
+        let key = match (rsa, &der) {
+            (Ok(key), _) => {
+                return Ok(Self::Rsa(build(
+                    Signer::from_key(key),
+                    domain,
+                    selector,
+                    headers,
+                )));
+            }
+            (Err(rsa_error), rustls_pki_types::PrivateKeyDer::Pkcs8(pkcs8)) => {
+                Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
+                    .map_err(|_| rsa_error.to_string())?
+            }
+            (Err(e), _) => return Err(e.to_string()),
+        };
+        Ok(Self::Ed25519(build(
+            Signer::from_key(key),
+            domain,
+            selector,
+            headers,
+        )))
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Self::Rsa(_) => "rsa-sha256",
+            Self::Ed25519(_) => "ed25519-sha256",
+        }
+    }
+}
+
+fn build<T: mail_auth::common::crypto::SigningKey>(
+    signer: mail_auth::dkim::DkimSigner<T, mail_auth::dkim::NeedDomain>,
+    domain: &str,
+    selector: &str,
+    headers: &[String],
+) -> Signer<T, Done> {
+    signer
+        .domain(domain)
+        .selector(selector)
+        .headers(headers.iter().cloned())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+}
+
+/// One signer: the domain it signs for (`d=`, also its sub-domains' mail), the selector
+/// (`s=`) and its key.
+pub struct DkimSigner {
+    pub domain: String,
+    pub selector: String,
+    pub key_file: String,
+    pub headers: Vec<String>,
+    pub sign: SignWhen,
+    pub key: SigningKey,
+}
+
+impl fmt::Debug for DkimSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DkimSigner")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .field("key_file", &self.key_file)
+            .field("algorithm", &self.key.algorithm())
+            .field("sign", &self.sign)
+            .finish()
+    }
+}
+
+impl DkimSigner {
+    /// The `DKIM-Signature` field's value over `message` (header and body, as it leaves), on
+    /// one line.
+    pub fn sign(&self, message: &[u8]) -> Result<String, String> {
+        let signature = match &self.key {
+            SigningKey::Rsa(s) => s.sign(message),
+            SigningKey::Ed25519(s) => s.sign(message),
+        }
+        .map_err(|e| e.to_string())?;
+        let field = signature.to_header();
+        let value = field
+            .split_once(':')
+            .map_or(field.as_str(), |(_, v)| v)
+            .replace("\r\n", "")
+            .replace('\t', " ");
+        Ok(value.trim().to_owned())
+    }
+}
+
+/// The signers, in configuration order.
+#[derive(Debug, Default)]
+pub struct DkimSigners(pub Vec<DkimSigner>);
+
+impl DkimSigners {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first signer for the domain of the message's author (its From address): its own
+    /// domain or a parent of it, so that `d=` aligns with From for DMARC.
+    pub fn for_author(&self, from_domain: &str) -> Option<&DkimSigner> {
+        let from = from_domain.trim_end_matches('.').to_ascii_lowercase();
+        self.0.iter().find(|s| {
+            let d = s.domain.to_ascii_lowercase();
+            from == d || from.ends_with(&format!(".{d}"))
+        })
+    }
+}
+
+/// The headers a signer signs: `From` first and oversigned, then the others as given.
+pub fn signed_headers(configured: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    let list: Vec<String> = match configured {
+        Some(list) => list,
+        None => DEFAULT_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+    };
+    if let Some(bad) = list
+        .iter()
+        .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+    {
+        return Err(format!("{bad:?} is not a header field name"));
+    }
+    if !list.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+        return Err("the signed headers must include From (RFC 6376 §5.4)".into());
+    }
+    let mut headers = vec!["From".to_owned(), "From".to_owned()];
+    headers.extend(list.into_iter().filter(|h| !h.eq_ignore_ascii_case("From")));
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_is_required_and_oversigned() {
+        let h = signed_headers(None).unwrap();
+        assert_eq!(&h[..3], ["From", "From", "To"]);
+        assert_eq!(h.iter().filter(|h| *h == "From").count(), 2);
+        assert!(signed_headers(Some(vec!["Subject".into()])).is_err());
+        assert!(signed_headers(Some(vec!["Fr om".into()])).is_err());
+        assert_eq!(
+            signed_headers(Some(vec!["subject".into(), "from".into()])).unwrap(),
+            ["From", "From", "subject"]
+        );
+    }
+}
