@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub const POSTERN: &str = env!("CARGO_BIN_EXE_postern");
 
+pub mod dkim;
 pub mod faulty;
 pub mod proxy;
 pub mod redis;

@@ -11,7 +11,7 @@ use super::{POSTERN, Smtp, free_port, install_deps, run_script, script};
 /// One smtp-sink relay target.
 pub struct Sink {
     pub port: u16,
-    dir: PathBuf,
+    pub dir: PathBuf,
     options: Vec<String>,
     /// The running smtp-sink, remembered here: its pid file may be gone with its directory
     /// by the time the sink is dropped.

@@ -1,0 +1,201 @@
+//! Address transformation and DKIM signing end to end, in both doors: through the proxy to a
+//! real smtp-sink, and behind a real Postfix. Signatures are checked by an independent
+//! verifier (dkimpy) that reads the keys from a DNS server on loopback (tests/support/dkim.rs).
+
+mod support;
+
+use support::dkim::DkimKeys;
+use support::proxy::ProxyEnv;
+use support::{MailEnv, Socket, sink_files};
+
+/// Outbound from internal.corp to the world: the domain becomes signer.test in the envelope
+/// sender and From; one partner address moved; card numbers masked in bodies.
+const POLICY: &str = "\
+[[address_transformation]]
+name = \"public domain\"
+direction = \"outbound\"
+applies_to = [\"sender\", \"from\"]
+match = \"@internal.corp\"
+replace = \"@signer.test\"
+
+[[address_transformation]]
+name = \"partner moved\"
+applies_to = [\"recipients\", \"to\"]
+regex = '^(.+)@old-partner\\.example$'
+replace = \"$1@new-partner.example\"
+
+[[ruleset]]
+name = \"pci\"
+[[ruleset.rule]]
+name = \"cards\"
+targets = [\"body\"]
+detector = \"card_number\"
+action = \"mask\"
+";
+
+fn signer(keys: &DkimKeys, kind: &str, sign: &str) -> String {
+    format!(
+        "[[dkim_signer]]\ndomain = \"signer.test\"\nselector = \"{kind}\"\nkey_file = \"{}\"\nsign = \"{sign}\"\n",
+        keys.key(kind).display()
+    )
+}
+
+fn proxy(policy: &str) -> ProxyEnv {
+    let config = format!(
+        "hostname = \"gw.postern.test\"\n{policy}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+         [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
+    );
+    ProxyEnv::start(&config, &[&[]])
+}
+
+/// The raw files a sink holds (its X-Mail-Args/X-Rcpt-Args lines show the envelope).
+fn raw(dir: &std::path::Path, n: usize) -> Vec<String> {
+    let files = support::wait_for_messages(n, || {
+        sink_files(dir)
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    });
+    files
+        .into_iter()
+        .map(|f| String::from_utf8(f).unwrap())
+        .collect()
+}
+
+const MASKED: &[u8] = b"From: Ann Lee <ann@internal.corp>\r\nTo: Bob <bob@old-partner.example>\r\n\
+Subject: the order\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <1@internal.corp>\r\n\r\n\
+Please charge 4111 1111 1111 1111 for the order.\r\n";
+
+#[test]
+fn the_proxy_rewrites_addresses_and_signs_what_it_changed() {
+    let keys = DkimKeys::start();
+    let env = proxy(&format!("{POLICY}{}", signer(&keys, "rsa", "transformed")));
+    let reply = env
+        .smtp()
+        .send("ann@internal.corp", "bob@old-partner.example", MASKED);
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = raw(&env.sinks[0].dir.join("mail"), 1).remove(0);
+    // The envelope the target got, and the header fields.
+    assert!(got.contains("X-Mail-Args: <ann@signer.test>"), "{got}");
+    assert!(
+        got.contains("X-Rcpt-Args: <bob@new-partner.example>"),
+        "{got}"
+    );
+    assert!(got.contains("\nFrom: Ann Lee <ann@signer.test>\n"), "{got}");
+    assert!(
+        got.contains("\nTo: Bob <bob@new-partner.example>\n"),
+        "{got}"
+    );
+    assert!(got.contains("**** **** **** 1111"), "{got}");
+    assert!(got.contains("DKIM-Signature: v=1; a=rsa-sha256;"), "{got}");
+    assert!(
+        got.contains("d=signer.test;") && got.contains("s=rsa;"),
+        "{got}"
+    );
+    let (ok, words) = keys.verify(got.as_bytes());
+    assert!(ok, "{words}\n{got}");
+    // The log records both forms.
+    env.wait_for_log("rewritten=sender -> <ann@signer.test>, <bob@old-partner.example> -> <bob@new-partner.example>");
+
+    // Changed after signing: the verifier notices (the test can fail).
+    let tampered = got.replace("for the order", "for the other");
+    assert!(
+        !keys.verify(tampered.as_bytes()).0,
+        "a changed body still verified"
+    );
+
+    // Nothing to change: with sign = "transformed" it leaves as it came, unsigned.
+    let untouched =
+        b"From: carl@signer.test\r\nTo: dora@else.example\r\nSubject: hi\r\n\r\nhello\r\n";
+    let reply = env
+        .smtp()
+        .send("carl@signer.test", "dora@else.example", untouched);
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = env.sinks[0].wait_delivered(2).remove(1);
+    assert_eq!(
+        delivered,
+        support::proxy::as_stored(untouched),
+        "an untouched message changed"
+    );
+}
+
+#[test]
+fn the_proxy_signs_every_outbound_message_with_ed25519_and_no_inbound_one() {
+    let keys = DkimKeys::start();
+    let env = proxy(&signer(&keys, "ed25519", "all"));
+    let message =
+        b"From: carl@mail.signer.test\r\nTo: dora@else.example\r\nSubject: hi\r\n\r\nhello\r\n";
+    let reply = env
+        .smtp()
+        .send("carl@mail.signer.test", "dora@else.example", message);
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = raw(&env.sinks[0].dir.join("mail"), 1).remove(0);
+    assert!(got.contains("a=ed25519-sha256;"), "{got}");
+    assert!(got.contains(":From:From:"), "From is not oversigned: {got}");
+    let (ok, words) = keys.verify(got.as_bytes());
+    assert!(ok, "{words}\n{got}");
+    drop(env);
+
+    // The same message from a client outside allowed_relay_sources is inbound: never signed
+    // (signing it would vouch for a forged From).
+    let env = proxy(&format!(
+        "[relay]\nallowed_relay_sources = []\n{}",
+        signer(&keys, "ed25519", "all")
+    ));
+    let reply = env
+        .smtp()
+        .send("carl@mail.signer.test", "dora@else.example", message);
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = raw(&env.sinks[0].dir.join("mail"), 1).remove(0);
+    assert!(!got.contains("DKIM-Signature"), "{got}");
+}
+
+#[test]
+fn behind_postfix_the_envelope_changes_and_the_signature_holds() {
+    let keys = DkimKeys::start();
+    let env = MailEnv::start(
+        Socket::Unix,
+        &format!("{POLICY}{}", signer(&keys, "rsa", "transformed")),
+    );
+    let reply = env
+        .smtp()
+        .send("ann@internal.corp", "bob@old-partner.example", MASKED);
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
+    assert!(got.contains("X-Mail-Args: <ann@signer.test>"), "{got}");
+    assert!(
+        got.contains("X-Rcpt-Args: <bob@new-partner.example>"),
+        "{got}"
+    );
+    // Only Postfix's own Received field, written before the milter ran, names the address
+    // the client gave.
+    assert_eq!(got.matches("old-partner").count(), 1, "{got}");
+    assert!(got.contains("for <bob@old-partner.example>"), "{got}");
+    assert!(got.contains("To: Bob <bob@new-partner.example>"), "{got}");
+    assert!(got.contains("From: Ann Lee <ann@signer.test>"), "{got}");
+    assert!(got.contains("**** **** **** 1111"), "{got}");
+    let (ok, words) = keys.verify(got.as_bytes());
+    assert!(ok, "{words}\n{got}");
+}
+
+#[test]
+fn check_config_refuses_a_replacement_that_makes_no_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[address_transformation]]\nmatch = \"@internal.corp\"\nreplace = \"${local}\"\n",
+    )
+    .unwrap();
+    let out = support::proxy::postern()
+        .args(["check-config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("address_transformation[0].replace")
+            && text.contains("does not make an address"),
+        "{text}"
+    );
+}
