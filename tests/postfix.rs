@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{MailEnv, POSTERN, Socket};
+use support::{MailEnv, POSTERN, Socket, assert_arrived_unchanged};
 
 const CLEAN: &[u8] = include_bytes!("data/clean-multipart.eml");
 
@@ -16,42 +16,6 @@ fn out(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// The sink stores lines with LF ends; compare the message as sent with CRLF made LF.
-fn as_stored(message: &[u8]) -> Vec<u8> {
-    String::from_utf8_lossy(message)
-        .replace("\r\n", "\n")
-        .into_bytes()
-}
-
-/// Checks that `stored` is `sent` with only the sink's and Postfix's own header fields before.
-fn assert_arrived_unchanged(stored: &[u8], sent: &[u8]) {
-    // smtp-sink ends each dump with one newline of its own.
-    let stored = stored.strip_suffix(b"\n").unwrap_or(stored);
-    let sent = as_stored(sent);
-    assert!(
-        stored.ends_with(&sent),
-        "message changed on the way:\n{}",
-        String::from_utf8_lossy(stored)
-    );
-    let prefix = String::from_utf8_lossy(&stored[..stored.len() - sent.len()]).into_owned();
-    for line in prefix.lines() {
-        let added_by_mta = [
-            "X-Client-",
-            "X-Helo-Args:",
-            "X-Mail-Args:",
-            "X-Rcpt-Args:",
-            "Received:",
-            "\t",
-        ]
-        .iter()
-        .any(|p| line.starts_with(p));
-        assert!(
-            added_by_mta,
-            "unexpected header added before the message: {line:?}"
-        );
-    }
 }
 
 fn clean_message_arrives_unchanged(socket: Socket) {

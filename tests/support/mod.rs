@@ -1,5 +1,5 @@
 //! A private mail environment on loopback for end-to-end tests: smtp-sink, Postern and a
-//! real Postfix whose smtpd_milters points at Postern, all started by the scripts in
+//! real MTA (Postfix, or Sendmail) with Postern as its milter, all started by the scripts in
 //! `integration/`. Dropping the environment stops everything; when a test failed, the logs of
 //! all three are printed.
 
@@ -140,8 +140,39 @@ pub enum Socket {
     Inet,
 }
 
+/// The MTA in front of Postern, started and stopped by `integration/<script>`, which takes
+/// `start DIR SMTP_PORT SINK_PORT MILTER [more...]` and `stop DIR` for either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mta {
+    /// Postfix with `smtpd_milters` (integration/postfix).
+    Postfix,
+    /// Sendmail 8.17 with `INPUT_MAIL_FILTER(..., F=T)` (integration/sendmail): its
+    /// `F=T` plays the part of Postfix's `milter_default_action = tempfail`.
+    Sendmail,
+}
+
+impl Mta {
+    /// The name of its script in `integration/`, and of its directory in the environment.
+    pub fn script(self) -> &'static str {
+        match self {
+            Mta::Postfix => "postfix",
+            Mta::Sendmail => "sendmail",
+        }
+    }
+
+    /// The logs worth reading when a test failed, relative to its directory: Postfix's maillog;
+    /// what Sendmail printed and its sessions' SMTP dialogues (it has no syslog here).
+    fn logs(self) -> &'static [&'static str] {
+        match self {
+            Mta::Postfix => &["maillog"],
+            Mta::Sendmail => &["sendmail.log", "traffic"],
+        }
+    }
+}
+
 pub struct MailEnv {
     pub dir: tempfile::TempDir,
+    pub mta: Mta,
     pub smtp_port: u16,
     pub sink_port: u16,
     pub milter: String,
@@ -153,6 +184,15 @@ impl MailEnv {
     /// Starts sink, Postern (with `config` as its config file) and Postfix.
     pub fn start(socket: Socket, config: &str) -> Self {
         Self::start_with(socket, config, "tempfail")
+    }
+
+    /// Starts sink, Postern (with `config` as its config file) and Sendmail, whose milter
+    /// is Postern over `socket` with `F=T` (see integration/sendmail for its .mc). Sendmail
+    /// has no XCLIENT: the client is always 127.0.0.1, and `send_from`/`smtp_as` do not apply.
+    pub fn sendmail(socket: Socket, config: &str) -> Self {
+        let env = Self::start_sink_and_postern(Mta::Sendmail, socket, config, &[]);
+        env.start_mta(&[]);
+        env
     }
 
     pub fn start_with(socket: Socket, config: &str, default_action: &str) -> Self {
@@ -177,6 +217,22 @@ impl MailEnv {
         main_cf: &[&str],
         files: &[(&str, &str)],
     ) -> Self {
+        let env = Self::start_sink_and_postern(Mta::Postfix, socket, config, files);
+        let dir = env.dir.path().display().to_string();
+        let mut args = vec![default_action.to_owned()];
+        args.extend(main_cf.iter().map(|l| l.replace("{dir}", &dir)));
+        env.start_mta(&args);
+        env
+    }
+
+    /// The environment with sink and Postern running, its MTA not yet: `files` are written
+    /// into its directory first (lookup tables, keys the config names).
+    fn start_sink_and_postern(
+        mta: Mta,
+        socket: Socket,
+        config: &str,
+        files: &[(&str, &str)],
+    ) -> Self {
         install_deps();
         let dir = tempfile::Builder::new()
             .prefix("postern-e2e.")
@@ -192,7 +248,8 @@ impl MailEnv {
             .unwrap();
         let config_path = root.join("postern.toml");
         std::fs::write(&config_path, Self::with_socket_mode(config)).unwrap();
-        let env = Self {
+        let mut env = Self {
+            mta,
             smtp_port: free_port(),
             sink_port: free_port(),
             milter,
@@ -200,7 +257,6 @@ impl MailEnv {
             dir,
             postern_running: false,
         };
-        let mut env = env;
         for (name, content) in files {
             std::fs::write(root.join(name), content).unwrap();
         }
@@ -209,21 +265,16 @@ impl MailEnv {
             &["start", &env.path("sink"), &env.sink_port.to_string()],
         );
         env.start_postern();
-        let dir = root.display().to_string();
-        let main_cf: Vec<String> = main_cf.iter().map(|l| l.replace("{dir}", &dir)).collect();
-        let (smtp_port, sink_port) = (env.smtp_port.to_string(), env.sink_port.to_string());
-        let postfix_dir = env.path("postfix");
-        let mut args = vec![
-            "start",
-            &postfix_dir,
-            &smtp_port,
-            &sink_port,
-            &env.milter,
-            default_action,
-        ];
-        args.extend(main_cf.iter().map(String::as_str));
-        run_script("postfix", &args);
         env
+    }
+
+    /// Starts the MTA with the environment's ports and milter socket, and `more` arguments.
+    fn start_mta(&self, more: &[String]) {
+        let (smtp_port, sink_port) = (self.smtp_port.to_string(), self.sink_port.to_string());
+        let dir = self.path(self.mta.script());
+        let mut args = vec!["start", &dir, &smtp_port, &sink_port, &self.milter];
+        args.extend(more.iter().map(String::as_str));
+        run_script(self.mta.script(), &args);
     }
 
     /// Test configs get a world-connectable socket unless they set [milter] themselves (a
@@ -272,7 +323,7 @@ impl MailEnv {
         wait_for_log_in(needle, || self.postern_log());
     }
 
-    /// Runs swaks against Postfix with the given extra arguments.
+    /// Runs swaks against the MTA with the given extra arguments.
     pub fn swaks(&self, args: &[&str]) -> Output {
         Command::new("swaks")
             .args([
@@ -299,8 +350,9 @@ impl MailEnv {
     }
 
     /// Sends a test message with swaks as if from `client_ip` (Postfix's XCLIENT, allowed from
-    /// loopback), so that Postfix and Postern judge that address.
+    /// loopback), so that Postfix and Postern judge that address. Postfix only.
     pub fn send_from(&self, client_ip: &str) -> (bool, String) {
+        assert_eq!(self.mta, Mta::Postfix, "only Postfix offers XCLIENT");
         self.swaks_result(&[
             "--xclient-addr",
             client_ip,
@@ -330,14 +382,15 @@ impl MailEnv {
         assert!(self.delivered().is_empty(), "a message reached the sink");
     }
 
-    /// A raw SMTP client to Postfix.
+    /// A raw SMTP client to the MTA.
     pub fn smtp(&self) -> Smtp {
         Smtp::connect(self.smtp_port)
     }
 
     /// A raw SMTP session to Postfix as `client_ip` (XCLIENT): returns it with the reply to
-    /// the EHLO that follows XCLIENT (where a connect-stage refusal shows).
+    /// the EHLO that follows XCLIENT (where a connect-stage refusal shows). Postfix only.
     pub fn smtp_as(&self, client_ip: &str) -> (Smtp, String) {
+        assert_eq!(self.mta, Mta::Postfix, "only Postfix offers XCLIENT");
         let mut smtp = self.smtp();
         smtp.command("EHLO client.postern.test").unwrap();
         let r = smtp.command(&format!("XCLIENT ADDR={client_ip}")).unwrap();
@@ -349,8 +402,8 @@ impl MailEnv {
 
 impl Drop for MailEnv {
     fn drop(&mut self) {
-        let _ = Command::new(script("postfix"))
-            .args(["stop", &self.path("postfix")])
+        let _ = Command::new(script(self.mta.script()))
+            .args(["stop", &self.path(self.mta.script())])
             .output();
         if self.postern_running {
             let _ = Command::new(script("postern"))
@@ -362,14 +415,47 @@ impl Drop for MailEnv {
             .output();
         if std::thread::panicking() {
             eprintln!("--- postern.log ---\n{}", self.postern_log());
-            let maillog = std::fs::read_to_string(self.dir.path().join("postfix/maillog"))
-                .unwrap_or_default();
-            let tail: Vec<_> = maillog.lines().rev().take(30).collect();
-            eprintln!("--- maillog (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
+            for log in self.mta.logs() {
+                let path = self.dir.path().join(self.mta.script()).join(log);
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(30).collect();
+                eprintln!("--- {} (last lines) ---", path.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
             }
         }
+    }
+}
+
+/// Checks that `stored` (as the sink keeps it) is `sent` with only header fields that the
+/// sink and the MTA add of their own before it: the sink's `X-Client-*`, `X-*-Args` and
+/// `Received:` fields, and the MTA's `Received:` field.
+pub fn assert_arrived_unchanged(stored: &[u8], sent: &[u8]) {
+    // smtp-sink ends each dump with one newline of its own.
+    let stored = stored.strip_suffix(b"\n").unwrap_or(stored);
+    let sent = proxy::as_stored(sent);
+    assert!(
+        stored.ends_with(&sent),
+        "message changed on the way:\n{}",
+        String::from_utf8_lossy(stored)
+    );
+    let prefix = String::from_utf8_lossy(&stored[..stored.len() - sent.len()]).into_owned();
+    for line in prefix.lines() {
+        let added_by_mta = [
+            "X-Client-",
+            "X-Helo-Args:",
+            "X-Mail-Args:",
+            "X-Rcpt-Args:",
+            "Received:",
+            "\t",
+        ]
+        .iter()
+        .any(|p| line.starts_with(p));
+        assert!(
+            added_by_mta,
+            "unexpected header added before the message: {line:?}"
+        );
     }
 }
 
