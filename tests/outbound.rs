@@ -1,12 +1,12 @@
 //! Address transformation and DKIM signing end to end, in both doors: through the proxy to a
-//! real smtp-sink, and behind a real Postfix. Signatures are checked by an independent
+//! real smtp-sink, and behind a real Postfix and a real Sendmail. Signatures are checked by an independent
 //! verifier (dkimpy) that reads the keys from a DNS server on loopback (tests/support/dkim.rs).
 
 mod support;
 
 use support::dkim::DkimKeys;
 use support::proxy::ProxyEnv;
-use support::{MailEnv, Socket, sink_files};
+use support::{MailEnv, Mta, Socket, sink_files};
 
 /// Outbound from internal.corp to the world: the domain becomes signer.test in the envelope
 /// sender and From; one partner address moved; card numbers masked in bodies.
@@ -111,7 +111,12 @@ fn the_proxy_rewrites_addresses_and_signs_what_it_changed() {
         .smtp()
         .send("carl@signer.test", "dora@else.example", untouched);
     assert!(reply.starts_with("250"), "{reply}");
-    let delivered = env.sinks[0].wait_delivered(2).remove(1);
+    // Both may arrive within one second: the sink's file names do not order them.
+    let delivered = env.sinks[0]
+        .wait_delivered(2)
+        .into_iter()
+        .find(|m| m.windows(11).any(|w| w == b"Subject: hi"))
+        .expect("the second message");
     assert_eq!(
         delivered,
         support::proxy::as_stored(untouched),
@@ -150,13 +155,15 @@ fn the_proxy_signs_every_outbound_message_with_ed25519_and_no_inbound_one() {
     assert!(!got.contains("DKIM-Signature"), "{got}");
 }
 
-#[test]
-fn behind_postfix_the_envelope_changes_and_the_signature_holds() {
+/// Behind an MTA: CHGFROM, DELRCPT + ADDRCPT and CHGHEADER carry the rewritten addresses, and
+/// the signature made over the edited message holds after the MTA applied the edits.
+fn behind_an_mta_the_envelope_changes_and_the_signature_holds(mta: Mta) {
     let keys = DkimKeys::start();
-    let env = MailEnv::start(
-        Socket::Unix,
-        &format!("{POLICY}{}", signer(&keys, "rsa", "transformed")),
-    );
+    let config = format!("{POLICY}{}", signer(&keys, "rsa", "transformed"));
+    let env = match mta {
+        Mta::Postfix => MailEnv::start(Socket::Unix, &config),
+        Mta::Sendmail => MailEnv::sendmail(Socket::Unix, &config),
+    };
     let reply = env
         .smtp()
         .send("ann@internal.corp", "bob@old-partner.example", MASKED);
@@ -167,15 +174,24 @@ fn behind_postfix_the_envelope_changes_and_the_signature_holds() {
         got.contains("X-Rcpt-Args: <bob@new-partner.example>"),
         "{got}"
     );
-    // Only Postfix's own Received field, written before the milter ran, names the address
+    // Only the MTA's own Received field, written before the milter ran, may name the address
     // the client gave.
-    assert_eq!(got.matches("old-partner").count(), 1, "{got}");
-    assert!(got.contains("for <bob@old-partner.example>"), "{got}");
+    assert!(got.matches("old-partner").count() <= 1, "{got}");
     assert!(got.contains("To: Bob <bob@new-partner.example>"), "{got}");
     assert!(got.contains("From: Ann Lee <ann@signer.test>"), "{got}");
     assert!(got.contains("**** **** **** 1111"), "{got}");
     let (ok, words) = keys.verify(got.as_bytes());
     assert!(ok, "{words}\n{got}");
+}
+
+#[test]
+fn behind_postfix_the_envelope_changes_and_the_signature_holds() {
+    behind_an_mta_the_envelope_changes_and_the_signature_holds(Mta::Postfix);
+}
+
+#[test]
+fn behind_sendmail_the_envelope_changes_and_the_signature_holds() {
+    behind_an_mta_the_envelope_changes_and_the_signature_holds(Mta::Sendmail);
 }
 
 #[test]
