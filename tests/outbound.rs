@@ -48,6 +48,31 @@ fn proxy(policy: &str) -> ProxyEnv {
     ProxyEnv::start(&config, &[&[]])
 }
 
+/// The tracking record of `recipient` (as the client gave it), once the writer stored it.
+fn tracked(env: &ProxyEnv, recipient: &str) -> serde_json::Value {
+    let config = env.path("postern.toml");
+    for _ in 0..100 {
+        let out = support::proxy::postern()
+            .args(["track", "--config", &config, "--format", "json"])
+            .args(["--recipient", recipient])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(r) = records.as_array().and_then(|a| a.first())
+            && r["outcome"] != "accepted"
+        {
+            return r.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no tracking record for {recipient}");
+}
+
 /// The raw files a sink holds (its X-Mail-Args/X-Rcpt-Args lines show the envelope).
 fn raw(dir: &std::path::Path, n: usize) -> Vec<String> {
     let files = support::wait_for_messages(n, || {
@@ -69,7 +94,10 @@ Please charge 4111 1111 1111 1111 for the order.\r\n";
 #[test]
 fn the_proxy_rewrites_addresses_and_signs_what_it_changed() {
     let keys = DkimKeys::start();
-    let env = proxy(&format!("{POLICY}{}", signer(&keys, "rsa", "transformed")));
+    let env = proxy(&format!(
+        "{POLICY}{}[tracking]\nstore = \"sqlite\"\npath = \"{{dir}}/tracking.sqlite\"\n",
+        signer(&keys, "rsa", "transformed")
+    ));
     let reply = env
         .smtp()
         .send("ann@internal.corp", "bob@old-partner.example", MASKED);
@@ -96,6 +124,16 @@ fn the_proxy_rewrites_addresses_and_signs_what_it_changed() {
     assert!(ok, "{words}\n{got}");
     // The log records both forms.
     env.wait_for_log("rewritten=sender -> <ann@signer.test>, <bob@old-partner.example> -> <bob@new-partner.example>");
+
+    // Tracking keeps both forms: the addresses the client gave and those relayed.
+    let record = tracked(&env, "bob@old-partner.example");
+    assert_eq!(record["sender"], "ann@internal.corp", "{record}");
+    assert_eq!(record["relayed_sender"], "ann@signer.test", "{record}");
+    assert_eq!(
+        record["relayed_recipient"], "bob@new-partner.example",
+        "{record}"
+    );
+    assert_eq!(record["outcome"], "relayed", "{record}");
 
     // Changed after signing: the verifier notices (the test can fail).
     let tampered = got.replace("for the order", "for the other");

@@ -10,7 +10,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use tracing::{info, warn};
 
 use super::query::{Param, Query};
-use super::record::{COLUMNS, Record, Row, TABLE, insert_statement, schema};
+use super::record::{ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, insert_statement, schema};
 
 /// The wait after a failed connection before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -96,7 +96,10 @@ async fn connect(config: &Config) -> Result<Client, String> {
             warn!(error = %e, "message tracking: PostgreSQL connection ended");
         }
     });
-    for statement in schema("BIGSERIAL PRIMARY KEY") {
+    let added = ADDED_COLUMNS.iter().map(|(column, kind)| {
+        format!("ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
+    });
+    for statement in schema("BIGSERIAL PRIMARY KEY").into_iter().chain(added) {
         client
             .batch_execute(&statement)
             .await
@@ -134,6 +137,8 @@ async fn insert(client: &mut Client, batch: &[Record]) -> Result<(), tokio_postg
                 &r.dry_run,
                 &r.would,
                 &r.duration_ms,
+                &r.relayed_sender,
+                &r.relayed_recipient,
             ],
         )
         .await?;

@@ -435,6 +435,8 @@ mod tests {
             dry_run: false,
             would: None,
             duration_ms: 17,
+            relayed_sender: None,
+            relayed_recipient: None,
         };
         let text = table(&[record.clone(), record]);
         for line in text.lines() {

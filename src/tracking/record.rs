@@ -111,10 +111,14 @@ pub struct Record {
     pub would: Option<String>,
     /// From MAIL FROM to the end of the transaction (or the connection's length).
     pub duration_ms: i64,
+    /// The envelope sender as relayed, when the address transformation rewrote it.
+    pub relayed_sender: Option<String>,
+    /// This recipient as relayed, when the address transformation rewrote it.
+    pub relayed_recipient: Option<String>,
 }
 
 /// The stored columns, in the order of [`Record`]'s fields.
-pub const COLUMNS: [&str; 22] = [
+pub const COLUMNS: [&str; 24] = [
     "time_ms",
     "door",
     "session",
@@ -137,6 +141,8 @@ pub const COLUMNS: [&str; 22] = [
     "dry_run",
     "would",
     "duration_ms",
+    "relayed_sender",
+    "relayed_recipient",
 ];
 
 fn rfc3339<S: Serializer>(time_ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -188,7 +194,9 @@ pub fn schema(id: &str) -> Vec<String> {
             rules TEXT,
             dry_run BOOLEAN NOT NULL,
             would TEXT,
-            duration_ms BIGINT NOT NULL
+            duration_ms BIGINT NOT NULL,
+            relayed_sender TEXT,
+            relayed_recipient TEXT
         )"
     )];
     // Searches by address ignore case (`lower(...)`), so their indexes are on the lowered
@@ -207,6 +215,11 @@ pub fn schema(id: &str) -> Vec<String> {
     }
     statements
 }
+
+/// Columns added after the table's first form, with their types: a store adds those its
+/// table lacks when it opens it.
+pub const ADDED_COLUMNS: [(&str, &str); 2] =
+    [("relayed_sender", "TEXT"), ("relayed_recipient", "TEXT")];
 
 /// `INSERT` of one record, with `placeholder(n)` for the n-th value (1-based).
 pub fn insert_statement(placeholder: fn(usize) -> String) -> String {
@@ -252,6 +265,8 @@ impl Record {
             dry_run: row.boolean(19)?,
             would: row.text(20)?,
             duration_ms: int(21)?,
+            relayed_sender: row.text(22)?,
+            relayed_recipient: row.text(23)?,
         })
     }
 }

@@ -139,6 +139,8 @@ impl Tracker {
             dry_run: false,
             would: None,
             duration_ms: 0,
+            relayed_sender: None,
+            relayed_recipient: None,
         }
     }
 
@@ -164,6 +166,7 @@ impl Tracker {
         base.dry_run = report.dry_run;
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
+        base.relayed_sender = report.envelope.sender.clone();
         let diverted = track.diverted.take();
         // The proxy relays an accepted message itself and says where it went afterwards.
         let wait_for_door = self.door == "proxy" && *verdict == Verdict::Continue;
@@ -171,6 +174,12 @@ impl Tracker {
         for recipient in report.recipients {
             let mut r = base.clone();
             r.recipient = Some(recipient.clone());
+            r.relayed_recipient = report
+                .envelope
+                .recipients
+                .iter()
+                .find(|(from, _)| from == recipient)
+                .map(|(_, to)| to.clone());
             let outcome = match verdict {
                 Verdict::Continue => Outcome::Accepted,
                 Verdict::Discard => match &diverted {

@@ -9,7 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::query::{Param, Query};
-use super::record::{COLUMNS, Record, Row, TABLE, insert_statement, schema};
+use super::record::{ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, insert_statement, schema};
 
 /// How long a statement waits for a lock held by another connection (a reader's checkpoint).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +41,21 @@ impl Store {
             .map_err(fail)?;
         for statement in schema("INTEGER PRIMARY KEY") {
             connection.execute(&statement, []).map_err(fail)?;
+        }
+        // A table made by an earlier version gets the columns added since.
+        let existing: Vec<String> = connection
+            .prepare(&format!("SELECT name FROM pragma_table_info('{TABLE}')"))
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(fail)?;
+        for (column, kind) in ADDED_COLUMNS {
+            if !existing.iter().any(|c| c == column) {
+                connection
+                    .execute(
+                        &format!("ALTER TABLE {TABLE} ADD COLUMN {column} {kind}"),
+                        [],
+                    )
+                    .map_err(fail)?;
+            }
         }
         Ok(Self {
             path: path.to_owned(),
@@ -107,6 +122,8 @@ fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()>
                 r.dry_run,
                 r.would,
                 r.duration_ms,
+                r.relayed_sender,
+                r.relayed_recipient,
             ])?;
         }
     }
@@ -197,7 +214,36 @@ mod tests {
             dry_run: false,
             would: None,
             duration_ms: 3,
+            relayed_sender: None,
+            relayed_recipient: None,
         }
+    }
+
+    /// A table made before the relayed_* columns existed gets them when the store opens it.
+    #[tokio::test]
+    async fn an_older_table_gets_the_added_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        drop(Store::open(&path).unwrap());
+        let old = Connection::open(&path).unwrap();
+        for (column, _) in ADDED_COLUMNS {
+            old.execute(&format!("ALTER TABLE {TABLE} DROP COLUMN {column}"), [])
+                .unwrap();
+        }
+        drop(old);
+        let store = Store::open(&path).unwrap();
+        let mut r = record(1_000, "bob@old.example");
+        r.relayed_sender = Some("ann@example.com".into());
+        r.relayed_recipient = Some("bob@new.example".into());
+        store.write(vec![r.clone()]).await.unwrap();
+        let query = Query::new(
+            &Filter {
+                limit: 10,
+                ..Filter::default()
+            },
+            |n| format!("?{n}"),
+        );
+        assert_eq!(find(&path, &query), Ok(vec![r]));
     }
 
     #[tokio::test]
