@@ -398,3 +398,39 @@ async fn shutdown_waits_for_the_message_in_flight() {
         .unwrap()
         .unwrap();
 }
+
+/// The address transformation's envelope changes reach the MTA as CHGFROM and DELRCPT +
+/// ADDRCPT; an MTA that does not grant those actions gets the scan failure action, never the
+/// message relayed with its addresses unchanged against the rules.
+#[tokio::test]
+async fn envelope_changes_need_the_actions_the_mta_grants() {
+    let config = "[[address_transformation]]\nmatch = \"@sender.example\"\nreplace = \"@public.example\"\n\
+                  [[address_transformation]]\napplies_to = [\"recipients\"]\n\
+                  match = \"b@rcpt.example\"\nreplace = \"c@rcpt.example\"\n";
+    let milter = Milter::start(config).await;
+    let mut conn = milter.open().await;
+    conn.connect("c.example", client("127.0.0.1"))
+        .await
+        .unwrap();
+    let (actions, status) = send_message(&mut conn).await;
+    assert_eq!(status, Status::Continue);
+    assert!(actions.has_change_sender("<a@public.example>", None::<&str>));
+    assert!(actions.has_delete_recipient("<b@rcpt.example>"));
+    assert!(actions.has_add_recipient("<c@rcpt.example>", None::<&str>));
+
+    let offered = indymilter_test::Actions::ADD_HEADER
+        | indymilter_test::Actions::CHANGE_HEADER
+        | indymilter_test::Actions::REPLACE_BODY;
+    let mut conn = TestConnection::configure()
+        .available_actions(offered)
+        .open_tcp(milter.addr)
+        .await
+        .unwrap();
+    conn.connect("c.example", client("127.0.0.1"))
+        .await
+        .unwrap();
+    let (actions, status) = send_message(&mut conn).await;
+    assert!(reply_text(&status).starts_with("451 4.3.0"), "{status:?}");
+    assert!(!actions.has_change_sender("<a@public.example>", None::<&str>));
+    milter.stop().await;
+}
