@@ -16,6 +16,7 @@ use crate::engine::checks::exploit_detection::HidingReply;
 use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
 use crate::engine::checks::{EncryptionRules, ExploitDetection, IpRejection, RelayRestriction};
 use crate::engine::{SmtpReply, Stage};
+use crate::relay::Delivery;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -232,6 +233,8 @@ pub(super) struct EncryptionRuleSection {
     sender_encryption: SenderEncryption,
     #[serde(default)]
     recipient_encryption: RecipientEncryption,
+    require_tls_for_whole_transaction: Option<Spanned<bool>>,
+    via: Option<Spanned<Vec<String>>>,
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -241,19 +244,44 @@ fn any_domain() -> String {
 }
 
 /// The enabled rules, in order.
-pub(super) fn encryption_rules(rules: Vec<EncryptionRuleSection>) -> EncryptionRules {
-    EncryptionRules(
-        rules
-            .into_iter()
-            .filter(|r| r.enabled)
-            .map(|r| EncryptionRule {
+pub(super) fn encryption_rules(
+    rules: Vec<EncryptionRuleSection>,
+    delivery: &Delivery,
+) -> Result<EncryptionRules, Invalid> {
+    let mut compiled = Vec::new();
+    for (i, r) in rules.into_iter().enumerate() {
+        let via = match r.via {
+            Some(names) => {
+                delivery
+                    .through(names.get_ref())
+                    .map_err(|m| (names.span(), format!("encryption_rule[{i}].via"), m))?;
+                names.into_inner()
+            }
+            None => Vec::new(),
+        };
+        let flag = r.require_tls_for_whole_transaction;
+        let whole = flag.as_ref().is_some_and(|f| *f.get_ref());
+        if let Some(flag) = flag.filter(|_| whole)
+            && r.sender_encryption != SenderEncryption::Required
+        {
+            return Err((
+                flag.span(),
+                format!("encryption_rule[{i}].require_tls_for_whole_transaction"),
+                "applies only with sender_encryption = \"required\"".to_owned(),
+            ));
+        }
+        if r.enabled {
+            compiled.push(EncryptionRule {
                 sender_domain: DomainPattern::new(&r.sender_domain),
                 recipient_domain: DomainPattern::new(&r.recipient_domain),
                 sender_encryption: r.sender_encryption,
                 recipient_encryption: r.recipient_encryption,
-            })
-            .collect(),
-    )
+                whole_transaction: whole,
+                via,
+            });
+        }
+    }
+    Ok(EncryptionRules(compiled))
 }
 
 #[derive(Debug, Deserialize)]

@@ -221,6 +221,7 @@ impl ConfigFile {
             config_dir,
         )?;
 
+        let encryption_rules = connection::encryption_rules(self.encryption_rules, &delivery)?;
         let address_transformations =
             address_transformation::compile(self.address_transformations)?;
         let dkim = dkim::compile(self.dkim_signers, config_dir)?;
@@ -242,7 +243,7 @@ impl ConfigFile {
             reputation,
             spf,
             relay: relay.restriction,
-            encryption_rules: connection::encryption_rules(self.encryption_rules),
+            encryption_rules,
             restrict_relaying: relay.restrict_relaying,
             skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
             exploit_detection: connection::exploit_detection(self.exploit_detection),

@@ -42,6 +42,11 @@ impl DomainPattern {
         }
     }
 
+    /// Whether this is `*`, any domain.
+    pub fn is_any(&self) -> bool {
+        self.0 == "*"
+    }
+
     /// Whether `domain` (any case, trailing dot or not) matches.
     pub fn matches(&self, domain: &str) -> bool {
         glob(self.0.as_bytes(), domain.trim_end_matches('.').as_bytes())

@@ -92,6 +92,10 @@ pub enum Reason {
     DivertFailed,
     /// The message could not be signed (DKIM).
     SigningFailed,
+    /// Every recipient was delivered by Postern through an encryption rule's route.
+    SecureRoute,
+    /// An encryption rule's route took none of its recipients.
+    SecureRouteFailed,
 }
 
 impl fmt::Display for Reason {
@@ -104,6 +108,8 @@ impl fmt::Display for Reason {
             Self::Divert => "divert",
             Self::DivertFailed => "divert_failed",
             Self::SigningFailed => "dkim_failed",
+            Self::SecureRoute => "secure_route",
+            Self::SecureRouteFailed => "secure_route_failed",
         })
     }
 }

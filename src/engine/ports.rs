@@ -47,9 +47,12 @@ pub struct OutboundMessage<'a> {
     pub recipients: &'a [String],
     /// The whole message, header and body, CRLF line ends.
     pub message: &'a [u8],
+    /// Only over a connection that negotiated TLS with a validated certificate.
+    pub require_tls: bool,
 }
 
-/// Outbound delivery for what the engine delivers itself (divert rules).
+/// Outbound delivery for what the engine delivers itself (divert rules, recipients an
+/// encryption rule routes through Postern behind an MTA).
 #[async_trait]
 pub trait Outbound: Send + Sync + fmt::Debug {
     /// Delivers `message` through the relay targets named in `via`, in their priority order:

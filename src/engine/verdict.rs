@@ -233,11 +233,13 @@ pub struct EnvelopeEdits {
     pub sender: Option<String>,
     /// Recipients replaced: (as the client gave it, as it is relayed).
     pub recipients: Vec<(String, String)>,
+    /// Recipients Postern delivered itself (an encryption rule's route): the MTA drops them.
+    pub removed: Vec<String>,
 }
 
 impl EnvelopeEdits {
     pub fn is_empty(&self) -> bool {
-        self.sender.is_none() && self.recipients.is_empty()
+        self.sender.is_none() && self.recipients.is_empty() && self.removed.is_empty()
     }
 
     /// `recipient` as it is relayed.

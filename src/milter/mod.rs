@@ -557,8 +557,9 @@ async fn apply_edits(
     Ok(())
 }
 
-/// Sends the address transformation's envelope changes: the new sender, and each rewritten
-/// recipient removed and its new address added.
+/// Sends the envelope changes: the address transformation's new sender, each rewritten
+/// recipient removed and its new address added, and the recipients Postern delivered itself
+/// removed.
 async fn apply_envelope(
     actions: &impl ContextActions,
     envelope: &EnvelopeEdits,
@@ -572,6 +573,9 @@ async fn apply_envelope(
     for (from, to) in &envelope.recipients {
         actions.delete_recipient(bracketed(from)).await?;
         actions.add_recipient(bracketed(to)).await?;
+    }
+    for gone in &envelope.removed {
+        actions.delete_recipient(bracketed(gone)).await?;
     }
     Ok(())
 }

@@ -56,6 +56,16 @@ fn own_reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
     SmtpReply::new(code, Some(enhanced), text).expect("static reply is valid")
 }
 
+/// Why a transaction that must be encrypted cannot go through a target: it did not negotiate
+/// TLS (security `none`, or `auto` without STARTTLS offered).
+pub fn tls_required() -> SmtpReply {
+    own_reply(
+        451,
+        "4.7.5",
+        "Error: a recipient requires encryption and no relay target negotiated TLS with a valid certificate, try again later",
+    )
+}
+
 /// Outbound settings (`[delivery]`) and the relay targets (`[[relay_target]]`), by priority.
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -206,6 +216,9 @@ pub struct Envelope {
     /// The client the message came from, passed with XFORWARD to targets that offer it, so
     /// that their own checks and logs see the client rather than Postern.
     pub client: Option<ForwardedClient>,
+    /// Only a connection that negotiated TLS with a validated certificate may carry this
+    /// transaction (a recipient's encryption rule says `required`).
+    pub require_tls: bool,
 }
 
 /// What XFORWARD tells a target about the client (Postfix's XFORWARD_README).
@@ -294,6 +307,7 @@ impl Envelope {
             sender: sender.to_owned(),
             params,
             client: None,
+            require_tls: false,
         }
     }
 }
@@ -354,6 +368,10 @@ impl Delivery {
         let mut incapable = None;
         let targets = self.targets.iter().enumerate().skip(first);
         for (index, target) in targets.filter(|(_, t)| !t.divert_only) {
+            if envelope.require_tls && target.security == Security::None {
+                incapable.get_or_insert((target.name.clone(), tls_required()));
+                continue;
+            }
             let opened = self.open_one(index, target, envelope).await;
             if let Err(e) = &opened {
                 observe(&self.observer, &target.name, Outcome::of_error(e));
@@ -474,6 +492,9 @@ impl Delivery {
     /// is refused where it is not (5.6.7, as Postfix does); BODY only with 8BITMIME (the
     /// message itself is checked at DATA).
     async fn mail(&self, link: &mut Link, envelope: &Envelope) -> Result<(), TargetError> {
+        if envelope.require_tls && !link.conn.is_encrypted() {
+            return Err(TargetError::Incapable(tls_required()));
+        }
         let caps = &link.caps;
         if !envelope.sender.is_ascii() && !caps.smtputf8 {
             return Err(TargetError::Incapable(own_reply(
@@ -574,6 +595,11 @@ impl Upstream {
     /// Index of the target, so that a failover can start after it.
     pub fn target_index(&self) -> usize {
         self.target
+    }
+
+    /// Whether the connection negotiated TLS (with the target's certificate validated).
+    pub fn is_encrypted(&self) -> bool {
+        self.link.conn.is_encrypted()
     }
 
     /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address

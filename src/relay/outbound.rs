@@ -66,7 +66,10 @@ impl Outbound for RelayOutbound {
         message: OutboundMessage<'_>,
     ) -> Result<(String, SmtpReply), String> {
         let route = self.route(via)?;
-        let envelope = Envelope::for_message(message.sender, message.recipients, message.message);
+        let envelope = Envelope {
+            require_tls: message.require_tls,
+            ..Envelope::for_message(message.sender, message.recipients, message.message)
+        };
         route
             .send(
                 &envelope,

@@ -2,9 +2,10 @@
 //! domain, `*` as wildcard; the first rule matching a (sender, recipient) pair decides.
 //!
 //! Sender encryption is judged from the session: `required` refuses a recipient on a session
-//! without TLS with `530 5.7.0 Must issue a STARTTLS command first`; `optional` and `none`
-//! pass. Recipient encryption concerns onward delivery (relay targets); in milter mode the MTA
-//! delivers, so it is parsed and kept for delivery but not enforced here.
+//! without TLS with `530 5.7.0 Must issue a STARTTLS command first` (and MAIL and DATA too with
+//! `require_tls_for_whole_transaction`); `optional` and `none` pass. Recipient encryption
+//! concerns onward delivery: the proxy door relays a `required` recipient only over TLS; behind
+//! an MTA, a rule with a route (`via`) has Postern deliver those recipients itself.
 
 use serde::Deserialize;
 
@@ -43,6 +44,23 @@ pub struct EncryptionRule {
     pub recipient_domain: DomainPattern,
     pub sender_encryption: SenderEncryption,
     pub recipient_encryption: RecipientEncryption,
+    /// With `sender_encryption = required`: MAIL, RCPT and DATA are all refused before TLS,
+    /// not only the recipients ("TLS must be used for the sender, recipient and body").
+    pub whole_transaction: bool,
+    /// Behind an MTA: relay targets (names) through which Postern delivers the rule's
+    /// recipients itself when their encryption is `required` or `preferred`, taking them out
+    /// of the MTA's envelope. Empty: the MTA delivers them.
+    pub via: Vec<String>,
+}
+
+/// A route Postern takes for some recipients of a message behind an MTA (see
+/// [`EncryptionRule::via`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecureRoute<'a> {
+    pub via: &'a [String],
+    /// Only over TLS with a validated certificate (`required`); `preferred` leaves it to the
+    /// targets' `security`.
+    pub require_tls: bool,
 }
 
 /// The ordered rules.
@@ -57,14 +75,71 @@ impl EncryptionRules {
         })
     }
 
+    /// Whether a recipient may only be relayed over TLS with a validated certificate: its rule
+    /// says `required`, or `allowed` ("as the sender did") on a session that used TLS.
+    /// `preferred` and `none` leave it to the relay target's `security`.
+    pub fn recipient_needs_tls(&self, sender: &str, recipient: &str, tls: bool) -> bool {
+        match self
+            .rule_for(sender, recipient)
+            .map(|r| r.recipient_encryption)
+        {
+            Some(RecipientEncryption::Required) => true,
+            Some(RecipientEncryption::Allowed) => tls,
+            Some(RecipientEncryption::Preferred | RecipientEncryption::None) | None => false,
+        }
+    }
+
+    /// The route Postern delivers `recipient` through itself behind an MTA, if its rule has
+    /// one (`via`) and asks for encryption.
+    pub fn secure_route(&self, sender: &str, recipient: &str) -> Option<SecureRoute<'_>> {
+        let rule = self.rule_for(sender, recipient)?;
+        let require_tls = match rule.recipient_encryption {
+            RecipientEncryption::Required => true,
+            RecipientEncryption::Preferred => false,
+            RecipientEncryption::Allowed | RecipientEncryption::None => return None,
+        };
+        (!rule.via.is_empty()).then_some(SecureRoute {
+            via: &rule.via,
+            require_tls,
+        })
+    }
+
+    /// The refusal for MAIL on a session without TLS: a rule that requires TLS for the whole
+    /// transaction of this sender whatever the recipient (its recipient domain is `*`).
+    pub fn check_mail(&self, sender: &str, tls: bool) -> Option<SmtpReply> {
+        let whole = |r: &EncryptionRule| {
+            r.whole_transaction
+                && r.sender_encryption == SenderEncryption::Required
+                && r.recipient_domain.is_any()
+        };
+        let rule = self
+            .0
+            .iter()
+            .find(|r| r.sender_domain.matches_address(sender))?;
+        (whole(rule) && !tls).then(starttls_first)
+    }
+
+    /// The refusal for DATA on a session without TLS, when the rule of any recipient requires
+    /// TLS for the whole transaction.
+    pub fn check_data(&self, sender: &str, recipients: &[String], tls: bool) -> Option<SmtpReply> {
+        let whole = recipients.iter().any(|r| {
+            self.rule_for(sender, r).is_some_and(|rule| {
+                rule.whole_transaction && rule.sender_encryption == SenderEncryption::Required
+            })
+        });
+        (whole && !tls).then(starttls_first)
+    }
+
     /// The refusal for a recipient on a session without TLS, if a rule requires it.
     pub fn check(&self, sender: &str, recipient: &str, tls: bool) -> Option<SmtpReply> {
         let rule = self.rule_for(sender, recipient)?;
-        (rule.sender_encryption == SenderEncryption::Required && !tls).then(|| {
-            SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
-                .expect("static reply is valid")
-        })
+        (rule.sender_encryption == SenderEncryption::Required && !tls).then(starttls_first)
     }
+}
+
+fn starttls_first() -> SmtpReply {
+    SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
+        .expect("static reply is valid")
 }
 
 #[cfg(test)]
@@ -77,7 +152,38 @@ mod tests {
             recipient_domain: DomainPattern::new(recipient),
             sender_encryption: enc,
             recipient_encryption: RecipientEncryption::Preferred,
+            whole_transaction: false,
+            via: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_whole_transaction_rule_refuses_mail_and_data_too() {
+        let mut whole = rule("partner.example", "*", SenderEncryption::Required);
+        whole.whole_transaction = true;
+        let mut narrow = rule(
+            "other.example",
+            "secure.example",
+            SenderEncryption::Required,
+        );
+        narrow.whole_transaction = true;
+        let rules = EncryptionRules(vec![whole, narrow]);
+        assert!(rules.check_mail("a@partner.example", false).is_some());
+        assert!(rules.check_mail("a@partner.example", true).is_none());
+        // Its recipients alone need TLS: MAIL passes, RCPT and DATA do not.
+        assert!(rules.check_mail("a@other.example", false).is_none());
+        let rcpts = vec!["b@secure.example".to_owned()];
+        assert!(rules.check_data("a@other.example", &rcpts, false).is_some());
+        assert!(rules.check_data("a@other.example", &rcpts, true).is_none());
+        let plain = vec!["b@plain.example".to_owned()];
+        assert!(rules.check_data("a@other.example", &plain, false).is_none());
+        // Without the flag, MAIL is not refused.
+        let rules = EncryptionRules(vec![rule(
+            "partner.example",
+            "*",
+            SenderEncryption::Required,
+        )]);
+        assert!(rules.check_mail("a@partner.example", false).is_none());
     }
 
     #[test]

@@ -17,6 +17,22 @@ impl Session {
         if let Some(v) = self.held_at(Stage::Data) {
             return v;
         }
+        let (sender, recipients) = self.tx.as_ref().map_or(("", &[][..]), |tx| {
+            (tx.sender.as_str(), tx.recipients.as_slice())
+        });
+        if let Some(reply) =
+            self.policy
+                .encryption_rules
+                .check_data(sender, recipients, self.tls.is_some())
+        {
+            info!(
+                session = self.id,
+                "TLS required for the whole transaction, session is not encrypted"
+            );
+            let verdict = Verdict::refuse(self.with_help(reply));
+            self.refused(CheckId::EncryptionRule, &verdict, "data", None);
+            return verdict;
+        }
         if let Some(tx) = self.tx.as_mut() {
             tx.message = Some(MessageBuffer::new(self.policy.message_limits.clone()));
         }
@@ -75,14 +91,23 @@ impl Session {
         verdict
     }
 
-    /// End of message: the verdict and the edits to apply before the message goes on.
+    /// End of message behind an MTA: the verdict and the edits to apply before the MTA
+    /// delivers the message. Recipients an encryption rule routes through Postern (`via`) are
+    /// delivered here and taken out of the MTA's envelope.
     pub async fn end_of_message(&mut self) -> MessageOutcome {
-        self.end_of_message_with_content().await.0
+        self.finish_message(false).await.0
     }
 
     /// End of message, also handing back the message as received, for a door that delivers
     /// it itself (the proxy). `None` when nothing was kept (refused before its end).
     pub async fn end_of_message_with_content(&mut self) -> (MessageOutcome, Option<MessageBuffer>) {
+        self.finish_message(true).await
+    }
+
+    async fn finish_message(
+        &mut self,
+        door_relays: bool,
+    ) -> (MessageOutcome, Option<MessageBuffer>) {
         let policy = self.policy.clone();
         let Some(mut tx) = self.tx.take() else {
             let outcome = MessageOutcome {
@@ -146,6 +171,23 @@ impl Session {
             (reason, verdict) = (Reason::SigningFailed, policy.scan_failure_action.verdict());
             if verdict != Verdict::Continue {
                 edits = Edits::default();
+            }
+        }
+        if !door_relays && verdict == Verdict::Continue && !policy.dry_run && tx.divert.is_none() {
+            match self.secure_routes(&mut tx, &edits, &mut envelope).await {
+                Ok(true) => (reason, verdict) = (Reason::SecureRoute, Verdict::Discard),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(session = self.id, error = %e, "recipients an encryption rule routes through Postern were not delivered");
+                    self.scan_failed("secure_route", &e);
+                    (reason, verdict) = (
+                        Reason::SecureRouteFailed,
+                        policy.scan_failure_action.verdict(),
+                    );
+                    if verdict != Verdict::Continue {
+                        edits = Edits::default();
+                    }
+                }
             }
         }
         let mut diverted = None;
@@ -223,6 +265,7 @@ impl Session {
                 .map(|r| envelope.recipient(r).to_owned())
                 .collect::<Vec<_>>(),
             message: &message,
+            require_tls: false,
         };
         let (target, reply) = self
             .shared
@@ -239,6 +282,71 @@ impl Session {
             reply: &reply,
         });
         Ok(reply)
+    }
+
+    /// Behind an MTA, delivers the recipients whose encryption rule gives a route (`via`)
+    /// through it, with the edits applied, and marks them removed from the MTA's envelope;
+    /// whether no recipient is left for the MTA. An error when a route took none.
+    async fn secure_routes(
+        &self,
+        tx: &mut Transaction,
+        edits: &Edits,
+        envelope: &mut EnvelopeEdits,
+    ) -> Result<bool, String> {
+        let rules = &self.policy.encryption_rules;
+        let mut routes: Vec<(crate::engine::checks::encryption::SecureRoute, Vec<String>)> =
+            Vec::new();
+        for r in &tx.recipients {
+            let Some(route) = rules.secure_route(&tx.sender, r) else {
+                continue;
+            };
+            match routes.iter_mut().find(|(known, _)| *known == route) {
+                Some((_, recipients)) => recipients.push(r.clone()),
+                None => routes.push((route, vec![r.clone()])),
+            }
+        }
+        if routes.is_empty() {
+            return Ok(false);
+        }
+        let buffer = tx.message.as_mut().ok_or("the message was not kept")?;
+        let raw = buffer.contents().await.map_err(|e| e.to_string())?;
+        let message = if edits.is_empty() {
+            raw
+        } else {
+            edits.apply_to(&raw)
+        };
+        let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
+        for (route, recipients) in &routes {
+            let relayed: Vec<String> = recipients
+                .iter()
+                .map(|r| envelope.recipient(r).to_owned())
+                .collect();
+            let outbound = OutboundMessage {
+                sender: &sender,
+                recipients: &relayed,
+                message: &message,
+                require_tls: route.require_tls,
+            };
+            let (target, reply) = self
+                .shared
+                .ports
+                .outbound
+                .deliver(route.via, outbound)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{} recipient(s) through {:?}: {e}",
+                        relayed.len(),
+                        route.via
+                    )
+                })?;
+            info!(session = self.id, recipients = relayed.len(), relay_target = %target, %reply, tls_required = route.require_tls, "recipients delivered by Postern (encryption rule route)");
+            for r in recipients {
+                envelope.recipients.retain(|(from, _)| from != r);
+                envelope.removed.push(r.clone());
+            }
+        }
+        Ok(envelope.removed.len() == tx.recipients.len())
     }
 
     /// `Authentication-Results` fields in the message that name this host as their

@@ -29,6 +29,18 @@ impl Session {
             self.refused(CheckId::ConnectionProfile, &verdict, "mail", None);
             return verdict;
         }
+        if let Some(reply) = policy
+            .encryption_rules
+            .check_mail(sender, self.tls.is_some())
+        {
+            info!(
+                session = self.id,
+                "TLS required for the whole transaction, session is not encrypted"
+            );
+            let verdict = Verdict::refuse(self.with_help(reply));
+            self.refused(CheckId::EncryptionRule, &verdict, "mail", None);
+            return verdict;
+        }
         if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
             && self.authenticated.is_none()
             && !policy.relay.is_relay_source(ip)

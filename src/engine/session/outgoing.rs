@@ -63,7 +63,11 @@ impl Session {
                     .map(|new| (r.clone(), new))
             })
             .collect();
-        let envelope = EnvelopeEdits { sender, recipients };
+        let envelope = EnvelopeEdits {
+            sender,
+            recipients,
+            removed: Vec::new(),
+        };
         let places = rules.header_places(direction);
         let Some(buffer) = tx.message.as_mut().filter(|_| !places.is_empty()) else {
             return (envelope, false);

@@ -52,6 +52,15 @@ impl Session {
         Verdict::Continue
     }
 
+    /// Whether `recipient` may only be relayed over TLS with a validated certificate (its
+    /// encryption rule). For a door that relays.
+    pub fn recipient_needs_tls(&self, recipient: &str) -> bool {
+        let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
+        self.policy
+            .encryption_rules
+            .recipient_needs_tls(sender, recipient, self.tls.is_some())
+    }
+
     /// Whether this client may send to any domain: by its connection profile's relay control,
     /// else by the global relay restriction.
     pub(super) fn may_relay(&self) -> bool {

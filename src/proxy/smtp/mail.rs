@@ -79,6 +79,7 @@ impl Conversation {
                 sender,
                 params: passed,
                 client: self.forwarded_client(),
+                require_tls: false,
             },
             ..Transaction::default()
         });

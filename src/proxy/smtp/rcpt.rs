@@ -50,13 +50,44 @@ impl Conversation {
         if let Some((target, refusal)) = &tx.upstream_refusal {
             return Err((refusal.clone(), RefusedBy::RelayTarget(target.clone())));
         }
+        let needs_tls = self.session.recipient_needs_tls(recipient);
+        if let Some(upstream) = &tx.upstream
+            && needs_tls
+            && !upstream.is_encrypted()
+        {
+            // Its encryption rule wants a TLS route; this transaction's target connection is
+            // plain. The client sends it again in a transaction of its own (RFC 5321 4.5.3.1.10),
+            // which is then opened over TLS.
+            info!(client = %self.peer, relay_target = %upstream.target_name(), "recipient requires encryption, the open target connection is not encrypted: deferred to another transaction");
+            return Err((
+                SmtpReply::from_wire(
+                    452,
+                    "4.5.3 Error: this recipient requires an encrypted route, send it in a separate transaction",
+                ),
+                RefusedBy::NoRelayTarget,
+            ));
+        }
         if tx.upstream.is_none() {
             let delivery = tx
                 .delivery
                 .get_or_insert_with(|| self.shared.delivery.load_full())
                 .clone();
-            match delivery.open(&tx.envelope, 0).await {
+            tx.envelope.require_tls = needs_tls;
+            let opened = delivery.open(&tx.envelope, 0).await;
+            if opened.is_err() {
+                // What only this recipient needed does not bind the next one.
+                tx.envelope.require_tls = false;
+            }
+            match opened {
                 Ok(upstream) => tx.upstream = Some(upstream),
+                Err(DeliveryError::Refused { reply, .. })
+                    if needs_tls && reply == crate::relay::tls_required() =>
+                {
+                    // Only this recipient needs what no target offers: the next may still
+                    // go over a plain connection.
+                    warn!(client = %self.peer, "recipient requires encryption and no relay target negotiated TLS: deferred");
+                    return Err((reply, RefusedBy::NoRelayTarget));
+                }
                 Err(DeliveryError::Refused { target, reply }) => {
                     info!(client = %self.peer, relay_target = %target, %reply, "relay target refused the sender");
                     tx.upstream_refusal = Some((target.clone(), reply.clone()));
@@ -74,6 +105,8 @@ impl Conversation {
         let relayed = self.session.relayed_address(Place::Recipients, recipient);
         match upstream.rcpt(&relayed).await {
             Ok(_) => {
+                // A failover at the end of the data must keep this recipient on TLS too.
+                tx.envelope.require_tls |= needs_tls;
                 self.say(250, "2.1.5 Ok");
                 Ok(())
             }
