@@ -250,15 +250,9 @@ impl Session {
         edits: &Edits,
         envelope: &EnvelopeEdits,
     ) -> Result<SmtpReply, String> {
-        let buffer = tx.message.as_mut().ok_or("the message was not kept")?;
-        let raw = buffer.contents().await.map_err(|e| e.to_string())?;
-        let message = if edits.is_empty() {
-            raw
-        } else {
-            edits.apply_to(&raw)
-        };
+        let message = tx.leaving(edits).await?;
         let outbound = OutboundMessage {
-            sender: &envelope.sender.clone().unwrap_or_else(|| tx.sender.clone()),
+            sender: envelope.sender.as_deref().unwrap_or(&tx.sender),
             recipients: &tx
                 .recipients
                 .iter()
@@ -308,21 +302,15 @@ impl Session {
         if routes.is_empty() {
             return Ok(false);
         }
-        let buffer = tx.message.as_mut().ok_or("the message was not kept")?;
-        let raw = buffer.contents().await.map_err(|e| e.to_string())?;
-        let message = if edits.is_empty() {
-            raw
-        } else {
-            edits.apply_to(&raw)
-        };
-        let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
+        let message = tx.leaving(edits).await?;
+        let sender = envelope.sender.as_deref().unwrap_or(&tx.sender);
         for (route, recipients) in &routes {
             let relayed: Vec<String> = recipients
                 .iter()
                 .map(|r| envelope.recipient(r).to_owned())
                 .collect();
             let outbound = OutboundMessage {
-                sender: &sender,
+                sender,
                 recipients: &relayed,
                 message: &message,
                 require_tls: route.require_tls,

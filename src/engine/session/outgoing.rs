@@ -111,15 +111,10 @@ impl Session {
         if signers.is_empty() || self.direction() != Direction::Outbound {
             return Ok(());
         }
-        let Some(buffer) = tx.message.as_mut() else {
+        if tx.message.is_none() {
             return Ok(());
-        };
-        let raw = buffer.contents().await.map_err(|e| e.to_string())?;
-        let message = if edits.is_empty() {
-            raw
-        } else {
-            edits.apply_to(&raw)
-        };
+        }
+        let message = tx.leaving(edits).await?;
         let header_end = memchr::memmem::find(&message, b"\r\n\r\n")
             .or_else(|| memchr::memmem::find(&message, b"\n\n"))
             .unwrap_or(message.len());
