@@ -85,6 +85,16 @@ fn a_required_recipient_never_goes_in_plaintext() {
         String::from_utf8_lossy(&got)
     );
     target.wait_for_log("TLS established");
+    // The delivery's TLS version and cipher are in the log.
+    env.wait_for_log(
+        "TLS established with the relay target relay_target=secure tls=TLSv1.3 TLS13_",
+    );
+    let log = env.log();
+    assert!(
+        log.lines().any(|l| l.contains("message handed on")
+            && l.contains("relay_target=secure tls=TLSv1.3 TLS13_")),
+        "{log}"
+    );
     // Nothing more reached the plain target.
     assert_eq!(env.sinks[0].delivered().len(), 1);
 }

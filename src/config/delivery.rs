@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, TlsParameters, TlsVersion as LettreTlsVersion};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::relay::tls::ClientTls;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -237,12 +240,8 @@ fn tls(
     security: Range<usize>,
     key: &str,
     config_dir: Option<&Path>,
-) -> Result<TlsParameters, Invalid> {
-    let mut b =
-        TlsParameters::builder(t.host.clone()).set_min_tls_version(match t.min_tls_version {
-            TlsVersion::Tls12 => LettreTlsVersion::Tlsv12,
-            TlsVersion::Tls13 => LettreTlsVersion::Tlsv13,
-        });
+) -> Result<ClientTls, Invalid> {
+    let mut extra = Vec::new();
     if let Some(ca) = &t.ca_file {
         let path = relative(ca.get_ref().clone(), config_dir);
         let pem = std::fs::read(&path).map_err(|e| {
@@ -252,16 +251,21 @@ fn tls(
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
+        let not_pem = |why: String| {
             (
                 ca.span(),
                 format!("{key}.ca_file"),
-                format!("{}: not a PEM certificate: {e}", path.display()),
+                format!("{}: not a PEM certificate: {why}", path.display()),
             )
-        })?;
-        b = b.add_root_certificate(cert);
+        };
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            extra.push(cert.map_err(|e| not_pem(e.to_string()))?);
+        }
+        if extra.is_empty() {
+            return Err(not_pem("no CERTIFICATE block".into()));
+        }
     }
-    b.build_rustls().map_err(|e| {
+    ClientTls::new(&t.host, extra, t.min_tls_version == TlsVersion::Tls13).map_err(|e| {
         (
             security,
             format!("{key}.security"),

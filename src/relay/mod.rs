@@ -10,6 +10,7 @@ mod lines;
 mod outbound;
 mod pool;
 mod target;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -475,9 +476,12 @@ impl Delivery {
             }
         }
         let helo = ClientId::Domain(self.helo_name.clone());
-        let mut link = tokio::time::timeout(self.connection_timeout, target.connect(&helo))
-            .await
-            .map_err(|_| TargetError::Timeout("connecting"))??;
+        let mut link = tokio::time::timeout(
+            self.connection_timeout,
+            target.connect(&helo, self.protocol_timeout),
+        )
+        .await
+        .map_err(|_| TargetError::Timeout("connecting"))??;
         match self.mail(&mut link, envelope).await {
             Ok(()) => Ok((link, false)),
             Err(e) => {
@@ -492,7 +496,7 @@ impl Delivery {
     /// is refused where it is not (5.6.7, as Postfix does); BODY only with 8BITMIME (the
     /// message itself is checked at DATA).
     async fn mail(&self, link: &mut Link, envelope: &Envelope) -> Result<(), TargetError> {
-        if envelope.require_tls && !link.conn.is_encrypted() {
+        if envelope.require_tls && link.tls.is_none() {
             return Err(TargetError::Incapable(tls_required()));
         }
         let caps = &link.caps;
@@ -599,7 +603,12 @@ impl Upstream {
 
     /// Whether the connection negotiated TLS (with the target's certificate validated).
     pub fn is_encrypted(&self) -> bool {
-        self.link.conn.is_encrypted()
+        self.link.tls.is_some()
+    }
+
+    /// What TLS the connection negotiated, if any.
+    pub fn tls(&self) -> Option<&tls::TlsFacts> {
+        self.link.tls.as_ref()
     }
 
     /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address

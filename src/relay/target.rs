@@ -3,11 +3,13 @@
 use std::fmt;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
 use tokio::net::TcpStream;
+use tracing::info;
 
+use super::tls::{ClientTls, Replayed, TlsFacts, before_tls};
 use crate::engine::SmtpReply;
 
 /// "Security" of a relay target.
@@ -53,7 +55,7 @@ pub struct RelayTarget {
     pub credentials: Option<Credentials>,
     /// Certificate validation for this target (name, roots, minimum version); `None` when
     /// `security = "none"`.
-    pub tls: Option<TlsParameters>,
+    pub tls: Option<ClientTls>,
     /// Only for messages a `divert` rule sends here (a quarantine, an encryption gateway):
     /// never used to relay ordinary mail.
     pub divert_only: bool,
@@ -94,10 +96,12 @@ impl Capabilities {
     }
 }
 
-/// An open connection to a target and what the target offered on it.
+/// An open connection to a target, what the target offered on it, and what TLS it
+/// negotiated (`None`: plaintext).
 pub struct Link {
     pub conn: AsyncSmtpConnection,
     pub caps: Capabilities,
+    pub tls: Option<TlsFacts>,
 }
 
 impl fmt::Debug for RelayTarget {
@@ -166,44 +170,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl RelayTarget {
     /// Connects, greets, secures and authenticates as configured.
-    pub(super) async fn connect(&self, helo: &ClientId) -> Result<Link, TargetError> {
-        let mut conn = match (self.security, &self.tls) {
-            (Security::Ssl, Some(tls)) => AsyncSmtpConnection::connect_tokio1(
-                (self.host.as_str(), self.port),
-                None,
-                helo,
-                Some(tls.clone()),
-                None,
-            )
+    pub(super) async fn connect(
+        &self,
+        helo: &ClientId,
+        timeout: std::time::Duration,
+    ) -> Result<Link, TargetError> {
+        // Our own socket, so that it has TCP_NODELAY: lettre writes the end of the message
+        // ("\r\n.\r\n") apart from the rest, and with Nagle's algorithm that small write would
+        // wait for the target's delayed ACK (40 ms) on every message after a connection's
+        // first.
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(TargetError::from_smtp)?,
-            _ => {
-                // Our own socket, so that it has TCP_NODELAY: lettre writes the end of the
-                // message ("\r\n.\r\n") apart from the rest, and with Nagle's algorithm that
-                // small write would wait for the target's delayed ACK (40 ms) on every
-                // message after a connection's first.
-                let tcp = TcpStream::connect((self.host.as_str(), self.port))
-                    .await
-                    .map_err(|e| TargetError::Smtp(format!("cannot connect: {e}")))?;
-                tcp.set_nodelay(true)
-                    .map_err(|e| TargetError::Smtp(format!("cannot set TCP_NODELAY: {e}")))?;
-                AsyncSmtpConnection::connect_with_transport(Box::new(tcp), helo)
-                    .await
-                    .map_err(TargetError::from_smtp)?
-            }
+            .map_err(|e| TargetError::Smtp(format!("cannot connect: {e}")))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| TargetError::Smtp(format!("cannot set TCP_NODELAY: {e}")))?;
+        let peer = tcp.peer_addr();
+        let secured = |facts: &TlsFacts| {
+            info!(relay_target = %self.name, tls = %facts, "TLS established with the relay target");
         };
-        match (self.security, &self.tls) {
-            (Security::Tls, _) if !conn.can_starttls() => {
-                conn.abort().await;
-                return Err(TargetError::NoStartTls);
-            }
-            (Security::Tls | Security::Auto, Some(tls)) if conn.can_starttls() => {
-                conn.starttls(tls.clone(), helo)
+        let (mut conn, tls) = match (self.security, &self.tls) {
+            (Security::Ssl, Some(tls)) => {
+                let (stream, facts) = tls.handshake(tcp).await.map_err(TargetError::Smtp)?;
+                secured(&facts);
+                let stream = Replayed::new(Vec::new(), stream, peer);
+                let conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
                     .await
                     .map_err(TargetError::from_smtp)?;
+                (conn, Some(facts))
             }
-            _ => {}
-        }
+            (Security::Tls | Security::Auto, Some(tls)) => {
+                let (tcp, plain) = before_tls(tcp, &helo.to_string(), true, timeout)
+                    .await
+                    .map_err(TargetError::Smtp)?;
+                match plain {
+                    None => {
+                        let (stream, facts) =
+                            tls.handshake(tcp).await.map_err(TargetError::Smtp)?;
+                        secured(&facts);
+                        // The greeting came before TLS; the library waits for one.
+                        let greeting = format!("220 {} ESMTP\r\n", self.host).into_bytes();
+                        let stream = Replayed::new(greeting, stream, peer);
+                        let conn =
+                            AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
+                                .await
+                                .map_err(TargetError::from_smtp)?;
+                        (conn, Some(facts))
+                    }
+                    Some(_) if self.security == Security::Tls => {
+                        return Err(TargetError::NoStartTls);
+                    }
+                    Some(greeting) => {
+                        let stream = Replayed::new(greeting, tcp, peer);
+                        let conn =
+                            AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
+                                .await
+                                .map_err(TargetError::from_smtp)?;
+                        (conn, None)
+                    }
+                }
+            }
+            _ => {
+                let conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), helo)
+                    .await
+                    .map_err(TargetError::from_smtp)?;
+                (conn, None)
+            }
+        };
         // lettre keeps only the extensions it uses itself; ask again for the rest (SIZE,
         // XFORWARD). After STARTTLS, so that it is what the secured session offers.
         let caps = match conn.command(format!("EHLO {helo}\r\n")).await {
@@ -214,7 +246,7 @@ impl RelayTarget {
             }
         };
         if let Some(credentials) = &self.credentials {
-            if !conn.is_encrypted() && !self.auth_over_plaintext {
+            if tls.is_none() && !self.auth_over_plaintext {
                 conn.abort().await;
                 return Err(TargetError::Incapable(super::own_reply(
                     451,
@@ -231,6 +263,6 @@ impl RelayTarget {
                 return Err(TargetError::from_smtp(e));
             }
         }
-        Ok(Link { conn, caps })
+        Ok(Link { conn, caps, tls })
     }
 }

@@ -280,6 +280,10 @@ impl Conversation {
         let head = self.received_field(recipients);
         let first = upstream.target_index();
         let name = upstream.target_name().to_owned();
+        // What the connection that took the message negotiated, when it was this one.
+        let mut tls = upstream
+            .tls()
+            .map_or_else(|| "none".to_owned(), ToString::to_string);
         // Why the first target could not carry the message, for the client when no other
         // target can either.
         let mut incapable = None;
@@ -311,6 +315,7 @@ impl Conversation {
                     incapable = Some(reply.clone());
                 }
                 warn!(client = %self.peer, relay_target = %name, error = %failure, "relay target did not take the message, replaying the transaction");
+                tls = "see the relay target's connection".to_owned();
                 delivery
                     .send(&tx.envelope, recipients, head.as_bytes(), body, from)
                     .await
@@ -318,7 +323,7 @@ impl Conversation {
         };
         let (target, reply) = match reply {
             Ok((target, reply)) | Err(DeliveryError::Refused { target, reply }) => {
-                info!(client = %self.peer, recipients = recipients.len(), size = body.len(), %reply, "message handed on");
+                info!(client = %self.peer, relay_target = %target, %tls, recipients = recipients.len(), size = body.len(), %reply, "message handed on");
                 (Some(target), reply)
             }
             Err(DeliveryError::Uncertain { target, why }) => {

@@ -1,0 +1,279 @@
+//! TLS toward relay targets, made here rather than inside the SMTP library so that what was
+//! negotiated is known: the TLS version and cipher suite of each connection (logged with every
+//! delivery, and what encryption rules are judged by). STARTTLS is spoken here up to the
+//! handshake; the SMTP library then continues on the secured stream, told that the server
+//! greeted (the greeting it already gave was before TLS).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lettre::transport::smtp::client::AsyncTokioStream;
+use rustls::ClientConfig;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// How Postern secures connections to one target: its roots (the system's and `ca_file`),
+/// lowest version, and the name its certificate must carry (the target's host).
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// For a target at `host`, trusting the system's roots and `extra` CA certificates, from
+    /// TLS 1.3 only or from 1.2.
+    pub fn new(
+        host: &str,
+        extra: Vec<CertificateDer<'static>>,
+        tls13_only: bool,
+    ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        for cert in extra {
+            roots
+                .add(cert)
+                .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
+        }
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls13_only {
+            &[&rustls::version::TLS13]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+        Ok(Self {
+            config: Arc::new(config),
+            name,
+        })
+    }
+
+    /// The TLS handshake over `tcp`, the certificate validated against the roots and the
+    /// target's name.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, TlsFacts), String> {
+        let stream = TlsConnector::from(self.config.clone())
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {}", chain(&e)))?;
+        let (_, session) = stream.get_ref();
+        let facts = TlsFacts {
+            version: match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            },
+            cipher: session
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+        };
+        Ok((stream, facts))
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// What one connection negotiated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
+    /// The cipher suite's IANA name (`TLS13_AES_256_GCM_SHA384`).
+    pub cipher: String,
+}
+
+impl fmt::Display for TlsFacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.version, self.cipher)
+    }
+}
+
+/// The SMTP exchange up to a TLS handshake: reads the greeting, sends EHLO, and when the
+/// target offers STARTTLS and `starttls` asks for it, sends STARTTLS and reads its 220.
+/// Returns the stream, whether STARTTLS was accepted, and the greeting's bytes (for the SMTP
+/// library, which wants to read a greeting itself) when it was not.
+pub async fn before_tls(
+    tcp: TcpStream,
+    helo: &str,
+    starttls: bool,
+    timeout: Duration,
+) -> Result<(TcpStream, Option<Vec<u8>>), String> {
+    let mut reader = BufReader::new(tcp);
+    let exchange = async {
+        let greeting = read_reply(&mut reader).await?;
+        if !greeting.starts_with(b"220") {
+            return Err(format!(
+                "greeted with {:?}",
+                String::from_utf8_lossy(&greeting).trim_end()
+            ));
+        }
+        if !starttls {
+            return Ok(Some(greeting));
+        }
+        reader
+            .get_mut()
+            .write_all(format!("EHLO {helo}\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ehlo = read_reply(&mut reader).await?;
+        let offered = String::from_utf8_lossy(&ehlo).lines().skip(1).any(|l| {
+            l.get(4..)
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case("STARTTLS"))
+        });
+        if !ehlo.starts_with(b"250") || !offered {
+            return Ok(Some(greeting));
+        }
+        reader
+            .get_mut()
+            .write_all(b"STARTTLS\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let go = read_reply(&mut reader).await?;
+        if !go.starts_with(b"220") {
+            return Err(format!(
+                "STARTTLS refused: {:?}",
+                String::from_utf8_lossy(&go).trim_end()
+            ));
+        }
+        Ok(None)
+    };
+    let plain = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| "timed out before TLS".to_owned())??;
+    if !reader.buffer().is_empty() {
+        return Err("the target sent more than its replies before TLS".to_owned());
+    }
+    Ok((reader.into_inner(), plain))
+}
+
+/// One reply, all its lines; bounded (RFC 5321 lines, at most 100 of them).
+async fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
+    let mut reply = Vec::new();
+    for _ in 0..100 {
+        let mut line = Vec::new();
+        let n = (&mut *reader)
+            .take(1000)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".to_owned());
+        }
+        let last = line.get(3) != Some(&b'-');
+        reply.extend_from_slice(&line);
+        if last {
+            return Ok(reply);
+        }
+    }
+    Err("reply of more than 100 lines".to_owned())
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// A stream that yields `prefix` before what it reads: the SMTP library reads a greeting on a
+/// connection that was greeted before (before STARTTLS, or read here to decide on it).
+pub struct Replayed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+    peer: io::Result<SocketAddr>,
+}
+
+impl<S> Replayed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S, peer: io::Result<SocketAddr>) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+            peer,
+        }
+    }
+}
+
+impl<S> fmt::Debug for Replayed<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replayed").finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Sync + Unpin> AsyncTokioStream for Replayed<S> {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match &self.peer {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
