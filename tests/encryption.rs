@@ -282,3 +282,130 @@ fn check_config_says_a_milter_cannot_enforce_a_rule_without_a_route() {
         "{text}"
     );
 }
+
+/// A real Postfix with the test certificate as a TLS relay target, with extra main.cf
+/// settings (TLS versions, ciphers); stopped when dropped.
+struct PostfixTarget {
+    dir: String,
+    port: u16,
+}
+
+impl PostfixTarget {
+    fn start(env: &ProxyEnv, settings: &[&str]) -> Self {
+        let target = Self {
+            dir: env.path("postfix-target"),
+            port: support::free_port(),
+        };
+        let cert = format!("smtpd_tls_cert_file = {}", env.path("server.pem"));
+        let key = format!("smtpd_tls_key_file = {}", env.path("server.key"));
+        let mut args = vec![
+            "start".to_owned(),
+            target.dir.clone(),
+            target.port.to_string(),
+            env.sinks[0].port.to_string(),
+            "none".to_owned(),
+            "tempfail".to_owned(),
+            cert,
+            key,
+            "smtpd_tls_security_level = may".to_owned(),
+            "smtpd_tls_loglevel = 1".to_owned(),
+        ];
+        args.extend(settings.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::run_script("postfix", &args);
+        target
+    }
+
+    fn relay_target(&self, env: &ProxyEnv) -> String {
+        format!(
+            "[[relay_target]]\nname = \"postfix\"\nhost = \"localhost\"\nport = {}\n\
+             security = \"auto\"\nca_file = \"{}\"\n",
+            self.port,
+            env.path("ca.pem")
+        )
+    }
+}
+
+impl Drop for PostfixTarget {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(support::script("postfix"))
+            .args(["stop", &self.dir])
+            .output();
+    }
+}
+
+/// RCPT of `recipient` in a new transaction: the reply.
+fn rcpt(env: &ProxyEnv, recipient: &str) -> String {
+    let mut smtp = env.smtp();
+    smtp.command("EHLO client.postern.test").unwrap();
+    smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    smtp.command(&format!("RCPT TO:<{recipient}>")).unwrap()
+}
+
+const POLICIES: &str = "\
+[[outbound_tls_policy]]
+name = \"modern\"
+recipient_domains = [\"v13.test\"]
+min_version = \"1.3\"
+
+[[outbound_tls_policy]]
+name = \"named\"
+recipient_domains = [\"names.test\"]
+certificate_names = [\"mx.names.test\", \"recipient_domain\"]
+
+[[outbound_tls_policy]]
+name = \"strong\"
+recipient_domains = [\"ok.test\"]
+min_cipher_strength = \"high\"
+certificate_names = [\"localhost\"]
+";
+
+/// Per-destination TLS policies against a Postfix that speaks TLS 1.2 only: a policy asking
+/// for 1.3 or for a certificate name the target lacks does not use it (451, reason logged);
+/// one it meets does.
+#[test]
+fn outbound_tls_policies_check_version_cipher_and_names() {
+    // Started with a placeholder config: the Postfix target needs the proxy's certificates.
+    let env = ProxyEnv::start(&front("", PLAIN), &[&[]]);
+    let postfix = PostfixTarget::start(
+        &env,
+        &["smtpd_tls_protocols = !SSLv2, !SSLv3, !TLSv1, !TLSv1.1, !TLSv1.3"],
+    );
+    env.reload(&front(POLICIES, &postfix.relay_target(&env)));
+    let r = rcpt(&env, "a@v13.test");
+    assert!(r.starts_with("451 4.7.5"), "{r}");
+    env.wait_for_log("TLSv1.2 is below the minimum, TLS 1.3");
+    let r = rcpt(&env, "a@names.test");
+    assert!(r.starts_with("451 4.7.5"), "{r}");
+    env.wait_for_log("none of mx.names.test, names.test");
+    let reply = env.smtp().send("a@sender.example", "a@ok.test", MESSAGE);
+    assert!(reply.starts_with("250"), "{reply}");
+    env.sinks[0].wait_delivered(1);
+    let log = env.log();
+    assert!(
+        log.lines().any(|l| l.contains("message handed on")
+            && l.contains("relay_target=postfix tls=TLSv1.2 TLS_ECDHE_")),
+        "{log}"
+    );
+}
+
+/// A target that offers only CBC suites (over TLS 1.2): Postern's TLS (AEAD suites only)
+/// cannot be made with it, so a recipient that needs TLS is deferred, never sent in
+/// plaintext.
+#[test]
+fn a_target_with_only_cbc_suites_carries_no_recipient_that_needs_tls() {
+    let env = ProxyEnv::start(&front("", PLAIN), &[&[]]);
+    let postfix = PostfixTarget::start(
+        &env,
+        &[
+            "smtpd_tls_protocols = !SSLv2, !SSLv3, !TLSv1, !TLSv1.1, !TLSv1.3",
+            "smtpd_tls_ciphers = medium",
+            "tls_medium_cipherlist = ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA",
+        ],
+    );
+    env.reload(&front(REQUIRED, &postfix.relay_target(&env)));
+    let r = rcpt(&env, "x@secure.test");
+    assert!(r.starts_with("4"), "{r}");
+    env.wait_for_log("TLS handshake failed");
+    assert!(env.sinks[0].delivered().is_empty());
+}

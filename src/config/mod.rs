@@ -33,6 +33,7 @@ mod dns;
 mod log;
 mod metrics;
 mod milter;
+mod outbound_tls;
 mod proxy;
 mod rbl;
 mod reputation;
@@ -189,6 +190,8 @@ struct ConfigFile {
     address_transformations: Vec<address_transformation::AddressTransformationSection>,
     #[serde(rename = "dkim_signer")]
     dkim_signers: Vec<dkim::DkimSignerSection>,
+    #[serde(rename = "outbound_tls_policy")]
+    outbound_tls_policies: Vec<Spanned<outbound_tls::OutboundTlsPolicySection>>,
 }
 
 impl ConfigFile {
@@ -222,6 +225,7 @@ impl ConfigFile {
         )?;
 
         let encryption_rules = connection::encryption_rules(self.encryption_rules, &delivery)?;
+        let outbound_tls = outbound_tls::compile(self.outbound_tls_policies, &profile_names)?;
         let address_transformations =
             address_transformation::compile(self.address_transformations)?;
         let dkim = dkim::compile(self.dkim_signers, config_dir)?;
@@ -244,6 +248,7 @@ impl ConfigFile {
             spf,
             relay: relay.restriction,
             encryption_rules,
+            outbound_tls,
             restrict_relaying: relay.restrict_relaying,
             skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
             exploit_detection: connection::exploit_detection(self.exploit_detection),

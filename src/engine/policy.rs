@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::addressing::AddressTransformations;
 use super::checks::dos::ClientLimits;
+use super::checks::outbound_tls::OutboundTlsPolicies;
 use super::checks::profiles::Profiles;
 use super::checks::reputation::Reputation;
 use super::checks::spf::Spf;
@@ -136,6 +137,9 @@ pub struct Policy {
     pub exploit_detection: ExploitDetection,
     /// Encryption rules, in order.
     pub encryption_rules: EncryptionRules,
+    /// What connections to relay targets must have negotiated, per recipient domain or
+    /// connection profile, in order.
+    pub outbound_tls: OutboundTlsPolicies,
     pub trace_header: Option<TraceHeader>,
     /// The content stage: rulesets over subject, headers, body, attachments and names.
     pub content: ContentPolicy,
@@ -255,6 +259,30 @@ impl fmt::Display for Policy {
             "encryption rules:        {}",
             self.encryption_rules.0.len()
         )?;
+        for p in &self.outbound_tls.0 {
+            let domains: Vec<String> = p.recipient_domains.iter().map(|d| d.to_string()).collect();
+            let requirement = crate::engine::checks::outbound_tls::TlsRequirement {
+                by: String::new(),
+                min_version: p.min_version,
+                strength: p.strength,
+                names: p.certificate_names.clone(),
+            };
+            writeln!(
+                f,
+                "outbound TLS policy:     {}: recipients {}, profiles {}: {requirement}",
+                p.name,
+                if domains.is_empty() {
+                    "-".to_owned()
+                } else {
+                    domains.join(", ")
+                },
+                if p.connection_profiles.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.connection_profiles.join(", ")
+                },
+            )?;
+        }
         for rs in &self.content.rulesets {
             let rules: Vec<&str> = rs.rules.iter().map(|r| r.name.as_str()).collect();
             writeln!(

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::checks::outbound_tls::TlsRequirement;
 use super::events::Event;
 use super::reply::SmtpReply;
 
@@ -47,8 +48,8 @@ pub struct OutboundMessage<'a> {
     pub recipients: &'a [String],
     /// The whole message, header and body, CRLF line ends.
     pub message: &'a [u8],
-    /// Only over a connection that negotiated TLS with a validated certificate.
-    pub require_tls: bool,
+    /// What the connection that carries it must have negotiated (empty: as configured).
+    pub tls: &'a [TlsRequirement],
 }
 
 /// Outbound delivery for what the engine delivers itself (divert rules, recipients an

@@ -26,6 +26,7 @@ use lettre::transport::smtp::response::Response;
 use tracing::{debug, error, info, warn};
 
 use crate::engine::SmtpReply;
+use crate::engine::checks::outbound_tls::TlsRequirement;
 pub use pool::ConnectionCache;
 use pool::{Pool, quit_later};
 
@@ -59,12 +60,28 @@ fn own_reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
 
 /// Why a transaction that must be encrypted cannot go through a target: it did not negotiate
 /// TLS (security `none`, or `auto` without STARTTLS offered).
-pub fn tls_required() -> SmtpReply {
+fn tls_required() -> SmtpReply {
     own_reply(
         451,
         "4.7.5",
         "Error: a recipient requires encryption and no relay target negotiated TLS with a valid certificate, try again later",
     )
+}
+
+/// Why a transaction cannot go through a target whose TLS does not meet a recipient's
+/// requirement (`why`, also logged).
+fn tls_refusal(why: &str) -> SmtpReply {
+    SmtpReply::new(
+        451,
+        Some("4.7.5"),
+        &format!("Error: {why}, try again later"),
+    )
+    .unwrap_or_else(|_| tls_required())
+}
+
+/// Whether `reply` is one of Postern's own refusals for lack of the TLS a recipient needs.
+pub fn is_tls_refusal(reply: &SmtpReply) -> bool {
+    reply.code() == 451 && reply.enhanced() == Some("4.7.5")
 }
 
 /// Outbound settings (`[delivery]`) and the relay targets (`[[relay_target]]`), by priority.
@@ -217,9 +234,10 @@ pub struct Envelope {
     /// The client the message came from, passed with XFORWARD to targets that offer it, so
     /// that their own checks and logs see the client rather than Postern.
     pub client: Option<ForwardedClient>,
-    /// Only a connection that negotiated TLS with a validated certificate may carry this
-    /// transaction (a recipient's encryption rule says `required`).
-    pub require_tls: bool,
+    /// What the connection that carries this transaction must have negotiated: TLS with a
+    /// validated certificate, and each requirement's version, cipher strength and names
+    /// (encryption rules and outbound TLS policies of its recipients). Empty: as configured.
+    pub tls: Vec<TlsRequirement>,
 }
 
 /// What XFORWARD tells a target about the client (Postfix's XFORWARD_README).
@@ -308,7 +326,7 @@ impl Envelope {
             sender: sender.to_owned(),
             params,
             client: None,
-            require_tls: false,
+            tls: Vec::new(),
         }
     }
 }
@@ -369,7 +387,7 @@ impl Delivery {
         let mut incapable = None;
         let targets = self.targets.iter().enumerate().skip(first);
         for (index, target) in targets.filter(|(_, t)| !t.divert_only) {
-            if envelope.require_tls && target.security == Security::None {
+            if !envelope.tls.is_empty() && target.security == Security::None {
                 incapable.get_or_insert((target.name.clone(), tls_required()));
                 continue;
             }
@@ -496,8 +514,15 @@ impl Delivery {
     /// is refused where it is not (5.6.7, as Postfix does); BODY only with 8BITMIME (the
     /// message itself is checked at DATA).
     async fn mail(&self, link: &mut Link, envelope: &Envelope) -> Result<(), TargetError> {
-        if envelope.require_tls && link.tls.is_none() {
-            return Err(TargetError::Incapable(tls_required()));
+        for requirement in &envelope.tls {
+            match &link.tls {
+                None => return Err(TargetError::Incapable(tls_required())),
+                Some(facts) => {
+                    if let Some(why) = facts.unmet(requirement) {
+                        return Err(TargetError::Incapable(tls_refusal(&why)));
+                    }
+                }
+            }
         }
         let caps = &link.caps;
         if !envelope.sender.is_ascii() && !caps.smtputf8 {
@@ -601,9 +626,16 @@ impl Upstream {
         self.target
     }
 
-    /// Whether the connection negotiated TLS (with the target's certificate validated).
-    pub fn is_encrypted(&self) -> bool {
-        self.link.tls.is_some()
+    /// Why the connection does not meet `requirement` (no TLS, or not the version, cipher
+    /// or certificate it asks for); `None` when it does.
+    pub fn unmet(&self, requirement: &TlsRequirement) -> Option<String> {
+        match &self.link.tls {
+            None => Some(format!(
+                "{}: the connection is not encrypted",
+                requirement.by
+            )),
+            Some(facts) => facts.unmet(requirement),
+        }
     }
 
     /// What TLS the connection negotiated, if any.

@@ -67,7 +67,7 @@ impl Outbound for RelayOutbound {
     ) -> Result<(String, SmtpReply), String> {
         let route = self.route(via)?;
         let envelope = Envelope {
-            require_tls: message.require_tls,
+            tls: message.tls.to_vec(),
             ..Envelope::for_message(message.sender, message.recipients, message.message)
         };
         route

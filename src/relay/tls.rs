@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::engine::checks::outbound_tls::TlsRequirement;
+
 /// How Postern secures connections to one target: its roots (the system's and `ca_file`),
 /// lowest version, and the name its certificate must carry (the target's host).
 #[derive(Clone)]
@@ -82,7 +84,14 @@ impl ClientTls {
             .await
             .map_err(|e| format!("TLS handshake failed: {}", chain(&e)))?;
         let (_, session) = stream.get_ref();
+        let (sans, cn) = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| certificate_names(cert.as_ref()))
+            .unwrap_or_default();
         let facts = TlsFacts {
+            sans,
+            cn,
             version: match session.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -118,6 +127,92 @@ pub struct TlsFacts {
     pub version: &'static str,
     /// The cipher suite's IANA name (`TLS13_AES_256_GCM_SHA384`).
     pub cipher: String,
+    /// The DNS names of the server certificate's subjectAltName.
+    pub sans: Vec<String>,
+    /// Its subject's common name.
+    pub cn: Option<String>,
+}
+
+impl TlsFacts {
+    /// Why this connection does not meet `requirement`; `None` when it does.
+    pub fn unmet(&self, requirement: &TlsRequirement) -> Option<String> {
+        requirement.unmet(self.version, &self.cipher, &self.sans, self.cn.as_deref())
+    }
+}
+
+/// The DNS names in a certificate's subjectAltName and its subject's common name, read from
+/// its DER. A certificate that does not parse names nothing.
+pub fn certificate_names(der: &[u8]) -> (Vec<String>, Option<String>) {
+    let parse = || -> Option<(Vec<String>, Option<String>)> {
+        let (_, cert, _) = tlv(der)?;
+        let (_, tbs, _) = tlv(cert)?;
+        let mut rest = tbs;
+        let mut fields = Vec::new();
+        while !rest.is_empty() {
+            let (tag, value, next) = tlv(rest)?;
+            fields.push((tag, value));
+            rest = next;
+        }
+        // [0] version is optional; then serial, signature, issuer, validity, subject.
+        let skip = usize::from(fields.first()?.0 == 0xa0);
+        let subject = fields.get(skip + 4)?.1;
+        let mut cn = None;
+        let mut rdns = subject;
+        while !rdns.is_empty() {
+            let (_, set, next) = tlv(rdns)?;
+            let (_, attribute, _) = tlv(set)?;
+            let (_, oid, value) = tlv(attribute)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = tlv(value)?;
+                cn = Some(String::from_utf8_lossy(text).into_owned());
+            }
+            rdns = next;
+        }
+        let mut sans = Vec::new();
+        if let Some((_, extensions)) = fields.iter().find(|(tag, _)| *tag == 0xa3) {
+            let (_, mut list, _) = tlv(extensions)?;
+            while !list.is_empty() {
+                let (_, extension, next) = tlv(list)?;
+                let (_, oid, mut body) = tlv(extension)?;
+                if oid == [0x55, 0x1d, 0x11] {
+                    // An optional `critical` BOOLEAN, then the OCTET STRING.
+                    let (tag, value, after) = tlv(body)?;
+                    let value = if tag == 0x01 { tlv(after)?.1 } else { value };
+                    body = value;
+                    let (_, mut names, _) = tlv(body)?;
+                    while !names.is_empty() {
+                        let (tag, name, next) = tlv(names)?;
+                        if tag == 0x82 {
+                            sans.push(String::from_utf8_lossy(name).into_owned());
+                        }
+                        names = next;
+                    }
+                }
+                list = next;
+            }
+        }
+        Some((sans, cn))
+    };
+    parse().unwrap_or_default()
+}
+
+/// One DER TLV: its tag, its value, and what follows it.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 impl fmt::Display for TlsFacts {
@@ -275,5 +370,26 @@ impl<S: AsyncRead + AsyncWrite + Send + Sync + Unpin> AsyncTokioStream for Repla
             Ok(a) => Ok(*a),
             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_subject_alt_name_and_the_common_name() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["mx.bank.example".into(), "*.bank.example".into()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Bank MX");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (sans, cn) = certificate_names(cert.der());
+        assert_eq!(sans, ["mx.bank.example", "*.bank.example"]);
+        assert_eq!(cn.as_deref(), Some("Bank MX"));
+        assert_eq!(certificate_names(b"\x30\x03\x02"), (Vec::new(), None));
     }
 }

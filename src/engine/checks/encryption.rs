@@ -53,16 +53,6 @@ pub struct EncryptionRule {
     pub via: Vec<String>,
 }
 
-/// A route Postern takes for some recipients of a message behind an MTA (see
-/// [`EncryptionRule::via`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecureRoute<'a> {
-    pub via: &'a [String],
-    /// Only over TLS with a validated certificate (`required`); `preferred` leaves it to the
-    /// targets' `security`.
-    pub require_tls: bool,
-}
-
 /// The ordered rules.
 #[derive(Clone, Debug, Default)]
 pub struct EncryptionRules(pub Vec<EncryptionRule>);
@@ -89,19 +79,15 @@ impl EncryptionRules {
         }
     }
 
-    /// The route Postern delivers `recipient` through itself behind an MTA, if its rule has
-    /// one (`via`) and asks for encryption.
-    pub fn secure_route(&self, sender: &str, recipient: &str) -> Option<SecureRoute<'_>> {
+    /// The relay targets Postern delivers `recipient` through itself behind an MTA, if its
+    /// rule has a route (`via`) and asks for encryption (`required` or `preferred`).
+    pub fn secure_route(&self, sender: &str, recipient: &str) -> Option<&[String]> {
         let rule = self.rule_for(sender, recipient)?;
-        let require_tls = match rule.recipient_encryption {
-            RecipientEncryption::Required => true,
-            RecipientEncryption::Preferred => false,
-            RecipientEncryption::Allowed | RecipientEncryption::None => return None,
-        };
-        (!rule.via.is_empty()).then_some(SecureRoute {
-            via: &rule.via,
-            require_tls,
-        })
+        let wants = matches!(
+            rule.recipient_encryption,
+            RecipientEncryption::Required | RecipientEncryption::Preferred
+        );
+        (wants && !rule.via.is_empty()).then_some(rule.via.as_slice())
     }
 
     /// The refusal for MAIL on a session without TLS: a rule that requires TLS for the whole

@@ -7,6 +7,7 @@ pub mod dos;
 pub mod encryption;
 pub mod exploit_detection;
 pub mod ip_rejection;
+pub mod outbound_tls;
 pub mod profiles;
 pub mod rbl;
 pub mod relay;

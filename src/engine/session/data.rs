@@ -2,6 +2,7 @@
 //! log line.
 
 use super::*;
+use crate::engine::checks::outbound_tls::TlsRequirement;
 use crate::engine::ports::OutboundMessage;
 use crate::engine::verdict::EnvelopeEdits;
 
@@ -259,7 +260,7 @@ impl Session {
                 .map(|r| envelope.recipient(r).to_owned())
                 .collect::<Vec<_>>(),
             message: &message,
-            require_tls: false,
+            tls: &[],
         };
         let (target, reply) = self
             .shared
@@ -288,12 +289,14 @@ impl Session {
         envelope: &mut EnvelopeEdits,
     ) -> Result<bool, String> {
         let rules = &self.policy.encryption_rules;
-        let mut routes: Vec<(crate::engine::checks::encryption::SecureRoute, Vec<String>)> =
-            Vec::new();
+        // Recipients grouped by route and by what their connection must have negotiated.
+        type Route<'a> = (&'a [String], Vec<TlsRequirement>);
+        let mut routes: Vec<(Route, Vec<String>)> = Vec::new();
         for r in &tx.recipients {
-            let Some(route) = rules.secure_route(&tx.sender, r) else {
+            let Some(via) = rules.secure_route(&tx.sender, r) else {
                 continue;
             };
+            let route = (via, self.recipient_tls(r).into_iter().collect());
             match routes.iter_mut().find(|(known, _)| *known == route) {
                 Some((_, recipients)) => recipients.push(r.clone()),
                 None => routes.push((route, vec![r.clone()])),
@@ -304,7 +307,7 @@ impl Session {
         }
         let message = tx.leaving(edits).await?;
         let sender = envelope.sender.as_deref().unwrap_or(&tx.sender);
-        for (route, recipients) in &routes {
+        for ((via, tls), recipients) in &routes {
             let relayed: Vec<String> = recipients
                 .iter()
                 .map(|r| envelope.recipient(r).to_owned())
@@ -313,22 +316,17 @@ impl Session {
                 sender,
                 recipients: &relayed,
                 message: &message,
-                require_tls: route.require_tls,
+                tls,
             };
             let (target, reply) = self
                 .shared
                 .ports
                 .outbound
-                .deliver(route.via, outbound)
+                .deliver(via, outbound)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "{} recipient(s) through {:?}: {e}",
-                        relayed.len(),
-                        route.via
-                    )
-                })?;
-            info!(session = self.id, recipients = relayed.len(), relay_target = %target, %reply, tls_required = route.require_tls, "recipients delivered by Postern (encryption rule route)");
+                .map_err(|e| format!("{} recipient(s) through {via:?}: {e}", relayed.len()))?;
+            let required: Vec<String> = tls.iter().map(ToString::to_string).collect();
+            info!(session = self.id, recipients = relayed.len(), relay_target = %target, %reply, tls_required = %required.join("; "), "recipients delivered by Postern (encryption rule route)");
             for r in recipients {
                 envelope.recipients.retain(|(from, _)| from != r);
                 envelope.removed.push(r.clone());

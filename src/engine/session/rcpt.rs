@@ -1,6 +1,7 @@
 //! RCPT TO: relay restriction, encryption rules and dictionary-attack hiding.
 
 use super::*;
+use crate::engine::checks::outbound_tls::TlsRequirement;
 
 impl Session {
     pub(super) async fn judge_rcpt(&mut self, recipient: &str) -> Verdict {
@@ -52,13 +53,20 @@ impl Session {
         Verdict::Continue
     }
 
-    /// Whether `recipient` may only be relayed over TLS with a validated certificate (its
-    /// encryption rule). For a door that relays.
-    pub fn recipient_needs_tls(&self, recipient: &str) -> bool {
+    /// What the connection that relays `recipient` must have negotiated, if anything: the
+    /// outbound TLS policy covering it (by its domain or the client's connection profile), else
+    /// TLS with a validated certificate when its encryption rule requires it. For a door that
+    /// relays.
+    pub fn recipient_tls(&self, recipient: &str) -> Option<TlsRequirement> {
+        let profile = self.client_profile().map(|p| p.name.as_str());
+        if let Some(policy) = self.policy.outbound_tls.for_recipient(recipient, profile) {
+            return Some(policy);
+        }
         let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
         self.policy
             .encryption_rules
             .recipient_needs_tls(sender, recipient, self.tls.is_some())
+            .then(|| TlsRequirement::encrypted("encryption rule"))
     }
 
     /// Whether this client may send to any domain: by its connection profile's relay control,

@@ -79,7 +79,7 @@ impl Conversation {
                 sender,
                 params: passed,
                 client: self.forwarded_client(),
-                require_tls: false,
+                tls: Vec::new(),
             },
             ..Transaction::default()
         });

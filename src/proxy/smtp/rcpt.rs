@@ -50,15 +50,14 @@ impl Conversation {
         if let Some((target, refusal)) = &tx.upstream_refusal {
             return Err((refusal.clone(), RefusedBy::RelayTarget(target.clone())));
         }
-        let needs_tls = self.session.recipient_needs_tls(recipient);
-        if let Some(upstream) = &tx.upstream
-            && needs_tls
-            && !upstream.is_encrypted()
+        let needs_tls = self.session.recipient_tls(recipient);
+        if let (Some(upstream), Some(requirement)) = (&tx.upstream, &needs_tls)
+            && let Some(why) = upstream.unmet(requirement)
         {
-            // Its encryption rule wants a TLS route; this transaction's target connection is
-            // plain. The client sends it again in a transaction of its own (RFC 5321 4.5.3.1.10),
-            // which is then opened over TLS.
-            info!(client = %self.peer, relay_target = %upstream.target_name(), "recipient requires encryption, the open target connection is not encrypted: deferred to another transaction");
+            // Its encryption rule or TLS policy wants more than this transaction's target
+            // connection has. The client sends it again in a transaction of its own (RFC 5321
+            // 4.5.3.1.10), which is then opened as it needs.
+            info!(client = %self.peer, relay_target = %upstream.target_name(), reason = %why, "recipient needs other TLS than the open target connection has: deferred to another transaction");
             return Err((
                 SmtpReply::from_wire(
                     452,
@@ -72,16 +71,16 @@ impl Conversation {
                 .delivery
                 .get_or_insert_with(|| self.shared.delivery.load_full())
                 .clone();
-            tx.envelope.require_tls = needs_tls;
+            tx.envelope.tls = needs_tls.iter().cloned().collect();
             let opened = delivery.open(&tx.envelope, 0).await;
             if opened.is_err() {
                 // What only this recipient needed does not bind the next one.
-                tx.envelope.require_tls = false;
+                tx.envelope.tls.clear();
             }
             match opened {
                 Ok(upstream) => tx.upstream = Some(upstream),
                 Err(DeliveryError::Refused { reply, .. })
-                    if needs_tls && reply == crate::relay::tls_required() =>
+                    if needs_tls.is_some() && crate::relay::is_tls_refusal(&reply) =>
                 {
                     // Only this recipient needs what no target offers: the next may still
                     // go over a plain connection.
@@ -105,8 +104,12 @@ impl Conversation {
         let relayed = self.session.relayed_address(Place::Recipients, recipient);
         match upstream.rcpt(&relayed).await {
             Ok(_) => {
-                // A failover at the end of the data must keep this recipient on TLS too.
-                tx.envelope.require_tls |= needs_tls;
+                // A failover at the end of the data must meet what this recipient needs too.
+                if let Some(requirement) = needs_tls
+                    && !tx.envelope.tls.contains(&requirement)
+                {
+                    tx.envelope.tls.push(requirement);
+                }
                 self.say(250, "2.1.5 Ok");
                 Ok(())
             }
