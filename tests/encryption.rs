@@ -409,3 +409,18 @@ fn a_target_with_only_cbc_suites_carries_no_recipient_that_needs_tls() {
     env.wait_for_log("TLS handshake failed");
     assert!(env.sinks[0].delivered().is_empty());
 }
+
+/// `preferred` and `none` leave it to the target's `security`: a plain target carries them.
+#[test]
+fn preferred_and_none_go_as_the_target_is_configured() {
+    let policy = "[[encryption_rule]]\nrecipient_domain = \"pref.test\"\n\
+                  recipient_encryption = \"preferred\"\n\
+                  [[encryption_rule]]\nrecipient_domain = \"none.test\"\n\
+                  recipient_encryption = \"none\"\n";
+    let env = ProxyEnv::start(&front(policy, PLAIN), &[&[]]);
+    for to in ["x@pref.test", "x@none.test"] {
+        let reply = env.smtp().send("a@sender.example", to, MESSAGE);
+        assert!(reply.starts_with("250"), "{to}: {reply}");
+    }
+    assert_eq!(env.sinks[0].wait_delivered(2).len(), 2);
+}
