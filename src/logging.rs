@@ -10,8 +10,8 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber, debug, info, warn};
-use tracing_subscriber::filter::Targets;
+use tracing::{Event, Metadata, Subscriber, debug, info, warn};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -70,8 +70,7 @@ pub fn init(settings: &LogSettings) {
             .boxed(),
         LogFormat::Json => layer.json().flatten_event(true).with_filter(env).boxed(),
     };
-    let session_errors = MilterSessionErrors
-        .with_filter(Targets::new().with_target("indymilter::session", Level::TRACE));
+    let session_errors = MilterSessionErrors::layer();
     tracing_subscriber::registry()
         .with(fmt)
         .with(session_errors)
@@ -80,6 +79,28 @@ pub fn init(settings: &LogSettings) {
 
 /// Re-logs indymilter's "session ended on an error" trace events as warnings.
 pub struct MilterSessionErrors;
+
+impl MilterSessionErrors {
+    /// The layer with its filter: only indymilter's session events that carry nothing but a
+    /// message, which is how it reports the end of a session. The events it writes for every
+    /// command, macro packet and state change carry fields beside the message and are left
+    /// out by callsite (tracing asks once per callsite and remembers), so they are never built,
+    /// instead of being built and formatted for every milter command only to be dropped here.
+    pub fn layer<S>() -> impl Layer<S>
+    where
+        S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        Self.with_filter(filter_fn(session_end_event))
+    }
+}
+
+/// An event of indymilter's session module with nothing but a message (see
+/// [`MilterSessionErrors::layer`]).
+fn session_end_event(meta: &Metadata<'_>) -> bool {
+    meta.is_event()
+        && meta.target().starts_with("indymilter::session")
+        && meta.fields().iter().all(|f| f.name() == "message")
+}
 
 impl<S: Subscriber> Layer<S> for MilterSessionErrors {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
@@ -338,9 +359,44 @@ impl Events for LogEvents {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::Throttle;
+    use tracing::{Subscriber, trace};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::{MessageField, Throttle, session_end_event};
+
+    /// Keeps the message of every event it sees.
+    struct Messages(Arc<Mutex<Vec<String>>>);
+
+    impl<S: Subscriber> Layer<S> for Messages {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut message = MessageField(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+    }
+
+    #[test]
+    fn only_the_session_end_events_reach_the_session_errors_layer() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(Messages(seen.clone()).with_filter(filter_fn(session_end_event)));
+        tracing::subscriber::with_default(subscriber, || {
+            let e = "invalid data";
+            trace!(target: "indymilter::session", cmd = ?e, "got next command");
+            trace!(target: "indymilter::session", state = ?e, "transitioned to next state");
+            trace!(target: "indymilter::session", "error in session while processing commands: {e}");
+            trace!(target: "indymilter::connection", "error in session while processing commands: {e}");
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["error in session while processing commands: invalid data"]
+        );
+    }
 
     #[test]
     fn a_throttled_line_stands_for_every_occurrence_held_back() {

@@ -63,7 +63,9 @@ impl MilterSettings {
 }
 
 /// Macros Postern asks the MTA for, by stage. Postfix sends only what is asked for.
-const MACROS: &[(MacroStage, &str)] = &[
+/// Public, with [`ACTIONS`] and [`requested_opts`], so that the no-op reference milter of the
+/// benchmark (examples/noop-milter.rs) negotiates exactly what Postern does.
+pub const MACROS: &[(MacroStage, &str)] = &[
     (
         MacroStage::Connect,
         "{client_addr} {client_name} {daemon_name} j",
@@ -87,10 +89,21 @@ const FIRST_REPLY_STAGE: Stage = Stage::Helo;
 /// each one saves a round trip per message. Nothing is lost: the engine never refuses at
 /// connect in this door (see [`FIRST_REPLY_STAGE`]), and a refusal reached in the header or
 /// body stays pending in the engine and is given at end of message.
-const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+pub const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
     .union(ProtoOpts::NOREPLY_HEADER)
     .union(ProtoOpts::NOREPLY_EOH)
     .union(ProtoOpts::NOREPLY_BODY);
+
+/// The message modifications Postern asks the MTA to allow (those the engine's edits use).
+pub const ACTIONS: Actions = Actions::ADD_HEADER
+    .union(Actions::CHANGE_HEADER)
+    .union(Actions::REPLACE_BODY);
+
+/// The protocol options Postern asks for out of those the MTA `offered`: the no-reply stages
+/// of [`NOREPLY`], header values with their leading space, and the recipients the MTA refused.
+pub fn requested_opts(offered: ProtoOpts) -> ProtoOpts {
+    offered & (NOREPLY | ProtoOpts::LEADING_SPACE | ProtoOpts::REJECTED_RCPT)
+}
 
 /// Counts messages in progress, so that shutdown can wait for them.
 #[derive(Debug, Default)]
@@ -290,7 +303,7 @@ async fn negotiate(
     let granted = cx.requested_actions;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
     let noreply = opts & NOREPLY;
-    cx.requested_opts |= noreply | (opts & (ProtoOpts::LEADING_SPACE | ProtoOpts::REJECTED_RCPT));
+    cx.requested_opts |= requested_opts(opts);
     for (stage, names) in MACROS {
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
