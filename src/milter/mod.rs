@@ -94,11 +94,6 @@ pub const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
     .union(ProtoOpts::NOREPLY_EOH)
     .union(ProtoOpts::NOREPLY_BODY);
 
-/// The message modifications Postern asks the MTA to allow (those the engine's edits use).
-pub const ACTIONS: Actions = Actions::ADD_HEADER
-    .union(Actions::CHANGE_HEADER)
-    .union(Actions::REPLACE_BODY);
-
 /// The protocol options Postern asks for out of those the MTA `offered`: the no-reply stages
 /// of [`NOREPLY`], header values with their leading space, and the recipients the MTA refused.
 pub fn requested_opts(offered: ProtoOpts) -> ProtoOpts {
@@ -214,8 +209,8 @@ pub async fn run(
 }
 
 /// The message changes Postern asks the MTA for: header fields and the body (content rules,
-/// DKIM), the envelope sender and recipients (address transformation).
-const ACTIONS: Actions = Actions::ADD_HEADER
+/// DKIM), the envelope sender and recipients (address transformation, encryption routes).
+pub const ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::CHANGE_HEADER)
     .union(Actions::REPLACE_BODY)
     .union(Actions::CHANGE_SENDER)
