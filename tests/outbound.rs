@@ -253,3 +253,42 @@ fn check_config_refuses_a_replacement_that_makes_no_address() {
         "{text}"
     );
 }
+
+/// check-config prints the record to publish for each signer, the same as openssl makes of the
+/// key (integration/dkim publishes what openssl makes).
+#[test]
+fn check_config_prints_the_record_to_publish() {
+    let keys = DkimKeys::start();
+    let published = std::fs::read_to_string(keys.dir.path().join("dnsmasq.conf")).unwrap();
+    let record = |name: &str| -> String {
+        let line = published
+            .lines()
+            .find(|l| l.starts_with(&format!("txt-record={name}._domainkey.signer.test,")))
+            .unwrap();
+        let pieces = line.split_once(',').unwrap().1;
+        pieces.split("\",\"").collect::<String>().replace('"', "")
+    };
+    let file = keys.dir.path().join("postern.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            signer(&keys, "rsa", "all"),
+            signer(&keys, "ed25519", "all")
+        ),
+    )
+    .unwrap();
+    let out = support::proxy::postern()
+        .args(["check-config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for kind in ["rsa", "ed25519"] {
+        let line = format!(
+            "publish as TXT at {kind}._domainkey.signer.test: {}",
+            record(kind)
+        );
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+}

@@ -49,8 +49,14 @@ impl SignWhen {
     }
 }
 
-/// A private key: RSA (2048 bits or more, rsa-sha256) or Ed25519 (ed25519-sha256).
-pub enum SigningKey {
+/// A private key: RSA (2048 bits or more, rsa-sha256) or Ed25519 (ed25519-sha256), and the
+/// DNS record that publishes its public half.
+pub struct SigningKey {
+    kind: KeyKind,
+    record: String,
+}
+
+enum KeyKind {
     Rsa(Signer<RsaKey<Sha256>, Done>),
     Ed25519(Signer<Ed25519Key, Done>),
 }
@@ -67,12 +73,12 @@ impl SigningKey {
         let rsa = RsaKey::<Sha256>::from_key_der(der.clone_key());
         let key = match (rsa, &der) {
             (Ok(key), _) => {
-                return Ok(Self::Rsa(build(
-                    Signer::from_key(key),
-                    domain,
-                    selector,
-                    headers,
-                )));
+                let record = record("rsa", &rsa_public_key_info(&key.public_key()));
+                let signer = build(Signer::from_key(key), domain, selector, headers);
+                return Ok(Self {
+                    kind: KeyKind::Rsa(signer),
+                    record,
+                });
             }
             (Err(rsa_error), rustls_pki_types::PrivateKeyDer::Pkcs8(pkcs8)) => {
                 Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
@@ -80,20 +86,67 @@ impl SigningKey {
             }
             (Err(e), _) => return Err(e.to_string()),
         };
-        Ok(Self::Ed25519(build(
-            Signer::from_key(key),
-            domain,
-            selector,
-            headers,
-        )))
+        // RFC 8463: an Ed25519 record holds the bare 32-byte key.
+        let record = record("ed25519", &key.public_key());
+        Ok(Self {
+            kind: KeyKind::Ed25519(build(Signer::from_key(key), domain, selector, headers)),
+            record,
+        })
     }
 
     pub fn algorithm(&self) -> &'static str {
-        match self {
-            Self::Rsa(_) => "rsa-sha256",
-            Self::Ed25519(_) => "ed25519-sha256",
+        match self.kind {
+            KeyKind::Rsa(_) => "rsa-sha256",
+            KeyKind::Ed25519(_) => "ed25519-sha256",
         }
     }
+
+    /// The TXT record to publish at `<selector>._domainkey.<domain>`.
+    pub fn record(&self) -> &str {
+        &self.record
+    }
+}
+
+fn record(kind: &str, public_key: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "v=DKIM1; k={kind}; p={}",
+        base64::engine::general_purpose::STANDARD.encode(public_key)
+    )
+}
+
+/// An RSA public key (PKCS#1 `RSAPublicKey`) as the SubjectPublicKeyInfo DKIM records carry,
+/// as `openssl pkey -pubout` writes it.
+fn rsa_public_key_info(pkcs1: &[u8]) -> Vec<u8> {
+    fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = value.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&b| b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(value);
+        out
+    }
+    // rsaEncryption (1.2.840.113549.1.1.1) with NULL parameters.
+    let algorithm = tlv(
+        0x30,
+        &[
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+        ],
+    );
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(pkcs1);
+    let mut info = algorithm;
+    info.extend(tlv(0x03, &bits));
+    tlv(0x30, &info)
 }
 
 fn build<T: mail_auth::common::crypto::SigningKey>(
@@ -137,9 +190,9 @@ impl DkimSigner {
     /// The `DKIM-Signature` field's value over `message` (header and body, as it leaves), on
     /// one line.
     pub fn sign(&self, message: &[u8]) -> Result<String, String> {
-        let signature = match &self.key {
-            SigningKey::Rsa(s) => s.sign(message),
-            SigningKey::Ed25519(s) => s.sign(message),
+        let signature = match &self.key.kind {
+            KeyKind::Rsa(s) => s.sign(message),
+            KeyKind::Ed25519(s) => s.sign(message),
         }
         .map_err(|e| e.to_string())?;
         let field = signature.to_header();

@@ -318,6 +318,13 @@ impl fmt::Display for Policy {
                 s.sign.name(),
                 s.key_file
             )?;
+            writeln!(
+                f,
+                "  publish as TXT at {}._domainkey.{}: {}",
+                s.selector,
+                s.domain,
+                s.key.record()
+            )?;
         }
         match &self.trace_header {
             Some(t) => write!(f, "trace header:            {}", t.name),
