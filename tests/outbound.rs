@@ -292,3 +292,26 @@ fn check_config_prints_the_record_to_publish() {
         assert!(text.contains(&line), "{line}\n{text}");
     }
 }
+
+/// A body line longer than SMTP allows is broken on the way; the signature is made over the
+/// broken lines, so it still verifies where the message arrives.
+#[test]
+fn a_long_body_line_is_broken_before_signing() {
+    let keys = DkimKeys::start();
+    let env = proxy(&signer(&keys, "ed25519", "all"));
+    let long = "x".repeat(2500);
+    let message = format!(
+        "From: carl@signer.test\r\nTo: dora@else.example\r\nSubject: long\r\n\r\n{long}\r\nend\r\n"
+    );
+    let reply = env
+        .smtp()
+        .send("carl@signer.test", "dora@else.example", message.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = raw(&env.sinks[0].dir.join("mail"), 1).remove(0);
+    assert!(
+        got.lines().all(|l| l.len() <= 998),
+        "a line too long arrived"
+    );
+    let (ok, words) = keys.verify(got.as_bytes());
+    assert!(ok, "{words}\n{got}");
+}

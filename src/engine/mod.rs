@@ -8,6 +8,7 @@ pub mod addressing;
 pub mod checks;
 pub mod dkim;
 pub mod events;
+pub mod lines;
 pub mod message;
 pub mod policy;
 pub mod ports;

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::lines::break_long_lines;
+use crate::engine::lines::break_long_lines;
 
 /// About this many bytes are read and written at a time (more when one line is longer).
 const PIECE: usize = 64 * 1024;

@@ -6,7 +6,6 @@
 //! delivers here too, for `divert` rules, through the targets a rule names.
 
 mod body;
-mod lines;
 mod outbound;
 mod pool;
 mod target;

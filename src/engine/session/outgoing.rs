@@ -4,6 +4,7 @@
 use super::*;
 use crate::engine::addressing::{Direction, Place};
 use crate::engine::dkim::SignWhen;
+use crate::engine::lines::break_long_lines;
 use crate::engine::verdict::EnvelopeEdits;
 
 impl Session {
@@ -114,7 +115,7 @@ impl Session {
         if tx.message.is_none() {
             return Ok(());
         }
-        let message = tx.leaving(edits).await?;
+        let mut message = tx.leaving(edits).await?;
         let header_end = memchr::memmem::find(&message, b"\r\n\r\n")
             .or_else(|| memchr::memmem::find(&message, b"\n\n"))
             .unwrap_or(message.len());
@@ -127,6 +128,19 @@ impl Session {
         };
         if signer.sign == SignWhen::Transformed && !transformed {
             return Ok(());
+        }
+        // A body line longer than SMTP allows is broken on the way (by the proxy's relay
+        // targets, by the MTA): break it now, so that the signature covers the lines that leave.
+        let (broken, breaks) = break_long_lines(&message, 1000);
+        if breaks > 0 {
+            let broken = broken.into_owned();
+            let body_start = memchr::memmem::find(&broken, b"\r\n\r\n")
+                .map(|i| i + 4)
+                .unwrap_or(broken.len());
+            if broken[..body_start] == message[..body_start] {
+                edits.body = Some(broken[body_start..].to_vec());
+                message = broken;
+            }
         }
         let value = signer.sign(&message)?;
         info!(session = self.id, domain = %signer.domain, selector = %signer.selector, "message signed (DKIM)");

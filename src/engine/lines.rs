@@ -1,6 +1,7 @@
 //! A relay target's line limit ("Line Limit", default 1000 octets with CRLF, as RFC
 //! 5321 §4.5.3.1.6 allows): longer lines are broken before they are sent, as Postfix's
-//! `smtp_line_length_limit` does, by inserting CRLF and a space. In a header that is a valid
+//! `smtp_line_length_limit` does, by inserting CRLF and a space. DKIM signing breaks a body's
+//! long lines the same way first, so that the signature covers what the next hop gets. In a header that is a valid
 //! fold; in MIME-encoded bodies lines are short anyway, so little is damaged where it matters.
 
 use std::borrow::Cow;
