@@ -206,13 +206,15 @@ impl ConfigFile {
         let rbl = rbl::compile(self.rbl, help_url)?;
         let reputation = reputation::compile(self.reputation, help_url);
         let spf = spf::compile(self.spf, help_url);
-        // The resolver is set up only for a check that looks something up.
-        let needs_dns = rbl.is_some()
-            || spf.is_some()
-            || reputation.as_ref().is_some_and(|r| !r.zones.is_empty());
-        let dns = dns::compile(self.dns, needs_dns);
         let relay = connection::relay(self.relay)?;
         let profiles = connection::profiles(self.connection_profiles, &relay.restriction)?;
+        // The resolver is set up only for a check that looks something up, or for profiles
+        // naming hosts, whose names the proxy verifies itself.
+        let needs_dns = rbl.is_some()
+            || spf.is_some()
+            || reputation.as_ref().is_some_and(|r| !r.zones.is_empty())
+            || profiles.names_hosts();
+        let dns = dns::compile(self.dns, needs_dns);
         let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
         let proxy = proxy::compile(self.proxy, config_dir)?;
         let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;

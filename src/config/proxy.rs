@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::{Invalid, relative};
 use crate::proxy::auth::Users;
 use crate::proxy::data::BareNewline;
-use crate::proxy::tls::{ClientCertificates, TlsSettings, TlsSupport, TlsVersion};
+use crate::proxy::tls::{ClientCertificates, TlsSettings, TlsSupport, TlsVersion, ciphers};
 use crate::proxy::{ClientTimeouts, ProxySettings};
 
 #[derive(Debug, Deserialize)]
@@ -23,11 +23,14 @@ pub(super) struct ProxySection {
     submission_listen: Vec<Spanned<SocketAddr>>,
     tls_support: TlsSupport,
     certificate_file: Option<Spanned<PathBuf>>,
+    chain_file: Option<Spanned<PathBuf>>,
     key_file: Option<Spanned<PathBuf>>,
+    key_passphrase_file: Option<Spanned<PathBuf>>,
     min_tls_version: TlsVersion,
-    cipher_suites: Vec<String>,
+    /// Unset: rustls's defaults.
+    cipher_suites: Option<Spanned<CipherList>>,
     client_certificates: ClientCertificates,
-    ca_certs: Option<PathBuf>,
+    ca_certs: Option<Spanned<PathBuf>>,
     /// Unset: [`BANNER`].
     banner: Option<Spanned<String>>,
     max_inbound_connections: NonZeroUsize,
@@ -57,6 +60,17 @@ pub(super) struct ProxySection {
     max_concurrent_password_checks: usize,
 }
 
+/// `cipher_suites`: a list of names, or one string of names separated as OpenSSL's are.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of cipher suite names, or one string of them separated by ':'"
+)]
+enum CipherList {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// The greeting's text after the host name when `banner` is not set.
 const BANNER: &str = "ESMTP Postern";
 
@@ -73,9 +87,11 @@ impl Default for ProxySection {
             submission_listen: Vec::new(),
             tls_support: TlsSupport::Enabled,
             certificate_file: None,
+            chain_file: None,
             key_file: None,
+            key_passphrase_file: None,
             min_tls_version: TlsVersion::Tls12,
-            cipher_suites: Vec::new(),
+            cipher_suites: None,
             client_certificates: ClientCertificates::None,
             ca_certs: None,
             banner: None,
@@ -162,22 +178,71 @@ pub(super) fn compile(
             None => None,
         },
     };
+    // Each alone is meaningless: refused at its own line.
+    if let (Some(chain), None) = (&p.chain_file, &p.certificate_file) {
+        return Err(err(
+            chain.span(),
+            "chain_file",
+            "chain_file holds the intermediate certificates sent after certificate_file: set certificate_file and key_file too".into(),
+        ));
+    }
+    if let (Some(phrase), None) = (&p.key_passphrase_file, &p.key_file) {
+        return Err(err(
+            phrase.span(),
+            "key_passphrase_file",
+            "key_passphrase_file holds the pass phrase of key_file: set certificate_file and key_file too".into(),
+        ));
+    }
+    let (cipher_suites, cipher_span) = match p.cipher_suites {
+        Some(list) => {
+            let span = list.span();
+            let entries = match list.into_inner() {
+                CipherList::One(s) => vec![s],
+                CipherList::Many(v) => v,
+            };
+            let suites =
+                ciphers::parse(&entries).map_err(|m| err(span.clone(), "cipher_suites", m))?;
+            (suites, Some(span))
+        }
+        None => (Vec::new(), None),
+    };
+    let path = |f: Option<Spanned<PathBuf>>| f.map(|f| relative(f.into_inner(), config_dir));
+    let spans = [
+        (
+            "certificate_file",
+            p.certificate_file.as_ref().map(Spanned::span),
+        ),
+        ("chain_file", p.chain_file.as_ref().map(Spanned::span)),
+        ("key_file", p.key_file.as_ref().map(Spanned::span)),
+        (
+            "key_passphrase_file",
+            p.key_passphrase_file.as_ref().map(Spanned::span),
+        ),
+        ("ca_certs", p.ca_certs.as_ref().map(Spanned::span)),
+        ("cipher_suites", cipher_span),
+    ];
     let tls = TlsSettings {
         support: p.tls_support,
-        certificate_file: p
-            .certificate_file
-            .map(|f| relative(f.into_inner(), config_dir)),
-        key_file: p.key_file.map(|f| relative(f.into_inner(), config_dir)),
+        certificate_file: path(p.certificate_file),
+        chain_file: path(p.chain_file),
+        key_file: path(p.key_file),
+        key_passphrase_file: path(p.key_passphrase_file),
         min_version: p.min_tls_version,
-        cipher_suites: p.cipher_suites,
+        cipher_suites,
         client_certificates: p.client_certificates,
-        ca_certs: p.ca_certs.map(|f| relative(f, config_dir)),
+        ca_certs: path(p.ca_certs),
     };
-    // Certificates are read now so that check-config and a reload report them. Without
-    // them there is nothing to read: the acceptor is `None`.
-    if let Some(span) = certificate_span {
-        tls.acceptor()
-            .map_err(|m| err(span, "certificate_file", m))?;
+    // Certificates are read now so that check-config and a reload report them, at the line
+    // of the key at fault. Without them there is nothing to read: the acceptor is `None`.
+    if let Some(certificate_span) = certificate_span {
+        tls.build().map_err(|e| {
+            let span = spans
+                .iter()
+                .find(|(key, _)| *key == e.key)
+                .and_then(|(_, span)| span.clone())
+                .unwrap_or(certificate_span);
+            err(span, e.key, e.message)
+        })?;
     }
     let stress_threshold = match p.stress_threshold {
         Some(t) if *t.get_ref() > 100 => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
@@ -88,6 +88,11 @@ impl Dns {
         opts.cache_size = settings.cache_size;
         // Names are absolute (DNSBL zones, SPF domains): never append a search domain.
         opts.ndots = 0;
+        // Nameservers given in [dns] answer everything, reverse lookups of client addresses
+        // too: /etc/hosts (which names 127.0.0.1 "localhost") is not asked before them.
+        if !settings.nameservers.is_empty() {
+            opts.use_hosts_file = ResolveHosts::Never;
+        }
         let resolver = builder.build().map_err(|e| SetupError(e.to_string()))?;
         Ok(Self { resolver })
     }

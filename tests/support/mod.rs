@@ -16,6 +16,7 @@ pub const POSTERN: &str = env!("CARGO_BIN_EXE_postern");
 
 pub mod dkim;
 pub mod faulty;
+pub mod hosts_dns;
 pub mod proxy;
 pub mod redis;
 

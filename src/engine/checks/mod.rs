@@ -2,6 +2,7 @@
 //! answers with a verdict or nothing; the session decides when to run it and how to log it.
 
 pub mod auth_results;
+pub mod client_name;
 pub mod dnsbl;
 pub mod dos;
 pub mod encryption;

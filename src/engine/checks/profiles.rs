@@ -86,6 +86,16 @@ impl Profiles {
         })
     }
 
+    /// Whether some profile names a client by host name: only then does a door without an
+    /// MTA's verified name (the proxy) look the client's name up.
+    pub fn names_hosts(&self) -> bool {
+        self.0.iter().any(|p| {
+            p.client_hosts
+                .iter()
+                .any(|h| matches!(h, ClientHost::Name(_)))
+        })
+    }
+
     /// The profile chosen by the sender's domain (for inbound TLS only).
     pub fn for_sender(&self, sender: &str) -> Option<usize> {
         self.0
@@ -142,6 +152,8 @@ mod tests {
         assert_eq!(p.for_client(ip("198.51.100.1"), None), None);
         assert_eq!(p.for_sender("a@TLS.example"), Some(2));
         assert_eq!(p.for_sender("a@other.example"), None);
+        assert!(p.names_hosts());
+        assert!(!Profiles(p.0[1..].to_vec()).names_hosts());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! judged by the connection-stage checks, in order; a refusal is held until the door can show it.
 
 use super::*;
+use crate::engine::checks::client_name;
 use crate::engine::checks::dos::RATE_WINDOW;
 use crate::engine::ports::{Counter, StoreError};
 
@@ -40,6 +41,26 @@ impl Session {
             }
             None => Verdict::Continue,
         }
+    }
+
+    /// The client's host name by forward-confirmed reverse DNS, for a door that has no MTA to
+    /// give it a verified one (the proxy). Looked up only when some connection profile names
+    /// a host: otherwise a client costs no DNS lookup for its name.
+    pub async fn verified_client_name(&self, ip: IpAddr) -> Option<String> {
+        if !self.policy.profiles.names_hosts() {
+            return None;
+        }
+        let started = Instant::now();
+        let found = client_name::forward_confirmed(&*self.shared.ports.resolver, ip).await;
+        self.emit(&Event::Checked {
+            session: self.id,
+            check: CheckId::ConnectionProfile,
+            client: Some(ip),
+            verdict: None,
+            detail: found.detail,
+            elapsed: started.elapsed(),
+        });
+        found.name
     }
 
     /// DoS protection: counts this connection against its client's limits, open connections

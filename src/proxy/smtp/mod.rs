@@ -145,9 +145,13 @@ impl Conversation {
             );
             return;
         }
+        // No MTA in front tells the proxy the client's verified name: it looks it up itself
+        // when a connection profile needs one.
+        let addr = self.peer.ip();
+        let name = self.session.verified_client_name(addr).await;
         let client = ClientInfo {
-            addr: Some(self.peer.ip()),
-            name: None,
+            addr: Some(addr),
+            name,
         };
         match Box::pin(self.session.connect(client)).await {
             Verdict::Continue | Verdict::Discard => {}
