@@ -31,12 +31,7 @@ fn s_client(port: u16, ca: &str, args: &[&str]) -> (bool, String) {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    support::outcome(&out)
 }
 
 fn swaks_args<'a>(ca: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -238,12 +233,7 @@ fn check_config(dir: &Path, proxy: &str) -> (bool, String) {
         .args(["check-config", &file.display().to_string()])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    support::outcome(&out)
 }
 
 #[test]

@@ -154,7 +154,7 @@ impl TargetError {
 }
 
 /// An error with its causes, `a: b: c`, so that a TLS name mismatch says so.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

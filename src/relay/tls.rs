@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::target::error_chain;
 use crate::engine::checks::outbound_tls::TlsRequirement;
 
 /// How Postern secures connections to one target: its roots (the system's and `ca_file`),
@@ -82,7 +83,7 @@ impl ClientTls {
         let stream = TlsConnector::from(self.config.clone())
             .connect(self.name.clone(), tcp)
             .await
-            .map_err(|e| format!("TLS handshake failed: {}", chain(&e)))?;
+            .map_err(|e| format!("TLS handshake failed: {}", error_chain(&e)))?;
         let (_, session) = stream.get_ref();
         let (sans, cn) = session
             .peer_certificates()
@@ -104,20 +105,6 @@ impl ClientTls {
         };
         Ok((stream, facts))
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// What one connection negotiated.

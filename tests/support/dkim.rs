@@ -50,12 +50,7 @@ impl DkimKeys {
             ])
             .output()
             .unwrap();
-        let words = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), words)
+        super::outcome(&out)
     }
 }
 

@@ -26,6 +26,16 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Whether a finished command succeeded, and all it printed (stdout, then stderr).
+pub fn outcome(out: &Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Runs an integration script, panicking with its output when it fails.
 pub fn run_script(name: &str, args: &[&str]) {
     let out = Command::new(script(name))

@@ -250,12 +250,7 @@ impl ProxyEnv {
         all.extend_from_slice(args);
         // A later --server wins in swaks.
         let out = Command::new("swaks").args(&all).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        super::outcome(&out)
     }
 }
 
