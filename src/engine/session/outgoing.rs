@@ -112,6 +112,10 @@ impl Session {
         if signers.is_empty() || self.direction() != Direction::Outbound {
             return Ok(());
         }
+        // An untouched message that no signer would sign is not read back at all.
+        if !transformed && signers.0.iter().all(|s| s.sign == SignWhen::Transformed) {
+            return Ok(());
+        }
         if tx.message.is_none() {
             return Ok(());
         }
