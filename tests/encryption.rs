@@ -229,7 +229,7 @@ fn behind_postfix_required_recipients_go_through_postern_over_tls() {
     let secure = String::from_utf8(target.sinks[0].wait_delivered(1).remove(0)).unwrap();
     assert!(secure.contains("Subject: two"), "{secure}");
     target.wait_for_log("TLS established");
-    env.wait_for_log("recipients delivered by Postern (encryption rule route)");
+    env.wait_for_log("ruleset=encryption_rule rule=via relay_target=secure");
 
     // Only a secure recipient: Postern delivers it and Postfix drops its copy.
     let reply = env

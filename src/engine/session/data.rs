@@ -325,8 +325,15 @@ impl Session {
                 .deliver(via, outbound)
                 .await
                 .map_err(|e| format!("{} recipient(s) through {via:?}: {e}", relayed.len()))?;
-            let required: Vec<String> = tls.iter().map(ToString::to_string).collect();
-            info!(session = self.id, recipients = relayed.len(), relay_target = %target, %reply, tls_required = %required.join("; "), "recipients delivered by Postern (encryption rule route)");
+            // Logged, counted and tracked as a divert by the encryption rule's route.
+            self.emit(&Event::Diverted {
+                session: self.id,
+                queue_id: tx.queue_id.as_deref().unwrap_or(""),
+                ruleset: "encryption_rule",
+                rule: "via",
+                relay_target: &target,
+                reply: &reply,
+            });
             for r in recipients {
                 envelope.recipients.retain(|(from, _)| from != r);
                 envelope.removed.push(r.clone());
