@@ -67,6 +67,20 @@ impl Replacements {
         })
     }
 
+    /// Moves `ranges` of the text (in order, none overlapping a span) to where they are once
+    /// the replacements are written.
+    pub fn shift(&self, ranges: &mut [Range<usize>]) {
+        let mut pieces = self.pieces().peekable();
+        let mut delta = 0isize;
+        for range in ranges {
+            while let Some((span, piece)) = pieces.next_if(|(span, _)| span.start < range.start) {
+                delta += piece.len() as isize - span.len() as isize;
+            }
+            *range =
+                range.start.saturating_add_signed(delta)..range.end.saturating_add_signed(delta);
+        }
+    }
+
     /// Writes `text` with the replacements into `out` (cleared first).
     pub fn write_into(&self, text: &str, out: &mut String) {
         out.clear();
@@ -130,6 +144,25 @@ mod tests {
             "12",
             "shorter than keep_last: nothing hidden"
         );
+    }
+
+    /// Ranges between the spans still hold the same text once the spans are replaced, with
+    /// shorter, longer and equal replacements.
+    #[test]
+    fn shifted_ranges_hold_the_same_text() {
+        let text = "<b>4111</b> and <i>123</i> then <p>55</p>";
+        let spans = vec![3..7, 19..22, 35..37];
+        let markup = vec![0..3, 7..11, 16..19, 22..26, 32..35, 37..41];
+        for new in ["", "#", "###", "a longer text"] {
+            let found = Replacements::new(spans.clone(), |_, out| out.push_str(new));
+            let mut out = String::new();
+            found.write_into(text, &mut out);
+            let mut moved = markup.clone();
+            found.shift(&mut moved);
+            let before: Vec<&str> = markup.iter().map(|r| &text[r.clone()]).collect();
+            let after: Vec<&str> = moved.iter().map(|r| &out[r.clone()]).collect();
+            assert_eq!(before, after, "replaced with {new:?}: {out}");
+        }
     }
 
     /// Writing into the text's own buffer gives what writing a new one gives, and is refused

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::html::html_markup;
 use super::{Diversion, Hit, Walker};
 use crate::engine::rules::ruleset::{Action, Finder, Rule, Target};
 
@@ -40,6 +39,7 @@ impl Walker<'_> {
         // whole chain of rules.
         let mut spare = String::new();
         let mut changed = false;
+        let mut markup: Cow<'_, [Range<usize>]> = Cow::Borrowed(skip);
         if self.time_is_up() {
             return None;
         }
@@ -75,16 +75,18 @@ impl Walker<'_> {
                 }
                 Action::StripAttachment => {}
                 Action::Transform(_) => {
-                    // Markup positions hold only while the text is the original.
-                    let skip = if changed && !skip.is_empty() {
-                        html_markup(&current)
-                    } else {
-                        skip.to_vec()
-                    };
-                    if let Some(found) = rule.replacements(&current, &skip) {
+                    if let Some(found) = rule.replacements(&current, &markup) {
                         self.rewrite
                             .hits
                             .push(Hit::of(&ruleset.name, rule, target, found.len()));
+                        // The markup moves with the text before it (no span touches it).
+                        if let Cow::Owned(markup) = &mut markup {
+                            found.shift(markup);
+                        } else if !markup.is_empty() {
+                            let mut moved = markup.to_vec();
+                            found.shift(&mut moved);
+                            markup = Cow::Owned(moved);
+                        }
                         let in_place = match &mut current {
                             Cow::Owned(text) => found.apply_in_place(text),
                             Cow::Borrowed(_) => false,
