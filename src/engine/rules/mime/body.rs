@@ -10,6 +10,7 @@ use super::charset::{decode_text, encode_text, is_utf16};
 use super::splice::eol_of;
 use super::transfer_encoding::{
     base64_lines, decode_base64, decode_quoted_printable, quoted_printable,
+    quoted_printable_changed_lines,
 };
 
 /// A part body decoded to text, with what it takes to write it back the same way. The text
@@ -51,6 +52,14 @@ pub(super) fn decode_body<'a>(
     };
     let (text, charset) = match bytes {
         Cow::Borrowed(bytes) => decode_text(bytes, declared),
+        // UTF-8 is checked once, as the text is made (not once to read it, once to keep it).
+        Cow::Owned(bytes) if declared == encoding_rs::UTF_8 => match String::from_utf8(bytes) {
+            Ok(text) => (Cow::Owned(text), declared),
+            Err(e) => {
+                let (text, charset) = decode_text(e.as_bytes(), declared);
+                (Cow::Owned(text.into_owned()), charset)
+            }
+        },
         Cow::Owned(bytes) => {
             let (text, charset) = decode_text(&bytes, declared);
             let text = match text {
@@ -71,7 +80,10 @@ pub(super) fn decode_body<'a>(
     })
 }
 
+/// `text`, the new text of a part whose body was `original` and decoded to `decoded`, in the
+/// part's charset and transfer encoding.
 pub(super) fn encode_body(
+    original: &[u8],
     decoded: &DecodedText<'_>,
     text: String,
     encoding: Encoding,
@@ -81,9 +93,18 @@ pub(super) fn encode_body(
         part: index,
         charset: decoded.charset.name().to_owned(),
     })?;
+    // In UTF-8 the decoded text is the decoded bytes: lines no rule changed keep their
+    // original encoding.
+    let unchanged_lines = || {
+        (decoded.charset == encoding_rs::UTF_8).then(|| {
+            quoted_printable_changed_lines(original, decoded.text.as_bytes(), &bytes, decoded.eol)
+        })?
+    };
     let mut out = match encoding {
         Encoding::None => bytes,
-        Encoding::QuotedPrintable => quoted_printable(&bytes, decoded.eol),
+        Encoding::QuotedPrintable => {
+            unchanged_lines().unwrap_or_else(|| quoted_printable(&bytes, decoded.eol))
+        }
         Encoding::Base64 => base64_lines(&bytes, decoded.eol),
     };
     let ends = out.ends_with(b"\n");

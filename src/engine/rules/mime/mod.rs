@@ -289,7 +289,8 @@ impl Walker<'_> {
                 Vec::new()
             };
             if let Some(new) = self.apply(&target, &ctype, &decoded.text, &skip) {
-                splices.push((body, encode_body(&decoded, new, part.encoding, index)?));
+                let encoded = encode_body(&raw[body.clone()], &decoded, new, part.encoding, index)?;
+                splices.push((body, encoded));
             }
         }
         Ok(())
