@@ -33,10 +33,9 @@ impl Walker<'_> {
         skip: &[Range<usize>],
     ) -> Option<String> {
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
-        // A transform whose new texts are no longer than what they replace is written into
-        // `current`'s own buffer. Otherwise it writes into `spare`, which then becomes
-        // `current`, the text it replaced being the next spare: at most two buffers serve the
-        // whole chain of rules.
+        // Each transform writes the new text into `spare`, which then becomes `current`, the
+        // text it replaced being the next spare: at most two buffers serve the whole chain of
+        // rules, and the text is copied, never checked again for UTF-8 (every piece is a str).
         let mut spare = String::new();
         let mut changed = false;
         let mut markup: Cow<'_, [Range<usize>]> = Cow::Borrowed(skip);
@@ -87,16 +86,10 @@ impl Walker<'_> {
                             found.shift(&mut moved);
                             markup = Cow::Owned(moved);
                         }
-                        let in_place = match &mut current {
-                            Cow::Owned(text) => found.apply_in_place(text),
-                            Cow::Borrowed(_) => false,
-                        };
-                        if !in_place {
-                            found.write_into(&current, &mut spare);
-                            let new = Cow::Owned(std::mem::take(&mut spare));
-                            if let Cow::Owned(old) = std::mem::replace(&mut current, new) {
-                                spare = old;
-                            }
+                        found.write_into(&current, &mut spare);
+                        let new = Cow::Owned(std::mem::take(&mut spare));
+                        if let Cow::Owned(old) = std::mem::replace(&mut current, new) {
+                            spare = old;
                         }
                         changed = true;
                     }
