@@ -192,12 +192,22 @@ pub fn decode_base64(data: &[u8]) -> Option<Vec<u8>> {
     LENIENT.decode(&clean).ok()
 }
 
-/// The base64 characters of `data` before its first `=`.
+/// Which bytes are base64 characters (padding aside).
+const BASE64_ALPHABET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+        b += 1;
+    }
+    table
+};
+
+/// The base64 characters of `data` before its first `=`. Lines are copied whole, without
+/// their line endings; only text with anything else in it is read a character at a time.
 fn base64_alphabet_only(data: &[u8]) -> Vec<u8> {
     let data = &data[..memchr::memchr(b'=', data).unwrap_or(data.len())];
-    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
-    // Lines copied whole, without their line endings; only text with anything else in it is
-    // read a character at a time.
     let mut clean = Vec::with_capacity(data.len());
     let mut from = 0;
     for at in memchr::memchr2_iter(b'\r', b'\n', data) {
@@ -205,8 +215,8 @@ fn base64_alphabet_only(data: &[u8]) -> Vec<u8> {
         from = at + 1;
     }
     clean.extend_from_slice(&data[from..]);
-    if !clean.iter().all(alphabet) {
-        clean.retain(alphabet);
+    if !clean.iter().all(|&b| BASE64_ALPHABET[usize::from(b)]) {
+        clean.retain(|&b| BASE64_ALPHABET[usize::from(b)]);
     }
     clean
 }
