@@ -29,8 +29,7 @@ pub fn quoted_printable(data: &[u8], eol: &str) -> Vec<u8> {
 /// line no rule changed keeps its original encoding (soft breaks included), only changed lines
 /// are encoded anew, so the body stays byte-for-byte as it came wherever nothing changed and
 /// the cost is that of the changes. `None` when the lines of the three do not correspond one to
-/// one (a line ending was escaped, or a transform added or removed one); the result is checked
-/// to decode to `new`, and is `None` otherwise.
+/// one (a line ending was escaped or stands alone, or a transform added or removed one).
 pub fn quoted_printable_changed_lines(
     original: &[u8],
     old: &[u8],
@@ -38,6 +37,9 @@ pub fn quoted_printable_changed_lines(
     eol: &str,
 ) -> Option<Vec<u8>> {
     let crlf = eol == "\r\n";
+    if !hard_lines_are_decoded_lines(original, crlf) {
+        return None;
+    }
     let mut out = Vec::with_capacity(original.len() + new.len().saturating_sub(old.len()) * 3);
     let (mut encoded, mut old, mut new_rest) = (original, old, new);
     loop {
@@ -58,7 +60,36 @@ pub fn quoted_printable_changed_lines(
             _ => return None,
         }
     }
-    (decode_quoted_printable(&out) == new).then_some(out)
+    debug_assert_eq!(
+        decode_quoted_printable(&out),
+        new,
+        "requoted lines decode to the text"
+    );
+    Some(out)
+}
+
+/// Whether the line endings of the decoded text are exactly the hard line breaks of the
+/// quoted-printable `data` (those [`next_hard_line`] finds), so that its n-th hard line decodes
+/// to the text's n-th line. The decoder copies a literal line ending that no `=` makes a soft
+/// break, and makes others only from escapes (`=0D`, `=0A`) or, with CRLF lines, from a CR or
+/// LF standing alone next to other bytes; without those, the two sets are the same.
+fn hard_lines_are_decoded_lines(data: &[u8], crlf: bool) -> bool {
+    let escaped_line_end = memchr::memmem::find_iter(data, b"=0")
+        .any(|at| matches!(data.get(at + 2), Some(b'D' | b'd' | b'A' | b'a')));
+    if escaped_line_end {
+        return false;
+    }
+    if !crlf {
+        return true;
+    }
+    let mut ends = memchr::memchr2_iter(b'\r', b'\n', data);
+    while let Some(at) = ends.next() {
+        if data[at] == b'\n' || data.get(at + 1) != Some(&b'\n') {
+            return false;
+        }
+        ends.next();
+    }
+    true
 }
 
 /// The first line of quoted-printable `data` up to a line ending that is not a soft break
@@ -104,9 +135,24 @@ fn next_line(data: &[u8], crlf: bool) -> (&[u8], Option<&[u8]>) {
 fn quoted_printable_line(line: &[u8], eol: &[u8], out: &mut Vec<u8>) {
     let mut width = 0;
     let last = line.len().saturating_sub(1);
-    for (i, &b) in line.iter().enumerate() {
-        let literal =
-            (b'!'..=b'~').contains(&b) && b != b'=' || (b == b' ' || b == b'\t') && i != last;
+    let mut i = 0;
+    while i < line.len() {
+        // A run of characters that stand for themselves, as many as fit before a soft break
+        // is due (75 columns and its "="), copied at once; the line's last character is never
+        // in a run (white space there is escaped).
+        let limit = last.min(i + 75usize.saturating_sub(width));
+        let run = line[i..limit]
+            .iter()
+            .position(|&b| !LITERAL[usize::from(b)])
+            .unwrap_or(limit - i);
+        if run > 0 {
+            out.extend_from_slice(&line[i..i + run]);
+            width += run;
+            i += run;
+            continue;
+        }
+        let b = line[i];
+        let literal = LITERAL[usize::from(b)] && (i != last || (b != b' ' && b != b'\t'));
         let piece_len = if literal { 1 } else { 3 };
         // Room for the piece and, unless it ends the line, a soft break's "=".
         let room = if i == last { 76 } else { 75 };
@@ -121,18 +167,40 @@ fn quoted_printable_line(line: &[u8], eol: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
         width += piece_len;
+        i += 1;
     }
 }
 
-/// Base64 in lines of 76 characters.
+/// The bytes quoted-printable writes as themselves (white space only inside a line).
+const LITERAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = (c >= b'!' && c <= b'~' && c != b'=') || c == b' ' || c == b'\t';
+        b += 1;
+    }
+    table
+};
+
+/// Base64 in lines of 76 characters, each encoded straight into its place.
 pub fn base64_lines(data: &[u8], eol: &str) -> Vec<u8> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
-    for (i, line) in encoded.as_bytes().chunks(76).enumerate() {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let lines = data.len().div_ceil(57);
+    let mut out = Vec::with_capacity(lines * (76 + eol.len()));
+    for (i, chunk) in data.chunks(57).enumerate() {
         if i > 0 {
             out.extend_from_slice(eol.as_bytes());
         }
-        out.extend_from_slice(line);
+        let start = out.len();
+        out.resize(
+            start + base64::encoded_len(chunk.len(), true).unwrap_or(76),
+            0,
+        );
+        let written = engine
+            .encode_slice(chunk, &mut out[start..])
+            .expect("room for the line");
+        out.truncate(start + written);
     }
     out
 }
@@ -174,22 +242,54 @@ pub fn decode_quoted_printable(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Base64 as mail readers decode it: padding optional, trailing bits allowed.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
 /// Base64 decoding that skips line breaks and stray characters, as mail readers do; `None`
 /// only when nothing decodable is left.
 pub fn decode_base64(data: &[u8]) -> Option<Vec<u8>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new()
-            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-            .with_decode_allow_trailing_bits(true),
-    );
+    let data = &data[..memchr::memchr(b'=', data).unwrap_or(data.len())];
+    if let Some(decoded) = decode_base64_lines(data) {
+        return Some(decoded);
+    }
     let mut clean = base64_alphabet_only(data);
     // A single character left over carries no whole byte.
     if clean.len() % 4 == 1 {
         clean.pop();
     }
     LENIENT.decode(&clean).ok()
+}
+
+/// Base64 as mail carries it — lines of whole groups of four characters, the last one
+/// shorter — decoded a line at a time straight into the result; `None` for anything else
+/// (a stray character, a line that splits a group), which is then read the slow way.
+fn decode_base64_lines(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0; data.len() / 4 * 3 + 3];
+    let mut written = 0;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(at) => (&rest[..at], &rest[at + 1..]),
+            None => (rest, &b""[..]),
+        };
+        let mut line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !next.is_empty() && line.len() % 4 != 0 {
+            return None;
+        }
+        // A single character left over carries no whole byte.
+        if line.len() % 4 == 1 {
+            line = &line[..line.len() - 1];
+        }
+        written += LENIENT.decode_slice(line, &mut out[written..]).ok()?;
+        rest = next;
+    }
+    out.truncate(written);
+    Some(out)
 }
 
 /// Which bytes are base64 characters (padding aside).
@@ -204,10 +304,9 @@ const BASE64_ALPHABET: [bool; 256] = {
     table
 };
 
-/// The base64 characters of `data` before its first `=`. Lines are copied whole, without
+/// The base64 characters of `data` (cut at its first `=`). Lines are copied whole, without
 /// their line endings; only text with anything else in it is read a character at a time.
 fn base64_alphabet_only(data: &[u8]) -> Vec<u8> {
-    let data = &data[..memchr::memchr(b'=', data).unwrap_or(data.len())];
     let mut clean = Vec::with_capacity(data.len());
     let mut from = 0;
     for at in memchr::memchr2_iter(b'\r', b'\n', data) {
@@ -358,26 +457,30 @@ mod tests {
             quoted_printable_changed_lines(escaped, &old, b"a\r\nX\r\nc\r\n", "\r\n"),
             None
         );
-        // Over the samples, whatever is given back decodes to the new text.
-        let mut requoted = 0;
+        // Over the samples, whatever is given back decodes to the new text; text made of lines
+        // (no CR or LF inside one) is always requoted line by line.
         for data in samples() {
-            for eol in ["\r\n", "\n"] {
-                let encoded = quoted_printable(&data, eol);
+            let lines: Vec<u8> = data
+                .split(|&b| b == b'\r' || b == b'\n')
+                .collect::<Vec<_>>()
+                .join(&b"\r\n"[..]);
+            for (data, eol, always) in [
+                (&data, "\r\n", false),
+                (&data, "\n", false),
+                (&lines, "\r\n", true),
+            ] {
+                let encoded = quoted_printable(data, eol);
                 let old = decode_quoted_printable(&encoded);
                 let new: Vec<u8> = old
                     .iter()
                     .map(|&b| if b.is_ascii_digit() { b'#' } else { b })
                     .collect();
-                if let Some(out) = quoted_printable_changed_lines(&encoded, &old, &new, eol) {
-                    assert_eq!(decode_quoted_printable(&out), new);
-                    requoted += 1;
+                match quoted_printable_changed_lines(&encoded, &old, &new, eol) {
+                    Some(out) => assert_eq!(decode_quoted_printable(&out), new),
+                    None => assert!(!always, "lines requoted: {data:?}"),
                 }
             }
         }
-        assert!(
-            requoted > 400,
-            "most samples requoted line by line: {requoted} of 800"
-        );
     }
 
     #[test]
@@ -397,8 +500,18 @@ mod tests {
             assert_eq!(decode_base64(&encoded).as_deref(), Some(&data[..]));
         }
         for data in samples() {
-            // Whatever the input, the fast clean-up keeps what the plain one keeps.
-            assert_eq!(base64_alphabet_only(&data), reference_clean_base64(&data));
+            // Whatever the input, the fast ways decode what the plain one decodes.
+            let mut clean = reference_clean_base64(&data);
+            if clean.len() % 4 == 1 {
+                clean.pop();
+            }
+            assert_eq!(
+                decode_base64(&data),
+                LENIENT.decode(&clean).ok(),
+                "{data:?}"
+            );
+            let cut = &data[..memchr::memchr(b'=', &data).unwrap_or(data.len())];
+            assert_eq!(base64_alphabet_only(cut), reference_clean_base64(&data));
         }
         assert_eq!(
             decode_base64(b"aGVs\r\nbG8*\n=\r\nignored").as_deref(),
