@@ -45,7 +45,20 @@ pub fn quoted_printable_changed_lines(
     loop {
         let (encoded_line, encoded_next) = next_hard_line(encoded, crlf);
         let (old_line, old_next) = next_line(old, crlf);
-        let (new_line, new_next) = next_line(new_rest, crlf);
+        // Most lines are unchanged: the new text is checked to go on with the same line
+        // before it is searched for its own line ending.
+        let len = old_line.len();
+        let same = match old_next {
+            Some(_) => {
+                new_rest.get(..len) == Some(old_line) && new_rest[len..].starts_with(eol.as_bytes())
+            }
+            None => new_rest == old_line,
+        };
+        let (new_line, new_next) = if same {
+            (old_line, old_next.map(|_| &new_rest[len + eol.len()..]))
+        } else {
+            next_line(new_rest, crlf)
+        };
         if old_line == new_line {
             out.extend_from_slice(encoded_line);
         } else {
