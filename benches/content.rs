@@ -7,6 +7,9 @@
 //!   to read to find the same values): their figure leaves decoding out, Postern's includes it,
 //!   and re-encoding the changed parts as well.
 //!
+//! Postern and the tools are timed in interleaved rounds (Postern, grep, rg, again), each
+//! figure the median of its rounds, so that a change of load falls on all sides alike.
+//!
 //! Run with `cargo bench --bench content`; it prints each throughput and the ratios. ripgrep is
 //! skipped, with a message, when `rg` is not installed (Debian: `apt-get install ripgrep`).
 
@@ -166,57 +169,48 @@ fn median(mut runs: Vec<Duration>) -> Duration {
     runs[runs.len() / 2]
 }
 
-/// Median of five timed runs of `f`.
-fn timed(mut f: impl FnMut()) -> Duration {
-    median(
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
+/// How many rounds each figure's median is taken over.
+const ROUNDS: usize = 9;
+
+/// One timed run of `f`.
+fn time(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
 }
 
 /// `grep -cE` (C locale) over `file` with the patterns.
-fn grep(file: &Path) -> Duration {
-    let mut args = vec!["-cE".to_owned()];
+fn grep(file: &Path) -> Command {
+    let mut command = Command::new("grep");
+    command.arg("-cE").env("LC_ALL", "C");
     for p in PATTERNS {
-        args.push("-e".into());
-        args.push(p.replace("\\+", "[+]"));
+        command.arg("-e").arg(p.replace("\\+", "[+]"));
     }
-    timed(|| {
-        let out = Command::new("grep")
-            .args(&args)
-            .arg(file)
-            .env("LC_ALL", "C")
-            .output()
-            .expect("grep runs");
-        assert!(out.status.success(), "grep found the patterns");
-    })
+    command.arg(file);
+    command
 }
 
 /// `rg -c` over `file` with the patterns, or `None` when ripgrep is not installed.
-fn ripgrep(file: &Path) -> Option<Duration> {
-    let mut args = vec!["--no-config".to_owned(), "-c".to_owned()];
-    for p in PATTERNS {
-        args.push("-e".into());
-        args.push(p.to_owned());
-    }
+fn ripgrep(file: &Path) -> Option<Command> {
     Command::new("rg").arg("--version").output().ok()?;
-    Some(timed(|| {
-        let out = Command::new("rg")
-            .args(&args)
-            .arg(file)
-            .output()
-            .expect("rg runs");
-        assert!(
-            out.status.success(),
-            "rg found the patterns: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }))
+    let mut command = Command::new("rg");
+    command.args(["--no-config", "-c"]);
+    for p in PATTERNS {
+        command.arg("-e").arg(p);
+    }
+    command.arg(file);
+    Some(command)
+}
+
+/// Runs a tool once, checking that it found the patterns.
+fn run(command: &mut Command) {
+    let out = command.output().expect("the tool runs");
+    assert!(
+        out.status.success(),
+        "{:?} found the patterns: {}",
+        command.get_program(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The tools' input in a file of its own.
@@ -226,12 +220,24 @@ fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
     file
 }
 
-/// One corpus's figures: Postern's time, and grep's and rg's over `tool_input`; rates are MB of
-/// `tool_input` per second.
-fn report(title: &str, postern: Duration, tool_input: &[u8], tools_read: &str) {
+/// One corpus's figures: Postern's time (`postern` runs it once), and grep's and rg's over
+/// `tool_input`, taken in interleaved rounds (Postern, grep, rg, then again) so that a change of
+/// load on the machine falls on all three alike; each figure is the median of its rounds. Rates
+/// are MB of `tool_input` per second.
+fn report(title: &str, mut postern: impl FnMut(), tool_input: &[u8], tools_read: &str) {
     let file = temp_file(tool_input);
-    let grep = grep(file.path());
-    let rg = ripgrep(file.path());
+    let mut grep = grep(file.path());
+    let mut rg = ripgrep(file.path());
+    let (mut ours, mut greps, mut rgs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        ours.push(time(&mut postern));
+        greps.push(time(|| run(&mut grep)));
+        if let Some(rg) = &mut rg {
+            rgs.push(time(|| run(rg)));
+        }
+    }
+    let (postern, grep) = (median(ours), median(greps));
+    let rg = (!rgs.is_empty()).then(|| median(rgs));
     let mb = tool_input.len() as f64 / 1e6;
     let rate = |d: Duration| mb / d.as_secs_f64();
     println!("{title}");
@@ -254,6 +260,7 @@ fn report(title: &str, postern: Duration, tool_input: &[u8], tools_read: &str) {
             rg.as_secs_f64() / postern.as_secs_f64()
         );
     }
+    println!("  (medians of {ROUNDS} interleaved rounds)");
 }
 
 fn main() {
@@ -279,15 +286,11 @@ fn main() {
     });
     group.finish();
 
-    // The same measurement for every side, in this run: median of 5.
+    // The same measurement for every side, in this run.
     let postern = |m: &[u8]| {
-        timed(|| {
-            let r = rewrite(m, &refs).expect("rewrite");
-            assert!(r.body.is_some(), "the rules matched");
-        })
+        let r = rewrite(m, &refs).expect("rewrite");
+        assert!(r.body.is_some(), "the rules matched");
     };
-    let plain = postern(&message);
-    let multi = postern(&mime);
     // A message at the header bound (max_header_fields = 1000) against one with a tenth of
     // its fields: linear cost makes the ratio about 10.
     let fields = |n: usize| {
@@ -321,7 +324,7 @@ fn main() {
             "content, plain text: {:.1} MB, 20 patterns (MB/s of the text)",
             body.len() as f64 / 1e6
         ),
-        plain,
+        || postern(&message),
         &body,
         "the same text, count matching lines",
     );
@@ -331,7 +334,7 @@ fn main() {
             mime.len() as f64 / 1e6,
             mime_text.len() as f64 / 1e6
         ),
-        multi,
+        || postern(&mime),
         &mime_text,
         "the parts decoded, no decoding timed",
     );

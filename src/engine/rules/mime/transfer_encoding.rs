@@ -42,7 +42,11 @@ pub fn quoted_printable_changed_lines(
     }
     let mut out = Vec::with_capacity(original.len() + new.len().saturating_sub(old.len()) * 3);
     let (mut encoded, mut old, mut new_rest) = (original, old, new);
+    // `original[..copied]` is in `out`: unchanged lines, with their line endings, are copied a
+    // run at a time when a changed line (or the end) comes.
+    let mut copied = 0;
     loop {
+        let start = original.len() - encoded.len();
         let (encoded_line, encoded_next) = next_hard_line(encoded, crlf);
         let (old_line, old_next) = next_line(old, crlf);
         // Most lines are unchanged: the new text is checked to go on with the same line
@@ -59,20 +63,18 @@ pub fn quoted_printable_changed_lines(
         } else {
             next_line(new_rest, crlf)
         };
-        if old_line == new_line {
-            out.extend_from_slice(encoded_line);
-        } else {
+        if old_line != new_line {
+            out.extend_from_slice(&original[copied..start]);
             quoted_printable_line(new_line, eol.as_bytes(), &mut out);
+            copied = start + encoded_line.len();
         }
         match (encoded_next, old_next, new_next) {
-            (Some(e), Some(o), Some(n)) => {
-                out.extend_from_slice(eol.as_bytes());
-                (encoded, old, new_rest) = (e, o, n);
-            }
+            (Some(e), Some(o), Some(n)) => (encoded, old, new_rest) = (e, o, n),
             (None, None, None) => break,
             _ => return None,
         }
     }
+    out.extend_from_slice(&original[copied..]);
     debug_assert_eq!(
         decode_quoted_printable(&out),
         new,
