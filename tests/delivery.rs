@@ -427,6 +427,40 @@ fn the_target_sees_the_real_client() {
     assert_eq!(taken.message, MESSAGE.as_bytes());
 }
 
+/// XFORWARD and MAIL go to a PIPELINING target in one write, and each reply is read in its
+/// place: a transient refusal of either moves on to the next target, which delivers the
+/// message once; a permanent one is the client's answer, as without pipelining.
+#[test]
+fn refusals_of_a_pipelined_xforward_or_mail_are_read_in_their_place() {
+    for (xforward_reply, mail_reply, moves_on) in [
+        (Some("451 4.3.0 Error: XFORWARD failed"), None, true),
+        (None, Some("451 4.3.0 Error: queue file write error"), true),
+        (None, Some("550 5.1.8 Error: sender rejected"), false),
+    ] {
+        let refusing = FaultyTarget::start(Faults {
+            extensions: vec!["PIPELINING", "XFORWARD NAME ADDR PROTO HELO"],
+            xforward_reply,
+            mail_reply,
+            ..Faults::default()
+        });
+        let good = FaultyTarget::start(Faults::default());
+        let env = start(&[&refusing, &good]);
+        let outcome = transaction(&env, no_pause());
+        assert!(refusing.taken().is_empty());
+        if moves_on {
+            assert_eq!(outcome.accepted(), RECIPIENTS, "{outcome:?}");
+            assert!(outcome.end_ok(), "{outcome:?}");
+            assert_eq!(good.taken().len(), 1);
+        } else {
+            assert!(
+                outcome.rcpt.iter().all(|(_, r)| r.starts_with("550 5.1.8")),
+                "{outcome:?}"
+            );
+            assert!(good.taken().is_empty());
+        }
+    }
+}
+
 /// Messages in flight share `message_memory_budget`: with room for one, a second DATA while
 /// the first is uploading gets 452 4.3.1, and goes through once the first is handed on.
 #[test]

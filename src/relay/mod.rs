@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -536,12 +536,31 @@ impl Delivery {
             envelope.sender,
             envelope.params.for_target(caps)
         );
-        if let Some(client) = &envelope.client
-            && !caps.xforward.is_empty()
-        {
-            for xforward in client.commands(&caps.xforward) {
-                command_reply(&mut link.conn, &xforward, self.protocol_timeout).await?;
+        let xforward = match &envelope.client {
+            Some(client) if !caps.xforward.is_empty() => client.commands(&caps.xforward),
+            _ => Vec::new(),
+        };
+        if caps.pipelining && !xforward.is_empty() {
+            // RFC 2920: the XFORWARD commands and MAIL in one write (as Postfix's own client
+            // sends them), then their replies in order; the first refusal is the answer, and
+            // the connection is not kept after one.
+            let batch = xforward.concat() + &command;
+            let mut answer = command_reply(&mut link.conn, &batch, self.protocol_timeout)
+                .await
+                .map(|_| ());
+            for _ in 0..xforward.len() {
+                if matches!(answer, Err(ref e) if !matches!(e, TargetError::Refused(_))) {
+                    break;
+                }
+                let next = next_reply(&mut link.conn, "MAIL", self.protocol_timeout).await;
+                if answer.is_ok() {
+                    answer = next.map(|_| ());
+                }
             }
+            return answer;
+        }
+        for xforward in xforward {
+            command_reply(&mut link.conn, &xforward, self.protocol_timeout).await?;
         }
         command_reply(&mut link.conn, &command, self.protocol_timeout)
             .await
@@ -690,8 +709,23 @@ impl Upstream {
         let budget = data_timeout + Duration::from_secs(message.len() >> 20);
         // lettre ends the message with CRLF.CRLF itself: the pieces leave out the message's
         // own final line end, so that the target receives exactly the bytes the client sent.
-        let pieces = std::iter::once(Cow::Borrowed(head))
-            .chain(message.pieces(self.line_limit, &breaks))
+        // `head` goes out in the same write as the first piece (lettre writes each piece on
+        // its own), or alone when the message is empty.
+        let head_sent = AtomicBool::new(head.is_empty());
+        let pieces = message
+            .pieces(self.line_limit, &breaks)
+            .map(|piece| {
+                if head_sent.swap(true, Ordering::Relaxed) {
+                    return piece;
+                }
+                let mut first = Vec::with_capacity(head.len() + piece.len());
+                first.extend_from_slice(head);
+                first.extend_from_slice(&piece);
+                Cow::Owned(first)
+            })
+            .chain(std::iter::from_fn(|| {
+                (!head_sent.swap(true, Ordering::Relaxed)).then_some(Cow::Borrowed(head))
+            }))
             .filter(|p| !p.is_empty());
         let sending = AssertUnwindSafe(self.link.conn.message_iter(pieces)).catch_unwind();
         let reply = match tokio::time::timeout(budget, sending).await {
@@ -752,8 +786,30 @@ async fn command_reply(
     command: &str,
     timeout: Duration,
 ) -> Result<SmtpReply, TargetError> {
-    let verb = command.split([' ', '\r']).next().unwrap_or("").to_owned();
-    match tokio::time::timeout(timeout, conn.command(command)).await {
+    let verb = command.split([' ', '\r']).next().unwrap_or("");
+    answer_to(
+        verb,
+        tokio::time::timeout(timeout, conn.command(command)).await,
+    )
+}
+
+/// The reply to a command already sent (pipelined after another).
+async fn next_reply(
+    conn: &mut lettre::transport::smtp::client::AsyncSmtpConnection,
+    verb: &str,
+    timeout: Duration,
+) -> Result<SmtpReply, TargetError> {
+    answer_to(
+        verb,
+        tokio::time::timeout(timeout, conn.read_response()).await,
+    )
+}
+
+fn answer_to(
+    verb: &str,
+    read: Result<Result<Response, lettre::transport::smtp::Error>, tokio::time::error::Elapsed>,
+) -> Result<SmtpReply, TargetError> {
+    match read {
         Err(_) => Err(TargetError::Timeout("a reply")),
         Ok(Ok(r)) => Ok(reply_of(&r)),
         Ok(Err(e)) => Err(match TargetError::from_smtp(e) {

@@ -76,6 +76,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// The XFORWARD attributes offered (Postfix's XFORWARD_README), upper case.
     pub xforward: Vec<String>,
+    /// PIPELINING (RFC 2920): XFORWARD and MAIL go out in one write.
+    pub pipelining: bool,
 }
 
 impl Capabilities {
@@ -88,6 +90,7 @@ impl Capabilities {
                 Some("SIZE") => caps.size = true,
                 Some("8BITMIME") => caps.eight_bit_mime = true,
                 Some("SMTPUTF8") => caps.smtputf8 = true,
+                Some("PIPELINING") => caps.pipelining = true,
                 Some("XFORWARD") => caps.xforward = words.map(str::to_ascii_uppercase).collect(),
                 _ => {}
             }

@@ -36,6 +36,10 @@ pub struct Faults {
     pub idle_timeout: Option<Duration>,
     /// EHLO keywords offered after the greeting line.
     pub extensions: Vec<&'static str>,
+    /// A reply to XFORWARD instead of 250.
+    pub xforward_reply: Option<&'static str>,
+    /// A reply to MAIL instead of 250.
+    pub mail_reply: Option<&'static str>,
 }
 
 impl Default for Faults {
@@ -57,6 +61,8 @@ impl Default for Faults {
                 "SMTPUTF8",
                 "ENHANCEDSTATUSCODES",
             ],
+            xforward_reply: None,
+            mail_reply: None,
         }
     }
 }
@@ -199,12 +205,17 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
             "HELO" => say(&mut out, "250 faulty.postern.test")?,
             "XFORWARD" => {
                 xforward.push(line.to_owned());
-                say(&mut out, "250 2.0.0 Ok")?;
+                say(&mut out, faults.xforward_reply.unwrap_or("250 2.0.0 Ok"))?;
             }
             "MAIL" => {
-                mail = Some(line.to_owned());
                 recipients.clear();
-                say(&mut out, "250 2.1.0 Ok")?;
+                match faults.mail_reply {
+                    Some(reply) => say(&mut out, reply)?,
+                    None => {
+                        mail = Some(line.to_owned());
+                        say(&mut out, "250 2.1.0 Ok")?;
+                    }
+                }
             }
             "RCPT" => {
                 rcpt_count += 1;
