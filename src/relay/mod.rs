@@ -8,6 +8,7 @@
 mod body;
 mod outbound;
 mod pool;
+mod stream;
 mod target;
 pub mod tls;
 
@@ -15,7 +16,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -709,23 +710,9 @@ impl Upstream {
         let budget = data_timeout + Duration::from_secs(message.len() >> 20);
         // lettre ends the message with CRLF.CRLF itself: the pieces leave out the message's
         // own final line end, so that the target receives exactly the bytes the client sent.
-        // `head` goes out in the same write as the first piece (lettre writes each piece on
-        // its own), or alone when the message is empty.
-        let head_sent = AtomicBool::new(head.is_empty());
-        let pieces = message
-            .pieces(self.line_limit, &breaks)
-            .map(|piece| {
-                if head_sent.swap(true, Ordering::Relaxed) {
-                    return piece;
-                }
-                let mut first = Vec::with_capacity(head.len() + piece.len());
-                first.extend_from_slice(head);
-                first.extend_from_slice(&piece);
-                Cow::Owned(first)
-            })
-            .chain(std::iter::from_fn(|| {
-                (!head_sent.swap(true, Ordering::Relaxed)).then_some(Cow::Borrowed(head))
-            }))
+        // Each piece is written on its own; the stream sends them together (stream.rs).
+        let pieces = std::iter::once(Cow::Borrowed(head))
+            .chain(message.pieces(self.line_limit, &breaks))
             .filter(|p| !p.is_empty());
         let sending = AssertUnwindSafe(self.link.conn.message_iter(pieces)).catch_unwind();
         let reply = match tokio::time::timeout(budget, sending).await {

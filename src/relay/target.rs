@@ -9,7 +9,8 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tracing::info;
 
-use super::tls::{ClientTls, Replayed, TlsFacts, before_tls};
+use super::stream::for_lettre;
+use super::tls::{ClientTls, TlsFacts, before_tls};
 use crate::engine::SmtpReply;
 
 /// "Security" of a relay target.
@@ -178,10 +179,9 @@ impl RelayTarget {
         helo: &ClientId,
         timeout: std::time::Duration,
     ) -> Result<Link, TargetError> {
-        // Our own socket, so that it has TCP_NODELAY: lettre writes the end of the message
-        // ("\r\n.\r\n") apart from the rest, and with Nagle's algorithm that small write would
-        // wait for the target's delayed ACK (40 ms) on every message after a connection's
-        // first.
+        // Our own socket, so that it has TCP_NODELAY: with Nagle's algorithm a small write
+        // (a command, or a message's last piece) that follows another unanswered one would
+        // wait for the target's delayed ACK (40 ms).
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| TargetError::Smtp(format!("cannot connect: {e}")))?;
@@ -195,8 +195,8 @@ impl RelayTarget {
             (Security::Ssl, Some(tls)) => {
                 let (stream, facts) = tls.handshake(tcp).await.map_err(TargetError::Smtp)?;
                 secured(&facts);
-                let stream = Replayed::new(Vec::new(), stream, peer);
-                let conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
+                let stream = for_lettre(Vec::new(), stream, peer);
+                let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
                     .await
                     .map_err(TargetError::from_smtp)?;
                 (conn, Some(facts))
@@ -212,28 +212,27 @@ impl RelayTarget {
                         secured(&facts);
                         // The greeting came before TLS; the library waits for one.
                         let greeting = format!("220 {} ESMTP\r\n", self.host).into_bytes();
-                        let stream = Replayed::new(greeting, stream, peer);
-                        let conn =
-                            AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
-                                .await
-                                .map_err(TargetError::from_smtp)?;
+                        let stream = for_lettre(greeting, stream, peer);
+                        let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
+                            .await
+                            .map_err(TargetError::from_smtp)?;
                         (conn, Some(facts))
                     }
                     Some(_) if self.security == Security::Tls => {
                         return Err(TargetError::NoStartTls);
                     }
                     Some(greeting) => {
-                        let stream = Replayed::new(greeting, tcp, peer);
-                        let conn =
-                            AsyncSmtpConnection::connect_with_transport(Box::new(stream), helo)
-                                .await
-                                .map_err(TargetError::from_smtp)?;
+                        let stream = for_lettre(greeting, tcp, peer);
+                        let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
+                            .await
+                            .map_err(TargetError::from_smtp)?;
                         (conn, None)
                     }
                 }
             }
             _ => {
-                let conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), helo)
+                let stream = for_lettre(Vec::new(), tcp, peer);
+                let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
                     .await
                     .map_err(TargetError::from_smtp)?;
                 (conn, None)

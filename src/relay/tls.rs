@@ -5,17 +5,12 @@
 //! greeted (the greeting it already gave was before TLS).
 
 use std::fmt;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use lettre::transport::smtp::client::AsyncTokioStream;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -286,78 +281,6 @@ async fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String
         }
     }
     Err("reply of more than 100 lines".to_owned())
-}
-
-use tokio::io::AsyncReadExt as _;
-
-/// A stream that yields `prefix` before what it reads: the SMTP library reads a greeting on a
-/// connection that was greeted before (before STARTTLS, or read here to decide on it).
-pub struct Replayed<S> {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: S,
-    peer: io::Result<SocketAddr>,
-}
-
-impl<S> Replayed<S> {
-    pub fn new(prefix: Vec<u8>, inner: S, peer: io::Result<SocketAddr>) -> Self {
-        Self {
-            prefix,
-            at: 0,
-            inner,
-            peer,
-        }
-    }
-}
-
-impl<S> fmt::Debug for Replayed<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Replayed").finish_non_exhaustive()
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.at < self.prefix.len() {
-            let n = (self.prefix.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.prefix[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Send + Sync + Unpin> AsyncTokioStream for Replayed<S> {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match &self.peer {
-            Ok(a) => Ok(*a),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]
