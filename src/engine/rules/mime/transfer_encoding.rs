@@ -113,10 +113,10 @@ fn next_hard_line(data: &[u8], crlf: bool) -> (&[u8], Option<&[u8]>) {
     let mut from = 0;
     while let Some(i) = memchr::memchr(b'\n', &data[from..]).map(|i| from + i) {
         from = i + 1;
+        // Where a soft break's white space would end: before the CR of the line ending.
         let end = match (crlf, i.checked_sub(1).map(|p| data[p])) {
-            (true, Some(b'\r')) => i - 1,
+            (_, Some(b'\r')) => i - 1,
             (true, _) => continue,
-            (false, Some(b'\r')) => i - 1,
             (false, _) => i,
         };
         let content = data[..end].trim_ascii_end();
