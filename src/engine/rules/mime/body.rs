@@ -9,8 +9,8 @@ use super::ContentError;
 use super::charset::{decode_text, encode_text, is_utf16};
 use super::splice::eol_of;
 use super::transfer_encoding::{
-    base64_lines, decode_base64, decode_quoted_printable, quoted_printable,
-    quoted_printable_changed_lines,
+    HardLineEnd, base64_lines, decode_base64, decode_quoted_printable,
+    decode_quoted_printable_lines, quoted_printable, quoted_printable_changed_lines,
 };
 
 /// A part body decoded to text, with what it takes to write it back the same way. The text
@@ -21,6 +21,8 @@ pub(super) struct DecodedText<'a> {
     charset: &'static encoding_rs::Encoding,
     eol: &'static str,
     trailing_eol: bool,
+    /// A quoted-printable UTF-8 body's hard line ends, when the text is exactly its decoding.
+    hard_lines: Option<Vec<HardLineEnd>>,
 }
 
 pub(super) fn decode_body<'a>(
@@ -30,20 +32,28 @@ pub(super) fn decode_body<'a>(
 ) -> Result<DecodedText<'a>, ContentError> {
     let body = &raw[part.offset_body as usize..part.offset_end as usize];
     let eol = eol_of(body);
-    let bytes: Cow<'_, [u8]> = match part.encoding {
-        Encoding::None => Cow::Borrowed(body),
-        Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(body)),
-        Encoding::Base64 => Cow::Owned(decode_base64(body).ok_or(ContentError::Undecodable {
-            part: index,
-            encoding: "base64",
-        })?),
-    };
     let label = part
         .content_type()
         .and_then(|ct| ct.attribute("charset"))
         .unwrap_or("utf-8");
     let declared =
         encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
+    let mut hard_lines = None;
+    let bytes: Cow<'_, [u8]> = match part.encoding {
+        Encoding::None => Cow::Borrowed(body),
+        // In UTF-8 the text is the decoded bytes, and its lines can be matched to the
+        // body's (see `encode_body`).
+        Encoding::QuotedPrintable if declared == encoding_rs::UTF_8 => {
+            let (bytes, lines) = decode_quoted_printable_lines(body);
+            hard_lines = Some(lines);
+            Cow::Owned(bytes)
+        }
+        Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(body)),
+        Encoding::Base64 => Cow::Owned(decode_base64(body).ok_or(ContentError::Undecodable {
+            part: index,
+            encoding: "base64",
+        })?),
+    };
     // "utf-16" names no byte order; a byte order mark says which (RFC 2781 §4.3). The mark
     // stays in the text (U+FEFF) and is written back as it was.
     let declared = match (declared, encoding_rs::Encoding::for_bom(&bytes)) {
@@ -56,6 +66,7 @@ pub(super) fn decode_body<'a>(
         Cow::Owned(bytes) if declared == encoding_rs::UTF_8 => match String::from_utf8(bytes) {
             Ok(text) => (Cow::Owned(text), declared),
             Err(e) => {
+                hard_lines = None;
                 let (text, charset) = decode_text(e.as_bytes(), declared);
                 (Cow::Owned(text.into_owned()), charset)
             }
@@ -77,6 +88,7 @@ pub(super) fn decode_body<'a>(
         charset,
         eol,
         trailing_eol,
+        hard_lines,
     })
 }
 
@@ -93,12 +105,17 @@ pub(super) fn encode_body(
         part: index,
         charset: decoded.charset.name().to_owned(),
     })?;
-    // In UTF-8 the decoded text is the decoded bytes: lines no rule changed keep their
+    // When the decoded text is the decoded bytes (UTF-8), lines no rule changed keep their
     // original encoding.
     let unchanged_lines = || {
-        (decoded.charset == encoding_rs::UTF_8).then(|| {
-            quoted_printable_changed_lines(original, decoded.text.as_bytes(), &bytes, decoded.eol)
-        })?
+        let lines = decoded.hard_lines.as_deref()?;
+        quoted_printable_changed_lines(
+            original,
+            lines,
+            decoded.text.as_bytes(),
+            &bytes,
+            decoded.eol,
+        )
     };
     let mut out = match encoding {
         Encoding::None => bytes,

@@ -25,54 +25,69 @@ pub fn quoted_printable(data: &[u8], eol: &str) -> Vec<u8> {
     }
 }
 
-/// `new` in quoted-printable for a part whose body was `original`, decoded to `old`: every
-/// line no rule changed keeps its original encoding (soft breaks included), only changed lines
-/// are encoded anew, so the body stays byte-for-byte as it came wherever nothing changed and
-/// the cost is that of the changes. `None` when the lines of the three do not correspond one to
+/// `new` in quoted-printable for a part whose body was `original`, decoded to `old` with the
+/// hard line ends `lines` (from [`decode_quoted_printable_lines`]): every line no rule changed
+/// keeps its original encoding (soft breaks included), only changed lines are encoded anew, so
+/// the body stays byte-for-byte as it came wherever nothing changed and the cost is that of the
+/// changes: the texts are compared a stretch at a time up to their next difference, and only
+/// the line holding it is looked at. `None` when the lines of the three do not correspond one to
 /// one (a line ending was escaped or stands alone, or a transform added or removed one).
 pub fn quoted_printable_changed_lines(
     original: &[u8],
+    lines: &[HardLineEnd],
     old: &[u8],
     new: &[u8],
     eol: &str,
 ) -> Option<Vec<u8>> {
     let crlf = eol == "\r\n";
-    if !hard_lines_are_decoded_lines(original, crlf) {
+    let fits = lines
+        .last()
+        .is_none_or(|l| l.encoded <= original.len() && l.decoded <= old.len());
+    if !fits || !hard_lines_are_decoded_lines(original, crlf) {
         return None;
     }
     let mut out = Vec::with_capacity(original.len() + new.len().saturating_sub(old.len()) * 3);
-    let (mut encoded, mut old, mut new_rest) = (original, old, new);
-    // `original[..copied]` is in `out`: unchanged lines, with their line endings, are copied a
-    // run at a time when a changed line (or the end) comes.
-    let mut copied = 0;
+    // `original[..copied]` is in `out`; `old[o..]` and `new[n..]` start a line each, the lines
+    // before them done; `lines[line..]` are the ends of the lines from `o` on.
+    let (mut copied, mut o, mut n, mut line) = (0, 0, 0, 0);
     loop {
-        let start = original.len() - encoded.len();
-        let (encoded_line, encoded_next) = next_hard_line(encoded, crlf);
-        let (old_line, old_next) = next_line(old, crlf);
-        // Most lines are unchanged: the new text is checked to go on with the same line
-        // before it is searched for its own line ending.
-        let len = old_line.len();
-        let same = match old_next {
-            Some(_) => {
-                new_rest.get(..len) == Some(old_line) && new_rest[len..].starts_with(eol.as_bytes())
-            }
-            None => new_rest == old_line,
+        let differs_at = o + common_prefix(&old[o..], &new[n..]);
+        if differs_at == old.len() && new.len() - n == old.len() - o {
+            break;
+        }
+        // The lines that end before the difference are the same in both texts.
+        line += lines[line..].partition_point(|l| l.decoded <= differs_at);
+        let starts = line
+            .checked_sub(1)
+            .map_or(HardLineEnd::default(), |l| lines[l]);
+        n += starts.decoded - o;
+        let last = line == lines.len();
+        // Each line ends in `eol` in both (what `hard_lines_are_decoded_lines` makes sure of).
+        let old_end = match lines.get(line) {
+            Some(l) if old[..l.decoded].ends_with(eol.as_bytes()) => l.decoded - eol.len(),
+            Some(_) => return None,
+            None => old.len(),
         };
-        let (new_line, new_next) = if same {
-            (old_line, old_next.map(|_| &new_rest[len + eol.len()..]))
-        } else {
-            next_line(new_rest, crlf)
-        };
+        let old_line = &old[starts.decoded..old_end];
+        let (new_line, new_next) = next_line(&new[n..], crlf);
+        if new_next.is_some() == last {
+            return None;
+        }
         if old_line != new_line {
-            out.extend_from_slice(&original[copied..start]);
+            out.extend_from_slice(&original[copied..starts.encoded]);
             quoted_printable_line(new_line, eol.as_bytes(), &mut out);
-            copied = start + encoded_line.len();
+            copied = match lines.get(line) {
+                Some(l) if original[..l.encoded].ends_with(eol.as_bytes()) => l.encoded - eol.len(),
+                Some(_) => return None,
+                None => original.len(),
+            };
         }
-        match (encoded_next, old_next, new_next) {
-            (Some(e), Some(o), Some(n)) => (encoded, old, new_rest) = (e, o, n),
-            (None, None, None) => break,
-            _ => return None,
+        if last {
+            break;
         }
+        o = lines[line].decoded;
+        n += new_line.len() + eol.len();
+        line += 1;
     }
     out.extend_from_slice(&original[copied..]);
     debug_assert_eq!(
@@ -81,6 +96,18 @@ pub fn quoted_printable_changed_lines(
         "requoted lines decode to the text"
     );
     Some(out)
+}
+
+/// How many bytes `a` and `b` begin with alike, compared 32 at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 32;
+    let (a_blocks, b_blocks) = (a.chunks_exact(BLOCK), b.chunks_exact(BLOCK));
+    let same = a_blocks.zip(b_blocks).take_while(|(x, y)| x == y).count() * BLOCK;
+    same + a[same..]
+        .iter()
+        .zip(&b[same..])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Whether the line endings of the decoded text are exactly the hard line breaks of the
@@ -105,31 +132,6 @@ fn hard_lines_are_decoded_lines(data: &[u8], crlf: bool) -> bool {
         ends.next();
     }
     true
-}
-
-/// The first line of quoted-printable `data` up to a line ending that is not a soft break
-/// (`=`, then only spaces or tabs, as the decoder reads it), and what follows that line ending.
-fn next_hard_line(data: &[u8], crlf: bool) -> (&[u8], Option<&[u8]>) {
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b'\n', &data[from..]).map(|i| from + i) {
-        from = i + 1;
-        // Where a soft break's white space would end: before the CR of the line ending.
-        let end = match (crlf, i.checked_sub(1).map(|p| data[p])) {
-            (_, Some(b'\r')) => i - 1,
-            (true, _) => continue,
-            (false, _) => i,
-        };
-        let content = data[..end].trim_ascii_end();
-        let soft = content.ends_with(b"=")
-            && data[content.len()..end]
-                .iter()
-                .all(|&b| b == b' ' || b == b'\t');
-        if !soft {
-            let line_end = if crlf { i - 1 } else { i };
-            return (&data[..line_end], Some(&data[i + 1..]));
-        }
-    }
-    (data, None)
 }
 
 /// The first line of `data` and what follows its line ending (`None`: no line ending left).
@@ -224,13 +226,53 @@ pub fn base64_lines(data: &[u8], eol: &str) -> Vec<u8> {
 /// trailing white space before them) are removed, and an `=` that starts no valid escape is
 /// kept as it is rather than failing the part.
 pub fn decode_quoted_printable(data: &[u8]) -> Vec<u8> {
+    decode_quoted_printable_into(data, None)
+}
+
+/// Where a hard line break of a quoted-printable body ends (just after its line feed), in the
+/// body and in its decoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardLineEnd {
+    pub encoded: usize,
+    pub decoded: usize,
+}
+
+/// [`decode_quoted_printable`], with where each hard line break ends, for
+/// [`quoted_printable_changed_lines`].
+pub fn decode_quoted_printable_lines(data: &[u8]) -> (Vec<u8>, Vec<HardLineEnd>) {
+    let mut lines = Vec::new();
+    let decoded = decode_quoted_printable_into(data, Some(&mut lines));
+    (decoded, lines)
+}
+
+fn decode_quoted_printable_into(data: &[u8], mut lines: Option<&mut Vec<HardLineEnd>>) -> Vec<u8> {
     let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(data.len());
     let mut i = 0;
-    // Text up to the next `=` is copied as it stands, a run at a time.
-    while let Some(at) = memchr::memchr(b'=', &data[i..]).map(|at| i + at) {
+    // Text up to the next `=` (or line feed, when line ends are wanted) is copied as it
+    // stands, a run at a time.
+    let next = |from: &[u8], lines: bool| {
+        if lines {
+            memchr::memchr2(b'=', b'\n', from)
+        } else {
+            memchr::memchr(b'=', from)
+        }
+    };
+    while let Some(at) = next(&data[i..], lines.is_some()).map(|at| i + at) {
         out.extend_from_slice(&data[i..at]);
         i = at;
+        if data[i] == b'\n' {
+            // A line feed no `=` made a soft break: a hard line break, copied.
+            out.push(b'\n');
+            i += 1;
+            if let Some(lines) = lines.as_deref_mut() {
+                lines.push(HardLineEnd {
+                    encoded: i,
+                    decoded: out.len(),
+                });
+            }
+            continue;
+        }
         if let (Some(h), Some(l)) = (
             data.get(i + 1).and_then(|&b| hex(b)),
             data.get(i + 2).and_then(|&b| hex(b)),
@@ -385,6 +427,82 @@ mod tests {
         out
     }
 
+    /// The line-by-line form written first: each line of the three found and compared in
+    /// turn. The fast form must give the same bytes.
+    fn reference_changed_lines(
+        original: &[u8],
+        old: &[u8],
+        new: &[u8],
+        eol: &str,
+    ) -> Option<Vec<u8>> {
+        let crlf = eol == "\r\n";
+        if !hard_lines_are_decoded_lines(original, crlf) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(original.len() + new.len().saturating_sub(old.len()) * 3);
+        let (mut encoded, mut old, mut new_rest) = (original, old, new);
+        // `original[..copied]` is in `out`: unchanged lines, with their line endings, are copied a
+        // run at a time when a changed line (or the end) comes.
+        let mut copied = 0;
+        loop {
+            let start = original.len() - encoded.len();
+            let (encoded_line, encoded_next) = next_hard_line(encoded, crlf);
+            let (old_line, old_next) = next_line(old, crlf);
+            // Most lines are unchanged: the new text is checked to go on with the same line
+            // before it is searched for its own line ending.
+            let len = old_line.len();
+            let same = match old_next {
+                Some(_) => {
+                    new_rest.get(..len) == Some(old_line)
+                        && new_rest[len..].starts_with(eol.as_bytes())
+                }
+                None => new_rest == old_line,
+            };
+            let (new_line, new_next) = if same {
+                (old_line, old_next.map(|_| &new_rest[len + eol.len()..]))
+            } else {
+                next_line(new_rest, crlf)
+            };
+            if old_line != new_line {
+                out.extend_from_slice(&original[copied..start]);
+                quoted_printable_line(new_line, eol.as_bytes(), &mut out);
+                copied = start + encoded_line.len();
+            }
+            match (encoded_next, old_next, new_next) {
+                (Some(e), Some(o), Some(n)) => (encoded, old, new_rest) = (e, o, n),
+                (None, None, None) => break,
+                _ => return None,
+            }
+        }
+        out.extend_from_slice(&original[copied..]);
+        Some(out)
+    }
+
+    /// The first line of quoted-printable `data` up to a line ending that is not a soft break
+    /// (`=`, then only spaces or tabs, as the decoder reads it), and what follows that line ending.
+    fn next_hard_line(data: &[u8], crlf: bool) -> (&[u8], Option<&[u8]>) {
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\n', &data[from..]).map(|i| from + i) {
+            from = i + 1;
+            // Where a soft break's white space would end: before the CR of the line ending.
+            let end = match (crlf, i.checked_sub(1).map(|p| data[p])) {
+                (_, Some(b'\r')) => i - 1,
+                (true, _) => continue,
+                (false, _) => i,
+            };
+            let content = data[..end].trim_ascii_end();
+            let soft = content.ends_with(b"=")
+                && data[content.len()..end]
+                    .iter()
+                    .all(|&b| b == b' ' || b == b'\t');
+            if !soft {
+                let line_end = if crlf { i - 1 } else { i };
+                return (&data[..line_end], Some(&data[i + 1..]));
+            }
+        }
+        (data, None)
+    }
+
     fn reference_clean_base64(data: &[u8]) -> Vec<u8> {
         data.iter()
             .copied()
@@ -443,6 +561,13 @@ mod tests {
         );
     }
 
+    /// `quoted_printable_changed_lines` over `original`, decoded with its line ends.
+    fn changed_lines(original: &[u8], new: &[u8], eol: &str) -> Option<Vec<u8>> {
+        let (old, lines) = decode_quoted_printable_lines(original);
+        assert_eq!(old, decode_quoted_printable(original));
+        quoted_printable_changed_lines(original, &lines, &old, new, eol)
+    }
+
     #[test]
     fn only_changed_lines_are_encoded_anew() {
         // Wrapped at 20 columns, which Postern's encoder never does: untouched lines keep it.
@@ -453,46 +578,95 @@ mod tests {
             "card 4111 1111 1111 1111 on file\r\nGrüße, Jörg \r\n\r\nend=\r\n".as_bytes()
         );
         let new = b"card **** **** **** 1111 on file\r\nGr\xc3\xbc\xc3\x9fe, J\xc3\xb6rg \r\n\r\nend=\r\n";
-        let requoted =
-            quoted_printable_changed_lines(original, &old, new, "\r\n").expect("lines correspond");
+        let requoted = changed_lines(original, new, "\r\n").expect("lines correspond");
         assert_eq!(
             String::from_utf8_lossy(&requoted),
             "card **** **** **** 1111 on file\r\nGr=C3=BC=\r\n=C3=9Fe, J=C3=B6rg=20\r\n\r\nend=3D\r\n"
         );
         // A transform that joins two lines: no line-for-line correspondence.
         assert_eq!(
-            quoted_printable_changed_lines(original, &old, b"card gone\r\n\r\nend=\r\n", "\r\n"),
+            changed_lines(original, b"card gone\r\n\r\nend=\r\n", "\r\n"),
             None
         );
         // Escaped line endings: decoded lines do not map to encoded ones, and the result is
         // refused rather than wrong.
-        let escaped = b"a=0D=0Ab\r\nc\r\n";
-        let old = decode_quoted_printable(escaped);
         assert_eq!(
-            quoted_printable_changed_lines(escaped, &old, b"a\r\nX\r\nc\r\n", "\r\n"),
+            changed_lines(b"a=0D=0Ab\r\nc\r\n", b"a\r\nX\r\nc\r\n", "\r\n"),
             None
         );
-        // Over the samples, whatever is given back decodes to the new text; text made of lines
-        // (no CR or LF inside one) is always requoted line by line.
+        // Over the samples and transforms that keep, shorten, lengthen, join and split lines,
+        // the result is the line-by-line form's, byte for byte, and decodes to the new text;
+        // text made of lines (no CR or LF inside one) is always requoted line by line when a
+        // transform keeps the lines.
+        let transforms: [(&str, fn(&[u8]) -> Vec<u8>, bool); 5] = [
+            (
+                "digits hidden",
+                |old| {
+                    old.iter()
+                        .map(|&b| if b.is_ascii_digit() { b'#' } else { b })
+                        .collect()
+                },
+                true,
+            ),
+            (
+                "digits gone",
+                |old| {
+                    old.iter()
+                        .copied()
+                        .filter(|b| !b.is_ascii_digit())
+                        .collect()
+                },
+                true,
+            ),
+            (
+                "a doubled",
+                |old| {
+                    old.iter()
+                        .flat_map(|&b| if b == b'a' { vec![b, b] } else { vec![b] })
+                        .collect()
+                },
+                true,
+            ),
+            (
+                "first line end gone",
+                |old| {
+                    let mut new = old.to_vec();
+                    if let Some(at) = memchr::memchr(b'\n', &new) {
+                        new.remove(at);
+                    }
+                    new
+                },
+                false,
+            ),
+            ("a line added", |old| [b"added\r\n", old].concat(), false),
+        ];
         for data in samples() {
             let lines: Vec<u8> = data
                 .split(|&b| b == b'\r' || b == b'\n')
                 .collect::<Vec<_>>()
                 .join(&b"\r\n"[..]);
-            for (data, eol, always) in [
+            for (data, eol, lines_only) in [
                 (&data, "\r\n", false),
                 (&data, "\n", false),
                 (&lines, "\r\n", true),
             ] {
                 let encoded = quoted_printable(data, eol);
                 let old = decode_quoted_printable(&encoded);
-                let new: Vec<u8> = old
-                    .iter()
-                    .map(|&b| if b.is_ascii_digit() { b'#' } else { b })
-                    .collect();
-                match quoted_printable_changed_lines(&encoded, &old, &new, eol) {
-                    Some(out) => assert_eq!(decode_quoted_printable(&out), new),
-                    None => assert!(!always, "lines requoted: {data:?}"),
+                for (name, transform, keeps_lines) in &transforms {
+                    let new = transform(&old);
+                    let out = changed_lines(&encoded, &new, eol);
+                    assert_eq!(
+                        out,
+                        reference_changed_lines(&encoded, &old, &new, eol),
+                        "{name}: {data:?}"
+                    );
+                    match out {
+                        Some(out) => assert_eq!(decode_quoted_printable(&out), new, "{name}"),
+                        None => assert!(
+                            !(lines_only && *keeps_lines),
+                            "{name}: lines requoted: {data:?}"
+                        ),
+                    }
                 }
             }
         }
