@@ -157,10 +157,18 @@ impl Connection {
         if !self.input.is_empty() {
             return true;
         }
-        matches!(
-            tokio::time::timeout(wait, self.fill()).await,
-            Ok(Ok(n)) if n > 0
-        )
+        let filled = if wait.is_zero() {
+            // No pause: only what has already arrived counts, looked at once. A zero timeout
+            // would wait for the timer's next tick, a millisecond per connection.
+            tokio::select! {
+                biased;
+                read = self.fill() => Some(read),
+                () = std::future::ready(()) => None,
+            }
+        } else {
+            tokio::time::timeout(wait, self.fill()).await.ok()
+        };
+        matches!(filled, Some(Ok(n)) if n > 0)
     }
 
     /// The next line, without its line end (LF or CRLF), at most `limit` bytes, whole within
