@@ -461,6 +461,34 @@ fn refusals_of_a_pipelined_xforward_or_mail_are_read_in_their_place() {
     }
 }
 
+/// The first RCPT goes in one write with XFORWARD and MAIL to a target that offers PIPELINING:
+/// its refusal is the first recipient's alone, the target keeps the transaction, and the
+/// other recipients and the message go to it.
+#[test]
+fn a_refusal_of_the_rcpt_pipelined_with_mail_is_that_recipients() {
+    let target = FaultyTarget::start(Faults {
+        extensions: vec!["PIPELINING", "XFORWARD NAME ADDR PROTO HELO"],
+        rcpt_replies: vec![("a@dest.test", "550 5.1.1 Error: no such user a")],
+        ..Faults::default()
+    });
+    let other = FaultyTarget::start(Faults::default());
+    let env = start(&[&target, &other]);
+    let outcome = transaction(&env, no_pause());
+    assert_eq!(
+        outcome.rcpt[0].1.trim_end(),
+        "550 5.1.1 Error: no such user a",
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.accepted(), ["b@dest.test", "c@dest.test"]);
+    assert!(outcome.end_ok(), "{outcome:?}");
+    let taken = target.taken();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].recipients, ["b@dest.test", "c@dest.test"]);
+    assert_eq!(taken[0].xforward.len(), 1, "{:?}", taken[0].xforward);
+    assert!(taken[0].rcpt_with_mail, "RCPT came in the write with MAIL");
+    assert!(other.taken().is_empty());
+}
+
 /// Messages in flight share `message_memory_budget`: with room for one, a second DATA while
 /// the first is uploading gets 452 4.3.1, and goes through once the first is handed on.
 #[test]

@@ -331,6 +331,9 @@ impl Envelope {
     }
 }
 
+/// A relay target's answer to RCPT TO: its reply (a refusal is a [`TargetError::Refused`]).
+pub type RcptAnswer = Result<SmtpReply, TargetError>;
+
 /// An open transaction with one relay target: MAIL has been accepted.
 pub struct Upstream {
     link: Link,
@@ -383,6 +386,22 @@ impl Delivery {
 
     /// Opens a transaction with the first target, from `first` on, that accepts the sender.
     pub async fn open(&self, envelope: &Envelope, first: usize) -> Result<Upstream, DeliveryError> {
+        self.open_for(envelope, first, None)
+            .await
+            .map(|(upstream, _)| upstream)
+    }
+
+    /// [`Delivery::open`], and RCPT TO for `recipient` in the same write as MAIL where the
+    /// target offers PIPELINING: then also the target's answer to it, which is the recipient's
+    /// (a target that accepts the sender keeps the transaction whatever it answers the
+    /// recipient; one that refuses the sender is not asked, its answer to RCPT read and left).
+    /// `None` in its place: the recipient was not sent, [`Upstream::rcpt`] sends it.
+    pub async fn open_for(
+        &self,
+        envelope: &Envelope,
+        first: usize,
+        recipient: Option<&str>,
+    ) -> Result<(Upstream, Option<RcptAnswer>), DeliveryError> {
         let mut failures = Vec::new();
         let mut incapable = None;
         let targets = self.targets.iter().enumerate().skip(first);
@@ -391,13 +410,13 @@ impl Delivery {
                 incapable.get_or_insert((target.name.clone(), tls_required()));
                 continue;
             }
-            let opened = self.open_one(index, target, envelope).await;
+            let opened = self.open_one(index, target, envelope, recipient).await;
             if let Err(e) = &opened {
                 observe(&self.observer, &target.name, Outcome::of_error(e));
             }
             match opened {
-                Ok((link, reused)) => {
-                    return Ok(Upstream {
+                Ok((link, reused, answer)) => {
+                    let upstream = Upstream {
                         link,
                         target: index,
                         name: target.name.clone(),
@@ -407,7 +426,8 @@ impl Delivery {
                         cacheable: target.security != Security::Ssl,
                         line_limit: target.line_limit,
                         observer: self.observer.clone(),
-                    });
+                    };
+                    return Ok((upstream, answer));
                 }
                 Err(TargetError::Refused(reply)) if reply.code() >= 500 => {
                     return Err(DeliveryError::Refused {
@@ -473,16 +493,17 @@ impl Delivery {
     }
 
     /// A connection to the target with MAIL accepted: a cached one if it still works (then
-    /// `true`), else a fresh one.
+    /// `true`), else a fresh one; and the answer to `recipient` if it went with MAIL.
     async fn open_one(
         &self,
         index: usize,
         target: &RelayTarget,
         envelope: &Envelope,
-    ) -> Result<(Link, bool), TargetError> {
+        recipient: Option<&str>,
+    ) -> Result<(Link, bool, Option<RcptAnswer>), TargetError> {
         if let Some(mut link) = self.pool.take(index) {
-            match self.mail(&mut link, envelope).await {
-                Ok(()) => return Ok((link, true)),
+            match self.mail(&mut link, envelope, recipient).await {
+                Ok(answer) => return Ok((link, true, answer)),
                 Err(e @ TargetError::Incapable(_)) => {
                     self.pool.put(index, link, target.security != Security::Ssl);
                     return Err(e);
@@ -500,8 +521,8 @@ impl Delivery {
         )
         .await
         .map_err(|_| TargetError::Timeout("connecting"))??;
-        match self.mail(&mut link, envelope).await {
-            Ok(()) => Ok((link, false)),
+        match self.mail(&mut link, envelope, recipient).await {
+            Ok(answer) => Ok((link, false, answer)),
             Err(e) => {
                 link.conn.abort().await;
                 Err(e)
@@ -512,8 +533,15 @@ impl Delivery {
     /// XFORWARD (when the target offers it) and MAIL FROM, with the parameters the target
     /// supports: SIZE only where offered; SMTPUTF8 only where offered, and a non-ASCII sender
     /// is refused where it is not (5.6.7, as Postfix does); BODY only with 8BITMIME (the
-    /// message itself is checked at DATA).
-    async fn mail(&self, link: &mut Link, envelope: &Envelope) -> Result<(), TargetError> {
+    /// message itself is checked at DATA). RCPT TO for `recipient` goes in the same write
+    /// where the target offers PIPELINING (and the address needs no SMTPUTF8 it lacks); its
+    /// answer is then given back.
+    async fn mail(
+        &self,
+        link: &mut Link,
+        envelope: &Envelope,
+        recipient: Option<&str>,
+    ) -> Result<Option<RcptAnswer>, TargetError> {
         for requirement in &envelope.tls {
             match &link.tls {
                 None => return Err(TargetError::Incapable(tls_required())),
@@ -541,31 +569,48 @@ impl Delivery {
             Some(client) if !caps.xforward.is_empty() => client.commands(&caps.xforward),
             _ => Vec::new(),
         };
-        if caps.pipelining && !xforward.is_empty() {
-            // RFC 2920: the XFORWARD commands and MAIL in one write (as Postfix's own client
-            // sends them), then their replies in order; the first refusal is the answer, and
-            // the connection is not kept after one.
-            let batch = xforward.concat() + &command;
+        let rcpt = recipient
+            .filter(|r| caps.pipelining && (r.is_ascii() || caps.smtputf8))
+            .map(|r| format!("RCPT TO:<{r}>\r\n"));
+        if caps.pipelining && (!xforward.is_empty() || rcpt.is_some()) {
+            // RFC 2920: the XFORWARD commands, MAIL and the first RCPT in one write (as
+            // Postfix's own client sends them), then their replies in order; the first refusal
+            // before RCPT is the answer, and the connection is not kept after one.
+            let batch = xforward.concat() + &command + rcpt.as_deref().unwrap_or("");
             let mut answer = command_reply(&mut link.conn, &batch, self.protocol_timeout)
                 .await
                 .map(|_| ());
-            for _ in 0..xforward.len() {
+            for n in 1..=xforward.len() {
                 if matches!(answer, Err(ref e) if !matches!(e, TargetError::Refused(_))) {
                     break;
                 }
-                let next = next_reply(&mut link.conn, "MAIL", self.protocol_timeout).await;
+                let verb = if n < xforward.len() {
+                    "XFORWARD"
+                } else {
+                    "MAIL"
+                };
+                let next = next_reply(&mut link.conn, verb, self.protocol_timeout).await;
                 if answer.is_ok() {
                     answer = next.map(|_| ());
                 }
             }
-            return answer;
+            let rcpt_answer = match (&rcpt, &answer) {
+                (None, _) => None,
+                // The connection broke: no answer will come.
+                (Some(_), Err(e)) if !matches!(e, TargetError::Refused(_)) => None,
+                (Some(_), _) => {
+                    let read = next_reply(&mut link.conn, "RCPT", self.protocol_timeout).await;
+                    answer.is_ok().then_some(read)
+                }
+            };
+            return answer.map(|()| rcpt_answer);
         }
         for xforward in xforward {
             command_reply(&mut link.conn, &xforward, self.protocol_timeout).await?;
         }
         command_reply(&mut link.conn, &command, self.protocol_timeout)
             .await
-            .map(|_| ())
+            .map(|_| None)
     }
 
     /// Delivers a whole message through the targets from `first` on: each must accept the

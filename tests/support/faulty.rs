@@ -74,6 +74,8 @@ pub struct Taken {
     /// XFORWARD command lines of the transaction, as sent.
     pub xforward: Vec<String>,
     pub mail: String,
+    /// Whether the first RCPT had already arrived (in the same write) when MAIL was read.
+    pub rcpt_with_mail: bool,
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
 }
@@ -163,6 +165,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
     let say = |out: &mut TcpStream, line: &str| out.write_all(format!("{line}\r\n").as_bytes());
     say(&mut out, "220 faulty.postern.test ESMTP")?;
     let mut mail: Option<String> = None;
+    let mut rcpt_with_mail = false;
     let mut xforward = Vec::new();
     let mut recipients = Vec::new();
     let mut rcpt_count = 0;
@@ -209,6 +212,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
             }
             "MAIL" => {
                 recipients.clear();
+                rcpt_with_mail = input.buffer().starts_with(b"RCPT");
                 match faults.mail_reply {
                     Some(reply) => say(&mut out, reply)?,
                     None => {
@@ -217,6 +221,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                     }
                 }
             }
+            "RCPT" if mail.is_none() => say(&mut out, "503 5.5.1 Error: need MAIL command")?,
             "RCPT" => {
                 rcpt_count += 1;
                 if faults.close_at_rcpt == Some(rcpt_count) {
@@ -254,6 +259,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                     taken.lock().unwrap().push(Taken {
                         xforward: std::mem::take(&mut xforward),
                         mail: mail.clone().unwrap_or_default(),
+                        rcpt_with_mail,
                         recipients: std::mem::take(&mut recipients),
                         message,
                     });

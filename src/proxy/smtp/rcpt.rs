@@ -66,19 +66,25 @@ impl Conversation {
                 RefusedBy::NoRelayTarget,
             ));
         }
+        let relayed = self.session.relayed_address(Place::Recipients, recipient);
+        // The answer to RCPT when it went in one write with MAIL, as the target was opened.
+        let mut answered = None;
         if tx.upstream.is_none() {
             let delivery = tx
                 .delivery
                 .get_or_insert_with(|| self.shared.delivery.load_full())
                 .clone();
             tx.envelope.tls = needs_tls.iter().cloned().collect();
-            let opened = delivery.open(&tx.envelope, 0).await;
+            let opened = delivery.open_for(&tx.envelope, 0, Some(&relayed)).await;
             if opened.is_err() {
                 // What only this recipient needed does not bind the next one.
                 tx.envelope.tls.clear();
             }
             match opened {
-                Ok(upstream) => tx.upstream = Some(upstream),
+                Ok((upstream, answer)) => {
+                    tx.upstream = Some(upstream);
+                    answered = answer;
+                }
                 Err(DeliveryError::Refused { reply, .. })
                     if needs_tls.is_some() && crate::relay::is_tls_refusal(&reply) =>
                 {
@@ -101,8 +107,11 @@ impl Conversation {
             }
         }
         let upstream = tx.upstream.as_mut().expect("opened above");
-        let relayed = self.session.relayed_address(Place::Recipients, recipient);
-        match upstream.rcpt(&relayed).await {
+        let answer = match answered {
+            Some(answer) => answer,
+            None => upstream.rcpt(&relayed).await,
+        };
+        match answer {
             Ok(_) => {
                 // A failover at the end of the data must meet what this recipient needs too.
                 if let Some(requirement) = needs_tls
