@@ -414,6 +414,12 @@ impl DropObserver for Metrics {
 const MAX_REQUEST: usize = 8192;
 /// How long a scraper has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scraper has for the whole exchange, reading the response included.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Scrapers served at once (Prometheus scrapes a target over one connection at a time): while
+/// that many are connected, further connections wait in the listen queue until one is done, so
+/// that idle or slow connections cannot pile up tasks and buffers.
+const MAX_SCRAPERS: usize = 16;
 
 /// Binds `[metrics] listen`.
 pub async fn bind(settings: &MetricsSettings) -> anyhow::Result<TcpListener> {
@@ -428,14 +434,36 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, auth: Option<Ba
         info!(listen = %addr, "metrics listening");
     }
     let auth = Arc::new(auth);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
+    let mut busy = crate::logging::Throttle::default();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(n) = busy.due(Duration::from_secs(60), 1) {
+                    warn!(
+                        limit = MAX_SCRAPERS,
+                        times = n,
+                        "metrics: every scraper slot is taken; new connections wait until one is done (check what holds them)"
+                    );
+                }
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                slot
+            }
+        };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let (metrics, auth) = (metrics.clone(), auth.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &metrics, auth.as_ref().as_ref()).await {
-                        info!(client = %peer, error = %e, "metrics request failed");
+                    let exchange = answer(stream, &metrics, auth.as_ref().as_ref());
+                    match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => info!(client = %peer, error = %e, "metrics request failed"),
+                        Err(_) => info!(client = %peer, "metrics request took too long, closed"),
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {

@@ -228,3 +228,50 @@ fn a_dry_run_refuses_nothing_and_counts_what_it_would_have_done() {
         "{text}"
     );
 }
+
+/// Connections that never send a request hold at most `MAX_SCRAPERS` (16) slots of the
+/// endpoint: the next scraper waits in the listen queue instead of costing a task and a
+/// buffer, and is answered as soon as one of them goes.
+#[test]
+fn idle_connections_cannot_pile_up_at_the_metrics_endpoint() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let metrics = free_port();
+    let env = ProxyEnv::start(
+        &format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
+        ),
+        &[&[]],
+    );
+    assert!(get(metrics, "/metrics", None).starts_with("HTTP/1.1 200"));
+    let idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(("127.0.0.1", metrics)).unwrap())
+        .collect();
+    let mut waiting = TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    waiting
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "answered while 16 idle connections hold every slot: {early:?}"
+    );
+    drop(idle);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut response = String::new();
+    waiting.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        env.log().contains("every scraper slot is taken"),
+        "the wait is logged"
+    );
+}
