@@ -394,8 +394,9 @@ impl Delivery {
     /// [`Delivery::open`], and RCPT TO for `recipient` in the same write as MAIL where the
     /// target offers PIPELINING: then also the target's answer to it, which is the recipient's
     /// (a target that accepts the sender keeps the transaction whatever it answers the
-    /// recipient; one that refuses the sender is not asked, its answer to RCPT read and left).
-    /// `None` in its place: the recipient was not sent, [`Upstream::rcpt`] sends it.
+    /// recipient; after a refused sender the answer to RCPT is read and dropped, and the next
+    /// target is tried as before). `None` in its place: the recipient was not sent,
+    /// [`Upstream::rcpt`] sends it.
     pub async fn open_for(
         &self,
         envelope: &Envelope,
