@@ -265,6 +265,76 @@ fn behind_postfix_a_dead_route_defers_the_message() {
     env.assert_nothing_delivered();
 }
 
+/// Behind Postfix, two routes: the second refuses, so the message is deferred although the
+/// first took its recipient. When the client sends the message again (the second route
+/// fixed by a reload), the first route is not used again: nobody gets the message twice.
+#[test]
+fn behind_postfix_a_message_sent_again_after_a_failed_route_reaches_nobody_twice() {
+    use support::faulty::{Faults, FaultyTarget};
+    let one = FaultyTarget::start(Faults::default());
+    let refusing = FaultyTarget::start(Faults {
+        mail_reply: Some("451 4.3.0 Error: try again later"),
+        ..Faults::default()
+    });
+    let two = FaultyTarget::start(Faults::default());
+    let policy = |second: u16| {
+        format!(
+            "[[encryption_rule]]\nrecipient_domain = \"one.test\"\nvia = [\"one\"]\n\
+             [[encryption_rule]]\nrecipient_domain = \"two.test\"\nvia = [\"two\"]\n\
+             [[relay_target]]\nname = \"one\"\nhost = \"127.0.0.1\"\nport = {}\ndivert_only = true\n\
+             [[relay_target]]\nname = \"two\"\nhost = \"127.0.0.1\"\nport = {second}\ndivert_only = true\n",
+            one.port
+        )
+    };
+    let env = support::MailEnv::start(support::Socket::Unix, &policy(refusing.port));
+    let message = b"From: a@sender.example\r\nTo: x@one.test, y@two.test\r\n\
+                    Message-ID: <twice@sender.example>\r\nDate: Thu, 3 Dec 2026 08:00:00 +0000\r\n\
+                    Subject: once each\r\n\r\nbody\r\n";
+    let send = || {
+        let mut smtp = env.smtp();
+        assert!(
+            smtp.command("EHLO client.postern.test")
+                .unwrap()
+                .starts_with("250")
+        );
+        assert!(
+            smtp.command("MAIL FROM:<a@sender.example>")
+                .unwrap()
+                .starts_with("250")
+        );
+        assert!(
+            smtp.command("RCPT TO:<x@one.test>")
+                .unwrap()
+                .starts_with("250")
+        );
+        assert!(
+            smtp.command("RCPT TO:<y@two.test>")
+                .unwrap()
+                .starts_with("250")
+        );
+        assert!(smtp.command("DATA").unwrap().starts_with("354"));
+        smtp.writer_mut().write_all(message).unwrap();
+        smtp.writer_mut().write_all(b".\r\n").unwrap();
+        smtp.read_reply().unwrap()
+    };
+    let first = send();
+    assert!(first.starts_with("451"), "{first}");
+    assert_eq!(one.taken().len(), 1, "the first route took x");
+    assert!(refusing.taken().is_empty());
+
+    env.write_config(&policy(two.port));
+    env.hup_postern();
+    env.wait_for_log("configuration reloaded");
+    let again = send();
+    assert!(again.starts_with("250"), "{again}");
+    assert_eq!(one.taken().len(), 1, "x got the message a second time");
+    env.wait_for_log("already handed to this route on an earlier attempt");
+    let taken = two.taken();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].recipients, ["y@two.test"]);
+    env.assert_nothing_delivered();
+}
+
 #[test]
 fn check_config_says_a_milter_cannot_enforce_a_rule_without_a_route() {
     let dir = tempfile::tempdir().unwrap();

@@ -232,3 +232,48 @@ fn redis_down_or_hanging_holds_no_mail_up() {
     assert_eq!(a.sinks[0].wait_delivered(sent / 2).len(), sent / 2);
     assert_eq!(b.sinks[0].wait_delivered(sent / 2).len(), sent / 2);
 }
+
+/// What one instance remembers of a message it handed to an encryption route (so that the
+/// sender's next attempt does not hand it on again) another instance knows through Redis, and
+/// only for the time it was given.
+#[test]
+fn handed_messages_are_remembered_across_instances_for_their_time() {
+    use std::sync::Arc;
+
+    use postern::engine::ports::{Fanout, Store};
+    use postern::state::{MemoryStore, RedisStore, SharedStateSettings};
+
+    let redis = Redis::start();
+    let settings = SharedStateSettings {
+        redis_url: redis.url(),
+        ..SharedStateSettings::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = || {
+            RedisStore::new(
+                &settings,
+                MemoryStore::default(),
+                Arc::new(Fanout(Vec::new())),
+            )
+            .unwrap()
+        };
+        let (one, other) = (store(), store());
+        let handed = [7u8; 32];
+        assert!(!other.was_handed(&handed).await.unwrap());
+        one.remember_handed(&handed, Duration::from_millis(600))
+            .await
+            .unwrap();
+        assert!(other.was_handed(&handed).await.unwrap(), "shared");
+        assert!(!other.was_handed(&[8u8; 32]).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(
+            !other.was_handed(&handed).await.unwrap(),
+            "forgotten in time"
+        );
+    });
+    assert!(redis.cli(&["KEYS", "postern:handed:*"]).trim().is_empty());
+}

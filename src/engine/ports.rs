@@ -117,7 +117,17 @@ pub trait Store: Send + Sync + fmt::Debug {
         delta: f64,
         half_life: Duration,
     ) -> Result<(), StoreError>;
+
+    /// Remembers for `ttl` that the message and recipients `handed` names (a digest) were
+    /// handed on, so that a retry of the same message does not hand them on again.
+    async fn remember_handed(&self, handed: &Digest, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Whether [`Store::remember_handed`] remembers `handed`.
+    async fn was_handed(&self, handed: &Digest) -> Result<bool, StoreError>;
 }
+
+/// A SHA-256 digest that names something the store remembers.
+pub type Digest = [u8; 32];
 
 /// Where the engine reports what happened: checks, messages, connections. Logging is one
 /// sink; metrics and message tracking are more. A sink must not block.

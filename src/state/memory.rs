@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::engine::ports::{Counter, Store, StoreError};
+use crate::engine::ports::{Counter, Digest, Store, StoreError};
 
 /// Entries each map keeps at most (by default; see [`MemoryStore::with_capacity`]).
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -21,6 +21,8 @@ pub struct MemoryStore {
     hits: Mutex<HashMap<(Counter, IpAddr), VecDeque<Instant>>>,
     windows: Mutex<HashMap<(Counter, IpAddr), (u64, Instant)>>,
     scores: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// What was handed on, and until when it is remembered.
+    handed: Mutex<HashMap<Digest, Instant>>,
 }
 
 impl Default for MemoryStore {
@@ -60,7 +62,27 @@ impl MemoryStore {
             hits: Mutex::default(),
             windows: Mutex::default(),
             scores: Mutex::default(),
+            handed: Mutex::default(),
         }
+    }
+
+    fn remember_at(&self, handed: &Digest, ttl: Duration, now: Instant) {
+        let mut map = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.capacity && !map.contains_key(handed) {
+            // Forget what has run out, then what runs out soonest.
+            make_room(
+                &mut map,
+                self.capacity,
+                |until| *until <= now,
+                |until| *until,
+            );
+        }
+        map.insert(*handed, now + ttl);
+    }
+
+    fn was_handed_at(&self, handed: &Digest, now: Instant) -> bool {
+        let map = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(handed).is_some_and(|until| *until > now)
     }
 
     fn hit_at(
@@ -179,6 +201,15 @@ impl Store for MemoryStore {
         self.record_at(client, delta, half_life, Instant::now());
         Ok(())
     }
+
+    async fn remember_handed(&self, handed: &Digest, ttl: Duration) -> Result<(), StoreError> {
+        self.remember_at(handed, ttl, Instant::now());
+        Ok(())
+    }
+
+    async fn was_handed(&self, handed: &Digest) -> Result<bool, StoreError> {
+        Ok(self.was_handed_at(handed, Instant::now()))
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +221,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn handed_messages_are_remembered_for_their_time_and_within_capacity() {
+        let store = MemoryStore::with_capacity(4);
+        let t0 = Instant::now();
+        let digest = |n: u8| [n; 32];
+        store.remember_at(&digest(1), HOUR, t0);
+        assert!(store.was_handed_at(&digest(1), t0 + MINUTE));
+        assert!(!store.was_handed_at(&digest(1), t0 + HOUR));
+        assert!(!store.was_handed_at(&digest(2), t0));
+        // Full: what runs out soonest goes first, the newest stays.
+        for n in 2..=6 {
+            store.remember_at(&digest(n), HOUR * u32::from(n), t0);
+        }
+        assert!(store.handed.lock().unwrap().len() <= 4);
+        assert!(store.was_handed_at(&digest(6), t0));
+        assert!(!store.was_handed_at(&digest(1), t0));
     }
 
     #[test]

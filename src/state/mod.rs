@@ -1,5 +1,6 @@
 //! Implementations of the engine's [`Store`](crate::engine::ports::Store) port: state that
-//! outlives a connection (rate counters, failure windows, learned reputation).
+//! outlives a connection (rate counters, failure windows, learned reputation, messages handed
+//! to encryption routes).
 //! [`MemoryStore`] keeps it in this process; [`RedisStore`] keeps it in a Redis that a fleet
 //! of instances shares, with a `MemoryStore` as its fallback.
 

@@ -20,7 +20,7 @@ use redis::{RedisError, Script};
 
 use super::{MemoryStore, SharedStateSettings};
 use crate::engine::Event;
-use crate::engine::ports::{Counter, Events, Store, StoreError};
+use crate::engine::ports::{Counter, Digest, Events, Store, StoreError};
 
 /// How long Redis is left alone after a call failed: decisions are local meanwhile.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -88,6 +88,17 @@ end
 return tostring(score)
 ";
 
+/// What was handed on: KEYS[1] the key; ARGV: how long it is remembered (ms), 0 to ask
+/// whether it is. Returns 1 when remembered.
+const HANDED: &str = r"
+local ttl = tonumber(ARGV[1])
+if ttl == 0 then
+  return redis.call('EXISTS', KEYS[1])
+end
+redis.call('SET', KEYS[1], '1', 'PX', ttl)
+return 1
+";
+
 /// State in Redis, shared by every instance with the same URL and key prefix.
 pub struct RedisStore {
     manager: ConnectionManager,
@@ -99,7 +110,7 @@ pub struct RedisStore {
     /// Members of the sliding windows are unique per instance and event.
     instance: String,
     sequence: AtomicU64,
-    scripts: [Script; 3],
+    scripts: [Script; 4],
     /// Set while Redis is left alone after a failure: until when, and since when it failed.
     outage: Mutex<Outage>,
     events: Arc<dyn Events>,
@@ -190,7 +201,12 @@ impl RedisStore {
             local,
             instance: format!("{}.{}", std::process::id(), unique_start()),
             sequence: AtomicU64::new(0),
-            scripts: [Script::new(HIT), Script::new(ADD), Script::new(REPUTATION)],
+            scripts: [
+                Script::new(HIT),
+                Script::new(ADD),
+                Script::new(REPUTATION),
+                Script::new(HANDED),
+            ],
             outage: Mutex::default(),
             events,
         })
@@ -343,9 +359,41 @@ impl Store for RedisStore {
         .await;
         Ok(())
     }
+
+    async fn remember_handed(&self, handed: &Digest, ttl: Duration) -> Result<(), StoreError> {
+        self.local.remember_handed(handed, ttl).await?;
+        let ttl = ttl.max(Duration::from_millis(1));
+        self.handed_script(handed, ttl, "message handed on (remembered locally)")
+            .await;
+        Ok(())
+    }
+
+    async fn was_handed(&self, handed: &Digest) -> Result<bool, StoreError> {
+        let local = self.local.was_handed(handed).await?;
+        let shared = self
+            .handed_script(handed, Duration::ZERO, "message handed on (asked locally)")
+            .await;
+        Ok(local || shared.unwrap_or(false))
+    }
 }
 
 impl RedisStore {
+    /// [`HANDED`] for `handed`: remembers it for `ttl`, or (zero) asks whether it is.
+    async fn handed_script(
+        &self,
+        handed: &Digest,
+        ttl: Duration,
+        what: &'static str,
+    ) -> Option<bool> {
+        let hex: String = handed.iter().map(|b| format!("{b:02x}")).collect();
+        let mut invocation = self.scripts[3].prepare_invoke();
+        invocation
+            .key(format!("{}handed:{hex}", self.prefix))
+            .arg(ttl.as_millis() as u64);
+        let answer: i64 = self.ask(what, invocation).await?;
+        Some(answer == 1)
+    }
+
     async fn reputation_script(
         &self,
         client: IpAddr,

@@ -187,7 +187,7 @@ impl Session {
     }
 
     /// Reports that the store could not answer for `what`.
-    fn store_unavailable(&self, what: &'static str, error: &StoreError) {
+    pub(super) fn store_unavailable(&self, what: &'static str, error: &StoreError) {
         self.emit(&Event::StoreUnavailable {
             session: Some(self.id),
             what,

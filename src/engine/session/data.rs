@@ -282,6 +282,11 @@ impl Session {
     /// Behind an MTA, delivers the recipients whose encryption rule gives a route (`via`)
     /// through it, with the edits applied, and marks them removed from the MTA's envelope;
     /// whether no recipient is left for the MTA. An error when a route took none.
+    ///
+    /// Each route's delivery is remembered (in the state store, for [`HANDED_MEMORY`]) against
+    /// the message's identity: when a later route fails, the message is deferred and the
+    /// sending MTA sends it again, and then the routes that took it before are not used again
+    /// (their recipients only leave the MTA's envelope), so nobody gets it twice.
     async fn secure_routes(
         &self,
         tx: &mut Transaction,
@@ -305,9 +310,32 @@ impl Session {
         if routes.is_empty() {
             return Ok(false);
         }
-        let message = tx.leaving(edits).await?;
+        let received = tx.received().await?;
+        let identity = message_identity(&tx.sender, &received);
+        let message = if edits.is_empty() {
+            received
+        } else {
+            edits.apply_to(&received)
+        };
         let sender = envelope.sender.as_deref().unwrap_or(&tx.sender);
+        let store = &self.shared.ports.store;
         for ((via, tls), recipients) in &routes {
+            let handed = handed_digest(identity.clone(), via, recipients);
+            let before = match store.was_handed(&handed).await {
+                Ok(before) => before,
+                Err(e) => {
+                    self.store_unavailable("route deliveries of earlier attempts", &e);
+                    false
+                }
+            };
+            if before {
+                info!(session = self.id, route = ?via, recipients = recipients.len(), "recipients already handed to this route on an earlier attempt of the message: not sent again");
+                for r in recipients {
+                    envelope.recipients.retain(|(from, _)| from != r);
+                    envelope.removed.push(r.clone());
+                }
+                continue;
+            }
             let relayed: Vec<String> = recipients
                 .iter()
                 .map(|r| envelope.recipient(r).to_owned())
@@ -334,6 +362,9 @@ impl Session {
                 relay_target: &target,
                 reply: &reply,
             });
+            if let Err(e) = store.remember_handed(&handed, HANDED_MEMORY).await {
+                self.store_unavailable("route deliveries of earlier attempts", &e);
+            }
             for r in recipients {
                 envelope.recipients.retain(|(from, _)| from != r);
                 envelope.removed.push(r.clone());
@@ -428,4 +459,53 @@ impl Session {
             },
         });
     }
+}
+
+/// How long a route's delivery of a message is remembered against the sending MTA sending it
+/// again: Postfix's default `maximal_queue_lifetime`, the longest a sender keeps retrying.
+pub const HANDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(5 * 24 * 3600);
+
+/// What names one message across its sender's attempts: the envelope sender, every header
+/// field but `Received` (each hop adds one, on every attempt) and the body, as received.
+fn message_identity(sender: &str, raw: &[u8]) -> sha2::Sha256 {
+    use sha2::Digest as _;
+    let mut identity = sha2::Sha256::new();
+    identity.update(b"postern message identity 1\0");
+    identity.update(sender.as_bytes());
+    identity.update(b"\0");
+    for (name, value) in crate::engine::message::header_fields(raw) {
+        if !name.eq_ignore_ascii_case("Received") {
+            identity.update(name.to_ascii_lowercase().as_bytes());
+            identity.update(b":");
+            identity.update(value.trim().as_bytes());
+            identity.update(b"\0");
+        }
+    }
+    let body = memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|at| at + 4)
+        .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|at| at + 2))
+        .unwrap_or(raw.len());
+    identity.update(b"\0");
+    identity.update(&raw[body..]);
+    identity
+}
+
+/// The message `identity` handed to the route `via` for `recipients`.
+fn handed_digest(
+    mut identity: sha2::Sha256,
+    via: &[String],
+    recipients: &[String],
+) -> crate::engine::ports::Digest {
+    use sha2::Digest as _;
+    for name in via {
+        identity.update(b"via\0");
+        identity.update(name.as_bytes());
+    }
+    let mut recipients: Vec<&String> = recipients.iter().collect();
+    recipients.sort();
+    for r in recipients {
+        identity.update(b"to\0");
+        identity.update(r.as_bytes());
+    }
+    identity.finalize().into()
 }

@@ -98,13 +98,18 @@ struct Transaction {
 impl Transaction {
     /// The message as it leaves: as received, with `edits` applied.
     async fn leaving(&mut self, edits: &Edits) -> Result<Vec<u8>, String> {
-        let buffer = self.message.as_mut().ok_or("the message was not kept")?;
-        let raw = buffer.contents().await.map_err(|e| e.to_string())?;
+        let raw = self.received().await?;
         Ok(if edits.is_empty() {
             raw
         } else {
             edits.apply_to(&raw)
         })
+    }
+
+    /// The message as it was received.
+    async fn received(&mut self) -> Result<Vec<u8>, String> {
+        let buffer = self.message.as_mut().ok_or("the message was not kept")?;
+        buffer.contents().await.map_err(|e| e.to_string())
     }
 
     fn new(sender: &str) -> Self {
