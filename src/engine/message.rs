@@ -360,8 +360,6 @@ fn header_section_len(raw: &[u8], from: usize) -> Option<usize> {
     })
 }
 
-/// The header fields of a raw message, in order, with folded values unfolded: (name, value).
-/// Reading stops at the first empty line.
 /// The longest field value [`first_header_field`] gives (RFC 5322's line limit).
 const MAX_FIELD_VALUE: usize = 998;
 
@@ -404,6 +402,8 @@ pub fn first_header_field(raw: &[u8], name: &str) -> Option<String> {
     None
 }
 
+/// The header fields of a raw message, in order, with folded values unfolded: (name, value).
+/// Reading stops at the first empty line.
 pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in raw.split(|&b| b == b'\n') {
