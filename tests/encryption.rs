@@ -177,6 +177,24 @@ fn tls_for_the_whole_transaction_refuses_mail_before_starttls() {
 
 use std::io::Write;
 
+/// One transaction from a@sender.example to `recipients` through `env`'s Postfix, every
+/// command accepted; the reply to the end of `message`.
+fn transaction(env: &support::MailEnv, recipients: &[&str], message: &[u8]) -> String {
+    let mut smtp = env.smtp();
+    for command in ["EHLO client.postern.test", "MAIL FROM:<a@sender.example>"] {
+        let r = smtp.command(command).unwrap();
+        assert!(r.starts_with("250"), "{command}: {r}");
+    }
+    for recipient in recipients {
+        let r = smtp.command(&format!("RCPT TO:<{recipient}>")).unwrap();
+        assert!(r.starts_with("250"), "{recipient}: {r}");
+    }
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut().write_all(message).unwrap();
+    smtp.writer_mut().write_all(b".\r\n").unwrap();
+    smtp.read_reply().unwrap()
+}
+
 /// Behind Postfix, a recipient whose rule requires encryption and names a route (`via`) is
 /// delivered by Postern over TLS through that route and taken out of Postfix's envelope;
 /// Postfix delivers the others itself. When it was the only recipient, Postfix discards the
@@ -193,34 +211,12 @@ fn behind_postfix_required_recipients_go_through_postern_over_tls() {
         target.path("ca.pem")
     );
     let env = support::MailEnv::start(support::Socket::Unix, &policy);
-    let mut smtp = env.smtp();
-    assert!(
-        smtp.command("EHLO client.postern.test")
-            .unwrap()
-            .starts_with("250")
+    let r = transaction(
+        &env,
+        &["x@secure.test", "y@plain.test"],
+        b"Subject: two\r\n\r\nbody\r\n",
     );
-    assert!(
-        smtp.command("MAIL FROM:<a@sender.example>")
-            .unwrap()
-            .starts_with("250")
-    );
-    assert!(
-        smtp.command("RCPT TO:<x@secure.test>")
-            .unwrap()
-            .starts_with("250")
-    );
-    assert!(
-        smtp.command("RCPT TO:<y@plain.test>")
-            .unwrap()
-            .starts_with("250")
-    );
-    assert!(smtp.command("DATA").unwrap().starts_with("354"));
-    smtp.writer_mut()
-        .write_all(b"Subject: two\r\n\r\nbody\r\n.\r\n")
-        .unwrap();
-    let r = smtp.read_reply().unwrap();
     assert!(r.starts_with("250"), "{r}");
-    drop(smtp);
     // Postfix delivered only the plain recipient.
     let got = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
     assert!(got.contains("X-Rcpt-Args: <y@plain.test>"), "{got}");
@@ -290,33 +286,7 @@ fn behind_postfix_a_message_sent_again_after_a_failed_route_reaches_nobody_twice
     let message = b"From: a@sender.example\r\nTo: x@one.test, y@two.test\r\n\
                     Message-ID: <twice@sender.example>\r\nDate: Thu, 3 Dec 2026 08:00:00 +0000\r\n\
                     Subject: once each\r\n\r\nbody\r\n";
-    let send = || {
-        let mut smtp = env.smtp();
-        assert!(
-            smtp.command("EHLO client.postern.test")
-                .unwrap()
-                .starts_with("250")
-        );
-        assert!(
-            smtp.command("MAIL FROM:<a@sender.example>")
-                .unwrap()
-                .starts_with("250")
-        );
-        assert!(
-            smtp.command("RCPT TO:<x@one.test>")
-                .unwrap()
-                .starts_with("250")
-        );
-        assert!(
-            smtp.command("RCPT TO:<y@two.test>")
-                .unwrap()
-                .starts_with("250")
-        );
-        assert!(smtp.command("DATA").unwrap().starts_with("354"));
-        smtp.writer_mut().write_all(message).unwrap();
-        smtp.writer_mut().write_all(b".\r\n").unwrap();
-        smtp.read_reply().unwrap()
-    };
+    let send = || transaction(&env, &["x@one.test", "y@two.test"], message);
     let first = send();
     assert!(first.starts_with("451"), "{first}");
     assert_eq!(one.taken().len(), 1, "the first route took x");
