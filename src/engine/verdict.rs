@@ -99,6 +99,15 @@ impl Edits {
         self.headers.is_empty() && self.body.is_none()
     }
 
+    /// `raw` with these edits applied, or `raw` itself when there are none.
+    pub fn applied_to(&self, raw: Vec<u8>) -> Vec<u8> {
+        if self.is_empty() {
+            raw
+        } else {
+            self.apply_to(&raw)
+        }
+    }
+
     /// The message with these edits applied, as an MTA applies milter edits: header changes in
     /// order, then the new body. New fields end with the line ending the message uses.
     pub fn apply_to(&self, raw: &[u8]) -> Vec<u8> {
@@ -155,7 +164,7 @@ impl Edits {
 
 /// Where the header ends: the offset of the empty line that separates it from the body (or
 /// the end of the message when there is none).
-fn header_end(raw: &[u8]) -> usize {
+pub(crate) fn header_end(raw: &[u8]) -> usize {
     // Text that starts with neither a header field nor an mbox "From " line has no header.
     let first = raw.split(|&b| b == b'\n').next().unwrap_or_default();
     let named = first
@@ -240,6 +249,14 @@ pub struct EnvelopeEdits {
 impl EnvelopeEdits {
     pub fn is_empty(&self) -> bool {
         self.sender.is_none() && self.recipients.is_empty() && self.removed.is_empty()
+    }
+
+    /// `recipients` delivered by Postern itself: out of the MTA's envelope.
+    pub fn remove(&mut self, recipients: &[String]) {
+        for r in recipients {
+            self.recipients.retain(|(from, _)| from != r);
+            self.removed.push(r.clone());
+        }
     }
 
     /// `recipient` as it is relayed.

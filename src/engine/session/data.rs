@@ -312,12 +312,8 @@ impl Session {
         }
         let received = tx.received().await?;
         let identity = message_identity(&tx.sender, &received);
-        let message = if edits.is_empty() {
-            received
-        } else {
-            edits.apply_to(&received)
-        };
-        let sender = envelope.sender.as_deref().unwrap_or(&tx.sender);
+        let message = edits.applied_to(received);
+        let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
         let store = &self.shared.ports.store;
         for ((via, tls), recipients) in &routes {
             let handed = handed_digest(identity.clone(), via, recipients);
@@ -330,10 +326,7 @@ impl Session {
             };
             if before {
                 info!(session = self.id, route = ?via, recipients = recipients.len(), "recipients already handed to this route on an earlier attempt of the message: not sent again");
-                for r in recipients {
-                    envelope.recipients.retain(|(from, _)| from != r);
-                    envelope.removed.push(r.clone());
-                }
+                envelope.remove(recipients);
                 continue;
             }
             let relayed: Vec<String> = recipients
@@ -341,7 +334,7 @@ impl Session {
                 .map(|r| envelope.recipient(r).to_owned())
                 .collect();
             let outbound = OutboundMessage {
-                sender,
+                sender: &sender,
                 recipients: &relayed,
                 message: &message,
                 tls,
@@ -365,10 +358,7 @@ impl Session {
             if let Err(e) = store.remember_handed(&handed, HANDED_MEMORY).await {
                 self.store_unavailable("route deliveries of earlier attempts", &e);
             }
-            for r in recipients {
-                envelope.recipients.retain(|(from, _)| from != r);
-                envelope.removed.push(r.clone());
-            }
+            envelope.remove(recipients);
         }
         Ok(envelope.removed.len() == tx.recipients.len())
     }
@@ -481,12 +471,8 @@ fn message_identity(sender: &str, raw: &[u8]) -> sha2::Sha256 {
             identity.update(b"\0");
         }
     }
-    let body = memchr::memmem::find(raw, b"\r\n\r\n")
-        .map(|at| at + 4)
-        .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|at| at + 2))
-        .unwrap_or(raw.len());
     identity.update(b"\0");
-    identity.update(&raw[body..]);
+    identity.update(&raw[crate::engine::verdict::header_end(raw)..]);
     identity
 }
 

@@ -98,12 +98,7 @@ struct Transaction {
 impl Transaction {
     /// The message as it leaves: as received, with `edits` applied.
     async fn leaving(&mut self, edits: &Edits) -> Result<Vec<u8>, String> {
-        let raw = self.received().await?;
-        Ok(if edits.is_empty() {
-            raw
-        } else {
-            edits.apply_to(&raw)
-        })
+        Ok(edits.applied_to(self.received().await?))
     }
 
     /// The message as it was received.
