@@ -69,11 +69,7 @@ pub fn quoted_printable_changed_lines(
         let last = line == lines.len();
         // A changed line is written as its content, then the original's line ending: both
         // must be `eol`.
-        let old_end = match lines.get(line) {
-            Some(l) if old[..l.decoded].ends_with(eol.as_bytes()) => l.decoded - eol.len(),
-            Some(_) => return None,
-            None => old.len(),
-        };
+        let old_end = content_end(old, lines.get(line).map(|l| l.decoded), eol)?;
         let old_line = &old[starts.decoded..old_end];
         let (new_line, new_next) = next_line(&new[n..], crlf);
         if new_next.is_some() == last {
@@ -82,11 +78,7 @@ pub fn quoted_printable_changed_lines(
         if old_line != new_line {
             out.extend_from_slice(&original[copied..starts.encoded]);
             quoted_printable_line(new_line, eol.as_bytes(), &mut out);
-            copied = match lines.get(line) {
-                Some(l) if original[..l.encoded].ends_with(eol.as_bytes()) => l.encoded - eol.len(),
-                Some(_) => return None,
-                None => original.len(),
-            };
+            copied = content_end(original, lines.get(line).map(|l| l.encoded), eol)?;
         }
         if last {
             break;
@@ -102,6 +94,16 @@ pub fn quoted_printable_changed_lines(
         "requoted lines decode to the text"
     );
     Some(out)
+}
+
+/// Where a line's content ends in `text`, given where its line ending ends (`None`: the last
+/// line, which runs to the end); `None` when that line ending is not `eol`.
+fn content_end(text: &[u8], line_end: Option<usize>, eol: &str) -> Option<usize> {
+    match line_end {
+        Some(end) if text[..end].ends_with(eol.as_bytes()) => Some(end - eol.len()),
+        Some(_) => None,
+        None => Some(text.len()),
+    }
 }
 
 /// How many bytes `a` and `b` begin with alike, compared 32 at a time.
