@@ -97,3 +97,23 @@ fn an_error_answer_is_no_score() {
     );
     assert!(env.postern_log().contains("answered an error code"));
 }
+
+/// Learned reputation is kept per client as connection and AUTH counts are: an IPv6 client
+/// under its /64, so a new address in the same block does not start afresh (before, the
+/// store was asked for the exact address).
+#[test]
+fn an_ipv6_client_keeps_its_reputation_across_its_64() {
+    let dns = DnsServer::start();
+    let env = env(&dns, "");
+    assert!(probe(&env, "IPV6:2001:db8:40:1::10").starts_with("250"));
+    let (mut smtp, _) = env.smtp_as("IPV6:2001:db8:40:1:ffff::99");
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(
+        r.starts_with("554 5.7.1") && r.contains("(-26)"),
+        "same /64, other address: {r}"
+    );
+    // Another /64 is another client.
+    let (mut smtp, _) = env.smtp_as("IPV6:2001:db8:40:2::10");
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(r.starts_with("250"), "another /64: {r}");
+}

@@ -71,8 +71,40 @@ pub trait Outbound: Send + Sync + fmt::Debug {
 #[error("state store unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// What a counter in the store counts, per client key (see
-/// [`client_key`](super::checks::dos::client_key)).
+/// The identity every fact about a client is kept under (connection counts, AUTH failures,
+/// learned reputation, in memory and in a shared store alike): its IPv4 address (also when
+/// IPv4-mapped), or the /64 of an IPv6 address, the block one host usually holds, so that a
+/// client cannot escape what is known of it by changing the low bits of its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> Self {
+        Self(match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        })
+    }
+
+    /// The address the key stands for (an IPv6 key: its /64's first address).
+    pub fn ip(self) -> IpAddr {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V6(_) => write!(f, "{}/64", self.0),
+            IpAddr::V4(_) => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// What a counter in the store counts, per [`ClientKey`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {
     /// New connections (DoS protection's rate limit).
@@ -91,7 +123,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn hit(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         window: Duration,
         keep: u32,
     ) -> Result<u32, StoreError>;
@@ -102,18 +134,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn add(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         delta: i64,
         window: Duration,
     ) -> Result<u64, StoreError>;
 
     /// The client's learned reputation now, decayed towards 0 by `half_life`.
-    async fn reputation(&self, client: IpAddr, half_life: Duration) -> Result<f64, StoreError>;
+    async fn reputation(&self, client: ClientKey, half_life: Duration) -> Result<f64, StoreError>;
 
     /// Adds `delta` to the client's learned reputation.
     async fn add_reputation(
         &self,
-        client: IpAddr,
+        client: ClientKey,
         delta: f64,
         half_life: Duration,
     ) -> Result<(), StoreError>;

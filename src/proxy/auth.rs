@@ -17,8 +17,7 @@ use tokio::sync::Semaphore;
 
 use tracing::warn;
 
-use crate::engine::checks::dos::client_key;
-use crate::engine::ports::{Counter, Store};
+use crate::engine::ports::{ClientKey, Counter, Store};
 
 /// Authentication failures per client across its connections, so that a guesser gains nothing
 /// by reconnecting: after `max` failures within `window` (counted from the first), AUTH from
@@ -40,7 +39,7 @@ impl ClientFailures<'_> {
         if self.max == 0 {
             return true;
         }
-        let key = client_key(ip);
+        let key = ClientKey::of(ip);
         match self
             .store
             .add(Counter::AuthFailures, key, 1, self.window)
@@ -61,11 +60,11 @@ impl ClientFailures<'_> {
     /// The reserved attempt succeeded: it is not a failure.
     pub async fn succeeded(&self, ip: IpAddr) {
         if self.max > 0 {
-            self.give_back(client_key(ip)).await;
+            self.give_back(ClientKey::of(ip)).await;
         }
     }
 
-    async fn give_back(&self, key: IpAddr) {
+    async fn give_back(&self, key: ClientKey) {
         if let Err(e) = self
             .store
             .add(Counter::AuthFailures, key, -1, self.window)

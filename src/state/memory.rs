@@ -3,13 +3,12 @@
 //! without bound.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::engine::ports::{Counter, Digest, Store, StoreError};
+use crate::engine::ports::{ClientKey, Counter, Digest, Store, StoreError};
 
 /// Entries each map keeps at most (by default; see [`MemoryStore::with_capacity`]).
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -18,9 +17,9 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 #[derive(Debug)]
 pub struct MemoryStore {
     capacity: usize,
-    hits: Mutex<HashMap<(Counter, IpAddr), VecDeque<Instant>>>,
-    windows: Mutex<HashMap<(Counter, IpAddr), (u64, Instant)>>,
-    scores: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    hits: Mutex<HashMap<(Counter, ClientKey), VecDeque<Instant>>>,
+    windows: Mutex<HashMap<(Counter, ClientKey), (u64, Instant)>>,
+    scores: Mutex<HashMap<ClientKey, (f64, Instant)>>,
     /// What was handed on, and until when it is remembered.
     handed: Mutex<HashMap<Digest, Instant>>,
 }
@@ -88,7 +87,7 @@ impl MemoryStore {
     fn hit_at(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         window: Duration,
         keep: u32,
         now: Instant,
@@ -120,7 +119,7 @@ impl MemoryStore {
     fn add_at(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         delta: i64,
         window: Duration,
         now: Instant,
@@ -143,14 +142,14 @@ impl MemoryStore {
         entry.0
     }
 
-    fn score_at(&self, client: IpAddr, half_life: Duration, now: Instant) -> f64 {
+    fn score_at(&self, client: ClientKey, half_life: Duration, now: Instant) -> f64 {
         let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
         scores
             .get(&client)
             .map_or(0.0, |(s, t)| decayed(*s, *t, half_life, now))
     }
 
-    fn record_at(&self, client: IpAddr, delta: f64, half_life: Duration, now: Instant) {
+    fn record_at(&self, client: ClientKey, delta: f64, half_life: Duration, now: Instant) {
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
         if scores.len() >= self.capacity && !scores.contains_key(&client) {
             // Forget what has (nearly) decayed away, then the weakest half.
@@ -171,7 +170,7 @@ impl Store for MemoryStore {
     async fn hit(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         window: Duration,
         keep: u32,
     ) -> Result<u32, StoreError> {
@@ -181,20 +180,20 @@ impl Store for MemoryStore {
     async fn add(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         delta: i64,
         window: Duration,
     ) -> Result<u64, StoreError> {
         Ok(self.add_at(counter, client, delta, window, Instant::now()))
     }
 
-    async fn reputation(&self, client: IpAddr, half_life: Duration) -> Result<f64, StoreError> {
+    async fn reputation(&self, client: ClientKey, half_life: Duration) -> Result<f64, StoreError> {
         Ok(self.score_at(client, half_life, Instant::now()))
     }
 
     async fn add_reputation(
         &self,
-        client: IpAddr,
+        client: ClientKey,
         delta: f64,
         half_life: Duration,
     ) -> Result<(), StoreError> {
@@ -219,8 +218,8 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
     const MINUTE: Duration = Duration::from_secs(60);
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> ClientKey {
+        ClientKey::of(s.parse().unwrap())
     }
 
     #[test]

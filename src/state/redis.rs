@@ -9,7 +9,6 @@
 //! is reported as [`Event::StoreUnavailable`] (the log says so once a minute, the metrics count
 //! each one), and the first answer after an outage as [`Event::StoreBack`].
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ use redis::{RedisError, Script};
 
 use super::{MemoryStore, SharedStateSettings};
 use crate::engine::Event;
-use crate::engine::ports::{Counter, Digest, Events, Store, StoreError};
+use crate::engine::ports::{ClientKey, Counter, Digest, Events, Store, StoreError};
 
 /// How long Redis is left alone after a call failed: decisions are local meanwhile.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -212,7 +211,7 @@ impl RedisStore {
         })
     }
 
-    fn key(&self, kind: &str, client: IpAddr) -> String {
+    fn key(&self, kind: &str, client: ClientKey) -> String {
         format!("{}{kind}:{client}", self.prefix)
     }
 
@@ -294,7 +293,7 @@ impl Store for RedisStore {
     async fn hit(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         window: Duration,
         keep: u32,
     ) -> Result<u32, StoreError> {
@@ -319,7 +318,7 @@ impl Store for RedisStore {
     async fn add(
         &self,
         counter: Counter,
-        client: IpAddr,
+        client: ClientKey,
         delta: i64,
         window: Duration,
     ) -> Result<u64, StoreError> {
@@ -335,7 +334,7 @@ impl Store for RedisStore {
             .unwrap_or(local))
     }
 
-    async fn reputation(&self, client: IpAddr, half_life: Duration) -> Result<f64, StoreError> {
+    async fn reputation(&self, client: ClientKey, half_life: Duration) -> Result<f64, StoreError> {
         let local = self.local.reputation(client, half_life).await?;
         Ok(self
             .reputation_script(client, 0.0, half_life, "learned reputation (read locally)")
@@ -345,7 +344,7 @@ impl Store for RedisStore {
 
     async fn add_reputation(
         &self,
-        client: IpAddr,
+        client: ClientKey,
         delta: f64,
         half_life: Duration,
     ) -> Result<(), StoreError> {
@@ -396,7 +395,7 @@ impl RedisStore {
 
     async fn reputation_script(
         &self,
-        client: IpAddr,
+        client: ClientKey,
         delta: f64,
         half_life: Duration,
         what: &'static str,

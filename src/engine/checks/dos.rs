@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::engine::ports::ClientKey;
 use crate::engine::reply::SmtpReply;
 
 /// The window of the rate limit.
@@ -45,14 +46,14 @@ impl ClientLimits {
 /// Counts the connections each client has open, across all sessions of this process.
 #[derive(Debug, Default)]
 pub struct ClientTracker {
-    clients: Mutex<HashMap<IpAddr, u32>>,
+    clients: Mutex<HashMap<ClientKey, u32>>,
 }
 
 /// Held for as long as a connection lasts; dropping it ends the connection's count.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     tracker: Arc<ClientTracker>,
-    ip: IpAddr,
+    key: ClientKey,
 }
 
 impl Drop for ConnectionSlot {
@@ -62,41 +63,28 @@ impl Drop for ConnectionSlot {
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(active) = clients.get_mut(&self.ip) {
+        if let Some(active) = clients.get_mut(&self.key) {
             *active = active.saturating_sub(1);
             // Only clients with an open connection are remembered, so memory follows the
             // number of open connections.
             if *active == 0 {
-                clients.remove(&self.ip);
+                clients.remove(&self.key);
             }
         }
     }
 }
 
-/// The key a client is counted under: its IPv4 address (also when IPv4-mapped), or the /64 of
-/// an IPv6 address, the block one host usually holds, so that a client cannot escape its
-/// limits by changing the low bits of its address.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-        v4 => v4,
-    }
-}
-
 impl ClientTracker {
-    /// Counts a new connection from `ip` (under its [`client_key`]): its slot, and how many
+    /// Counts a new connection from `ip` (under its [`ClientKey`]): its slot, and how many
     /// connections the client has open now, this one included.
     pub fn connect(self: &Arc<Self>, ip: IpAddr) -> (ConnectionSlot, u32) {
-        let key = client_key(ip);
+        let key = ClientKey::of(ip);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let active = clients.entry(key).or_default();
         *active += 1;
         let slot = ConnectionSlot {
             tracker: self.clone(),
-            ip: key,
+            key,
         };
         (slot, *active)
     }
@@ -148,7 +136,11 @@ mod tests {
         assert_eq!(n, 2, "the same /64");
         let (_c, n) = tracker.connect(ip("2001:db8:1:3::1"));
         assert_eq!(n, 1, "another /64");
-        assert_eq!(client_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(ClientKey::of(ip("::ffff:192.0.2.1")).ip(), ip("192.0.2.1"));
+        assert_eq!(
+            ClientKey::of(ip("2001:db8:1:2:3:4:5:6")).to_string(),
+            "2001:db8:1:2::/64"
+        );
     }
 
     #[test]

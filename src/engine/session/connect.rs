@@ -4,7 +4,7 @@
 use super::*;
 use crate::engine::checks::client_name;
 use crate::engine::checks::dos::RATE_WINDOW;
-use crate::engine::ports::{Counter, StoreError};
+use crate::engine::ports::{ClientKey, Counter, StoreError};
 
 impl Session {
     pub(super) async fn judge_connect(&mut self, client: ClientInfo) -> Verdict {
@@ -76,7 +76,7 @@ impl Session {
         self.slot = Some(slot);
         let recent = match limits.max_connection_rate {
             Some(max) => {
-                let key = crate::engine::checks::dos::client_key(ip);
+                let key = ClientKey::of(ip);
                 match self
                     .shared
                     .ports
@@ -151,7 +151,7 @@ impl Session {
                 .shared
                 .ports
                 .store
-                .reputation(ip, reputation.half_life)
+                .reputation(ClientKey::of(ip), reputation.half_life)
                 .await
             {
                 Ok(score) => score,
@@ -224,7 +224,7 @@ impl Session {
                 .shared
                 .ports
                 .store
-                .add_reputation(ip, penalty, reputation.half_life)
+                .add_reputation(ClientKey::of(ip), penalty, reputation.half_life)
                 .await
             {
                 self.store_unavailable("learned reputation (not recorded)", &e);
