@@ -434,3 +434,46 @@ async fn envelope_changes_need_the_actions_the_mta_grants() {
     assert!(!actions.has_change_sender("<a@public.example>", None::<&str>));
     milter.stop().await;
 }
+
+/// An envelope address with CR LF (or any control character) handed over by the MTA is
+/// refused: written into a relay command it would start a command of its own (a divert or
+/// fallback delivery would carry an injected RCPT). Refused in a dry run too.
+#[tokio::test]
+async fn addresses_with_control_characters_are_refused() {
+    for config in ["", "[scan]\ndry_run = true\n"] {
+        let milter = Milter::start(config).await;
+        let mut conn = milter.open().await;
+        conn.connect("client.example", client("198.51.100.1"))
+            .await
+            .unwrap();
+        assert_eq!(conn.helo("client.example").await.unwrap(), Status::Continue);
+        let status = conn
+            .mail(["<a@sender.example>\r\nRCPT TO:<evil@other.example>"])
+            .await
+            .unwrap();
+        let text = reply_text(&status);
+        assert!(
+            text.starts_with("501 5.1.7 Bad sender address syntax") && text.contains("'\\r'"),
+            "{config:?}: {text}"
+        );
+        assert_eq!(
+            conn.mail(["<a@sender.example>"]).await.unwrap(),
+            Status::Continue
+        );
+        let status = conn
+            .rcpt(["<b@rcpt.example>\u{1b}]0;x\u{7}"])
+            .await
+            .unwrap();
+        let text = reply_text(&status);
+        assert!(
+            text.starts_with("501 5.1.3 Bad recipient address syntax"),
+            "{config:?}: {text}"
+        );
+        assert_eq!(
+            conn.rcpt(["<b@rcpt.example>"]).await.unwrap(),
+            Status::Continue
+        );
+        conn.close().await.unwrap();
+        milter.stop().await;
+    }
+}

@@ -26,6 +26,13 @@ impl<'a> Address<'a> {
     }
 }
 
+/// The first control character (C0, DEL or C1) in `address`, if any. No address holding one
+/// is accepted in either door or written into an SMTP command: CR and LF would end the command
+/// early and start another.
+pub fn control_character(address: &str) -> Option<char> {
+    address.chars().find(|c| c.is_control())
+}
+
 /// A domain pattern from the configuration: `example.org` (that domain), `*.example.org` or
 /// `.example.org` (its sub-domains only), `*` (any domain), or a pattern with `*` wildcards
 /// elsewhere (`mail*.example.*`), each `*` standing for any run of characters. Case does not
@@ -107,6 +114,18 @@ mod tests {
         assert_eq!((null.local, null.domain), ("", ""));
         let local = Address::parse("postmaster");
         assert_eq!((local.local, local.domain), ("postmaster", ""));
+    }
+
+    #[test]
+    fn control_characters_are_found() {
+        assert_eq!(
+            control_character("<a@b.example>\r\nRCPT TO:<c@d>"),
+            Some('\r')
+        );
+        assert_eq!(control_character("a\u{1b}]0;x\u{7}@b"), Some('\u{1b}'));
+        assert_eq!(control_character("a\u{85}@b"), Some('\u{85}'));
+        assert_eq!(control_character("\"a b\"@b.example"), None);
+        assert_eq!(control_character("üser@bücher.example"), None);
     }
 
     #[test]

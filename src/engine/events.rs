@@ -25,6 +25,8 @@ pub enum CheckId {
     MessageSize,
     HeaderLimit,
     Content,
+    /// An envelope address the engine refuses whatever the policy (a control character).
+    AddressSyntax,
     /// The engine could not judge (a timeout, a lookup or spool error): the scan failure
     /// action decided.
     ScanFailure,
@@ -44,6 +46,7 @@ impl CheckId {
             Self::MessageSize => "max_message_size",
             Self::HeaderLimit => "header_limit",
             Self::Content => "content",
+            Self::AddressSyntax => "address_syntax",
             Self::ScanFailure => "scan_failure",
         }
     }

@@ -26,6 +26,7 @@ use lettre::transport::smtp::response::Response;
 use tracing::{debug, error, info, warn};
 
 use crate::engine::SmtpReply;
+use crate::engine::address::control_character;
 use crate::engine::checks::outbound_tls::TlsRequirement;
 pub use pool::ConnectionCache;
 use pool::{Pool, quit_later};
@@ -56,6 +57,19 @@ fn reply_in(e: &lettre::transport::smtp::Error) -> Option<SmtpReply> {
 /// A reply of Postern's own about a target, for the client.
 fn own_reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
     SmtpReply::new(code, Some(enhanced), text).expect("static reply is valid")
+}
+
+/// Refuses to write an address holding a control character into a command (CR LF would end
+/// the command and start another at the target). The engine refuses such addresses in both
+/// doors first; this holds whatever reaches the relay code.
+fn unwritable(address: &str, what: &str) -> Result<(), TargetError> {
+    let enhanced = if what == "sender" { "5.1.7" } else { "5.1.3" };
+    match control_character(address) {
+        None => Ok(()),
+        Some(c) => Err(TargetError::Refused(SmtpReply::new(501, Some(enhanced), &format!(
+            "Error: the {what} address holds the control character {c:?}; Postern does not write it to a relay target"
+        )).expect("printable reply"))),
+    }
 }
 
 /// Why a transaction that must be encrypted cannot go through a target: it did not negotiate
@@ -553,6 +567,10 @@ impl Delivery {
                 }
             }
         }
+        unwritable(&envelope.sender, "sender")?;
+        if let Some(recipient) = recipient {
+            unwritable(recipient, "recipient")?;
+        }
         let caps = &link.caps;
         if !envelope.sender.is_ascii() && !caps.smtputf8 {
             return Err(TargetError::Incapable(own_reply(
@@ -711,6 +729,7 @@ impl Upstream {
     /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address
     /// is refused here (5.6.7) when the target does not offer SMTPUTF8.
     pub async fn rcpt(&mut self, recipient: &str) -> Result<SmtpReply, TargetError> {
+        unwritable(recipient, "recipient")?;
         if !recipient.is_ascii() && !self.link.caps.smtputf8 {
             return Err(TargetError::Refused(own_reply(
                 553,

@@ -4,6 +4,7 @@
 //! session's facts kept as a pass would keep them.
 
 use super::*;
+use crate::engine::address::control_character;
 
 impl Session {
     /// The client connected.
@@ -24,6 +25,11 @@ impl Session {
 
     /// MAIL FROM: starts a transaction (ending any earlier one).
     pub async fn mail(&mut self, sender: &str) -> Verdict {
+        if let Some(refusal) = syntax_refusal(sender, "sender", "5.1.7") {
+            self.end_transaction();
+            self.refused(CheckId::AddressSyntax, &refusal, "mail", None);
+            return refusal;
+        }
         let verdict = self.judge_mail(sender).await;
         let verdict = self.unless_dry_run("mail", verdict);
         if verdict == Verdict::Continue && self.tx.is_none() {
@@ -36,8 +42,17 @@ impl Session {
     pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
         let before = self.recipients().len();
         self.rcpt_refusal = None;
-        let verdict = self.judge_rcpt(recipient).await;
-        let verdict = self.unless_dry_run("rcpt", verdict);
+        let verdict = match syntax_refusal(recipient, "recipient", "5.1.3") {
+            Some(refusal) => {
+                self.refused(CheckId::AddressSyntax, &refusal, "rcpt", None);
+                self.rcpt_refusal = Some(CheckId::AddressSyntax.name());
+                refusal
+            }
+            None => {
+                let verdict = self.judge_rcpt(recipient).await;
+                self.unless_dry_run("rcpt", verdict)
+            }
+        };
         if verdict == Verdict::Continue
             && self.recipients().len() == before
             && let Some(tx) = self.tx.as_mut()
@@ -93,4 +108,18 @@ impl Session {
         });
         Verdict::Continue
     }
+}
+
+/// The refusal of an envelope address holding a control character, in a dry run too: it is
+/// not a policy decision but an address no MTA may pass on (the proxy's parser refuses it
+/// already; behind an MTA it is defence in depth).
+fn syntax_refusal(address: &str, what: &str, enhanced: &str) -> Option<Verdict> {
+    let c = control_character(address)?;
+    let text = format!(
+        "Bad {what} address syntax: it holds the control character {:?}; send the address without it",
+        c
+    );
+    Some(Verdict::refuse(
+        SmtpReply::new(501, Some(enhanced), &text).expect("printable reply"),
+    ))
 }
