@@ -676,3 +676,39 @@ fn a_reload_applies_relay_targets_users_and_timeouts() {
         started.elapsed()
     );
 }
+
+/// A target that refuses Postern's own credentials is Postern's fault, not the sender's: the
+/// client hears 451 4.4.1 (before, the target's 535 5.7.8 reached it, a permanent refusal of
+/// valid mail), and the log has the target's real answer.
+#[test]
+fn a_target_refusing_posterns_credentials_defers() {
+    let target = FaultyTarget::start(Faults {
+        extensions: vec!["PIPELINING", "AUTH PLAIN LOGIN"],
+        auth_reply: Some("535 5.7.8 Error: authentication failed: bad credentials"),
+        ..Faults::default()
+    });
+    let secrets = tempfile::tempdir().unwrap();
+    let password = secrets.path().join("relay.password");
+    std::fs::write(&password, "not-the-password\n").unwrap();
+    let config = format!(
+        "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+         [delivery]\nconnection_timeout = 5\nprotocol_timeout = 2\n\
+         [[relay_target]]\nname = \"auth\"\nhost = \"127.0.0.1\"\nport = {}\nauth = \"plain\"\n\
+         username = \"postern\"\npassword_file = \"{}\"\nauth_over_plaintext = true\n",
+        target.port,
+        password.display()
+    );
+    let env = ProxyEnv::start(&config, &[]);
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    assert!(
+        smtp.command("MAIL FROM:<s@sender.test>")
+            .unwrap()
+            .starts_with("250")
+    );
+    let r = smtp.command("RCPT TO:<a@dest.test>").unwrap();
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert!(!r.contains("535") && !r.contains("credentials"), "{r}");
+    env.wait_for_log("refused Postern's credentials (535 5.7.8");
+    assert!(target.taken().is_empty());
+}

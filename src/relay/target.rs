@@ -136,6 +136,10 @@ pub enum TargetError {
     /// AUTH); the reply says what, for the client when no target has it.
     #[error("{}", incapable_text(.0))]
     Incapable(SmtpReply),
+    /// The target refused Postern's own credentials (AUTH). Postern's fault, not the
+    /// sender's: the client hears 4xx, never the target's 535, and the log has its answer.
+    #[error("refused Postern's credentials ({0}); check this relay target's username and password")]
+    Credentials(SmtpReply),
     #[error("{0}")]
     Smtp(String),
 }
@@ -262,7 +266,10 @@ impl RelayTarget {
             };
             if let Err(e) = conn.auth(&[mechanism], credentials).await {
                 conn.abort().await;
-                return Err(TargetError::from_smtp(e));
+                return Err(match TargetError::from_smtp(e) {
+                    TargetError::Refused(reply) => TargetError::Credentials(reply),
+                    other => other,
+                });
             }
         }
         Ok(Link { conn, caps, tls })

@@ -40,6 +40,8 @@ pub struct Faults {
     pub xforward_reply: Option<&'static str>,
     /// A reply to MAIL instead of 250.
     pub mail_reply: Option<&'static str>,
+    /// A reply to AUTH instead of 235 (offer `AUTH PLAIN` among the extensions).
+    pub auth_reply: Option<&'static str>,
 }
 
 impl Default for Faults {
@@ -63,6 +65,7 @@ impl Default for Faults {
             ],
             xforward_reply: None,
             mail_reply: None,
+            auth_reply: None,
         }
     }
 }
@@ -206,6 +209,12 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 say(&mut out, &reply)?;
             }
             "HELO" => say(&mut out, "250 faulty.postern.test")?,
+            "AUTH" => say(
+                &mut out,
+                faults
+                    .auth_reply
+                    .unwrap_or("235 2.7.0 Authentication successful"),
+            )?,
             "XFORWARD" => {
                 xforward.push(line.to_owned());
                 say(&mut out, faults.xforward_reply.unwrap_or("250 2.0.0 Ok"))?;
