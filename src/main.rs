@@ -108,6 +108,10 @@ enum Command {
         /// table (two lines per record, 100 columns) or json (one array of records).
         #[arg(long, value_enum, default_value_t = TrackFormat::Table)]
         format: TrackFormat,
+        /// Table: the second line of each record whole (Message-ID, HELO, session), not cut
+        /// at 100 columns.
+        #[arg(long)]
+        wide: bool,
     },
     /// Print an argon2id hash of a password read from stdin, for [proxy] auth_users_file
     /// (`user:HASH` lines).
@@ -239,6 +243,7 @@ fn main() -> ExitCode {
             until,
             limit,
             format,
+            wide,
         } => {
             let filter = (|| -> Result<Filter, String> {
                 let time = |t: Option<String>, flag: &str| {
@@ -257,7 +262,7 @@ fn main() -> ExitCode {
                     limit,
                 })
             })();
-            match filter.and_then(|f| track(config.as_deref(), &f, format)) {
+            match filter.and_then(|f| track(config.as_deref(), &f, format, wide)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("postern: {e}");
@@ -339,7 +344,12 @@ fn main() -> ExitCode {
 }
 
 /// Prints the tracking records `filter` selects from the store `config` names.
-fn track(config: Option<&Path>, filter: &Filter, format: TrackFormat) -> Result<(), String> {
+fn track(
+    config: Option<&Path>,
+    filter: &Filter,
+    format: TrackFormat,
+    wide: bool,
+) -> Result<(), String> {
     let (loaded, name) = match config {
         Some(path) => (
             Config::load(path).map_err(|e| e.to_string())?,
@@ -358,7 +368,7 @@ fn track(config: Option<&Path>, filter: &Filter, format: TrackFormat) -> Result<
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let records = runtime.block_on(find(&tracking.store, filter))?;
     let out = match format {
-        TrackFormat::Table => table(&records),
+        TrackFormat::Table => table(&records, wide),
         TrackFormat::Json => json(&records),
     };
     use std::io::Write as _;

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -552,4 +553,70 @@ fn postgres_tracks_the_same_and_its_outage_loses_no_mail() {
             env.log()
         );
     }
+}
+
+/// What a client sends is stored bounded and shown escaped: an EHLO and a Message-ID holding
+/// terminal escape sequences do not reach the administrator's terminal through `postern
+/// track`, and a 420-byte EHLO is kept as 256 bytes marked as cut.
+#[test]
+fn client_text_is_stored_bounded_and_shown_escaped() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = ProxyEnv::start(
+        &proxy_config(
+            &target,
+            "store = \"sqlite\"\npath = \"tracking.sqlite\"",
+            "",
+        ),
+        &[],
+    );
+    let helo = format!("x\u{1b}]0;PWNED\u{7}\u{1b}[2J{}", "h".repeat(400));
+    let mut smtp = env.smtp();
+    assert!(
+        smtp.command(&format!("EHLO {helo}"))
+            .unwrap()
+            .starts_with("250")
+    );
+    assert!(
+        smtp.command("MAIL FROM:<alice@sender.test>")
+            .unwrap()
+            .starts_with("250")
+    );
+    assert!(
+        smtp.command("RCPT TO:<good@dest.test>")
+            .unwrap()
+            .starts_with("250")
+    );
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(
+            b"Message-ID: <evil\x1b[31m\x07@sender.test>\r\nSubject: t\r\n\r\nhello\r\n.\r\n",
+        )
+        .unwrap();
+    let end = smtp.read_reply().unwrap();
+    assert!(end.starts_with("250"), "{end}");
+    smtp.command("QUIT");
+    let config = env.dir.path().join("postern.toml");
+    let records = wait_track(&config, &["--sender", "alice@sender.test"], 1);
+    let stored = field(&records[0], "helo");
+    assert!(
+        stored.len() <= 256 && stored.starts_with("x\u{1b}]0;PWNED") && stored.ends_with("[cut]"),
+        "{stored:?}"
+    );
+    let out = Command::new(POSTERN)
+        .args(["track", "--config"])
+        .arg(&config)
+        .args(["--sender", "alice@sender.test", "--wide"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{7}'),
+        "{table:?}"
+    );
+    assert!(table.contains("helo x\\u{1b}]0;PWNED\\u{7}"), "{table}");
+    assert!(
+        table.contains("id <evil\\u{1b}[31m\\u{7}@sender.test>"),
+        "{table}"
+    );
 }

@@ -202,8 +202,9 @@ pub fn parse_time_now(s: &str) -> Result<i64, String> {
 const WIDTH: usize = 100;
 
 /// The records as a table of two lines per record, each at most 100 columns: time, door,
-/// outcome, sender and recipient; then the reply, relay target, verdict and the rest.
-pub fn table(records: &[Record]) -> String {
+/// outcome, sender and recipient; then the reply, relay target, verdict and the rest (whole
+/// when `wide`). Every field is shown [`printable`].
+pub fn table(records: &[Record], wide: bool) -> String {
     let mut out = format!(
         "{:<19} {:<6} {:<10} {:<30} RECIPIENT\n",
         "TIME (UTC)", "DOOR", "OUTCOME", "SENDER"
@@ -220,7 +221,8 @@ pub fn table(records: &[Record]) -> String {
         );
         out.push_str(line.trim_end());
         out.push('\n');
-        out.push_str(&cut(&format!("    {}", details(r)), WIDTH));
+        let width = if wide { usize::MAX } else { WIDTH };
+        out.push_str(&cut(&format!("    {}", details(r)), width));
         out.push('\n');
     }
     out.push_str(&format!("({} records)\n", records.len()));
@@ -279,13 +281,30 @@ fn details(r: &Record) -> String {
     parts.join(", ")
 }
 
-/// At most `width` characters, `~` marking a cut.
+/// At most `width` characters of `s` made [`printable`], `~` marking a cut.
 fn cut(s: &str, width: usize) -> String {
+    let s = printable(s);
     if s.chars().count() <= width {
-        return s.to_owned();
+        return s;
     }
     let mut out: String = s.chars().take(width - 1).collect();
     out.push('~');
+    out
+}
+
+/// `s` with every character a terminal would act on escaped (`\u{1b}`, `\r`, ...): control
+/// characters, and the bidirectional overrides that reorder what is shown. Records hold what
+/// clients sent (HELO, Message-ID, addresses): printed raw, an escape sequence in them would
+/// reach the administrator's terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
     out
 }
 
@@ -298,6 +317,7 @@ pub fn json(records: &[Record]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::{CUT_MARK, MAX_FIELD_BYTES};
     use super::*;
 
     const NOW: i64 = 1_796_000_000_000;
@@ -411,6 +431,83 @@ mod tests {
     }
 
     #[test]
+    fn client_text_is_escaped_in_the_table() {
+        let record = Record {
+            helo: Some("\u{1b}]0;PWNED\u{7}\u{1b}[2J".into()),
+            message_id: Some("<a\u{1b}[31m@x>".into()),
+            sender: "a\u{202e}gpj.exe@x".into(),
+            recipient: Some("b\r\n@y".into()),
+            ..sample()
+        };
+        let text = table(&[record], true);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(!text.contains('\u{202e}'), "{text:?}");
+        assert!(text.contains("a\\u{202e}gpj.exe@x"), "{text}");
+        assert!(text.contains("b\\r\\n@y"), "{text}");
+        assert_eq!(
+            text.lines().count(),
+            4,
+            "one header, two lines a record, a count"
+        );
+    }
+
+    #[test]
+    fn client_given_fields_are_stored_bounded() {
+        let long = "é".repeat(300);
+        let r = Record {
+            helo: Some(long.clone()),
+            sender: long.clone(),
+            message_id: Some(format!("<{long}>")),
+            client_addr: Some("192.0.2.1".into()),
+            ..sample()
+        }
+        .bounded();
+        for field in [
+            r.helo.as_deref().unwrap(),
+            &r.sender,
+            r.message_id.as_deref().unwrap(),
+        ] {
+            assert!(field.len() <= MAX_FIELD_BYTES, "{}", field.len());
+            assert!(field.ends_with(CUT_MARK), "{field}");
+        }
+        assert_eq!(r.client_addr.as_deref(), Some("192.0.2.1"));
+        let short = sample().bounded();
+        assert_eq!(short, sample(), "short fields are kept as they are");
+    }
+
+    fn sample() -> Record {
+        Record {
+            time_ms: NOW,
+            door: "proxy".into(),
+            session: 1,
+            queue_id: None,
+            client_addr: None,
+            client_name: None,
+            helo: None,
+            tls: None,
+            auth_user: None,
+            sender: "a@x".into(),
+            recipient: Some("b@y".into()),
+            outcome: "relayed".into(),
+            reply: None,
+            relay_target: None,
+            message_id: None,
+            size: None,
+            verdict: "continue".into(),
+            reason: None,
+            rules: None,
+            dry_run: false,
+            would: None,
+            duration_ms: 1,
+            relayed_sender: None,
+            relayed_recipient: None,
+        }
+    }
+
+    #[test]
     fn the_table_fits_100_columns() {
         let record = Record {
             time_ms: NOW,
@@ -438,7 +535,7 @@ mod tests {
             relayed_sender: None,
             relayed_recipient: None,
         };
-        let text = table(&[record.clone(), record]);
+        let text = table(&[record.clone(), record], false);
         for line in text.lines() {
             assert!(line.chars().count() <= 100, "{line:?}");
         }

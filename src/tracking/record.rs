@@ -117,6 +117,51 @@ pub struct Record {
     pub relayed_recipient: Option<String>,
 }
 
+/// The most bytes of a client-given field (HELO, addresses, Message-ID, client name, user,
+/// reply text) a record keeps; a longer one is cut at a character boundary and ends in
+/// [`CUT_MARK`], so one client cannot fill the store with long commands.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// What ends a field cut to [`MAX_FIELD_BYTES`].
+pub const CUT_MARK: &str = "[cut]";
+
+/// `field` within [`MAX_FIELD_BYTES`] (mark included), cut at a character boundary.
+fn bounded(field: &mut String) {
+    if field.len() <= MAX_FIELD_BYTES {
+        return;
+    }
+    let mut end = MAX_FIELD_BYTES - CUT_MARK.len();
+    while !field.is_char_boundary(end) {
+        end -= 1;
+    }
+    field.truncate(end);
+    field.push_str(CUT_MARK);
+}
+
+impl Record {
+    /// The record with every client-given field within [`MAX_FIELD_BYTES`].
+    pub fn bounded(mut self) -> Self {
+        for field in [
+            &mut self.queue_id,
+            &mut self.client_name,
+            &mut self.helo,
+            &mut self.auth_user,
+            &mut self.recipient,
+            &mut self.reply,
+            &mut self.message_id,
+            &mut self.relayed_sender,
+            &mut self.relayed_recipient,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            bounded(field);
+        }
+        bounded(&mut self.sender);
+        self
+    }
+}
+
 /// The stored columns, in the order of [`Record`]'s fields.
 pub const COLUMNS: [&str; 24] = [
     "time_ms",

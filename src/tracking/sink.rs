@@ -101,7 +101,7 @@ impl Tracker {
     }
 
     fn queue(&self, record: Record) {
-        match self.queue.try_send(record) {
+        match self.queue.try_send(record.bounded()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.drops.dropped(
                 "queue_full",
