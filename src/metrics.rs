@@ -17,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
@@ -38,8 +40,8 @@ pub struct MetricsSettings {
 #[derive(Clone, PartialEq, Eq)]
 pub struct BasicAuth {
     pub file: PathBuf,
-    /// The `Authorization` header value a scraper must send.
-    expected: String,
+    /// The Basic token (base64 of `user:password`) a scraper must send.
+    token: String,
 }
 
 impl std::fmt::Debug for BasicAuth {
@@ -51,6 +53,21 @@ impl std::fmt::Debug for BasicAuth {
 }
 
 impl BasicAuth {
+    /// Whether an `Authorization` value carries these credentials: the scheme in any case
+    /// (RFC 9110), the token compared through digests of equal length in constant time, so
+    /// the time taken tells nothing of how much of it was right.
+    fn admits(&self, given: Option<&str>) -> bool {
+        let Some((scheme, token)) = given.and_then(|g| g.trim().split_once(' ')) else {
+            return false;
+        };
+        let digest = |s: &str| Sha256::digest(s.as_bytes());
+        let same: bool = digest(token.trim())
+            .as_slice()
+            .ct_eq(digest(&self.token).as_slice())
+            .into();
+        scheme.eq_ignore_ascii_case("basic") & same
+    }
+
     /// Reads `user:password` (first line) from `file`.
     pub fn load(file: PathBuf) -> Result<Self, String> {
         let text = std::fs::read_to_string(&file)
@@ -58,7 +75,7 @@ impl BasicAuth {
         let line = text.lines().next().unwrap_or("").trim_end();
         match line.split_once(':') {
             Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Self {
-                expected: format!("Basic {}", STANDARD.encode(line)),
+                token: STANDARD.encode(line),
                 file,
             }),
             _ => Err(format!(
@@ -412,14 +429,18 @@ impl DropObserver for Metrics {
 
 /// The longest request head read from a scraper.
 const MAX_REQUEST: usize = 8192;
-/// How long a scraper has to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scraper has to send its request head (a scraper sends it at once; an idle
+/// connection must not hold a slot for long).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a scraper has for the whole exchange, reading the response included.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Scrapers served at once (Prometheus scrapes a target over one connection at a time): while
-/// that many are connected, further connections wait in the listen queue until one is done, so
-/// that idle or slow connections cannot pile up tasks and buffers.
+/// that many are connected, a further connection is answered 503 at once and closed, so that
+/// idle or slow connections can neither pile up tasks and buffers nor make a scraper wait.
 const MAX_SCRAPERS: usize = 16;
+
+/// The answer to a connection beyond [`MAX_SCRAPERS`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 38\r\nRetry-After: 2\r\nConnection: close\r\n\r\nevery metrics slot is busy, try again\n";
 
 /// Binds `[metrics] listen`.
 pub async fn bind(settings: &MetricsSettings) -> anyhow::Result<TcpListener> {
@@ -437,41 +458,50 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, auth: Option<Ba
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     let mut busy = crate::logging::Throttle::default();
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if let Some(n) = busy.due(Duration::from_secs(60), 1) {
-                    warn!(
-                        limit = MAX_SCRAPERS,
-                        times = n,
-                        "metrics: every scraper slot is taken; new connections wait until one is done (check what holds them)"
-                    );
-                }
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                slot
-            }
-        };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let (metrics, auth) = (metrics.clone(), auth.clone());
-                tokio::spawn(async move {
-                    let exchange = answer(stream, &metrics, auth.as_ref().as_ref());
-                    match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => info!(client = %peer, error = %e, "metrics request failed"),
-                        Err(_) => info!(client = %peer, "metrics request took too long, closed"),
-                    }
-                    drop(slot);
-                });
-            }
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 warn!(error = %e, "metrics accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(n) = busy.due(Duration::from_secs(60), 1) {
+                warn!(
+                    limit = MAX_SCRAPERS,
+                    times = n,
+                    "metrics: every scraper slot is taken; further connections are answered 503 (check what holds them)"
+                );
+            }
+            refuse_busy(&stream);
+            continue;
+        };
+        let (metrics, auth) = (metrics.clone(), auth.clone());
+        tokio::spawn(async move {
+            let exchange = answer(stream, &metrics, auth.as_ref().as_ref());
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => info!(client = %peer, error = %e, "metrics request failed"),
+                Err(_) => info!(client = %peer, "metrics request took too long, closed"),
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Answers [`BUSY`] without waiting: what the client sent already is read (closing on unread
+/// data would reset the connection before the answer is read), and what the socket does not
+/// take at once is not sent. Costs no task and no buffer beyond this call.
+fn refuse_busy(stream: &TcpStream) {
+    let mut scratch = [0u8; 1024];
+    for _ in 0..(MAX_REQUEST / scratch.len()) {
+        match stream.try_read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
         }
     }
+    let _ = stream.try_write(BUSY);
 }
 
 /// One HTTP request, answered and closed.
@@ -521,7 +551,7 @@ fn route(
             name.eq_ignore_ascii_case("authorization")
                 .then(|| value.trim())
         });
-        if given != Some(auth.expected.as_str()) {
+        if !auth.admits(given) {
             return (
                 "401 Unauthorized",
                 "WWW-Authenticate: Basic realm=\"postern metrics\"\r\n",
@@ -677,7 +707,7 @@ mod tests {
         );
         let auth = BasicAuth {
             file: PathBuf::new(),
-            expected: format!("Basic {}", STANDARD.encode("prom:s3cret")),
+            token: STANDARD.encode("prom:s3cret"),
         };
         assert_eq!(
             route("GET /metrics HTTP/1.1", &m, Some(&auth)).0,
@@ -688,5 +718,20 @@ mod tests {
             STANDARD.encode("prom:s3cret")
         );
         assert_eq!(route(&good, &m, Some(&auth)).0, "200 OK");
+        let busy = String::from_utf8_lossy(BUSY);
+        let (head, body) = busy.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        // The scheme in any case; a wrong or truncated token, another scheme: refused.
+        let token = STANDARD.encode("prom:s3cret");
+        for (value, admitted) in [
+            (format!("BASIC {token}"), true),
+            (format!("basic  {token} "), true),
+            (format!("Basic {}", &token[..token.len() - 1]), false),
+            (format!("Basic {}", STANDARD.encode("prom:s3crex")), false),
+            (format!("Bearer {token}"), false),
+            (token.clone(), false),
+        ] {
+            assert_eq!(auth.admits(Some(&value)), admitted, "{value}");
+        }
     }
 }
