@@ -15,5 +15,6 @@ pub mod milter;
 pub mod notify;
 pub mod proxy;
 pub mod relay;
+pub mod secret_file;
 pub mod state;
 pub mod tracking;

@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use postern::config::{Config, DEFAULT_CONFIG_NAME};
-use postern::engine::rules::protect::{Protector, Secret};
+use postern::engine::rules::protect::Protector;
 use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
 use postern::tracking::query::{Filter, find, json, parse_time_now, table};
@@ -407,7 +407,7 @@ fn unprotect(
     message: bool,
 ) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let key = Secret::load(key_file.as_deref(), key_env.as_deref())
+    let key = postern::secret_file::load_secret(key_file.as_deref(), key_env.as_deref(), "key")
         .and_then(|s| s.aes256_key())
         .map_err(anyhow::Error::msg)?;
     if prefix.is_empty() || suffix.is_empty() {

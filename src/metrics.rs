@@ -70,8 +70,7 @@ impl BasicAuth {
 
     /// Reads `user:password` (first line) from `file`.
     pub fn load(file: PathBuf) -> Result<Self, String> {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let text = crate::secret_file::read_to_string(&file, "metrics credentials file")?;
         let line = text.lines().next().unwrap_or("").trim_end();
         match line.split_once(':') {
             Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Self {

@@ -270,3 +270,43 @@ fn idle_connections_cannot_pile_up_at_the_metrics_endpoint() {
         "the refusals are logged"
     );
 }
+
+/// A secret file that others than its owner may change is refused, naming the fix; one that
+/// every user may read is used with a warning.
+#[test]
+fn a_credentials_file_others_may_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("metrics-auth");
+    std::fs::write(&auth, "prom:s3cret\n").unwrap();
+    let config = dir.path().join("postern.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[metrics]\nlisten = \"127.0.0.1:9\"\nbasic_auth_file = \"{}\"\n",
+            auth.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        std::process::Command::new(support::POSTERN)
+            .args(["check-config", &config.display().to_string()])
+            .output()
+            .unwrap()
+    };
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let out = check();
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{error}");
+    assert!(
+        error.contains("may be changed by its group") && error.contains("chmod go-w"),
+        "{error}"
+    );
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -277,3 +277,75 @@ fn handed_messages_are_remembered_across_instances_for_their_time() {
     });
     assert!(redis.cli(&["KEYS", "postern:handed:*"]).trim().is_empty());
 }
+
+/// A Redis that requires a password: `password_file` gives it (and two proxies then share
+/// one count), and no password shows anywhere: not the file's in the log, not one written in
+/// the URL's `pass=` parameter in check-config's summary.
+#[test]
+fn a_password_file_authenticates_and_no_password_is_shown() {
+    let redis = Redis::start();
+    assert_eq!(
+        redis
+            .cli(&["CONFIG", "SET", "requirepass", "s3cret-pass"])
+            .trim(),
+        "OK"
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let password = secrets.path().join("redis.password");
+    std::fs::write(&password, "s3cret-pass\n").unwrap();
+    let section = format!(
+        "[shared_state]\nredis_url = \"{}\"\npassword_file = \"{}\"\ntimeout_ms = 100\n",
+        redis.url(),
+        password.display()
+    );
+    let config = |section: &str| {
+        format!(
+            "hostname = \"gw.postern.test\"\n{section}[relay]\nallowed_relay_sources = []\n{RATE}\n\
+             [proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
+        )
+    };
+    let a = ProxyEnv::start(&config(&section), &[&[]]);
+    let b = ProxyEnv::start(&config(&section), &[&[]]);
+    let authed = |args: &[&str]| {
+        let mut all = vec!["--no-auth-warning", "-a", "s3cret-pass"];
+        all.extend_from_slice(args);
+        redis.cli(&all)
+    };
+    assert_eq!(authed(&["FLUSHALL"]).trim(), "OK");
+    assert!(greeting(a.port).0.starts_with("220"));
+    assert!(greeting(b.port).0.starts_with("220"));
+    let (third, _) = greeting(a.port);
+    assert!(refused_for_rate(&third), "the count is shared: {third}");
+    let keys = authed(&["--scan", "--pattern", "postern:*"]);
+    assert!(keys.contains("postern:connections:127.0.0.1"), "{keys}");
+    for env in [&a, &b] {
+        assert!(!env.log().contains("s3cret-pass"));
+    }
+
+    let file = secrets.path().join("postern.toml");
+    std::fs::write(
+        &file,
+        config(&format!(
+            "[shared_state]\nredis_url = \"{}?db=0&pass=SHOWN-NOWHERE\"\n",
+            redis.url()
+        ))
+        .replace("{port}", "2525")
+        .replace("{sink0}", "2526"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::POSTERN)
+        .args(["check-config", &file.display().to_string()])
+        .output()
+        .unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("pass=***") && !shown.contains("SHOWN-NOWHERE"),
+        "{shown}"
+    );
+}

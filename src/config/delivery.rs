@@ -15,7 +15,6 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Invalid, relative};
-use crate::engine::rules::protect::Secret;
 use crate::proxy::tls::TlsVersion;
 use crate::relay::{ConnectionCache, Delivery, RelayAuth, RelayTarget, Security};
 
@@ -216,13 +215,8 @@ fn credentials(
         .as_ref()
         .map(|f| relative(f.get_ref().clone(), config_dir));
     let env = t.password_env.as_ref().map(|e| e.get_ref().as_str());
-    let secret = Secret::load(file.as_deref(), env).map_err(|m| {
-        (
-            at.clone(),
-            format!("{key}.password_file"),
-            m.replace("key", "password"),
-        )
-    })?;
+    let secret = crate::secret_file::load_secret(file.as_deref(), env, "relay password")
+        .map_err(|m| (at.clone(), format!("{key}.password_file"), m))?;
     let password = String::from_utf8(secret.as_bytes().to_vec()).map_err(|_| {
         (
             at,

@@ -79,7 +79,7 @@ fn load_key(
     selector: &str,
     headers: &[String],
 ) -> Result<SigningKey, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = crate::secret_file::read(path, "DKIM private key")?;
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         format!(
             "{} holds no PEM private key ({e}); make one with `openssl genpkey -algorithm ed25519` or `openssl genrsa 2048`",

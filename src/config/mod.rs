@@ -264,7 +264,7 @@ impl ConfigFile {
             proxy,
             delivery,
             state: state::compile(self.state),
-            shared_state: state::compile_shared(self.shared_state)?,
+            shared_state: state::compile_shared(self.shared_state, config_dir)?,
             metrics: metrics::compile(self.metrics, config_dir)?,
             log: log::compile(self.log)?,
             tracking: tracking::compile(self.tracking, config_dir)?,

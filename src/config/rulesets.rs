@@ -323,7 +323,7 @@ fn compile_rule(
             _ => f.get_ref().clone(),
         });
         let env = r.key_env.as_ref().map(|e| e.get_ref().as_str());
-        Secret::load(file.as_deref(), env).map_err(|m| err("key_file", m))
+        crate::secret_file::load_secret(file.as_deref(), env, "key").map_err(|m| err("key_file", m))
     };
     let action = match action_name {
         "mask" => Action::Transform(Transform::Mask {

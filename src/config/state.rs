@@ -2,12 +2,13 @@
 //! fleet of instances shares it through.
 
 use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::Invalid;
-use crate::state::{DEFAULT_KEY_PREFIX, SharedStateSettings, StateSettings};
+use crate::state::{DEFAULT_KEY_PREFIX, Password, SharedStateSettings, StateSettings};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +35,8 @@ pub(super) fn compile(s: StateSection) -> StateSettings {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct SharedStateSection {
     redis_url: Option<Spanned<String>>,
+    /// A file whose first line is the Redis password (instead of one in the URL).
+    password_file: Option<Spanned<PathBuf>>,
     key_prefix: String,
     timeout_ms: Option<Spanned<u64>>,
 }
@@ -42,6 +45,7 @@ impl Default for SharedStateSection {
     fn default() -> Self {
         Self {
             redis_url: None,
+            password_file: None,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout_ms: None,
         }
@@ -51,6 +55,7 @@ impl Default for SharedStateSection {
 /// The shared store's settings; `None` (state stays in this process) without `redis_url`.
 pub(super) fn compile_shared(
     s: SharedStateSection,
+    config_dir: Option<&Path>,
 ) -> Result<Option<SharedStateSettings>, Invalid> {
     let Some(url) = s.redis_url else {
         return Ok(None);
@@ -69,11 +74,33 @@ pub(super) fn compile_shared(
         Some(ms) => std::time::Duration::from_millis(ms.into_inner()),
         None => crate::state::DEFAULT_TIMEOUT,
     };
+    let password = match s.password_file {
+        Some(file) => {
+            let span = file.span();
+            let path = super::relative(file.into_inner(), config_dir);
+            let text = crate::secret_file::read_to_string(&path, "Redis password file")
+                .map_err(|e| (span.clone(), "shared_state.password_file".into(), e))?;
+            let line = text.lines().next().unwrap_or("").trim();
+            if line.is_empty() {
+                return Err((
+                    span,
+                    "shared_state.password_file".into(),
+                    format!(
+                        "{}: write the Redis password on its first line",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(Password(line.to_owned()))
+        }
+        None => None,
+    };
     let span = url.span();
     let settings = SharedStateSettings {
         redis_url: url.into_inner(),
         key_prefix: s.key_prefix,
         timeout,
+        password,
     };
     crate::state::check_url(&settings).map_err(|e| (span, "shared_state.redis_url".into(), e))?;
     Ok(Some(settings))

@@ -106,13 +106,9 @@ pub(super) fn compile(
                 Some(file) => {
                     let file_span = file.span();
                     let path = relative(file.into_inner(), config_dir);
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        wrong(
-                            file_span,
-                            "password_file",
-                            &format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?;
+                    let text =
+                        crate::secret_file::read_to_string(&path, "PostgreSQL password file")
+                            .map_err(|e| wrong(file_span, "password_file", &e))?;
                     Some(text.lines().next().unwrap_or("").to_owned())
                 }
                 None => None,

@@ -106,8 +106,7 @@ impl Users {
     /// Reads a users file; at most `concurrent_checks` passwords are checked at once. Errors
     /// name the file and line.
     pub fn load(path: &Path, concurrent_checks: usize) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
+        let text = crate::secret_file::read_to_string(path, "AUTH users file")?;
         let mut hashes = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -30,6 +30,18 @@ pub struct SharedStateSettings {
     pub key_prefix: String,
     /// How long one call may take before the decision is made locally.
     pub timeout: Duration,
+    /// The password from `password_file`, given to Redis instead of one in the URL.
+    pub password: Option<Password>,
+}
+
+/// A password that shows as `***` in Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// The default key prefix.
@@ -44,6 +56,7 @@ impl Default for SharedStateSettings {
             redis_url: String::new(),
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            password: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
@@ -132,24 +133,56 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// `url` with its password (if any) replaced by `***`.
+/// `url` with every password in it replaced by `***`: the user information's, and the
+/// `pass` (or `password`) query parameter of `redis+unix://` URLs. A URL that cannot be parsed
+/// is shown only up to its scheme.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://(not a valid URL, not shown)"),
+            None => "(not a valid URL, not shown)".to_owned(),
+        };
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password");
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 fn client(settings: &SharedStateSettings) -> Result<redis::Client, String> {
-    redis::Client::open(settings.redis_url.as_str()).map_err(|e| {
+    let unusable = |e: redis::RedisError| {
         format!(
             "[shared_state] redis_url {:?} is not usable: {e} (write redis://host:port/db, rediss://host:port/db or redis+unix:///path/to/redis.sock)",
             redacted(&settings.redis_url)
         )
-    })
+    };
+    let mut info = settings
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(unusable)?;
+    if let Some(password) = &settings.password {
+        let redis = info.redis_settings().clone().set_password(&password.0);
+        info = info.set_redis_settings(redis);
+    }
+    redis::Client::open(info).map_err(unusable)
 }
 
 /// Checks that the URL can be parsed (without connecting): for check-config.
@@ -439,6 +472,24 @@ mod tests {
             redacted("redis+unix:///run/redis.sock"),
             "redis+unix:///run/redis.sock"
         );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=2&pass=SECRET&user=fleet"),
+            "redis+unix:///run/redis.sock?db=2&pass=***&user=fleet"
+        );
+        assert_eq!(
+            redacted("redis://u:p%40ss@h:1/0?PASSWORD=x"),
+            "redis://u:***@h:1/0?PASSWORD=***"
+        );
+        let bad = redacted("redis://u:SECRET@[::1");
+        assert!(!bad.contains("SECRET"), "{bad}");
+        // A password from password_file is not in any message either.
+        let settings = SharedStateSettings {
+            redis_url: "redis+unix:///run/redis.sock".into(),
+            password: Some(super::super::Password("SECRET".into())),
+            ..SharedStateSettings::default()
+        };
+        assert!(!format!("{settings:?}").contains("SECRET"));
+        assert!(client(&settings).is_ok());
     }
 
     #[test]

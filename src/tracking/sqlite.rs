@@ -20,6 +20,29 @@ pub(super) struct Store {
     connection: Arc<Mutex<Connection>>,
 }
 
+/// Creates the database file when it is missing: readable by its owner only (0600), or also by
+/// its group (0640) when its directory is open to its group (such as `/var/lib/postern`, 0750,
+/// whose group may run `postern track`); never by every user. SQLite gives the `-wal` and
+/// `-shm` files the database's mode.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let group = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o050 == 0o050);
+    let mode = if group { 0o640 } else { 0o600 };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Opens (creating when missing) the database at `path` and its table.
     pub(super) fn open(path: &Path) -> anyhow::Result<Self> {
@@ -29,6 +52,12 @@ impl Store {
                 path.display()
             )
         };
+        create_private(path).map_err(|e| {
+            anyhow::anyhow!(
+                "[tracking] path: cannot create the SQLite database {}: {e} (its directory must exist and be writable by Postern)",
+                path.display()
+            )
+        })?;
         let connection = Connection::open(path).map_err(fail)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         connection
@@ -189,6 +218,29 @@ pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, String> {
 mod tests {
     use super::*;
     use crate::tracking::query::Filter;
+
+    #[test]
+    fn the_database_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("tracking.sqlite");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o640, "a directory open to its group");
+        assert_eq!(mode(&dir.path().join("tracking.sqlite-wal")), 0o640);
+        drop(store);
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = private.join("tracking.sqlite");
+        Store::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // An existing file keeps the mode its owner gave it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        Store::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o660);
+    }
 
     fn record(time_ms: i64, recipient: &str) -> Record {
         Record {

@@ -20,8 +20,8 @@ use fpe::ff1::{FF1, FlexibleNumeralString};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// A secret read from a file or the environment never from the config itself (which is
-/// often readable by many), never logged.
+/// A secret read from a file or the environment, never from the config itself (which is
+/// often readable by many; see `secret_file`), never logged.
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
 
@@ -39,23 +39,6 @@ impl Secret {
     /// The secret's bytes (surrounding white space trimmed).
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-
-    /// Reads a secret from `file` (whole content, surrounding white space trimmed) or from the
-    /// environment variable `env`; exactly one must be given.
-    pub fn load(file: Option<&std::path::Path>, env: Option<&str>) -> Result<Self, String> {
-        let text = match (file, env) {
-            (Some(path), None) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?,
-            (None, Some(var)) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?,
-            _ => return Err("give exactly one of key_file and key_env".into()),
-        };
-        let text = text.trim();
-        if text.is_empty() {
-            return Err("the key is empty".into());
-        }
-        Ok(Self(text.as_bytes().to_vec()))
     }
 
     /// The secret as a 256-bit key written in hex (64 hex digits), as `protect` needs it.

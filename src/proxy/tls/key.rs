@@ -21,8 +21,7 @@ pub(super) fn load(
 ) -> Result<PrivateKeyDer<'static>, TlsError> {
     let key = |message: String| TlsError::new("key_file", message);
     let shown = key_file.display();
-    let pem = std::fs::read_to_string(key_file)
-        .map_err(|e| key(format!("{shown}: cannot read the private key: {e}")))?;
+    let pem = crate::secret_file::read_to_string(key_file, "TLS private key").map_err(key)?;
     if pem.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(key(format!(
             "{shown}: the key is encrypted in OpenSSL's traditional format (Proc-Type: 4,ENCRYPTED), which Postern cannot decrypt; convert it to encrypted PKCS#8 and keep key_passphrase_file: `openssl pkcs8 -topk8 -v2 aes-256-cbc -in {shown} -out key-pkcs8.pem`, or decrypt it: `openssl pkey -in {shown} -out key-clear.pem`"
@@ -56,12 +55,12 @@ fn decrypt(
 ) -> Result<PrivateKeyDer<'static>, TlsError> {
     let shown = key_file.display();
     let phrase = |message: String| TlsError::new("key_passphrase_file", message);
-    let passphrase = std::fs::read(passphrase_file).map_err(|e| {
-        phrase(format!(
-            "{}: cannot read the pass phrase: {e}; give the file that holds the pass phrase of key_file on its first line",
-            passphrase_file.display()
-        ))
-    })?;
+    let passphrase = crate::secret_file::read(passphrase_file, "TLS key pass phrase file")
+        .map_err(|e| {
+            phrase(format!(
+                "{e}; give the file that holds the pass phrase of key_file on its first line"
+            ))
+        })?;
     // The first line, as OpenSSL's `-passin file:` reads it.
     let line = passphrase.split(|&b| b == b'\n').next().unwrap_or_default();
     let passphrase = line.strip_suffix(b"\r").unwrap_or(line);
