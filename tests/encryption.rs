@@ -305,6 +305,32 @@ fn behind_postfix_a_message_sent_again_after_a_failed_route_reaches_nobody_twice
     env.assert_nothing_delivered();
 }
 
+/// Two messages that differ only in bytes that are not UTF-8 are two messages: each reaches
+/// the route (before, both read as U+FFFD, and the second was taken for an attempt of the first
+/// and never delivered).
+#[test]
+fn behind_postfix_messages_differing_only_in_raw_bytes_both_take_the_route() {
+    use support::faulty::{Faults, FaultyTarget};
+    let one = FaultyTarget::start(Faults::default());
+    let policy = format!(
+        "[[encryption_rule]]\nrecipient_domain = \"one.test\"\nvia = [\"one\"]\n\
+         [[relay_target]]\nname = \"one\"\nhost = \"127.0.0.1\"\nport = {}\ndivert_only = true\n",
+        one.port
+    );
+    let env = support::MailEnv::start(support::Socket::Unix, &policy);
+    for byte in [0xff, 0xfe] {
+        let mut message = b"From: a@sender.example\r\nMessage-ID: <same@sender.example>\r\n\
+                            Date: Thu, 3 Dec 2026 08:00:00 +0000\r\nSubject: caf"
+            .to_vec();
+        message.push(byte);
+        message.extend_from_slice(b"\r\n\r\nbody\r\n");
+        let r = transaction(&env, &["x@one.test"], &message);
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert_eq!(one.taken().len(), 2, "each message reached the route");
+    assert!(!env.postern_log().contains("already handed"));
+}
+
 #[test]
 fn check_config_says_a_milter_cannot_enforce_a_rule_without_a_route() {
     let dir = tempfile::tempdir().unwrap();

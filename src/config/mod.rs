@@ -231,6 +231,7 @@ impl ConfigFile {
         let address_transformations =
             address_transformation::compile(self.address_transformations)?;
         let dkim = dkim::compile(self.dkim_signers, config_dir)?;
+        let state = state::compile(self.state)?;
         let policy = Policy {
             content,
             address_transformations,
@@ -250,6 +251,7 @@ impl ConfigFile {
             spf,
             relay: relay.restriction,
             encryption_rules,
+            via_memory: state.via_memory,
             outbound_tls,
             restrict_relaying: relay.restrict_relaying,
             skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
@@ -263,7 +265,7 @@ impl ConfigFile {
             milter: milter::compile(self.milter),
             proxy,
             delivery,
-            state: state::compile(self.state),
+            state,
             shared_state: state::compile_shared(self.shared_state, config_dir)?,
             metrics: metrics::compile(self.metrics, config_dir)?,
             log: log::compile(self.log)?,

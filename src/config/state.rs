@@ -14,6 +14,7 @@ use crate::state::{DEFAULT_KEY_PREFIX, Password, SharedStateSettings, StateSetti
 #[serde(deny_unknown_fields, default)]
 pub(super) struct StateSection {
     max_tracked_clients: NonZeroUsize,
+    via_memory_days: Spanned<u64>,
 }
 
 impl Default for StateSection {
@@ -21,14 +22,26 @@ impl Default for StateSection {
         Self {
             max_tracked_clients: NonZeroUsize::new(crate::state::DEFAULT_CAPACITY)
                 .expect("nonzero"),
+            via_memory_days: Spanned::new(0..0, crate::state::DEFAULT_VIA_MEMORY_DAYS),
         }
     }
 }
 
-pub(super) fn compile(s: StateSection) -> StateSettings {
-    StateSettings {
-        max_tracked_clients: s.max_tracked_clients.get(),
+pub(super) fn compile(s: StateSection) -> Result<StateSettings, Invalid> {
+    let days = *s.via_memory_days.get_ref();
+    if !(1..=30).contains(&days) {
+        return Err((
+            s.via_memory_days.span(),
+            "state.via_memory_days".into(),
+            format!(
+                "{days} is out of range: give a whole number of days from 1 to 30, at least as long as the sending MTA keeps retrying (Postfix's maximal_queue_lifetime, 5 days by default)"
+            ),
+        ));
     }
+    Ok(StateSettings {
+        max_tracked_clients: s.max_tracked_clients.get(),
+        via_memory: std::time::Duration::from_secs(days * 24 * 3600),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -137,6 +137,9 @@ pub struct Policy {
     pub exploit_detection: ExploitDetection,
     /// Encryption rules, in order.
     pub encryption_rules: EncryptionRules,
+    /// How long a `via` route's delivery of a message is remembered against the sending MTA
+    /// sending it again (`[state] via_memory_days`).
+    pub via_memory: Duration,
     /// What connections to relay targets must have negotiated, per recipient domain or
     /// connection profile, in order.
     pub outbound_tls: OutboundTlsPolicies,

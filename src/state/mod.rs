@@ -19,7 +19,13 @@ pub struct StateSettings {
     /// failures, learned reputation); beyond it, what ran out and then the weakest half are
     /// forgotten.
     pub max_tracked_clients: usize,
+    /// How long a `via` route's delivery of a message is remembered (`via_memory_days`).
+    pub via_memory: Duration,
 }
+
+/// `via_memory_days` when unset: Postfix's default `maximal_queue_lifetime`, the longest a
+/// sending MTA keeps retrying.
+pub const DEFAULT_VIA_MEMORY_DAYS: u64 = 5;
 
 /// Settings of the shared store (`[shared_state]`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -283,8 +283,8 @@ impl Session {
     /// through it, with the edits applied, and marks them removed from the MTA's envelope;
     /// whether no recipient is left for the MTA. An error when a route took none.
     ///
-    /// Each route's delivery is remembered (in the state store, for [`HANDED_MEMORY`]) against
-    /// the message's identity: when a later route fails, the message is deferred and the
+    /// Each route's delivery is remembered (in the state store, for `[state]
+    /// via_memory_days`) against the message's identity: when a later route fails, the message is deferred and the
     /// sending MTA sends it again, and then the routes that took it before are not used again
     /// (their recipients only leave the MTA's envelope), so nobody gets it twice.
     async fn secure_routes(
@@ -311,7 +311,7 @@ impl Session {
             return Ok(false);
         }
         let received = tx.received().await?;
-        let identity = message_identity(&tx.sender, &received);
+        let identity = message_identity(&tx.sender, self.authenticated.as_deref(), &received);
         let message = edits.applied_to(received);
         let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
         let store = &self.shared.ports.store;
@@ -355,7 +355,7 @@ impl Session {
                 relay_target: &target,
                 reply: &reply,
             });
-            if let Err(e) = store.remember_handed(&handed, HANDED_MEMORY).await {
+            if let Err(e) = store.remember_handed(&handed, self.policy.via_memory).await {
                 self.store_unavailable("route deliveries of earlier attempts", &e);
             }
             envelope.remove(recipients);
@@ -451,29 +451,57 @@ impl Session {
     }
 }
 
-/// How long a route's delivery of a message is remembered against the sending MTA sending it
-/// again: Postfix's default `maximal_queue_lifetime`, the longest a sender keeps retrying.
-pub const HANDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(5 * 24 * 3600);
-
-/// What names one message across its sender's attempts: the envelope sender, every header
-/// field but `Received` (each hop adds one, on every attempt) and the body, as received.
-fn message_identity(sender: &str, raw: &[u8]) -> sha2::Sha256 {
+/// What names one message across its sender's attempts: the envelope sender, the client's
+/// authenticated identity (none for an unauthenticated client, so that one cannot pre-empt an
+/// authenticated sender's message by sending its copy first), every header field but
+/// `Received` (each hop adds one, on every attempt) and the body, as received: raw bytes, so
+/// that two messages differing only in bytes that are not UTF-8 are two messages. The client's
+/// address is left out: large senders retry from other addresses.
+fn message_identity(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sha2::Sha256 {
     use sha2::Digest as _;
     let mut identity = sha2::Sha256::new();
-    identity.update(b"postern message identity 1\0");
+    identity.update(b"postern message identity 2\0");
     identity.update(sender.as_bytes());
     identity.update(b"\0");
-    for (name, value) in crate::engine::message::header_fields(raw) {
-        if !name.eq_ignore_ascii_case("Received") {
-            identity.update(name.to_ascii_lowercase().as_bytes());
-            identity.update(b":");
-            identity.update(value.trim().as_bytes());
-            identity.update(b"\0");
+    match authenticated {
+        Some(user) => {
+            identity.update(b"auth\0");
+            identity.update(user.as_bytes());
+        }
+        None => identity.update(b"anonymous"),
+    }
+    identity.update(b"\0");
+    let end = crate::engine::verdict::header_end(raw);
+    for field in raw_fields(&raw[..end]) {
+        let name = field.split(|&b| b == b':').next().unwrap_or_default();
+        if !name.trim_ascii().eq_ignore_ascii_case(b"Received") {
+            identity.update((field.len() as u64).to_be_bytes());
+            identity.update(field);
         }
     }
     identity.update(b"\0");
-    identity.update(&raw[crate::engine::verdict::header_end(raw)..]);
+    identity.update(&raw[end..]);
     identity
+}
+
+/// The header fields of `header` as raw bytes, each with its continuation lines.
+fn raw_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = header;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        for line in rest.split_inclusive(|&b| b == b'\n') {
+            if end > 0 && !line.starts_with(b" ") && !line.starts_with(b"\t") {
+                break;
+            }
+            end += line.len();
+        }
+        let (field, after) = rest.split_at(end);
+        rest = after;
+        Some(field)
+    })
 }
 
 /// The message `identity` handed to the route `via` for `recipients`.
@@ -494,4 +522,62 @@ fn handed_digest(
         identity.update(r.as_bytes());
     }
     identity.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sender: &str, user: Option<&str>, raw: &[u8]) -> [u8; 32] {
+        handed_digest(
+            message_identity(sender, user, raw),
+            &["r".into()],
+            &["x@y".into()],
+        )
+    }
+
+    #[test]
+    fn a_message_is_named_by_its_raw_bytes_and_its_sender() {
+        let raw = |subject: &[u8]| {
+            let mut m = b"Received: from a\r\n\tby b\r\nSubject: ".to_vec();
+            m.extend_from_slice(subject);
+            m.extend_from_slice(b"\r\n\r\nbody\r\n");
+            m
+        };
+        let a = id("s@x", None, &raw(b"caf\xff"));
+        assert_ne!(a, id("s@x", None, &raw(b"caf\xfe")), "invalid bytes differ");
+        assert_eq!(
+            a,
+            id(
+                "s@x",
+                None,
+                &[b"Received: from c by d\r\n".as_slice(), &raw(b"caf\xff")].concat()
+            ),
+            "Received fields are left out"
+        );
+        assert_ne!(
+            a,
+            id("s@x", Some("alice"), &raw(b"caf\xff")),
+            "authenticated"
+        );
+        assert_ne!(
+            id("s@x", Some("alice"), &raw(b"x")),
+            id("s@x", Some("bob"), &raw(b"x"))
+        );
+        assert_ne!(a, id("t@x", None, &raw(b"caf\xff")), "another sender");
+        // The body counts; a field's folding counts (raw bytes).
+        assert_ne!(
+            id("s@x", None, b"Subject: a\r\n\r\nbody\r\n"),
+            id("s@x", None, b"Subject: a\r\n\r\nbody.\r\n")
+        );
+    }
+
+    #[test]
+    fn raw_fields_keep_their_continuation_lines() {
+        let fields: Vec<&[u8]> = raw_fields(b"A: 1\r\n 2\r\nB: 3\r\n\tc\r\n\r\n").collect();
+        assert_eq!(
+            fields,
+            [b"A: 1\r\n 2\r\n".as_slice(), b"B: 3\r\n\tc\r\n", b"\r\n"]
+        );
+    }
 }
