@@ -315,3 +315,82 @@ fn a_long_body_line_is_broken_before_signing() {
     let (ok, words) = keys.verify(got.as_bytes());
     assert!(ok, "{words}\n{got}");
 }
+
+/// A signer signs only for the clients it names: an authenticated user may not obtain the
+/// signature of a domain it does not belong to by writing that domain in From (before, any
+/// outbound client got the signature of whichever domain its From named).
+#[test]
+fn a_signature_goes_only_to_the_users_its_signer_names() {
+    let keys = DkimKeys::start();
+    let users = tempfile::tempdir().unwrap();
+    let file = support::proxy::users_file(users.path());
+    let hash = std::fs::read_to_string(&file).unwrap();
+    // Three users with the password "secret".
+    let hash = hash.trim().trim_start_matches("alice:");
+    std::fs::write(
+        &file,
+        format!(
+            "alice:{hash}
+ann@signer.test:{hash}
+mallory@other.test:{hash}
+"
+        ),
+    )
+    .unwrap();
+    let config = |users: &str| {
+        format!(
+            "hostname = \"gw.postern.test\"\n[relay]\nallowed_relay_sources = []\n{}{users}\n\
+             [proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\nauth_users_file = \"{}\"\nauth_over_plaintext = true\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n",
+            signer(&keys, "ed25519", "all"),
+            file.display()
+        )
+    };
+    // base64 of "\0user\0secret".
+    let plain = |user: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"))
+    };
+    let message =
+        b"From: carl@signer.test\r\nTo: dora@else.example\r\nSubject: hi\r\n\r\nhello\r\n";
+    // Sends the message as `user`; whether it arrived signed, with a signature that holds.
+    let send_as = |env: &ProxyEnv, user: &str, n: usize| {
+        use std::io::Write as _;
+        let mut smtp = env.smtp();
+        smtp.command("EHLO client.postern.test").unwrap();
+        let r = smtp
+            .command(&format!("AUTH PLAIN {}", plain(user)))
+            .unwrap();
+        assert!(r.starts_with("235"), "{user}: {r}");
+        for command in [
+            "MAIL FROM:<carl@signer.test>",
+            "RCPT TO:<dora@else.example>",
+        ] {
+            let r = smtp.command(command).unwrap();
+            assert!(r.starts_with("250"), "{command}: {r}");
+        }
+        assert!(smtp.command("DATA").unwrap().starts_with("354"));
+        smtp.writer_mut().write_all(message).unwrap();
+        smtp.writer_mut().write_all(b".\r\n").unwrap();
+        let r = smtp.read_reply().unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        let got = raw(&env.sinks[0].dir.join("mail"), n).remove(n - 1);
+        let signed = got.contains("DKIM-Signature");
+        if signed {
+            let (ok, words) = keys.verify(got.as_bytes());
+            assert!(ok, "{words}\n{got}");
+        }
+        signed
+    };
+    // By default: the users named by an address in the signer's domain.
+    let env = ProxyEnv::start(&config(""), &[&[]]);
+    assert!(send_as(&env, "ann@signer.test", 1), "ann is of signer.test");
+    assert!(!send_as(&env, "mallory@other.test", 2), "mallory is not");
+    assert!(!send_as(&env, "alice", 3), "a bare name is of no domain");
+    env.wait_for_log("not signed (DKIM): this client may not use the domain's signature");
+    drop(env);
+    // Named users.
+    let env = ProxyEnv::start(&config("users = [\"alice\"]\n"), &[&[]]);
+    assert!(send_as(&env, "alice", 1));
+    assert!(!send_as(&env, "ann@signer.test", 2), "not named");
+}

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Invalid, relative, valid_hostname};
-use crate::engine::dkim::{DkimSigner, DkimSigners, SignWhen, SigningKey, signed_headers};
+use crate::engine::dkim::{
+    DkimSigner, DkimSigners, SignWhen, SignerClients, SigningKey, signed_headers,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,10 +22,15 @@ pub(super) struct DkimSignerSection {
     headers: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     sign: SignWhen,
+    /// Unset: users named by an address in the signer's domain.
+    users: Option<Spanned<Vec<String>>>,
+    /// Unset: every unauthenticated outbound client.
+    connection_profiles: Option<Spanned<Vec<String>>>,
 }
 
 pub(super) fn compile(
     sections: Vec<DkimSignerSection>,
+    profile_names: &[String],
     config_dir: Option<&Path>,
 ) -> Result<DkimSigners, Invalid> {
     let mut signers = Vec::with_capacity(sections.len());
@@ -60,7 +67,40 @@ pub(super) fn compile(
         let path = relative(s.key_file.into_inner(), config_dir);
         let signing_key = load_key(&path, &domain, &selector, &headers)
             .map_err(|e| (span, key("key_file"), e))?;
+        let users = match s.users {
+            Some(users) => {
+                if let Some(bad) = users.get_ref().iter().find(|u| u.trim().is_empty()) {
+                    return Err((
+                        users.span(),
+                        key("users"),
+                        format!("{bad:?} is not a user: write a user name, @domain or *"),
+                    ));
+                }
+                users.into_inner()
+            }
+            None => vec![format!("@{domain}")],
+        };
+        let connection_profiles = match s.connection_profiles {
+            Some(names) => {
+                if let Some(unknown) = names.get_ref().iter().find(|n| !profile_names.contains(n)) {
+                    return Err((
+                        names.span(),
+                        key("connection_profiles"),
+                        format!(
+                            "no [[connection_profile]] is named {unknown:?} (known: {})",
+                            profile_names.join(", ")
+                        ),
+                    ));
+                }
+                Some(names.into_inner())
+            }
+            None => None,
+        };
         signers.push(DkimSigner {
+            clients: SignerClients {
+                users,
+                connection_profiles,
+            },
             domain,
             selector,
             key_file: path.display().to_string(),

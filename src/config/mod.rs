@@ -230,7 +230,7 @@ impl ConfigFile {
         let outbound_tls = outbound_tls::compile(self.outbound_tls_policies, &profile_names)?;
         let address_transformations =
             address_transformation::compile(self.address_transformations)?;
-        let dkim = dkim::compile(self.dkim_signers, config_dir)?;
+        let dkim = dkim::compile(self.dkim_signers, &profile_names, config_dir)?;
         let state = state::compile(self.state)?;
         let policy = Policy {
             content,

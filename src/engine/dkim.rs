@@ -164,7 +164,7 @@ fn build<T: mail_auth::common::crypto::SigningKey>(
 }
 
 /// One signer: the domain it signs for (`d=`, also its sub-domains' mail), the selector
-/// (`s=`) and its key.
+/// (`s=`), its key, and which clients may have its signature.
 pub struct DkimSigner {
     pub domain: String,
     pub selector: String,
@@ -172,6 +172,56 @@ pub struct DkimSigner {
     pub headers: Vec<String>,
     pub sign: SignWhen,
     pub key: SigningKey,
+    pub clients: SignerClients,
+}
+
+/// Which outbound clients a signer signs for, beyond writing its domain in From: without this,
+/// any client that may relay could obtain any hosted domain's signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignerClients {
+    /// Authenticated users (`users`): a name, `@domain` (users named by an address in that
+    /// domain or a sub-domain of it), or `*` (every authenticated user).
+    pub users: Vec<String>,
+    /// Connection profiles whose clients, unauthenticated, may have the signature
+    /// (`connection_profiles`); `None`: every unauthenticated outbound client (allowed relay
+    /// sources, internal profiles, local submission).
+    pub connection_profiles: Option<Vec<String>>,
+}
+
+/// The client a message comes from, as a signer asks about it.
+#[derive(Clone, Copy, Debug)]
+pub struct SigningClient<'a> {
+    /// The authenticated user, if any.
+    pub user: Option<&'a str>,
+    /// The client's connection profile, if any.
+    pub profile: Option<&'a str>,
+}
+
+impl SignerClients {
+    /// Whether `client` may have the signature.
+    pub fn permit(&self, client: SigningClient<'_>) -> bool {
+        match client.user {
+            Some(user) => self.users.iter().any(|u| user_matches(u, user)),
+            None => match &self.connection_profiles {
+                None => true,
+                Some(names) => client.profile.is_some_and(|p| names.iter().any(|n| n == p)),
+            },
+        }
+    }
+}
+
+/// Whether the `users` entry `entry` covers the user `user`.
+fn user_matches(entry: &str, user: &str) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    match entry.strip_prefix('@') {
+        Some(domain) => user.rsplit_once('@').is_some_and(|(_, d)| {
+            let (d, domain) = (d.to_ascii_lowercase(), domain.to_ascii_lowercase());
+            d == domain || d.ends_with(&format!(".{domain}"))
+        }),
+        None => entry == user,
+    }
 }
 
 impl fmt::Debug for DkimSigner {
@@ -214,14 +264,28 @@ impl DkimSigners {
         self.0.is_empty()
     }
 
-    /// The first signer for the domain of the message's author (its From address): its own
-    /// domain or a parent of it, so that `d=` aligns with From for DMARC.
-    pub fn for_author(&self, from_domain: &str) -> Option<&DkimSigner> {
+    /// The first signer for the domain of the message's author (its From address: its own
+    /// domain or a parent of it, so that `d=` aligns with From for DMARC) that `client` may
+    /// use; `Err` with the first such signer's domain when there are signers for the domain
+    /// but the client may use none of them.
+    pub fn for_author(
+        &self,
+        from_domain: &str,
+        client: SigningClient<'_>,
+    ) -> Result<Option<&DkimSigner>, &str> {
         let from = from_domain.trim_end_matches('.').to_ascii_lowercase();
-        self.0.iter().find(|s| {
+        let mut for_domain = self.0.iter().filter(|s| {
             let d = s.domain.to_ascii_lowercase();
             from == d || from.ends_with(&format!(".{d}"))
-        })
+        });
+        let Some(first) = for_domain.next() else {
+            return Ok(None);
+        };
+        std::iter::once(first)
+            .chain(for_domain)
+            .find(|s| s.clients.permit(client))
+            .map(Some)
+            .ok_or(first.domain.as_str())
     }
 }
 
@@ -248,6 +312,42 @@ pub fn signed_headers(configured: Option<Vec<String>>) -> Result<Vec<String>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signer_signs_only_for_the_clients_it_names() {
+        let user = |u| SigningClient {
+            user: Some(u),
+            profile: None,
+        };
+        let default = SignerClients {
+            users: vec!["@acme.test".into()],
+            connection_profiles: None,
+        };
+        assert!(default.permit(user("ann@acme.test")));
+        assert!(default.permit(user("ann@Mail.ACME.test")));
+        assert!(!default.permit(user("eve@evil.test")));
+        assert!(!default.permit(user("eve@notacme.test")));
+        assert!(!default.permit(user("ann")));
+        let unauthenticated = SigningClient {
+            user: None,
+            profile: None,
+        };
+        assert!(default.permit(unauthenticated), "relay sources, local");
+        let named = SignerClients {
+            users: vec!["ann".into(), "*".into()],
+            connection_profiles: Some(vec!["acme-servers".into()]),
+        };
+        assert!(named.permit(user("anyone")));
+        assert!(!named.permit(unauthenticated));
+        assert!(named.permit(SigningClient {
+            user: None,
+            profile: Some("acme-servers"),
+        }));
+        assert!(!named.permit(SigningClient {
+            user: None,
+            profile: Some("other"),
+        }));
+    }
 
     #[test]
     fn from_is_required_and_oversigned() {

@@ -328,6 +328,15 @@ impl fmt::Display for Policy {
                 s.domain,
                 s.key.record()
             )?;
+            let profiles = match &s.clients.connection_profiles {
+                Some(names) => names.join(", "),
+                None => "any".to_owned(),
+            };
+            writeln!(
+                f,
+                "  signs for users {}; unauthenticated clients of profiles: {profiles}",
+                s.clients.users.join(", "),
+            )?;
         }
         match &self.trace_header {
             Some(t) => write!(f, "trace header:            {}", t.name),

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::engine::addressing::{Direction, Place};
-use crate::engine::dkim::SignWhen;
+use crate::engine::dkim::{SignWhen, SigningClient};
 use crate::engine::lines::break_long_lines;
 use crate::engine::verdict::EnvelopeEdits;
 
@@ -127,8 +127,23 @@ impl Session {
         let Some(domain) = author.as_deref().and_then(author_domain) else {
             return Ok(());
         };
-        let Some(signer) = signers.for_author(domain) else {
-            return Ok(());
+        let client = SigningClient {
+            user: self.authenticated.as_deref(),
+            profile: self.client_profile().map(|p| p.name.as_str()),
+        };
+        let signer = match signers.for_author(domain, client) {
+            Ok(Some(signer)) => signer,
+            Ok(None) => return Ok(()),
+            Err(signed_domain) => {
+                info!(
+                    session = self.id,
+                    domain = %signed_domain,
+                    user = %client.user.unwrap_or("-").escape_debug(),
+                    profile = client.profile.unwrap_or("-"),
+                    "not signed (DKIM): this client may not use the domain's signature (see the signer's users and connection_profiles)"
+                );
+                return Ok(());
+            }
         };
         if signer.sign == SignWhen::Transformed && !transformed {
             return Ok(());
