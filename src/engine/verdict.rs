@@ -189,8 +189,8 @@ pub(crate) fn header_end(raw: &[u8]) -> usize {
     raw.len()
 }
 
-/// Header fields with their folded continuation lines and line endings.
-fn header_fields_raw(header: &[u8]) -> Vec<Vec<u8>> {
+/// Header fields with their folded continuation lines and line endings, as raw bytes.
+pub(crate) fn header_fields_raw(header: &[u8]) -> Vec<Vec<u8>> {
     let mut fields: Vec<Vec<u8>> = Vec::new();
     for line in header.split_inclusive(|&b| b == b'\n') {
         match (line.first(), fields.last_mut()) {
@@ -201,7 +201,8 @@ fn header_fields_raw(header: &[u8]) -> Vec<Vec<u8>> {
     fields
 }
 
-fn field_name(field: &[u8]) -> &[u8] {
+/// The name of a raw header field.
+pub(crate) fn field_name(field: &[u8]) -> &[u8] {
     let end = field.iter().position(|&b| b == b':').unwrap_or(field.len());
     field[..end].trim_ascii()
 }
