@@ -394,3 +394,65 @@ mallory@other.test:{hash}
     assert!(send_as(&env, "alice", 1));
     assert!(!send_as(&env, "ann@signer.test", 2), "not named");
 }
+
+/// A message with a 1,100-character Subject, a longer header field and a body line over the
+/// limit, as each door signs it.
+fn long_lined() -> String {
+    let words = |n: usize, w: &str| vec![w; n].join(" ");
+    format!(
+        "From: carl@signer.test\r\nTo: dora@else.example\r\nSubject: {}\r\nX-Note: {}\r\n\r\n{}\r\nend\r\n",
+        words(220, "long"),
+        words(260, "note"),
+        "y".repeat(1200)
+    )
+}
+
+/// Lines longer than a hop lets through are folded (header, before white space) and broken
+/// (body) before signing, to the limit of what carries the message: a relay target's lower
+/// line_limit in the proxy door (before, it broke lines after signing; a header line over
+/// 998 octets stopped the body's breaking, and a long Subject was broken after signing).
+#[test]
+fn the_proxy_signs_what_fits_its_targets_line_limit() {
+    let keys = DkimKeys::start();
+    let config = format!(
+        "hostname = \"gw.postern.test\"\n{}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+         [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\nline_limit = 500\n",
+        signer(&keys, "ed25519", "all")
+    );
+    let env = ProxyEnv::start(&config, &[&[]]);
+    let reply = env.smtp().send(
+        "carl@signer.test",
+        "dora@else.example",
+        long_lined().as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = raw(&env.sinks[0].dir.join("mail"), 1).remove(0);
+    assert!(
+        got.lines().all(|l| l.len() <= 498),
+        "a line too long arrived"
+    );
+    let (ok, words) = keys.verify(got.as_bytes());
+    assert!(ok, "{words}\n{got}");
+    assert!(got.contains("Subject: long long"), "{got}");
+}
+
+/// The same behind Postfix: folds go back to the MTA as it handed them over (LF and white
+/// space), and the signature holds where Postfix delivers.
+#[test]
+fn behind_postfix_long_lines_are_folded_before_signing() {
+    let keys = DkimKeys::start();
+    let env = MailEnv::start(Socket::Unix, &signer(&keys, "rsa", "all"));
+    let reply = env.smtp().send(
+        "carl@signer.test",
+        "dora@else.example",
+        long_lined().as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
+    assert!(
+        got.lines().all(|l| l.len() <= 998),
+        "a line too long arrived"
+    );
+    let (ok, words) = keys.verify(got.as_bytes());
+    assert!(ok, "{words}\n{got}");
+}

@@ -77,7 +77,7 @@ pub(super) struct RelayTargetSection {
 }
 
 /// The default `line_limit`: RFC 5321's, CRLF included.
-const RFC5321_LINE: usize = 1000;
+pub(super) const RFC5321_LINE: usize = 1000;
 
 /// The default `priority`.
 const HIGHEST: u32 = 1;

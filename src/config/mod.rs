@@ -232,10 +232,17 @@ impl ConfigFile {
             address_transformation::compile(self.address_transformations)?;
         let dkim = dkim::compile(self.dkim_signers, &profile_names, config_dir)?;
         let state = state::compile(self.state)?;
+        let line_limit = delivery
+            .targets
+            .iter()
+            .map(|t| t.line_limit)
+            .filter(|l| *l > 0)
+            .fold(delivery::RFC5321_LINE, usize::min);
         let policy = Policy {
             content,
             address_transformations,
             dkim,
+            line_limit,
             hostname,
             help_url: connection.help_url,
             scan_failure_action: scan.scan_failure_action,

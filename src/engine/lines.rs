@@ -69,9 +69,77 @@ pub fn break_long_lines(message: &[u8], limit: usize) -> (Cow<'_, [u8]>, usize) 
     (Cow::Owned(out), breaks)
 }
 
+/// A header field's value folded so that every line of `Name: value` (CRLF included) is at
+/// most `limit` octets: existing folds are undone and new ones (CRLF) put before white space
+/// only, so the field unfolds to the same text and DKIM's relaxed canonicalization reads it
+/// the same. `None` when it fits on one line already; the bool says whether every line fits
+/// (a run of more than a line's room without white space cannot be folded).
+pub fn fold_value(name: &str, value: &str, limit: usize) -> Option<(String, bool)> {
+    let room = limit.checked_sub(2)?;
+    let unfolded = value.replace("\r\n", "").replace(['\r', '\n'], " ");
+    let first = name.len() + 2;
+    if first + unfolded.len() <= room {
+        return None;
+    }
+    // Pieces that each start at a run of white space (the first one at the start).
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut in_space = true;
+    for (i, c) in unfolded.char_indices() {
+        let space = c == ' ' || c == '\t';
+        if space && !in_space && i > 0 {
+            pieces.push(&unfolded[start..i]);
+            start = i;
+        }
+        in_space = space;
+    }
+    pieces.push(&unfolded[start..]);
+    let mut out = String::with_capacity(unfolded.len() + unfolded.len() / room * 2 + 2);
+    let (mut line, mut fits) = (first, true);
+    for piece in pieces {
+        if line + piece.len() > room && !out.is_empty() {
+            out.push_str("\r\n");
+            line = 0;
+        }
+        out.push_str(piece);
+        line += piece.len();
+        fits &= line <= room;
+    }
+    Some((out, fits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_value_is_folded_before_white_space_only() {
+        let words: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+        let value = words.join(" ");
+        let (folded, fits) = fold_value("Subject", &value, 78).unwrap();
+        assert!(fits);
+        let field = format!("Subject: {folded}");
+        for line in field.split("\r\n") {
+            assert!(line.len() <= 76, "{line:?}");
+        }
+        assert!(field.split("\r\n").skip(1).all(|l| l.starts_with(' ')));
+        assert_eq!(
+            folded.replace("\r\n", ""),
+            value,
+            "unfolds to the same text"
+        );
+        // Earlier folds are undone first.
+        let (again, _) = fold_value("Subject", &folded.replace("\r\n ", "\r\n\t "), 200).unwrap();
+        assert_eq!(again.replace("\r\n", "").replace('\t', ""), value);
+        assert_eq!(fold_value("Subject", "short", 78), None);
+        // A run without white space longer than a line stays whole, and says so.
+        let (folded, fits) = fold_value("X", &format!("a {} b", "x".repeat(100)), 78).unwrap();
+        assert!(!fits);
+        assert_eq!(
+            folded.replace("\r\n", ""),
+            format!("a {} b", "x".repeat(100))
+        );
+    }
 
     #[test]
     fn short_lines_are_left_alone() {

@@ -151,6 +151,10 @@ pub struct Policy {
     pub address_transformations: AddressTransformations,
     /// DKIM signers, in order: outbound messages are signed as they leave.
     pub dkim: DkimSigners,
+    /// The longest line (octets, CRLF included) any hop that carries a message out lets
+    /// through: 1000 (RFC 5321, the MTA) or a relay target's lower `line_limit`. A signed
+    /// message is folded and broken to it first, so that no hop changes what was signed.
+    pub line_limit: usize,
     /// Every check and rule runs and reports, but nothing is refused or changed
     /// (`[scan] dry_run`, `--dry-run`).
     pub dry_run: bool,

@@ -520,7 +520,8 @@ fn answer(reply: &mut MilterReply, verdict: Verdict) -> Status {
     status
 }
 
-/// Sends the engine's edits to the MTA. Header values never carry CR or LF; with
+/// Sends the engine's edits to the MTA. A header value's folds (CRLF and white space) go as
+/// the MTA hands them over itself, LF and the white space; no other CR or LF is passed. With
 /// SMFIP_HDR_LEADSPC negotiated the MTA takes values verbatim, so they get their leading space
 /// here (`Name: value`, not `Name:value`).
 async fn apply_edits(
@@ -529,7 +530,7 @@ async fn apply_edits(
     leading_space: bool,
 ) -> Result<(), indymilter::ActionError> {
     let value = |v: &str| {
-        let v = one_line(v);
+        let v = milter_value(v);
         if leading_space { format!(" {v}") } else { v }
     };
     for edit in &edits.headers {
@@ -621,6 +622,22 @@ fn one_line(value: &str) -> String {
     value.replace(['\r', '\n'], " ")
 }
 
+/// A header value as a milter hands it to the MTA: each fold (CRLF or LF, then a space or tab)
+/// as LF and that white space; any other CR or LF a space, so that no edit starts a field.
+fn milter_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' if matches!(chars.peek(), Some(' ' | '\t')) => out.push('\n'),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Rebuilds one header field as it was on the wire: `Name: value` with CRLF line ends (the MTA
 /// hands folded values over with bare LF).
 /// One header field as the engine reads it, from the name and value the MTA hands over
@@ -703,6 +720,14 @@ mod tests {
             header_line(b"To", b" a,\r\n b", true),
             b"To: a,\r\n b\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn header_values_keep_their_folds_and_nothing_else() {
+        assert_eq!(milter_value("a\r\n b\r\n\tc"), "a\n b\n\tc");
+        assert_eq!(milter_value("a\r\nX-Injected: 1"), "a X-Injected: 1");
+        assert_eq!(milter_value("a\rb\nc"), "a b c");
+        assert_eq!(milter_value("a\n b"), "a\n b");
     }
 
     #[test]

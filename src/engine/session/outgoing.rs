@@ -5,7 +5,7 @@ use super::*;
 use crate::engine::addressing::{Direction, Place};
 use crate::engine::dkim::{SignWhen, SigningClient};
 use crate::engine::lines::break_long_lines;
-use crate::engine::verdict::EnvelopeEdits;
+use crate::engine::verdict::{EnvelopeEdits, field_name, header_fields_raw};
 
 impl Session {
     /// Which way this session's mail goes: outbound from an authenticated client, a local
@@ -148,18 +148,11 @@ impl Session {
         if signer.sign == SignWhen::Transformed && !transformed {
             return Ok(());
         }
-        // A body line longer than SMTP allows is broken on the way (by the proxy's relay
-        // targets, by the MTA): break it now, so that the signature covers the lines that leave.
-        let (broken, breaks) = break_long_lines(&message, 1000);
-        if breaks > 0 {
-            let broken = broken.into_owned();
-            let body_start = memchr::memmem::find(&broken, b"\r\n\r\n")
-                .map(|i| i + 4)
-                .unwrap_or(broken.len());
-            if broken[..body_start] == message[..body_start] {
-                edits.body = Some(broken[body_start..].to_vec());
-                message = broken;
-            }
+        // Lines longer than a hop lets through are broken on the way (by the MTA, by a relay
+        // target's line_limit): fold and break them now, so that the signature covers the
+        // lines that leave.
+        if self.fit_lines(&message, edits) {
+            message = tx.leaving(edits).await?;
         }
         let value = signer.sign(&message)?;
         info!(session = self.id, domain = %signer.domain, selector = %signer.selector, "message signed (DKIM)");
@@ -169,6 +162,67 @@ impl Session {
             value,
         });
         Ok(())
+    }
+}
+
+impl Session {
+    /// Adds to `edits` what makes every line of the leaving `message` fit the policy's
+    /// `line_limit`: header fields with a longer line refolded before white space (the same
+    /// field for DKIM's relaxed canonicalization), body lines broken with CRLF and a space.
+    /// Whether anything was added.
+    fn fit_lines(&self, message: &[u8], edits: &mut Edits) -> bool {
+        let limit = self.policy.line_limit;
+        let body_start = crate::engine::verdict::header_end(message);
+        let mut changed = false;
+        let mut seen: Vec<(Vec<u8>, u32)> = Vec::new();
+        for field in header_fields_raw(&message[..body_start]) {
+            let name = field_name(&field).to_ascii_lowercase();
+            let index = match seen.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count
+                }
+                None => {
+                    seen.push((name, 1));
+                    1
+                }
+            };
+            if field.split(|&b| b == b'\n').all(|l| l.len() < limit) {
+                continue;
+            }
+            let text = std::str::from_utf8(&field).ok();
+            let Some((name, value)) = text
+                .and_then(|t| t.split_once(':'))
+                .map(|(n, v)| (n.trim(), v))
+            else {
+                warn!(
+                    session = self.id,
+                    "a header line is longer than {limit} octets and not UTF-8 text: it cannot be folded, and a hop that breaks it will break the DKIM signature"
+                );
+                continue;
+            };
+            let value = value
+                .trim_start_matches([' ', '\t'])
+                .trim_end_matches(['\r', '\n']);
+            let Some((folded, fits)) = crate::engine::lines::fold_value(name, value, limit) else {
+                continue;
+            };
+            if !fits {
+                warn!(session = self.id, field = %name.escape_debug(), "a header line is longer than {limit} octets with no white space to fold at: a hop that breaks it will break the DKIM signature");
+            }
+            edits.headers.push(HeaderEdit::Change {
+                name: name.to_owned(),
+                index,
+                value: Some(folded),
+            });
+            changed = true;
+        }
+        let (broken, breaks) = break_long_lines(&message[body_start..], limit);
+        if breaks > 0 {
+            edits.body = Some(broken.into_owned());
+            changed = true;
+        }
+        changed
     }
 }
 
