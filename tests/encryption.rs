@@ -490,3 +490,62 @@ fn preferred_and_none_go_as_the_target_is_configured() {
     }
     assert_eq!(env.sinks[0].wait_delivered(2).len(), 2);
 }
+
+/// Sender encryption end to end at RCPT, in both doors: a rule that requires it refuses the
+/// recipient of a plaintext session with 530 5.7.0 (other recipients pass), and the same
+/// conversation after STARTTLS passes — through the proxy, and behind a real Postfix that
+/// offers STARTTLS itself (the milter learns the session's TLS from its macros).
+#[test]
+fn sender_encryption_is_required_at_rcpt_in_both_doors() {
+    let rule = "[[encryption_rule]]\nrecipient_domain = \"secure.test\"\n\
+                sender_encryption = \"required\"\n";
+    let plaintext_refused = |mut smtp: support::Smtp| {
+        assert!(
+            smtp.command("EHLO client.postern.test")
+                .unwrap()
+                .starts_with("250")
+        );
+        let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        let r = smtp.command("RCPT TO:<x@secure.test>").unwrap();
+        assert!(r.starts_with("530 5.7.0"), "{r}");
+        let r = smtp.command("RCPT TO:<y@plain.test>").unwrap();
+        assert!(r.starts_with("250"), "{r}");
+    };
+
+    let proxy = ProxyEnv::start(&front(rule, PLAIN), &[&[]]);
+    plaintext_refused(proxy.smtp());
+    let (ok, transcript) = proxy.swaks(&[
+        "--tls",
+        "--from",
+        "a@sender.example",
+        "--to",
+        "x@secure.test",
+    ]);
+    assert!(ok, "{transcript}");
+    proxy.sinks[0].wait_delivered(1);
+
+    let certs = tempfile::tempdir().unwrap();
+    support::proxy::write_certificates(certs.path());
+    let read = |name: &str| std::fs::read_to_string(certs.path().join(name)).unwrap();
+    let (pem, key) = (read("server.pem"), read("server.key"));
+    let postfix = support::MailEnv::start_with_postfix(
+        support::Socket::Unix,
+        rule,
+        &[
+            "smtpd_tls_chain_files = {dir}/server.key, {dir}/server.pem",
+            "smtpd_tls_security_level = may",
+        ],
+        &[("server.pem", &pem), ("server.key", &key)],
+    );
+    plaintext_refused(postfix.smtp());
+    let (ok, transcript) = postfix.swaks_result(&[
+        "--tls",
+        "--from",
+        "a@sender.example",
+        "--to",
+        "x@secure.test",
+    ]);
+    assert!(ok, "{transcript}");
+    postfix.wait_delivered(1);
+}
