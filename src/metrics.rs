@@ -255,7 +255,7 @@ impl Metrics {
         );
         m.registry.register(
             "postern_tracking_dropped",
-            "Message tracking records dropped, by reason (queue_full, store_unavailable, writer_stopped)",
+            "Message tracking records dropped, by reason (queue_full, store_unavailable, writer_stopped, max_records_per_client)",
             m.tracking_dropped.clone(),
         );
         m.registry.register(

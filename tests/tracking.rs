@@ -620,3 +620,42 @@ fn client_text_is_stored_bounded_and_shown_escaped() {
         "{table}"
     );
 }
+
+/// One client causes at most `max_records_per_client` records a minute: a message to eight
+/// recipients with a limit of five keeps five, and one `left_out` record (written at the
+/// latest at shutdown) says three more were left out, and the log tells it. (Per-client
+/// counting, IPv6 /64 included, is unit-tested in src/tracking/limit.rs.)
+#[test]
+fn one_client_cannot_fill_the_store() {
+    let target = FaultyTarget::start(Faults::default());
+    let mut env = ProxyEnv::start(
+        &proxy_config(
+            &target,
+            "store = \"sqlite\"\npath = \"tracking.sqlite\"\nmax_records_per_client = 5",
+            "",
+        ),
+        &[],
+    );
+    let recipients: Vec<String> = (1..=8).map(|i| format!("r{i}@dest.test")).collect();
+    let (_, dialogue) = swaks(&env, "many@sender.test", &recipients.join(","), "hello");
+    assert!(dialogue.contains("250 2.0.0 Ok: queued"), "{dialogue}");
+    env.stop_postern();
+    let config = env.dir.path().join("postern.toml");
+    let records = track(&config, &["--sender", "many@sender.test"]).unwrap();
+    let relayed = records
+        .iter()
+        .filter(|r| field(r, "outcome") == "relayed")
+        .count();
+    assert_eq!(relayed, 5, "{records:#?}");
+    let left_out: Vec<&Value> = records
+        .iter()
+        .filter(|r| field(r, "outcome") == "left_out")
+        .collect();
+    assert_eq!(left_out.len(), 1, "{records:#?}");
+    assert!(
+        field(left_out[0], "reply").starts_with("3 more records of this client"),
+        "{left_out:#?}"
+    );
+    assert_eq!(target.taken().len(), 1, "the mail itself went through");
+    assert!(env.log().contains("max_records_per_client"));
+}

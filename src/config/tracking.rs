@@ -26,6 +26,7 @@ pub(super) struct TrackingSection {
     retention_days: u32,
     track_dropped_connections: bool,
     queue_size: Spanned<usize>,
+    max_records_per_client: u64,
 }
 
 impl Default for TrackingSection {
@@ -38,6 +39,7 @@ impl Default for TrackingSection {
             retention_days: crate::tracking::DEFAULT_RETENTION_DAYS,
             track_dropped_connections: false,
             queue_size: Spanned::new(0..0, crate::tracking::DEFAULT_QUEUE_SIZE),
+            max_records_per_client: crate::tracking::DEFAULT_MAX_RECORDS_PER_CLIENT,
         }
     }
 }
@@ -130,6 +132,7 @@ pub(super) fn compile(
         retention_days: t.retention_days,
         track_dropped_connections: t.track_dropped_connections,
         queue_size: t.queue_size.into_inner(),
+        max_records_per_client: t.max_records_per_client,
     }))
 }
 

@@ -10,6 +10,7 @@
 //! refuses mail.
 
 mod drops;
+mod limit;
 mod postgres;
 pub mod query;
 mod record;
@@ -28,6 +29,8 @@ pub use sink::Tracker;
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 /// `queue_size` when unset.
 pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
+/// `max_records_per_client` when unset.
+pub const DEFAULT_MAX_RECORDS_PER_CLIENT: u64 = 1_000;
 
 /// The settings of `[tracking]`; no tracking without them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct TrackingSettings {
     pub track_dropped_connections: bool,
     /// Records waiting for the writer; beyond it they are dropped.
     pub queue_size: usize,
+    /// Records one client (IPv4 address, IPv6 /64) may cause per minute; 0: no limit.
+    pub max_records_per_client: u64,
 }
 
 /// Where the records are kept.

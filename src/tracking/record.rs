@@ -32,6 +32,9 @@ pub enum Outcome {
     Abandoned,
     /// A connection refused or dropped before any message (`track_dropped_connections`).
     ConnectionRefused,
+    /// Records of this client left out over `max_records_per_client`: the record says how
+    /// many.
+    LeftOut,
 }
 
 impl Outcome {
@@ -47,6 +50,7 @@ impl Outcome {
             Self::Refused => "refused",
             Self::Abandoned => "abandoned",
             Self::ConnectionRefused => "connection_refused",
+            Self::LeftOut => "left_out",
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::drops::{DropObserver, Drops};
+use super::limit::{self, ClientLimit};
 use super::record::{Outcome, Record, now_ms};
 use super::writer::{self, Writer};
 use super::{StoreSettings, TrackingSettings};
@@ -53,6 +54,7 @@ pub struct Tracker {
     track_dropped_connections: bool,
     queue: mpsc::Sender<Record>,
     drops: Arc<Drops>,
+    limit: ClientLimit,
     sessions: Mutex<HashMap<u64, Track>>,
     writer: Mutex<Option<Writer>>,
 }
@@ -86,6 +88,7 @@ impl Tracker {
             track_dropped_connections: settings.track_dropped_connections,
             queue,
             drops,
+            limit: ClientLimit::new(settings.max_records_per_client),
             sessions: Mutex::new(HashMap::new()),
             writer: Mutex::new(Some(writer)),
         })
@@ -94,13 +97,33 @@ impl Tracker {
     /// Lets the writer store what is queued, for at most `within`, and stops it (at
     /// shutdown). Records that come later are dropped.
     pub async fn finish(&self, within: Duration) {
+        for summary in self.limit.flush() {
+            self.send(summary);
+        }
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             writer.finish(within).await;
         }
     }
 
+    /// Queues `record` unless its client is over `max_records_per_client`.
     fn queue(&self, record: Record) {
+        let (admitted, summaries) = self.limit.admit(&record, std::time::Instant::now());
+        for summary in summaries {
+            self.send(summary);
+        }
+        if admitted {
+            self.send(record);
+        } else {
+            self.drops.dropped(
+                limit::REASON,
+                1,
+                "a client caused more records in a minute than [tracking] max_records_per_client; one record per client and minute says how many were left out",
+            );
+        }
+    }
+
+    fn send(&self, record: Record) {
         match self.queue.try_send(record.bounded()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.drops.dropped(

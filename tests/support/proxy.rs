@@ -232,6 +232,15 @@ impl ProxyEnv {
         std::fs::read_to_string(self.dir.path().join("postern/postern.log")).unwrap_or_default()
     }
 
+    /// Stops Postern (SIGTERM, as at a shutdown) and waits until it is gone; the directory
+    /// with its files stays until the environment is dropped.
+    pub fn stop_postern(&mut self) {
+        if self.running {
+            run_script("postern", &["stop", &self.path("postern")]);
+            self.running = false;
+        }
+    }
+
     /// Waits until Postern's log has a line containing `needle`.
     pub fn wait_for_log(&self, needle: &str) {
         super::wait_for_log_in(needle, || self.log());
