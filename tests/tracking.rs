@@ -375,6 +375,17 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl Postgres {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that takes TLS connections only, with the certificate `certs/server.pem` (of
+    /// the test CA `certs/ca.pem`, for localhost and 127.0.0.1): a plain-text connection is
+    /// refused (`hostnossl ... reject`).
+    fn start_tls_only(certs: &std::path::Path) -> Self {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&std::path::Path>) -> Self {
         support::install_deps();
         let dir = tempfile::Builder::new()
             .prefix("postern-pg.")
@@ -408,6 +419,38 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(certs) = certs {
+            let data = PathBuf::from(pg.data());
+            for name in ["server.pem", "server.key"] {
+                std::fs::copy(certs.join(name), data.join(name)).unwrap();
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            use std::io::Write as _;
+            writeln!(
+                conf,
+                "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'"
+            )
+            .unwrap();
+            let status = Command::new("chown")
+                .args(["-R", "postgres:", &pg.data()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres");
+        }
         pg.start_server();
         pg
     }
@@ -658,4 +701,55 @@ fn one_client_cannot_fill_the_store() {
     );
     assert_eq!(target.taken().len(), 1, "the mail itself went through");
     assert!(env.log().contains("max_records_per_client"));
+}
+
+/// PostgreSQL over TLS: with `sslmode=verify-full` and the test CA as `ca_file`, records are
+/// written to and read back from a server that refuses plain text (before, Postern spoke only
+/// plain text); without the CA the certificate is not trusted and nothing is read.
+#[test]
+fn postgres_over_tls_checks_the_servers_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    support::proxy::write_certificates(certs.path());
+    let pg = Postgres::start_tls_only(certs.path());
+    let target = FaultyTarget::start(Faults::default());
+    let url = format!("{}?sslmode=verify-full", pg.url());
+    let ca = certs.path().join("ca.pem");
+    let env = ProxyEnv::start(
+        &proxy_config(
+            &target,
+            &format!(
+                "store = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"",
+                ca.display()
+            ),
+            "",
+        ),
+        &[],
+    );
+    let (ok, dialogue) = swaks(&env, "tls@sender.test", "good@dest.test", "hello");
+    assert!(ok, "{dialogue}");
+    let config = env.dir.path().join("postern.toml");
+    let records = wait_track(&config, &["--sender", "tls@sender.test"], 1);
+    assert_eq!(field(&records[0], "outcome"), "relayed", "{records:#?}");
+    assert!(!env.log().contains("records dropped"), "{}", env.log());
+
+    // The same server without the CA: the certificate is not trusted.
+    let untrusted = env.dir.path().join("untrusted.toml");
+    std::fs::write(
+        &untrusted,
+        format!("[tracking]\nstore = \"postgres\"\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
+    let e = track(&untrusted, &[]).unwrap_err();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // Plain text is what the server refuses: sslmode=disable gets its refusal.
+    std::fs::write(
+        &untrusted,
+        format!(
+            "[tracking]\nstore = \"postgres\"\nurl = \"{}?sslmode=disable\"\n",
+            pg.url()
+        ),
+    )
+    .unwrap();
+    let e = track(&untrusted, &[]).unwrap_err();
+    assert!(e.contains("no encryption"), "{e}");
 }

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::Credentials;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use crate::relay::tls::ClientTls;
 use serde::Deserialize;
@@ -235,30 +233,11 @@ fn tls(
     key: &str,
     config_dir: Option<&Path>,
 ) -> Result<ClientTls, Invalid> {
-    let mut extra = Vec::new();
-    if let Some(ca) = &t.ca_file {
-        let path = relative(ca.get_ref().clone(), config_dir);
-        let pem = std::fs::read(&path).map_err(|e| {
-            (
-                ca.span(),
-                format!("{key}.ca_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        let not_pem = |why: String| {
-            (
-                ca.span(),
-                format!("{key}.ca_file"),
-                format!("{}: not a PEM certificate: {why}", path.display()),
-            )
-        };
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            extra.push(cert.map_err(|e| not_pem(e.to_string()))?);
-        }
-        if extra.is_empty() {
-            return Err(not_pem("no CERTIFICATE block".into()));
-        }
-    }
+    let extra = match &t.ca_file {
+        Some(ca) => super::ca_certificates(&relative(ca.get_ref().clone(), config_dir))
+            .map_err(|e| (ca.span(), format!("{key}.ca_file"), e))?,
+        None => Vec::new(),
+    };
     ClientTls::new(&t.host, extra, t.min_tls_version == TlsVersion::Tls13).map_err(|e| {
         (
             security,

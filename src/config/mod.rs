@@ -309,6 +309,20 @@ fn relative(path: PathBuf, config_dir: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The CA certificates of a PEM file (`ca_file` keys): an error says what is wrong with it.
+fn ca_certificates(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let not_pem = |why: String| format!("{}: not a PEM certificate: {why}", path.display());
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| not_pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(not_pem("no CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
 /// A CIDR network; a bare address stands for itself (/32 or /128).
 struct Network(IpNet);
 

@@ -23,6 +23,8 @@ pub(super) struct TrackingSection {
     path: Option<Spanned<PathBuf>>,
     url: Option<Spanned<String>>,
     password_file: Option<Spanned<PathBuf>>,
+    /// CA certificates (PEM) that PostgreSQL's certificate is checked against.
+    ca_file: Option<Spanned<PathBuf>>,
     retention_days: u32,
     track_dropped_connections: bool,
     queue_size: Spanned<usize>,
@@ -36,6 +38,7 @@ impl Default for TrackingSection {
             path: None,
             url: None,
             password_file: None,
+            ca_file: None,
             retention_days: crate::tracking::DEFAULT_RETENTION_DAYS,
             track_dropped_connections: false,
             queue_size: Spanned::new(0..0, crate::tracking::DEFAULT_QUEUE_SIZE),
@@ -115,7 +118,15 @@ pub(super) fn compile(
                 }
                 None => None,
             };
-            let settings = PostgresSettings::new(url.into_inner(), password)
+            let ca = match t.ca_file {
+                Some(file) => {
+                    let span = file.span();
+                    super::ca_certificates(&relative(file.into_inner(), config_dir))
+                        .map_err(|e| wrong(span, "ca_file", &e))?
+                }
+                None => Vec::new(),
+            };
+            let settings = PostgresSettings::new(url.into_inner(), password, ca)
                 .map_err(|e| wrong(url_span, "url", &e))?;
             StoreSettings::Postgres(settings)
         }
@@ -184,5 +195,46 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("other"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_host_off_this_machine_is_never_spoken_to_in_plain_text() {
+        use crate::tracking::postgres_tls::SslMode;
+        let mode = |url: &str| {
+            let text = format!("[tracking]\nstore = \"postgres\"\nurl = \"{url}\"\n");
+            match Config::parse(&text, "t.toml")
+                .unwrap()
+                .tracking
+                .unwrap()
+                .store
+            {
+                StoreSettings::Postgres(pg) => pg.ssl_mode(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(mode("postgresql://u@db.example/p"), SslMode::Require);
+        assert_eq!(
+            mode("postgresql://u@db.example/p?sslmode=prefer"),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("postgresql://u@db.example/p?sslmode=disable"),
+            SslMode::Disable
+        );
+        assert_eq!(mode("postgresql://u@127.0.0.1/p"), SslMode::Prefer);
+        assert_eq!(
+            mode("host=db.example user=u sslmode=verify-full"),
+            SslMode::VerifyFull
+        );
+        let e =
+            error("[tracking]\nstore = \"postgres\"\nurl = \"postgresql://h/p?sslmode=allow\"\n");
+        assert!(
+            e.contains("tracking.url") && e.contains("sslmode=allow"),
+            "{e}"
+        );
+        let e = error(
+            "[tracking]\nstore = \"postgres\"\nurl = \"postgresql://h/p\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        );
+        assert!(e.contains("tracking.ca_file"), "{e}");
     }
 }

@@ -156,24 +156,9 @@ impl TargetError {
     pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> Self {
         match super::reply_in(&e) {
             Some(reply) => Self::Refused(reply),
-            None => Self::Smtp(error_chain(&e)),
+            None => Self::Smtp(crate::logging::error_chain(&e)),
         }
     }
-}
-
-/// An error with its causes, `a: b: c`, so that a TLS name mismatch says so.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
 }
 
 impl RelayTarget {

@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::target::error_chain;
 use crate::engine::checks::outbound_tls::TlsRequirement;
+use crate::logging::error_chain;
 
 /// How Postern secures connections to one target: its roots (the system's and `ca_file`),
 /// lowest version, and the name its certificate must carry (the target's host).

@@ -12,6 +12,7 @@
 mod drops;
 mod limit;
 mod postgres;
+pub mod postgres_tls;
 pub mod query;
 mod record;
 mod sink;
@@ -20,6 +21,10 @@ mod writer;
 
 use std::fmt;
 use std::path::PathBuf;
+
+use rustls_pki_types::CertificateDer;
+
+use postgres_tls::SslMode;
 
 pub use drops::DropObserver;
 pub use record::{Outcome, Record};
@@ -64,25 +69,50 @@ impl fmt::Display for StoreSettings {
     }
 }
 
-/// A PostgreSQL connection: the URL (or key=value string) as configured, and the password
-/// from `password_file`. Neither password is ever shown.
+/// A PostgreSQL connection: the URL (or key=value string) as configured, without its
+/// `sslmode`; the password from `password_file`; how TLS is used, and the CA certificates of
+/// `ca_file`. No password is ever shown.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresSettings {
     url: String,
     password: Option<String>,
+    /// The mode in force: `sslmode` as written, except that `prefer` (also when unset)
+    /// becomes `require` for a host off this machine.
+    ssl_mode: SslMode,
+    ca: Vec<CertificateDer<'static>>,
 }
 
 impl PostgresSettings {
-    /// Checks that `url` is a connection string tokio-postgres understands.
-    pub fn new(url: String, password: Option<String>) -> Result<Self, String> {
-        let settings = Self { url, password };
+    /// Checks that `url` is a connection string tokio-postgres understands, with an
+    /// `sslmode` Postern knows.
+    pub fn new(
+        url: String,
+        password: Option<String>,
+        ca: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, String> {
+        let (url, written) = postgres_tls::take_sslmode(&url)?;
+        let mut settings = Self {
+            url,
+            password,
+            ssl_mode: written.unwrap_or(SslMode::Prefer),
+            ca,
+        };
         let config = settings.config()?;
         if config.get_hosts().is_empty() {
             return Err(
                 "names no host: write e.g. \"postgresql://postern@127.0.0.1:5432/postern\"".into(),
             );
         }
+        if settings.ssl_mode == SslMode::Prefer && !postgres_tls::all_local(&config) {
+            // Addresses, HELOs and passwords would cross the network in plain text.
+            settings.ssl_mode = SslMode::Require;
+        }
         Ok(settings)
+    }
+
+    /// The mode in force.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
     }
 
     /// The client configuration, with the password file's password.
@@ -93,9 +123,15 @@ impl PostgresSettings {
         if let Some(password) = &self.password {
             config.password(password.as_bytes());
         }
+        config.ssl_mode(self.ssl_mode.for_client());
         config.connect_timeout(std::time::Duration::from_secs(5));
         config.application_name("postern");
         Ok(config)
+    }
+
+    /// The TLS connector for this mode.
+    pub(crate) fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+        postgres_tls::connector(self.ssl_mode, &self.ca)
     }
 }
 
@@ -113,11 +149,12 @@ impl fmt::Debug for PostgresSettings {
                     })
                     .collect();
                 format!(
-                    "{}@{}:{:?}/{}",
+                    "{}@{}:{:?}/{} sslmode={}",
                     c.get_user().unwrap_or(""),
                     hosts.join(","),
                     c.get_ports(),
-                    c.get_dbname().unwrap_or("")
+                    c.get_dbname().unwrap_or(""),
+                    self.ssl_mode.name()
                 )
             }
             Err(_) => "(invalid url)".to_owned(),

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
+
+use crate::logging::error_chain;
 
 use super::query::{Param, Query};
 use super::record::{ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, insert_statement, schema};
@@ -18,15 +21,17 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The writer's connection.
 pub(super) struct Store {
     config: Config,
+    tls: MakeRustlsConnect,
     client: Option<Client>,
     /// No new connection is tried before this.
     retry_at: Option<Instant>,
 }
 
 impl Store {
-    pub(super) fn new(config: Config) -> Self {
+    pub(super) fn new(config: Config, tls: MakeRustlsConnect) -> Self {
         Self {
             config,
+            tls,
             client: None,
             retry_at: None,
         }
@@ -46,7 +51,7 @@ impl Store {
                     "PostgreSQL is unreachable (the connection is retried every 5 s)".into(),
                 );
             }
-            match connect(&self.config).await {
+            match connect(&self.config, self.tls.clone()).await {
                 Ok(client) => {
                     info!("message tracking: connected to PostgreSQL");
                     self.client = Some(client);
@@ -86,11 +91,11 @@ impl Store {
 }
 
 /// A new connection, its driver running on its own task, and the table.
-async fn connect(config: &Config) -> Result<Client, String> {
+async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, String> {
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", error_chain(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "message tracking: PostgreSQL connection ended");
@@ -162,11 +167,17 @@ impl Row for tokio_postgres::Row {
 }
 
 /// Runs `query` on a connection of its own.
-pub(super) async fn find(config: &Config, query: &Query) -> Result<Vec<Record>, String> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| format!("cannot connect to the tracking database (PostgreSQL): {e}"))?;
+pub(super) async fn find(
+    config: &Config,
+    tls: MakeRustlsConnect,
+    query: &Query,
+) -> Result<Vec<Record>, String> {
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        format!(
+            "cannot connect to the tracking database (PostgreSQL): {}",
+            error_chain(&e)
+        )
+    })?;
     let driver = tokio::spawn(connection);
     let params: Vec<Box<dyn ToSql + Sync + Send>> = query
         .params

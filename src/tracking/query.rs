@@ -146,7 +146,7 @@ pub async fn find(store: &StoreSettings, filter: &Filter) -> Result<Vec<Record>,
         }
         StoreSettings::Postgres(pg) => {
             let query = Query::new(filter, |n| format!("${n}"));
-            postgres::find(&pg.config()?, &query).await
+            postgres::find(&pg.config()?, pg.connector()?, &query).await
         }
     }
 }

@@ -77,7 +77,10 @@ impl Tracker {
                 let config = pg
                     .config()
                     .map_err(|e| anyhow::anyhow!("[tracking] url {e}"))?;
-                writer::Backend::Postgres(Box::new(super::postgres::Store::new(config)))
+                let tls = pg
+                    .connector()
+                    .map_err(|e| anyhow::anyhow!("[tracking] ca_file {e}"))?;
+                writer::Backend::Postgres(Box::new(super::postgres::Store::new(config, tls)))
             }
         };
         let (queue, records) = mpsc::channel(settings.queue_size);
