@@ -142,30 +142,8 @@ mod tests {
 
     fn record(client: &str, recipient: &str) -> Record {
         Record {
-            time_ms: 1,
-            door: "proxy".into(),
-            session: 7,
-            queue_id: None,
             client_addr: Some(client.into()),
-            client_name: None,
-            helo: Some("h".into()),
-            tls: None,
-            auth_user: None,
-            sender: "s@x".into(),
-            recipient: Some(recipient.into()),
-            outcome: "relayed".into(),
-            reply: Some("250 ok".into()),
-            relay_target: Some("mta".into()),
-            message_id: None,
-            size: Some(10),
-            verdict: "continue".into(),
-            reason: Some("end_of_message".into()),
-            rules: None,
-            dry_run: false,
-            would: None,
-            duration_ms: 3,
-            relayed_sender: None,
-            relayed_recipient: None,
+            ..crate::tracking::record::sample(recipient)
         }
     }
 

@@ -480,30 +480,8 @@ mod tests {
 
     fn sample() -> Record {
         Record {
-            time_ms: NOW,
-            door: "proxy".into(),
-            session: 1,
-            queue_id: None,
             client_addr: None,
-            client_name: None,
-            helo: None,
-            tls: None,
-            auth_user: None,
-            sender: "a@x".into(),
-            recipient: Some("b@y".into()),
-            outcome: "relayed".into(),
-            reply: None,
-            relay_target: None,
-            message_id: None,
-            size: None,
-            verdict: "continue".into(),
-            reason: None,
-            rules: None,
-            dry_run: false,
-            would: None,
-            duration_ms: 1,
-            relayed_sender: None,
-            relayed_recipient: None,
+            ..super::super::record::sample("b@y")
         }
     }
 

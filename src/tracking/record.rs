@@ -166,6 +166,37 @@ impl Record {
     }
 }
 
+/// A relayed record from 192.0.2.1 for unit tests: each changes what it looks at.
+#[cfg(test)]
+pub(super) fn sample(recipient: &str) -> Record {
+    Record {
+        time_ms: 1_000,
+        door: "proxy".into(),
+        session: 1,
+        queue_id: None,
+        client_addr: Some("192.0.2.1".into()),
+        client_name: None,
+        helo: None,
+        tls: None,
+        auth_user: None,
+        sender: "a@b.example".into(),
+        recipient: Some(recipient.into()),
+        outcome: "relayed".into(),
+        reply: Some("250 2.0.0 Ok".into()),
+        relay_target: Some("mta".into()),
+        message_id: None,
+        size: Some(10),
+        verdict: "continue".into(),
+        reason: None,
+        rules: None,
+        dry_run: false,
+        would: None,
+        duration_ms: 3,
+        relayed_sender: None,
+        relayed_recipient: None,
+    }
+}
+
 /// The stored columns, in the order of [`Record`]'s fields.
 pub const COLUMNS: [&str; 24] = [
     "time_ms",
