@@ -351,9 +351,8 @@ mallory@other.test:{hash}
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"))
     };
-    let message =
-        b"From: carl@signer.test\r\nTo: dora@else.example\r\nSubject: hi\r\n\r\nhello\r\n";
-    // Sends the message as `user`; whether it arrived signed, with a signature that holds.
+    // Sends a message as `user` (the n-th the sink gets); whether it arrived signed, with a
+    // signature that holds.
     let send_as = |env: &ProxyEnv, user: &str, n: usize| {
         use std::io::Write as _;
         let mut smtp = env.smtp();
@@ -370,11 +369,21 @@ mallory@other.test:{hash}
             assert!(r.starts_with("250"), "{command}: {r}");
         }
         assert!(smtp.command("DATA").unwrap().starts_with("354"));
-        smtp.writer_mut().write_all(message).unwrap();
-        smtp.writer_mut().write_all(b".\r\n").unwrap();
+        let subject = format!("from {user}");
+        let message = format!(
+            "From: carl@signer.test\r\nTo: dora@else.example\r\nSubject: {subject}\r\n\r\nhello\r\n.\r\n"
+        );
+        smtp.writer_mut().write_all(message.as_bytes()).unwrap();
         let r = smtp.read_reply().unwrap();
         assert!(r.starts_with("250"), "{r}");
-        let got = raw(&env.sinks[0].dir.join("mail"), n).remove(n - 1);
+        // Found by its subject: files written within one second have no order.
+        let got = raw(&env.sinks[0].dir.join("mail"), n)
+            .into_iter()
+            .find(|m| {
+                m.lines()
+                    .any(|l| l.trim_end() == format!("Subject: {subject}"))
+            })
+            .expect("the message arrived");
         let signed = got.contains("DKIM-Signature");
         if signed {
             let (ok, words) = keys.verify(got.as_bytes());
