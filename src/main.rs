@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-use postern::config::{Config, DEFAULT_CONFIG_NAME};
+use postern::config::{Config, DEFAULT_CONFIG_NAME, SYSTEM_CONFIG, config_path};
 use postern::engine::rules::protect::Protector;
 use postern::engine::rules::unprotect::unprotect_message;
 use postern::milter::socket::ListenSocket;
@@ -29,7 +29,7 @@ Examples:
   postern milter                                  embedded default policy, inet:127.0.0.1:7357
   postern milter -c /etc/postern/postern.toml -l unix:/var/spool/postfix/postern/postern.sock
   postern proxy -c /etc/postern/postern.toml       SMTP proxy, relays to [[relay_target]]s
-  postern check-config /etc/postern/postern.toml
+  postern check-config -c /etc/postern/postern.toml
   postern track -c /etc/postern/postern.toml --recipient bob@example.org --since 1h
   postern unprotect --key-file /etc/postern/protect.key --message < received.eml
 
@@ -44,8 +44,8 @@ enum Command {
     /// Run as a milter. Point Postfix's smtpd_milters (or Sendmail's INPUT_MAIL_FILTER) at
     /// the socket. SIGHUP reloads the config; SIGTERM stops after messages in flight finish.
     Milter {
-        /// Configuration file (TOML). Without it the embedded default policy serves; it is
-        /// the documented config/postern.toml.
+        /// Configuration file (TOML). Without it /etc/postern/postern.toml when it exists, else
+        /// the embedded default policy (the documented config/postern.toml).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Socket to listen on, overriding [milter] listen: inet:HOST:PORT or unix:/path.
@@ -61,8 +61,8 @@ enum Command {
     /// to the [[relay_target]]s before the client hears 250. SIGHUP reloads the config
     /// (listeners need a restart); SIGTERM stops after conversations in progress finish.
     Proxy {
-        /// Configuration file (TOML). Without it the embedded default serves: listen on
-        /// 127.0.0.1:2525, relay to the MTA on 127.0.0.1:25.
+        /// Configuration file (TOML). Without it /etc/postern/postern.toml when it exists, else
+        /// the embedded default: listen on 127.0.0.1:2525, relay to the MTA on 127.0.0.1:25.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Run every check and rule and report what they would have done, but refuse and
@@ -75,7 +75,8 @@ enum Command {
     /// [tracking] names. Conditions given together must all hold; addresses ignore case and
     /// `@domain` matches a whole domain.
     Track {
-        /// Configuration file (TOML) whose [tracking] section names the store.
+        /// Configuration file (TOML) whose [tracking] section names the store; without it
+        /// /etc/postern/postern.toml.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Envelope sender (MAIL FROM), or @domain.
@@ -119,9 +120,12 @@ enum Command {
     /// Validate a configuration file and print a summary of the compiled policy. Exits
     /// non-zero, naming file, line and key, when the file is not valid.
     CheckConfig {
-        /// Configuration file (TOML).
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        /// Configuration file (TOML); without it /etc/postern/postern.toml.
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The same, as the other commands take it.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Also connect to the services the file names ([shared_state] redis_url) and
         /// fail when one does not answer.
         #[arg(long)]
@@ -262,6 +266,7 @@ fn main() -> ExitCode {
                     limit,
                 })
             })();
+            let config = config_path(config);
             match filter.and_then(|f| track(config.as_deref(), &f, format, wide)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -270,7 +275,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { file, connect } => match check_config(&file, connect) {
+        Command::CheckConfig {
+            file,
+            config,
+            connect,
+        } => match check_config(
+            &config_path(file.or(config)).unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG)),
+            connect,
+        ) {
             Ok(out) => {
                 // A reader that stops early (`| head`) is no error of the file's.
                 use std::io::Write as _;
@@ -332,14 +344,20 @@ fn main() -> ExitCode {
             config,
             listen,
             dry_run,
-        } => match start(config.as_deref(), "milter", dry_run) {
-            Some(loaded) => serve(run_milter(loaded, config, listen, dry_run)),
-            None => ExitCode::FAILURE,
-        },
-        Command::Proxy { config, dry_run } => match start(config.as_deref(), "proxy", dry_run) {
-            Some(loaded) => serve(run_proxy(loaded, config, dry_run)),
-            None => ExitCode::FAILURE,
-        },
+        } => {
+            let config = config_path(config);
+            match start(config.as_deref(), "milter", dry_run) {
+                Some(loaded) => serve(run_milter(loaded, config, listen, dry_run)),
+                None => ExitCode::FAILURE,
+            }
+        }
+        Command::Proxy { config, dry_run } => {
+            let config = config_path(config);
+            match start(config.as_deref(), "proxy", dry_run) {
+                Some(loaded) => serve(run_proxy(loaded, config, dry_run)),
+                None => ExitCode::FAILURE,
+            }
+        }
     }
 }
 
@@ -359,7 +377,7 @@ fn track(
     };
     let Some(tracking) = loaded.tracking else {
         return Err(format!(
-            "message tracking is not configured in {name}: set [tracking] store = \"sqlite\" with path (or \"postgres\" with url) there, and give the file with --config"
+            "message tracking is not configured in {name}: set [tracking] store = \"sqlite\" with path (or \"postgres\" with url) there, and give the file with --config (or install it as {SYSTEM_CONFIG})"
         ));
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -453,7 +471,10 @@ fn start(path: Option<&Path>, door: &str, dry_run: bool) -> Option<Config> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
         door,
-        config = path.map_or(DEFAULT_CONFIG_NAME.to_owned(), |p| p.display().to_string()),
+        config = path.map_or_else(
+            || format!("{DEFAULT_CONFIG_NAME} (no {SYSTEM_CONFIG})"),
+            |p| p.display().to_string()
+        ),
         dry_run = config.policy.dry_run,
         "postern starting"
     );

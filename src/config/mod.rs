@@ -49,6 +49,15 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");
 /// Name shown for the embedded configuration in messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 
+/// The configuration file read when none is given, as Postfix reads main.cf.
+pub const SYSTEM_CONFIG: &str = "/etc/postern/postern.toml";
+
+/// The file to read: `given`, else [`SYSTEM_CONFIG`] when it exists; `None`: the embedded
+/// default serves.
+pub fn config_path(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()))
+}
+
 /// A configuration that could not be used: which file, where, which key and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
