@@ -186,6 +186,10 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
         );
     }
     if let Some(tracking) = &config.tracking {
+        tracking
+            .store
+            .check_writable()
+            .map_err(anyhow::Error::msg)?;
         let _ = writeln!(out, "message tracking:        {}", tracking.store);
     }
     for (i, rule) in config.policy.encryption_rules.0.iter().enumerate() {

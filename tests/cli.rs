@@ -68,3 +68,19 @@ fn without_a_file_the_first_log_line_says_which_configuration_serves() {
         "{first}"
     );
 }
+
+/// check-config fails when the tracking database could not be created where the file says
+/// (a directory that does not exist), naming the directory.
+#[test]
+fn check_config_tests_the_tracking_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("postern.toml");
+    let text = |path: &str| format!("[tracking]\nstore = \"sqlite\"\npath = \"{path}\"\n");
+    let missing = dir.path().join("none/tracking.sqlite");
+    std::fs::write(&file, text(&missing.display().to_string())).unwrap();
+    let (ok, out) = run(&["check-config", "-c", &file.display().to_string()]);
+    assert!(!ok && out.contains("does not exist"), "{out}");
+    std::fs::write(&file, text("tracking.sqlite")).unwrap();
+    let (ok, out) = run(&["check-config", "-c", &file.display().to_string()]);
+    assert!(ok, "{out}");
+}

@@ -60,6 +60,39 @@ pub enum StoreSettings {
     Postgres(PostgresSettings),
 }
 
+impl StoreSettings {
+    /// For check-config: whether the store can be written where it is configured — for
+    /// SQLite, that the database's directory exists and this user may create files in it
+    /// (the database and its `-wal` and `-shm` files). A PostgreSQL store is not tried here.
+    pub fn check_writable(&self) -> Result<(), String> {
+        let Self::Sqlite { path } = self else {
+            return Ok(());
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!(
+                "[tracking] path {}: the directory {} does not exist; create it, writable by the user Postern runs as (under systemd, StateDirectory=postern makes /var/lib/postern)",
+                path.display(),
+                dir.display()
+            ));
+        }
+        tempfile::Builder::new()
+            .prefix(".postern-check")
+            .tempfile_in(dir)
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "[tracking] path {}: cannot create files in {} ({e}); make it writable by the user Postern runs as (under systemd, StateDirectory=postern makes /var/lib/postern)",
+                    path.display(),
+                    dir.display()
+                )
+            })
+    }
+}
+
 impl fmt::Display for StoreSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
