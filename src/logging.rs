@@ -182,7 +182,7 @@ impl Events for LogEvents {
             } => {
                 info!(
                     session,
-                    client_addr = ?client.addr,
+                    client_addr = client.addr.map(display),
                     client_name = client.name.as_deref().unwrap_or("unknown"),
                     "connect"
                 );
@@ -200,7 +200,7 @@ impl Events for LogEvents {
             } => info!(
                 session,
                 check = check.name(),
-                client_addr = ?client,
+                client_addr = client.map(display),
                 result = %detail,
                 verdict = verdict.map_or("pass", |v| v.name()),
                 elapsed_ms = elapsed.as_millis() as u64,
@@ -219,7 +219,13 @@ impl Events for LogEvents {
                 zone,
                 usable,
                 note,
-            } => warn!(session, check = check.name(), zone, ?usable, "{note}"),
+            } => warn!(
+                session,
+                check = check.name(),
+                zone,
+                usable = usable.map_or("unknown", |u| if u { "yes" } else { "no" }),
+                "{note}"
+            ),
             E::WouldRefuse {
                 session,
                 stage,
@@ -291,7 +297,7 @@ impl Events for LogEvents {
                 queue_id,
                 %ruleset,
                 %rule,
-                %target,
+                rule_target = %target,
                 count,
                 "content rule acted"
             ),
@@ -341,7 +347,7 @@ impl Events for LogEvents {
                 let checks: Vec<String> = report.checks.iter().map(|c| c.to_string()).collect();
                 info!(
                     session,
-                    client_addr = ?report.client.addr,
+                    client_addr = report.client.addr.map(display),
                     helo = report.helo.unwrap_or(""),
                     tls = report.tls.map_or("none", |t| t.version.as_str()),
                     authenticated = report.authenticated.is_some(),

@@ -138,36 +138,86 @@ fn the_milter_counts_what_postfix_sent_and_what_it_refused() {
     );
 }
 
-/// `[log] format = "json"`: one JSON object per line, with the fields the text lines have.
+/// `[log] format = "json"`: one JSON object per line, with the fields the text lines have; no
+/// key twice in a line (a content rule's `target` was written beside tracing's own), no Rust
+/// debug text in a value (`Some(127.0.0.1)`), and the lines about the message's delivery name
+/// its session (in the `span` every line of a session is logged in).
 #[test]
 fn json_logs_carry_the_same_fields() {
+    // serde_yaml reads JSON (YAML 1.2 is a superset of it) and refuses a key given twice.
+    assert!(serde_yaml::from_str::<serde_yaml::Value>("{\"a\": 1, \"a\": 2}").is_err());
     let env = ProxyEnv::start(
-        "[log]\nformat = \"json\"\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n\
-         [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {sink0}\n",
+        &format!(
+            "[log]\nformat = \"json\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n{RULESET}"
+        ),
         &[&[]],
     );
     let r = env
         .smtp()
         .send("s@sender.test", "a@dest.test", MESSAGE.as_bytes());
     assert!(r.starts_with("250"), "{r}");
-    env.wait_for_log("\"message\":\"message\"");
+    env.wait_for_log("\"message\":\"disconnect\"");
     let log = env.log();
-    let mut messages = 0;
+    let mut seen = Vec::new();
+    let mut connected = None;
     for line in log.lines().filter(|l| !l.is_empty()) {
-        // serde_yaml reads JSON (YAML 1.2 is a superset of it).
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        let value: serde_yaml::Value = serde_yaml::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON, or a key twice: {line}: {e}"));
         assert!(value.get("level").is_some(), "{line}");
-        if value.get("message").and_then(|m| m.as_str()) == Some("message") {
-            messages += 1;
-            assert_eq!(
-                value.get("verdict").and_then(|v| v.as_str()),
-                Some("continue")
-            );
-            assert_eq!(value.get("recipients").and_then(|v| v.as_u64()), Some(1));
+        assert!(!line.contains("Some("), "Rust debug text: {line}");
+        let message = value.get("message").and_then(|m| m.as_str()).unwrap_or("");
+        let session = value
+            .get("span")
+            .and_then(|s| s.get("id"))
+            .and_then(|i| i.as_u64());
+        match message {
+            "message" => {
+                assert_eq!(
+                    value.get("verdict").and_then(|v| v.as_str()),
+                    Some("continue")
+                );
+                assert_eq!(value.get("recipients").and_then(|v| v.as_u64()), Some(1));
+            }
+            "content rule acted" => {
+                assert_eq!(
+                    value.get("rule_target").and_then(|v| v.as_str()),
+                    Some("body"),
+                    "{line}"
+                );
+            }
+            "connect" => {
+                assert_eq!(
+                    value.get("client_addr").and_then(|v| v.as_str()),
+                    Some("127.0.0.1"),
+                    "{line}"
+                );
+                connected = value.get("session").and_then(|v| v.as_u64());
+                assert!(connected.is_some() && session == connected, "{line}");
+            }
+            "delivered to relay target" | "message handed on" => {
+                assert!(
+                    session.is_some() && session == connected,
+                    "the session is not named: {line}"
+                );
+            }
+            _ => continue,
         }
+        seen.push(message.to_owned());
     }
-    assert_eq!(messages, 1, "{log}");
+    for expected in [
+        "connect",
+        "content rule acted",
+        "message",
+        "delivered to relay target",
+        "message handed on",
+    ] {
+        assert_eq!(
+            seen.iter().filter(|m| *m == expected).count(),
+            1,
+            "{expected}: {log}"
+        );
+    }
 }
 
 /// A dry run: a policy that refuses the client, the recipient and the message lets the mail

@@ -149,6 +149,9 @@ struct Conn {
     noreply: ProtoOpts,
     /// The message changes the MTA grants this connection.
     granted: Actions,
+    /// Every callback runs in it, so that each log line of the session (the relay's too)
+    /// names it.
+    span: tracing::Span,
 }
 
 impl Conn {
@@ -243,7 +246,7 @@ pub async fn serve(
         stop_listening.stop();
         info!(
             messages = waiting.count(),
-            timeout = ?grace,
+            timeout_s = grace.as_secs(),
             "shutting down: letting messages in flight finish"
         );
         if tokio::time::timeout(grace, waiting.wait_idle())
@@ -261,6 +264,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// A callback's future, run in its session's span.
+macro_rules! in_span {
+    ($cx:ident, $call:expr) => {{
+        let span = $cx
+            .data
+            .as_ref()
+            .map_or_else(tracing::Span::none, |c| c.span.clone());
+        Box::pin(tracing::Instrument::instrument($call, span))
+    }};
+}
+
 /// The indymilter callbacks: each one a thin translation into the engine session.
 fn callbacks(engine: Arc<Engine>, in_flight: Arc<InFlight>) -> Callbacks<Conn> {
     Callbacks::new()
@@ -273,18 +287,18 @@ fn callbacks(engine: Arc<Engine>, in_flight: Arc<InFlight>) -> Callbacks<Conn> {
                 in_flight.clone(),
             ))
         })
-        .on_connect(|cx, host, socket| Box::pin(connect(cx, host, socket)))
-        .on_helo(|cx, name| Box::pin(helo(cx, name)))
-        .on_mail(|cx, args| Box::pin(mail(cx, args)))
-        .on_rcpt(|cx, args| Box::pin(rcpt(cx, args)))
-        .on_data(|cx| Box::pin(data(cx)))
-        .on_header(|cx, name, value| Box::pin(header(cx, name, value)))
-        .on_eoh(|cx| Box::pin(eoh(cx)))
-        .on_body(|cx, chunk| Box::pin(body(cx, chunk)))
-        .on_eom(|cx| Box::pin(eom(cx)))
-        .on_abort(|cx| Box::pin(abort(cx)))
-        .on_close(|cx| Box::pin(close(cx)))
-        .on_unknown(|cx, cmd| Box::pin(unknown(cx, cmd)))
+        .on_connect(|cx, host, socket| in_span!(cx, connect(cx, host, socket)))
+        .on_helo(|cx, name| in_span!(cx, helo(cx, name)))
+        .on_mail(|cx, args| in_span!(cx, mail(cx, args)))
+        .on_rcpt(|cx, args| in_span!(cx, rcpt(cx, args)))
+        .on_data(|cx| in_span!(cx, data(cx)))
+        .on_header(|cx, name, value| in_span!(cx, header(cx, name, value)))
+        .on_eoh(|cx| in_span!(cx, eoh(cx)))
+        .on_body(|cx, chunk| in_span!(cx, body(cx, chunk)))
+        .on_eom(|cx| in_span!(cx, eom(cx)))
+        .on_abort(|cx| in_span!(cx, abort(cx)))
+        .on_close(|cx| in_span!(cx, close(cx)))
+        .on_unknown(|cx, cmd| in_span!(cx, unknown(cx, cmd)))
 }
 
 async fn negotiate(
@@ -303,8 +317,10 @@ async fn negotiate(
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
     }
+    let session = engine.session(FIRST_REPLY_STAGE);
     cx.data = Some(Conn {
-        session: engine.session(FIRST_REPLY_STAGE),
+        span: tracing::info_span!("session", id = session.id()),
+        session,
         in_flight,
         in_message: false,
         leading_space,
@@ -453,7 +469,7 @@ async fn eom(cx: &mut EomContext<Conn>) -> Status {
     if !outcome.envelope.is_empty() && !conn.granted.contains(ENVELOPE_ACTIONS) {
         warn!(
             session = conn.session.id(),
-            granted = ?conn.granted,
+            granted_actions = conn.granted.bits(),
             "address transformation needs the MTA to let milters change the sender and recipients (SMFIF_CHGFROM, SMFIF_ADDRCPT, SMFIF_DELRCPT: Postfix 2.6 or later, Sendmail 8.14 or later); the scan failure action applies"
         );
         let verdict = conn.session.policy().scan_failure_action.verdict();

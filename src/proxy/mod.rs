@@ -109,6 +109,17 @@ pub enum ListenerKind {
     Submission,
 }
 
+impl ListenerKind {
+    /// The kind as the log names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::ImplicitTls => "implicit_tls",
+            Self::Submission => "submission",
+        }
+    }
+}
+
 /// The proxy door as the composition root builds it: the engine, and what a reload swaps
 /// (settings, relay targets, certificates). A conversation keeps the settings it began with;
 /// a transaction keeps its relay targets.
@@ -289,7 +300,7 @@ pub async fn serve(
         tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ListenerKind)>(64);
     let mut accepting = JoinSet::new();
     for (listener, kind) in listeners.bound {
-        info!(listen = %listener.local_addr()?, ?kind, "proxy listening");
+        info!(listen = %listener.local_addr()?, kind = kind.name(), "proxy listening");
         let tx = conn_tx.clone();
         accepting.spawn(async move {
             loop {
@@ -335,7 +346,7 @@ pub async fn serve(
     let grace = shared.settings.load().shutdown_timeout;
     info!(
         connections = clients.len(),
-        timeout = ?grace,
+        timeout_s = grace.as_secs(),
         "shutting down: letting conversations in progress finish"
     );
     if tokio::time::timeout(grace, async {

@@ -159,6 +159,11 @@ impl PostgresSettings {
         config.ssl_mode(self.ssl_mode.for_client());
         config.connect_timeout(std::time::Duration::from_secs(5));
         config.application_name("postern");
+        // The schema is created with IF NOT EXISTS at every connection: PostgreSQL's notices
+        // that it already was are not news.
+        if config.get_options().is_none() {
+            config.options("-c client_min_messages=warning");
+        }
         Ok(config)
     }
 

@@ -325,7 +325,7 @@ impl Session {
                 }
             };
             if before {
-                info!(session = self.id, route = ?via, recipients = recipients.len(), "recipients already handed to this route on an earlier attempt of the message: not sent again");
+                info!(session = self.id, route = %via.join(","), recipients = recipients.len(), "recipients already handed to this route on an earlier attempt of the message: not sent again");
                 envelope.remove(recipients);
                 continue;
             }

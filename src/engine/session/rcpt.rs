@@ -114,7 +114,7 @@ impl Session {
             self.learn(Behaviour::DictionaryAttack).await;
             info!(
                 session = self.id,
-                client_addr = ?self.client.addr,
+                client_addr = self.client.addr.map(tracing::field::display),
                 failed_recipients = self.failed_recipients,
                 "dictionary attack suspected: every further recipient gets the same answer"
             );

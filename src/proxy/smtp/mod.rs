@@ -75,7 +75,8 @@ struct Conversation {
     tx: Option<Transaction>,
 }
 
-/// Serves one client from accept to close.
+/// Serves one client from accept to close, every log line of it (the relay's too) within a
+/// `session` span that names the session.
 pub(super) async fn converse(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -83,6 +84,17 @@ pub(super) async fn converse(
     kind: ListenerKind,
 ) {
     let session = shared.engine.session(Stage::None);
+    let span = tracing::info_span!("session", id = session.id());
+    tracing::Instrument::instrument(serve(shared, stream, peer, kind, session), span).await;
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    session: crate::engine::session::Session,
+) {
     let hostname = session.policy().hostname.clone();
     let settings = shared.settings.load_full();
     let mut c = Conversation {
