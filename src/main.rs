@@ -41,8 +41,10 @@ Every configuration key, with its default, is documented in config/postern.toml.
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run as a milter. Point Postfix's smtpd_milters (or Sendmail's INPUT_MAIL_FILTER) at
-    /// the socket. SIGHUP reloads the config; SIGTERM stops after messages in flight finish.
+    /// Run as a milter beside Postfix or Sendmail
+    ///
+    /// Point Postfix's smtpd_milters (or Sendmail's INPUT_MAIL_FILTER) at the socket. SIGHUP
+    /// reloads the config; SIGTERM stops after messages in flight finish.
     Milter {
         /// Configuration file (TOML). Without it /etc/postern/postern.toml when it exists, else
         /// the embedded default policy (the documented config/postern.toml).
@@ -56,10 +58,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run as an SMTP proxy in front of a mail server: Postern's own listeners (STARTTLS,
-    /// implicit TLS, submission with AUTH), the same policy, and every accepted message handed
-    /// to the [[relay_target]]s before the client hears 250. SIGHUP reloads the config
-    /// (listeners need a restart); SIGTERM stops after conversations in progress finish.
+    /// Run as an SMTP proxy in front of a mail server
+    ///
+    /// Postern's own listeners (STARTTLS, implicit TLS, submission with AUTH), the same
+    /// policy, and every accepted message handed to the [[relay_target]]s before the client
+    /// hears 250. SIGHUP reloads the config (listeners need a restart); SIGTERM stops after
+    /// conversations in progress finish.
     Proxy {
         /// Configuration file (TOML). Without it /etc/postern/postern.toml when it exists, else
         /// the embedded default: listen on 127.0.0.1:2525, relay to the MTA on 127.0.0.1:25.
@@ -70,10 +74,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show message tracking records: what became of each message and recipient (accepted,
-    /// refused with the reply, relayed to which target), newest first, from the store
-    /// [tracking] names. Conditions given together must all hold; addresses ignore case and
-    /// `@domain` matches a whole domain.
+    /// Show message tracking records
+    ///
+    /// What became of each message and recipient (accepted, refused with the reply, relayed
+    /// to which target), newest first, from the store [tracking] names. Conditions given
+    /// together must all hold; addresses ignore case and `@domain` matches a whole domain.
     Track {
         /// Configuration file (TOML) whose [tracking] section names the store; without it
         /// /etc/postern/postern.toml.
@@ -114,11 +119,15 @@ enum Command {
         #[arg(long)]
         wide: bool,
     },
-    /// Print an argon2id hash of a password read from stdin, for [proxy] auth_users_file
-    /// (`user:HASH` lines).
+    /// Print an argon2id hash of a password read from stdin
+    ///
+    /// For [proxy] auth_users_file (`user:HASH` lines).
     HashPassword,
-    /// Validate a configuration file and print a summary of the compiled policy. Exits
-    /// non-zero, naming file, line and key, when the file is not valid.
+    /// Validate a configuration file and summarise the policy
+    ///
+    /// Prints a summary of the compiled policy. Exits non-zero, naming file, line and key,
+    /// when the file is not valid, or when the tracking database's directory cannot be
+    /// written.
     CheckConfig {
         /// Configuration file (TOML); without it /etc/postern/postern.toml.
         #[arg(value_name = "FILE", conflicts_with = "config")]
@@ -138,9 +147,11 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Restore values that a `protect` rule encrypted. Reads stdin, writes stdout. Give the
-    /// rule's key, tweak and markers; with --message, stdin is a whole message and every
-    /// part is decoded, restored and re-encoded as the content stage wrote it.
+    /// Restore values that a `protect` rule encrypted
+    ///
+    /// Reads stdin, writes stdout. Give the rule's key, tweak and markers; with --message,
+    /// stdin is a whole message and every part is decoded, restored and re-encoded as the
+    /// content stage wrote it.
     Unprotect {
         /// File holding the rule's key (64 hex digits).
         #[arg(long, value_name = "FILE", required_unless_present = "key_env")]

@@ -84,3 +84,25 @@ fn check_config_tests_the_tracking_directory() {
     let (ok, out) = run(&["check-config", "-c", &file.display().to_string()]);
     assert!(ok, "{out}");
 }
+
+/// `--help` lists each command on one short line; `help CMD` has the detail.
+#[test]
+fn help_lists_each_command_on_one_short_line() {
+    let (ok, out) = run(&["--help"]);
+    assert!(ok, "{out}");
+    let commands: Vec<&str> = out
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(commands.len() >= 6, "{out}");
+    for line in &commands {
+        assert!(line.len() <= 80, "too long for a command list: {line:?}");
+    }
+    let (ok, detail) = run(&["help", "milter"]);
+    assert!(
+        ok && detail.contains("SIGHUP reloads the config"),
+        "{detail}"
+    );
+}
