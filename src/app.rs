@@ -119,6 +119,9 @@ impl App {
         events.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
         events.extend(tracker.clone().map(|t| t as Arc<dyn Events>));
         let events: Arc<dyn Events> = Arc::new(Fanout(events));
+        if let Some(metrics) = &metrics {
+            metrics.expect(&config.policy, &target_names(&config.delivery));
+        }
         let delivery: SharedDelivery =
             Arc::new(ArcSwap::from_pointee(observed(config.delivery, &metrics)));
         let local = MemoryStore::with_capacity(config.state.max_tracked_clients);
@@ -229,6 +232,9 @@ impl App {
                 warn!(key, "setting changed: it takes effect at the next restart");
             }
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.expect(&config.policy, &target_names(&config.delivery));
+        }
         self.delivery
             .store(Arc::new(observed(config.delivery, &self.metrics)));
         match door {
@@ -320,4 +326,9 @@ pub async fn run_proxy(
     let result = proxy::run(door, shutdown).await;
     app.finish_tracking().await;
     result
+}
+
+/// The names of the relay targets, for the metrics' series.
+fn target_names(delivery: &Delivery) -> Vec<String> {
+    delivery.targets.iter().map(|t| t.name.clone()).collect()
 }

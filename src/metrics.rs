@@ -24,7 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
 use crate::engine::events::{CheckId, Event};
+use crate::engine::policy::Policy;
 use crate::engine::ports::Events;
+use crate::engine::verdict::Verdict;
 use crate::relay::{Outcome, RelayObserver};
 use crate::tracking::DropObserver;
 
@@ -273,6 +275,66 @@ impl Metrics {
         m
     }
 
+    /// Puts at zero every series the configuration in force can make — each verdict, reload
+    /// result, tracking drop reason and scan failure stage, the results of each configured
+    /// check, the action of each content rule, the outcomes with each relay target — so that
+    /// an `increase()` alert fires on the first event rather than on the series' first
+    /// appearance. Called at start and after each applied reload.
+    pub fn expect(&self, policy: &Policy, relay_targets: &[String]) {
+        let door = self.door();
+        let _ = self.connections.get_or_create(&door);
+        let _ = self.active_connections.get_or_create(&door);
+        let _ = self.session_duration.get_or_create(&door);
+        for verdict in Verdict::NAMES {
+            let _ = self.messages.get_or_create(&DoorVerdict {
+                door: self.door,
+                verdict: would(verdict, policy.dry_run),
+            });
+        }
+        for result in ["applied", "refused"] {
+            let _ = self.reloads.get_or_create(&ReloadResult { result });
+        }
+        for reason in crate::tracking::DROP_REASONS {
+            let _ = self.tracking_dropped.get_or_create(&Reason { reason });
+        }
+        for reason in crate::engine::events::SCAN_FAILURE_STAGES {
+            let _ = self.scan_failures.get_or_create(&Reason { reason });
+        }
+        for check in configured_checks(policy) {
+            let each_run = reports_each_run(check);
+            for result in ["pass", "reject", "tempfail", "drop"] {
+                if result != "pass" || each_run {
+                    let _ = self.check_results.get_or_create(&CheckResult {
+                        check: check.name(),
+                        result,
+                    });
+                }
+            }
+            if each_run {
+                let _ = self.check_duration.get_or_create(&Check {
+                    check: check.name(),
+                });
+            }
+        }
+        for ruleset in &policy.content.rulesets {
+            for rule in &ruleset.rules {
+                let _ = self.rule_actions.get_or_create(&RuleAction {
+                    ruleset: ruleset.name.clone(),
+                    rule: rule.name.clone(),
+                    action: would(rule.action.name(), policy.dry_run),
+                });
+            }
+        }
+        for target in relay_targets {
+            for outcome in Outcome::ALL {
+                let _ = self.relay_attempts.get_or_create(&TargetOutcome {
+                    target: target.clone(),
+                    outcome: outcome.name(),
+                });
+            }
+        }
+    }
+
     /// A configuration reload was tried.
     pub fn reloaded(&self, applied: bool) {
         let result = if applied { "applied" } else { "refused" };
@@ -400,6 +462,35 @@ fn would(name: &str, dry_run: bool) -> String {
     } else {
         name.to_owned()
     }
+}
+
+/// The checks `policy` runs.
+fn configured_checks(policy: &Policy) -> Vec<CheckId> {
+    let mut checks = vec![
+        CheckId::MessageSize,
+        CheckId::HeaderLimit,
+        CheckId::AddressSyntax,
+    ];
+    let optional = [
+        (policy.client_limits.is_some(), CheckId::DosProtection),
+        (
+            !policy.ip_address_rejection.is_empty(),
+            CheckId::IpAddressRejection,
+        ),
+        (!policy.profiles.0.is_empty(), CheckId::ConnectionProfile),
+        (policy.rbl.is_some(), CheckId::Rbl),
+        (policy.reputation.is_some(), CheckId::Reputation),
+        (policy.spf.is_some(), CheckId::Spf),
+        (policy.restrict_relaying, CheckId::RelayRestriction),
+        (
+            !policy.encryption_rules.0.is_empty(),
+            CheckId::EncryptionRule,
+        ),
+        (!policy.content.rulesets.is_empty(), CheckId::Content),
+    ];
+    checks.extend(optional.into_iter().filter(|(on, _)| *on).map(|(_, c)| c));
+    checks.push(CheckId::ScanFailure);
+    checks
 }
 
 /// Checks that report every run with [`Event::Checked`].

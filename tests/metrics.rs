@@ -360,3 +360,34 @@ fn a_credentials_file_others_may_change_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every series the configuration can make is there from the start, at 0, so that an
+/// `increase()` alert fires on the first event (before, a series appeared with its first
+/// event, and an alert on it never saw it rise).
+#[test]
+fn every_series_is_there_from_the_start() {
+    let metrics = free_port();
+    let env = ProxyEnv::start(
+        &format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n{RULESET}"
+        ),
+        &[&[]],
+    );
+    let text = get(metrics, "/metrics", None);
+    for series in [
+        "postern_messages_total{door=\"proxy\",verdict=\"reject\"}",
+        "postern_messages_total{door=\"proxy\",verdict=\"continue\"}",
+        "postern_config_reloads_total{result=\"refused\"}",
+        "postern_tracking_dropped_total{reason=\"queue_full\"}",
+        "postern_scan_failures_total{reason=\"content\"}",
+        "postern_check_results_total{check=\"reputation\",result=\"pass\"}",
+        "postern_check_results_total{check=\"max_message_size\",result=\"reject\"}",
+        "postern_rule_actions_total{ruleset=\"cards\",rule=\"card numbers\",action=\"mask\"}",
+        "postern_relay_attempts_total{target=\"sink\",outcome=\"unavailable\"}",
+        "postern_connections_total{door=\"proxy\"}",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series} in:\n{text}");
+    }
+    drop(env);
+}

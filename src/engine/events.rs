@@ -58,6 +58,17 @@ impl fmt::Display for CheckId {
     }
 }
 
+/// Where the engine can fail to judge (the `stage` of [`Event::ScanFailed`]).
+pub const SCAN_FAILURE_STAGES: [&str; 7] = [
+    "connect",
+    "mail",
+    "content",
+    "data",
+    "dkim",
+    "secure_route",
+    "divert",
+];
+
 /// One stage's checks of a connection, for its closing log line: `connect:rbl=reject:2ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckRecord {

@@ -42,6 +42,9 @@ impl Verdict {
         }
     }
 
+    /// Every verdict's [`name`](Verdict::name).
+    pub const NAMES: [&'static str; 5] = ["continue", "reject", "tempfail", "discard", "drop"];
+
     /// Short name used in logs and the trace header.
     pub fn name(&self) -> &'static str {
         match self {

@@ -136,6 +136,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::Refused,
+        Self::Deferred,
+        Self::Unavailable,
+        Self::Uncertain,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Delivered => "delivered",

@@ -34,6 +34,14 @@ pub use sink::Tracker;
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 /// `queue_size` when unset.
 pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
+/// Why a record can be dropped: the `reason` of [`DropObserver::dropped`].
+pub const DROP_REASONS: [&str; 4] = [
+    "queue_full",
+    "store_unavailable",
+    "writer_stopped",
+    limit::REASON,
+];
+
 /// `max_records_per_client` when unset.
 pub const DEFAULT_MAX_RECORDS_PER_CLIENT: u64 = 1_000;
 

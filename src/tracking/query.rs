@@ -31,7 +31,7 @@ pub struct Filter {
 }
 
 /// The verdicts records hold.
-pub const VERDICTS: [&str; 5] = ["continue", "reject", "tempfail", "discard", "drop"];
+pub const VERDICTS: [&str; 5] = crate::engine::Verdict::NAMES;
 
 impl Filter {
     /// Checks the values a user gave.
