@@ -390,7 +390,7 @@ fn the_target_sees_the_real_client() {
         extensions: vec![
             "PIPELINING",
             "8BITMIME",
-            "XFORWARD NAME ADDR PORT PROTO HELO SOURCE",
+            "XFORWARD NAME ADDR PORT PROTO HELO SOURCE IDENT",
         ],
         ..Faults::default()
     });
@@ -406,6 +406,7 @@ fn the_target_sees_the_real_client() {
         "HELO=c.test",
         "SOURCE=REMOTE",
         "PORT=",
+        "IDENT=",
     ] {
         assert!(
             xforward.contains(attribute),
@@ -414,6 +415,16 @@ fn the_target_sees_the_real_client() {
     }
     let text = String::from_utf8(taken.message).unwrap();
     assert!(text.starts_with("Received: from c.test (unknown [127.0.0.1])\r\n\tby gw.postern.test (Postern) with ESMTP id "), "{text}");
+    // One id for the session in Received and XFORWARD, and not one a restart would give again:
+    // the first is the start time in microseconds.
+    let ident: u64 = xforward
+        .split("IDENT=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("IDENT is a number: {xforward}"));
+    assert!(text.contains(&format!(" id {ident}")), "{text}");
+    assert!(ident > 1_700_000_000_000_000, "{ident}");
     assert!(
         text.ends_with(MESSAGE),
         "the message follows unchanged: {text}"

@@ -273,6 +273,9 @@ pub struct ForwardedClient {
     /// `SMTP` or `ESMTP`.
     pub proto: &'static str,
     pub helo: Option<String>,
+    /// Postern's id for the session (the `id` of its Received field, its logs and tracking),
+    /// so that the target's log names it (Postfix: `orig_queue_id`).
+    pub ident: Option<String>,
 }
 
 impl ForwardedClient {
@@ -297,6 +300,10 @@ impl ForwardedClient {
                 self.helo.clone().unwrap_or_else(|| UNAVAILABLE.into()),
             ),
             ("SOURCE", "REMOTE".to_owned()),
+            (
+                "IDENT",
+                self.ident.clone().unwrap_or_else(|| UNAVAILABLE.into()),
+            ),
         ];
         let mut commands = Vec::new();
         let mut line = String::new();

@@ -63,7 +63,17 @@ pub enum EngineError {
     Task(String),
 }
 
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+/// Session ids are unique over time, not only within one process (as Postfix's long queue ids
+/// are): the first is the process's start time in microseconds since the Unix epoch and each
+/// next one is one more, so a restarted process starts past every id given before (unless
+/// more than a million sessions a second were opened) and Received fields, logs and tracking
+/// records never repeat one.
+static NEXT_SESSION: std::sync::LazyLock<AtomicU64> = std::sync::LazyLock::new(|| {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    AtomicU64::new(micros)
+});
 
 /// A verdict reached early and held until the configured stage (option "Delayed rejection
 /// state"), so that the MTA records the sender and recipients first.

@@ -99,6 +99,7 @@ impl Conversation {
                 port: self.peer.port(),
                 proto: if self.esmtp { "ESMTP" } else { "SMTP" },
                 helo: self.session.helo_name().map(str::to_owned),
+                ident: Some(self.session.id().to_string()),
             })
     }
 }
