@@ -197,9 +197,11 @@ impl Events for LogEvents {
                 verdict,
                 detail,
                 elapsed,
+                dry_run,
             } => info!(
                 session,
                 check = check.name(),
+                dry_run,
                 client_addr = client.map(display),
                 result = %detail,
                 verdict = verdict.map_or("pass", |v| v.name()),
@@ -230,7 +232,14 @@ impl Events for LogEvents {
                 session,
                 stage,
                 verdict,
-            } => info!(session, stage, %verdict, "dry run: would have refused; went on"),
+                recipient,
+            } => info!(
+                session,
+                stage,
+                %verdict,
+                recipient = recipient.map(|r| display(r.escape_debug())),
+                "dry run: would have refused; went on"
+            ),
             E::StoreUnavailable {
                 session,
                 what,
@@ -276,8 +285,16 @@ impl Events for LogEvents {
                 verdict,
                 stage,
                 held_until: None,
+                dry_run,
                 ..
-            } => info!(session, check = check.name(), %verdict, stage, "refused"),
+            } => {
+                if *dry_run {
+                    // The "would have refused" line of the stage says it for the operator.
+                    debug!(session, check = check.name(), %verdict, stage, "dry run: a check would have refused");
+                } else {
+                    info!(session, check = check.name(), %verdict, stage, "refused");
+                }
+            }
             E::ScanFailed {
                 session,
                 stage,

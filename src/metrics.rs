@@ -101,7 +101,7 @@ struct DoorVerdict {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckResult {
     check: &'static str,
-    result: &'static str,
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -161,6 +161,7 @@ pub struct Metrics {
     connections: Family<Door, Counter>,
     active_connections: Family<Door, Gauge>,
     messages: Family<DoorVerdict, Counter>,
+    dry_run_verdicts: Family<DoorVerdict, Counter>,
     check_results: Family<CheckResult, Counter>,
     check_duration: Histograms<Check>,
     session_duration: Histograms<Door>,
@@ -182,6 +183,7 @@ impl Metrics {
             connections: Family::default(),
             active_connections: Family::default(),
             messages: Family::default(),
+            dry_run_verdicts: Family::default(),
             check_results: Family::default(),
             check_duration: histograms(),
             session_duration: histograms(),
@@ -209,6 +211,11 @@ impl Metrics {
             "postern_messages",
             "Messages judged, by verdict",
             m.messages.clone(),
+        );
+        m.registry.register(
+            "postern_dry_run_verdicts",
+            "In a dry run: the verdicts messages would have had (each went on: postern_messages_total counts it as continue)",
+            m.dry_run_verdicts.clone(),
         );
         m.registry.register(
             "postern_check_results",
@@ -286,10 +293,14 @@ impl Metrics {
         let _ = self.active_connections.get_or_create(&door);
         let _ = self.session_duration.get_or_create(&door);
         for verdict in Verdict::NAMES {
-            let _ = self.messages.get_or_create(&DoorVerdict {
+            let series = DoorVerdict {
                 door: self.door,
-                verdict: would(verdict, policy.dry_run),
-            });
+                verdict: verdict.to_owned(),
+            };
+            let _ = self.messages.get_or_create(&series);
+            if policy.dry_run {
+                let _ = self.dry_run_verdicts.get_or_create(&series);
+            }
         }
         for result in ["applied", "refused"] {
             let _ = self.reloads.get_or_create(&ReloadResult { result });
@@ -304,6 +315,11 @@ impl Metrics {
             let each_run = reports_each_run(check);
             for result in ["pass", "reject", "tempfail", "drop"] {
                 if result != "pass" || each_run {
+                    let result = if result == "pass" {
+                        result.to_owned()
+                    } else {
+                        would(result, policy.dry_run)
+                    };
                     let _ = self.check_results.get_or_create(&CheckResult {
                         check: check.name(),
                         result,
@@ -370,9 +386,10 @@ impl Events for Metrics {
                 check,
                 verdict,
                 elapsed,
+                dry_run,
                 ..
             } => {
-                let result = verdict.map_or("pass", |v| v.name());
+                let result = verdict.map_or("pass".to_owned(), |v| would(v.name(), *dry_run));
                 self.check_results
                     .get_or_create(&CheckResult {
                         check: check.name(),
@@ -391,12 +408,13 @@ impl Events for Metrics {
                 check,
                 verdict,
                 late: false,
+                dry_run,
                 ..
             } if !reports_each_run(*check) => {
                 self.check_results
                     .get_or_create(&CheckResult {
                         check: check.name(),
-                        result: verdict.name(),
+                        result: would(verdict.name(), *dry_run),
                     })
                     .inc();
             }
@@ -423,10 +441,23 @@ impl Events for Metrics {
             }
             Event::Scanned { elapsed, .. } => self.scan_duration.observe(elapsed.as_secs_f64()),
             Event::Message { report, .. } => {
+                // In a dry run every message went on: `continue` stays what it means, and
+                // what would have been is counted beside it.
+                let went = if report.dry_run {
+                    self.dry_run_verdicts
+                        .get_or_create(&DoorVerdict {
+                            door: self.door,
+                            verdict: report.verdict.name().to_owned(),
+                        })
+                        .inc();
+                    Verdict::Continue.name()
+                } else {
+                    report.verdict.name()
+                };
                 self.messages
                     .get_or_create(&DoorVerdict {
                         door: self.door,
-                        verdict: would(report.verdict.name(), report.dry_run),
+                        verdict: went.to_owned(),
                     })
                     .inc();
             }
@@ -723,6 +754,7 @@ mod tests {
             verdict: None,
             detail: "not listed".into(),
             elapsed: Duration::from_millis(3),
+            dry_run: false,
         });
         let verdict = Verdict::Continue;
         m.emit(&Event::Message {

@@ -260,13 +260,39 @@ fn a_dry_run_refuses_nothing_and_counts_what_it_would_have_done() {
             "{stage}: {log}"
         );
     }
+    // Only "would" lines: no plain refusal is logged.
+    assert!(
+        !log.lines().any(|l| l.contains("postern::logging: refused")),
+        "{log}"
+    );
     let text = get(metrics, "/metrics", None);
+    let value = |series: &str| sample(&text, series).unwrap_or(-1.0);
+    // The message went on: `continue`, and what it would have been beside it.
     assert_eq!(
-        sample(
-            &text,
-            "postern_messages_total{door=\"proxy\",verdict=\"would_reject\"}"
+        value("postern_messages_total{door=\"proxy\",verdict=\"continue\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("postern_messages_total{door=\"proxy\",verdict=\"reject\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("postern_dry_run_verdicts_total{door=\"proxy\",verdict=\"reject\"}"),
+        1.0,
+        "{text}"
+    );
+    // The checks' refusals are counted as what they would have been.
+    assert_eq!(
+        value(
+            "postern_check_results_total{check=\"ip_address_rejection\",result=\"would_reject\"}"
         ),
-        Some(1.0),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains("check=\"ip_address_rejection\",result=\"reject\""),
         "{text}"
     );
     assert_eq!(

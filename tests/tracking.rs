@@ -281,13 +281,20 @@ fn a_dry_run_tracks_the_would_be_verdicts() {
     let (ok, dialogue) = swaks(
         &env,
         "dave@sender.test",
-        "x@other.test",
+        "x@other.test,good@dest.test",
         "ssn 078-05-1121 card 4111 1111 1111 1111",
     );
     assert!(ok, "nothing is refused in a dry run: {dialogue}");
     let config = env.dir.path().join("postern.toml");
-    let records = wait_track(&config, &["--sender", "dave@sender.test"], 1);
-    let r = &records[0];
+    let records = wait_track(&config, &["--sender", "dave@sender.test"], 2);
+    // The refusal at RCPT is told on the recipient it concerns only.
+    let good = for_recipient(&records, "good@dest.test");
+    assert!(!field(good, "would").contains("rcpt:"), "{good:#}");
+    assert!(
+        field(good, "would").contains("end_of_message: reject"),
+        "{good:#}"
+    );
+    let r = for_recipient(&records, "x@other.test");
     assert_eq!(field(r, "outcome"), "relayed", "{r:#}");
     assert_eq!(field(r, "verdict"), "continue", "{r:#}");
     assert_eq!(r.get("dry_run"), Some(&Value::Bool(true)), "{r:#}");
@@ -299,6 +306,7 @@ fn a_dry_run_tracks_the_would_be_verdicts() {
     assert!(rules.contains("cards/card numbers:would_mask"), "{rules}");
     let taken = target.taken();
     assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].recipients.len(), 2);
     assert!(String::from_utf8_lossy(&taken[0].message).contains("078-05-1121"));
 }
 

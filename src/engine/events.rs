@@ -242,6 +242,8 @@ pub enum Event<'a> {
         verdict: Option<&'a Verdict>,
         detail: String,
         elapsed: Duration,
+        /// A dry run: the verdict is what the check would have asked for.
+        dry_run: bool,
     },
     /// Something worth an operator's attention about a DNS zone a check uses: a self-test's
     /// outcome (`usable` says whether the zone is in use now; `None` when the test could not
@@ -259,6 +261,8 @@ pub enum Event<'a> {
         session: u64,
         stage: &'static str,
         verdict: &'a Verdict,
+        /// At RCPT: the recipient it concerns.
+        recipient: Option<&'a str>,
     },
     /// The state store could not answer: `what` says which state and what was done instead
     /// (gone on without it, or, for a shared store, answered from this instance's own state).
@@ -284,6 +288,8 @@ pub enum Event<'a> {
         stage: &'static str,
         held_until: Option<&'static str>,
         late: bool,
+        /// A dry run: nothing was refused; a [`Event::WouldRefuse`] follows for the stage.
+        dry_run: bool,
     },
     /// The engine could not judge; `action` is the scan failure action taken.
     ScanFailed {

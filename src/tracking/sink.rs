@@ -39,6 +39,8 @@ struct Track {
     /// Dry run: what the policy would have refused in this transaction, and at connect/HELO.
     would: Vec<String>,
     would_connection: Vec<String>,
+    /// Dry run: the recipients the policy would have refused at RCPT, and how.
+    would_rcpt: Vec<(String, String)>,
     /// The last refusal answered (not held).
     refusal: Option<Refusal>,
     /// A message's records waiting for the door to say where it went (proxy).
@@ -193,6 +195,7 @@ impl Tracker {
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.relayed_sender = report.envelope.sender.clone();
+        let would_rcpt = std::mem::take(&mut track.would_rcpt);
         let diverted = track.diverted.take();
         // The proxy relays an accepted message itself and says where it went afterwards.
         let wait_for_door = self.door == "proxy" && *verdict == Verdict::Continue;
@@ -200,6 +203,7 @@ impl Tracker {
         for recipient in report.recipients {
             let mut r = base.clone();
             r.recipient = Some(recipient.clone());
+            r.would = would_for(&base.would, &would_rcpt, recipient);
             r.relayed_recipient = report
                 .envelope
                 .recipients
@@ -270,6 +274,7 @@ impl Tracker {
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.verdict = Verdict::Continue.name().to_owned();
+        let would_rcpt = std::mem::take(&mut track.would_rcpt);
         track.rules.clear();
         track.diverted = None;
         // A refusal at DATA (a verdict held until then) ended it; otherwise the client did.
@@ -277,6 +282,7 @@ impl Tracker {
         for recipient in report.accepted {
             let mut r = base.clone();
             r.recipient = Some(recipient.clone());
+            r.would = would_for(&base.would, &would_rcpt, recipient);
             let outcome = match &refusal {
                 Some(refusal) => {
                     r.verdict = refusal.verdict.to_owned();
@@ -344,6 +350,19 @@ impl Tracker {
     }
 }
 
+/// A recipient's would-be refusals: the transaction's, and those at its own RCPT.
+fn would_for(
+    transaction: &Option<String>,
+    at_rcpt: &[(String, String)],
+    recipient: &str,
+) -> Option<String> {
+    let own = at_rcpt
+        .iter()
+        .filter(|(r, _)| r == recipient)
+        .map(|(_, would)| would.clone());
+    joined(transaction.iter().cloned().chain(own).collect(), "; ")
+}
+
 impl Events for Tracker {
     fn emit(&self, event: &Event<'_>) {
         // The events a record needs nothing from take no lock.
@@ -396,9 +415,15 @@ impl Events for Tracker {
                 session,
                 stage,
                 verdict,
+                recipient,
             } => {
                 let track = sessions.entry(*session).or_default();
                 let would = format!("{stage}: {verdict}");
+                if let Some(recipient) = recipient {
+                    // Told on that recipient's record only.
+                    track.would_rcpt.push(((*recipient).to_owned(), would));
+                    return;
+                }
                 match *stage {
                     // Reported with the message itself.
                     "end_of_message" => {}
@@ -412,6 +437,7 @@ impl Events for Tracker {
                 verdict,
                 stage,
                 held_until: None,
+                dry_run: false,
                 ..
             } => {
                 sessions.entry(*session).or_default().refusal = Some(Refusal {

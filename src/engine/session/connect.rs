@@ -59,6 +59,7 @@ impl Session {
             verdict: None,
             detail: found.detail,
             elapsed: started.elapsed(),
+            dry_run: self.policy.dry_run,
         });
         found.name
     }
@@ -210,6 +211,7 @@ impl Session {
             verdict,
             detail,
             elapsed: started.elapsed(),
+            dry_run: self.policy.dry_run,
         });
     }
 

@@ -375,6 +375,7 @@ impl Session {
             stage,
             held_until,
             late: false,
+            dry_run: self.policy.dry_run,
         });
     }
 
@@ -398,6 +399,7 @@ impl Session {
                 stage: stage.name(),
                 held_until: None,
                 late: true,
+                dry_run: self.policy.dry_run,
             });
             held.verdict.clone()
         })

@@ -50,7 +50,7 @@ impl Session {
             }
             None => {
                 let verdict = self.judge_rcpt(recipient).await;
-                self.unless_dry_run("rcpt", verdict)
+                self.unless_dry_run_for("rcpt", verdict, Some(recipient))
             }
         };
         if verdict == Verdict::Continue
@@ -98,6 +98,16 @@ impl Session {
     /// `verdict`, or in a dry run, when it refuses, a pass (the refusal reported as what would
     /// have been answered).
     pub(super) fn unless_dry_run(&self, stage: &'static str, verdict: Verdict) -> Verdict {
+        self.unless_dry_run_for(stage, verdict, None)
+    }
+
+    /// [`Session::unless_dry_run`] for a refusal that concerns one recipient.
+    fn unless_dry_run_for(
+        &self,
+        stage: &'static str,
+        verdict: Verdict,
+        recipient: Option<&str>,
+    ) -> Verdict {
         if !self.policy.dry_run || verdict == Verdict::Continue {
             return verdict;
         }
@@ -105,6 +115,7 @@ impl Session {
             session: self.id,
             stage,
             verdict: &verdict,
+            recipient,
         });
         Verdict::Continue
     }
