@@ -80,7 +80,7 @@ action = "mask"
         .unwrap_or_else(|| panic!("the rule's action is logged:\n{log}"));
     assert!(
         acted.contains("queue_id=\"")
-            && acted.ends_with("ruleset=pci rule=cards target=body count=1"),
+            && acted.ends_with("ruleset=pci rule=cards rule_target=body count=1"),
         "with Sendmail's queue id: {acted}"
     );
 }
