@@ -13,7 +13,9 @@ use tracing::{info, warn};
 use crate::logging::error_chain;
 
 use super::query::{Param, Query};
-use super::record::{ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, insert_statement, schema};
+use super::record::{
+    ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, create_table, indexes, insert_statement, search_key,
+};
 
 /// The wait after a failed connection before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -104,7 +106,10 @@ async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, Stri
     let added = ADDED_COLUMNS.iter().map(|(column, kind)| {
         format!("ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
     });
-    for statement in schema("BIGSERIAL PRIMARY KEY").into_iter().chain(added) {
+    let statements = std::iter::once(create_table("BIGSERIAL PRIMARY KEY"))
+        .chain(added)
+        .chain(indexes());
+    for statement in statements {
         client
             .batch_execute(&statement)
             .await
@@ -144,6 +149,8 @@ async fn insert(client: &mut Client, batch: &[Record]) -> Result<(), tokio_postg
                 &r.duration_ms,
                 &r.relayed_sender,
                 &r.relayed_recipient,
+                &search_key(&r.sender),
+                &r.recipient.as_deref().map(search_key),
             ],
         )
         .await?;

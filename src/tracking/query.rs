@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 
-use super::record::{COLUMNS, Record, TABLE, format_time, now_ms};
+use super::record::{COLUMNS, Record, TABLE, format_time, now_ms, search_key};
 use super::{StoreSettings, postgres, sqlite};
 
 /// `--limit` when not given.
@@ -80,17 +80,22 @@ impl Query {
         };
         for (column, address) in [("sender", &filter.sender), ("recipient", &filter.recipient)] {
             let Some(address) = address else { continue };
-            let address = address.trim_matches(['<', '>']).to_lowercase();
-            if address.starts_with('@') {
-                let p = bind(
-                    &mut params,
-                    Param::Text(format!("%{}", like_escaped(&address))),
-                );
-                conditions.push(format!("lower({column}) LIKE {p} ESCAPE '\\'"));
+            let address = search_key(address.trim_matches(['<', '>']));
+            // The search key; a row written before keys existed by its lowered address.
+            let (operator, value) = if address.starts_with('@') {
+                ("LIKE", format!("%{}", like_escaped(&address)))
             } else {
-                let p = bind(&mut params, Param::Text(address));
-                conditions.push(format!("lower({column}) = {p}"));
-            }
+                ("=", address)
+            };
+            let escape = if operator == "LIKE" {
+                " ESCAPE '\\'"
+            } else {
+                ""
+            };
+            let p = bind(&mut params, Param::Text(value));
+            conditions.push(format!(
+                "({column}_key {operator} {p}{escape} OR ({column}_key IS NULL AND lower({column}) {operator} {p}{escape}))"
+            ));
         }
         if let Some(client) = filter.client {
             let p = bind(&mut params, Param::Text(client.to_string()));
@@ -366,7 +371,9 @@ mod tests {
         assert_eq!(
             q.sql,
             format!(
-                "SELECT {} FROM postern_tracking WHERE lower(sender) = $1 AND lower(recipient) LIKE $2 ESCAPE '\\' \
+                "SELECT {} FROM postern_tracking WHERE \
+                 (sender_key = $1 OR (sender_key IS NULL AND lower(sender) = $1)) \
+                 AND (recipient_key LIKE $2 ESCAPE '\\' OR (recipient_key IS NULL AND lower(recipient) LIKE $2 ESCAPE '\\')) \
                  AND client_addr = $3 AND message_id IN ($4, $5) AND verdict = $6 AND time_ms >= $7 \
                  AND time_ms < $8 ORDER BY time_ms DESC, id DESC LIMIT $9",
                 COLUMNS.join(", ")

@@ -247,10 +247,21 @@ pub fn now_ms() -> i64 {
 /// The table's name, in SQLite and PostgreSQL alike.
 pub const TABLE: &str = "postern_tracking";
 
-/// The statements that create the table and its indexes when they are missing; `id` is the
-/// store's auto-numbered key column type.
-pub fn schema(id: &str) -> Vec<String> {
-    let mut statements = vec![format!(
+/// The columns searches by address read: each address lowercased in Rust (Unicode-aware),
+/// so that SQLite, whose `lower()` knows ASCII only, finds `Jürgen@Bücher.example` by
+/// `jürgen@bücher.example` as PostgreSQL does. Written beside [`COLUMNS`], never read back.
+pub const KEY_COLUMNS: [&str; 2] = ["sender_key", "recipient_key"];
+
+/// The search key of an address: see [`KEY_COLUMNS`].
+pub fn search_key(address: &str) -> String {
+    address.to_lowercase()
+}
+
+/// The statement that creates the table when it is missing; `id` is the store's
+/// auto-numbered key column type. Its indexes come after any [`ADDED_COLUMNS`] are added
+/// ([`indexes`]).
+pub fn create_table(id: &str) -> String {
+    format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (
             id {id},
             time_ms BIGINT NOT NULL,
@@ -276,37 +287,50 @@ pub fn schema(id: &str) -> Vec<String> {
             would TEXT,
             duration_ms BIGINT NOT NULL,
             relayed_sender TEXT,
-            relayed_recipient TEXT
+            relayed_recipient TEXT,
+            sender_key TEXT,
+            recipient_key TEXT
         )"
-    )];
-    // Searches by address ignore case (`lower(...)`), so their indexes are on the lowered
-    // values.
-    for (name, expression) in [
+    )
+}
+
+/// The statements that create the indexes when they are missing. Searches by address use
+/// the search keys; rows written before they existed are found by `lower(...)`.
+pub fn indexes() -> Vec<String> {
+    [
         ("time", "time_ms"),
         ("sender", "lower(sender)"),
         ("recipient", "lower(recipient)"),
+        ("sender_key", "sender_key"),
+        ("recipient_key", "recipient_key"),
         ("client", "client_addr"),
         ("queue_id", "queue_id"),
         ("message_id", "message_id"),
-    ] {
-        statements.push(format!(
-            "CREATE INDEX IF NOT EXISTS {TABLE}_{name} ON {TABLE} ({expression})"
-        ));
-    }
-    statements
+    ]
+    .into_iter()
+    .map(|(name, expression)| {
+        format!("CREATE INDEX IF NOT EXISTS {TABLE}_{name} ON {TABLE} ({expression})")
+    })
+    .collect()
 }
 
 /// Columns added after the table's first form, with their types: a store adds those its
 /// table lacks when it opens it.
-pub const ADDED_COLUMNS: [(&str, &str); 2] =
-    [("relayed_sender", "TEXT"), ("relayed_recipient", "TEXT")];
+pub const ADDED_COLUMNS: [(&str, &str); 4] = [
+    ("relayed_sender", "TEXT"),
+    ("relayed_recipient", "TEXT"),
+    ("sender_key", "TEXT"),
+    ("recipient_key", "TEXT"),
+];
 
-/// `INSERT` of one record, with `placeholder(n)` for the n-th value (1-based).
+/// `INSERT` of one record and its search keys, with `placeholder(n)` for the n-th value
+/// (1-based): the [`COLUMNS`], then the [`KEY_COLUMNS`].
 pub fn insert_statement(placeholder: fn(usize) -> String) -> String {
-    let values: Vec<String> = (1..=COLUMNS.len()).map(placeholder).collect();
+    let columns: Vec<&str> = COLUMNS.iter().chain(KEY_COLUMNS.iter()).copied().collect();
+    let values: Vec<String> = (1..=columns.len()).map(placeholder).collect();
     format!(
         "INSERT INTO {TABLE} ({}) VALUES ({})",
-        COLUMNS.join(", "),
+        columns.join(", "),
         values.join(", ")
     )
 }

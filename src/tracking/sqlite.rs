@@ -9,7 +9,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::query::{Param, Query};
-use super::record::{ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, insert_statement, schema};
+use super::record::{
+    ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, create_table, indexes, insert_statement, search_key,
+};
 
 /// How long a statement waits for a lock held by another connection (a reader's checkpoint).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,9 +70,9 @@ impl Store {
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(fail)?;
-        for statement in schema("INTEGER PRIMARY KEY") {
-            connection.execute(&statement, []).map_err(fail)?;
-        }
+        connection
+            .execute(&create_table("INTEGER PRIMARY KEY"), [])
+            .map_err(fail)?;
         // A table made by an earlier version gets the columns added since.
         let existing: Vec<String> = connection
             .prepare(&format!("SELECT name FROM pragma_table_info('{TABLE}')"))
@@ -85,6 +87,9 @@ impl Store {
                     )
                     .map_err(fail)?;
             }
+        }
+        for statement in indexes() {
+            connection.execute(&statement, []).map_err(fail)?;
         }
         Ok(Self {
             path: path.to_owned(),
@@ -153,6 +158,8 @@ fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()>
                 r.duration_ms,
                 r.relayed_sender,
                 r.relayed_recipient,
+                search_key(&r.sender),
+                r.recipient.as_deref().map(search_key),
             ])?;
         }
     }
@@ -257,9 +264,20 @@ mod tests {
         drop(Store::open(&path).unwrap());
         let old = Connection::open(&path).unwrap();
         for (column, _) in ADDED_COLUMNS {
+            old.execute(&format!("DROP INDEX IF EXISTS {TABLE}_{column}"), [])
+                .unwrap();
             old.execute(&format!("ALTER TABLE {TABLE} DROP COLUMN {column}"), [])
                 .unwrap();
         }
+        // A row of the older form: no search keys.
+        old.execute(
+            &format!(
+                "INSERT INTO {TABLE} (time_ms, door, session, sender, outcome, verdict, dry_run, duration_ms) \
+                 VALUES (500, 'proxy', 1, 'Old@Example.ORG', 'relayed', 'continue', 0, 1)"
+            ),
+            [],
+        )
+        .unwrap();
         drop(old);
         let store = Store::open(&path).unwrap();
         let mut r = record(1_000, "bob@old.example");
@@ -273,7 +291,46 @@ mod tests {
             },
             |n| format!("?{n}"),
         );
-        assert_eq!(find(&path, &query), Ok(vec![r]));
+        assert_eq!(find(&path, &query).unwrap()[0], r);
+        // The older row is found by its address all the same.
+        let query = Query::new(
+            &Filter {
+                sender: Some("old@example.org".into()),
+                limit: 10,
+                ..Filter::default()
+            },
+            |n| format!("?{n}"),
+        );
+        assert_eq!(find(&path, &query).unwrap().len(), 1);
+    }
+
+    /// Addresses are found whatever their case, beyond ASCII too (SQLite's lower() knows
+    /// ASCII only: before, `jürgen@bücher.example` did not find `Jürgen@BÜCHER.example`).
+    #[tokio::test]
+    async fn non_ascii_addresses_are_found_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = Store::open(&path).unwrap();
+        let mut r = record(1_000, "ÄNNE@Zürich.example");
+        r.sender = "Jürgen@BÜCHER.example".into();
+        store.write(vec![r.clone()]).await.unwrap();
+        let found = |sender: Option<&str>, recipient: Option<&str>| {
+            let query = Query::new(
+                &Filter {
+                    sender: sender.map(str::to_owned),
+                    recipient: recipient.map(str::to_owned),
+                    limit: 10,
+                    ..Filter::default()
+                },
+                |n| format!("?{n}"),
+            );
+            find(&path, &query).unwrap().len()
+        };
+        assert_eq!(found(Some("jürgen@bücher.example"), None), 1);
+        assert_eq!(found(Some("@Bücher.Example"), None), 1);
+        assert_eq!(found(None, Some("änne@zürich.example")), 1);
+        assert_eq!(found(None, Some("@ZÜRICH.example")), 1);
+        assert_eq!(found(Some("jurgen@bucher.example"), None), 0);
     }
 
     #[tokio::test]
