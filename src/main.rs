@@ -135,8 +135,8 @@ enum Command {
         /// The same, as the other commands take it.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Also connect to the services the file names ([shared_state] redis_url) and
-        /// fail when one does not answer.
+        /// Also connect to the services the file names ([shared_state] redis_url, a
+        /// PostgreSQL [tracking] store) and fail, saying why, when one does not answer.
         #[arg(long)]
         connect: bool,
     },
@@ -192,8 +192,12 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
     for t in &config.delivery.targets {
         let _ = writeln!(
             out,
-            "relay target:            {} {}:{} priority {} security {:?}",
-            t.name, t.host, t.port, t.priority, t.security
+            "relay target:            {} {}:{} priority {} security {}",
+            t.name,
+            t.host,
+            t.port,
+            t.priority,
+            t.security.name()
         );
     }
     if let Some(tracking) = &config.tracking {
@@ -201,7 +205,21 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
             .store
             .check_writable()
             .map_err(anyhow::Error::msg)?;
-        let _ = writeln!(out, "message tracking:        {}", tracking.store);
+        let reach = match (&tracking.store, connect) {
+            (postern::tracking::StoreSettings::Postgres(_), true) => {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(tracking.store.try_connect())
+                    .map_err(anyhow::Error::msg)?;
+                " (reachable)"
+            }
+            (postern::tracking::StoreSettings::Postgres(_), false) => {
+                " (not tried; --connect tries it)"
+            }
+            _ => "",
+        };
+        let _ = writeln!(out, "message tracking:        {}{reach}", tracking.store);
     }
     for (i, rule) in config.policy.encryption_rules.0.iter().enumerate() {
         use postern::engine::checks::encryption::RecipientEncryption;

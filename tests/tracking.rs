@@ -761,3 +761,52 @@ fn postgres_over_tls_checks_the_servers_certificate() {
     let e = track(&untrusted, &[]).unwrap_err();
     assert!(e.contains("no encryption"), "{e}");
 }
+
+/// `check-config --connect` connects to a PostgreSQL store, and what is wrong is said in
+/// PostgreSQL's words (before: `db error`, or "unreachable" whatever the cause).
+#[test]
+fn check_config_connects_to_postgres_and_says_what_is_wrong() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("postern.toml");
+    let check = |url: &str| {
+        std::fs::write(
+            &file,
+            format!("[tracking]\nstore = \"postgres\"\nurl = \"{url}\"\n"),
+        )
+        .unwrap();
+        let out = Command::new(POSTERN)
+            .args([
+                "check-config",
+                "--connect",
+                "-c",
+                &file.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = check(&pg.url());
+    assert!(ok && out.contains("(reachable)"), "{out}");
+    let nosuch = format!("{}nosuch", pg.url().strip_suffix("postgres").unwrap());
+    let (ok, out) = check(&nosuch);
+    assert!(
+        !ok && out.contains("database \"nosuch\" does not exist"),
+        "{out}"
+    );
+    let (ok, out) = check(&format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres",
+        free_port()
+    ));
+    assert!(
+        !ok && out.to_lowercase().contains("connection refused"),
+        "{out}"
+    );
+}

@@ -123,8 +123,8 @@ impl Config {
                 ConfigError::Invalid {
                     file: file.to_owned(),
                     line: inner.span().map(|s| line_of(text, s.start)),
+                    message: in_words(inner.message(), &key),
                     key,
-                    message: inner.message().to_owned(),
                 }
             })?;
         let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
@@ -136,6 +136,39 @@ impl Config {
                 message,
             })
     }
+}
+
+/// A parse error's message with the Rust type names serde gives (`a nonzero u64`, `usize`,
+/// `invalid socket address syntax`) said in an administrator's words; `key` tells whether a
+/// number is seconds.
+fn in_words(message: &str, key: &str) -> String {
+    let seconds = key.ends_with("timeout") || key.ends_with("_time") || key.ends_with("_seconds");
+    let unit = if seconds { " of seconds" } else { "" };
+    let mut out = message.to_owned();
+    for (rust, words) in [
+        ("a nonzero u64", format!("a whole number{unit}, at least 1")),
+        ("a nonzero u32", format!("a whole number{unit}, at least 1")),
+        (
+            "a nonzero usize",
+            format!("a whole number{unit}, at least 1"),
+        ),
+        ("u64", format!("a whole number{unit}, 0 or more")),
+        ("u32", format!("a whole number{unit}, 0 or more")),
+        ("usize", format!("a whole number{unit}, 0 or more")),
+        ("u16", "a whole number from 0 to 65535".to_owned()),
+        ("u8", "a whole number from 0 to 255".to_owned()),
+        ("i64", "a whole number".to_owned()),
+        ("f64", "a number".to_owned()),
+    ] {
+        if let Some(rest) = out.strip_suffix(&format!("expected {rust}")) {
+            out = format!("{rest}expected {words}");
+            break;
+        }
+    }
+    if out == "invalid socket address syntax" {
+        out = "not an IP address with a port: write e.g. \"127.0.0.1:25\" or \"[::1]:25\" (a host name such as localhost is not taken here)".to_owned();
+    }
+    out
 }
 
 /// The key of a parse error as the file writes it, e.g. `relay_target[0].port`; empty for the
@@ -385,6 +418,22 @@ mod tests {
 
     fn error(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn type_errors_are_said_in_words() {
+        let error = |text: &str| Config::parse(text, "t.toml").unwrap_err().to_string();
+        let e = error("[dns]\ntimeout = 0\n");
+        assert!(
+            e.contains("dns.timeout")
+                && e.ends_with("expected a whole number of seconds, at least 1"),
+            "{e}"
+        );
+        let e = error("[dns]\nattempts = \"two\"\n");
+        assert!(e.ends_with("expected a whole number, at least 1"), "{e}");
+        let e = error("[proxy]\nlisten = [\"localhost:25\"]\n");
+        assert!(e.contains("write e.g. \"127.0.0.1:25\""), "{e}");
+        assert!(!e.contains("u64") && !e.contains("syntax"), "{e}");
     }
 
     #[test]

@@ -166,11 +166,15 @@ impl fmt::Display for Policy {
         writeln!(f, "hostname:                {}", self.hostname)?;
         writeln!(
             f,
-            "scan failure action:     {:?} ({})",
-            self.scan_failure_action,
+            "scan failure action:     {} ({})",
+            self.scan_failure_action.name(),
             self.scan_failure_action.verdict()
         )?;
-        writeln!(f, "scan timeout:            {:?}", self.scan_timeout)?;
+        writeln!(
+            f,
+            "scan timeout:            {} s",
+            self.scan_timeout.as_secs()
+        )?;
         if self.dry_run {
             writeln!(
                 f,
@@ -225,9 +229,9 @@ impl fmt::Display for Policy {
                 let zones: Vec<_> = rbl.zones.iter().map(|z| z.zone.as_str()).collect();
                 writeln!(
                     f,
-                    "rbl:                     {} ({:?} on hit)",
+                    "rbl:                     {} ({} on hit)",
                     zones.join(", "),
-                    rbl.hit_action
+                    rbl.hit_action.name()
                 )?
             }
             None => writeln!(f, "rbl:                     off")?,
@@ -235,18 +239,20 @@ impl fmt::Display for Policy {
         match &self.reputation {
             Some(r) => writeln!(
                 f,
-                "ip reputation:           on (threshold {}, {} zone(s), half-life {:?})",
+                "ip reputation:           on (threshold {}, {} zone(s), half-life {} s)",
                 r.threshold,
                 r.zones.len(),
-                r.half_life
+                r.half_life.as_secs()
             )?,
             None => writeln!(f, "ip reputation:           off")?,
         }
         match &self.spf {
             Some(spf) => writeln!(
                 f,
-                "spf:                     on (fail: {:?}, softfail: {:?}, header: {:?})",
-                spf.fail_action, spf.softfail_action, spf.header
+                "spf:                     on (fail: {}, softfail: {}, header: {})",
+                spf.fail_action.name(),
+                spf.softfail_action.name(),
+                spf.header.name()
             )?,
             None => writeln!(f, "spf:                     off")?,
         }

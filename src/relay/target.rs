@@ -29,6 +29,18 @@ pub enum Security {
     Ssl,
 }
 
+impl Security {
+    /// The setting's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Auto => "auto",
+            Self::Tls => "tls",
+            Self::Ssl => "ssl",
+        }
+    }
+}
+
 /// "Authentication" of a relay target. CRAM-MD5 is not offered: it needs the password
 /// stored in clear on the target and is obsolete (RFC 8314 era); PLAIN and LOGIN go only over
 /// TLS in practice.

@@ -69,6 +69,15 @@ pub enum StoreSettings {
 }
 
 impl StoreSettings {
+    /// For `check-config --connect`: a PostgreSQL store is connected to (a SQLite one has
+    /// nothing to reach).
+    pub async fn try_connect(&self) -> Result<(), String> {
+        match self {
+            Self::Sqlite { .. } => Ok(()),
+            Self::Postgres(pg) => postgres::try_connect(&pg.config()?, pg.connector()?).await,
+        }
+    }
+
     /// For check-config: whether the store can be written where it is configured — for
     /// SQLite, that the database's directory exists and this user may create files in it
     /// (the database and its `-wal` and `-shm` files). A PostgreSQL store is not tried here.

@@ -27,6 +27,8 @@ pub(super) struct Store {
     client: Option<Client>,
     /// No new connection is tried before this.
     retry_at: Option<Instant>,
+    /// Why the last connection failed: told again until the next try.
+    last_error: String,
 }
 
 impl Store {
@@ -36,6 +38,7 @@ impl Store {
             tls,
             client: None,
             retry_at: None,
+            last_error: String::new(),
         }
     }
 
@@ -49,9 +52,10 @@ impl Store {
             if let Some(at) = self.retry_at
                 && Instant::now() < at
             {
-                return Err(
-                    "PostgreSQL is unreachable (the connection is retried every 5 s)".into(),
-                );
+                return Err(format!(
+                    "{} (the connection is tried again every 5 s)",
+                    self.last_error
+                ));
             }
             match connect(&self.config, self.tls.clone()).await {
                 Ok(client) => {
@@ -61,6 +65,7 @@ impl Store {
                 }
                 Err(e) => {
                     self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                    self.last_error.clone_from(&e);
                     return Err(e);
                 }
             }
@@ -76,7 +81,7 @@ impl Store {
         if result.is_err() {
             self.client = None;
         }
-        result.map_err(|e| format!("PostgreSQL: {e}"))
+        result.map_err(|e| format!("PostgreSQL: {}", pg_error(&e)))
     }
 
     /// Deletes records made before `before_ms`; how many.
@@ -88,7 +93,7 @@ impl Store {
                 &[&before_ms],
             )
             .await
-            .map_err(|e| format!("PostgreSQL: {e}"))
+            .map_err(|e| format!("PostgreSQL: {}", pg_error(&e)))
     }
 }
 
@@ -97,7 +102,7 @@ async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, Stri
     let (client, connection) = config
         .connect(tls)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", error_chain(&e)))?;
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "message tracking: PostgreSQL connection ended");
@@ -110,10 +115,12 @@ async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, Stri
         .chain(added)
         .chain(indexes());
     for statement in statements {
-        client
-            .batch_execute(&statement)
-            .await
-            .map_err(|e| format!("cannot create the tracking table in PostgreSQL: {e}"))?;
+        client.batch_execute(&statement).await.map_err(|e| {
+            format!(
+                "cannot create the tracking table in PostgreSQL: {}",
+                pg_error(&e)
+            )
+        })?;
     }
     Ok(client)
 }
@@ -173,6 +180,37 @@ impl Row for tokio_postgres::Row {
     }
 }
 
+/// An error as PostgreSQL said it (`FATAL: password authentication failed for user
+/// "postern"`), or with its causes when it did not come from the server.
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{}: {}", db.severity(), db.message());
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!(" ({hint})"));
+            }
+            text
+        }
+        None => error_chain(e),
+    }
+}
+
+/// For `check-config --connect`: connects as the writer would and asks `SELECT 1`.
+pub(super) async fn try_connect(config: &Config, tls: MakeRustlsConnect) -> Result<(), String> {
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+    let driver = tokio::spawn(connection);
+    let answer = client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| format!("PostgreSQL did not answer SELECT 1: {}", pg_error(&e)));
+    drop(client);
+    let _ = driver.await;
+    answer.map(drop)
+}
+
 /// Runs `query` on a connection of its own.
 pub(super) async fn find(
     config: &Config,
@@ -182,7 +220,7 @@ pub(super) async fn find(
     let (client, connection) = config.connect(tls).await.map_err(|e| {
         format!(
             "cannot connect to the tracking database (PostgreSQL): {}",
-            error_chain(&e)
+            pg_error(&e)
         )
     })?;
     let driver = tokio::spawn(connection);
@@ -206,7 +244,7 @@ pub(super) async fn find(
         } else {
             ""
         };
-        format!("tracking database (PostgreSQL): {e}{hint}")
+        format!("tracking database (PostgreSQL): {}{hint}", pg_error(&e))
     })?;
     drop(client);
     let _ = driver.await;

@@ -93,6 +93,16 @@ pub enum HitAction {
     Reject,
 }
 
+impl HitAction {
+    /// The action's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delay => "delay",
+            Self::Reject => "reject",
+        }
+    }
+}
+
 /// What a failed lookup (timeout, SERVFAIL, an error answer) does: by default nothing, so
 /// that a DNS hiccup never blocks good mail.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

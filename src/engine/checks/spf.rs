@@ -167,6 +167,17 @@ pub enum SpfAction {
     Reject,
 }
 
+impl SpfAction {
+    /// The action's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Tempfail => "tempfail",
+            Self::Reject => "reject",
+        }
+    }
+}
+
 /// Where the result is recorded.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -175,6 +186,17 @@ pub enum SpfHeader {
     ReceivedSpf,
     AuthenticationResults,
     None,
+}
+
+impl SpfHeader {
+    /// The header's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReceivedSpf => "received-spf",
+            Self::AuthenticationResults => "authentication-results",
+            Self::None => "none",
+        }
+    }
 }
 
 /// The compiled SPF check.
