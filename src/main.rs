@@ -112,7 +112,7 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = postern::tracking::query::DEFAULT_LIMIT)]
         limit: u32,
         /// table (two lines per record, 100 columns) or json (one array of records).
-        #[arg(long, value_enum, default_value_t = TrackFormat::Table)]
+        #[arg(long, value_enum, default_value_t = TrackFormat::Table, hide_possible_values = true)]
         format: TrackFormat,
         /// Table: the second line of each record whole (Message-ID, HELO, session), not cut
         /// at 100 columns.
@@ -539,31 +539,202 @@ async fn run_proxy(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyh
     postern::app::run_proxy(config, path, dry_run, shutdown_signal()?).await
 }
 
+/// The date the manual pages carry (`.TH`); moved on when they change in substance.
+const MANUAL_DATE: &str = "2026-12-06";
+
 /// The manual pages: one per command (section 8, an administrator's command) and the
-/// configuration file's (section 5), which is the documented example itself.
+/// configuration file's (section 5), which is the documented example itself. Beside what the
+/// command line says, each page has the sections a Unix administrator looks for: EXIT STATUS,
+/// ENVIRONMENT, FILES, SIGNALS (the daemons), EXAMPLES in no-fill and SEE ALSO.
 fn manual(dir: &Path) -> std::io::Result<()> {
     use clap::CommandFactory;
-    fn pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+    fn pages(cmd: clap::Command, parent: Option<&str>, dir: &Path) -> std::io::Result<()> {
+        let name = match parent {
+            Some(p) => format!("{p}-{}", cmd.get_name()),
+            None => cmd.get_name().to_owned(),
+        };
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
-            pages(sub, dir)?;
+            pages(sub, Some(&name), dir)?;
         }
-        clap_mangen::Man::new(cmd)
+        let subcommands = cmd.get_subcommands().any(|s| !s.is_hide_set());
+        let synopsis_of = cmd.clone();
+        let invocation = match parent {
+            Some(_) => format!("postern {}", cmd.get_name()),
+            None => "postern".to_owned(),
+        };
+        let man = clap_mangen::Man::new(cmd)
             .section("8")
             .manual("Postern")
-            .source(concat!("postern ", env!("CARGO_PKG_VERSION")))
-            .generate_to(dir)
-            .map(|_| ())
+            .date(MANUAL_DATE)
+            .source(concat!("postern ", env!("CARGO_PKG_VERSION")));
+        let mut page = Vec::new();
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        page.extend_from_slice(synopsis(&synopsis_of, &invocation).as_bytes());
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        if subcommands {
+            man.render_subcommands_section(&mut page)?;
+        }
+        page.extend_from_slice(manual_sections(&name).as_bytes());
+        std::fs::write(dir.join(format!("{name}.8")), page)
     }
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();
-    pages(cmd, dir)?;
+    pages(cmd, None, dir)?;
     std::fs::write(dir.join("postern.toml.5"), config_page())
+}
+
+/// SYNOPSIS with each option's argument name (`[-c FILE]`), as Postfix's pages write it.
+fn synopsis(cmd: &clap::Command, invocation: &str) -> String {
+    let roff = |s: &str| s.replace('-', "\\-");
+    let mut line = format!("\\fB{}\\fR", roff(invocation));
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        line.push_str(" \\fICOMMAND\\fR [\\fIOPTIONS\\fR]");
+    }
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if arg.is_hide_set() || id == "help" || id == "version" {
+            continue;
+        }
+        let value = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| id.to_uppercase());
+        let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+        let text = if arg.is_positional() {
+            format!("\\fI{}\\fR", roff(&value))
+        } else {
+            let flag = match (arg.get_short(), arg.get_long()) {
+                (Some(c), _) => format!("\\fB\\-{c}\\fR"),
+                (None, Some(l)) => format!("\\fB\\-\\-{}\\fR", roff(l)),
+                (None, None) => continue,
+            };
+            if takes_value {
+                format!("{flag} \\fI{}\\fR", roff(&value))
+            } else {
+                flag
+            }
+        };
+        if arg.is_required_set() {
+            line.push_str(&format!(" {text}"));
+        } else {
+            line.push_str(&format!(" [{text}]"));
+        }
+    }
+    format!(".SH SYNOPSIS\n{line}\n")
+}
+
+/// The sections after OPTIONS of the page of `name` (`postern`, `postern-milter`, ...).
+fn manual_sections(name: &str) -> String {
+    let daemon = matches!(name, "postern" | "postern-milter" | "postern-proxy");
+    let mut out = String::from(
+        ".SH EXIT STATUS\n0 on success; 1 when the configuration cannot be used or the command \
+         fails (the reason is on standard error); 2 for a command line that cannot be parsed.\n",
+    );
+    out.push_str(
+        ".SH ENVIRONMENT\n.TP\n\\fBRUST_LOG\\fR\nThe log level and filter (e.g. \\fBdebug\\fR), \
+         instead of \\fB[log] level\\fR.\n",
+    );
+    if daemon {
+        out.push_str(
+            ".TP\n\\fBNOTIFY_SOCKET\\fR\nSet by systemd for a \\fBType=notify\\fR unit: Postern \
+             tells it when it listens and around each reload.\n",
+        );
+    }
+    out.push_str(
+        ".SH FILES\n.TP\n\\fI/etc/postern/postern.toml\\fR\nThe configuration read when \
+         \\fB\\-\\-config\\fR is not given; without it the embedded default serves.\n",
+    );
+    if matches!(
+        name,
+        "postern" | "postern-track" | "postern-milter" | "postern-proxy"
+    ) {
+        out.push_str(
+            ".TP\n\\fI/var/lib/postern/tracking.sqlite\\fR\nThe message tracking database, \
+             with \\fB[tracking] store = \"sqlite\"\\fR and this path (the systemd units' \
+             state directory).\n",
+        );
+    }
+    if matches!(name, "postern" | "postern-milter") {
+        out.push_str(
+            ".TP\n\\fI/var/spool/postfix/postern/postern.sock\\fR\nThe milter socket of the \
+             systemd unit, inside Postfix's chroot: Postfix names it \
+             \\fBunix:postern/postern.sock\\fR.\n",
+        );
+    }
+    if daemon {
+        out.push_str(
+            ".SH SIGNALS\n.TP\n\\fBSIGHUP\\fR\nReload the configuration file: a file that \
+             does not compile is refused, with file, line and key logged, and the running \
+             configuration stays.\n.TP\n\\fBSIGTERM\\fR, \\fBSIGINT\\fR\nStop accepting \
+             connections, let messages and conversations in progress finish (up to \
+             \\fBshutdown_timeout\\fR), and exit.\n",
+        );
+    }
+    let examples: &[&str] = match name {
+        "postern" => &[
+            "postern milter",
+            "postern milter \\-c /etc/postern/postern.toml \\-l unix:/var/spool/postfix/postern/postern.sock",
+            "postern proxy \\-c /etc/postern/postern.toml",
+            "postern check\\-config \\-c /etc/postern/postern.toml",
+        ],
+        "postern-milter" => &[
+            "postern milter \\-l unix:/var/spool/postfix/postern/postern.sock",
+            "postconf \\-e \\(aqsmtpd_milters = unix:postern/postern.sock\\(aq \\(aqmilter_default_action = tempfail\\(aq",
+        ],
+        "postern-proxy" => &["postern proxy \\-c /etc/postern/postern.toml \\-\\-dry\\-run"],
+        "postern-track" => &[
+            "postern track \\-\\-sender alice@example.org \\-\\-since 1h",
+            "postern track \\-\\-recipient @example.net \\-\\-verdict reject \\-\\-format json",
+        ],
+        "postern-check-config" => {
+            &["postern check\\-config \\-\\-connect \\-c /etc/postern/postern.toml"]
+        }
+        "postern-hash-password" => {
+            &["postern hash\\-password < password.txt >> /etc/postern/users"]
+        }
+        "postern-unprotect" => &[
+            "postern unprotect \\-\\-key\\-file /etc/postern/protect.key \\-\\-message < received.eml",
+        ],
+        _ => &[],
+    };
+    if !examples.is_empty() {
+        out.push_str(".SH EXAMPLES\n.EX\n");
+        for example in examples {
+            out.push_str(example);
+            out.push('\n');
+        }
+        out.push_str(".EE\n");
+    }
+    let mut see_also: Vec<&str> = vec!["postern.toml(5)"];
+    if name != "postern" {
+        see_also.insert(0, "postern(8)");
+    }
+    if daemon {
+        see_also.extend([
+            "postfix(1)",
+            "smtpd(8)",
+            "sendmail(8)",
+            "systemd.service(5)",
+        ]);
+    }
+    let refs: Vec<String> = see_also
+        .iter()
+        .map(|r| {
+            let (page, section) = r.split_once('(').unwrap_or((r, ""));
+            format!("\\fB{}\\fR({section}", page.replace('-', "\\-"))
+        })
+        .collect();
+    out.push_str(&format!(".SH SEE ALSO\n{}\n", refs.join(", ")));
+    out
 }
 
 /// postern.toml(5): the documented configuration, comments and defaults as they are.
 fn config_page() -> String {
     let mut page = String::from(concat!(
-        ".TH POSTERN.TOML 5 \"\" \"postern ",
+        ".TH POSTERN.TOML 5 \"2026-12-06\" \"postern ",
         env!("CARGO_PKG_VERSION"),
         "\" \"Postern\"\n",
         ".SH NAME\npostern.toml \\- configuration of the Postern SMTP policy engine\n",

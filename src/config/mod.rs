@@ -492,7 +492,10 @@ mod tests {
         let e = error("[scan]\nscan_failure_action = \"bounce\"\n");
         assert!(e.contains("test.toml:2:") && e.contains("delay"), "{e}");
         let e = error("[exploit_detection]\nmax_invalid_commands = 0\n");
-        assert!(e.contains("test.toml:2:") && e.contains("at least 1"), "{e}");
+        assert!(
+            e.contains("test.toml:2:") && e.contains("at least 1"),
+            "{e}"
+        );
     }
 
     #[test]
