@@ -166,7 +166,7 @@ fn incapable_text(reply: &SmtpReply) -> String {
 
 impl TargetError {
     pub(super) fn from_smtp(e: lettre::transport::smtp::Error) -> Self {
-        match super::reply_in(&e) {
+        match super::replies::reply_in(&e) {
             Some(reply) => Self::Refused(reply),
             None => Self::Smtp(crate::logging::error_chain(&e)),
         }
@@ -251,7 +251,7 @@ impl RelayTarget {
         if let Some(credentials) = &self.credentials {
             if tls.is_none() && !self.auth_over_plaintext {
                 conn.abort().await;
-                return Err(TargetError::Incapable(super::own_reply(
+                return Err(TargetError::Incapable(super::replies::own_reply(
                     451,
                     "4.7.0",
                     "relay target did not negotiate TLS, and its password is never sent in plaintext (set security = \"tls\", or auth_over_plaintext = true)",
