@@ -96,18 +96,23 @@ impl Session {
     /// delivers the message. Recipients an encryption rule routes through Postern (`via`) are
     /// delivered here and taken out of the MTA's envelope.
     pub async fn end_of_message(&mut self) -> MessageOutcome {
-        self.finish_message(false).await.0
+        self.finish_message(Carrier::Mta).await.0
     }
 
     /// End of message, also handing back the message as received, for a door that delivers
     /// it itself (the proxy). `None` when nothing was kept (refused before its end).
     pub async fn end_of_message_with_content(&mut self) -> (MessageOutcome, Option<MessageBuffer>) {
-        self.finish_message(true).await
+        self.finish_message(Carrier::Postern).await
     }
 
+    /// The end of message as steps, each run only while the message still goes on: the
+    /// content stage (or a verdict held or reached earlier), the address transformation and
+    /// forged results removed, the result and trace headers, the DKIM signature, the
+    /// encryption routes (behind an MTA), a divert. What is decided is logged; in a dry run it
+    /// is only reported.
     async fn finish_message(
         &mut self,
-        door_relays: bool,
+        carrier: Carrier,
     ) -> (MessageOutcome, Option<MessageBuffer>) {
         let policy = self.policy.clone();
         let Some(mut tx) = self.tx.take() else {
@@ -127,119 +132,122 @@ impl Session {
         {
             tx.message_id = first_header_field(&header, "Message-ID");
         }
-        let mut edits = Edits::default();
-        let (mut reason, mut verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
-            (Some(held), _) => (Reason::Held, held),
-            (None, Some(failed)) => (Reason::RefusedBeforeEnd, failed),
-            (None, None) => match self.content_stage(&mut tx, &mut edits).await {
-                Some((check, verdict)) => (Reason::Check(check), verdict),
-                None => (Reason::EndOfMessage, Verdict::Continue),
-            },
-        };
-        if verdict != Verdict::Continue {
-            edits = Edits::default();
+        let mut d = self.first_decision(&mut tx).await;
+        if d.goes_on() {
+            let (envelope, header_changed) = self.transform_addresses(&mut tx, &mut d.edits).await;
+            d.envelope = envelope;
+            d.transformed |= header_changed;
+            self.remove_forged_results(&mut tx, &mut d.edits).await;
         }
-        // Changed by the content stage: the sender's own signature no longer holds.
-        let mut transformed = !edits.is_empty();
-        let mut envelope = EnvelopeEdits::default();
-        if verdict == Verdict::Continue {
-            let (rewritten, header_changed) = self.transform_addresses(&mut tx, &mut edits).await;
-            envelope = rewritten;
-            transformed |= header_changed;
-            self.remove_forged_results(&mut tx, &mut edits).await;
+        if d.goes_on() {
+            self.result_headers(&mut tx, &mut d.edits).await;
         }
-        if verdict == Verdict::Continue
-            && let (Some(spf), Some(outcome), Some(ip)) =
-                (&policy.spf, tx.spf.clone(), self.client.addr)
-        {
-            self.spf_headers(spf, &outcome, ip, &mut tx, &mut edits)
-                .await;
-        }
-        if let Some(trace) = &policy.trace_header
-            && verdict == Verdict::Continue
-        {
-            edits.headers.push(HeaderEdit::Add {
-                name: trace.name.clone(),
-                value: format!("{}; by {}", verdict.name(), policy.hostname),
-            });
-        }
-        if verdict == Verdict::Continue
+        if d.goes_on()
             && !policy.dry_run
-            && let Err(e) = self.sign(&mut tx, &mut edits, transformed).await
+            && let Err(e) = self.sign(&mut tx, &mut d.edits, d.transformed).await
         {
             warn!(session = self.id, error = %e, "cannot sign the message (DKIM)");
             self.scan_failed("dkim", &e);
-            (reason, verdict) = (Reason::SigningFailed, policy.scan_failure_action.verdict());
-            if verdict != Verdict::Continue {
-                edits = Edits::default();
-            }
+            d.decide(Reason::SigningFailed, policy.scan_failure_action.verdict());
         }
-        if !door_relays && verdict == Verdict::Continue && !policy.dry_run && tx.divert.is_none() {
-            match self.secure_routes(&mut tx, &edits, &mut envelope).await {
-                Ok(true) => (reason, verdict) = (Reason::SecureRoute, Verdict::Discard),
+        if d.goes_on() && carrier == Carrier::Mta && !policy.dry_run && tx.divert.is_none() {
+            match self.secure_routes(&mut tx, &d.edits, &mut d.envelope).await {
+                Ok(true) => d.decide(Reason::SecureRoute, Verdict::Discard),
                 Ok(false) => {}
                 Err(e) => {
                     warn!(session = self.id, error = %e, "recipients an encryption rule routes through Postern were not delivered");
                     self.scan_failed("secure_route", &e);
-                    (reason, verdict) = (
+                    d.decide(
                         Reason::SecureRouteFailed,
                         policy.scan_failure_action.verdict(),
                     );
-                    if verdict != Verdict::Continue {
-                        edits = Edits::default();
-                    }
                 }
             }
         }
-        let mut diverted = None;
         if let Some(divert) = tx.divert.take()
-            && verdict == Verdict::Continue
+            && d.goes_on()
         {
             if policy.dry_run {
-                (reason, verdict) = (Reason::Divert, Verdict::Discard);
+                d.decide(Reason::Divert, Verdict::Discard);
             } else {
-                match self.divert(&divert, &mut tx, &edits, &envelope).await {
+                match self.divert(&divert, &mut tx, &d.edits, &d.envelope).await {
                     Ok(reply) => {
-                        (reason, verdict) = (Reason::Divert, Verdict::Discard);
-                        diverted = Some(reply);
+                        d.decide(Reason::Divert, Verdict::Discard);
+                        d.diverted = Some(reply);
                     }
                     Err(e) => {
                         warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, "message could not be diverted");
                         self.scan_failed("divert", &e);
-                        (reason, verdict) =
-                            (Reason::DivertFailed, policy.scan_failure_action.verdict());
+                        d.decide(Reason::DivertFailed, policy.scan_failure_action.verdict());
                     }
                 }
             }
-            if verdict != Verdict::Continue {
-                edits = Edits::default();
-            }
         }
-        if verdict != Verdict::Continue {
-            envelope = EnvelopeEdits::default();
-        }
-        self.log_message(&tx, &verdict, reason, &envelope);
+        self.log_message(&tx, &d.verdict, d.reason, &d.envelope);
         if policy.dry_run {
             // What would have been done is reported above; the message goes on unchanged.
-            verdict = self.unless_dry_run("end_of_message", verdict);
-            edits = Edits::default();
-            envelope = EnvelopeEdits::default();
+            let verdict = self.unless_dry_run("end_of_message", d.verdict.clone());
+            d.decide(d.reason, verdict);
+            d.edits = Edits::default();
+            d.envelope = EnvelopeEdits::default();
         }
         // Without a new body there is nothing large left to hold the slot for.
-        let scan_slot = if edits.body.is_some() {
+        let scan_slot = if d.edits.body.is_some() {
             std::mem::take(&mut tx.scan_slot)
         } else {
             ScanSlot::default()
         };
         let outcome = MessageOutcome {
-            verdict,
-            edits,
+            verdict: d.verdict,
+            edits: d.edits,
             recipients: std::mem::take(&mut tx.recipients),
-            envelope,
-            diverted,
+            envelope: d.envelope,
+            diverted: d.diverted,
             scan_slot,
         };
         (outcome, tx.message)
+    }
+
+    /// The first step: a verdict held until DATA, a refusal while the message arrived, or the
+    /// content stage's verdict and edits.
+    async fn first_decision(&mut self, tx: &mut Transaction) -> Decision {
+        let mut edits = Edits::default();
+        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
+            (Some(held), _) => (Reason::Held, held),
+            (None, Some(failed)) => (Reason::RefusedBeforeEnd, failed),
+            (None, None) => match self.content_stage(tx, &mut edits).await {
+                Some((check, verdict)) => (Reason::Check(check), verdict),
+                None => (Reason::EndOfMessage, Verdict::Continue),
+            },
+        };
+        // Changed by the content stage: the sender's own signature no longer holds.
+        let transformed = !edits.is_empty();
+        let mut d = Decision {
+            reason,
+            verdict: Verdict::Continue,
+            edits,
+            envelope: EnvelopeEdits::default(),
+            transformed,
+            diverted: None,
+        };
+        d.decide(reason, verdict);
+        d
+    }
+
+    /// The SPF result header and the trace header, for a message that goes on.
+    async fn result_headers(&self, tx: &mut Transaction, edits: &mut Edits) {
+        let policy = &self.policy;
+        if let (Some(spf), Some(outcome), Some(ip)) =
+            (&policy.spf, tx.spf.clone(), self.client.addr)
+        {
+            self.spf_headers(spf, &outcome, ip, tx, edits).await;
+        }
+        if let Some(trace) = &policy.trace_header {
+            edits.headers.push(HeaderEdit::Add {
+                name: trace.name.clone(),
+                value: format!("{}; by {}", Verdict::Continue.name(), policy.hostname),
+            });
+        }
     }
 
     /// Delivers the message, with its edits applied, through the relay targets of a `divert`
@@ -501,6 +509,43 @@ fn handed_digest(
         identity.update(r.as_bytes());
     }
     identity.finalize().into()
+}
+
+/// Who carries an accepted message on: the MTA the milter sits beside (then Postern delivers
+/// the recipients an encryption rule routes through it, before the MTA gets the rest), or
+/// Postern itself (the proxy relays it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carrier {
+    Mta,
+    Postern,
+}
+
+/// The end of message as it is being decided. A decision other than continue drops every
+/// edit and envelope change, here and nowhere else.
+struct Decision {
+    reason: Reason,
+    verdict: Verdict,
+    edits: Edits,
+    envelope: EnvelopeEdits,
+    /// Postern changed the message (content rules, a rewritten From/To/Cc).
+    transformed: bool,
+    /// The divert target's answer, when a divert took the message.
+    diverted: Option<SmtpReply>,
+}
+
+impl Decision {
+    fn goes_on(&self) -> bool {
+        self.verdict == Verdict::Continue
+    }
+
+    fn decide(&mut self, reason: Reason, verdict: Verdict) {
+        self.reason = reason;
+        if verdict != Verdict::Continue {
+            self.edits = Edits::default();
+            self.envelope = EnvelopeEdits::default();
+        }
+        self.verdict = verdict;
+    }
 }
 
 #[cfg(test)]
