@@ -8,6 +8,7 @@ mod data;
 mod mail;
 mod outgoing;
 mod rcpt;
+mod routes;
 mod stages;
 
 use std::future::Future;

@@ -1,0 +1,232 @@
+//! Where Postern delivers a message itself at the end of the message: the relay targets of a
+//! `divert` rule, and behind an MTA the routes (`via`) of encryption rules, with the ledger
+//! that keeps a retried message from reaching a route twice.
+
+use super::*;
+use crate::engine::checks::outbound_tls::TlsRequirement;
+use crate::engine::ports::OutboundMessage;
+use crate::engine::verdict::EnvelopeEdits;
+
+impl Session {
+    /// Delivers the message, with its edits applied, through the relay targets of a `divert`
+    /// rule; the accepting target's answer.
+    pub(super) async fn divert(
+        &self,
+        divert: &Diversion,
+        tx: &mut Transaction,
+        edits: &Edits,
+        envelope: &EnvelopeEdits,
+    ) -> Result<SmtpReply, String> {
+        let message = tx.leaving(edits).await?;
+        let outbound = OutboundMessage {
+            sender: envelope.sender.as_deref().unwrap_or(&tx.sender),
+            recipients: &tx
+                .recipients
+                .iter()
+                .map(|r| envelope.recipient(r).to_owned())
+                .collect::<Vec<_>>(),
+            message: &message,
+            tls: &[],
+        };
+        let (target, reply) = self
+            .shared
+            .ports
+            .outbound
+            .deliver(&divert.via, outbound)
+            .await?;
+        self.emit(&Event::Diverted {
+            session: self.id,
+            queue_id: tx.queue_id.as_deref().unwrap_or(""),
+            ruleset: &divert.ruleset,
+            rule: &divert.rule,
+            relay_target: &target,
+            reply: &reply,
+        });
+        Ok(reply)
+    }
+
+    /// Behind an MTA, delivers the recipients whose encryption rule gives a route (`via`)
+    /// through it, with the edits applied, and marks them removed from the MTA's envelope;
+    /// whether no recipient is left for the MTA. An error when a route took none.
+    ///
+    /// Each route's delivery is remembered (in the state store, for `[state]
+    /// via_memory_days`) against the message's identity: when a later route fails, the message is deferred and the
+    /// sending MTA sends it again, and then the routes that took it before are not used again
+    /// (their recipients only leave the MTA's envelope), so nobody gets it twice.
+    pub(super) async fn secure_routes(
+        &self,
+        tx: &mut Transaction,
+        edits: &Edits,
+        envelope: &mut EnvelopeEdits,
+    ) -> Result<bool, String> {
+        let rules = &self.policy.encryption_rules;
+        // Recipients grouped by route and by what their connection must have negotiated.
+        type Route<'a> = (&'a [String], Vec<TlsRequirement>);
+        let mut routes: Vec<(Route, Vec<String>)> = Vec::new();
+        for r in &tx.recipients {
+            let Some(via) = rules.secure_route(&tx.sender, r) else {
+                continue;
+            };
+            let route = (via, self.recipient_tls(r).into_iter().collect());
+            match routes.iter_mut().find(|(known, _)| *known == route) {
+                Some((_, recipients)) => recipients.push(r.clone()),
+                None => routes.push((route, vec![r.clone()])),
+            }
+        }
+        if routes.is_empty() {
+            return Ok(false);
+        }
+        let received = tx.received().await?;
+        let identity = message_identity(&tx.sender, self.authenticated.as_deref(), &received);
+        let message = edits.applied_to(received);
+        let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
+        let store = &self.shared.ports.store;
+        for ((via, tls), recipients) in &routes {
+            let handed = handed_digest(identity.clone(), via, recipients);
+            let before = match store.was_handed(&handed).await {
+                Ok(before) => before,
+                Err(e) => {
+                    self.store_unavailable("route deliveries of earlier attempts", &e);
+                    false
+                }
+            };
+            if before {
+                info!(session = self.id, route = %via.join(","), recipients = recipients.len(), "recipients already handed to this route on an earlier attempt of the message: not sent again");
+                envelope.remove(recipients);
+                continue;
+            }
+            let relayed: Vec<String> = recipients
+                .iter()
+                .map(|r| envelope.recipient(r).to_owned())
+                .collect();
+            let outbound = OutboundMessage {
+                sender: &sender,
+                recipients: &relayed,
+                message: &message,
+                tls,
+            };
+            let (target, reply) = self
+                .shared
+                .ports
+                .outbound
+                .deliver(via, outbound)
+                .await
+                .map_err(|e| format!("{} recipient(s) through {via:?}: {e}", relayed.len()))?;
+            // Logged, counted and tracked as a divert by the encryption rule's route.
+            self.emit(&Event::Diverted {
+                session: self.id,
+                queue_id: tx.queue_id.as_deref().unwrap_or(""),
+                ruleset: "encryption_rule",
+                rule: "via",
+                relay_target: &target,
+                reply: &reply,
+            });
+            if let Err(e) = store.remember_handed(&handed, self.policy.via_memory).await {
+                self.store_unavailable("route deliveries of earlier attempts", &e);
+            }
+            envelope.remove(recipients);
+        }
+        Ok(envelope.removed.len() == tx.recipients.len())
+    }
+}
+
+/// What names one message across its sender's attempts: the envelope sender, the client's
+/// authenticated identity (none for an unauthenticated client, so that one cannot pre-empt an
+/// authenticated sender's message by sending its copy first), every header field but
+/// `Received` (each hop adds one, on every attempt) and the body, as received: raw bytes, so
+/// that two messages differing only in bytes that are not UTF-8 are two messages. The client's
+/// address is left out: large senders retry from other addresses.
+fn message_identity(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sha2::Sha256 {
+    use sha2::Digest as _;
+    let mut identity = sha2::Sha256::new();
+    identity.update(b"postern message identity 2\0");
+    identity.update(sender.as_bytes());
+    identity.update(b"\0");
+    match authenticated {
+        Some(user) => {
+            identity.update(b"auth\0");
+            identity.update(user.as_bytes());
+        }
+        None => identity.update(b"anonymous"),
+    }
+    identity.update(b"\0");
+    let end = crate::engine::verdict::header_end(raw);
+    for field in crate::engine::verdict::header_fields_raw(&raw[..end]) {
+        if !crate::engine::verdict::field_name(&field).eq_ignore_ascii_case(b"Received") {
+            identity.update((field.len() as u64).to_be_bytes());
+            identity.update(&field);
+        }
+    }
+    identity.update(b"\0");
+    identity.update(&raw[end..]);
+    identity
+}
+
+/// The message `identity` handed to the route `via` for `recipients`.
+fn handed_digest(
+    mut identity: sha2::Sha256,
+    via: &[String],
+    recipients: &[String],
+) -> crate::engine::ports::Digest {
+    use sha2::Digest as _;
+    for name in via {
+        identity.update(b"via\0");
+        identity.update(name.as_bytes());
+    }
+    let mut recipients: Vec<&String> = recipients.iter().collect();
+    recipients.sort();
+    for r in recipients {
+        identity.update(b"to\0");
+        identity.update(r.as_bytes());
+    }
+    identity.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sender: &str, user: Option<&str>, raw: &[u8]) -> [u8; 32] {
+        handed_digest(
+            message_identity(sender, user, raw),
+            &["r".into()],
+            &["x@y".into()],
+        )
+    }
+
+    #[test]
+    fn a_message_is_named_by_its_raw_bytes_and_its_sender() {
+        let raw = |subject: &[u8]| {
+            let mut m = b"Received: from a\r\n\tby b\r\nSubject: ".to_vec();
+            m.extend_from_slice(subject);
+            m.extend_from_slice(b"\r\n\r\nbody\r\n");
+            m
+        };
+        let a = id("s@x", None, &raw(b"caf\xff"));
+        assert_ne!(a, id("s@x", None, &raw(b"caf\xfe")), "invalid bytes differ");
+        assert_eq!(
+            a,
+            id(
+                "s@x",
+                None,
+                &[b"Received: from c by d\r\n".as_slice(), &raw(b"caf\xff")].concat()
+            ),
+            "Received fields are left out"
+        );
+        assert_ne!(
+            a,
+            id("s@x", Some("alice"), &raw(b"caf\xff")),
+            "authenticated"
+        );
+        assert_ne!(
+            id("s@x", Some("alice"), &raw(b"x")),
+            id("s@x", Some("bob"), &raw(b"x"))
+        );
+        assert_ne!(a, id("t@x", None, &raw(b"caf\xff")), "another sender");
+        // The body counts.
+        assert_ne!(
+            id("s@x", None, b"Subject: a\r\n\r\nbody\r\n"),
+            id("s@x", None, b"Subject: a\r\n\r\nbody.\r\n")
+        );
+    }
+}
