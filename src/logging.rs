@@ -235,7 +235,7 @@ impl Events for LogEvents {
                 recipient,
             } => info!(
                 session,
-                stage,
+                stage = stage.name(),
                 %verdict,
                 recipient = recipient.map(|r| display(r.escape_debug())),
                 "dry run: would have refused; went on"
@@ -277,7 +277,7 @@ impl Events for LogEvents {
                 held_until: Some(until),
                 ..
             } => {
-                info!(session, check = check.name(), %verdict, stage, until, "verdict held")
+                info!(session, check = check.name(), %verdict, stage = stage.name(), until = until.name(), "verdict held")
             }
             E::Refused {
                 session,
@@ -290,17 +290,17 @@ impl Events for LogEvents {
             } => {
                 if *dry_run {
                     // The "would have refused" line of the stage says it for the operator.
-                    debug!(session, check = check.name(), %verdict, stage, "dry run: a check would have refused");
+                    debug!(session, check = check.name(), %verdict, stage = stage.name(), "dry run: a check would have refused");
                 } else {
-                    info!(session, check = check.name(), %verdict, stage, "refused");
+                    info!(session, check = check.name(), %verdict, stage = stage.name(), "refused");
                 }
             }
             E::ScanFailed {
                 session,
-                stage,
+                step,
                 error,
                 action,
-            } => warn!(session, stage, error, action, "scan failure"),
+            } => warn!(session, stage = step.name(), error, action, "scan failure"),
             E::RuleActed {
                 session,
                 queue_id,

@@ -58,21 +58,106 @@ impl fmt::Display for CheckId {
     }
 }
 
-/// Where the engine can fail to judge (the `stage` of [`Event::ScanFailed`]).
-pub const SCAN_FAILURE_STAGES: [&str; 7] = [
-    "connect",
-    "mail",
-    "content",
-    "data",
-    "dkim",
-    "secure_route",
-    "divert",
-];
+/// Where in the conversation something happened: a check's refusal, a held verdict, a dry
+/// run's would-be refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SmtpStage {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    EndOfMessage,
+    UnknownCommand,
+}
+
+impl SmtpStage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Helo => "helo",
+            Self::Mail => "mail",
+            Self::Rcpt => "rcpt",
+            Self::Data => "data",
+            Self::EndOfMessage => "end_of_message",
+            Self::UnknownCommand => "unknown_command",
+        }
+    }
+
+    /// The stage a delayed-rejection setting names (`none`: where the verdict is reached,
+    /// which is the connection).
+    pub fn of(stage: crate::engine::policy::Stage) -> Self {
+        use crate::engine::policy::Stage;
+        match stage {
+            Stage::None => Self::Connect,
+            Stage::Helo => Self::Helo,
+            Stage::Mail => Self::Mail,
+            Stage::Rcpt => Self::Rcpt,
+            Stage::Data => Self::Data,
+        }
+    }
+
+    /// Whether a refusal here concerns the connection rather than a transaction.
+    pub fn is_connection(self) -> bool {
+        matches!(self, Self::Connect | Self::Helo | Self::UnknownCommand)
+    }
+}
+
+impl fmt::Display for SmtpStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the engine could not do in time or at all (the `step` of [`Event::ScanFailed`]):
+/// the scan failure action decided instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScanStep {
+    /// The connection checks (DNS lookups, the store).
+    Connect,
+    /// SPF at MAIL FROM.
+    Mail,
+    /// The content stage.
+    Content,
+    /// Holding the message (the spool).
+    Data,
+    /// The DKIM signature.
+    Dkim,
+    /// Delivery through an encryption rule's route.
+    SecureRoute,
+    /// Delivery through a divert rule's targets.
+    Divert,
+}
+
+impl ScanStep {
+    /// Every step.
+    pub const ALL: [Self; 7] = [
+        Self::Connect,
+        Self::Mail,
+        Self::Content,
+        Self::Data,
+        Self::Dkim,
+        Self::SecureRoute,
+        Self::Divert,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Mail => "mail",
+            Self::Content => "content",
+            Self::Data => "data",
+            Self::Dkim => "dkim",
+            Self::SecureRoute => "secure_route",
+            Self::Divert => "divert",
+        }
+    }
+}
 
 /// One stage's checks of a connection, for its closing log line: `connect:rbl=reject:2ms`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckRecord {
-    pub stage: &'static str,
+    pub stage: SmtpStage,
     /// The check that objected and its verdict's name; `None` when all passed.
     pub found: Option<(CheckId, &'static str)>,
     pub elapsed: Duration,
@@ -259,7 +344,7 @@ pub enum Event<'a> {
     /// on as if it had passed.
     WouldRefuse {
         session: u64,
-        stage: &'static str,
+        stage: SmtpStage,
         verdict: &'a Verdict,
         /// At RCPT: the recipient it concerns.
         recipient: Option<&'a str>,
@@ -285,8 +370,8 @@ pub enum Event<'a> {
         session: u64,
         check: CheckId,
         verdict: &'a Verdict,
-        stage: &'static str,
-        held_until: Option<&'static str>,
+        stage: SmtpStage,
+        held_until: Option<SmtpStage>,
         late: bool,
         /// A dry run: nothing was refused; a [`Event::WouldRefuse`] follows for the stage.
         dry_run: bool,
@@ -294,7 +379,7 @@ pub enum Event<'a> {
     /// The engine could not judge; `action` is the scan failure action taken.
     ScanFailed {
         session: u64,
-        stage: &'static str,
+        step: ScanStep,
         error: &'a str,
         action: &'static str,
     },
@@ -349,13 +434,13 @@ mod tests {
     #[test]
     fn check_records_read_as_before() {
         let passed = CheckRecord {
-            stage: "connect",
+            stage: SmtpStage::Connect,
             found: None,
             elapsed: Duration::from_millis(3),
         };
         assert_eq!(passed.to_string(), "connect:pass:3ms");
         let refused = CheckRecord {
-            stage: "connect",
+            stage: SmtpStage::Connect,
             found: Some((CheckId::Rbl, "reject")),
             elapsed: Duration::from_millis(2),
         };

@@ -59,9 +59,11 @@ impl Events for Metrics {
                     .inc();
             }
             Event::Refused { .. } => {}
-            Event::ScanFailed { stage, .. } => {
+            Event::ScanFailed { step, .. } => {
                 self.scan_failures
-                    .get_or_create(&Reason { reason: stage })
+                    .get_or_create(&Reason {
+                        reason: step.name(),
+                    })
                     .inc();
             }
             Event::RuleActed {

@@ -181,8 +181,10 @@ impl Metrics {
         for reason in crate::tracking::DROP_REASONS {
             let _ = self.tracking_dropped.get_or_create(&Reason { reason });
         }
-        for reason in crate::engine::events::SCAN_FAILURE_STAGES {
-            let _ = self.scan_failures.get_or_create(&Reason { reason });
+        for step in crate::engine::events::ScanStep::ALL {
+            let _ = self.scan_failures.get_or_create(&Reason {
+                reason: step.name(),
+            });
         }
         for check in configured_checks(policy) {
             let each_run = reports_each_run(check);

@@ -14,7 +14,7 @@ use super::record::{Outcome, Record, now_ms};
 use super::writer::{self, Writer};
 use super::{StoreSettings, TrackingSettings};
 use crate::engine::events::{
-    ConnectionReport, Event, MessageReport, RefusedBy, RefusedRecipient, SessionFacts,
+    ConnectionReport, Event, MessageReport, RefusedBy, RefusedRecipient, SessionFacts, SmtpStage,
     TransactionReport,
 };
 use crate::engine::ports::Events;
@@ -23,7 +23,7 @@ use crate::engine::{SmtpReply, Verdict};
 /// A refusal the policy answered in this session, as the records give it.
 #[derive(Clone, Debug)]
 struct Refusal {
-    stage: &'static str,
+    stage: SmtpStage,
     check: &'static str,
     verdict: &'static str,
     reply: Option<String>,
@@ -278,7 +278,7 @@ impl Tracker {
         track.rules.clear();
         track.diverted = None;
         // A refusal at DATA (a verdict held until then) ended it; otherwise the client did.
-        let refusal = track.refusal.take().filter(|r| r.stage == "data");
+        let refusal = track.refusal.take().filter(|r| r.stage == SmtpStage::Data);
         for recipient in report.accepted {
             let mut r = base.clone();
             r.recipient = Some(recipient.clone());
@@ -426,8 +426,8 @@ impl Events for Tracker {
                 }
                 match *stage {
                     // Reported with the message itself.
-                    "end_of_message" => {}
-                    "connect" | "helo" | "unknown_command" => track.would_connection.push(would),
+                    SmtpStage::EndOfMessage => {}
+                    s if s.is_connection() => track.would_connection.push(would),
                     _ => track.would.push(would),
                 }
             }
@@ -441,7 +441,7 @@ impl Events for Tracker {
                 ..
             } => {
                 sessions.entry(*session).or_default().refusal = Some(Refusal {
-                    stage,
+                    stage: *stage,
                     check: check.name(),
                     verdict: verdict.name(),
                     reply: verdict.reply().map(|r| r.to_string()),

@@ -22,21 +22,29 @@ impl Session {
         let started = Instant::now();
         let checked = match self.count_connection().await {
             Some(finding) => Some(finding),
-            None => self.guarded("connect", self.connection_checks()).await,
+            None => {
+                self.guarded(ScanStep::Connect, self.connection_checks())
+                    .await
+            }
         };
         self.checks.push(CheckRecord {
-            stage: "connect",
+            stage: SmtpStage::Connect,
             found: checked.as_ref().map(|(check, v)| (*check, v.name())),
             elapsed: started.elapsed(),
         });
         match checked {
             Some((check, verdict)) if self.reply_stage != Stage::None => {
-                self.refused(check, &verdict, "connect", Some(self.reply_stage.name()));
+                self.refused(
+                    check,
+                    &verdict,
+                    SmtpStage::Connect,
+                    Some(SmtpStage::of(self.reply_stage)),
+                );
                 self.held = Some(Held { verdict, check });
                 Verdict::Continue
             }
             Some((check, verdict)) => {
-                self.refused(check, &verdict, "connect", None);
+                self.refused(check, &verdict, SmtpStage::Connect, None);
                 verdict
             }
             None => Verdict::Continue,

@@ -61,7 +61,7 @@ impl Session {
             divert = rewrite.divert.clone();
             Ok(self.take_rewrite(rewrite, &queue_id, edits))
         };
-        let found = self.guarded("content", work).await;
+        let found = self.guarded(ScanStep::Content, work).await;
         self.emit(&Event::Scanned {
             session: self.id,
             elapsed: started.elapsed(),

@@ -29,7 +29,7 @@ impl Session {
                 "TLS required for the whole transaction, session is not encrypted"
             );
             let verdict = Verdict::refuse(self.with_help(reply));
-            self.refused(CheckId::EncryptionRule, &verdict, "data", None);
+            self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Data, None);
             return verdict;
         }
         if let Some(tx) = self.tx.as_mut() {
@@ -82,10 +82,10 @@ impl Session {
         // Nothing more is kept of this message; the verdict stands until its end.
         tx.message = None;
         if let Some(error) = failure {
-            self.scan_failed("data", &error);
+            self.scan_failed(ScanStep::Data, &error);
         }
         if verdict != Verdict::Continue {
-            self.refused(check, &verdict, "data", None);
+            self.refused(check, &verdict, SmtpStage::Data, None);
         }
         verdict
     }
@@ -145,7 +145,7 @@ impl Session {
             && let Err(e) = self.sign(&mut tx, &mut d.edits, d.transformed).await
         {
             warn!(session = self.id, error = %e, "cannot sign the message (DKIM)");
-            self.scan_failed("dkim", &e);
+            self.scan_failed(ScanStep::Dkim, &e);
             d.decide(Reason::SigningFailed, policy.scan_failure_action.verdict());
         }
         if d.goes_on() && carrier == Carrier::Mta && !policy.dry_run && tx.divert.is_none() {
@@ -154,7 +154,7 @@ impl Session {
                 Ok(false) => {}
                 Err(e) => {
                     warn!(session = self.id, error = %e, "recipients an encryption rule routes through Postern were not delivered");
-                    self.scan_failed("secure_route", &e);
+                    self.scan_failed(ScanStep::SecureRoute, &e);
                     d.decide(
                         Reason::SecureRouteFailed,
                         policy.scan_failure_action.verdict(),
@@ -175,7 +175,7 @@ impl Session {
                     }
                     Err(e) => {
                         warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, "message could not be diverted");
-                        self.scan_failed("divert", &e);
+                        self.scan_failed(ScanStep::Divert, &e);
                         d.decide(Reason::DivertFailed, policy.scan_failure_action.verdict());
                     }
                 }
@@ -184,7 +184,7 @@ impl Session {
         self.log_message(&tx, &d.verdict, d.reason, &d.envelope);
         if policy.dry_run {
             // What would have been done is reported above; the message goes on unchanged.
-            let verdict = self.unless_dry_run("end_of_message", d.verdict.clone());
+            let verdict = self.unless_dry_run(SmtpStage::EndOfMessage, d.verdict.clone());
             d.decide(d.reason, verdict);
             d.edits = Edits::default();
             d.envelope = EnvelopeEdits::default();

@@ -26,7 +26,7 @@ impl Session {
                         .expect("static reply is valid"),
                 ),
             );
-            self.refused(CheckId::ConnectionProfile, &verdict, "mail", None);
+            self.refused(CheckId::ConnectionProfile, &verdict, SmtpStage::Mail, None);
             return verdict;
         }
         if let Some(reply) = policy
@@ -38,7 +38,7 @@ impl Session {
                 "TLS required for the whole transaction, session is not encrypted"
             );
             let verdict = Verdict::refuse(self.with_help(reply));
-            self.refused(CheckId::EncryptionRule, &verdict, "mail", None);
+            self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Mail, None);
             return verdict;
         }
         if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
@@ -50,7 +50,7 @@ impl Session {
             let started = Instant::now();
             let resolver = self.shared.ports.resolver.as_ref();
             let checked = self
-                .guarded("mail", async {
+                .guarded(ScanStep::Mail, async {
                     let outcome = spf
                         .check(resolver, &policy.hostname, ip, &helo, sender)
                         .await;
@@ -67,7 +67,7 @@ impl Session {
                 })
                 .await;
             if let Some((check, verdict)) = checked {
-                self.refused(check, &verdict, "mail", None);
+                self.refused(check, &verdict, SmtpStage::Mail, None);
                 return verdict;
             }
         }

@@ -28,7 +28,7 @@ use super::checks::reputation::Behaviour;
 use super::checks::spf::{Spf, SpfOutcome};
 use super::events::{
     CheckId, CheckRecord, ConnectionReport, Event, MessageReport, Reason, RefusedBy,
-    RefusedRecipient, SessionFacts, TransactionReport,
+    RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport,
 };
 use super::message::{BufferError, MessageBuffer, first_header_field, header_fields};
 use super::policy::{Policy, Stage};
@@ -366,8 +366,8 @@ impl Session {
         &self,
         check: CheckId,
         verdict: &Verdict,
-        stage: &'static str,
-        held_until: Option<&'static str>,
+        stage: SmtpStage,
+        held_until: Option<SmtpStage>,
     ) {
         self.emit(&Event::Refused {
             session: self.id,
@@ -397,7 +397,7 @@ impl Session {
                 session: self.id,
                 check: held.check,
                 verdict: &held.verdict,
-                stage: stage.name(),
+                stage: SmtpStage::of(stage),
                 held_until: None,
                 late: true,
                 dry_run: self.policy.dry_run,
@@ -415,7 +415,7 @@ impl Session {
     /// objection"; an error or a timeout is reported and becomes the scan failure action.
     async fn guarded(
         &self,
-        stage: &'static str,
+        step: ScanStep,
         work: impl Future<Output = Result<Option<Finding>, EngineError>>,
     ) -> Option<Finding> {
         let policy = &self.policy;
@@ -424,18 +424,18 @@ impl Session {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("time budget of {:?} exceeded", policy.scan_timeout),
         };
-        self.scan_failed(stage, &failure);
+        self.scan_failed(step, &failure);
         match policy.scan_failure_action.verdict() {
             Verdict::Continue => None,
             verdict => Some((CheckId::ScanFailure, verdict)),
         }
     }
 
-    /// Reports that the engine could not judge something at `stage`.
-    fn scan_failed(&self, stage: &'static str, error: &str) {
+    /// Reports that the engine could not do `step`.
+    fn scan_failed(&self, step: ScanStep, error: &str) {
         self.emit(&Event::ScanFailed {
             session: self.id,
-            stage,
+            step,
             error,
             action: self.policy.scan_failure_action.name(),
         });

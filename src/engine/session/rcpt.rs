@@ -31,7 +31,7 @@ impl Session {
             self.recipient_failed(RecipientRefusal::from_reply(&reply))
                 .await;
             let verdict = Verdict::refuse(reply);
-            self.refused(CheckId::RelayRestriction, &verdict, "rcpt", None);
+            self.refused(CheckId::RelayRestriction, &verdict, SmtpStage::Rcpt, None);
             self.rcpt_refusal = Some(CheckId::RelayRestriction.name());
             return verdict;
         }
@@ -43,7 +43,7 @@ impl Session {
         {
             info!(session = self.id, recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
             let verdict = Verdict::refuse(self.with_help(reply));
-            self.refused(CheckId::EncryptionRule, &verdict, "rcpt", None);
+            self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Rcpt, None);
             self.rcpt_refusal = Some(CheckId::EncryptionRule.name());
             return verdict;
         }

@@ -10,13 +10,13 @@ impl Session {
     /// The client connected.
     pub async fn connect(&mut self, client: ClientInfo) -> Verdict {
         let verdict = self.judge_connect(client).await;
-        self.unless_dry_run("connect", verdict)
+        self.unless_dry_run(SmtpStage::Connect, verdict)
     }
 
     /// The client said HELO or EHLO. The name counts only when the greeting is accepted.
     pub async fn helo(&mut self, name: &str) -> Verdict {
         let verdict = self.judge_helo(name).await;
-        let verdict = self.unless_dry_run("helo", verdict);
+        let verdict = self.unless_dry_run(SmtpStage::Helo, verdict);
         if verdict == Verdict::Continue {
             self.helo.get_or_insert_with(|| name.to_owned());
         }
@@ -27,11 +27,11 @@ impl Session {
     pub async fn mail(&mut self, sender: &str) -> Verdict {
         if let Some(refusal) = syntax_refusal(sender, "sender", "5.1.7") {
             self.end_transaction();
-            self.refused(CheckId::AddressSyntax, &refusal, "mail", None);
+            self.refused(CheckId::AddressSyntax, &refusal, SmtpStage::Mail, None);
             return refusal;
         }
         let verdict = self.judge_mail(sender).await;
-        let verdict = self.unless_dry_run("mail", verdict);
+        let verdict = self.unless_dry_run(SmtpStage::Mail, verdict);
         if verdict == Verdict::Continue && self.tx.is_none() {
             self.tx = Some(Transaction::new(sender));
         }
@@ -44,13 +44,13 @@ impl Session {
         self.rcpt_refusal = None;
         let verdict = match syntax_refusal(recipient, "recipient", "5.1.3") {
             Some(refusal) => {
-                self.refused(CheckId::AddressSyntax, &refusal, "rcpt", None);
+                self.refused(CheckId::AddressSyntax, &refusal, SmtpStage::Rcpt, None);
                 self.rcpt_refusal = Some(CheckId::AddressSyntax.name());
                 refusal
             }
             None => {
                 let verdict = self.judge_rcpt(recipient).await;
-                self.unless_dry_run_for("rcpt", verdict, Some(recipient))
+                self.unless_dry_run_for(SmtpStage::Rcpt, verdict, Some(recipient))
             }
         };
         if verdict == Verdict::Continue
@@ -72,7 +72,7 @@ impl Session {
     /// DATA.
     pub async fn data(&mut self) -> Verdict {
         let verdict = self.judge_data().await;
-        self.unless_dry_run("data", verdict)
+        self.unless_dry_run(SmtpStage::Data, verdict)
     }
 
     /// Raw message bytes (header and body as on the wire, CRLF line ends), in order. A
@@ -85,26 +85,26 @@ impl Session {
         if self.policy.dry_run && already {
             return Verdict::Continue;
         }
-        self.unless_dry_run("data", verdict)
+        self.unless_dry_run(SmtpStage::Data, verdict)
     }
 
     /// A command the server does not know. Counted per connection; at the limit the client
     /// is dropped.
     pub async fn unknown_command(&mut self, command: &str) -> Verdict {
         let verdict = self.judge_unknown_command(command).await;
-        self.unless_dry_run("unknown_command", verdict)
+        self.unless_dry_run(SmtpStage::UnknownCommand, verdict)
     }
 
     /// `verdict`, or in a dry run, when it refuses, a pass (the refusal reported as what would
     /// have been answered).
-    pub(super) fn unless_dry_run(&self, stage: &'static str, verdict: Verdict) -> Verdict {
+    pub(super) fn unless_dry_run(&self, stage: SmtpStage, verdict: Verdict) -> Verdict {
         self.unless_dry_run_for(stage, verdict, None)
     }
 
     /// [`Session::unless_dry_run`] for a refusal that concerns one recipient.
     fn unless_dry_run_for(
         &self,
-        stage: &'static str,
+        stage: SmtpStage,
         verdict: Verdict,
         recipient: Option<&str>,
     ) -> Verdict {
