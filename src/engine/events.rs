@@ -27,6 +27,8 @@ pub enum CheckId {
     Content,
     /// An envelope address the engine refuses whatever the policy (a control character).
     AddressSyntax,
+    /// Every recipient after a suspected dictionary attack gets the same answer.
+    AddressHiding,
     /// The engine could not judge (a timeout, a lookup or spool error): the scan failure
     /// action decided.
     ScanFailure,
@@ -47,6 +49,7 @@ impl CheckId {
             Self::HeaderLimit => "header_limit",
             Self::Content => "content",
             Self::AddressSyntax => "address_syntax",
+            Self::AddressHiding => "address_hiding",
             Self::ScanFailure => "scan_failure",
         }
     }
@@ -216,9 +219,9 @@ impl fmt::Display for Reason {
 /// Who refused a recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefusedBy {
-    /// Postern's own policy: the check that refused (`relay`, `encryption_rule`, ...), or
-    /// `address_hiding` after a dictionary attack was suspected.
-    Policy(&'static str),
+    /// Postern's own policy: the check that refused (relay restriction, an encryption rule,
+    /// address hiding after a dictionary attack was suspected, ...), when one is known.
+    Policy(Option<CheckId>),
     /// The MTA behind the milter door refused it itself.
     Mta,
     /// The proxy's relay target, by name, refused it (or the sender before it).

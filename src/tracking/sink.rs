@@ -14,8 +14,8 @@ use super::record::{Outcome, Record, now_ms};
 use super::writer::{self, Writer};
 use super::{StoreSettings, TrackingSettings};
 use crate::engine::events::{
-    ConnectionReport, Event, MessageReport, RefusedBy, RefusedRecipient, SessionFacts, SmtpStage,
-    TransactionReport,
+    CheckId, ConnectionReport, Event, MessageReport, RefusedBy, RefusedRecipient, SessionFacts,
+    SmtpStage, TransactionReport,
 };
 use crate::engine::ports::Events;
 use crate::engine::{SmtpReply, Verdict};
@@ -253,7 +253,7 @@ impl Tracker {
                 r.verdict = Verdict::refuse(refusal.reply.clone()).name().to_owned();
                 r.reason = Some(
                     match refusal.by {
-                        RefusedBy::Policy(check) => check,
+                        RefusedBy::Policy(check) => check.map_or("policy", CheckId::name),
                         RefusedBy::Mta => "mta",
                         RefusedBy::RelayTarget(_) => "relay_target",
                         RefusedBy::NoRelayTarget => "no_relay_target",

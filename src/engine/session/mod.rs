@@ -162,7 +162,7 @@ pub struct Session {
     failed_recipients: u32,
     last_refusal: Option<RecipientRefusal>,
     /// What refused the recipient being judged, for the transaction's report.
-    rcpt_refusal: Option<&'static str>,
+    rcpt_refusal: Option<CheckId>,
     messages: u32,
     tx: Option<Transaction>,
 }

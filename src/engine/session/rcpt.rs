@@ -6,7 +6,7 @@ use crate::engine::checks::outbound_tls::TlsRequirement;
 impl Session {
     pub(super) async fn judge_rcpt(&mut self, recipient: &str) -> Verdict {
         if let Some(v) = self.held_at(Stage::Rcpt) {
-            self.rcpt_refusal = self.held.as_ref().map(|h| h.check.name());
+            self.rcpt_refusal = self.held.as_ref().map(|h| h.check);
             return v;
         }
         if let Some(max) = self.policy.exploit_detection.max_failed_addresses
@@ -20,7 +20,7 @@ impl Session {
                 HidingReply::Temporary => refusal.temporary(),
                 HidingReply::Same => refusal,
             };
-            self.rcpt_refusal = Some("address_hiding");
+            self.rcpt_refusal = Some(CheckId::AddressHiding);
             return Verdict::refuse(refusal.reply_for(recipient));
         }
         if !self.may_relay()
@@ -32,7 +32,7 @@ impl Session {
                 .await;
             let verdict = Verdict::refuse(reply);
             self.refused(CheckId::RelayRestriction, &verdict, SmtpStage::Rcpt, None);
-            self.rcpt_refusal = Some(CheckId::RelayRestriction.name());
+            self.rcpt_refusal = Some(CheckId::RelayRestriction);
             return verdict;
         }
         let sender = self.tx.as_ref().map_or("", |tx| tx.sender.as_str());
@@ -44,7 +44,7 @@ impl Session {
             info!(session = self.id, recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
             let verdict = Verdict::refuse(self.with_help(reply));
             self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Rcpt, None);
-            self.rcpt_refusal = Some(CheckId::EncryptionRule.name());
+            self.rcpt_refusal = Some(CheckId::EncryptionRule);
             return verdict;
         }
         if let Some(tx) = self.tx.as_mut() {

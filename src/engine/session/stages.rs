@@ -45,7 +45,7 @@ impl Session {
         let verdict = match syntax_refusal(recipient, "recipient", "5.1.3") {
             Some(refusal) => {
                 self.refused(CheckId::AddressSyntax, &refusal, SmtpStage::Rcpt, None);
-                self.rcpt_refusal = Some(CheckId::AddressSyntax.name());
+                self.rcpt_refusal = Some(CheckId::AddressSyntax);
                 refusal
             }
             None => {
@@ -63,7 +63,7 @@ impl Session {
             tx.refused.push(RefusedRecipient {
                 address: recipient.to_owned(),
                 reply: reply.clone(),
-                by: RefusedBy::Policy(self.rcpt_refusal.take().unwrap_or("policy")),
+                by: RefusedBy::Policy(self.rcpt_refusal.take()),
             });
         }
         verdict
