@@ -26,7 +26,7 @@ struct Refusal {
     stage: SmtpStage,
     check: &'static str,
     verdict: &'static str,
-    reply: Option<String>,
+    reply: Option<SmtpReply>,
 }
 
 /// What a session's events said so far that its next records need.
@@ -287,13 +287,8 @@ impl Tracker {
                 Some(refusal) => {
                     r.verdict = refusal.verdict.to_owned();
                     r.reason = Some(refusal.check.to_owned());
-                    r.reply.clone_from(&refusal.reply);
-                    let code = refusal
-                        .reply
-                        .as_deref()
-                        .and_then(|s| s.get(..3)?.parse().ok())
-                        .unwrap_or(554);
-                    Outcome::of_reply(code)
+                    r.reply = refusal.reply.as_ref().map(SmtpReply::to_string);
+                    Outcome::of_reply(refusal.reply.as_ref().map_or(554, SmtpReply::code))
                 }
                 None => Outcome::Abandoned,
             };
@@ -342,7 +337,7 @@ impl Tracker {
             Some(refusal) => {
                 r.verdict = refusal.verdict.to_owned();
                 r.reason = Some(refusal.check.to_owned());
-                r.reply = refusal.reply;
+                r.reply = refusal.reply.as_ref().map(SmtpReply::to_string);
             }
             None => r.verdict = Verdict::Continue.name().to_owned(),
         }
@@ -444,7 +439,7 @@ impl Events for Tracker {
                     stage: *stage,
                     check: check.name(),
                     verdict: verdict.name(),
-                    reply: verdict.reply().map(|r| r.to_string()),
+                    reply: verdict.reply().cloned(),
                 });
             }
             Event::Message { session, report } => {
