@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::dns::{Dns, DnsSettings, LookupError};
 use crate::engine::Engine;
+use crate::engine::events::DoorKind;
 use crate::engine::ports::Store;
 use crate::engine::ports::{Events, Fanout, NoResolver, Ports, Resolver};
 use crate::logging::{LogEvents, LogSettings};
@@ -94,11 +95,11 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the engine and its ports from `config` for `door` (`milter` or `proxy`, the
-    /// metrics' label); the door settings are handed back for the door to start with.
+    /// Builds the engine and its ports from `config` for `door` (the label of its metrics
+    /// and tracking records); the door settings are handed back for the door to start with.
     pub fn new(
         config: Config,
-        door: &'static str,
+        door: DoorKind,
     ) -> anyhow::Result<(Self, MilterSettings, ProxySettings)> {
         let resolver = Arc::new(CurrentResolver(ArcSwap::from_pointee(resolver_for(
             config.dns.as_ref(),
@@ -294,7 +295,7 @@ pub async fn run_milter(
     dry_run: bool,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (mut app, milter, _) = App::new(config, "milter")?;
+    let (mut app, milter, _) = App::new(config, DoorKind::Milter)?;
     app.forced_dry_run = dry_run;
     app.serve_metrics().await?;
     let app = Arc::new(app);
@@ -317,7 +318,7 @@ pub async fn run_proxy(
     dry_run: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (mut app, _, settings) = App::new(config, "proxy")?;
+    let (mut app, _, settings) = App::new(config, DoorKind::Proxy)?;
     app.forced_dry_run = dry_run;
     app.serve_metrics().await?;
     let app = Arc::new(app);

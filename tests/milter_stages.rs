@@ -19,7 +19,8 @@ struct Milter {
 impl Milter {
     async fn start(config: &str) -> Self {
         let config = Config::parse(config, "test.toml").expect("test config is valid");
-        let (app, settings, _) = App::new(config, "milter").expect("the engine starts");
+        let (app, settings, _) =
+            App::new(config, postern::engine::events::DoorKind::Milter).expect("the engine starts");
         let engine = app.engine.clone();
         let spec = ListenSocket::Inet {
             host: "127.0.0.1".into(),

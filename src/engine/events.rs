@@ -61,6 +61,30 @@ impl fmt::Display for CheckId {
     }
 }
 
+/// Which door a process serves: the label of its metrics and tracking records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DoorKind {
+    /// Beside an MTA: the MTA carries the message on.
+    Milter,
+    /// In front of a mail server: Postern relays the message itself.
+    Proxy,
+}
+
+impl DoorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Milter => "milter",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+impl fmt::Display for DoorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where in the conversation something happened: a check's refusal, a held verdict, a dry
 /// run's would-be refusal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

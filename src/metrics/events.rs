@@ -88,7 +88,7 @@ impl Events for Metrics {
                 let went = if report.dry_run {
                     self.dry_run_verdicts
                         .get_or_create(&DoorVerdict {
-                            door: self.door,
+                            door: self.door.name(),
                             verdict: report.verdict.name().to_owned(),
                         })
                         .inc();
@@ -98,7 +98,7 @@ impl Events for Metrics {
                 };
                 self.messages
                     .get_or_create(&DoorVerdict {
-                        door: self.door,
+                        door: self.door.name(),
                         verdict: went.to_owned(),
                     })
                     .inc();
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn events_become_counts_with_bounded_labels() {
-        let m = Metrics::new("proxy");
+        let m = Metrics::new(crate::engine::events::DoorKind::Proxy);
         let client = ClientInfo {
             addr: Some("192.0.2.1".parse().unwrap()),
             name: None,

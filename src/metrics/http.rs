@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn requests_are_routed_and_authenticated() {
-        let m = Metrics::new("milter");
+        let m = Metrics::new(crate::engine::events::DoorKind::Milter);
         let (status, _, body) = route("GET /metrics HTTP/1.1\r\nHost: x", &m, None);
         assert_eq!(status, "200 OK");
         assert!(body.contains("postern_build_info"));

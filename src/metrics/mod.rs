@@ -22,6 +22,7 @@ use events::{configured_checks, reports_each_run, would};
 pub use http::{BasicAuth, MetricsSettings, bind, serve};
 use labels::*;
 
+use crate::engine::events::DoorKind;
 use crate::engine::policy::Policy;
 use crate::engine::verdict::Verdict;
 use crate::relay::Outcome;
@@ -29,7 +30,7 @@ use crate::relay::Outcome;
 /// The metrics of one process (one door).
 #[derive(Debug)]
 pub struct Metrics {
-    door: &'static str,
+    door: DoorKind,
     registry: Registry,
     connections: Family<Door, Counter>,
     active_connections: Family<Door, Gauge>,
@@ -50,7 +51,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// The metrics of a process serving `door` (`milter` or `proxy`).
-    pub fn new(door: &'static str) -> Self {
+    pub fn new(door: DoorKind) -> Self {
         let mut m = Self {
             door,
             connections: Family::default(),
@@ -167,7 +168,7 @@ impl Metrics {
         let _ = self.session_duration.get_or_create(&door);
         for verdict in Verdict::NAMES {
             let series = DoorVerdict {
-                door: self.door,
+                door: self.door.name(),
                 verdict: verdict.to_owned(),
             };
             let _ = self.messages.get_or_create(&series);
@@ -240,6 +241,8 @@ impl Metrics {
     }
 
     fn door(&self) -> Door {
-        Door { door: self.door }
+        Door {
+            door: self.door.name(),
+        }
     }
 }

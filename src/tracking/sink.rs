@@ -14,8 +14,8 @@ use super::record::{Outcome, Record, now_ms};
 use super::writer::{self, Writer};
 use super::{StoreSettings, TrackingSettings};
 use crate::engine::events::{
-    CheckId, ConnectionReport, Event, MessageReport, RefusedBy, RefusedRecipient, SessionFacts,
-    SmtpStage, TransactionReport,
+    CheckId, ConnectionReport, DoorKind, Event, MessageReport, RefusedBy, RefusedRecipient,
+    SessionFacts, SmtpStage, TransactionReport,
 };
 use crate::engine::ports::Events;
 use crate::engine::{SmtpReply, Verdict};
@@ -52,7 +52,7 @@ struct Track {
 /// Message tracking as an event sink.
 #[derive(Debug)]
 pub struct Tracker {
-    door: &'static str,
+    door: DoorKind,
     track_dropped_connections: bool,
     queue: mpsc::Sender<Record>,
     drops: Arc<Drops>,
@@ -68,7 +68,7 @@ impl Tracker {
     /// then.
     pub fn start(
         settings: &TrackingSettings,
-        door: &'static str,
+        door: DoorKind,
         observer: Option<Arc<dyn DropObserver>>,
     ) -> anyhow::Result<Self> {
         let backend = match &settings.store {
@@ -146,7 +146,7 @@ impl Tracker {
     fn record(&self, session: u64, facts: &SessionFacts<'_>, sender: &str) -> Record {
         Record {
             time_ms: now_ms(),
-            door: self.door.to_owned(),
+            door: self.door.name().to_owned(),
             session: session as i64,
             queue_id: None,
             client_addr: facts.client.addr.map(|a| a.to_string()),
@@ -198,7 +198,7 @@ impl Tracker {
         let would_rcpt = std::mem::take(&mut track.would_rcpt);
         let diverted = track.diverted.take();
         // The proxy relays an accepted message itself and says where it went afterwards.
-        let wait_for_door = self.door == "proxy" && *verdict == Verdict::Continue;
+        let wait_for_door = self.door == DoorKind::Proxy && *verdict == Verdict::Continue;
         let mut records = Vec::new();
         for recipient in report.recipients {
             let mut r = base.clone();
@@ -515,7 +515,7 @@ mod tests {
             path.display()
         );
         let config = Config::parse(&text, "test.toml").unwrap();
-        let (app, _, _) = crate::app::App::new(config, "milter").unwrap();
+        let (app, _, _) = crate::app::App::new(config, DoorKind::Milter).unwrap();
 
         let mut s = app.engine.session(Stage::Helo);
         s.connect(client("192.0.2.10")).await;
@@ -542,7 +542,7 @@ mod tests {
         // Without delayed rejection, the client is refused at connect.
         let text = text.replace("delayed_rejection_state = \"data\"\n", "");
         let config = Config::parse(&text, "test.toml").unwrap();
-        let (app, _, _) = crate::app::App::new(config, "proxy").unwrap();
+        let (app, _, _) = crate::app::App::new(config, DoorKind::Proxy).unwrap();
         let mut s = app.engine.session(Stage::None);
         assert!(matches!(
             s.connect(client("192.0.2.11")).await,

@@ -450,7 +450,8 @@ mod tests {
 
     fn session(config: &str, first_reply_stage: Stage) -> Session {
         let config = Config::parse(config, "test.toml").unwrap();
-        let (app, _, _) = crate::app::App::new(config, "test").unwrap();
+        let (app, _, _) =
+            crate::app::App::new(config, crate::engine::events::DoorKind::Milter).unwrap();
         app.engine.session(first_reply_stage)
     }
 
