@@ -3,7 +3,7 @@
 //! that what a fuzzer once found stays fixed.
 
 use postern::proxy::command::Command;
-use postern::proxy::data::DataReader;
+use postern::proxy::data_reader::DataReader;
 
 /// Any command line parses to some command without panicking, and an address it returns
 /// holds no control character, space or angle bracket.
@@ -116,7 +116,7 @@ pub fn rewrite(data: &[u8]) {
 /// AUTH responses: no panic on any text; a PLAIN response that decodes gives back exactly the
 /// user and password it was made of.
 pub fn auth(data: &[u8]) {
-    use postern::proxy::auth::{decode_line, decode_plain};
+    use postern::proxy::users::{decode_line, decode_plain};
     let text = String::from_utf8_lossy(data);
     let _ = decode_line(&text);
     if let Some((user, password)) = decode_plain(&text) {

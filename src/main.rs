@@ -362,7 +362,7 @@ fn main() -> ExitCode {
                 eprintln!("postern: the password is empty");
                 return ExitCode::FAILURE;
             }
-            match postern::proxy::auth::hash_password(password) {
+            match postern::proxy::users::hash_password(password) {
                 Ok(hash) => {
                     println!("{hash}");
                     ExitCode::SUCCESS

@@ -1,12 +1,12 @@
 //! `[[address_transformation]]`: ordered rules that rewrite envelope and header addresses at
-//! the border (src/engine/addressing.rs).
+//! the border (src/engine/address_transformation.rs).
 
 use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::Invalid;
-use crate::engine::addressing::{
+use crate::engine::address_transformation::{
     AddressRule, AddressTransformations, Direction, Match, Place, Replacement,
 };
 

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Invalid, relative};
-use crate::proxy::auth::Users;
-use crate::proxy::data::BareNewline;
+use crate::proxy::data_reader::BareNewline;
 use crate::proxy::tls::{ClientCertificates, TlsSettings, TlsSupport, TlsVersion, ciphers};
+use crate::proxy::users::Users;
 use crate::proxy::{ClientTimeouts, ProxySettings};
 
 #[derive(Debug, Deserialize)]

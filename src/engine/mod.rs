@@ -4,7 +4,7 @@
 //! what it needs of the world it asks through its [`ports`].
 
 pub mod address;
-pub mod addressing;
+pub mod address_transformation;
 pub mod checks;
 pub mod dkim;
 pub mod events;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::addressing::AddressTransformations;
+use super::address_transformation::AddressTransformations;
 use super::checks::dos::ClientLimits;
 use super::checks::outbound_tls::OutboundTlsPolicies;
 use super::checks::profiles::Profiles;

@@ -5,17 +5,18 @@
 //! the client's responsibility).
 //!
 //! `connection.rs` frames bytes (lines, DATA, TLS upgrade), `command.rs` parses commands,
-//! `data.rs` finds the end of a message, `smtp/` is the conversation (`smtp/mod.rs` the command
-//! loop, one file per SMTP stage beside it), `tls.rs` and `auth.rs` hold TLS and AUTH settings.
+//! `data_reader.rs` finds the end of a message, `smtp/` is the conversation (`smtp/mod.rs` the
+//! command loop, one file per SMTP stage beside it), `tls.rs` and `users.rs` hold TLS and AUTH
+//! settings.
 
-pub mod auth;
 mod budget;
 pub mod command;
 pub mod connection;
-pub mod data;
+pub mod data_reader;
 mod received;
 mod smtp;
 pub mod tls;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,10 +32,10 @@ use tracing::{error, info, warn};
 
 use crate::engine::Engine;
 pub use crate::relay::SharedDelivery;
-use auth::Users;
 use connection::SharedAcceptor;
-use data::BareNewline;
+use data_reader::BareNewline;
 use tls::{TlsSettings, TlsSupport};
+use users::Users;
 
 /// How long the proxy waits for a client, by where the conversation is.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! From/To/Cc, and its DKIM signature, made last over exactly the bytes that leave.
 
 use super::*;
-use crate::engine::addressing::{Direction, Place};
+use crate::engine::address_transformation::{Direction, Place};
 use crate::engine::dkim::{SignWhen, SigningClient};
 use crate::engine::lines::break_long_lines;
 use crate::engine::verdict::{EnvelopeEdits, field_name, header_fields_raw};
@@ -228,6 +228,6 @@ impl Session {
 
 /// The domain of the first address in a From field's value.
 fn author_domain(from: &str) -> Option<&str> {
-    let address = crate::engine::addressing::first_address(from)?;
+    let address = crate::engine::address_transformation::first_address(from)?;
     Some(crate::engine::address::Address::parse(address).domain).filter(|d| !d.is_empty())
 }

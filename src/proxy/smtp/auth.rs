@@ -4,8 +4,8 @@
 
 use tracing::{info, warn};
 
-use crate::proxy::auth::{ClientFailures, Verification, decode_line, decode_plain};
 use crate::proxy::connection::ReadError;
+use crate::proxy::users::{ClientFailures, Verification, decode_line, decode_plain};
 
 use super::{Conversation, Next};
 

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::engine::{BufferError, Edits, MessageBuffer, SmtpReply, Verdict};
 use crate::proxy::connection::ReadError;
-use crate::proxy::data::{BareNewline, DataReader};
+use crate::proxy::data_reader::{BareNewline, DataReader};
 use crate::proxy::received::Hop;
 use crate::relay::{Body, DataFailure, DeliveryError, TargetError, Upstream};
 

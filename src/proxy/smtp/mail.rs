@@ -2,7 +2,7 @@
 //! checks, passes on or takes (SIZE, BODY, SMTPUTF8, AUTH), the engine's verdict on the sender,
 //! and what XFORWARD tells the relay targets about the client.
 
-use crate::engine::addressing::Place;
+use crate::engine::address_transformation::Place;
 use crate::proxy::ListenerKind;
 use crate::relay::{BodyType, Envelope, ForwardedClient, MailParameters};
 

@@ -6,7 +6,7 @@
 //! This file holds the conversation's state and its command loop: reading and pipelining,
 //! timeouts, counting junk and invalid commands, replies and resets. Each SMTP stage has its
 //! own file over the same [`Conversation`]: `ehlo.rs`, `mail.rs`, `rcpt.rs`, `data.rs`,
-//! `auth.rs` (the AUTH command; passwords are checked in `proxy/auth.rs`) and `starttls.rs`.
+//! `auth.rs` (the AUTH command; passwords are checked in `proxy/users.rs`) and `starttls.rs`.
 
 mod auth;
 mod data;

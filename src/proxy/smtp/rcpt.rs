@@ -4,7 +4,7 @@
 use tracing::{info, warn};
 
 use crate::engine::SmtpReply;
-use crate::engine::addressing::Place;
+use crate::engine::address_transformation::Place;
 use crate::engine::events::RefusedBy;
 use crate::relay::DeliveryError;
 
