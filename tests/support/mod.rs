@@ -526,6 +526,14 @@ impl Smtp {
 
     /// A whole transaction: EHLO, MAIL, RCPT, DATA with `message` dot-stuffed. Returns the
     /// reply to the end of data.
+    /// EHLO and MAIL FROM:<`from`>, each answered 250.
+    pub fn begin(&mut self, from: &str) {
+        let ehlo = self.command("EHLO client.postern.test").unwrap();
+        assert!(ehlo.starts_with("250"), "EHLO: {ehlo}");
+        let r = self.command(&format!("MAIL FROM:<{from}>")).unwrap();
+        assert!(r.starts_with("250"), "MAIL: {r}");
+    }
+
     pub fn send(&mut self, from: &str, to: &str, message: &[u8]) -> String {
         let ehlo = self.command("EHLO client.postern.test").unwrap();
         assert!(ehlo.starts_with("250"), "EHLO: {ehlo}");
