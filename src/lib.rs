@@ -3,7 +3,8 @@
 //! the world it declares as ports ([`engine::ports`]) that [`dns`], [`relay`], [`state`],
 //! [`logging`], [`metrics`] and [`tracking`] implement; [`app`] builds it all from a
 //! [`config::Config`] and owns reloads; [`milter`] and [`proxy`] are the doors. `README.md`
-//! has the whole picture and `config/postern.toml` every setting.
+//! and `docs/` have the whole picture (`docs/architecture.md` the layout) and
+//! `config/postern.toml` every setting.
 
 pub mod app;
 pub mod config;
