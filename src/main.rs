@@ -136,7 +136,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Also connect to the services the file names ([shared_state] redis_url, a
-        /// PostgreSQL [tracking] store) and fail, saying why, when one does not answer.
+        /// PostgreSQL [tracking] store, each [[relay_target]] with its TLS and AUTH) and fail,
+        /// saying why, when one does not answer.
         #[arg(long)]
         connect: bool,
     },
@@ -199,6 +200,23 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
             t.priority,
             t.security.name()
         );
+    }
+    if connect && !config.delivery.targets.is_empty() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut failed = Vec::new();
+        for (name, result) in runtime.block_on(config.delivery.try_each()) {
+            match result {
+                Ok(how) => {
+                    let _ = writeln!(out, "relay target {name}:       {how}");
+                }
+                Err(why) => failed.push(format!("relay target {name}: {why}")),
+            }
+        }
+        if !failed.is_empty() {
+            anyhow::bail!("{}", failed.join("; "));
+        }
     }
     if let Some(tracking) = &config.tracking {
         tracking

@@ -723,3 +723,62 @@ fn a_target_refusing_posterns_credentials_defers() {
     env.wait_for_log("refused Postern's credentials (535 5.7.8");
     assert!(target.taken().is_empty());
 }
+
+/// `check-config --connect` connects to each relay target as a delivery would, AUTH
+/// included: a target that takes Postern's credentials is reachable, one that refuses them
+/// fails the check with its answer.
+#[test]
+fn check_config_connects_to_each_relay_target() {
+    let good = FaultyTarget::start(Faults {
+        extensions: vec!["PIPELINING", "AUTH PLAIN LOGIN"],
+        ..Faults::default()
+    });
+    let refusing = FaultyTarget::start(Faults {
+        extensions: vec!["PIPELINING", "AUTH PLAIN LOGIN"],
+        auth_reply: Some("535 5.7.8 Error: authentication failed"),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("relay.password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let file = dir.path().join("postern.toml");
+    let check = |port: u16| {
+        std::fs::write(
+            &file,
+            format!(
+                "[delivery]\nconnection_timeout = 5\nprotocol_timeout = 2\n\
+                 [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {port}\nauth = \"plain\"\n\
+                 username = \"postern\"\npassword_file = \"{}\"\nauth_over_plaintext = true\n",
+                password.display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(support::POSTERN)
+            .args([
+                "check-config",
+                "--connect",
+                "-c",
+                &file.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = check(good.port);
+    assert!(
+        ok && out.contains("reachable (no TLS, AUTH accepted)"),
+        "{out}"
+    );
+    let (ok, out) = check(refusing.port);
+    assert!(
+        !ok && out.contains("refused Postern's credentials (535 5.7.8"),
+        "{out}"
+    );
+}

@@ -165,6 +165,42 @@ impl Delivery {
         })
     }
 
+    /// For `check-config --connect`: connects to each target as a delivery would (TLS and
+    /// AUTH included) and says goodbye; each target's name and what came of it.
+    pub async fn try_each(&self) -> Vec<(String, Result<String, String>)> {
+        let helo = ClientId::Domain(self.helo_name.clone());
+        let mut results = Vec::new();
+        for target in &self.targets {
+            let tried = tokio::time::timeout(
+                self.connection_timeout,
+                target.connect(&helo, self.protocol_timeout),
+            )
+            .await;
+            let result = match tried {
+                Err(_) => Err(format!(
+                    "no connection within {} s",
+                    self.connection_timeout.as_secs()
+                )),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(mut link)) => {
+                    let secured = match &link.tls {
+                        Some(tls) => format!("{} {}", tls.version, tls.cipher),
+                        None => "no TLS".to_owned(),
+                    };
+                    let authenticated = if target.auth == RelayAuth::None {
+                        ""
+                    } else {
+                        ", AUTH accepted"
+                    };
+                    link.conn.quit().await.ok();
+                    Ok(format!("reachable ({secured}{authenticated})"))
+                }
+            };
+            results.push((target.name.clone(), result));
+        }
+        results
+    }
+
     /// Whether any target relays ordinary mail (is not `divert_only`).
     pub fn relays(&self) -> bool {
         self.targets.iter().any(|t| !t.divert_only)
