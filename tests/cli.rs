@@ -7,17 +7,7 @@ use std::process::Command;
 
 use support::POSTERN;
 
-fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(POSTERN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use support::run_postern as run;
 
 /// check-config takes the file as every other command does (`-c`, `--config`) and as it
 /// always did (the first argument); two files are refused.

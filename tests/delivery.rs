@@ -753,23 +753,12 @@ fn check_config_connects_to_each_relay_target() {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(support::POSTERN)
-            .args([
-                "check-config",
-                "--connect",
-                "-c",
-                &file.display().to_string(),
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        support::run_postern(&[
+            "check-config",
+            "--connect",
+            "-c",
+            &file.display().to_string(),
+        ])
     };
     let (ok, out) = check(good.port);
     assert!(

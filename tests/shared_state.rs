@@ -334,16 +334,8 @@ fn a_password_file_authenticates_and_no_password_is_shown() {
         .replace("{sink0}", "2526"),
     )
     .unwrap();
-    let out = std::process::Command::new(support::POSTERN)
-        .args(["check-config", &file.display().to_string()])
-        .output()
-        .unwrap();
-    let shown = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{shown}");
+    let (ok, shown) = support::run_postern(&["check-config", &file.display().to_string()]);
+    assert!(ok, "{shown}");
     assert!(
         shown.contains("pass=***") && !shown.contains("SHOWN-NOWHERE"),
         "{shown}"

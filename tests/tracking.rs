@@ -775,23 +775,12 @@ fn check_config_connects_to_postgres_and_says_what_is_wrong() {
             format!("[tracking]\nstore = \"postgres\"\nurl = \"{url}\"\n"),
         )
         .unwrap();
-        let out = Command::new(POSTERN)
-            .args([
-                "check-config",
-                "--connect",
-                "-c",
-                &file.display().to_string(),
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        support::run_postern(&[
+            "check-config",
+            "--connect",
+            "-c",
+            &file.display().to_string(),
+        ])
     };
     let (ok, out) = check(&pg.url());
     assert!(ok && out.contains("(reachable)"), "{out}");

@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 
 pub const POSTERN: &str = env!("CARGO_BIN_EXE_postern");
 
+/// Runs `postern ARGS` to its end: whether it succeeded, and what it printed (stdout, then
+/// stderr).
+pub fn run_postern(args: &[&str]) -> (bool, String) {
+    let out = Command::new(POSTERN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 pub mod dkim;
 pub mod faulty;
 pub mod hosts_dns;
