@@ -186,6 +186,10 @@ enum TrackFormat {
 fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let config = Config::load(file)?;
+    // One runtime for everything --connect tries.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut out = format!("{}: OK\n{}\n", file.display(), config.policy);
     let _ = writeln!(out, "milter listen:           {}", config.milter.listen);
     let listen: Vec<String> = config.proxy.listen.iter().map(|a| a.to_string()).collect();
@@ -202,9 +206,6 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
         );
     }
     if connect && !config.delivery.targets.is_empty() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let mut failed = Vec::new();
         for (name, result) in runtime.block_on(config.delivery.try_each()) {
             match result {
@@ -225,9 +226,7 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
             .map_err(anyhow::Error::msg)?;
         let reach = match (&tracking.store, connect) {
             (postern::tracking::StoreSettings::Postgres(_), true) => {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
+                runtime
                     .block_on(tracking.store.try_connect())
                     .map_err(anyhow::Error::msg)?;
                 " (reachable)"
@@ -254,9 +253,6 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
         Some(shared) => {
             let url = postern::state::redacted(&shared.redis_url);
             let reach = if connect {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
                 // Connecting may take longer than one call is allowed to.
                 let wait = shared.timeout.max(std::time::Duration::from_secs(2));
                 runtime
