@@ -354,6 +354,7 @@ impl Events for LogEvents {
                 size = report.size,
                 spooled = report.spooled,
                 spf = report.spf,
+                authentication = report.authentication.map(|a| a.words()),
                 verdict = %report.verdict,
                 reason = %report.reason,
                 dry_run = report.dry_run,

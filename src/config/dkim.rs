@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::{Invalid, relative, valid_hostname};
 use crate::engine::dkim::{
-    DkimSigner, DkimSigners, SignWhen, SignerClients, SigningKey, signed_headers,
+    DkimSigner, DkimSigners, PrivateKey, SignWhen, SignerClients, SigningKey, signed_headers,
 };
 
 #[derive(Debug, Deserialize)]
@@ -36,28 +36,7 @@ pub(super) fn compile(
     let mut signers = Vec::with_capacity(sections.len());
     for (i, s) in sections.into_iter().enumerate() {
         let key = |k: &str| format!("dkim_signer[{i}].{k}");
-        let domain = s
-            .domain
-            .get_ref()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        if !valid_hostname(&domain) || !domain.contains('.') {
-            return Err((
-                s.domain.span(),
-                key("domain"),
-                format!("{:?} is not a domain name", s.domain.get_ref()),
-            ));
-        }
-        let selector = s.selector.get_ref().clone();
-        if !valid_hostname(&selector) {
-            return Err((
-                s.selector.span(),
-                key("selector"),
-                format!(
-                    "{selector:?} is not a selector (letters, digits, '-' and '.'; the key is published at <selector>._domainkey.{domain})"
-                ),
-            ));
-        }
+        let (domain, selector) = domain_and_selector(&s.domain, &s.selector, key)?;
         let (headers_span, headers) = match s.headers {
             Some(h) => (h.span(), Some(h.into_inner())),
             None => (s.domain.span(), None),
@@ -65,7 +44,8 @@ pub(super) fn compile(
         let headers = signed_headers(headers).map_err(|e| (headers_span, key("headers"), e))?;
         let span = s.key_file.span();
         let path = relative(s.key_file.into_inner(), config_dir);
-        let signing_key = load_key(&path, &domain, &selector, &headers)
+        let signing_key = load_key(&path, "DKIM private key")
+            .map(|k| SigningKey::new(k, &domain, &selector, &headers))
             .map_err(|e| (span, key("key_file"), e))?;
         let users = match s.users {
             Some(users) => {
@@ -112,21 +92,48 @@ pub(super) fn compile(
     Ok(DkimSigners(signers))
 }
 
-/// Reads a PEM private key (RSA of 2048 bits or more, PKCS#1 or PKCS#8; or Ed25519, PKCS#8).
-fn load_key(
-    path: &Path,
-    domain: &str,
-    selector: &str,
-    headers: &[String],
-) -> Result<SigningKey, String> {
-    let pem = crate::secret_file::read(path, "DKIM private key")?;
+/// A signer's or sealer's `domain` (lower case, no final dot) and `selector`, checked; `key`
+/// names a key of its section.
+pub(super) fn domain_and_selector(
+    domain: &Spanned<String>,
+    selector: &Spanned<String>,
+    key: impl Fn(&str) -> String,
+) -> Result<(String, String), Invalid> {
+    let name = domain
+        .get_ref()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if !valid_hostname(&name) || !name.contains('.') {
+        return Err((
+            domain.span(),
+            key("domain"),
+            format!("{:?} is not a domain name", domain.get_ref()),
+        ));
+    }
+    let label = selector.get_ref().clone();
+    if !valid_hostname(&label) {
+        return Err((
+            selector.span(),
+            key("selector"),
+            format!(
+                "{label:?} is not a selector (letters, digits, '-' and '.'; the key is published at <selector>._domainkey.{name})"
+            ),
+        ));
+    }
+    Ok((name, label))
+}
+
+/// Reads a PEM private key (RSA of 2048 bits or more, PKCS#1 or PKCS#8; or Ed25519, PKCS#8),
+/// a signer's or a sealer's (`what` names it in errors).
+pub(super) fn load_key(path: &Path, what: &str) -> Result<PrivateKey, String> {
+    let pem = crate::secret_file::read(path, what)?;
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         format!(
             "{} holds no PEM private key ({e}); make one with `openssl genpkey -algorithm ed25519` or `openssl genrsa 2048`",
             path.display()
         )
     })?;
-    SigningKey::from_der(der, domain, selector, headers).map_err(|e| {
+    PrivateKey::from_der(der).map_err(|e| {
         format!(
             "{}: not an RSA key of 2048 to 8192 bits nor an Ed25519 key ({e})",
             path.display()

@@ -28,6 +28,7 @@ use crate::tracking::TrackingSettings;
 mod address_transformation;
 mod connection;
 mod delivery;
+mod authentication;
 mod dkim;
 mod dns;
 mod log;
@@ -232,6 +233,9 @@ struct ConfigFile {
     address_transformations: Vec<address_transformation::AddressTransformationSection>,
     #[serde(rename = "dkim_signer")]
     dkim_signers: Vec<dkim::DkimSignerSection>,
+    authentication: authentication::AuthenticationSection,
+    #[serde(rename = "arc_sealer")]
+    arc_sealers: Vec<Spanned<authentication::ArcSealerSection>>,
     #[serde(rename = "outbound_tls_policy")]
     outbound_tls_policies: Vec<Spanned<outbound_tls::OutboundTlsPolicySection>>,
 }
@@ -250,16 +254,24 @@ impl ConfigFile {
         let spf = spf::compile(self.spf, help_url);
         let relay = connection::relay(self.relay)?;
         let profiles = connection::profiles(self.connection_profiles, &relay.restriction)?;
+        let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
+        let proxy = proxy::compile(self.proxy, config_dir)?;
+        let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
+        let authentication = authentication::compile(
+            self.authentication,
+            self.arc_sealers,
+            &profile_names,
+            &delivery,
+            config_dir,
+        )?;
         // The resolver is set up only for a check that looks something up, or for profiles
         // naming hosts, whose names the proxy verifies itself.
         let needs_dns = rbl.is_some()
             || spf.is_some()
             || reputation.as_ref().is_some_and(|r| !r.zones.is_empty())
-            || profiles.names_hosts();
+            || profiles.names_hosts()
+            || authentication.verifies();
         let dns = dns::compile(self.dns, needs_dns);
-        let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
-        let proxy = proxy::compile(self.proxy, config_dir)?;
-        let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
         let content = rulesets::compile(
             self.content,
             self.rulesets,
@@ -284,6 +296,7 @@ impl ConfigFile {
             content,
             address_transformations,
             dkim,
+            authentication,
             line_limit,
             hostname,
             help_url: connection.help_url,

@@ -184,6 +184,11 @@ impl Resolver for Dns {
         .await
     }
 
+    /// The verifier shares this resolver, its settings and its cache.
+    fn authenticator(&self) -> Option<mail_auth::MessageAuthenticator> {
+        Some(mail_auth::MessageAuthenticator(self.resolver.clone()))
+    }
+
     /// Host names of an address (reverse lookup); empty when there are none.
     async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
         let suffix = if ip.is_ipv4() {

@@ -49,36 +49,23 @@ impl SignWhen {
     }
 }
 
-/// A private key: RSA (2048 bits or more, rsa-sha256) or Ed25519 (ed25519-sha256), and the
-/// DNS record that publishes its public half.
-pub struct SigningKey {
-    kind: KeyKind,
-    record: String,
+/// A private key as read from a key file, before it is given to a signer or a sealer: RSA
+/// (2048 bits or more, rsa-sha256) or Ed25519 (ed25519-sha256), with the DNS record that
+/// publishes its public half.
+pub enum PrivateKey {
+    Rsa(RsaKey<Sha256>, String),
+    Ed25519(Ed25519Key, String),
 }
 
-enum KeyKind {
-    Rsa(Signer<RsaKey<Sha256>, Done>),
-    Ed25519(Signer<Ed25519Key, Done>),
-}
-
-impl SigningKey {
+impl PrivateKey {
     /// Reads a PKCS#1 or PKCS#8 private key in DER; what is wrong when it is neither an RSA
     /// key ring accepts for signing nor an Ed25519 key.
-    pub fn from_der(
-        der: rustls_pki_types::PrivateKeyDer<'_>,
-        domain: &str,
-        selector: &str,
-        headers: &[String],
-    ) -> Result<Self, String> {
+    pub fn from_der(der: rustls_pki_types::PrivateKeyDer<'_>) -> Result<Self, String> {
         let rsa = RsaKey::<Sha256>::from_key_der(der.clone_key());
         let key = match (rsa, &der) {
             (Ok(key), _) => {
                 let record = record("rsa", &rsa_public_key_info(&key.public_key()));
-                let signer = build(Signer::from_key(key), domain, selector, headers);
-                return Ok(Self {
-                    kind: KeyKind::Rsa(signer),
-                    record,
-                });
+                return Ok(Self::Rsa(key, record));
             }
             (Err(rsa_error), rustls_pki_types::PrivateKeyDer::Pkcs8(pkcs8)) => {
                 Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
@@ -88,17 +75,58 @@ impl SigningKey {
         };
         // RFC 8463: an Ed25519 record holds the bare 32-byte key.
         let record = record("ed25519", &key.public_key());
-        Ok(Self {
-            kind: KeyKind::Ed25519(build(Signer::from_key(key), domain, selector, headers)),
-            record,
-        })
+        Ok(Self::Ed25519(key, record))
     }
 
     pub fn algorithm(&self) -> &'static str {
-        match self.kind {
-            KeyKind::Rsa(_) => "rsa-sha256",
-            KeyKind::Ed25519(_) => "ed25519-sha256",
+        match self {
+            Self::Rsa(..) => "rsa-sha256",
+            Self::Ed25519(..) => "ed25519-sha256",
         }
+    }
+
+    /// The TXT record to publish at `<selector>._domainkey.<domain>`.
+    pub fn record(&self) -> &str {
+        match self {
+            Self::Rsa(_, record) | Self::Ed25519(_, record) => record,
+        }
+    }
+}
+
+/// A DKIM signer's key, ready to sign for its domain and selector.
+pub struct SigningKey {
+    kind: KeyKind,
+    algorithm: &'static str,
+    record: String,
+}
+
+enum KeyKind {
+    Rsa(Signer<RsaKey<Sha256>, Done>),
+    Ed25519(Signer<Ed25519Key, Done>),
+}
+
+impl SigningKey {
+    pub fn new(key: PrivateKey, domain: &str, selector: &str, headers: &[String]) -> Self {
+        let algorithm = key.algorithm();
+        let (kind, record) = match key {
+            PrivateKey::Rsa(key, record) => (
+                KeyKind::Rsa(build(Signer::from_key(key), domain, selector, headers)),
+                record,
+            ),
+            PrivateKey::Ed25519(key, record) => (
+                KeyKind::Ed25519(build(Signer::from_key(key), domain, selector, headers)),
+                record,
+            ),
+        };
+        Self {
+            kind,
+            algorithm,
+            record,
+        }
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        self.algorithm
     }
 
     /// The TXT record to publish at `<selector>._domainkey.<domain>`.

@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::authentication::AuthSummary;
 use super::reply::SmtpReply;
 use super::session::{ClientInfo, TlsInfo};
 use super::verdict::{EnvelopeEdits, Verdict};
@@ -25,6 +26,8 @@ pub enum CheckId {
     MessageSize,
     HeaderLimit,
     Content,
+    /// The author domain's DMARC policy, enforced (`[authentication] dmarc = "enforce"`).
+    Dmarc,
     /// An envelope address the engine refuses whatever the policy (a control character).
     AddressSyntax,
     /// Every recipient after a suspected dictionary attack gets the same answer.
@@ -48,6 +51,7 @@ impl CheckId {
             Self::MessageSize => "max_message_size",
             Self::HeaderLimit => "header_limit",
             Self::Content => "content",
+            Self::Dmarc => "dmarc",
             Self::AddressSyntax => "address_syntax",
             Self::AddressHiding => "address_hiding",
             Self::ScanFailure => "scan_failure",
@@ -148,8 +152,12 @@ pub enum ScanStep {
     Content,
     /// Holding the message (the spool).
     Data,
+    /// DKIM, ARC and DMARC verification of the arriving message.
+    Authentication,
     /// The DKIM signature.
     Dkim,
+    /// The ARC seal.
+    Arc,
     /// Delivery through an encryption rule's route.
     SecureRoute,
     /// Delivery through a divert rule's targets.
@@ -158,12 +166,14 @@ pub enum ScanStep {
 
 impl ScanStep {
     /// Every step.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Connect,
         Self::Mail,
         Self::Content,
         Self::Data,
+        Self::Authentication,
         Self::Dkim,
+        Self::Arc,
         Self::SecureRoute,
         Self::Divert,
     ];
@@ -174,7 +184,9 @@ impl ScanStep {
             Self::Mail => "mail",
             Self::Content => "content",
             Self::Data => "data",
+            Self::Authentication => "authentication",
             Self::Dkim => "dkim",
+            Self::Arc => "arc",
             Self::SecureRoute => "secure_route",
             Self::Divert => "divert",
         }
@@ -218,6 +230,8 @@ pub enum Reason {
     DivertFailed,
     /// The message could not be signed (DKIM).
     SigningFailed,
+    /// The message could not be sealed (ARC).
+    SealingFailed,
     /// Every recipient was delivered by Postern through an encryption rule's route.
     SecureRoute,
     /// An encryption rule's route took none of its recipients.
@@ -234,6 +248,7 @@ impl fmt::Display for Reason {
             Self::Divert => "divert",
             Self::DivertFailed => "divert_failed",
             Self::SigningFailed => "dkim_failed",
+            Self::SealingFailed => "arc_failed",
             Self::SecureRoute => "secure_route",
             Self::SecureRouteFailed => "secure_route_failed",
         })
@@ -299,6 +314,8 @@ pub struct MessageReport<'a> {
     pub spooled: bool,
     /// The SPF result's name, `-` when SPF did not run.
     pub spf: &'static str,
+    /// The DKIM, ARC and DMARC results on arrival, when `[authentication]` verified them.
+    pub authentication: Option<AuthSummary>,
     pub verdict: &'a Verdict,
     pub reason: Reason,
     pub elapsed: Duration,

@@ -5,6 +5,8 @@
 
 pub mod address;
 pub mod address_transformation;
+pub mod arc;
+pub mod authentication;
 pub mod checks;
 pub mod dkim;
 pub mod events;

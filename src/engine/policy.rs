@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::address_transformation::AddressTransformations;
+use super::authentication::{Authentication, DmarcMode, QuarantineAction};
 use super::checks::dos::ClientLimits;
 use super::checks::outbound_tls::OutboundTlsPolicies;
 use super::checks::profiles::Profiles;
@@ -151,6 +152,8 @@ pub struct Policy {
     pub address_transformations: AddressTransformations,
     /// DKIM signers, in order: outbound messages are signed as they leave.
     pub dkim: DkimSigners,
+    /// DKIM, ARC and DMARC verification on arrival, and the ARC sealer.
+    pub authentication: Authentication,
     /// The longest line (octets, CRLF included) any hop that carries a message out lets
     /// through: 1000 (RFC 5321, the MTA) or a relay target's lower `line_limit`. A signed
     /// message is folded and broken to it first, so that no hop changes what was signed.
@@ -319,6 +322,51 @@ impl fmt::Display for Policy {
                 r.replacement,
                 r.direction.name(),
                 places.join(", ")
+            )?;
+        }
+        let auth = &self.authentication;
+        if auth.verifies() {
+            writeln!(
+                f,
+                "authentication:          dkim {}, arc {}, dmarc {}{}, results header {}",
+                if auth.verify_dkim || auth.dmarc != DmarcMode::Off || auth.sealer.is_some() {
+                    "verified"
+                } else {
+                    "off"
+                },
+                if auth.arc_verify || auth.sealer.is_some() {
+                    "verified"
+                } else {
+                    "off"
+                },
+                auth.dmarc.name(),
+                match (&auth.dmarc, &auth.quarantine) {
+                    (DmarcMode::Enforce, QuarantineAction::Accept) => " (quarantine: accept)",
+                    (DmarcMode::Enforce, QuarantineAction::Divert(_)) => " (quarantine: divert)",
+                    (DmarcMode::Enforce, QuarantineAction::Tempfail) => " (quarantine: tempfail)",
+                    _ => "",
+                },
+                if auth.results_header { "on" } else { "off" }
+            )?;
+        } else {
+            writeln!(f, "authentication:          off")?;
+        }
+        if let Some(s) = &auth.sealer {
+            writeln!(
+                f,
+                "arc sealer:              d={} s={} {} ({} messages, key {})",
+                s.domain,
+                s.selector,
+                s.algorithm(),
+                s.seal.name(),
+                s.key_file
+            )?;
+            writeln!(
+                f,
+                "  publish as TXT at {}._domainkey.{}: {}",
+                s.selector,
+                s.domain,
+                s.record()
             )?;
         }
         for s in &self.dkim.0 {

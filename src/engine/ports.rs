@@ -39,6 +39,11 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError>;
     /// Host names of an address (reverse lookup).
     async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError>;
+    /// The same resolver as DKIM, ARC and DMARC verification (mail-auth) asks it; `None`
+    /// when there is none (then nothing is verified).
+    fn authenticator(&self) -> Option<mail_auth::MessageAuthenticator> {
+        None
+    }
 }
 
 /// A message handed to relay targets by the engine itself: where a `divert` rule sends it.

@@ -2,6 +2,7 @@
 
 use super::Metrics;
 use super::labels::*;
+use crate::engine::authentication::DmarcMode;
 use crate::engine::events::{CheckId, Event};
 use crate::engine::policy::Policy;
 use crate::engine::ports::Events;
@@ -102,6 +103,11 @@ impl Events for Metrics {
                         verdict: went.to_owned(),
                     })
                     .inc();
+                for (method, result) in report.authentication.iter().flat_map(|a| a.methods()) {
+                    self.auth_results
+                        .get_or_create(&AuthResult { method, result })
+                        .inc();
+                }
             }
             Event::Zone {
                 check: CheckId::Rbl,
@@ -160,6 +166,10 @@ pub(super) fn configured_checks(policy: &Policy) -> Vec<CheckId> {
             CheckId::EncryptionRule,
         ),
         (!policy.content.rulesets.is_empty(), CheckId::Content),
+        (
+            policy.authentication.dmarc == DmarcMode::Enforce,
+            CheckId::Dmarc,
+        ),
     ];
     checks.extend(optional.into_iter().filter(|(on, _)| *on).map(|(_, c)| c));
     checks.push(CheckId::ScanFailure);
@@ -239,6 +249,7 @@ mod tests {
                 size: 10,
                 spooled: false,
                 spf: "-",
+                authentication: None,
                 verdict: &verdict,
                 reason: Why::EndOfMessage,
                 elapsed: Duration::from_millis(5),

@@ -15,6 +15,13 @@ pub(super) struct DoorVerdict {
     pub(super) verdict: String,
 }
 
+/// A verification result on arrival: method `dkim`, `arc` or `dmarc`, and its result word.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct AuthResult {
+    pub(super) method: &'static str,
+    pub(super) result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct CheckResult {
     pub(super) check: &'static str,

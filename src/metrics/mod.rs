@@ -37,6 +37,7 @@ pub struct Metrics {
     messages: Family<DoorVerdict, Counter>,
     dry_run_verdicts: Family<DoorVerdict, Counter>,
     check_results: Family<CheckResult, Counter>,
+    auth_results: Family<AuthResult, Counter>,
     check_duration: Histograms<Check>,
     session_duration: Histograms<Door>,
     scan_duration: Histogram,
@@ -59,6 +60,7 @@ impl Metrics {
             messages: Family::default(),
             dry_run_verdicts: Family::default(),
             check_results: Family::default(),
+            auth_results: Family::default(),
             check_duration: histograms(),
             session_duration: histograms(),
             scan_duration: duration_buckets(),
@@ -95,6 +97,11 @@ impl Metrics {
             "postern_check_results",
             "Check results: pass or the verdict a check asked for",
             m.check_results.clone(),
+        );
+        m.registry.register(
+            "postern_auth_results",
+            "Messages verified on arrival ([authentication]), by method (dkim, arc, dmarc) and result",
+            m.auth_results.clone(),
         );
         m.registry.register(
             "postern_check_duration_seconds",
@@ -186,6 +193,11 @@ impl Metrics {
             let _ = self.scan_failures.get_or_create(&Reason {
                 reason: step.name(),
             });
+        }
+        for (method, _) in policy.authentication.methods() {
+            for result in crate::engine::authentication::RESULT_NAMES {
+                let _ = self.auth_results.get_or_create(&AuthResult { method, result });
+            }
         }
         for check in configured_checks(policy) {
             let each_run = reports_each_run(check);

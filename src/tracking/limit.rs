@@ -124,6 +124,7 @@ fn summary(first: Record, left_out: u64) -> Record {
     Record {
         recipient: None,
         relayed_recipient: None,
+        authentication: None,
         outcome: Outcome::LeftOut.name().to_owned(),
         reply: Some(format!(
             "{left_out} more records of this client within a minute were left out ([tracking] {REASON})"

@@ -156,6 +156,7 @@ async fn insert(client: &mut Client, batch: &[Record]) -> Result<(), tokio_postg
                 &r.duration_ms,
                 &r.relayed_sender,
                 &r.relayed_recipient,
+                &r.authentication,
                 &search_key(&r.sender),
                 &r.recipient.as_deref().map(search_key),
             ],

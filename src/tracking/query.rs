@@ -519,6 +519,7 @@ mod tests {
             duration_ms: 17,
             relayed_sender: None,
             relayed_recipient: None,
+            authentication: None,
         };
         let text = table(&[record.clone(), record], false);
         for line in text.lines() {

@@ -119,6 +119,9 @@ pub struct Record {
     pub relayed_sender: Option<String>,
     /// This recipient as relayed, when the address transformation rewrote it.
     pub relayed_recipient: Option<String>,
+    /// The DKIM, ARC and DMARC results on arrival (`dkim=pass dmarc=pass arc=none`), when
+    /// `[authentication]` verified the message.
+    pub authentication: Option<String>,
 }
 
 /// The most bytes of a client-given field (HELO, addresses, Message-ID, client name, user,
@@ -194,11 +197,12 @@ pub(super) fn sample(recipient: &str) -> Record {
         duration_ms: 3,
         relayed_sender: None,
         relayed_recipient: None,
+        authentication: None,
     }
 }
 
 /// The stored columns, in the order of [`Record`]'s fields.
-pub const COLUMNS: [&str; 24] = [
+pub const COLUMNS: [&str; 25] = [
     "time_ms",
     "door",
     "session",
@@ -223,6 +227,7 @@ pub const COLUMNS: [&str; 24] = [
     "duration_ms",
     "relayed_sender",
     "relayed_recipient",
+    "authentication",
 ];
 
 fn rfc3339<S: Serializer>(time_ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -288,6 +293,7 @@ pub fn create_table(id: &str) -> String {
             duration_ms BIGINT NOT NULL,
             relayed_sender TEXT,
             relayed_recipient TEXT,
+            authentication TEXT,
             sender_key TEXT,
             recipient_key TEXT
         )"
@@ -316,11 +322,12 @@ pub fn indexes() -> Vec<String> {
 
 /// Columns added after the table's first form, with their types: a store adds those its
 /// table lacks when it opens it.
-pub const ADDED_COLUMNS: [(&str, &str); 4] = [
+pub const ADDED_COLUMNS: [(&str, &str); 5] = [
     ("relayed_sender", "TEXT"),
     ("relayed_recipient", "TEXT"),
     ("sender_key", "TEXT"),
     ("recipient_key", "TEXT"),
+    ("authentication", "TEXT"),
 ];
 
 /// `INSERT` of one record and its search keys, with `placeholder(n)` for the n-th value
@@ -371,6 +378,7 @@ impl Record {
             duration_ms: int(21)?,
             relayed_sender: row.text(22)?,
             relayed_recipient: row.text(23)?,
+            authentication: row.text(24)?,
         })
     }
 }

@@ -169,6 +169,7 @@ impl Tracker {
             duration_ms: 0,
             relayed_sender: None,
             relayed_recipient: None,
+            authentication: None,
         }
     }
 
@@ -195,6 +196,7 @@ impl Tracker {
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.relayed_sender = report.envelope.sender.clone();
+        base.authentication = report.authentication.map(|a| a.words());
         let would_rcpt = std::mem::take(&mut track.would_rcpt);
         let diverted = track.diverted.take();
         // The proxy relays an accepted message itself and says where it went afterwards.

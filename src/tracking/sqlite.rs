@@ -158,6 +158,7 @@ fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()>
                 r.duration_ms,
                 r.relayed_sender,
                 r.relayed_recipient,
+                r.authentication,
                 search_key(&r.sender),
                 r.recipient.as_deref().map(search_key),
             ])?;

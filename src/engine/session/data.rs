@@ -1,6 +1,8 @@
 //! DATA and the message: bounded buffering, the end of message as steps (verdict and edits;
 //! routes and divert in routes.rs), the per-message log line.
 
+use mail_auth::AuthenticatedMessage;
+
 use super::*;
 use crate::engine::verdict::EnvelopeEdits;
 
@@ -130,7 +132,40 @@ impl Session {
         {
             tx.message_id = first_header_field(&header, "Message-ID");
         }
-        let mut d = self.first_decision(&mut tx).await;
+        // The message as it arrived is verified before any rule runs; the results borrow it.
+        let arrival = self.arrival(&mut tx).await;
+        let parsed = arrival.as_ref().and_then(|(raw, _)| {
+            let parsed = AuthenticatedMessage::parse(raw);
+            if parsed.is_none() {
+                info!(session = self.id, "the message has no header to verify");
+            }
+            parsed
+        });
+        let (mut verified, mut found) = (None, None);
+        if let (Some(message), Some((_, facts))) = (&parsed, &arrival) {
+            match self.verify(message, facts, &mut tx).await {
+                Ok(v) => verified = v,
+                Err(finding) => found = Some(finding),
+            }
+        }
+        if let Some(v) = &verified
+            && found.is_none()
+        {
+            found = self.dmarc_verdict(v, &mut tx);
+        }
+        let results = verified
+            .as_ref()
+            .zip(arrival.as_ref().zip(parsed.as_ref()))
+            .map(|(v, ((_, facts), message))| {
+                let from = message.from.first().map_or("", String::as_str);
+                v.results(&policy.hostname, facts.envelope(), from)
+            });
+        let results_field = verified
+            .as_ref()
+            .zip(results.as_ref())
+            .filter(|_| policy.authentication.results_header)
+            .map(|(v, r)| v.results_value(r));
+        let mut d = self.first_decision(&mut tx, found).await;
         if d.goes_on() {
             let (envelope, header_changed) = self.transform_addresses(&mut tx, &mut d.edits).await;
             d.envelope = envelope;
@@ -138,7 +173,16 @@ impl Session {
             self.remove_forged_results(&mut tx, &mut d.edits).await;
         }
         if d.goes_on() {
-            self.result_headers(&mut tx, &mut d.edits).await;
+            self.result_headers(&mut tx, &mut d.edits, results_field).await;
+        }
+        if d.goes_on()
+            && !policy.dry_run
+            && let (Some(v), Some(r)) = (&verified, &results)
+            && let Err(e) = self.seal(&mut tx, &mut d.edits, v, r, d.transformed).await
+        {
+            warn!(session = self.id, error = %e, "cannot seal the message (ARC)");
+            self.scan_failed(ScanStep::Arc, &e);
+            d.decide(Reason::SealingFailed, policy.scan_failure_action.verdict());
         }
         if d.goes_on()
             && !policy.dry_run
@@ -206,14 +250,15 @@ impl Session {
         (outcome, tx.message)
     }
 
-    /// The first step: a verdict held until DATA, a refusal while the message arrived, or the
-    /// content stage's verdict and edits.
-    async fn first_decision(&mut self, tx: &mut Transaction) -> Decision {
+    /// The first step: a verdict held until DATA, a refusal while the message arrived, what
+    /// the verification `found` (DMARC), or the content stage's verdict and edits.
+    async fn first_decision(&mut self, tx: &mut Transaction, found: Option<Finding>) -> Decision {
         let mut edits = Edits::default();
-        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take()) {
-            (Some(held), _) => (Reason::Held, held),
-            (None, Some(failed)) => (Reason::RefusedBeforeEnd, failed),
-            (None, None) => match self.content_stage(tx, &mut edits).await {
+        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take(), found) {
+            (Some(held), _, _) => (Reason::Held, held),
+            (None, Some(failed), _) => (Reason::RefusedBeforeEnd, failed),
+            (None, None, Some((check, verdict))) => (Reason::Check(check), verdict),
+            (None, None, None) => match self.content_stage(tx, &mut edits).await {
                 Some((check, verdict)) => (Reason::Check(check), verdict),
                 None => (Reason::EndOfMessage, Verdict::Continue),
             },
@@ -232,13 +277,24 @@ impl Session {
         d
     }
 
-    /// The SPF result header and the trace header, for a message that goes on.
-    async fn result_headers(&self, tx: &mut Transaction, edits: &mut Edits) {
+    /// The result headers (SPF's own unless the one `Authentication-Results` field of
+    /// `[authentication]` carries it) and the trace header, for a message that goes on.
+    async fn result_headers(
+        &self,
+        tx: &mut Transaction,
+        edits: &mut Edits,
+        results_field: Option<String>,
+    ) {
         let policy = &self.policy;
+        let merged = results_field.is_some();
         if let (Some(spf), Some(outcome), Some(ip)) =
             (&policy.spf, tx.spf.clone(), self.client.addr)
+            && !(merged && spf.header == SpfHeader::AuthenticationResults)
         {
             self.spf_headers(spf, &outcome, ip, tx, edits).await;
+        }
+        if let Some(value) = results_field {
+            self.results_header(value, edits);
         }
         if let Some(trace) = &policy.trace_header {
             edits.headers.push(HeaderEdit::Add {
@@ -327,6 +383,7 @@ impl Session {
                 size: tx.message.as_ref().map_or(0, MessageBuffer::len),
                 spooled: tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
                 spf: tx.spf.as_ref().map_or("-", SpfOutcome::name),
+                authentication: tx.authentication,
                 verdict,
                 reason,
                 elapsed: tx.started.elapsed(),

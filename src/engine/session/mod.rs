@@ -2,6 +2,7 @@
 //! [`Verdict`]. Doors (milter, proxy) call these and translate the answers. Each stage that
 //! judges has its own file; this one holds the session's state and what the stages share.
 
+mod authentication;
 mod connect;
 mod content;
 mod data;
@@ -20,12 +21,13 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::SharedState;
+use super::authentication::AuthSummary;
 use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
 use super::checks::exploit_detection::{HidingReply, RecipientRefusal, default_refusal};
 use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Behaviour;
-use super::checks::spf::{Spf, SpfOutcome};
+use super::checks::spf::{Spf, SpfHeader, SpfOutcome};
 use super::events::{
     CheckId, CheckRecord, ConnectionReport, Event, MessageReport, Reason, RefusedBy,
     RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport,
@@ -100,8 +102,10 @@ struct Transaction {
     failure: Option<Verdict>,
     /// The SPF outcome for this transaction, recorded in a header at its end.
     spf: Option<SpfOutcome>,
-    /// Set by the content stage when a `divert` rule matched.
+    /// Set by the content stage when a `divert` rule matched (or by DMARC's quarantine).
     divert: Option<Diversion>,
+    /// The DKIM, ARC and DMARC results on arrival, when verified.
+    authentication: Option<AuthSummary>,
     /// The content-scan slot, kept while a rewritten body exists.
     scan_slot: ScanSlot,
 }
@@ -130,6 +134,7 @@ impl Transaction {
             failure: None,
             spf: None,
             divert: None,
+            authentication: None,
             scan_slot: ScanSlot::default(),
         }
     }

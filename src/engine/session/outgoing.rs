@@ -170,7 +170,7 @@ impl Session {
     /// `line_limit`: header fields with a longer line refolded before white space (the same
     /// field for DKIM's relaxed canonicalization), body lines broken with CRLF and a space.
     /// Whether anything was added.
-    fn fit_lines(&self, message: &[u8], edits: &mut Edits) -> bool {
+    pub(super) fn fit_lines(&self, message: &[u8], edits: &mut Edits) -> bool {
         let limit = self.policy.line_limit;
         let body_start = crate::engine::verdict::header_end(message);
         let mut changed = false;

@@ -1,0 +1,144 @@
+//! `[authentication]` and `[[arc_sealer]]`: DKIM, ARC and DMARC verification of arriving mail,
+//! what a DMARC failure does, and the ARC sealer (src/engine/authentication.rs,
+//! src/engine/arc.rs).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::Invalid;
+use super::dkim::{domain_and_selector, load_key};
+use crate::engine::arc::ArcSealer;
+use crate::engine::authentication::{Authentication, DmarcMode, QuarantineAction};
+use crate::engine::dkim::SignWhen;
+use crate::relay::Delivery;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct AuthenticationSection {
+    verify_dkim: bool,
+    dmarc: DmarcMode,
+    dmarc_quarantine_action: Spanned<String>,
+    dmarc_quarantine_relay_targets: Option<Spanned<Vec<String>>>,
+    arc_verify: bool,
+    results_header: bool,
+    exempt_connection_profiles: Spanned<Vec<String>>,
+    exempt_authenticated: bool,
+}
+
+impl Default for AuthenticationSection {
+    fn default() -> Self {
+        Self {
+            verify_dkim: false,
+            dmarc: DmarcMode::Off,
+            dmarc_quarantine_action: Spanned::new(0..0, "accept".to_owned()),
+            dmarc_quarantine_relay_targets: None,
+            arc_verify: false,
+            results_header: true,
+            exempt_connection_profiles: Spanned::new(0..0, Vec::new()),
+            exempt_authenticated: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ArcSealerSection {
+    domain: Spanned<String>,
+    selector: Spanned<String>,
+    key_file: Spanned<PathBuf>,
+    #[serde(default = "transformed")]
+    seal: SignWhen,
+}
+
+fn transformed() -> SignWhen {
+    SignWhen::Transformed
+}
+
+pub(super) fn compile(
+    s: AuthenticationSection,
+    sealers: Vec<Spanned<ArcSealerSection>>,
+    profile_names: &[String],
+    delivery: &Delivery,
+    config_dir: Option<&Path>,
+) -> Result<Authentication, Invalid> {
+    let key = |k: &str| format!("authentication.{k}");
+    let action = &s.dmarc_quarantine_action;
+    let quarantine = match action.get_ref().as_str() {
+        "accept" => QuarantineAction::Accept,
+        "tempfail" => QuarantineAction::Tempfail,
+        "divert" => {
+            let Some(names) = &s.dmarc_quarantine_relay_targets else {
+                return Err((
+                    action.span(),
+                    key("dmarc_quarantine_relay_targets"),
+                    "dmarc_quarantine_action = \"divert\" needs dmarc_quarantine_relay_targets: \
+                     the [[relay_target]] names to deliver through"
+                        .into(),
+                ));
+            };
+            delivery
+                .through(names.get_ref())
+                .map_err(|m| (names.span(), key("dmarc_quarantine_relay_targets"), m))?;
+            QuarantineAction::Divert(names.get_ref().clone())
+        }
+        other => {
+            return Err((
+                action.span(),
+                key("dmarc_quarantine_action"),
+                format!("{other:?} is not a quarantine action; use accept, divert or tempfail"),
+            ));
+        }
+    };
+    let exempt = &s.exempt_connection_profiles;
+    if let Some(unknown) = exempt.get_ref().iter().find(|n| !profile_names.contains(n)) {
+        return Err((
+            exempt.span(),
+            key("exempt_connection_profiles"),
+            format!(
+                "no [[connection_profile]] is named {unknown:?} (known: {})",
+                profile_names.join(", ")
+            ),
+        ));
+    }
+    let sealer = match sealers.len() {
+        0 => None,
+        1 => Some(sealer(
+            sealers.into_iter().next().expect("one").into_inner(),
+            config_dir,
+        )?),
+        _ => {
+            return Err((
+                sealers[1].span(),
+                "arc_sealer[1]".into(),
+                "one [[arc_sealer]] seals every message: remove the others".into(),
+            ));
+        }
+    };
+    Ok(Authentication {
+        verify_dkim: s.verify_dkim,
+        dmarc: s.dmarc,
+        quarantine,
+        arc_verify: s.arc_verify,
+        results_header: s.results_header,
+        exempt_connection_profiles: exempt.get_ref().clone(),
+        exempt_authenticated: s.exempt_authenticated,
+        sealer,
+    })
+}
+
+fn sealer(s: ArcSealerSection, config_dir: Option<&Path>) -> Result<ArcSealer, Invalid> {
+    let key = |k: &str| format!("arc_sealer[0].{k}");
+    let (domain, selector) = domain_and_selector(&s.domain, &s.selector, key)?;
+    let span = s.key_file.span();
+    let path = super::relative(s.key_file.into_inner(), config_dir);
+    let private = load_key(&path, "ARC sealing key").map_err(|e| (span, key("key_file"), e))?;
+    Ok(ArcSealer::new(
+        private,
+        domain,
+        selector,
+        path.display().to_string(),
+        s.seal,
+    ))
+}
