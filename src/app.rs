@@ -52,6 +52,9 @@ impl Resolver for CurrentResolver {
     async fn ptr(&self, ip: std::net::IpAddr) -> Result<Vec<String>, LookupError> {
         self.0.load_full().ptr(ip).await
     }
+    fn authenticator(&self) -> Option<mail_auth::MessageAuthenticator> {
+        self.0.load_full().authenticator()
+    }
 }
 
 /// The delivery with the metrics told of every relay attempt.

@@ -48,31 +48,6 @@ fn proxy(policy: &str) -> ProxyEnv {
     ProxyEnv::start(&config, &[&[]])
 }
 
-/// The tracking record of `recipient` (as the client gave it), once the writer stored it.
-fn tracked(env: &ProxyEnv, recipient: &str) -> serde_json::Value {
-    let config = env.path("postern.toml");
-    for _ in 0..100 {
-        let out = support::proxy::postern()
-            .args(["track", "--config", &config, "--format", "json"])
-            .args(["--recipient", recipient])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if let Some(r) = records.as_array().and_then(|a| a.first())
-            && r["outcome"] != "accepted"
-        {
-            return r.clone();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("no tracking record for {recipient}");
-}
-
 /// The raw files a sink holds (its X-Mail-Args/X-Rcpt-Args lines show the envelope).
 fn raw(dir: &std::path::Path, n: usize) -> Vec<String> {
     let files = support::wait_for_messages(n, || {
@@ -126,7 +101,7 @@ fn the_proxy_rewrites_addresses_and_signs_what_it_changed() {
     env.wait_for_log("rewritten=sender -> <ann@signer.test>, <bob@old-partner.example> -> <bob@new-partner.example>");
 
     // Tracking keeps both forms: the addresses the client gave and those relayed.
-    let record = tracked(&env, "bob@old-partner.example");
+    let record = env.tracked("bob@old-partner.example");
     assert_eq!(record["sender"], "ann@internal.corp", "{record}");
     assert_eq!(record["relayed_sender"], "ann@signer.test", "{record}");
     assert_eq!(

@@ -99,10 +99,7 @@ pub(super) fn domain_and_selector(
     selector: &Spanned<String>,
     key: impl Fn(&str) -> String,
 ) -> Result<(String, String), Invalid> {
-    let name = domain
-        .get_ref()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let name = domain.get_ref().trim_end_matches('.').to_ascii_lowercase();
     if !valid_hostname(&name) || !name.contains('.') {
         return Err((
             domain.span(),

@@ -26,9 +26,9 @@ use crate::state::{SharedStateSettings, StateSettings};
 use crate::tracking::TrackingSettings;
 
 mod address_transformation;
+mod authentication;
 mod connection;
 mod delivery;
-mod authentication;
 mod dkim;
 mod dns;
 mod log;

@@ -116,8 +116,12 @@ impl ArcSealer {
         }
         let message = AuthenticatedMessage::parse(leaving).ok_or(SealError::Unparsable)?;
         let text = match &self.key {
-            SealKey::Rsa(s) => s.seal(&message, results, arrived).map(|set| set.to_header()),
-            SealKey::Ed25519(s) => s.seal(&message, results, arrived).map(|set| set.to_header()),
+            SealKey::Rsa(s) => s
+                .seal(&message, results, arrived)
+                .map(|set| set.to_header()),
+            SealKey::Ed25519(s) => s
+                .seal(&message, results, arrived)
+                .map(|set| set.to_header()),
         }
         .map_err(|e| SealError::Signing(e.to_string()))?;
         Ok(fields(&text))
@@ -154,7 +158,10 @@ mod tests {
         assert_eq!(
             fields(text),
             [
-                ("ARC-Seal".to_owned(), "i=1; a=rsa-sha256;\r\n\tb=abc".to_owned()),
+                (
+                    "ARC-Seal".to_owned(),
+                    "i=1; a=rsa-sha256;\r\n\tb=abc".to_owned()
+                ),
                 (
                     "ARC-Message-Signature".to_owned(),
                     "i=1;\r\n\th=From".to_owned()

@@ -41,9 +41,7 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError>;
     /// The same resolver as DKIM, ARC and DMARC verification (mail-auth) asks it; `None`
     /// when there is none (then nothing is verified).
-    fn authenticator(&self) -> Option<mail_auth::MessageAuthenticator> {
-        None
-    }
+    fn authenticator(&self) -> Option<mail_auth::MessageAuthenticator>;
 }
 
 /// A message handed to relay targets by the engine itself: where a `divert` rule sends it.
@@ -213,6 +211,9 @@ impl Resolver for NoResolver {
     }
     async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, LookupError> {
         Err(no_resolver(&ip.to_string()))
+    }
+    fn authenticator(&self) -> Option<mail_auth::MessageAuthenticator> {
+        None
     }
 }
 

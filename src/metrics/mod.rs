@@ -196,7 +196,9 @@ impl Metrics {
         }
         for (method, _) in policy.authentication.methods() {
             for result in crate::engine::authentication::RESULT_NAMES {
-                let _ = self.auth_results.get_or_create(&AuthResult { method, result });
+                let _ = self
+                    .auth_results
+                    .get_or_create(&AuthResult { method, result });
             }
         }
         for check in configured_checks(policy) {

@@ -54,6 +54,58 @@ impl DkimKeys {
     }
 }
 
+impl DkimKeys {
+    /// `message` signed by its sender with dkimpy (d=`domain`, s=sel, the sender's key, which
+    /// sender.test, quarantine.test and report.test publish).
+    pub fn sign_as(&self, domain: &str, message: &[u8]) -> Vec<u8> {
+        let file = self.dir.path().join("unsigned.eml");
+        std::fs::write(&file, message).unwrap();
+        let key = self.key("sender").display().to_string();
+        self.script(&["sign", &key, domain, "sel", &file.display().to_string()])
+    }
+
+    /// `message` ARC-sealed by a forwarder before Postern (d=forwarder.test, dkimpy),
+    /// recording its Authentication-Results field of authserv-id `srv_id`.
+    pub fn forwarded(&self, srv_id: &str, message: &[u8]) -> Vec<u8> {
+        let file = self.dir.path().join("forwarded.eml");
+        std::fs::write(&file, message).unwrap();
+        let key = self.key("forwarder").display().to_string();
+        self.script(&[
+            "arc-sign",
+            &key,
+            "forwarder.test",
+            "sel",
+            srv_id,
+            &file.display().to_string(),
+        ])
+    }
+
+    /// Verifies the ARC chain of `message` with dkimpy: whether cv=pass, and its words.
+    pub fn arc_verify(&self, message: &[u8]) -> (bool, String) {
+        let file = self.dir.path().join("sealed.eml");
+        std::fs::write(&file, message).unwrap();
+        let out = Command::new(script("dkim"))
+            .args([
+                "arc-verify",
+                &self.port.to_string(),
+                &file.display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        super::outcome(&out)
+    }
+
+    fn script(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(script("dkim")).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "dkim {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
 impl Drop for DkimKeys {
     fn drop(&mut self) {
         run_script("dkim", &["stop", &self.dir.path().display().to_string()]);

@@ -241,6 +241,31 @@ impl ProxyEnv {
         }
     }
 
+    /// The tracking record of `recipient` (as the client gave it), once the writer stored it.
+    pub fn tracked(&self, recipient: &str) -> serde_json::Value {
+        let config = self.path("postern.toml");
+        for _ in 0..100 {
+            let out = postern()
+                .args(["track", "--config", &config, "--format", "json"])
+                .args(["--recipient", recipient])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(r) = records.as_array().and_then(|a| a.first())
+                && r["outcome"] != "accepted"
+            {
+                return r.clone();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no tracking record for {recipient}");
+    }
+
     /// Waits until Postern's log has a line containing `needle`.
     pub fn wait_for_log(&self, needle: &str) {
         super::wait_for_log_in(needle, || self.log());

@@ -4,10 +4,10 @@
 use mail_auth::{AuthenticatedMessage, AuthenticationResults};
 
 use super::*;
+use crate::engine::arc::SealError;
 use crate::engine::authentication::{
     self, DmarcFailure, DmarcMode, Envelope, QuarantineAction, Verified,
 };
-use crate::engine::arc::SealError;
 use crate::engine::dkim::SignWhen;
 
 /// The envelope facts verification reads, copied out of the transaction so that the results

@@ -173,7 +173,8 @@ impl Session {
             self.remove_forged_results(&mut tx, &mut d.edits).await;
         }
         if d.goes_on() {
-            self.result_headers(&mut tx, &mut d.edits, results_field).await;
+            self.result_headers(&mut tx, &mut d.edits, results_field)
+                .await;
         }
         if d.goes_on()
             && !policy.dry_run
