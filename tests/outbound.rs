@@ -229,8 +229,8 @@ fn check_config_refuses_a_replacement_that_makes_no_address() {
     );
 }
 
-/// check-config prints the record to publish for each signer, the same as openssl makes of the
-/// key (integration/dkim publishes what openssl makes).
+/// check-config prints the record to publish for each signer and for the ARC sealer, the same
+/// as openssl makes of the key (integration/dkim publishes what openssl makes).
 #[test]
 fn check_config_prints_the_record_to_publish() {
     let keys = DkimKeys::start();
@@ -238,7 +238,7 @@ fn check_config_prints_the_record_to_publish() {
     let record = |name: &str| -> String {
         let line = published
             .lines()
-            .find(|l| l.starts_with(&format!("txt-record={name}._domainkey.signer.test,")))
+            .find(|l| l.starts_with(&format!("txt-record={name},")))
             .unwrap();
         let pieces = line.split_once(',').unwrap().1;
         pieces.split("\",\"").collect::<String>().replace('"', "")
@@ -247,9 +247,10 @@ fn check_config_prints_the_record_to_publish() {
     std::fs::write(
         &file,
         format!(
-            "{}{}",
+            "{}{}[[arc_sealer]]\ndomain = \"sender.test\"\nselector = \"sel\"\nkey_file = \"{}\"\n",
             signer(&keys, "rsa", "all"),
-            signer(&keys, "ed25519", "all")
+            signer(&keys, "ed25519", "all"),
+            keys.key("sender").display()
         ),
     )
     .unwrap();
@@ -259,13 +260,18 @@ fn check_config_prints_the_record_to_publish() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for kind in ["rsa", "ed25519"] {
-        let line = format!(
-            "publish as TXT at {kind}._domainkey.signer.test: {}",
-            record(kind)
-        );
+    for name in [
+        "rsa._domainkey.signer.test",
+        "ed25519._domainkey.signer.test",
+        "sel._domainkey.sender.test",
+    ] {
+        let line = format!("publish as TXT at {name}: {}", record(name));
         assert!(text.contains(&line), "{line}\n{text}");
     }
+    assert!(
+        text.contains("arc sealer:              d=sender.test s=sel rsa-sha256 (transformed messages"),
+        "{text}"
+    );
 }
 
 /// A body line longer than SMTP allows is broken on the way; the signature is made over the

@@ -142,3 +142,94 @@ fn sealer(s: ArcSealerSection, config_dir: Option<&Path>) -> Result<ArcSealer, I
         s.seal,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::engine::authentication::{DmarcMode, QuarantineAction};
+
+    fn error(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nothing_is_verified_or_looked_up_unless_asked() {
+        let c = Config::parse("", "t").unwrap();
+        assert!(!c.policy.authentication.verifies());
+        assert!(c.dns.is_none());
+        let c = Config::parse("[authentication]\nverify_dkim = true\n", "t").unwrap();
+        assert!(c.policy.authentication.verifies());
+        assert!(c.dns.is_some(), "verification needs the resolver");
+        let c = Config::parse("[authentication]\ndmarc = \"report\"\n", "t").unwrap();
+        assert_eq!(c.policy.authentication.dmarc, DmarcMode::Report);
+        assert!(c.policy.authentication.verifies(), "DMARC needs DKIM");
+        assert!(c.policy.authentication.results_header);
+        assert!(c.policy.authentication.exempt_authenticated);
+    }
+
+    #[test]
+    fn quarantine_actions_and_exemptions_name_what_exists() {
+        let targets = "[[relay_target]]\nname = \"mta\"\nhost = \"127.0.0.1\"\n\
+                       [[relay_target]]\nname = \"spam\"\nhost = \"127.0.0.1\"\ndivert_only = true\n";
+        let auth = |keys: &str| format!("{targets}[authentication]\ndmarc = \"enforce\"\n{keys}");
+        let e = error(&auth("dmarc_quarantine_action = \"divert\"\n"));
+        assert!(
+            e.contains("authentication.dmarc_quarantine_relay_targets")
+                && e.contains("needs dmarc_quarantine_relay_targets"),
+            "{e}"
+        );
+        let e = error(&auth(
+            "dmarc_quarantine_action = \"divert\"\ndmarc_quarantine_relay_targets = [\"junk\"]\n",
+        ));
+        assert!(e.contains("no [[relay_target]] is named \"junk\""), "{e}");
+        let c = Config::parse(
+            &auth(
+                "dmarc_quarantine_action = \"divert\"\ndmarc_quarantine_relay_targets = [\"spam\"]\n",
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy.authentication.quarantine,
+            QuarantineAction::Divert(vec!["spam".into()])
+        );
+        let e = error(&auth("dmarc_quarantine_action = \"bounce\"\n"));
+        assert!(
+            e.contains("authentication.dmarc_quarantine_action")
+                && e.contains("use accept, divert or tempfail"),
+            "{e}"
+        );
+        let e = error(&auth("exempt_connection_profiles = [\"internal\"]\n"));
+        assert!(
+            e.contains("authentication.exempt_connection_profiles")
+                && e.contains("no [[connection_profile]] is named \"internal\""),
+            "{e}"
+        );
+        let e = error("[authentication]\ndmarc = \"sometimes\"\n");
+        assert!(e.contains("authentication.dmarc"), "{e}");
+    }
+
+    #[test]
+    fn one_sealer_with_a_readable_key() {
+        let e = error(
+            "[[arc_sealer]]\ndomain = \"gw.example\"\nselector = \"arc\"\nkey_file = \"/nonexistent/arc.pem\"\n",
+        );
+        assert!(
+            e.contains("arc_sealer[0].key_file") && e.contains("/nonexistent/arc.pem"),
+            "{e}"
+        );
+        let e = error(
+            "[[arc_sealer]]\ndomain = \"gw\"\nselector = \"arc\"\nkey_file = \"arc.pem\"\n",
+        );
+        assert!(
+            e.contains("arc_sealer[0].domain") && e.contains("not a domain name"),
+            "{e}"
+        );
+        let sealer = "[[arc_sealer]]\ndomain = \"gw.example\"\nselector = \"arc\"\nkey_file = \"/nonexistent/arc.pem\"\n";
+        let e = error(&format!("{sealer}{sealer}"));
+        assert!(
+            e.contains("arc_sealer[1]") && e.contains("one [[arc_sealer]] seals every message"),
+            "{e}"
+        );
+    }
+}

@@ -249,7 +249,11 @@ mod tests {
                 size: 10,
                 spooled: false,
                 spf: "-",
-                authentication: None,
+                authentication: Some(crate::engine::authentication::AuthSummary {
+                    dkim: "pass",
+                    dmarc: Some("fail"),
+                    arc: None,
+                }),
                 verdict: &verdict,
                 reason: Why::EndOfMessage,
                 elapsed: Duration::from_millis(5),
@@ -281,6 +285,8 @@ mod tests {
             "postern_messages_total{door=\"proxy\",verdict=\"continue\"} 1",
             "postern_check_results_total{check=\"rbl\",result=\"pass\"} 1",
             "postern_check_duration_seconds_count{check=\"rbl\"} 1",
+            "postern_auth_results_total{method=\"dkim\",result=\"pass\"} 1",
+            "postern_auth_results_total{method=\"dmarc\",result=\"fail\"} 1",
             "postern_session_duration_seconds_count{door=\"proxy\"} 1",
             "postern_relay_attempts_total{target=\"mta\",outcome=\"delivered\"} 1",
             "postern_config_reloads_total{result=\"refused\"} 1",
@@ -289,5 +295,9 @@ mod tests {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
         assert!(!text.contains("192.0.2.1"), "no client address as a label");
+        assert!(
+            !text.contains("method=\"arc\""),
+            "a method not evaluated is not counted"
+        );
     }
 }
