@@ -269,7 +269,9 @@ fn check_config_prints_the_record_to_publish() {
         assert!(text.contains(&line), "{line}\n{text}");
     }
     assert!(
-        text.contains("arc sealer:              d=sender.test s=sel rsa-sha256 (transformed messages"),
+        text.contains(
+            "arc sealer:              d=sender.test s=sel rsa-sha256 (transformed messages"
+        ),
         "{text}"
     );
 }

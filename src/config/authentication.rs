@@ -218,9 +218,8 @@ mod tests {
             e.contains("arc_sealer[0].key_file") && e.contains("/nonexistent/arc.pem"),
             "{e}"
         );
-        let e = error(
-            "[[arc_sealer]]\ndomain = \"gw\"\nselector = \"arc\"\nkey_file = \"arc.pem\"\n",
-        );
+        let e =
+            error("[[arc_sealer]]\ndomain = \"gw\"\nselector = \"arc\"\nkey_file = \"arc.pem\"\n");
         assert!(
             e.contains("arc_sealer[0].domain") && e.contains("not a domain name"),
             "{e}"
