@@ -34,8 +34,13 @@ fn policy(keys: &DkimKeys, dmarc: &str, extra: &str) -> String {
 }
 
 fn proxy(policy: &str) -> ProxyEnv {
+    proxy_with(policy, "")
+}
+
+/// The proxy with more `[proxy]` keys.
+fn proxy_with(policy: &str, proxy_keys: &str) -> ProxyEnv {
     let config = format!(
-        "{policy}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+        "{policy}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n{proxy_keys}\
          [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
     );
     ProxyEnv::start(&config, &[&[]])
@@ -208,6 +213,7 @@ fn the_proxy_enforces_dmarc_as_configured() {
         1,
         "the spoofed one left"
     );
+    env.wait_for_log("check=\"dmarc\"");
     drop(env);
 
     // The same spoofed message in report mode: delivered, and the tracking record says why.
@@ -251,7 +257,28 @@ fn the_proxy_enforces_dmarc_as_configured() {
         .smtp()
         .send("ann@sender.test", "bob@inside.example", &unsigned);
     assert!(reply.starts_with("250"), "{reply}");
-    env.wait_for_log("DMARC fails, not enforced");
+    env.wait_for_log("why=\"a client of an exempt connection profile\"");
+    drop(env);
+
+    // Enforced, but the client authenticated (exempt_authenticated, the default).
+    let users = tempfile::tempdir().unwrap();
+    support::proxy::users_file(users.path());
+    let env = proxy_with(
+        &policy(&keys, "enforce", ""),
+        &format!(
+            "auth_users_file = \"{}/users\"\nauth_over_plaintext = true\n",
+            users.path().display()
+        ),
+    );
+    let mut smtp = env.smtp();
+    let ehlo = smtp.command("EHLO client.postern.test").unwrap();
+    assert!(ehlo.starts_with("250"), "{ehlo}");
+    // alice:secret
+    let auth = smtp.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==").unwrap();
+    assert!(auth.starts_with("235"), "{auth}");
+    let reply = smtp.transaction("ann@sender.test", "bob@inside.example", &unsigned);
+    assert!(reply.starts_with("250"), "{reply}");
+    env.wait_for_log("why=\"an authenticated client\"");
 }
 
 #[test]

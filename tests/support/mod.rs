@@ -538,8 +538,6 @@ impl Smtp {
         self.read_reply()
     }
 
-    /// A whole transaction: EHLO, MAIL, RCPT, DATA with `message` dot-stuffed. Returns the
-    /// reply to the end of data.
     /// EHLO and MAIL FROM:<`from`>, each answered 250.
     pub fn begin(&mut self, from: &str) {
         let ehlo = self.command("EHLO client.postern.test").unwrap();
@@ -548,9 +546,17 @@ impl Smtp {
         assert!(r.starts_with("250"), "MAIL: {r}");
     }
 
+    /// A whole transaction: EHLO, MAIL, RCPT, DATA with `message` dot-stuffed. Returns the
+    /// reply to the end of data.
     pub fn send(&mut self, from: &str, to: &str, message: &[u8]) -> String {
         let ehlo = self.command("EHLO client.postern.test").unwrap();
         assert!(ehlo.starts_with("250"), "EHLO: {ehlo}");
+        self.transaction(from, to, message)
+    }
+
+    /// MAIL, RCPT, DATA with `message` dot-stuffed, after an EHLO already answered (and, say,
+    /// AUTH). Returns the reply to the end of data.
+    pub fn transaction(&mut self, from: &str, to: &str, message: &[u8]) -> String {
         let r = self.command(&format!("MAIL FROM:<{from}>")).unwrap();
         assert!(r.starts_with("250"), "MAIL: {r}");
         let r = self.command(&format!("RCPT TO:<{to}>")).unwrap();

@@ -126,7 +126,9 @@ impl Session {
         }
         let refusal = |code, enhanced, text: String| {
             let reply = SmtpReply::new(code, Some(enhanced), &text).expect("printable reply");
-            Some((CheckId::Dmarc, Verdict::refuse(self.with_help(reply))))
+            let verdict = Verdict::refuse(self.with_help(reply));
+            self.refused(CheckId::Dmarc, &verdict, SmtpStage::EndOfMessage, None);
+            Some((CheckId::Dmarc, verdict))
         };
         match failure {
             DmarcFailure::Reject { domain } => refusal(
