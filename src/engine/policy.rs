@@ -352,40 +352,28 @@ impl fmt::Display for Policy {
             writeln!(f, "authentication:          off")?;
         }
         if let Some(s) = &auth.sealer {
-            writeln!(
-                f,
-                "arc sealer:              d={} s={} {} ({} messages, key {})",
-                s.domain,
-                s.selector,
-                s.algorithm(),
-                s.seal.name(),
-                s.key_file
-            )?;
-            writeln!(
-                f,
-                "  publish as TXT at {}._domainkey.{}: {}",
-                s.selector,
-                s.domain,
-                s.record()
-            )?;
+            let key = KeyLines {
+                role: "arc sealer:             ",
+                domain: &s.domain,
+                selector: &s.selector,
+                algorithm: s.algorithm(),
+                when: s.seal.name(),
+                key_file: &s.key_file,
+                record: s.record(),
+            };
+            key.write(f)?;
         }
         for s in &self.dkim.0 {
-            writeln!(
-                f,
-                "dkim signer:             d={} s={} {} ({} messages, key {})",
-                s.domain,
-                s.selector,
-                s.key.algorithm(),
-                s.sign.name(),
-                s.key_file
-            )?;
-            writeln!(
-                f,
-                "  publish as TXT at {}._domainkey.{}: {}",
-                s.selector,
-                s.domain,
-                s.key.record()
-            )?;
+            let key = KeyLines {
+                role: "dkim signer:            ",
+                domain: &s.domain,
+                selector: &s.selector,
+                algorithm: s.key.algorithm(),
+                when: s.sign.name(),
+                key_file: &s.key_file,
+                record: s.key.record(),
+            };
+            key.write(f)?;
             let profiles = match &s.clients.connection_profiles {
                 Some(names) => names.join(", "),
                 None => "any".to_owned(),
@@ -400,5 +388,32 @@ impl fmt::Display for Policy {
             Some(t) => write!(f, "trace header:            {}", t.name),
             None => write!(f, "trace header:            off"),
         }
+    }
+}
+
+/// A signer's or sealer's two lines in check-config's summary: what it is and the record to
+/// publish.
+struct KeyLines<'a> {
+    role: &'static str,
+    domain: &'a str,
+    selector: &'a str,
+    algorithm: &'static str,
+    when: &'static str,
+    key_file: &'a str,
+    record: &'a str,
+}
+
+impl KeyLines<'_> {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} d={} s={} {} ({} messages, key {})",
+            self.role, self.domain, self.selector, self.algorithm, self.when, self.key_file
+        )?;
+        writeln!(
+            f,
+            "  publish as TXT at {}._domainkey.{}: {}",
+            self.selector, self.domain, self.record
+        )
     }
 }
