@@ -141,25 +141,19 @@ impl Session {
             }
             parsed
         });
-        let (mut verified, mut found) = (None, None);
+        let (mut verified, mut found, mut results) = (None, None, None);
         if let (Some(message), Some((_, facts))) = (&parsed, &arrival) {
             match self.verify(message, facts, &mut tx).await {
-                Ok(v) => verified = v,
+                Ok(Some(v)) => {
+                    found = self.dmarc_verdict(&v, &mut tx);
+                    let from = message.from.first().map_or("", String::as_str);
+                    results = Some(v.results(&policy.hostname, facts.envelope(), from));
+                    verified = Some(v);
+                }
+                Ok(None) => {}
                 Err(finding) => found = Some(finding),
             }
         }
-        if let Some(v) = &verified
-            && found.is_none()
-        {
-            found = self.dmarc_verdict(v, &mut tx);
-        }
-        let results = verified
-            .as_ref()
-            .zip(arrival.as_ref().zip(parsed.as_ref()))
-            .map(|(v, ((_, facts), message))| {
-                let from = message.from.first().map_or("", String::as_str);
-                v.results(&policy.hostname, facts.envelope(), from)
-            });
         let results_field = verified
             .as_ref()
             .zip(results.as_ref())
