@@ -334,6 +334,22 @@ impl Events for LogEvents {
                 %reply,
                 "message diverted"
             ),
+            E::AttachmentUnread {
+                session,
+                queue_id,
+                attachment,
+                reason,
+                detail,
+                action,
+            } => warn!(
+                session,
+                queue_id,
+                %attachment,
+                reason,
+                detail,
+                action,
+                "attachment not read to the end"
+            ),
             E::Scanned { .. } | E::HandedOn { .. } => {}
             E::TransactionEnded { session, report } => info!(
                 session,

@@ -12,18 +12,41 @@ use super::Invalid;
 use crate::engine::SmtpReply;
 use crate::engine::address::DomainPattern;
 use crate::engine::rules::detectors::Detector;
+use crate::engine::rules::documents::{DocumentLimits, Unchangeable, UnreadAction};
 use crate::engine::rules::protect::{Protector, Secret, Tokenizer};
 use crate::engine::rules::ruleset::{
     Action, Conditions, ContentPolicy, Finder, Rule, Ruleset, Target, Transform,
 };
 use crate::relay::Delivery;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ContentSection {
     /// Header naming the rulesets that changed a message; "" for none. Unset:
     /// [`RULESET_HEADER`].
     ruleset_header: Option<Spanned<String>>,
+    // Documents and archives (engine/rules/documents): defaults in DocumentLimits::default.
+    max_nesting_depth: usize,
+    max_archive_entries: usize,
+    max_expanded_size: u64,
+    max_compression_ratio: u64,
+    archive_limit_action: UnreadAction,
+    encrypted_action: UnreadAction,
+}
+
+impl Default for ContentSection {
+    fn default() -> Self {
+        let limits = DocumentLimits::default();
+        Self {
+            ruleset_header: None,
+            max_nesting_depth: limits.max_nesting_depth,
+            max_archive_entries: limits.max_archive_entries,
+            max_expanded_size: limits.max_expanded_size,
+            max_compression_ratio: limits.max_compression_ratio,
+            archive_limit_action: limits.limit_action,
+            encrypted_action: limits.encrypted_action,
+        }
+    }
 }
 
 /// The ruleset header's name when `ruleset_header` is not set.
@@ -79,8 +102,10 @@ struct RuleSection {
     suffix: Option<Spanned<String>>,
     // reject
     reply: Option<Spanned<String>>,
-    // divert
+    // divert, and a transform's unchangeable = "divert"
     relay_targets: Option<Spanned<Vec<String>>>,
+    // a transform: what instead, in an attachment that cannot be rewritten (a PDF)
+    unchangeable: Option<Spanned<String>>,
 }
 
 impl RuleSection {
@@ -102,6 +127,10 @@ impl RuleSection {
                 "relay_targets",
                 self.relay_targets.as_ref().map(Spanned::span),
             ),
+            (
+                "unchangeable",
+                self.unchangeable.as_ref().map(Spanned::span),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, span)| Some((name, span?)))
@@ -111,11 +140,26 @@ impl RuleSection {
 /// The keys of its own that `action` reads; `None` when `action` names no action.
 fn action_keys(action: &str) -> Option<&'static [&'static str]> {
     Some(match action {
-        "mask" => &["keep_last", "mask_char"],
-        "redact" => &["text"],
-        "replace" => &["template"],
-        "tokenize" => &["key_file", "key_env", "prefix", "length"],
-        "protect" => &["key_file", "key_env", "prefix", "tweak", "suffix"],
+        "mask" => &["keep_last", "mask_char", "unchangeable", "relay_targets"],
+        "redact" => &["text", "unchangeable", "relay_targets"],
+        "replace" => &["template", "unchangeable", "relay_targets"],
+        "tokenize" => &[
+            "key_file",
+            "key_env",
+            "prefix",
+            "length",
+            "unchangeable",
+            "relay_targets",
+        ],
+        "protect" => &[
+            "key_file",
+            "key_env",
+            "prefix",
+            "tweak",
+            "suffix",
+            "unchangeable",
+            "relay_targets",
+        ],
         "strip_attachment" => &[],
         "reject" => &["reply"],
         "divert" => &["relay_targets"],
@@ -193,6 +237,14 @@ pub(super) fn compile(
     Ok(ContentPolicy {
         rulesets: compiled,
         ruleset_header: (!header.is_empty()).then_some(header),
+        documents: DocumentLimits {
+            max_nesting_depth: content.max_nesting_depth,
+            max_archive_entries: content.max_archive_entries,
+            max_expanded_size: content.max_expanded_size,
+            max_compression_ratio: content.max_compression_ratio,
+            limit_action: content.archive_limit_action,
+            encrypted_action: content.encrypted_action,
+        },
     })
 }
 
@@ -431,10 +483,42 @@ fn compile_rule(
             format!("action {action_name} transforms what a regex or detector finds: give one"),
         ));
     }
+    let unchangeable = match (&action, r.unchangeable.as_ref().map(|u| u.get_ref().as_str())) {
+        (Action::Transform(_), Some("divert")) => {
+            let Some(names) = &r.relay_targets else {
+                return Err(err(
+                    "unchangeable",
+                    "unchangeable = \"divert\" needs relay_targets: the [[relay_target]] names \
+                     to deliver through"
+                        .into(),
+                ));
+            };
+            delivery
+                .through(names.get_ref())
+                .map_err(|m| (names.span(), format!("{key}.relay_targets"), m))?;
+            Unchangeable::Divert(names.get_ref().clone())
+        }
+        (Action::Transform(_), _) if r.relay_targets.is_some() => {
+            return Err(err(
+                "relay_targets",
+                "relay_targets on a transforming rule is read only with unchangeable = \"divert\""
+                    .into(),
+            ));
+        }
+        (_, None | Some("reject")) => Unchangeable::Reject,
+        (_, Some("strip_attachment")) => Unchangeable::StripAttachment,
+        (_, Some(other)) => {
+            return Err(err(
+                "unchangeable",
+                format!("{other:?} is not an unchangeable action; use reject, strip_attachment or divert"),
+            ));
+        }
+    };
     Ok(Rule {
         name: r.name.into_inner(),
         targets,
         finder,
+        unchangeable,
         content_types: r
             .content_types
             .into_iter()

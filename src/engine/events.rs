@@ -439,6 +439,18 @@ pub enum Event<'a> {
         /// A dry run: the action would have been taken.
         dry_run: bool,
     },
+    /// An attachment (or an entry of an archive) was not read to the end: a `[content]`
+    /// limit, encryption or damage; `action` is what was done about it.
+    AttachmentUnread {
+        session: u64,
+        queue_id: &'a str,
+        attachment: &'a str,
+        /// The limit's key, `encrypted` or `damaged`.
+        reason: &'static str,
+        /// What exactly (for the log).
+        detail: &'a str,
+        action: &'static str,
+    },
     /// The content stage ran over a message (whatever it found), taking `elapsed`.
     Scanned { session: u64, elapsed: Duration },
     Diverted {

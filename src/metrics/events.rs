@@ -82,6 +82,11 @@ impl Events for Metrics {
                     })
                     .inc();
             }
+            Event::AttachmentUnread { reason, action, .. } => {
+                self.attachments_unread
+                    .get_or_create(&UnreadLabels { reason, action })
+                    .inc();
+            }
             Event::Scanned { elapsed, .. } => self.scan_duration.observe(elapsed.as_secs_f64()),
             Event::Message { report, .. } => {
                 // In a dry run every message went on: `continue` stays what it means, and

@@ -41,6 +41,12 @@ pub(super) struct RuleAction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct UnreadLabels {
+    pub(super) reason: &'static str,
+    pub(super) action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct Reason {
     pub(super) reason: &'static str,
 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     session_duration: Histograms<Door>,
     scan_duration: Histogram,
     rule_actions: Family<RuleAction, Counter>,
+    attachments_unread: Family<UnreadLabels, Counter>,
     scan_failures: Family<Reason, Counter>,
     relay_attempts: Family<TargetOutcome, Counter>,
     zone_usable: Family<Zone, Gauge>,
@@ -65,6 +66,7 @@ impl Metrics {
             session_duration: histograms(),
             scan_duration: duration_buckets(),
             rule_actions: Family::default(),
+            attachments_unread: Family::default(),
             scan_failures: Family::default(),
             relay_attempts: Family::default(),
             zone_usable: Family::default(),
@@ -122,6 +124,11 @@ impl Metrics {
             "postern_rule_actions",
             "Content rules that acted, by ruleset, rule and action",
             m.rule_actions.clone(),
+        );
+        m.registry.register(
+            "postern_attachments_unread",
+            "Attachments not read to the end, by reason (a [content] limit, encrypted, damaged) and the action taken",
+            m.attachments_unread.clone(),
         );
         m.registry.register(
             "postern_scan_failures",

@@ -371,6 +371,7 @@ impl Events for Tracker {
                 | Event::StoreBack { .. }
                 | Event::ScanFailed { .. }
                 | Event::Scanned { .. }
+                | Event::AttachmentUnread { .. }
                 | Event::Refused {
                     held_until: Some(_),
                     ..
@@ -476,6 +477,7 @@ impl Events for Tracker {
             | Event::StoreUnavailable { .. }
             | Event::StoreBack { .. }
             | Event::ScanFailed { .. }
+            | Event::AttachmentUnread { .. }
             | Event::Scanned { .. } => {}
         }
     }

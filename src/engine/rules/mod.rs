@@ -3,6 +3,7 @@
 //! message travels on.
 
 pub mod detectors;
+pub mod documents;
 pub mod mime;
 pub mod protect;
 pub mod ruleset;

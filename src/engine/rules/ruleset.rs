@@ -7,6 +7,7 @@ use std::ops::Range;
 use regex::Regex;
 
 use super::detectors::Detector;
+use super::documents::{DocumentLimits, Unchangeable};
 use super::protect::{Protector, Tokenizer};
 use super::transforms::{Replacements, mask};
 use crate::engine::address::{Address, DomainPattern};
@@ -111,6 +112,9 @@ pub struct Rule {
     /// (`text/csv`, `text/*`); empty means any.
     pub content_types: Vec<String>,
     pub action: Action,
+    /// For a transform: what is done instead when what it found is in an attachment that
+    /// cannot be rewritten (a PDF).
+    pub unchangeable: Unchangeable,
 }
 
 /// When a ruleset applies. Empty lists and `None` mean "any".
@@ -164,6 +168,8 @@ pub struct ContentPolicy {
     pub rulesets: Vec<Ruleset>,
     /// Header recording which rulesets changed a message; `None` to leave no trace.
     pub ruleset_header: Option<String>,
+    /// How documents and archives are read.
+    pub documents: DocumentLimits,
 }
 
 impl Rule {
@@ -276,6 +282,7 @@ mod tests {
             finder,
             content_types: vec![],
             action: Action::Transform(transform),
+            unchangeable: Unchangeable::default(),
         }
     }
 

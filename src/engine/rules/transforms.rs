@@ -58,7 +58,7 @@ impl Replacements {
     }
 
     /// The new text of each span, in order.
-    fn pieces(&self) -> impl Iterator<Item = (&Range<usize>, &str)> {
+    pub fn pieces(&self) -> impl Iterator<Item = (&Range<usize>, &str)> {
         let mut from = 0;
         self.spans.iter().map(move |(span, end)| {
             let piece = &self.new[from..*end];

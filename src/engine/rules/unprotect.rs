@@ -36,6 +36,7 @@ pub fn unprotect_message(
             },
             content_types: Vec::new(),
             action: Action::Transform(Transform::Unprotect(protector.clone())),
+            unchangeable: Default::default(),
         }],
     };
     let result = rewrite(raw, &[&ruleset])?;

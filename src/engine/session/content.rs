@@ -52,7 +52,15 @@ impl Session {
                     .iter()
                     .map(|&i| &scan_policy.content.rulesets[i])
                     .collect();
-                (rules::rewrite_within(&raw, &rulesets, Some(deadline)), held)
+                (
+                    rules::rewrite_within(
+                        &raw,
+                        &rulesets,
+                        &scan_policy.content.documents,
+                        Some(deadline),
+                    ),
+                    held,
+                )
             })
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?;
@@ -77,6 +85,16 @@ impl Session {
 
     /// Logs what the rules did and turns it into a refusal or edits.
     fn take_rewrite(&self, rewrite: Rewrite, queue_id: &str, edits: &mut Edits) -> Option<Finding> {
+        for note in &rewrite.unread {
+            self.emit(&Event::AttachmentUnread {
+                session: self.id,
+                queue_id,
+                attachment: &note.attachment,
+                reason: note.why.name(),
+                detail: &note.why.to_string(),
+                action: note.action.name(),
+            });
+        }
         for hit in &rewrite.hits {
             self.emit(&Event::RuleActed {
                 session: self.id,

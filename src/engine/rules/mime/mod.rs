@@ -12,6 +12,7 @@
 //! new bytes into the message.
 
 mod apply;
+mod attachments;
 mod body;
 mod charset;
 mod encoded_words;
@@ -26,6 +27,7 @@ use std::time::Instant;
 
 use mail_parser::{Encoding, Message, MimeHeaders, PartType};
 
+use super::documents::{DocumentError, DocumentLimits, Reader, UnreadNote};
 use super::ruleset::{Rule, Ruleset, Target};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::HeaderEdit;
@@ -64,6 +66,8 @@ pub struct Rewrite {
     pub reject: Option<(SmtpReply, String, String)>,
     /// Set when a `divert` rule matched (the first one counts).
     pub divert: Option<Diversion>,
+    /// Attachments not read to the end (a limit, encryption), and what was done about it.
+    pub unread: Vec<UnreadNote>,
 }
 
 /// A `divert` rule that matched: where the message goes instead of on.
@@ -110,11 +114,25 @@ pub enum ContentError {
     Charset { part: usize, charset: String },
     #[error("scan_timeout reached before the message was scanned")]
     Deadline,
+    /// An attachment reached a limit of `[content]` or could not be read, and the limit's
+    /// action is the scan failure action.
+    #[error("{0}")]
+    Document(DocumentError),
 }
 
-/// Runs `rulesets` over the raw message (header and body, as received).
+impl From<DocumentError> for ContentError {
+    fn from(e: DocumentError) -> Self {
+        match e {
+            DocumentError::Deadline => Self::Deadline,
+            e => Self::Document(e),
+        }
+    }
+}
+
+/// Runs `rulesets` over the raw message (header and body, as received), reading documents
+/// and archives within the default limits.
 pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentError> {
-    rewrite_within(raw, rulesets, None)
+    rewrite_within(raw, rulesets, &DocumentLimits::default(), None)
 }
 
 /// [`rewrite`], giving up with [`ContentError::Deadline`] once `deadline` has passed: the
@@ -123,6 +141,7 @@ pub fn rewrite(raw: &[u8], rulesets: &[&Ruleset]) -> Result<Rewrite, ContentErro
 pub fn rewrite_within(
     raw: &[u8],
     rulesets: &[&Ruleset],
+    limits: &DocumentLimits,
     deadline: Option<Instant>,
 ) -> Result<Rewrite, ContentError> {
     let rules: Vec<(&Ruleset, &Rule)> = rulesets
@@ -134,6 +153,8 @@ pub fn rewrite_within(
         rewrite: Rewrite::default(),
         deadline,
         expired: false,
+        place: None,
+        documents: Reader::new(limits),
     };
     if walker.rules.is_empty() {
         return Ok(walker.rewrite);
@@ -172,6 +193,10 @@ struct Walker<'r> {
     deadline: Option<Instant>,
     /// The deadline passed: the walk stops and the rewrite fails.
     expired: bool,
+    /// The attachment (and archive entry) whose text the rules run over, for the hits.
+    place: Option<String>,
+    /// Documents and archives read so far, within `[content]`'s limits.
+    documents: Reader<'r>,
 }
 
 impl Walker<'_> {
@@ -261,12 +286,12 @@ impl Walker<'_> {
             } else if is_attachment && text_like(&ctype, filename.as_deref()) {
                 Target::Attachment
             } else if is_attachment {
-                // Binary attachments: only a strip rule by type or name can act on them.
-                if self.strips(&Target::Attachment, &ctype, None) {
-                    splices.push((
-                        part.offset_header as usize..part.offset_end as usize,
-                        removal_notice(eol),
-                    ));
+                // Other attachments: documents and archives are read (attachments.rs); the
+                // rest only a strip rule by type or name can act on.
+                if let Some(splice) =
+                    self.binary_attachment(part, raw, index, &ctype, filename.as_deref(), eol)?
+                {
+                    splices.push(splice);
                 }
                 continue;
             } else {

@@ -1,0 +1,162 @@
+//! Attachments that are not text by their declared type: their true type read from their
+//! content, documents and archives handed to `documents` (with the walk's rules), the rest
+//! left to strip rules by type or name. And the walk's rules as `documents` runs them.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use mail_parser::{Encoding, MessagePart};
+
+use super::part::removal_notice;
+use super::splice::eol_of;
+use super::transfer_encoding::{base64_lines, decode_base64, decode_quoted_printable, quoted_printable};
+use super::{ContentError, Walker};
+use crate::engine::reply::SmtpReply;
+use crate::engine::rules::documents::{
+    self, Outcome, Ran, Reader, Rules, Unread, UnreadAction, UnreadNote,
+};
+use crate::engine::rules::ruleset::Target;
+use crate::engine::rules::transforms::Replacements;
+
+impl Walker<'_> {
+    /// What becomes of an attachment whose declared type is not text: `Some` splice when it
+    /// is stripped or rewritten.
+    pub(super) fn binary_attachment(
+        &mut self,
+        part: &MessagePart<'_>,
+        raw: &[u8],
+        index: usize,
+        ctype: &str,
+        filename: Option<&str>,
+        eol: &str,
+    ) -> Result<Option<(Range<usize>, Vec<u8>)>, ContentError> {
+        let whole = part.offset_header as usize..part.offset_end as usize;
+        let body = part.offset_body as usize..part.offset_end as usize;
+        let looks = self.rules.iter().any(|(_, r)| {
+            r.targets
+                .iter()
+                .any(|t| matches!(t, Target::Attachment | Target::Filename))
+        });
+        if !looks {
+            return Ok(None);
+        }
+        let bytes: Cow<'_, [u8]> = match part.encoding {
+            Encoding::None => Cow::Borrowed(&raw[body.clone()]),
+            Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(&raw[body.clone()])),
+            Encoding::Base64 => Cow::Owned(decode_base64(&raw[body.clone()]).ok_or(
+                ContentError::Undecodable {
+                    part: index,
+                    encoding: "base64",
+                },
+            )?),
+        };
+        let kind = documents::detect(&bytes, filename);
+        let true_type = kind.content_type();
+        // A strip rule by type sees the declared type and the true one (an .exe sent as a PDF).
+        if self.strips(&Target::Attachment, ctype, None)
+            || true_type != ctype && self.strips(&Target::Attachment, true_type, None)
+        {
+            return Ok(Some((whole, removal_notice(eol))));
+        }
+        if !kind.is_readable() || !self.wants(&Target::Attachment, true_type) {
+            return Ok(None);
+        }
+        let place = filename.unwrap_or("(unnamed)").to_owned();
+        let limits = self.documents.limits;
+        let mut reader = std::mem::replace(&mut self.documents, Reader::new(limits));
+        let outcome = reader.attachment(self, kind, &bytes, &place, 1);
+        self.documents = reader;
+        Ok(match outcome? {
+            Outcome::Unchanged => None,
+            Outcome::Strip => Some((whole, removal_notice(eol))),
+            Outcome::Rewritten(new) => {
+                let original = &raw[body.clone()];
+                let eol = eol_of(original);
+                let mut encoded = match part.encoding {
+                    Encoding::Base64 => base64_lines(&new, eol),
+                    Encoding::QuotedPrintable => quoted_printable(&new, eol),
+                    Encoding::None => new,
+                };
+                if original.ends_with(b"\n") && !encoded.ends_with(b"\n") {
+                    encoded.extend_from_slice(eol.as_bytes());
+                }
+                Some((body, encoded))
+            }
+        })
+    }
+
+    /// Runs `f` with the hits named after `place`.
+    fn in_place<T>(&mut self, place: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let outer = self.place.replace(place.to_owned());
+        let result = f(self);
+        self.place = outer;
+        result
+    }
+}
+
+/// The refusal of a message with an attachment that could not be read, when the limit's
+/// action is `reject`.
+fn unread_reply(why: &Unread) -> SmtpReply {
+    SmtpReply::new(
+        550,
+        Some("5.7.1"),
+        &format!(
+            "Message content refused by policy: an attachment cannot be read ({})",
+            why.name()
+        ),
+    )
+    .expect("a valid reply")
+}
+
+impl Rules for Walker<'_> {
+    fn wants(&self, ctype: &str) -> bool {
+        Walker::wants(self, &Target::Attachment, ctype)
+    }
+
+    fn strips(&mut self, ctype: &str, place: &str, text: Option<&str>) -> bool {
+        self.in_place(place, |w| Walker::strips(w, &Target::Attachment, ctype, text))
+    }
+
+    fn strips_name(&mut self, ctype: &str, place: &str, name: &str) -> bool {
+        self.in_place(place, |w| {
+            Walker::strips(w, &Target::Filename, ctype, Some(name))
+        })
+    }
+
+    fn run(
+        &mut self,
+        ctype: &str,
+        place: &str,
+        text: &str,
+        read_only: bool,
+        each: &mut dyn FnMut(&str, &Replacements),
+    ) -> Ran {
+        let (new, unchangeable) = self.in_place(place, |w| {
+            w.run_rules(&Target::Attachment, ctype, text, &[], read_only, each)
+        });
+        Ran {
+            changed: new.is_some(),
+            unchangeable,
+            rejected: self.rewrite.reject.is_some(),
+        }
+    }
+
+    fn unread(&mut self, place: &str, why: &Unread, action: UnreadAction) {
+        if action == UnreadAction::Reject && self.rewrite.reject.is_none() {
+            self.rewrite.reject = Some((
+                unread_reply(why),
+                "content".to_owned(),
+                format!("{}_action", why.name()),
+            ));
+        }
+        self.rewrite.unread.push(UnreadNote {
+            attachment: place.to_owned(),
+            why: why.clone(),
+            action,
+        });
+    }
+
+    fn time_is_up(&mut self) -> bool {
+        Walker::time_is_up(self)
+    }
+}
