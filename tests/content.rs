@@ -584,11 +584,19 @@ fn a_passed_deadline_stops_the_rewrite() {
         b"no header here 789\r\n",
     ] {
         assert!(
-            matches!(rewrite_within(raw, &refs, Some(past)), Err(ContentError::Deadline)),
+            matches!(
+                rewrite_within(raw, &refs, &Default::default(), Some(past)),
+                Err(ContentError::Deadline)
+            ),
             "{}",
             String::from_utf8_lossy(raw)
         );
         // Without a deadline the same message is rewritten.
-        assert!(!rewrite_within(raw, &refs, None).unwrap().hits.is_empty());
+        assert!(
+            !rewrite_within(raw, &refs, &Default::default(), None)
+                .unwrap()
+                .hits
+                .is_empty()
+        );
     }
 }

@@ -483,7 +483,10 @@ fn compile_rule(
             format!("action {action_name} transforms what a regex or detector finds: give one"),
         ));
     }
-    let unchangeable = match (&action, r.unchangeable.as_ref().map(|u| u.get_ref().as_str())) {
+    let unchangeable = match (
+        &action,
+        r.unchangeable.as_ref().map(|u| u.get_ref().as_str()),
+    ) {
         (Action::Transform(_), Some("divert")) => {
             let Some(names) = &r.relay_targets else {
                 return Err(err(
@@ -510,7 +513,9 @@ fn compile_rule(
         (_, Some(other)) => {
             return Err(err(
                 "unchangeable",
-                format!("{other:?} is not an unchangeable action; use reject, strip_attachment or divert"),
+                format!(
+                    "{other:?} is not an unchangeable action; use reject, strip_attachment or divert"
+                ),
             ));
         }
     };

@@ -95,7 +95,12 @@ pub(super) fn scan(
                 continue;
             }
             let name = entry.name().map_err(|e| damaged(place, e))?.into_owned();
-            (name, entry.encrypted(), entry.size(), entry.compressed_size())
+            (
+                name,
+                entry.encrypted(),
+                entry.size(),
+                entry.compressed_size(),
+            )
         };
         let entry_place = format!("{place}/{name}");
         let grammar = grammar(kind, &name);

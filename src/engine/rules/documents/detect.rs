@@ -137,3 +137,28 @@ fn zip_kind(bytes: &[u8]) -> Kind {
         _ => Kind::Zip,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_by_content() {
+        let mut program = b"MZ\x90\x00".to_vec();
+        program.resize(512, 0);
+        assert_eq!(
+            detect(&program, Some("invoice.pdf")),
+            Kind::Other("application/vnd.microsoft.portable-executable")
+        );
+        assert_eq!(detect(b"%PDF-1.7\n", Some("a.txt")), Kind::Pdf);
+        assert_eq!(
+            detect(b"a,b\r\n1,2\r\n", Some("x.CSV")),
+            Kind::Text("text/csv")
+        );
+        assert_eq!(detect(b"plain words", None), Kind::Text("text/plain"));
+        assert_eq!(
+            detect(b"\x00\x01\x02binary", None),
+            Kind::Other("application/octet-stream")
+        );
+    }
+}

@@ -124,9 +124,9 @@ impl fmt::Display for Unread {
                 f,
                 "{n} entries, more than content.max_archive_entries allows"
             ),
-            Self::TooLarge => f.write_str(
-                "the message's archives expand past content.max_expanded_size bytes",
-            ),
+            Self::TooLarge => {
+                f.write_str("the message's archives expand past content.max_expanded_size bytes")
+            }
             Self::Ratio(r) => write!(
                 f,
                 "an entry expands {r} times its compressed size, more than \
@@ -279,7 +279,12 @@ impl<'l> Reader<'l> {
         let ctype = kind.content_type();
         let (text, utf8) = match std::str::from_utf8(bytes) {
             Ok(text) => (std::borrow::Cow::Borrowed(text), true),
-            Err(_) => (encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0, false),
+            Err(_) => (
+                encoding_rs::WINDOWS_1252
+                    .decode_without_bom_handling(bytes)
+                    .0,
+                false,
+            ),
         };
         if rules.strips(ctype, place, Some(&text)) {
             return Outcome::Strip;

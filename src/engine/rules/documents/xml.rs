@@ -150,10 +150,8 @@ impl Pieces {
                 changed: false,
             };
             match event {
-                Event::Start(e) => {
-                    if grammar.holds_text.contains(&e.local_name().into_inner()) {
-                        inside += 1;
-                    }
+                Event::Start(e) if grammar.holds_text.contains(&e.local_name().into_inner()) => {
+                    inside += 1;
                 }
                 Event::End(e) => {
                     let name = e.local_name().into_inner();

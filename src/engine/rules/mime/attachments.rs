@@ -9,7 +9,9 @@ use mail_parser::{Encoding, MessagePart};
 
 use super::part::removal_notice;
 use super::splice::eol_of;
-use super::transfer_encoding::{base64_lines, decode_base64, decode_quoted_printable, quoted_printable};
+use super::transfer_encoding::{
+    base64_lines, decode_base64, decode_quoted_printable, quoted_printable,
+};
 use super::{ContentError, Walker};
 use crate::engine::reply::SmtpReply;
 use crate::engine::rules::documents::{
@@ -17,6 +19,9 @@ use crate::engine::rules::documents::{
 };
 use crate::engine::rules::ruleset::Target;
 use crate::engine::rules::transforms::Replacements;
+
+/// Where in the message new bytes go, and the bytes.
+type Splice = (Range<usize>, Vec<u8>);
 
 impl Walker<'_> {
     /// What becomes of an attachment whose declared type is not text: `Some` splice when it
@@ -29,7 +34,7 @@ impl Walker<'_> {
         ctype: &str,
         filename: Option<&str>,
         eol: &str,
-    ) -> Result<Option<(Range<usize>, Vec<u8>)>, ContentError> {
+    ) -> Result<Option<Splice>, ContentError> {
         let whole = part.offset_header as usize..part.offset_end as usize;
         let body = part.offset_body as usize..part.offset_end as usize;
         let looks = self.rules.iter().any(|(_, r)| {
@@ -58,7 +63,11 @@ impl Walker<'_> {
         {
             return Ok(Some((whole, removal_notice(eol))));
         }
-        if !kind.is_readable() || !self.wants(&Target::Attachment, true_type) {
+        // An archive is opened for any rule on attachments or names (its entries have types
+        // of their own); a PDF or text file only for rules on its type.
+        if !(kind.is_container()
+            || kind.is_readable() && self.wants(&Target::Attachment, true_type))
+        {
             return Ok(None);
         }
         let place = filename.unwrap_or("(unnamed)").to_owned();
@@ -114,7 +123,9 @@ impl Rules for Walker<'_> {
     }
 
     fn strips(&mut self, ctype: &str, place: &str, text: Option<&str>) -> bool {
-        self.in_place(place, |w| Walker::strips(w, &Target::Attachment, ctype, text))
+        self.in_place(place, |w| {
+            Walker::strips(w, &Target::Attachment, ctype, text)
+        })
     }
 
     fn strips_name(&mut self, ctype: &str, place: &str, name: &str) -> bool {

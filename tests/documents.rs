@@ -1,0 +1,453 @@
+//! The content stage over real documents and archives: Word, Excel and OpenDocument files made
+//! by python-docx, openpyxl and odfpy, PDFs made by LibreOffice, ZIPs by Python and zip(1)
+//! (integration/documents makes them all). What Postern writes back is read again by the same
+//! libraries and by LibreOffice, independently of Postern's own reading.
+
+mod support;
+
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use mail_parser::{MessageParser, MimeHeaders};
+use postern::config::Config;
+use postern::engine::Edits;
+use postern::engine::rules::{ContentError, Rewrite, Ruleset, rewrite_within};
+
+const SSN: &str = "078-05-1121";
+
+/// The cases, made once per test binary under Cargo's scratch directory for tests.
+fn cases() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        support::install_deps();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("documents");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(support::script("documents"))
+            .arg("make")
+            .arg(&dir)
+            .output()
+            .expect("integration/documents runs");
+        assert!(out.status.success(), "{}", support::outcome(&out).1);
+        dir
+    })
+}
+
+fn case(name: &str) -> Vec<u8> {
+    std::fs::read(cases().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A message with a short text body and `attachments` (name, declared type, bytes), base64.
+fn message(attachments: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut m = String::from(
+        "From: a@sender.example\r\nTo: b@rcpt.example\r\nSubject: papers\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"sep\"\r\n\r\n--sep\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n",
+    );
+    for (name, ctype, bytes) in attachments {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        m.push_str(&format!(
+            "--sep\r\nContent-Type: {ctype}; name=\"{name}\"\r\n\
+             Content-Disposition: attachment; filename=\"{name}\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n"
+        ));
+        for line in encoded.as_bytes().chunks(76) {
+            m.push_str(std::str::from_utf8(line).unwrap());
+            m.push_str("\r\n");
+        }
+    }
+    m.push_str("--sep--\r\n");
+    m.into_bytes()
+}
+
+const RULES: &str = r#"
+[[ruleset]]
+name = "pci"
+[[ruleset.rule]]
+name = "cards"
+targets = ["body", "attachment"]
+detector = "card_number"
+action = "mask"
+[[ruleset.rule]]
+name = "ssn"
+targets = ["attachment"]
+detector = "us_ssn"
+action = "redact"
+text = "[ssn]"
+[[ruleset.rule]]
+name = "iban"
+targets = ["attachment"]
+detector = "iban"
+action = "mask"
+"#;
+
+fn rulesets(
+    toml: &str,
+) -> (
+    Vec<Ruleset>,
+    postern::engine::rules::documents::DocumentLimits,
+) {
+    let content = Config::parse(toml, "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .policy
+        .content
+        .clone();
+    (content.rulesets, content.documents)
+}
+
+fn scan(toml: &str, raw: &[u8]) -> Result<Rewrite, ContentError> {
+    let (sets, limits) = rulesets(toml);
+    let refs: Vec<&Ruleset> = sets.iter().collect();
+    rewrite_within(raw, &refs, &limits, None)
+}
+
+fn applied(r: &Rewrite, raw: &[u8]) -> Vec<u8> {
+    Edits {
+        headers: r.headers.clone(),
+        body: r.body.clone(),
+    }
+    .apply_to(raw)
+}
+
+/// The attachments of a message (name and decoded bytes), nested messages' included.
+fn attachments(raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    fn walk(message: &mail_parser::Message<'_>, found: &mut Vec<(String, Vec<u8>)>) {
+        for part in &message.parts {
+            if let mail_parser::PartType::Message(inner) = &part.body {
+                walk(inner, found);
+            } else if let Some(name) = part.attachment_name() {
+                found.push((name.to_owned(), part.contents().to_vec()));
+            }
+        }
+    }
+    let message = MessageParser::new().parse(raw).expect("the message parses");
+    let mut found = Vec::new();
+    walk(&message, &mut found);
+    found
+}
+
+/// What the independent readers make of a document: python-docx/openpyxl/odfpy, and
+/// LibreOffice.
+fn read_back(name: &str, bytes: &[u8]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let run = |how: &str| {
+        let out = Command::new(support::script("documents"))
+            .arg(how)
+            .arg(&path)
+            .output()
+            .expect("integration/documents runs");
+        let (ok, text) = support::outcome(&out);
+        assert!(ok, "documents {how} {name}: {text}");
+        text
+    };
+    (run("text"), run("office"))
+}
+
+/// The entries of a ZIP: name, and compressed bytes as stored.
+fn raw_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).expect("a readable ZIP");
+    (0..archive.len())
+        .map(|i| {
+            let mut entry = archive.by_index_raw(i).unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            (entry.name().unwrap().into_owned(), data)
+        })
+        .collect()
+}
+
+#[test]
+fn a_word_letter_is_masked_across_runs_in_its_body_table_header_and_title() {
+    let letter = case("letter.docx");
+    // Declared as anything: the type is read from the content.
+    let raw = message(&[("letter.docx", "application/octet-stream", &letter)]);
+    let rewrite = scan(RULES, &raw).unwrap();
+    let targets: Vec<(&str, &str)> = rewrite
+        .hits
+        .iter()
+        .map(|h| (h.rule.as_str(), h.target.as_str()))
+        .collect();
+    for expected in [
+        ("cards", "attachment:letter.docx/word/document.xml"),
+        ("ssn", "attachment:letter.docx/word/document.xml"),
+        ("iban", "attachment:letter.docx/word/header1.xml"),
+        ("cards", "attachment:letter.docx/docProps/core.xml"),
+    ] {
+        assert!(targets.contains(&expected), "{expected:?} in {targets:?}");
+    }
+    let out = applied(&rewrite, &raw);
+    let (name, new) = attachments(&out).remove(0);
+    assert_eq!(name, "letter.docx");
+    let (python, office) = read_back("letter.docx", &new);
+    for text in [&python, &office] {
+        assert!(
+            text.contains("Your card **** **** **** 1111 was charged."),
+            "{text}"
+        );
+        assert!(!text.contains(SSN) && !text.contains("4111 1111"), "{text}");
+    }
+    assert!(
+        python.contains("Statement for card **** **** **** 1111"),
+        "{python}"
+    );
+    assert!(
+        python.contains("[ssn]") && python.contains("Account ****"),
+        "{python}"
+    );
+    // Only the parts that held the values changed; the bold run is still bold.
+    let (before, after) = (raw_entries(&letter), raw_entries(&new));
+    assert_eq!(
+        before.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        after.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "same entries, same order"
+    );
+    let mut changed: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b.1 != a.1)
+        .map(|(b, _)| b.0.as_str())
+        .collect();
+    changed.sort_unstable();
+    assert_eq!(
+        changed,
+        ["docProps/core.xml", "word/document.xml", "word/header1.xml"]
+    );
+    let mut document = String::new();
+    zip::ZipArchive::new(Cursor::new(&new))
+        .unwrap()
+        .by_name("word/document.xml")
+        .unwrap()
+        .read_to_string(&mut document)
+        .unwrap();
+    assert!(
+        document.contains("<w:b/></w:rPr><w:t></w:t>"),
+        "the bold run is kept, emptied"
+    );
+}
+
+#[test]
+fn a_spreadsheet_and_an_opendocument_text_are_masked() {
+    let raw = message(&[
+        (
+            "cards.xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            &case("cards.xlsx"),
+        ),
+        ("notes.odt", "application/octet-stream", &case("notes.odt")),
+    ]);
+    let out = applied(&scan(RULES, &raw).unwrap(), &raw);
+    let found = attachments(&out);
+    let (python, office) = read_back("cards.xlsx", &found[0].1);
+    // LibreOffice writes the first sheet only as CSV.
+    for text in [&python, &office] {
+        assert!(text.contains("Jane Roe,**** **** **** 1111"), "{text}");
+    }
+    assert!(python.contains("John Doe,**** **** **** 0004"), "{python}");
+    assert!(
+        !python.contains("5500") && !python.contains("4111"),
+        "{python}"
+    );
+    let (python, office) = read_back("notes.odt", &found[1].1);
+    for text in [&python, &office] {
+        assert!(text.contains("Card on file: **** **** **** 1111"), "{text}");
+    }
+}
+
+#[test]
+fn a_clean_document_arrives_byte_identical() {
+    let raw = message(&[
+        ("clean.docx", "application/msword", &case("clean.docx")),
+        ("clean.pdf", "application/pdf", &case("clean.pdf")),
+    ]);
+    let rewrite = scan(RULES, &raw).unwrap();
+    assert!(rewrite.hits.is_empty(), "{:?}", rewrite.hits);
+    assert!(rewrite.body.is_none() && rewrite.reject.is_none());
+    assert_eq!(applied(&rewrite, &raw), raw);
+}
+
+#[test]
+fn a_pdf_that_would_need_a_change_takes_the_rules_unchangeable_action() {
+    let raw = message(&[("statement.pdf", "application/pdf", &case("statement.pdf"))]);
+    let rewrite = scan(RULES, &raw).unwrap();
+    let (reply, ruleset, rule) = rewrite.reject.clone().expect("refused by default");
+    assert_eq!((reply.code(), ruleset.as_str()), (550, "pci"));
+    assert!(["cards", "ssn", "iban"].contains(&rule.as_str()), "{rule}");
+    assert!(
+        reply.text().contains("cannot be protected in place"),
+        "{reply}"
+    );
+
+    // LibreOffice's PDF draws the card number's two runs apart, so the SSN and the IBAN are
+    // what its text shows.
+    let strip = RULES
+        .replace(
+            "[[ruleset.rule]]\nname = \"ssn\"",
+            "unchangeable = \"strip_attachment\"\n[[ruleset.rule]]\nname = \"ssn\"",
+        )
+        .replace(
+            "text = \"[ssn]\"",
+            "text = \"[ssn]\"\nunchangeable = \"strip_attachment\"",
+        )
+        .replace(
+            "detector = \"iban\"\naction = \"mask\"",
+            "detector = \"iban\"\naction = \"mask\"\nunchangeable = \"strip_attachment\"",
+        );
+    let rewrite = scan(&strip, &raw).unwrap();
+    assert!(rewrite.reject.is_none(), "{:?}", rewrite.reject);
+    let out = String::from_utf8(applied(&rewrite, &raw)).unwrap();
+    assert!(out.contains("An attachment was removed"), "{out}");
+    assert!(!out.contains("statement.pdf"));
+    let hit = &rewrite.hits[0];
+    assert_eq!(
+        (hit.action, hit.target.as_str()),
+        ("strip_attachment", "attachment:statement.pdf")
+    );
+}
+
+#[test]
+fn a_csv_and_a_docx_in_a_zip_in_a_forwarded_message_are_rewritten_in_place() {
+    let inner = message(&[("export.zip", "application/zip", &case("export.zip"))]);
+    let raw = format!(
+        "From: c@sender.example\r\nTo: d@rcpt.example\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\n\
+         Content-Type: text/plain\r\n\r\nForwarded.\r\n--outer\r\n\
+         Content-Type: message/rfc822\r\n\r\n{}\r\n--outer--\r\n",
+        String::from_utf8(inner).unwrap()
+    )
+    .into_bytes();
+    let rewrite = scan(RULES, &raw).unwrap();
+    let out = applied(&rewrite, &raw);
+    let (name, zip) = attachments(&out)
+        .into_iter()
+        .find(|(n, _)| n == "export.zip")
+        .expect("the archive is still there");
+    assert_eq!(name, "export.zip");
+    let mut archive = zip::ZipArchive::new(Cursor::new(&zip)).unwrap();
+    let mut csv = String::new();
+    archive
+        .by_name("export/export.csv")
+        .unwrap()
+        .read_to_string(&mut csv)
+        .unwrap();
+    assert_eq!(csv, "name,ssn\r\nJane Roe,[ssn]\r\n");
+    let mut letter = Vec::new();
+    archive
+        .by_name("export/letter.docx")
+        .unwrap()
+        .read_to_end(&mut letter)
+        .unwrap();
+    let (python, _) = read_back("letter.docx", &letter);
+    assert!(
+        python.contains("Your card **** **** **** 1111 was charged."),
+        "{python}"
+    );
+    assert!(
+        rewrite
+            .hits
+            .iter()
+            .any(|h| h.target == "attachment:export.zip/export/letter.docx/word/document.xml"),
+        "{:?}",
+        rewrite.hits
+    );
+}
+
+#[test]
+fn a_bomb_an_over_deep_nesting_and_an_encrypted_archive_are_named_outcomes() {
+    // 200 MB of zeros in 200 KB: the ratio stops it before anything is expanded.
+    let bomb = message(&[("bomb.zip", "application/zip", &case("bomb.zip"))]);
+    match scan(RULES, &bomb) {
+        Err(ContentError::Document(e)) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("bomb.zip/zeros.bin") && e.contains("max_compression_ratio"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let strip = format!("[content]\narchive_limit_action = \"strip_attachment\"\n{RULES}");
+    let rewrite = scan(&strip, &bomb).unwrap();
+    assert_eq!(rewrite.unread.len(), 1);
+    assert_eq!(rewrite.unread[0].why.name(), "max_compression_ratio");
+    assert!(
+        String::from_utf8(applied(&rewrite, &bomb))
+            .unwrap()
+            .contains("An attachment was removed")
+    );
+    // Within a lower budget the entry's size alone stops it.
+    let small =
+        format!("[content]\nmax_compression_ratio = 100000\nmax_expanded_size = 1000000\n{RULES}");
+    match scan(&small, &bomb) {
+        Err(ContentError::Document(e)) => {
+            assert!(e.to_string().contains("max_expanded_size"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let deep = message(&[("deep.zip", "application/zip", &case("deep.zip"))]);
+    match scan(RULES, &deep) {
+        Err(ContentError::Document(e)) => {
+            assert!(e.to_string().contains("max_nesting_depth"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // One level more allowed, and the SSN at the bottom is found and redacted.
+    let deeper = format!("[content]\nmax_nesting_depth = 4\n{RULES}");
+    let rewrite = scan(&deeper, &deep).unwrap();
+    assert_eq!(rewrite.hits.len(), 1, "{:?}", rewrite.hits);
+    assert_eq!(
+        rewrite.hits[0].target,
+        "attachment:deep.zip/level2.zip/level1.zip/level0.zip/export.csv"
+    );
+
+    let secret = message(&[("secret.zip", "application/zip", &case("secret.zip"))]);
+    let rewrite = scan(RULES, &secret).unwrap();
+    assert_eq!(rewrite.unread.len(), 1, "passed unread by default");
+    assert_eq!(rewrite.unread[0].why.name(), "encrypted");
+    assert!(rewrite.reject.is_none() && rewrite.body.is_none());
+    let refuse = format!("[content]\nencrypted_action = \"reject\"\n{RULES}");
+    let rewrite = scan(&refuse, &secret).unwrap();
+    assert_eq!(rewrite.reject.expect("refused").0.code(), 550);
+}
+
+#[test]
+fn rules_see_the_true_type_and_the_names_inside_archives() {
+    let rules = r#"
+[[ruleset]]
+name = "executables"
+[[ruleset.rule]]
+name = "programs"
+targets = ["attachment"]
+content_types = ["application/vnd.microsoft.portable-executable"]
+action = "strip_attachment"
+[[ruleset.rule]]
+name = "scripts"
+targets = ["filename"]
+regex = '(?i)\.js$'
+action = "strip_attachment"
+"#;
+    // A program sent as a PDF: its bytes say what it is.
+    let mut program = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff".to_vec();
+    program.resize(512, 0);
+    let raw = message(&[("invoice.pdf", "application/pdf", &program)]);
+    let rewrite = scan(rules, &raw).unwrap();
+    assert_eq!(rewrite.hits.len(), 1, "{:?}", rewrite.hits);
+    assert_eq!(rewrite.hits[0].rule, "programs");
+
+    let raw = message(&[("invoice.zip", "application/zip", &case("scripts.zip"))]);
+    let rewrite = scan(rules, &raw).unwrap();
+    assert_eq!(rewrite.hits.len(), 1, "{:?}", rewrite.hits);
+    assert_eq!(
+        (
+            rewrite.hits[0].rule.as_str(),
+            rewrite.hits[0].target.as_str()
+        ),
+        ("scripts", "filename:invoice.zip/invoice/invoice.js")
+    );
+    let out = String::from_utf8(applied(&rewrite, &raw)).unwrap();
+    assert!(out.contains("An attachment was removed") && !out.contains("invoice.zip"));
+}
