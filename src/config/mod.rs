@@ -608,7 +608,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("template does not belong to action \"mask\", which takes keep_last and mask_char; remove it or change the action"),
+            e.contains("template does not belong to action \"mask\", which takes keep_last, mask_char, unchangeable and relay_targets; remove it or change the action"),
             "{e}"
         );
         let e = error(&rule(
@@ -620,7 +620,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("reply does not belong to action \"tokenize\", which takes key_file, key_env, prefix and length; remove it or change the action"),
+            e.contains("reply does not belong to action \"tokenize\", which takes key_file, key_env, prefix, length, unchangeable and relay_targets; remove it or change the action"),
             "{e}"
         );
         let e = error(&rule("strip_attachment", "mask_char = \"#\"\n"));

@@ -32,6 +32,7 @@ pub(super) struct ContentSection {
     max_compression_ratio: u64,
     archive_limit_action: UnreadAction,
     encrypted_action: UnreadAction,
+    damaged_action: UnreadAction,
 }
 
 impl Default for ContentSection {
@@ -45,6 +46,7 @@ impl Default for ContentSection {
             max_compression_ratio: limits.max_compression_ratio,
             archive_limit_action: limits.limit_action,
             encrypted_action: limits.encrypted_action,
+            damaged_action: limits.damaged_action,
         }
     }
 }
@@ -244,6 +246,7 @@ pub(super) fn compile(
             max_compression_ratio: content.max_compression_ratio,
             limit_action: content.archive_limit_action,
             encrypted_action: content.encrypted_action,
+            damaged_action: content.damaged_action,
         },
     })
 }

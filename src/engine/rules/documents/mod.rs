@@ -41,6 +41,8 @@ pub struct DocumentLimits {
     pub limit_action: UnreadAction,
     /// What happens to an encrypted archive entry or PDF, whose content cannot be read.
     pub encrypted_action: UnreadAction,
+    /// What happens to a document or archive too damaged (or too unusual) to read.
+    pub damaged_action: UnreadAction,
 }
 
 impl Default for DocumentLimits {
@@ -52,6 +54,7 @@ impl Default for DocumentLimits {
             max_compression_ratio: 100,
             limit_action: UnreadAction::ScanFailure,
             encrypted_action: UnreadAction::Accept,
+            damaged_action: UnreadAction::Accept,
         }
     }
 }
@@ -259,6 +262,7 @@ impl<'l> Reader<'l> {
             Err(DocumentError::Unread { place, why }) => {
                 let action = match why {
                     Unread::Encrypted => self.limits.encrypted_action,
+                    Unread::Damaged(_) => self.limits.damaged_action,
                     _ => self.limits.limit_action,
                 };
                 rules.unread(&place, &why, action);
