@@ -451,3 +451,99 @@ action = "strip_attachment"
     let out = String::from_utf8(applied(&rewrite, &raw)).unwrap();
     assert!(out.contains("An attachment was removed") && !out.contains("invoice.zip"));
 }
+
+/// The documents of a message, masked, read back from what the sink stored.
+fn assert_masked_documents(stored: &[u8]) {
+    let found = attachments(stored);
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["letter.docx", "cards.xlsx"], "{names:?}");
+    let (python, office) = read_back("letter.docx", &found[0].1);
+    for text in [&python, &office] {
+        assert!(
+            text.contains("Your card **** **** **** 1111 was charged."),
+            "{text}"
+        );
+        assert!(text.contains("[ssn]") && !text.contains(SSN), "{text}");
+    }
+    let (python, _) = read_back("cards.xlsx", &found[1].1);
+    assert!(python.contains("Jane Roe,**** **** **** 1111"), "{python}");
+    assert!(python.contains("John Doe,**** **** **** 0004"), "{python}");
+}
+
+fn documents_message() -> Vec<u8> {
+    message(&[
+        (
+            "letter.docx",
+            "application/octet-stream",
+            &case("letter.docx"),
+        ),
+        (
+            "cards.xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            &case("cards.xlsx"),
+        ),
+    ])
+}
+
+/// Through the proxy, signed after the rewrite: the signature covers the new documents
+/// (dkimpy verifies it), the header names the ruleset and the log the attachment and rule.
+#[test]
+fn through_the_proxy_documents_arrive_masked_and_signed() {
+    let keys = support::dkim::DkimKeys::start();
+    let config = format!(
+        "{RULES}[[dkim_signer]]\ndomain = \"signer.test\"\nselector = \"rsa\"\n\
+         key_file = \"{}\"\nsign = \"transformed\"\n\
+         [proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+         [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n",
+        keys.key("rsa").display()
+    );
+    let env = support::proxy::ProxyEnv::start(&config, &[&[]]);
+    let sent = String::from_utf8(documents_message())
+        .unwrap()
+        .replace("From: a@sender.example", "From: a@mail.signer.test");
+    let reply = env
+        .smtp()
+        .send("a@mail.signer.test", "b@rcpt.example", sent.as_bytes());
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = env.sinks[0].wait_delivered(1).remove(0);
+    assert_masked_documents(&stored);
+    let text = String::from_utf8_lossy(&stored);
+    assert!(text.contains("X-Postern-Rulesets: pci"), "{text}");
+    let (ok, verified) = keys.verify(support::proxy::without_postern_received(&stored));
+    assert!(ok, "{verified}");
+    let log = env.log();
+    assert!(
+        log.contains("rule_target=attachment:letter.docx/word/document.xml"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("4111 1111") && !log.contains(SSN),
+        "the log leaks:\n{log}"
+    );
+}
+
+/// Behind a real Postfix: the milter replaces the body with the rewritten documents.
+#[test]
+fn behind_postfix_documents_arrive_masked() {
+    let env = support::MailEnv::start(support::Socket::Unix, RULES);
+    let reply = env
+        .smtp()
+        .send("a@sender.example", "b@rcpt.example", &documents_message());
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = env.wait_delivered(1).remove(0);
+    assert_masked_documents(&stored);
+}
+
+/// A limit reached behind Postfix: the scan failure action (here reject) answers the client,
+/// and the log says which attachment and which limit.
+#[test]
+fn behind_postfix_a_bomb_gets_the_scan_failure_action() {
+    let config = format!("[scan]\nscan_failure_action = \"reject\"\n{RULES}");
+    let env = support::MailEnv::start(support::Socket::Unix, &config);
+    let bomb = message(&[("bomb.zip", "application/zip", &case("bomb.zip"))]);
+    let reply = env.smtp().send("a@sender.example", "b@rcpt.example", &bomb);
+    assert!(reply.starts_with("5"), "{reply}");
+    env.wait_for_log("max_compression_ratio");
+    let log = env.postern_log();
+    assert!(log.contains("bomb.zip/zeros.bin"), "{log}");
+}
