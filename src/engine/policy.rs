@@ -311,6 +311,20 @@ impl fmt::Display for Policy {
         }
         if self.content.rulesets.is_empty() {
             writeln!(f, "rulesets:                none")?;
+        } else {
+            let d = &self.content.documents;
+            writeln!(
+                f,
+                "documents:               depth {}, {} entries, {} bytes expanded, ratio {}; \
+                 limit {}, encrypted {}, damaged {}",
+                d.max_nesting_depth,
+                d.max_archive_entries,
+                d.max_expanded_size,
+                d.max_compression_ratio,
+                d.limit_action.name(),
+                d.encrypted_action.name(),
+                d.damaged_action.name()
+            )?;
         }
         for r in &self.address_transformations.0 {
             let places: Vec<&str> = r.applies_to.iter().map(|p| p.name()).collect();
