@@ -412,6 +412,14 @@ fn a_bomb_an_over_deep_nesting_and_an_encrypted_archive_are_named_outcomes() {
     let refuse = format!("[content]\nencrypted_action = \"reject\"\n{RULES}");
     let rewrite = scan(&refuse, &secret).unwrap();
     assert_eq!(rewrite.reject.expect("refused").0.code(), 550);
+    // A password-protected PDF (LibreOffice's export with an open password) alike.
+    let locked = message(&[("locked.pdf", "application/pdf", &case("locked.pdf"))]);
+    let rewrite = scan(RULES, &locked).unwrap();
+    assert_eq!(rewrite.unread.len(), 1, "{:?}", rewrite.unread);
+    assert_eq!(rewrite.unread[0].why.name(), "encrypted");
+    let strip = format!("[content]\nencrypted_action = \"strip_attachment\"\n{RULES}");
+    let rewrite = scan(&strip, &locked).unwrap();
+    assert!(String::from_utf8(applied(&rewrite, &locked)).unwrap().contains("An attachment was removed"));
 }
 
 #[test]
@@ -546,4 +554,21 @@ fn behind_postfix_a_bomb_gets_the_scan_failure_action() {
     env.wait_for_log("max_compression_ratio");
     let log = env.postern_log();
     assert!(log.contains("bomb.zip/zeros.bin"), "{log}");
+}
+
+/// A document cut short (as a mail client with a full disk might send it): by default it goes
+/// on unread, noted; `damaged_action` can refuse it instead.
+#[test]
+fn a_damaged_document_takes_the_damaged_action() {
+    let letter = case("letter.docx");
+    let cut = &letter[..letter.len() / 2];
+    let raw = message(&[("letter.docx", "application/octet-stream", cut)]);
+    let rewrite = scan(RULES, &raw).unwrap();
+    assert_eq!(rewrite.unread.len(), 1, "{:?}", rewrite.unread);
+    assert_eq!(rewrite.unread[0].why.name(), "damaged");
+    assert_eq!(rewrite.unread[0].attachment, "letter.docx");
+    assert!(rewrite.body.is_none() && rewrite.reject.is_none());
+    let refuse = format!("[content]\ndamaged_action = \"reject\"\n{RULES}");
+    let reply = scan(&refuse, &raw).unwrap().reject.expect("refused").0;
+    assert!(reply.text().contains("cannot be read (damaged)"), "{reply}");
 }

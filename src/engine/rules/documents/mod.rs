@@ -51,7 +51,7 @@ impl Default for DocumentLimits {
             max_nesting_depth: 3,
             max_archive_entries: 1000,
             max_expanded_size: 100_000_000,
-            max_compression_ratio: 100,
+            max_compression_ratio: 250,
             limit_action: UnreadAction::ScanFailure,
             encrypted_action: UnreadAction::Accept,
             damaged_action: UnreadAction::Accept,
@@ -60,7 +60,7 @@ impl Default for DocumentLimits {
 }
 
 /// Entries smaller than this are not held to `max_compression_ratio`: small XML compresses
-/// far better than 100 to 1 without being a bomb.
+/// far better than 250 to 1 without being a bomb.
 const RATIO_FLOOR: u64 = 1 << 20;
 
 /// What is done with an attachment Postern cannot read to the end.
