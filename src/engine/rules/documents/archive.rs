@@ -126,7 +126,9 @@ pub(super) fn scan(
             let entry = archive
                 .by_index(index)
                 .map_err(|e| damaged(&entry_place, e))?;
-            let mut data = Vec::with_capacity(size.min(RATIO_FLOOR) as usize);
+            // The declared size (bounded by what is left of the budget): one allocation for a
+            // truthful entry, none larger than the budget for a lying one.
+            let mut data = Vec::with_capacity(size.min(reader.room()) as usize);
             entry
                 .take(reader.room().saturating_add(1))
                 .read_to_end(&mut data)

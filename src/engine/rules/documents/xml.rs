@@ -11,6 +11,7 @@
 //! span is taken out of the pieces it covered); at the end only the changed pieces are
 //! written back, escaped, into the XML, every other byte staying as it was.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use quick_xml::events::Event;
@@ -95,10 +96,11 @@ pub(super) const PROPERTIES: Grammar = Grammar {
     spaces: &[],
 };
 
-/// One piece of a part's text.
+/// One piece of a part's text: borrowed from the XML while it needs no unescaping and has not
+/// changed.
 #[derive(Debug)]
-struct Piece {
-    text: String,
+struct Piece<'x> {
+    text: Cow<'x, str>,
     /// Where its escaped text is in the XML; `None` for a separator, which the XML does not
     /// hold and which can therefore take no new text.
     raw: Option<Range<usize>>,
@@ -107,16 +109,16 @@ struct Piece {
 
 /// A part's text, in pieces.
 #[derive(Debug)]
-pub(super) struct Pieces {
-    pieces: Vec<Piece>,
+pub(super) struct Pieces<'x> {
+    pieces: Vec<Piece<'x>>,
 }
 
 /// Why a part's XML could not be read.
 pub(super) type XmlError = String;
 
-impl Pieces {
+impl<'x> Pieces<'x> {
     /// Reads the text of `xml` as `grammar` says where it is.
-    pub(super) fn read(xml: &[u8], grammar: &Grammar) -> Result<Self, XmlError> {
+    pub(super) fn read(xml: &'x [u8], grammar: &Grammar) -> Result<Self, XmlError> {
         let mut reader = quick_xml::Reader::from_reader(xml);
         reader.config_mut().check_end_names = false;
         let mut pieces = Vec::new();
@@ -136,16 +138,15 @@ impl Pieces {
                 let escaped = std::str::from_utf8(&xml[range.clone()])
                     .map_err(|_| "XML text that is not UTF-8".to_owned())?;
                 let text = quick_xml::escape::unescape(escaped)
-                    .map_err(|e| format!("XML at byte {}: {e}", range.start))?
-                    .into_owned();
+                    .map_err(|e| format!("XML at byte {}: {e}", range.start))?;
                 pieces.push(Piece {
                     text,
                     raw: Some(range),
                     changed: false,
                 });
             }
-            let separator = |s: &str| Piece {
-                text: s.to_owned(),
+            let separator = |s: &'static str| Piece {
+                text: Cow::Borrowed(s),
                 raw: None,
                 changed: false,
             };
@@ -238,7 +239,7 @@ impl Pieces {
             }
             if touched {
                 out.push_str(&piece.text[at - offset..]);
-                piece.text = out;
+                piece.text = Cow::Owned(out);
                 piece.changed = true;
             }
             offset = end;
@@ -246,7 +247,7 @@ impl Pieces {
         if !waiting.is_empty()
             && let Some(last) = self.pieces.iter_mut().rev().find(|p| p.raw.is_some())
         {
-            last.text.push_str(&waiting);
+            last.text.to_mut().push_str(&waiting);
             last.changed = true;
         }
     }
@@ -258,7 +259,7 @@ impl Pieces {
         for piece in self.pieces.iter().filter(|p| p.changed) {
             let Some(raw) = &piece.raw else { continue };
             out.extend_from_slice(&xml[at..raw.start]);
-            out.extend_from_slice(quick_xml::escape::partial_escape(&piece.text).as_bytes());
+            out.extend_from_slice(quick_xml::escape::partial_escape(piece.text.as_ref()).as_bytes());
             at = raw.end;
         }
         if at == 0 {
