@@ -419,7 +419,11 @@ fn a_bomb_an_over_deep_nesting_and_an_encrypted_archive_are_named_outcomes() {
     assert_eq!(rewrite.unread[0].why.name(), "encrypted");
     let strip = format!("[content]\nencrypted_action = \"strip_attachment\"\n{RULES}");
     let rewrite = scan(&strip, &locked).unwrap();
-    assert!(String::from_utf8(applied(&rewrite, &locked)).unwrap().contains("An attachment was removed"));
+    assert!(
+        String::from_utf8(applied(&rewrite, &locked))
+            .unwrap()
+            .contains("An attachment was removed")
+    );
 }
 
 #[test]
@@ -571,4 +575,29 @@ fn a_damaged_document_takes_the_damaged_action() {
     let refuse = format!("[content]\ndamaged_action = \"reject\"\n{RULES}");
     let reply = scan(&refuse, &raw).unwrap().reject.expect("refused").0;
     assert!(reply.text().contains("cannot be read (damaged)"), "{reply}");
+}
+
+#[test]
+fn slides_are_masked_in_powerpoint_and_opendocument() {
+    let raw = message(&[
+        ("deck.pptx", "application/octet-stream", &case("deck.pptx")),
+        ("deck.odp", "application/octet-stream", &case("deck.odp")),
+    ]);
+    let rewrite = scan(RULES, &raw).unwrap();
+    let targets: Vec<&str> = rewrite.hits.iter().map(|h| h.target.as_str()).collect();
+    assert!(
+        targets.contains(&"attachment:deck.pptx/ppt/slides/slide1.xml")
+            && targets.contains(&"attachment:deck.odp/content.xml"),
+        "{targets:?}"
+    );
+    let found = attachments(&applied(&rewrite, &raw));
+    for (name, bytes) in &found {
+        let (python, office) = read_back(name, bytes);
+        for text in [&python, &office] {
+            assert!(
+                text.contains("Card on slide: **** **** **** 1111"),
+                "{name}: {text}"
+            );
+        }
+    }
 }

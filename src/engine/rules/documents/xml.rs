@@ -259,7 +259,9 @@ impl<'x> Pieces<'x> {
         for piece in self.pieces.iter().filter(|p| p.changed) {
             let Some(raw) = &piece.raw else { continue };
             out.extend_from_slice(&xml[at..raw.start]);
-            out.extend_from_slice(quick_xml::escape::partial_escape(piece.text.as_ref()).as_bytes());
+            out.extend_from_slice(
+                quick_xml::escape::partial_escape(piece.text.as_ref()).as_bytes(),
+            );
             at = raw.end;
         }
         if at == 0 {
