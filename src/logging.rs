@@ -314,7 +314,8 @@ impl Events for LogEvents {
                 queue_id,
                 %ruleset,
                 %rule,
-                rule_target = %target,
+                // Attachment and archive entry names come from the sender.
+                rule_target = %target.escape_debug(),
                 count,
                 "content rule acted"
             ),
@@ -344,7 +345,7 @@ impl Events for LogEvents {
             } => warn!(
                 session,
                 queue_id,
-                %attachment,
+                attachment = %attachment.escape_debug(),
                 reason,
                 detail,
                 action,

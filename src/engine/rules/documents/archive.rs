@@ -89,6 +89,9 @@ pub(super) fn scan(
         if rules.time_is_up() {
             return Err(DocumentError::Deadline);
         }
+        if rules.refused() {
+            return Ok(Outcome::Unchanged);
+        }
         let (name, encrypted, size, compressed) = {
             let entry = archive.by_index_raw(index).map_err(|e| damaged(place, e))?;
             if entry.is_dir() {

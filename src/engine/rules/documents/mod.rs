@@ -216,6 +216,8 @@ pub trait Rules {
     fn unread(&mut self, place: &str, why: &Unread, action: UnreadAction);
     /// The scan's deadline passed.
     fn time_is_up(&mut self) -> bool;
+    /// The message is refused already: nothing more needs reading.
+    fn refused(&self) -> bool;
 }
 
 /// What running the rules over one text did.
@@ -224,8 +226,6 @@ pub struct Ran {
     pub changed: bool,
     /// A transform found something in a read-only text: its rule's action.
     pub unchangeable: Option<Unchangeable>,
-    /// A `reject` rule matched: nothing more needs reading.
-    pub rejected: bool,
 }
 
 /// One message's reading of its attachments: the limits and what has been expanded so far.

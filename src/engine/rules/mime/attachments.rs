@@ -148,7 +148,6 @@ impl Rules for Walker<'_> {
         Ran {
             changed: new.is_some(),
             unchangeable,
-            rejected: self.rewrite.reject.is_some(),
         }
     }
 
@@ -169,5 +168,9 @@ impl Rules for Walker<'_> {
 
     fn time_is_up(&mut self) -> bool {
         Walker::time_is_up(self)
+    }
+
+    fn refused(&self) -> bool {
+        self.rewrite.reject.is_some()
     }
 }
