@@ -183,20 +183,19 @@ fn document_part(
     grammar: &Grammar,
     place: &str,
 ) -> Result<Outcome, DocumentError> {
-    let mut pieces = Pieces::read(data, grammar).map_err(|e| damaged(place, e))?;
-    if pieces.is_blank() {
+    let (mut pieces, text) = Pieces::read(data, grammar).map_err(|e| damaged(place, e))?;
+    if text.trim().is_empty() {
         return Ok(Outcome::Unchanged);
     }
-    let text = pieces.text();
     if rules.strips(ctype, place, Some(&text)) {
         return Ok(Outcome::Strip);
     }
-    let ran = rules.run(ctype, place, &text, false, &mut |_, found| {
+    let ran = rules.run(ctype, place, &text, false, &mut |found| {
         pieces.replace(found);
     });
-    Ok(match pieces.write(data) {
-        Some(new) if ran.changed => Outcome::Rewritten(new),
-        _ => Outcome::Unchanged,
+    Ok(match ran.new.and_then(|new| pieces.write(data, &new)) {
+        Some(new) => Outcome::Rewritten(new),
+        None => Outcome::Unchanged,
     })
 }
 

@@ -200,9 +200,10 @@ pub trait Rules {
     fn strips(&mut self, ctype: &str, place: &str, text: Option<&str>) -> bool;
     /// A `strip_attachment` rule on `filename` matches this file name (an entry of an archive).
     fn strips_name(&mut self, ctype: &str, place: &str, name: &str) -> bool;
-    /// Runs the rules over `text`. Every transform that changes it is shown to `each` with the
-    /// text it applies to; returns whether the text changed. With `read_only`, nothing may
-    /// change: a transform that finds something takes its rule's [`Unchangeable`] action
+    /// Runs the rules over `text`. Every transform that changes it is shown to `each` (its
+    /// spans in the text as the transforms before it left it); returns the new text. With
+    /// `read_only`, nothing may change: a transform that finds something takes its rule's
+    /// [`Unchangeable`] action
     /// instead (recorded by the rules), and `Some` of it is returned.
     fn run(
         &mut self,
@@ -210,7 +211,7 @@ pub trait Rules {
         place: &str,
         text: &str,
         read_only: bool,
-        each: &mut dyn FnMut(&str, &Replacements),
+        each: &mut dyn FnMut(&Replacements),
     ) -> Ran;
     /// An attachment was not read to the end (logged and counted by the walk).
     fn unread(&mut self, place: &str, why: &Unread, action: UnreadAction);
@@ -223,7 +224,8 @@ pub trait Rules {
 /// What running the rules over one text did.
 #[derive(Debug, Default)]
 pub struct Ran {
-    pub changed: bool,
+    /// The text after the transforms, when they changed it.
+    pub new: Option<String>,
     /// A transform found something in a read-only text: its rule's action.
     pub unchangeable: Option<Unchangeable>,
 }
@@ -293,19 +295,14 @@ impl<'l> Reader<'l> {
         if rules.strips(ctype, place, Some(&text)) {
             return Outcome::Strip;
         }
-        let mut current: Option<String> = None;
-        let ran = rules.run(ctype, place, &text, false, &mut |now, found| {
-            let mut out = String::new();
-            found.write_into(now, &mut out);
-            current = Some(out);
-        });
-        match current {
-            Some(new) if ran.changed => Outcome::Rewritten(if utf8 {
+        let ran = rules.run(ctype, place, &text, false, &mut |_| {});
+        match ran.new {
+            Some(new) => Outcome::Rewritten(if utf8 {
                 new.into_bytes()
             } else {
                 encoding_rs::WINDOWS_1252.encode(&new).0.into_owned()
             }),
-            _ => Outcome::Unchanged,
+            None => Outcome::Unchanged,
         }
     }
 

@@ -44,7 +44,7 @@ pub(super) fn scan(
     if rules.strips(ctype, place, Some(&text)) {
         return Ok(Outcome::Strip);
     }
-    let ran = rules.run(ctype, place, &text, true, &mut |_, _| {});
+    let ran = rules.run(ctype, place, &text, true, &mut |_| {});
     Ok(match ran.unchangeable {
         Some(super::Unchangeable::StripAttachment) => Outcome::Strip,
         _ => Outcome::Unchanged,

@@ -11,7 +11,6 @@
 //! span is taken out of the pieces it covered); at the end only the changed pieces are
 //! written back, escaped, into the XML, every other byte staying as it was.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use quick_xml::events::Event;
@@ -96,32 +95,37 @@ pub(super) const PROPERTIES: Grammar = Grammar {
     spaces: &[],
 };
 
-/// One piece of a part's text: borrowed from the XML while it needs no unescaping and has not
-/// changed.
-#[derive(Debug)]
-struct Piece<'x> {
-    text: Cow<'x, str>,
-    /// Where its escaped text is in the XML; `None` for a separator, which the XML does not
-    /// hold and which can therefore take no new text.
+/// One piece of a part's text: where it starts in the joined text (it ends where the next
+/// one starts) and where its escaped text is in the XML.
+#[derive(Clone, Debug)]
+struct Piece {
+    at: usize,
+    /// `None` for a separator, which the XML does not hold and which can therefore take no
+    /// new text.
     raw: Option<Range<usize>>,
     changed: bool,
 }
 
-/// A part's text, in pieces.
+/// A part's text, as pieces of one joined text. The text itself is the caller's: the rules
+/// make each new one, and [`Pieces::replace`] moves the pieces' bounds along.
 #[derive(Debug)]
-pub(super) struct Pieces<'x> {
-    pieces: Vec<Piece<'x>>,
+pub(super) struct Pieces {
+    pieces: Vec<Piece>,
+    /// The joined text's length now.
+    len: usize,
 }
 
 /// Why a part's XML could not be read.
 pub(super) type XmlError = String;
 
-impl<'x> Pieces<'x> {
-    /// Reads the text of `xml` as `grammar` says where it is.
-    pub(super) fn read(xml: &'x [u8], grammar: &Grammar) -> Result<Self, XmlError> {
+impl Pieces {
+    /// Reads the text of `xml` as `grammar` says where it is: the pieces and the joined text.
+    pub(super) fn read(xml: &[u8], grammar: &Grammar) -> Result<(Self, String), XmlError> {
         let mut reader = quick_xml::Reader::from_reader(xml);
         reader.config_mut().check_end_names = false;
-        let mut pieces = Vec::new();
+        // Word's XML is about a third text, and a text run takes some 60 bytes of markup.
+        let mut text = String::with_capacity(xml.len() / 3);
+        let mut pieces = Vec::with_capacity(xml.len() / 64);
         let mut inside = 0usize;
         let mut run: Option<Range<usize>> = None;
         loop {
@@ -137,18 +141,22 @@ impl<'x> Pieces<'x> {
             if let Some(range) = run.take() {
                 let escaped = std::str::from_utf8(&xml[range.clone()])
                     .map_err(|_| "XML text that is not UTF-8".to_owned())?;
-                let text = quick_xml::escape::unescape(escaped)
+                let unescaped = quick_xml::escape::unescape(escaped)
                     .map_err(|e| format!("XML at byte {}: {e}", range.start))?;
                 pieces.push(Piece {
-                    text,
+                    at: text.len(),
                     raw: Some(range),
                     changed: false,
                 });
+                text.push_str(&unescaped);
             }
-            let separator = |s: &'static str| Piece {
-                text: Cow::Borrowed(s),
-                raw: None,
-                changed: false,
+            let mut separator = |s: &str| {
+                pieces.push(Piece {
+                    at: text.len(),
+                    raw: None,
+                    changed: false,
+                });
+                text.push_str(s);
             };
             match event {
                 Event::Start(e) if grammar.holds_text.contains(&e.local_name().into_inner()) => {
@@ -160,108 +168,96 @@ impl<'x> Pieces<'x> {
                         inside = inside.saturating_sub(1);
                     }
                     if grammar.paragraphs.contains(&name) {
-                        pieces.push(separator("\n"));
+                        separator("\n");
                     }
                 }
                 Event::Empty(e) => {
                     let name = e.local_name().into_inner();
                     if grammar.tabs.contains(&name) {
-                        pieces.push(separator("\t"));
+                        separator("\t");
                     } else if grammar.breaks.contains(&name) || grammar.paragraphs.contains(&name) {
-                        pieces.push(separator("\n"));
+                        separator("\n");
                     } else if grammar.spaces.contains(&name) {
-                        pieces.push(separator(" "));
+                        separator(" ");
                     }
                 }
                 Event::Eof => break,
                 _ => {}
             }
         }
-        Ok(Self { pieces })
+        let len = text.len();
+        Ok((Self { pieces, len }, text))
     }
 
-    /// The text, pieces joined.
-    pub(super) fn text(&self) -> String {
-        let mut text = String::with_capacity(self.pieces.iter().map(|p| p.text.len()).sum());
-        for piece in &self.pieces {
-            text.push_str(&piece.text);
-        }
-        text
+    /// Where piece `i` ends in the joined text.
+    fn end(&self, i: usize) -> usize {
+        self.pieces.get(i + 1).map_or(self.len, |p| p.at)
     }
 
-    /// True when no piece holds anything but white space.
-    pub(super) fn is_blank(&self) -> bool {
-        self.pieces
-            .iter()
-            .all(|p| p.raw.is_none() || p.text.trim().is_empty())
-    }
-
-    /// Lays `found` (replacements in the joined text, as it is now) onto the pieces.
+    /// Moves the pieces' bounds as `found` (replacements in the joined text as it is now)
+    /// changes the text: a replacement goes to the piece where its span began (or, when that
+    /// is a separator, to the next piece the XML holds, else the one before), and the rest of
+    /// the span is taken out of the pieces it covered.
     pub(super) fn replace(&mut self, found: &Replacements) {
         let mut spans = found.pieces().peekable();
-        let mut offset = 0usize;
-        // A replacement whose span begins in a separator waits for the next piece that the XML
-        // holds.
-        let mut waiting = String::new();
-        for piece in &mut self.pieces {
-            let len = piece.text.len();
-            let end = offset + len;
-            let mut out = String::new();
-            let mut at = offset;
-            let mut touched = false;
-            if piece.raw.is_some() && !waiting.is_empty() {
-                out.push_str(&waiting);
-                waiting.clear();
-                touched = true;
+        let mut delta = 0isize;
+        // Replacements that began in a separator: the separator's index, where the new text
+        // starts, its length.
+        let mut homeless = Vec::new();
+        for i in 0..self.pieces.len() {
+            let (start, end) = (self.pieces[i].at, self.end(i));
+            while let Some((span, new)) = spans.next_if(|(span, _)| span.end <= start) {
+                delta += new.len() as isize - span.len() as isize;
             }
-            while at < end {
-                // Spans that end before `at` are done.
-                while spans.next_if(|(span, _)| span.end <= at).is_some() {}
-                let Some((span, new)) = spans.peek() else {
-                    break;
-                };
-                if span.start >= end {
-                    break;
+            let moved = |at: usize| at.saturating_add_signed(delta);
+            let new_start = match spans.peek() {
+                // The piece begins inside a span: after that span's new text.
+                Some((span, new)) if span.start < start => moved(span.start) + new.len(),
+                _ => moved(start),
+            };
+            if let Some((span, new)) = spans.peek()
+                && span.start < end
+                && span.end > start
+            {
+                if self.pieces[i].raw.is_none() && span.start >= start {
+                    homeless.push((i, moved(span.start), new.len()));
                 }
-                if span.start > at {
-                    out.push_str(&piece.text[at - offset..span.start - offset]);
-                    at = span.start;
-                }
-                if at == span.start {
-                    if piece.raw.is_some() {
-                        out.push_str(new);
-                    } else {
-                        waiting.push_str(new);
-                    }
-                }
-                touched = true;
-                at = span.end.min(end);
+                self.pieces[i].changed = true;
             }
-            if touched {
-                out.push_str(&piece.text[at - offset..]);
-                piece.text = Cow::Owned(out);
-                piece.changed = true;
-            }
-            offset = end;
+            self.pieces[i].at = new_start;
         }
-        if !waiting.is_empty()
-            && let Some(last) = self.pieces.iter_mut().rev().find(|p| p.raw.is_some())
-        {
-            last.text.to_mut().push_str(&waiting);
-            last.changed = true;
+        for (span, new) in spans {
+            delta += new.len() as isize - span.len() as isize;
+        }
+        self.len = self.len.saturating_add_signed(delta);
+        for (i, at, len) in homeless {
+            let raw = |p: &Piece| p.raw.is_some();
+            if let Some(j) = (i + 1..self.pieces.len()).find(|&j| raw(&self.pieces[j])) {
+                for piece in &mut self.pieces[i + 1..=j] {
+                    piece.at = piece.at.min(at);
+                }
+                self.pieces[j].changed = true;
+            } else if let Some(j) = (0..i).rev().find(|&j| raw(&self.pieces[j])) {
+                for piece in &mut self.pieces[j + 1..=i] {
+                    piece.at = piece.at.max(at + len);
+                }
+                self.pieces[j].changed = true;
+            }
         }
     }
 
-    /// `xml` with the changed pieces written in; `None` when none changed.
-    pub(super) fn write(&self, xml: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(xml.len());
+    /// `xml` with the changed pieces' text from `text` (the joined text after the changes)
+    /// written in; `None` when none changed.
+    pub(super) fn write(&self, xml: &[u8], text: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(xml.len() + xml.len() / 8);
         let mut at = 0;
-        for piece in self.pieces.iter().filter(|p| p.changed) {
-            let Some(raw) = &piece.raw else { continue };
+        for (i, piece) in self.pieces.iter().enumerate() {
+            let (true, Some(raw)) = (piece.changed, &piece.raw) else {
+                continue;
+            };
             out.extend_from_slice(&xml[at..raw.start]);
-            out.extend_from_slice(
-                quick_xml::escape::partial_escape(piece.text.as_ref()).as_bytes(),
-            );
+            let new = &text[piece.at..self.end(i)];
+            out.extend_from_slice(quick_xml::escape::partial_escape(new).as_bytes());
             at = raw.end;
         }
         if at == 0 {
@@ -276,58 +272,81 @@ impl<'x> Pieces<'x> {
 mod tests {
     use super::*;
 
-    fn replace_all(pieces: &mut Pieces, pattern: &str, with: &str) {
-        let text = pieces.text();
+    /// Replaces every `pattern` in `text` with `with`, laying the replacements onto the pieces.
+    fn replace_all(pieces: &mut Pieces, text: &mut String, pattern: &str, with: &str) {
         let spans: Vec<Range<usize>> = text
             .match_indices(pattern)
             .map(|(i, m)| i..i + m.len())
             .collect();
-        pieces.replace(&Replacements::new(spans, |_, out| out.push_str(with)));
-        assert_eq!(
-            pieces.text(),
-            text.replace(pattern, with),
-            "the pieces hold the replaced text"
-        );
+        let found = Replacements::new(spans, |_, out| out.push_str(with));
+        pieces.replace(&found);
+        let mut new = String::new();
+        found.write_into(text, &mut new);
+        *text = new;
+        assert_eq!(pieces.len, text.len());
+    }
+
+    fn written(xml: &[u8], grammar: &Grammar, pattern: &str, with: &str) -> String {
+        let (mut pieces, mut text) = Pieces::read(xml, grammar).unwrap();
+        replace_all(&mut pieces, &mut text, pattern, with);
+        String::from_utf8(pieces.write(xml, &text).expect("changed")).unwrap()
     }
 
     #[test]
     fn a_value_split_over_runs_is_found_and_rewritten_in_its_runs() {
         let xml = br#"<w:document><w:body><w:p><w:r><w:t xml:space="preserve">Card 4111 1111 </w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t>1111 1111</w:t></w:r><w:r><w:t xml:space="preserve"> ok &amp; done</w:t></w:r></w:p><w:p><w:r><w:t>next</w:t></w:r></w:p></w:body></w:document>"#;
-        let mut pieces = Pieces::read(xml, &WORD).unwrap();
-        assert_eq!(pieces.text(), "Card 4111 1111 1111 1111 ok & done\nnext\n");
-        replace_all(&mut pieces, "4111 1111 1111 1111", "XXXX");
-        let out = String::from_utf8(pieces.write(xml).unwrap()).unwrap();
+        let (_, text) = Pieces::read(xml, &WORD).unwrap();
+        assert_eq!(text, "Card 4111 1111 1111 1111 ok & done\nnext\n");
         assert_eq!(
-            out,
+            written(xml, &WORD, "4111 1111 1111 1111", "XXXX"),
             r#"<w:document><w:body><w:p><w:r><w:t xml:space="preserve">Card XXXX</w:t></w:r><w:r><w:rPr><w:b/></w:rPr><w:t></w:t></w:r><w:r><w:t xml:space="preserve"> ok &amp; done</w:t></w:r></w:p><w:p><w:r><w:t>next</w:t></w:r></w:p></w:body></w:document>"#
         );
     }
 
     #[test]
+    fn several_rules_one_after_the_other_move_the_bounds_along() {
+        let xml = b"<x><p><t>a1</t><t>b22</t></p><p><t>c333</t></p></x>";
+        let (mut pieces, mut text) = Pieces::read(xml, &WORD).unwrap();
+        replace_all(&mut pieces, &mut text, "1b", "#");
+        replace_all(&mut pieces, &mut text, "333", "");
+        replace_all(&mut pieces, &mut text, "a", "AAA");
+        assert_eq!(text, "AAA#22\nc\n");
+        let out = String::from_utf8(pieces.write(xml, &text).unwrap()).unwrap();
+        assert_eq!(out, "<x><p><t>AAA#</t><t>22</t></p><p><t>c</t></p></x>");
+    }
+
+    #[test]
     fn paragraphs_are_apart_and_markup_outside_text_is_not_text() {
         let xml = br#"<office:text><text:p>123<text:s/>45<text:span>6789</text:span></text:p><text:p>x&lt;y</text:p><draw:frame><svg:desc>123-45-6789</svg:desc></draw:frame></office:text>"#;
-        let mut pieces = Pieces::read(xml, &ODF).unwrap();
-        assert_eq!(pieces.text(), "123 456789\nx<y\n");
-        replace_all(&mut pieces, "x<y", "a&b");
-        let out = String::from_utf8(pieces.write(xml).unwrap()).unwrap();
+        let (_, text) = Pieces::read(xml, &ODF).unwrap();
+        assert_eq!(text, "123 456789\nx<y\n");
+        let out = written(xml, &ODF, "x<y", "a&b");
         assert!(out.contains("<text:p>a&amp;b</text:p>"), "{out}");
         assert!(out.contains("<svg:desc>123-45-6789</svg:desc>"), "{out}");
     }
 
     #[test]
-    fn a_span_starting_at_a_separator_goes_into_the_next_piece() {
+    fn a_span_starting_at_a_separator_goes_into_the_next_piece_or_the_one_before() {
         let xml = b"<x><p><t>ab</t></p><p><t>cd</t></p></x>";
-        let mut pieces = Pieces::read(xml, &WORD).unwrap();
-        assert_eq!(pieces.text(), "ab\ncd\n");
-        replace_all(&mut pieces, "\ncd", "#");
-        let out = String::from_utf8(pieces.write(xml).unwrap()).unwrap();
-        assert_eq!(out, "<x><p><t>ab</t></p><p><t>#</t></p></x>");
+        assert_eq!(
+            written(xml, &WORD, "\ncd", "#"),
+            "<x><p><t>ab</t></p><p><t>#</t></p></x>"
+        );
+        // The last separator has no piece after it.
+        assert_eq!(
+            written(xml, &WORD, "d\n", "#"),
+            "<x><p><t>ab</t></p><p><t>c#</t></p></x>"
+        );
+        assert_eq!(
+            written(b"<x><p><t>ab</t></p><p/></x>", &WORD, "\n\n", "#"),
+            "<x><p><t>ab#</t></p><p/></x>"
+        );
     }
 
     #[test]
     fn nothing_changed_writes_nothing() {
         let xml = b"<x><p><t>ab</t></p></x>";
-        let pieces = Pieces::read(xml, &WORD).unwrap();
-        assert!(pieces.write(xml).is_none());
+        let (pieces, text) = Pieces::read(xml, &WORD).unwrap();
+        assert!(pieces.write(xml, &text).is_none());
     }
 }

@@ -57,12 +57,12 @@ impl Walker<'_> {
         text: &str,
         skip: &[Range<usize>],
     ) -> Option<String> {
-        let (new, _) = self.run_rules(target, ctype, text, skip, false, &mut |_, _| {});
+        let (new, _) = self.run_rules(target, ctype, text, skip, false, &mut |_| {});
         new
     }
 
-    /// [`Walker::apply`], showing each transform's replacements to `each` with the text they
-    /// apply to. With `read_only` nothing is changed: a transform that finds something takes
+    /// [`Walker::apply`], showing each transform's replacements to `each` (in the text as the
+    /// transforms before it left it). With `read_only` nothing is changed: a transform that finds something takes
     /// its rule's `unchangeable` action instead (the first such rule counts).
     pub(super) fn run_rules(
         &mut self,
@@ -71,7 +71,7 @@ impl Walker<'_> {
         text: &str,
         skip: &[Range<usize>],
         read_only: bool,
-        each: &mut dyn FnMut(&str, &Replacements),
+        each: &mut dyn FnMut(&Replacements),
     ) -> (Option<String>, Option<Unchangeable>) {
         let mut current: Cow<'_, str> = Cow::Borrowed(text);
         // Each transform writes the new text into `spare`, which then becomes `current`, the
@@ -155,7 +155,7 @@ impl Walker<'_> {
                             found.shift(&mut moved);
                             markup = Cow::Owned(moved);
                         }
-                        each(&current, &found);
+                        each(&found);
                         found.write_into(&current, &mut spare);
                         let new = Cow::Owned(std::mem::take(&mut spare));
                         if let Cow::Owned(old) = std::mem::replace(&mut current, new) {

@@ -140,15 +140,12 @@ impl Rules for Walker<'_> {
         place: &str,
         text: &str,
         read_only: bool,
-        each: &mut dyn FnMut(&str, &Replacements),
+        each: &mut dyn FnMut(&Replacements),
     ) -> Ran {
         let (new, unchangeable) = self.in_place(place, |w| {
             w.run_rules(&Target::Attachment, ctype, text, &[], read_only, each)
         });
-        Ran {
-            changed: new.is_some(),
-            unchangeable,
-        }
+        Ran { new, unchangeable }
     }
 
     fn unread(&mut self, place: &str, why: &Unread, action: UnreadAction) {
