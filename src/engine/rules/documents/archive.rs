@@ -147,6 +147,14 @@ pub(super) fn scan(
             return Err(unread(&entry_place, Unread::Ratio(ratio)));
         }
         let outcome = match grammar {
+            // A worksheet holds text only in inline strings (the rest is in the shared strings):
+            // without one there is nothing to read, and its markup (most of a large workbook)
+            // is not parsed.
+            Some(_) if name.starts_with("xl/worksheets/")
+                && memchr::memmem::find(&data, b"inlineStr").is_none() =>
+            {
+                Outcome::Unchanged
+            }
             Some(grammar) => document_part(rules, ctype, &data, grammar, &entry_place)?,
             None => {
                 let inner = super::detect(&data, Some(&name));
