@@ -97,13 +97,20 @@ pub(super) const PROPERTIES: Grammar = Grammar {
 
 /// One piece of a part's text: where it starts in the joined text (it ends where the next
 /// one starts) and where its escaped text is in the XML.
+/// (A large part has hundreds of thousands of pieces: they are kept small.)
 #[derive(Clone, Debug)]
 struct Piece {
     at: usize,
-    /// `None` for a separator, which the XML does not hold and which can therefore take no
-    /// new text.
-    raw: Option<Range<usize>>,
+    /// `0..0` for a separator, which the XML does not hold and which can therefore take no
+    /// new text (a text run never starts at byte 0: an element comes first).
+    raw: Range<u32>,
     changed: bool,
+}
+
+impl Piece {
+    fn is_raw(&self) -> bool {
+        self.raw.end > 0
+    }
 }
 
 /// A part's text, as pieces of one joined text. The text itself is the caller's: the rules
@@ -121,6 +128,9 @@ pub(super) type XmlError = String;
 impl Pieces {
     /// Reads the text of `xml` as `grammar` says where it is: the pieces and the joined text.
     pub(super) fn read(xml: &[u8], grammar: &Grammar) -> Result<(Self, String), XmlError> {
+        if u32::try_from(xml.len()).is_err() {
+            return Err("an XML part of 4 GiB or more".to_owned());
+        }
         let mut reader = quick_xml::Reader::from_reader(xml);
         reader.config_mut().check_end_names = false;
         // Word's XML is about a third text, and a text run takes some 60 bytes of markup.
@@ -145,7 +155,8 @@ impl Pieces {
                     .map_err(|e| format!("XML at byte {}: {e}", range.start))?;
                 pieces.push(Piece {
                     at: text.len(),
-                    raw: Some(range),
+                    // Within the part, which is under 4 GiB.
+                    raw: range.start as u32..range.end as u32,
                     changed: false,
                 });
                 text.push_str(&unescaped);
@@ -153,7 +164,7 @@ impl Pieces {
             let mut separator = |s: &str| {
                 pieces.push(Piece {
                     at: text.len(),
-                    raw: None,
+                    raw: 0..0,
                     changed: false,
                 });
                 text.push_str(s);
@@ -219,7 +230,7 @@ impl Pieces {
                 && span.start < end
                 && span.end > start
             {
-                if self.pieces[i].raw.is_none() && span.start >= start {
+                if !self.pieces[i].is_raw() && span.start >= start {
                     homeless.push((i, moved(span.start), new.len()));
                 }
                 self.pieces[i].changed = true;
@@ -231,13 +242,12 @@ impl Pieces {
         }
         self.len = self.len.saturating_add_signed(delta);
         for (i, at, len) in homeless {
-            let raw = |p: &Piece| p.raw.is_some();
-            if let Some(j) = (i + 1..self.pieces.len()).find(|&j| raw(&self.pieces[j])) {
+            if let Some(j) = (i + 1..self.pieces.len()).find(|&j| self.pieces[j].is_raw()) {
                 for piece in &mut self.pieces[i + 1..=j] {
                     piece.at = piece.at.min(at);
                 }
                 self.pieces[j].changed = true;
-            } else if let Some(j) = (0..i).rev().find(|&j| raw(&self.pieces[j])) {
+            } else if let Some(j) = (0..i).rev().find(|&j| self.pieces[j].is_raw()) {
                 for piece in &mut self.pieces[j + 1..=i] {
                     piece.at = piece.at.max(at + len);
                 }
@@ -252,13 +262,13 @@ impl Pieces {
         let mut out = Vec::with_capacity(xml.len() + xml.len() / 8);
         let mut at = 0;
         for (i, piece) in self.pieces.iter().enumerate() {
-            let (true, Some(raw)) = (piece.changed, &piece.raw) else {
+            if !piece.changed || !piece.is_raw() {
                 continue;
-            };
-            out.extend_from_slice(&xml[at..raw.start]);
+            }
+            out.extend_from_slice(&xml[at..piece.raw.start as usize]);
             let new = &text[piece.at..self.end(i)];
             out.extend_from_slice(quick_xml::escape::partial_escape(new).as_bytes());
-            at = raw.end;
+            at = piece.raw.end as usize;
         }
         if at == 0 {
             return None;
