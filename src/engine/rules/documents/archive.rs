@@ -150,8 +150,9 @@ pub(super) fn scan(
             // A worksheet holds text only in inline strings (the rest is in the shared strings):
             // without one there is nothing to read, and its markup (most of a large workbook)
             // is not parsed.
-            Some(_) if name.starts_with("xl/worksheets/")
-                && memchr::memmem::find(&data, b"inlineStr").is_none() =>
+            Some(_)
+                if name.starts_with("xl/worksheets/")
+                    && memchr::memmem::find(&data, b"inlineStr").is_none() =>
             {
                 Outcome::Unchanged
             }
