@@ -84,7 +84,7 @@ pub(super) fn scan(
         return Err(unread(place, Unread::TooManyEntries(archive.len())));
     }
     let ctype = kind.content_type();
-    let mut changed: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut changed: Vec<(usize, NewEntry)> = Vec::new();
     for index in 0..archive.len() {
         if rules.time_is_up() {
             return Err(DocumentError::Deadline);
@@ -146,7 +146,7 @@ pub(super) fn scan(
         if expanded > RATIO_FLOOR && ratio > reader.limits.max_compression_ratio {
             return Err(unread(&entry_place, Unread::Ratio(ratio)));
         }
-        let outcome = match grammar {
+        let part = match grammar {
             // A worksheet holds text only in inline strings (the rest is in the shared strings):
             // without one there is nothing to read, and its markup (most of a large workbook)
             // is not parsed.
@@ -156,7 +156,14 @@ pub(super) fn scan(
             {
                 Outcome::Unchanged
             }
-            Some(grammar) => document_part(rules, ctype, &data, grammar, &entry_place)?,
+            Some(grammar) => match document_part(rules, ctype, &data, grammar, &entry_place)? {
+                Part::Unchanged => Outcome::Unchanged,
+                Part::Strip => Outcome::Strip,
+                Part::Changed(pieces, text) => {
+                    changed.push((index, NewEntry::Part { data, pieces, text }));
+                    continue;
+                }
+            },
             None => {
                 let inner = super::detect(&data, Some(&name));
                 if inner.is_readable() {
@@ -168,11 +175,11 @@ pub(super) fn scan(
                 }
             }
         };
-        match outcome {
+        match part {
             Outcome::Unchanged => {}
             // An entry to strip takes its archive with it: the attachment goes as a whole.
             Outcome::Strip => return Ok(Outcome::Strip),
-            Outcome::Rewritten(new) => changed.push((index, new)),
+            Outcome::Rewritten(new) => changed.push((index, NewEntry::Bytes(new))),
         }
     }
     if changed.is_empty() {
@@ -183,43 +190,72 @@ pub(super) fn scan(
         .map_err(|e| damaged(place, format!("writing it back: {e}")))
 }
 
-/// One XML part of a document: its text through the rules, and the part with the changed
-/// text when they changed it.
+/// A changed entry of an archive: new bytes (a file rewritten inside it), or a document's
+/// XML part with its changed text, written into the archive piece by piece.
+enum NewEntry {
+    Bytes(Vec<u8>),
+    Part {
+        data: Vec<u8>,
+        pieces: Pieces,
+        text: String,
+    },
+}
+
+/// What the rules made of one XML part of a document.
+enum Part {
+    Unchanged,
+    /// A `strip_attachment` rule matched its text.
+    Strip,
+    /// Its pieces and the new text.
+    Changed(Pieces, String),
+}
+
+/// One XML part of a document through the rules.
 fn document_part(
     rules: &mut dyn Rules,
     ctype: &str,
     data: &[u8],
     grammar: &Grammar,
     place: &str,
-) -> Result<Outcome, DocumentError> {
+) -> Result<Part, DocumentError> {
     let (mut pieces, text) = Pieces::read(data, grammar).map_err(|e| damaged(place, e))?;
     if text.trim().is_empty() {
-        return Ok(Outcome::Unchanged);
+        return Ok(Part::Unchanged);
     }
     if rules.strips(ctype, place, Some(&text)) {
-        return Ok(Outcome::Strip);
+        return Ok(Part::Strip);
     }
     let ran = rules.run(ctype, place, &text, false, &mut |found| {
         pieces.replace(found);
     });
-    Ok(match ran.new.and_then(|new| pieces.write(data, &new)) {
-        Some(new) => Outcome::Rewritten(new),
-        None => Outcome::Unchanged,
+    Ok(match ran.new {
+        Some(new) if pieces.changed() => Part::Changed(pieces, new),
+        _ => Part::Unchanged,
     })
+}
+
+impl NewEntry {
+    /// About how long the entry is (for the ZIP64 decision).
+    fn len(&self) -> usize {
+        match self {
+            Self::Bytes(bytes) => bytes.len(),
+            Self::Part { data, .. } => data.len(),
+        }
+    }
 }
 
 /// The archive again, entries in the same order: the `changed` ones (by index) with their
 /// new content, compressed as they were (stored stays stored), the others copied raw.
 fn write(
     archive: &mut ZipArchive<Cursor<&[u8]>>,
-    mut changed: Vec<(usize, Vec<u8>)>,
+    mut changed: Vec<(usize, NewEntry)>,
     size: usize,
 ) -> zip::result::ZipResult<Vec<u8>> {
     let mut out = ZipWriter::new(Cursor::new(Vec::with_capacity(size)));
     changed.reverse();
     for index in 0..archive.len() {
         if changed.last().is_some_and(|(i, _)| *i == index) {
-            let (_, data) = changed.pop().expect("looked at");
+            let (_, new) = changed.pop().expect("looked at");
             let entry = archive.by_index_raw(index)?;
             let method = match entry.compression() {
                 CompressionMethod::Stored => CompressionMethod::Stored,
@@ -230,14 +266,17 @@ fn write(
             let mut options = SimpleFileOptions::default()
                 .compression_method(method)
                 .compression_level((method == CompressionMethod::Deflated).then_some(1))
-                .large_file(data.len() as u64 >= u64::from(u32::MAX));
+                .large_file(new.len() as u64 >= u64::from(u32::MAX));
             if let Some(time) = entry.last_modified() {
                 options = options.last_modified_time(time);
             }
             let name = entry.name()?.into_owned();
             drop(entry);
             out.start_file(name, options)?;
-            out.write_all(&data)?;
+            match new {
+                NewEntry::Bytes(bytes) => out.write_all(&bytes)?,
+                NewEntry::Part { data, pieces, text } => pieces.write_to(&data, &text, &mut out)?,
+            }
         } else {
             out.raw_copy_file(archive.by_index_raw(index)?)?;
         }

@@ -11,6 +11,7 @@
 //! span is taken out of the pieces it covered); at the end only the changed pieces are
 //! written back, escaped, into the XML, every other byte staying as it was.
 
+use std::io::{self, Write};
 use std::ops::Range;
 
 use crate::engine::rules::transforms::Replacements;
@@ -333,25 +334,25 @@ impl Pieces {
         }
     }
 
-    /// `xml` with the changed pieces' text from `text` (the joined text after the changes)
-    /// written in; `None` when none changed.
-    pub(super) fn write(&self, xml: &[u8], text: &str) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(xml.len() + xml.len() / 8);
+    /// Whether any piece the XML holds changed.
+    pub(super) fn changed(&self) -> bool {
+        self.pieces.iter().any(|p| p.changed && p.is_raw())
+    }
+
+    /// Writes `xml` with the changed pieces' text from `text` (the joined text after the
+    /// changes) into `out`, piece by piece: a large part is never copied whole first.
+    pub(super) fn write_to(&self, xml: &[u8], text: &str, out: &mut impl Write) -> io::Result<()> {
         let mut at = 0;
         for (i, piece) in self.pieces.iter().enumerate() {
             if !piece.changed || !piece.is_raw() {
                 continue;
             }
-            out.extend_from_slice(&xml[at..piece.raw.start as usize]);
+            out.write_all(&xml[at..piece.raw.start as usize])?;
             let new = &text[piece.at..self.end(i)];
-            out.extend_from_slice(quick_xml::escape::partial_escape(new).as_bytes());
+            out.write_all(quick_xml::escape::partial_escape(new).as_bytes())?;
             at = piece.raw.end as usize;
         }
-        if at == 0 {
-            return None;
-        }
-        out.extend_from_slice(&xml[at..]);
-        Some(out)
+        out.write_all(&xml[at..])
     }
 }
 
@@ -373,10 +374,16 @@ mod tests {
         assert_eq!(pieces.len, text.len());
     }
 
+    fn write(pieces: &Pieces, xml: &[u8], text: &str) -> Option<String> {
+        let mut out = Vec::new();
+        pieces.write_to(xml, text, &mut out).unwrap();
+        pieces.changed().then(|| String::from_utf8(out).unwrap())
+    }
+
     fn written(xml: &[u8], grammar: &Grammar, pattern: &str, with: &str) -> String {
         let (mut pieces, mut text) = Pieces::read(xml, grammar).unwrap();
         replace_all(&mut pieces, &mut text, pattern, with);
-        String::from_utf8(pieces.write(xml, &text).expect("changed")).unwrap()
+        write(&pieces, xml, &text).expect("changed")
     }
 
     #[test]
@@ -398,7 +405,7 @@ mod tests {
         replace_all(&mut pieces, &mut text, "333", "");
         replace_all(&mut pieces, &mut text, "a", "AAA");
         assert_eq!(text, "AAA#22\nc\n");
-        let out = String::from_utf8(pieces.write(xml, &text).unwrap()).unwrap();
+        let out = write(&pieces, xml, &text).unwrap();
         assert_eq!(out, "<x><p><t>AAA#</t><t>22</t></p><p><t>c</t></p></x>");
     }
 
@@ -543,6 +550,6 @@ mod tests {
     fn nothing_changed_writes_nothing() {
         let xml = b"<x><p><t>ab</t></p></x>";
         let (pieces, text) = Pieces::read(xml, &WORD).unwrap();
-        assert!(pieces.write(xml, &text).is_none());
+        assert!(write(&pieces, xml, &text).is_none());
     }
 }
