@@ -147,20 +147,27 @@ impl<'x> Scanner<'x> {
                 _ => (Token::Other, first + 1),
             }
         } else {
-            let mut i = 1;
-            let close = loop {
-                let j =
-                    i + memchr::memchr3(b'>', b'"', b'\'', &rest[i..]).ok_or_else(unterminated)?;
-                match rest[j] {
-                    b'>' => break j,
-                    quote => {
-                        i = j
-                            + 1
-                            + memchr::memchr(quote, &rest[j + 1..]).ok_or_else(unterminated)?
-                            + 1;
+            // Tags are short: a plain loop finds the end sooner than a search set up per tag.
+            let mut quote = 0u8;
+            let close = rest
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find(|&(_, &b)| {
+                    if quote != 0 {
+                        if b == quote {
+                            quote = 0;
+                        }
+                        false
+                    } else if b == b'"' || b == b'\'' {
+                        quote = b;
+                        false
+                    } else {
+                        b == b'>'
                     }
-                }
-            };
+                })
+                .map(|(i, _)| i)
+                .ok_or_else(unterminated)?;
             let inner = &rest[1..close];
             let token = match inner {
                 [b'/', name @ ..] => Token::End(local_name(name)),
