@@ -5,7 +5,7 @@
 //! further than what is left of `max_expanded_size`. A changed archive is written anew in the
 //! same entry order, every unchanged entry's compressed bytes copied as they were.
 
-use std::io::{Cursor, Read, Write};
+use std::io::{BufWriter, Cursor, Read, Write};
 
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
@@ -275,7 +275,13 @@ fn write(
             out.start_file(name, options)?;
             match new {
                 NewEntry::Bytes(bytes) => out.write_all(&bytes)?,
-                NewEntry::Part { data, pieces, text } => pieces.write_to(&data, &text, &mut out)?,
+                // In large writes: the deflate encoder zero-fills its 32 KiB output buffer on
+                // every write, which for a write per changed piece cost more than compressing.
+                NewEntry::Part { data, pieces, text } => {
+                    let mut buffered = BufWriter::with_capacity(1 << 18, &mut out);
+                    pieces.write_to(&data, &text, &mut buffered)?;
+                    buffered.flush()?;
+                }
             }
         } else {
             out.raw_copy_file(archive.by_index_raw(index)?)?;
