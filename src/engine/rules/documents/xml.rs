@@ -235,7 +235,12 @@ impl Pieces {
         let mut text = String::with_capacity(xml.len() / 3);
         let mut pieces = Vec::with_capacity(xml.len() / 64);
         let mut inside = 0usize;
-        let is = |names: &[&str], name: &[u8]| names.iter().any(|n| n.as_bytes() == name);
+        // Names are a few bytes: compared in a loop, not by a call to memcmp per name.
+        let is = |names: &[&str], name: &[u8]| {
+            names
+                .iter()
+                .any(|n| n.len() == name.len() && n.bytes().zip(name).all(|(a, &b)| a == b))
+        };
         let mut scanner = Scanner { xml, at: 0 };
         while let Some(token) = scanner.next()? {
             let mut separator = |s: &str| {
