@@ -1,6 +1,7 @@
 //! `[content]` and `[[ruleset]]`: the content stage's configuration, compiled into
 //! [`ContentPolicy`] (regexes built, keys read) once per load.
 
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -26,13 +27,17 @@ pub(super) struct ContentSection {
     /// [`RULESET_HEADER`].
     ruleset_header: Option<Spanned<String>>,
     // Documents and archives (engine/rules/documents): defaults in DocumentLimits::default.
-    max_nesting_depth: usize,
-    max_archive_entries: usize,
-    max_expanded_size: u64,
-    max_compression_ratio: u64,
+    max_nesting_depth: NonZeroUsize,
+    max_archive_entries: NonZeroUsize,
+    max_expanded_size: NonZeroU64,
+    max_compression_ratio: NonZeroU64,
     archive_limit_action: UnreadAction,
     encrypted_action: UnreadAction,
     damaged_action: UnreadAction,
+}
+
+fn nonzero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).expect("nonzero default")
 }
 
 impl Default for ContentSection {
@@ -40,10 +45,11 @@ impl Default for ContentSection {
         let limits = DocumentLimits::default();
         Self {
             ruleset_header: None,
-            max_nesting_depth: limits.max_nesting_depth,
-            max_archive_entries: limits.max_archive_entries,
-            max_expanded_size: limits.max_expanded_size,
-            max_compression_ratio: limits.max_compression_ratio,
+            max_nesting_depth: nonzero(limits.max_nesting_depth),
+            max_archive_entries: nonzero(limits.max_archive_entries),
+            max_expanded_size: NonZeroU64::new(limits.max_expanded_size).expect("nonzero default"),
+            max_compression_ratio: NonZeroU64::new(limits.max_compression_ratio)
+                .expect("nonzero default"),
             archive_limit_action: limits.limit_action,
             encrypted_action: limits.encrypted_action,
             damaged_action: limits.damaged_action,
@@ -240,10 +246,10 @@ pub(super) fn compile(
         rulesets: compiled,
         ruleset_header: (!header.is_empty()).then_some(header),
         documents: DocumentLimits {
-            max_nesting_depth: content.max_nesting_depth,
-            max_archive_entries: content.max_archive_entries,
-            max_expanded_size: content.max_expanded_size,
-            max_compression_ratio: content.max_compression_ratio,
+            max_nesting_depth: content.max_nesting_depth.get(),
+            max_archive_entries: content.max_archive_entries.get(),
+            max_expanded_size: content.max_expanded_size.get(),
+            max_compression_ratio: content.max_compression_ratio.get(),
             limit_action: content.archive_limit_action,
             encrypted_action: content.encrypted_action,
             damaged_action: content.damaged_action,
