@@ -355,6 +355,45 @@ fn a_csv_and_a_docx_in_a_zip_in_a_forwarded_message_are_rewritten_in_place() {
     );
 }
 
+/// A gzip file: the CSV inside redacted, the file compressed again under its name, which
+/// gzip(1) reads back.
+#[test]
+fn a_gzip_file_is_read_and_written_back() {
+    let raw = message(&[("export.csv.gz", "application/gzip", &case("export.csv.gz"))]);
+    let rewrite = scan(RULES, &raw).unwrap();
+    assert_eq!(rewrite.hits.len(), 1, "{:?}", rewrite.hits);
+    assert_eq!(
+        rewrite.hits[0].target,
+        "attachment:export.csv.gz/export.csv"
+    );
+    let (_, gz) = attachments(&applied(&rewrite, &raw)).remove(0);
+    let mut child = Command::new("gzip")
+        .args(["-dc", "-N"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &gz).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "name,ssn\r\nJane Roe,[ssn]\r\n"
+    );
+    let listed = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gz");
+        std::fs::write(&path, &gz).unwrap();
+        let out = Command::new("gzip")
+            .args(["-lN"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(listed.contains("export.csv"), "the name is kept: {listed}");
+}
+
 #[test]
 fn a_bomb_an_over_deep_nesting_and_an_encrypted_archive_are_named_outcomes() {
     // 200 MB of zeros in 200 KB: the ratio stops it before anything is expanded.
@@ -366,6 +405,18 @@ fn a_bomb_an_over_deep_nesting_and_an_encrypted_archive_are_named_outcomes() {
                 e.contains("bomb.zip/zeros.bin") && e.contains("max_compression_ratio"),
                 "{e}"
             )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A gzip bomb is stopped as it expands, once past the ratio.
+    let mut zeros = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut zeros, &[0u8; 1 << 20]).unwrap();
+    }
+    let gz = message(&[("zeros.gz", "application/gzip", &zeros.finish().unwrap())]);
+    match scan(RULES, &gz) {
+        Err(ContentError::Document(e)) => {
+            assert!(e.to_string().contains("max_compression_ratio"), "{e}")
         }
         other => panic!("{other:?}"),
     }

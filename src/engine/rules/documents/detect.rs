@@ -14,6 +14,8 @@ pub enum Kind {
     OdfSheet,
     OdfSlides,
     Zip,
+    /// A gzip file (one file compressed; `.gz`).
+    Gzip,
     Pdf,
     /// Text, with the content type its name gives (text/plain without one).
     Text(&'static str),
@@ -34,6 +36,7 @@ impl Kind {
             Self::OdfSheet => "application/vnd.oasis.opendocument.spreadsheet",
             Self::OdfSlides => "application/vnd.oasis.opendocument.presentation",
             Self::Zip => "application/zip",
+            Self::Gzip => "application/gzip",
             Self::Pdf => "application/pdf",
             Self::Text(t) => t,
             Self::Other(t) => t,
@@ -58,6 +61,9 @@ pub fn detect(bytes: &[u8], name: Option<&str>) -> Kind {
     }
     if bytes.starts_with(b"%PDF-") {
         return Kind::Pdf;
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Kind::Gzip;
     }
     if let Some(t) = infer::get(bytes) {
         return match t.mime_type() {

@@ -1,11 +1,12 @@
 //! Attachments that are documents or archives: Office Open XML (docx, xlsx, pptx),
-//! OpenDocument (odt, ods, odp), PDF and ZIP, recognised by their content rather than their
+//! OpenDocument (odt, ods, odp), PDF, ZIP and gzip, recognised by their content rather than their
 //! name, read within named limits, and — where the rules change what they say — written back
 //! with only the changed text changed.
 //!
 //! One step a file: `detect.rs` says what a file is, `archive.rs` opens ZIP containers (the
 //! documents among them) entry by entry and writes a changed one back, copying every other
-//! entry's compressed bytes as they were, `xml.rs` finds the text a reader sees in a
+//! entry's compressed bytes as they were, `gzip.rs` does the same for the one file of a gzip
+//! file, `xml.rs` finds the text a reader sees in a
 //! document's XML and puts changed text back into the same elements, `pdf.rs` reads a PDF's
 //! text (a PDF is never rewritten: see [`Unchangeable`]).
 //!
@@ -14,6 +15,7 @@
 
 mod archive;
 mod detect;
+mod gzip;
 mod pdf;
 mod xml;
 
@@ -256,6 +258,7 @@ impl<'l> Reader<'l> {
     ) -> Result<Outcome, DocumentError> {
         let read = match kind {
             Kind::Pdf => pdf::scan(self, rules, bytes, place),
+            Kind::Gzip => gzip::scan(self, rules, bytes, place, depth),
             Kind::Text(_) => Ok(self.text(rules, kind, bytes, place)),
             Kind::Other(_) => Ok(Outcome::Unchanged),
             _ => archive::scan(self, rules, kind, bytes, place, depth),
