@@ -53,20 +53,6 @@ fn grammar(kind: Kind, name: &str) -> Option<&'static Grammar> {
     }
 }
 
-fn damaged(place: &str, why: impl std::fmt::Display) -> DocumentError {
-    DocumentError::Unread {
-        place: place.to_owned(),
-        why: Unread::Damaged(why.to_string()),
-    }
-}
-
-fn unread(place: &str, why: Unread) -> DocumentError {
-    DocumentError::Unread {
-        place: place.to_owned(),
-        why,
-    }
-}
-
 /// Reads the ZIP container `bytes` of `kind` at nesting `depth`.
 pub(super) fn scan(
     reader: &mut Reader<'_>,
@@ -77,11 +63,15 @@ pub(super) fn scan(
     depth: usize,
 ) -> Result<Outcome, DocumentError> {
     if depth > reader.limits.max_nesting_depth {
-        return Err(unread(place, Unread::TooDeep));
+        return Err(DocumentError::unread(place, Unread::TooDeep));
     }
-    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| damaged(place, e))?;
+    let mut archive =
+        ZipArchive::new(Cursor::new(bytes)).map_err(|e| DocumentError::damaged(place, e))?;
     if archive.len() > reader.limits.max_archive_entries {
-        return Err(unread(place, Unread::TooManyEntries(archive.len())));
+        return Err(DocumentError::unread(
+            place,
+            Unread::TooManyEntries(archive.len()),
+        ));
     }
     let ctype = kind.content_type();
     let mut changed: Vec<(usize, NewEntry)> = Vec::new();
@@ -93,11 +83,16 @@ pub(super) fn scan(
             return Ok(Outcome::Unchanged);
         }
         let (name, encrypted, size, compressed) = {
-            let entry = archive.by_index_raw(index).map_err(|e| damaged(place, e))?;
+            let entry = archive
+                .by_index_raw(index)
+                .map_err(|e| DocumentError::damaged(place, e))?;
             if entry.is_dir() {
                 continue;
             }
-            let name = entry.name().map_err(|e| damaged(place, e))?.into_owned();
+            let name = entry
+                .name()
+                .map_err(|e| DocumentError::damaged(place, e))?
+                .into_owned();
             (
                 name,
                 entry.encrypted(),
@@ -116,35 +111,35 @@ pub(super) fn scan(
             continue;
         }
         if encrypted {
-            return Err(unread(&entry_place, Unread::Encrypted));
+            return Err(DocumentError::unread(&entry_place, Unread::Encrypted));
         }
         let ratio = size / compressed.max(1);
         if size > RATIO_FLOOR && ratio > reader.limits.max_compression_ratio {
-            return Err(unread(&entry_place, Unread::Ratio(ratio)));
+            return Err(DocumentError::unread(&entry_place, Unread::Ratio(ratio)));
         }
         if size > reader.room() {
-            return Err(unread(&entry_place, Unread::TooLarge));
+            return Err(DocumentError::unread(&entry_place, Unread::TooLarge));
         }
         let data = {
             let entry = archive
                 .by_index(index)
-                .map_err(|e| damaged(&entry_place, e))?;
+                .map_err(|e| DocumentError::damaged(&entry_place, e))?;
             // The declared size (bounded by what is left of the budget): one allocation for a
             // truthful entry, none larger than the budget for a lying one.
             let mut data = Vec::with_capacity(size.min(reader.room()) as usize);
             entry
                 .take(reader.room().saturating_add(1))
                 .read_to_end(&mut data)
-                .map_err(|e| damaged(&entry_place, e))?;
+                .map_err(|e| DocumentError::damaged(&entry_place, e))?;
             data
         };
         let expanded = data.len() as u64;
         reader
             .expand(expanded)
-            .map_err(|why| unread(&entry_place, why))?;
+            .map_err(|why| DocumentError::unread(&entry_place, why))?;
         let ratio = expanded / compressed.max(1);
         if expanded > RATIO_FLOOR && ratio > reader.limits.max_compression_ratio {
-            return Err(unread(&entry_place, Unread::Ratio(ratio)));
+            return Err(DocumentError::unread(&entry_place, Unread::Ratio(ratio)));
         }
         let part = match grammar {
             // A worksheet holds text only in inline strings (the rest is in the shared strings):
@@ -187,7 +182,7 @@ pub(super) fn scan(
     }
     write(&mut archive, changed, bytes.len())
         .map(Outcome::Rewritten)
-        .map_err(|e| damaged(place, format!("writing it back: {e}")))
+        .map_err(|e| DocumentError::damaged(place, format!("writing it back: {e}")))
 }
 
 /// A changed entry of an archive: new bytes (a file rewritten inside it), or a document's
@@ -218,7 +213,8 @@ fn document_part(
     grammar: &Grammar,
     place: &str,
 ) -> Result<Part, DocumentError> {
-    let (mut pieces, text) = Pieces::read(data, grammar).map_err(|e| damaged(place, e))?;
+    let (mut pieces, text) =
+        Pieces::read(data, grammar).map_err(|e| DocumentError::damaged(place, e))?;
     if text.trim().is_empty() {
         return Ok(Part::Unchanged);
     }

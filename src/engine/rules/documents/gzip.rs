@@ -10,13 +10,6 @@ use flate2::{Compression, GzBuilder};
 
 use super::{DocumentError, Outcome, RATIO_FLOOR, Reader, Rules, Unread};
 
-fn unread(place: &str, why: Unread) -> DocumentError {
-    DocumentError::Unread {
-        place: place.to_owned(),
-        why,
-    }
-}
-
 pub(super) fn scan(
     reader: &mut Reader<'_>,
     rules: &mut dyn Rules,
@@ -25,7 +18,7 @@ pub(super) fn scan(
     depth: usize,
 ) -> Result<Outcome, DocumentError> {
     if depth > reader.limits.max_nesting_depth {
-        return Err(unread(place, Unread::TooDeep));
+        return Err(DocumentError::unread(place, Unread::TooDeep));
     }
     let mut decoder = MultiGzDecoder::new(bytes);
     let mut data = Vec::new();
@@ -36,7 +29,7 @@ pub(super) fn scan(
         }
         let n = decoder
             .read(&mut chunk)
-            .map_err(|e| unread(place, Unread::Damaged(format!("gzip: {e}"))))?;
+            .map_err(|e| DocumentError::damaged(place, format!("gzip: {e}")))?;
         if n == 0 {
             break;
         }
@@ -44,15 +37,15 @@ pub(super) fn scan(
         let expanded = data.len() as u64;
         let ratio = expanded / bytes.len().max(1) as u64;
         if expanded > RATIO_FLOOR && ratio > reader.limits.max_compression_ratio {
-            return Err(unread(place, Unread::Ratio(ratio)));
+            return Err(DocumentError::unread(place, Unread::Ratio(ratio)));
         }
         if expanded > reader.room() {
-            return Err(unread(place, Unread::TooLarge));
+            return Err(DocumentError::unread(place, Unread::TooLarge));
         }
     }
     reader
         .expand(data.len() as u64)
-        .map_err(|why| unread(place, why))?;
+        .map_err(|why| DocumentError::unread(place, why))?;
     let header = decoder.header();
     let stored_name = header
         .and_then(|h| h.filename())
@@ -87,5 +80,5 @@ pub(super) fn scan(
         .write_all(&new)
         .and_then(|()| encoder.finish())
         .map(Outcome::Rewritten)
-        .map_err(|e| unread(place, Unread::Damaged(format!("writing it back: {e}"))))
+        .map_err(|e| DocumentError::damaged(place, format!("writing it back: {e}")))
 }

@@ -192,6 +192,21 @@ pub enum DocumentError {
     Deadline,
 }
 
+impl DocumentError {
+    /// `place` was not read to the end, for `why`.
+    fn unread(place: &str, why: Unread) -> Self {
+        Self::Unread {
+            place: place.to_owned(),
+            why,
+        }
+    }
+
+    /// `place` is damaged (or of a form Postern does not read), as `why` says.
+    fn damaged(place: &str, why: impl fmt::Display) -> Self {
+        Self::unread(place, Unread::Damaged(why.to_string()))
+    }
+}
+
 /// The rules, as the MIME walk runs them for attachments. `place` names the attachment and,
 /// within archives, the entry (`export.zip/data.csv`), for the hits and the log.
 pub trait Rules {

@@ -5,13 +5,6 @@
 
 use super::{DocumentError, Kind, Outcome, Reader, Rules, Unread};
 
-fn unread(place: &str, why: Unread) -> DocumentError {
-    DocumentError::Unread {
-        place: place.to_owned(),
-        why,
-    }
-}
-
 pub(super) fn scan(
     reader: &mut Reader<'_>,
     rules: &mut dyn Rules,
@@ -22,12 +15,12 @@ pub(super) fn scan(
     let document = match lopdf::Document::load_mem(bytes) {
         Ok(document) => document,
         Err(lopdf::Error::Decryption(_) | lopdf::Error::InvalidPassword) => {
-            return Err(unread(place, Unread::Encrypted));
+            return Err(DocumentError::unread(place, Unread::Encrypted));
         }
-        Err(e) => return Err(unread(place, Unread::Damaged(format!("PDF: {e}")))),
+        Err(e) => return Err(DocumentError::damaged(place, format!("PDF: {e}"))),
     };
     if document.is_encrypted() {
-        return Err(unread(place, Unread::Encrypted));
+        return Err(DocumentError::unread(place, Unread::Encrypted));
     }
     let pages: Vec<u32> = document.get_pages().keys().copied().collect();
     // Each page's content is expanded no further than what is left of max_expanded_size.
@@ -35,12 +28,12 @@ pub(super) fn scan(
     let text = document
         .extract_text_with_limit(&pages, room)
         .map_err(|e| match e {
-            lopdf::Error::Decompress(_) => unread(place, Unread::TooLarge),
-            e => unread(place, Unread::Damaged(format!("PDF text: {e}"))),
+            lopdf::Error::Decompress(_) => DocumentError::unread(place, Unread::TooLarge),
+            e => DocumentError::damaged(place, format!("PDF text: {e}")),
         })?;
     reader
         .expand(text.len() as u64)
-        .map_err(|why| unread(place, why))?;
+        .map_err(|why| DocumentError::unread(place, why))?;
     if rules.strips(ctype, place, Some(&text)) {
         return Ok(Outcome::Strip);
     }

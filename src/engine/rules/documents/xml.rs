@@ -65,35 +65,26 @@ pub(super) const ODF: Grammar = Grammar {
     spaces: &["s"],
 };
 
-/// Document properties: OOXML docProps/core.xml, OpenDocument meta.xml.
+/// Document properties: OOXML docProps/core.xml, OpenDocument meta.xml. Each is a paragraph.
 pub(super) const PROPERTIES: Grammar = Grammar {
-    holds_text: &[
-        "title",
-        "subject",
-        "creator",
-        "keywords",
-        "keyword",
-        "description",
-        "lastModifiedBy",
-        "category",
-        "initial-creator",
-    ],
-    paragraphs: &[
-        "title",
-        "subject",
-        "creator",
-        "keywords",
-        "keyword",
-        "description",
-        "lastModifiedBy",
-        "category",
-        "initial-creator",
-    ],
+    holds_text: PROPERTY_NAMES,
+    paragraphs: PROPERTY_NAMES,
     tabs: &[],
     breaks: &[],
     spaces: &[],
 };
 
+const PROPERTY_NAMES: &[&str] = &[
+    "title",
+    "subject",
+    "creator",
+    "keywords",
+    "keyword",
+    "description",
+    "lastModifiedBy",
+    "category",
+    "initial-creator",
+];
 /// A step through a part's XML: character data, or a tag by its local name (the name after
 /// any namespace prefix), or anything else (comments, CDATA, processing instructions, the
 /// declaration).
