@@ -21,11 +21,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use criterion::{Criterion, Throughput};
-use postern::config::Config;
 use postern::engine::rules::{Ruleset, rewrite};
 
 mod common;
-use common::PATTERNS;
+use common::{PATTERNS, median, rulesets};
 
 /// About 10 MB of plain text, one sensitive value every few lines.
 fn corpus() -> Vec<u8> {
@@ -129,25 +128,6 @@ fn quoted_printable(text: &[u8]) -> Vec<u8> {
     out
 }
 
-fn rulesets() -> Vec<Ruleset> {
-    let mut toml = String::from("[[ruleset]]\nname = \"bench\"\n");
-    for (i, p) in PATTERNS.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[ruleset.rule]]\nname = \"p{i}\"\ntargets = [\"body\"]\nregex = '{p}'\naction = \"redact\"\n"
-        ));
-    }
-    Config::parse(&toml, "bench.toml")
-        .expect("bench config")
-        .policy
-        .content
-        .rulesets
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
 /// How many rounds each figure's median is taken over.
 const ROUNDS: usize = 9;
 
@@ -247,7 +227,7 @@ fn main() {
     let mut message = b"From: a@example.org\r\nSubject: report\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n".to_vec();
     message.extend_from_slice(&body);
     let (mime, mime_text) = multipart();
-    let sets = rulesets();
+    let sets = rulesets("body");
     let refs: Vec<&Ruleset> = sets.iter().collect();
 
     let mut criterion = Criterion::default()

@@ -20,32 +20,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use postern::config::Config;
 use postern::engine::rules::{Ruleset, rewrite};
 
 mod common;
-use common::PATTERNS;
+use common::{PATTERNS, median, rulesets};
 
 const ROUNDS: usize = 7;
-
-fn rulesets() -> Vec<Ruleset> {
-    let mut toml = String::from("[[ruleset]]\nname = \"bench\"\n");
-    for (i, p) in PATTERNS.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[ruleset.rule]]\nname = \"p{i}\"\ntargets = [\"attachment\"]\nregex = '{p}'\naction = \"redact\"\n"
-        ));
-    }
-    Config::parse(&toml, "bench.toml")
-        .expect("bench config")
-        .policy
-        .content
-        .rulesets
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
 
 fn time(f: impl FnOnce()) -> Duration {
     let t = Instant::now();
@@ -132,7 +112,7 @@ fn main() {
             .expect("integration/documents runs");
         assert!(status.success(), "integration/documents bench {n}");
     }
-    let sets = rulesets();
+    let sets = rulesets("attachment");
     let refs: Vec<&Ruleset> = sets.iter().collect();
     for kind in ["doc", "sheet"] {
         let ext = if kind == "doc" { "docx" } else { "xlsx" };

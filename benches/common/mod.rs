@@ -1,5 +1,10 @@
 //! What the content and documents benchmarks share.
 
+use std::time::Duration;
+
+use postern::config::Config;
+use postern::engine::rules::Ruleset;
+
 /// Twenty patterns of the kind a DLP policy holds; POSIX ERE and Rust regex read them alike.
 pub const PATTERNS: [&str; 20] = [
     "[0-9]{4} [0-9]{4} [0-9]{4} [0-9]{4}",
@@ -23,3 +28,24 @@ pub const PATTERNS: [&str; 20] = [
     "medical record MR[0-9]{7}",
     "salary [0-9]{2,3}\\.[0-9]{3} EUR",
 ];
+
+/// One ruleset of 20 rules, one per pattern, redacting what they find in `target`.
+pub fn rulesets(target: &str) -> Vec<Ruleset> {
+    let mut toml = String::from("[[ruleset]]\nname = \"bench\"\n");
+    for (i, p) in PATTERNS.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[ruleset.rule]]\nname = \"p{i}\"\ntargets = [\"{target}\"]\nregex = '{p}'\naction = \"redact\"\n"
+        ));
+    }
+    Config::parse(&toml, "bench.toml")
+        .expect("bench config")
+        .policy
+        .content
+        .rulesets
+}
+
+/// The median of some timed runs.
+pub fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
