@@ -110,7 +110,13 @@ pub fn rewrite(data: &[u8]) {
         body: r.body.clone(),
     }
     .apply_to(data);
-    let _ = mail_parser::MessageParser::default().parse(&edited);
+    let parser = mail_parser::MessageParser::default();
+    if parser.parse(data).is_some() {
+        assert!(
+            parser.parse(&edited).is_some(),
+            "the edited message no longer parses"
+        );
+    }
 }
 
 /// AUTH responses: no panic on any text; a PLAIN response that decodes gives back exactly the
