@@ -515,13 +515,18 @@ impl Smtp {
         s
     }
 
-    /// Reads one (possibly multi-line) reply; `None` when the server closed the connection.
+    /// Reads one (possibly multi-line) reply; `None` when the server closed (or reset) the
+    /// connection. No reply within the read timeout (20 s) fails the test: a server that
+    /// stays silent has not closed.
     pub fn read_reply(&mut self) -> Option<String> {
         let mut reply = String::new();
         loop {
             let mut line = String::new();
-            if self.reader.read_line(&mut line).ok()? == 0 {
-                return (!reply.is_empty()).then_some(reply);
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return (!reply.is_empty()).then_some(reply),
+                Ok(_) => {}
+                Err(e) if timed_out(&e) => panic!("no reply within 20 s (so far: {reply:?})"),
+                Err(_) => return (!reply.is_empty()).then_some(reply),
             }
             reply.push_str(&line);
             if line.as_bytes().get(3) != Some(&b'-') {
@@ -580,11 +585,26 @@ impl Smtp {
         &mut self.writer
     }
 
-    /// True when the server has closed the connection.
+    /// True when the server has closed (or reset) the connection, false when it sent
+    /// something; a connection still open and silent after the read timeout (20 s) fails the
+    /// test.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+        match self.reader.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if timed_out(&e) => panic!("the connection is still open after 20 s"),
+            Err(_) => true,
+        }
     }
+}
+
+/// A read that ended at the socket's read timeout.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// One HTTP request to a metrics endpoint on 127.0.0.1; the whole response (head and body).
