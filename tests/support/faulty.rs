@@ -74,6 +74,8 @@ impl Default for Faults {
 /// the message with dot-stuffing removed.
 #[derive(Clone, Debug)]
 pub struct Taken {
+    /// The connection's EHLO (or HELO) command line, as sent.
+    pub ehlo: String,
     /// XFORWARD command lines of the transaction, as sent.
     pub xforward: Vec<String>,
     pub mail: String,
@@ -167,6 +169,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
     let mut input = BufReader::new(stream);
     let say = |out: &mut TcpStream, line: &str| out.write_all(format!("{line}\r\n").as_bytes());
     say(&mut out, "220 faulty.postern.test ESMTP")?;
+    let mut ehlo = String::new();
     let mut mail: Option<String> = None;
     let mut rcpt_with_mail = false;
     let mut xforward = Vec::new();
@@ -198,6 +201,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
             .to_ascii_uppercase();
         match verb.as_str() {
             "EHLO" => {
+                ehlo = line.to_owned();
                 let mut reply = String::from("250-faulty.postern.test");
                 for e in &faults.extensions {
                     reply.push_str("\r\n250-");
@@ -208,7 +212,10 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 reply.replace_range(at..at + 4, "250 ");
                 say(&mut out, &reply)?;
             }
-            "HELO" => say(&mut out, "250 faulty.postern.test")?,
+            "HELO" => {
+                ehlo = line.to_owned();
+                say(&mut out, "250 faulty.postern.test")?;
+            }
             "AUTH" => say(
                 &mut out,
                 faults
@@ -266,6 +273,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 let message = read_message(&mut input)?;
                 if faults.end_reply.is_none() {
                     taken.lock().unwrap().push(Taken {
+                        ehlo: ehlo.clone(),
                         xforward: std::mem::take(&mut xforward),
                         mail: mail.clone().unwrap_or_default(),
                         rcpt_with_mail,

@@ -1,0 +1,145 @@
+//! Settings the seed documents name that no other test exercised, each shown doing what it
+//! says through the proxy, against real clients (openssl s_client) and a scripted target that
+//! records what it was sent.
+
+mod support;
+
+use std::process::Command;
+
+use support::faulty::{Faults, FaultyTarget};
+use support::proxy::ProxyEnv;
+
+/// The proxy with `proxy` keys (plain listener, test certificates at hand) relaying to
+/// `target`, with `delivery` keys.
+fn proxy(target: &FaultyTarget, proxy: &str, delivery: &str) -> ProxyEnv {
+    ProxyEnv::start(
+        &format!(
+            "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n{proxy}\n\
+             [delivery]\n{delivery}\n\
+             [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            target.port
+        ),
+        &[],
+    )
+}
+
+const CERTS: &str = "certificate_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/server.key\"\n";
+
+/// `[proxy] banner`: the greeting is the host name and exactly that text.
+#[test]
+fn the_banner_is_the_greeting() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "banner = \"ESMTP Gate of the test\"", "");
+    let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+    assert_eq!(line, "220 gw.postern.test ESMTP Gate of the test\r\n");
+}
+
+/// `[delivery] helo_name`: the name the relay target hears in EHLO (the host name without it).
+#[test]
+fn the_target_hears_the_helo_name() {
+    for (delivery, expected) in [
+        (
+            "helo_name = \"relay.postern.test\"",
+            "EHLO relay.postern.test",
+        ),
+        ("", "EHLO gw.postern.test"),
+    ] {
+        let target = FaultyTarget::start(Faults::default());
+        let env = proxy(&target, "", delivery);
+        let r = env
+            .smtp()
+            .send("a@sender.test", "b@rcpt.test", b"Subject: x\r\n\r\nhi\r\n");
+        assert!(r.starts_with("250"), "{r}");
+        assert_eq!(target.taken()[0].ehlo, expected);
+    }
+}
+
+/// `[proxy] max_inbound_connections`: clients beyond it get 421 4.7.0 at once; a place freed
+/// is served again.
+#[test]
+fn clients_beyond_the_connection_limit_get_421() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "max_inbound_connections = 2", "");
+    let first = env.smtp();
+    let mut second = env.smtp();
+    let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+    assert!(line.starts_with("421 4.7.0"), "{line}");
+    assert!(second.command("EHLO c.test").unwrap().starts_with("250"));
+    drop(first);
+    // The freed place is taken again (the proxy notices the close at its next read).
+    let mut third = None;
+    for _ in 0..50 {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+        let mut line = String::new();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+        if line.starts_with("220") {
+            third = Some(line);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(third.is_some(), "a freed place is served again");
+}
+
+/// `tls_support = "disabled"`: no STARTTLS offered or taken, although a certificate is there.
+#[test]
+fn tls_disabled_offers_no_starttls() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, &format!("tls_support = \"disabled\"\n{CERTS}"), "");
+    let mut smtp = env.smtp();
+    let ehlo = smtp.command("EHLO c.test").unwrap();
+    assert!(
+        ehlo.starts_with("250") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    let r = smtp.command("STARTTLS").unwrap();
+    assert!(r.starts_with('5'), "{r}");
+    // With TLS enabled (the default), the same listener offers it.
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, CERTS, "");
+    let ehlo = env.smtp().command("EHLO c.test").unwrap();
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+}
+
+/// openssl s_client with STARTTLS at one TLS version: whether the handshake succeeded.
+fn handshake(port: u16, version: &str) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "smtp", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(version)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let (_, text) = support::outcome(&out);
+    let negotiated = text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+    (negotiated, text)
+}
+
+/// `min_tls_version = "1.3"`: a TLS 1.2 client is refused, a TLS 1.3 client served.
+#[test]
+fn min_tls_version_refuses_older_clients() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, &format!("min_tls_version = \"1.3\"\n{CERTS}"), "");
+    let (ok, out) = handshake(env.port, "-tls1_2");
+    assert!(!ok, "a TLS 1.2 client was served:\n{out}");
+    let (ok, out) = handshake(env.port, "-tls1_3");
+    assert!(ok, "{out}");
+    // The default (1.2) serves the TLS 1.2 client.
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, CERTS, "");
+    let (ok, out) = handshake(env.port, "-tls1_2");
+    assert!(ok, "{out}");
+}
