@@ -143,3 +143,31 @@ fn min_tls_version_refuses_older_clients() {
     let (ok, out) = handshake(env.port, "-tls1_2");
     assert!(ok, "{out}");
 }
+
+/// `[delivery] source_address`: connections to the relay targets come from that address; one
+/// the machine does not have is a clear relay failure (4xx to the client, the reason logged).
+#[test]
+fn connections_to_targets_come_from_the_source_address() {
+    for (delivery, expected) in [
+        ("source_address = \"127.0.0.2\"", "127.0.0.2"),
+        ("", "127.0.0.1"),
+    ] {
+        let target = FaultyTarget::start(Faults::default());
+        let env = proxy(&target, "", delivery);
+        let r = env
+            .smtp()
+            .send("a@sender.test", "b@rcpt.test", b"Subject: x\r\n\r\nhi\r\n");
+        assert!(r.starts_with("250"), "{r}");
+        assert_eq!(target.taken()[0].peer.ip().to_string(), expected);
+    }
+    // TEST-NET-1: no address of this machine, so the bind fails before anything is sent.
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "", "source_address = \"192.0.2.7\"");
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    smtp.command("MAIL FROM:<a@sender.test>").unwrap();
+    let r = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+    assert!(r.starts_with('4'), "{r}");
+    assert!(target.taken().is_empty());
+    env.wait_for_log("cannot use source_address 192.0.2.7");
+}

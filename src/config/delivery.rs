@@ -20,6 +20,8 @@ use crate::relay::{ConnectionCache, Delivery, RelayAuth, RelayTarget, Security};
 #[serde(deny_unknown_fields, default)]
 pub(super) struct DeliverySection {
     helo_name: Option<String>,
+    /// The local address connections to relay targets come from; unset, the system's choice.
+    source_address: Option<std::net::IpAddr>,
     connection_timeout: NonZeroU64,
     protocol_timeout: NonZeroU64,
     data_timeout: NonZeroU64,
@@ -33,6 +35,7 @@ impl Default for DeliverySection {
         let nz = |n| NonZeroU64::new(n).expect("nonzero");
         Self {
             helo_name: None,
+            source_address: None,
             connection_timeout: nz(60),
             protocol_timeout: nz(60),
             data_timeout: nz(600),
@@ -152,6 +155,7 @@ pub(super) fn compile(
             divert_only: t.divert_only,
             line_limit,
             auth_over_plaintext: t.auth_over_plaintext,
+            source_address: d.source_address,
         });
     }
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());

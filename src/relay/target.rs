@@ -1,12 +1,13 @@
 //! One relay target: where it is, how the connection is secured and authenticated.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tracing::info;
 
 use super::stream::for_lettre;
@@ -78,6 +79,9 @@ pub struct RelayTarget {
     /// AUTH may go over a connection without TLS (`auth_over_plaintext`); otherwise a target
     /// that did not negotiate TLS is never sent the password.
     pub auth_over_plaintext: bool,
+    /// The local address to connect from (`[delivery] source_address`); `None`: the system's
+    /// choice.
+    pub source_address: Option<IpAddr>,
 }
 
 /// What a target offered in its EHLO reply, as far as Postern's choices depend on it.
@@ -174,6 +178,39 @@ impl TargetError {
 }
 
 impl RelayTarget {
+    /// A connection from `source` to the first of the target's addresses in its family that
+    /// answers.
+    async fn connect_from(&self, source: IpAddr) -> std::io::Result<TcpStream> {
+        let mut last = None;
+        for address in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
+            if address.is_ipv4() != source.is_ipv4() {
+                continue;
+            }
+            let socket = if source.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(source, 0)).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot use source_address {source}: {e}"))
+            })?;
+            match socket.connect(address).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!(
+                    "{} has no {} address to reach from source_address {source}",
+                    self.host,
+                    if source.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            )
+        }))
+    }
+
     /// Connects, greets, secures and authenticates as configured.
     pub(super) async fn connect(
         &self,
@@ -183,9 +220,11 @@ impl RelayTarget {
         // Our own socket, so that it has TCP_NODELAY: with Nagle's algorithm a small write
         // (a command, or a message's last piece) that follows another unanswered one would
         // wait for the target's delayed ACK (40 ms).
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| TargetError::Smtp(format!("cannot connect: {e}")))?;
+        let tcp = match self.source_address {
+            None => TcpStream::connect((self.host.as_str(), self.port)).await,
+            Some(source) => self.connect_from(source).await,
+        }
+        .map_err(|e| TargetError::Smtp(format!("cannot connect: {e}")))?;
         tcp.set_nodelay(true)
             .map_err(|e| TargetError::Smtp(format!("cannot set TCP_NODELAY: {e}")))?;
         let peer = tcp.peer_addr();

@@ -76,6 +76,8 @@ impl Default for Faults {
 pub struct Taken {
     /// The connection's EHLO (or HELO) command line, as sent.
     pub ehlo: String,
+    /// Where the connection came from.
+    pub peer: std::net::SocketAddr,
     /// XFORWARD command lines of the transaction, as sent.
     pub xforward: Vec<String>,
     pub mail: String,
@@ -164,6 +166,7 @@ impl Drop for FaultyTarget {
 
 /// One connection: a plain ESMTP server following `faults`. Errors end the connection.
 fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
     let mut out = stream.try_clone()?;
     stream.set_read_timeout(faults.idle_timeout)?;
     let mut input = BufReader::new(stream);
@@ -274,6 +277,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 if faults.end_reply.is_none() {
                     taken.lock().unwrap().push(Taken {
                         ehlo: ehlo.clone(),
+                        peer,
                         xforward: std::mem::take(&mut xforward),
                         mail: mail.clone().unwrap_or_default(),
                         rcpt_with_mail,
