@@ -643,3 +643,50 @@ fn slides_are_masked_in_powerpoint_and_opendocument() {
         }
     }
 }
+
+/// Duplicate entry names (readers differ on which one they show): the archive is either read
+/// in full or refused, never let through with what the rules would change unchanged.
+#[test]
+fn an_archive_with_duplicate_names_does_not_slip_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dup.zip");
+    let made = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import zipfile, warnings\nwarnings.simplefilter('ignore')\n\
+             with zipfile.ZipFile({path:?}, 'w') as z:\n\
+             \x20   z.writestr('a.csv', 'name,ssn\\r\\nJane,{SSN}\\r\\n')\n\
+             \x20   z.writestr('a.csv', 'nothing here\\r\\n')\n",
+            path = path.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", support::outcome(&made).1);
+    let raw = message(&[("dup.zip", "application/zip", &std::fs::read(&path).unwrap())]);
+    match scan(RULES, &raw) {
+        Err(ContentError::Document(e)) => {
+            let e = e.to_string();
+            assert!(e.contains("dup.zip"), "{e}");
+        }
+        Ok(rewrite) => {
+            assert!(
+                rewrite.reject.is_some() || rewrite.body.is_some(),
+                "{rewrite:?}"
+            );
+            let out = String::from_utf8_lossy(&applied(&rewrite, &raw)).into_owned();
+            for (_, bytes) in attachments(out.as_bytes()) {
+                let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+                for i in 0..archive.len() {
+                    let mut text = String::new();
+                    archive
+                        .by_index(i)
+                        .unwrap()
+                        .read_to_string(&mut text)
+                        .unwrap();
+                    assert!(!text.contains(SSN), "{text}");
+                }
+            }
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+}

@@ -67,6 +67,12 @@ pub(super) fn scan(
     }
     let mut archive =
         ZipArchive::new(Cursor::new(bytes)).map_err(|e| DocumentError::damaged(place, e))?;
+    if archive.has_duplicate_names() {
+        return Err(DocumentError::unread(
+            place,
+            Unread::Ambiguous("entries share a name; readers differ on which one they show"),
+        ));
+    }
     if archive.len() > reader.limits.max_archive_entries {
         return Err(DocumentError::unread(
             place,
@@ -182,7 +188,7 @@ pub(super) fn scan(
     }
     write(&mut archive, changed, bytes.len())
         .map(Outcome::Rewritten)
-        .map_err(|e| DocumentError::damaged(place, format!("writing it back: {e}")))
+        .map_err(|e| DocumentError::unread(place, Unread::Unwritable(e.to_string())))
 }
 
 /// A changed entry of an archive: new bytes (a file rewritten inside it), or a document's

@@ -80,5 +80,5 @@ pub(super) fn scan(
         .write_all(&new)
         .and_then(|()| encoder.finish())
         .map(Outcome::Rewritten)
-        .map_err(|e| DocumentError::damaged(place, format!("writing it back: {e}")))
+        .map_err(|e| DocumentError::unread(place, Unread::Unwritable(e.to_string())))
 }

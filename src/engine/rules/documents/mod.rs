@@ -39,7 +39,8 @@ pub struct DocumentLimits {
     pub max_expanded_size: u64,
     /// Uncompressed to compressed size of one entry (entries under 1 MiB are not held to it).
     pub max_compression_ratio: u64,
-    /// What happens to an attachment that reaches one of the limits above, or cannot be read.
+    /// What happens to an attachment that reaches one of the limits above, is ambiguous
+    /// (entries sharing a name) or cannot be written back after the rules changed it.
     pub limit_action: UnreadAction,
     /// What happens to an encrypted archive entry or PDF, whose content cannot be read.
     pub encrypted_action: UnreadAction,
@@ -105,6 +106,12 @@ pub enum Unread {
     Encrypted,
     /// Damaged or of a form Postern does not read (the reason).
     Damaged(String),
+    /// Readable in more than one way (entries sharing a name: readers differ on which one
+    /// they show), so what Postern reads may not be what the recipient opens.
+    Ambiguous(&'static str),
+    /// Read and changed by the rules, but it cannot be written back (the reason): what the
+    /// rules would have protected must not go on as it was, so the limits' action applies.
+    Unwritable(String),
 }
 
 impl Unread {
@@ -117,6 +124,8 @@ impl Unread {
             Self::Ratio(_) => "max_compression_ratio",
             Self::Encrypted => "encrypted",
             Self::Damaged(_) => "damaged",
+            Self::Ambiguous(_) => "ambiguous",
+            Self::Unwritable(_) => "unwritable",
         }
     }
 }
@@ -139,6 +148,11 @@ impl fmt::Display for Unread {
             ),
             Self::Encrypted => f.write_str("encrypted, its content cannot be read"),
             Self::Damaged(why) => write!(f, "cannot be read: {why}"),
+            Self::Ambiguous(why) => write!(
+                f,
+                "read one way by Postern, maybe another by the recipient: {why}"
+            ),
+            Self::Unwritable(why) => write!(f, "cannot be written back after the rules: {why}"),
         }
     }
 }
