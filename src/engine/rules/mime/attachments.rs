@@ -2,16 +2,12 @@
 //! content, documents and archives handed to `documents` (with the walk's rules), the rest
 //! left to strip rules by type or name. And the walk's rules as `documents` runs them.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
-use mail_parser::{Encoding, MessagePart};
+use mail_parser::MessagePart;
 
+use super::body::{decode_bytes, encode_bytes};
 use super::part::removal_notice;
-use super::splice::eol_of;
-use super::transfer_encoding::{
-    base64_lines, decode_base64, decode_quoted_printable, quoted_printable,
-};
 use super::{ContentError, Walker};
 use crate::engine::reply::SmtpReply;
 use crate::engine::rules::documents::{
@@ -45,16 +41,7 @@ impl Walker<'_> {
         if !looks {
             return Ok(None);
         }
-        let bytes: Cow<'_, [u8]> = match part.encoding {
-            Encoding::None => Cow::Borrowed(&raw[body.clone()]),
-            Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(&raw[body.clone()])),
-            Encoding::Base64 => Cow::Owned(decode_base64(&raw[body.clone()]).ok_or(
-                ContentError::Undecodable {
-                    part: index,
-                    encoding: "base64",
-                },
-            )?),
-        };
+        let bytes = decode_bytes(&raw[body.clone()], part.encoding, index)?;
         let kind = documents::detect(&bytes, filename);
         let true_type = kind.content_type();
         // A strip rule by type sees the declared type and the true one (an .exe sent as a PDF).
@@ -79,16 +66,7 @@ impl Walker<'_> {
             Outcome::Unchanged => None,
             Outcome::Strip => Some((whole, removal_notice(eol))),
             Outcome::Rewritten(new) => {
-                let original = &raw[body.clone()];
-                let eol = eol_of(original);
-                let mut encoded = match part.encoding {
-                    Encoding::Base64 => base64_lines(&new, eol),
-                    Encoding::QuotedPrintable => quoted_printable(&new, eol),
-                    Encoding::None => new,
-                };
-                if original.ends_with(b"\n") && !encoded.ends_with(b"\n") {
-                    encoded.extend_from_slice(eol.as_bytes());
-                }
+                let encoded = encode_bytes(&raw[body.clone()], new, part.encoding);
                 Some((body, encoded))
             }
         })

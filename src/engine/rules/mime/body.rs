@@ -40,7 +40,6 @@ pub(super) fn decode_body<'a>(
         encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
     let mut hard_lines = None;
     let bytes: Cow<'_, [u8]> = match part.encoding {
-        Encoding::None => Cow::Borrowed(body),
         // In UTF-8 the text is the decoded bytes, and its lines can be matched to the
         // body's (see `encode_body`).
         Encoding::QuotedPrintable if declared == encoding_rs::UTF_8 => {
@@ -48,11 +47,7 @@ pub(super) fn decode_body<'a>(
             hard_lines = Some(lines);
             Cow::Owned(bytes)
         }
-        Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(body)),
-        Encoding::Base64 => Cow::Owned(decode_base64(body).ok_or(ContentError::Undecodable {
-            part: index,
-            encoding: "base64",
-        })?),
+        encoding => decode_bytes(body, encoding, index)?,
     };
     // "utf-16" names no byte order; a byte order mark says which (RFC 2781 §4.3). The mark
     // stays in the text (U+FEFF) and is written back as it was.
@@ -90,6 +85,37 @@ pub(super) fn decode_body<'a>(
         trailing_eol,
         hard_lines,
     })
+}
+
+/// A part body (`body`, of part `index`) with its transfer encoding undone.
+pub(super) fn decode_bytes(
+    body: &[u8],
+    encoding: Encoding,
+    index: usize,
+) -> Result<Cow<'_, [u8]>, ContentError> {
+    Ok(match encoding {
+        Encoding::None => Cow::Borrowed(body),
+        Encoding::QuotedPrintable => Cow::Owned(decode_quoted_printable(body)),
+        Encoding::Base64 => Cow::Owned(decode_base64(body).ok_or(ContentError::Undecodable {
+            part: index,
+            encoding: "base64",
+        })?),
+    })
+}
+
+/// `new`, the new content of a part whose body was `original`, in the part's transfer
+/// encoding and line endings (for content that is not text: a nested message, a document).
+pub(super) fn encode_bytes(original: &[u8], new: Vec<u8>, encoding: Encoding) -> Vec<u8> {
+    let eol = eol_of(original);
+    let mut encoded = match encoding {
+        Encoding::Base64 => base64_lines(&new, eol),
+        Encoding::QuotedPrintable => quoted_printable(&new, eol),
+        Encoding::None => new,
+    };
+    if original.ends_with(b"\n") && !encoded.ends_with(b"\n") {
+        encoded.extend_from_slice(eol.as_bytes());
+    }
+    encoded
 }
 
 /// `text`, the new text of a part whose body was `original` and decoded to `decoded`, in the

@@ -25,13 +25,13 @@ mod transfer_encoding;
 
 use std::time::Instant;
 
-use mail_parser::{Encoding, Message, MimeHeaders, PartType};
+use mail_parser::{Message, MimeHeaders, PartType};
 
 use super::documents::{DocumentError, DocumentLimits, Reader, UnreadNote};
 use super::ruleset::{Rule, Ruleset, Target};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::HeaderEdit;
-use body::{decode_body, encode_body};
+use body::{decode_body, encode_body, encode_bytes};
 use charset::decode_text;
 use parse::parse;
 use part::{content_type, removal_notice, text_like};
@@ -242,15 +242,7 @@ impl Walker<'_> {
                         self.walk(inner, &inner.raw_message, None, &mut inner_splices)?;
                         if !inner_splices.is_empty() {
                             let new = splice(&inner.raw_message, 0, inner_splices);
-                            let eol = eol_of(&raw[body.clone()]);
-                            let mut encoded = match part.encoding {
-                                Encoding::Base64 => base64_lines(&new, eol),
-                                Encoding::QuotedPrintable => quoted_printable(&new, eol),
-                                Encoding::None => new,
-                            };
-                            if raw[body.clone()].ends_with(b"\n") && !encoded.ends_with(b"\n") {
-                                encoded.extend_from_slice(eol.as_bytes());
-                            }
+                            let encoded = encode_bytes(&raw[body.clone()], new, part.encoding);
                             splices.push((body, encoded));
                         }
                     }
