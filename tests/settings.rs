@@ -23,6 +23,28 @@ fn proxy(target: &FaultyTarget, proxy: &str, delivery: &str) -> ProxyEnv {
     )
 }
 
+/// The first line a new connection to `port` hears.
+fn greeting(port: u16) -> String {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+    line
+}
+
+/// What `target` took of one message sent through the proxy with `delivery` keys.
+fn relayed(delivery: &str) -> support::faulty::Taken {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "", delivery);
+    let r = env
+        .smtp()
+        .send("a@sender.test", "b@rcpt.test", b"Subject: x\r\n\r\nhi\r\n");
+    assert!(r.starts_with("250"), "{r}");
+    target.taken().remove(0)
+}
+
 const CERTS: &str = "certificate_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/server.key\"\n";
 
 /// `[proxy] banner`: the greeting is the host name and exactly that text.
@@ -30,13 +52,10 @@ const CERTS: &str = "certificate_file = \"{dir}/server.pem\"\nkey_file = \"{dir}
 fn the_banner_is_the_greeting() {
     let target = FaultyTarget::start(Faults::default());
     let env = proxy(&target, "banner = \"ESMTP Gate of the test\"", "");
-    let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
-    assert_eq!(line, "220 gw.postern.test ESMTP Gate of the test\r\n");
+    assert_eq!(
+        greeting(env.port),
+        "220 gw.postern.test ESMTP Gate of the test\r\n"
+    );
 }
 
 /// `[delivery] helo_name`: the name the relay target hears in EHLO (the host name without it).
@@ -49,13 +68,7 @@ fn the_target_hears_the_helo_name() {
         ),
         ("", "EHLO gw.postern.test"),
     ] {
-        let target = FaultyTarget::start(Faults::default());
-        let env = proxy(&target, "", delivery);
-        let r = env
-            .smtp()
-            .send("a@sender.test", "b@rcpt.test", b"Subject: x\r\n\r\nhi\r\n");
-        assert!(r.starts_with("250"), "{r}");
-        assert_eq!(target.taken()[0].ehlo, expected);
+        assert_eq!(relayed(delivery).ehlo, expected);
     }
 }
 
@@ -67,31 +80,19 @@ fn clients_beyond_the_connection_limit_get_421() {
     let env = proxy(&target, "max_inbound_connections = 2", "");
     let first = env.smtp();
     let mut second = env.smtp();
-    let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+    let line = greeting(env.port);
     assert!(line.starts_with("421 4.7.0"), "{line}");
     assert!(second.command("EHLO c.test").unwrap().starts_with("250"));
     drop(first);
     // The freed place is taken again (the proxy notices the close at its next read).
-    let mut third = None;
-    for _ in 0..50 {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
-        let mut line = String::new();
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
-        if line.starts_with("220") {
-            third = Some(line);
-            break;
+    let served = (0..50).any(|_| {
+        let served = greeting(env.port).starts_with("220");
+        if !served {
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(third.is_some(), "a freed place is served again");
+        served
+    });
+    assert!(served, "a freed place is served again");
 }
 
 /// `tls_support = "disabled"`: no STARTTLS offered or taken, although a certificate is there.
@@ -152,13 +153,7 @@ fn connections_to_targets_come_from_the_source_address() {
         ("source_address = \"127.0.0.2\"", "127.0.0.2"),
         ("", "127.0.0.1"),
     ] {
-        let target = FaultyTarget::start(Faults::default());
-        let env = proxy(&target, "", delivery);
-        let r = env
-            .smtp()
-            .send("a@sender.test", "b@rcpt.test", b"Subject: x\r\n\r\nhi\r\n");
-        assert!(r.starts_with("250"), "{r}");
-        assert_eq!(target.taken()[0].peer.ip().to_string(), expected);
+        assert_eq!(relayed(delivery).peer.ip().to_string(), expected);
     }
     // TEST-NET-1: no address of this machine, so the bind fails before anything is sent.
     let target = FaultyTarget::start(Faults::default());
