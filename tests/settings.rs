@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::process::Command;
 
 use support::faulty::{Faults, FaultyTarget};
@@ -165,4 +166,52 @@ fn connections_to_targets_come_from_the_source_address() {
     assert!(r.starts_with('4'), "{r}");
     assert!(target.taken().is_empty());
     env.wait_for_log("cannot use source_address 192.0.2.7");
+}
+
+/// `enabled = false` keeps a ruleset or an encryption rule in the file without using it: the
+/// same conversation is refused with it enabled and passes with it disabled.
+#[test]
+fn disabled_rules_stay_in_the_file_unused() {
+    let policies = |enabled: bool| {
+        [
+            format!(
+                "[[ruleset]]\nname = \"r\"\nenabled = {enabled}\n[[ruleset.rule]]\nname = \"s\"\n\
+                 targets = [\"body\"]\nregex = \"secret\"\naction = \"reject\"\n"
+            ),
+            format!(
+                "[[encryption_rule]]\nrecipient_domain = \"rcpt.test\"\n\
+                 sender_encryption = \"required\"\nenabled = {enabled}\n"
+            ),
+        ]
+    };
+    for enabled in [true, false] {
+        for (i, policy) in policies(enabled).iter().enumerate() {
+            let target = FaultyTarget::start(Faults::default());
+            let env = ProxyEnv::start(
+                &format!(
+                    "{policy}[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+                     [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {}\n",
+                    target.port
+                ),
+                &[],
+            );
+            let mut smtp = env.smtp();
+            smtp.command("EHLO c.test").unwrap();
+            smtp.command("MAIL FROM:<a@sender.test>").unwrap();
+            let rcpt = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+            if i == 1 {
+                // The encryption rule answers at RCPT (530 without TLS).
+                assert_eq!(rcpt.starts_with("530"), enabled, "{rcpt}");
+                continue;
+            }
+            assert!(rcpt.starts_with("250"), "{rcpt}");
+            assert!(smtp.command("DATA").unwrap().starts_with("354"));
+            smtp.writer_mut()
+                .write_all(b"Subject: x\r\n\r\nthe secret plan\r\n.\r\n")
+                .unwrap();
+            let end = smtp.read_reply().unwrap();
+            assert_eq!(end.starts_with("550"), enabled, "{end}");
+            assert_eq!(target.taken().len(), usize::from(!enabled));
+        }
+    }
 }
