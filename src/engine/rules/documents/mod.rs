@@ -23,6 +23,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::mime::{decode_text, encode_text};
 use super::transforms::Replacements;
 
 pub use detect::{Kind, detect};
@@ -288,7 +289,7 @@ impl<'l> Reader<'l> {
         let read = match kind {
             Kind::Pdf => pdf::scan(self, rules, bytes, place),
             Kind::Gzip => gzip::scan(self, rules, bytes, place, depth),
-            Kind::Text(_) => Ok(self.text(rules, kind, bytes, place)),
+            Kind::Text(_) => self.text(rules, kind, bytes, place),
             Kind::Other(_) => Ok(Outcome::Unchanged),
             _ => archive::scan(self, rules, kind, bytes, place, depth),
         };
@@ -311,31 +312,36 @@ impl<'l> Reader<'l> {
         }
     }
 
-    /// A text file inside an archive (a CSV, say): its charset kept as it came (UTF-8, or
-    /// windows-1252 for any other bytes, which maps every byte to a character and back).
-    fn text(&mut self, rules: &mut dyn Rules, kind: Kind, bytes: &[u8], place: &str) -> Outcome {
+    /// A text file inside an archive (a CSV, say): read and written back in its charset as
+    /// the MIME walk does a text part's (UTF-8, or windows-1252 for any other bytes, which maps
+    /// every byte to a character and back).
+    fn text(
+        &mut self,
+        rules: &mut dyn Rules,
+        kind: Kind,
+        bytes: &[u8],
+        place: &str,
+    ) -> Result<Outcome, DocumentError> {
         let ctype = kind.content_type();
-        let (text, utf8) = match std::str::from_utf8(bytes) {
-            Ok(text) => (std::borrow::Cow::Borrowed(text), true),
-            Err(_) => (
-                encoding_rs::WINDOWS_1252
-                    .decode_without_bom_handling(bytes)
-                    .0,
-                false,
-            ),
-        };
+        let (text, charset) = decode_text(bytes, encoding_rs::UTF_8);
         if rules.strips(ctype, place, Some(&text)) {
-            return Outcome::Strip;
+            return Ok(Outcome::Strip);
         }
         let ran = rules.run(ctype, place, &text, false, &mut |_| {});
-        match ran.new {
-            Some(new) => Outcome::Rewritten(if utf8 {
-                new.into_bytes()
-            } else {
-                encoding_rs::WINDOWS_1252.encode(&new).0.into_owned()
-            }),
-            None => Outcome::Unchanged,
-        }
+        let Some(new) = ran.new else {
+            return Ok(Outcome::Unchanged);
+        };
+        encode_text(new, charset)
+            .map(Outcome::Rewritten)
+            .ok_or_else(|| {
+                DocumentError::unread(
+                    place,
+                    Unread::Unwritable(format!(
+                        "the new text has characters {} lacks",
+                        charset.name()
+                    )),
+                )
+            })
     }
 
     /// Counts `size` more expanded bytes against `max_expanded_size`.

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 /// `bytes` read in the declared charset. Undeclared or wrongly declared 8-bit text is read as
 /// windows-1252, which maps every byte to a character and back, so untransformed text is
 /// written back as it was.
-pub(super) fn decode_text<'a>(
+pub(in crate::engine::rules) fn decode_text<'a>(
     bytes: &'a [u8],
     declared: &'static encoding_rs::Encoding,
 ) -> (Cow<'a, str>, &'static encoding_rs::Encoding) {
@@ -27,7 +27,7 @@ pub(super) fn is_utf16(encoding: &'static encoding_rs::Encoding) -> bool {
 
 /// `text` in `charset`. encoding_rs decodes UTF-16 but encodes only to UTF-8 (as the WHATWG
 /// Encoding Standard has it), so UTF-16 is written here, in the part's byte order.
-pub(super) fn encode_text(
+pub(in crate::engine::rules) fn encode_text(
     text: String,
     charset: &'static encoding_rs::Encoding,
 ) -> Option<Vec<u8>> {

@@ -32,11 +32,11 @@ use super::ruleset::{Rule, Ruleset, Target};
 use crate::engine::reply::SmtpReply;
 use crate::engine::verdict::HeaderEdit;
 use body::{decode_body, encode_body, encode_bytes};
-use charset::decode_text;
 use parse::parse;
 use part::{content_type, removal_notice, text_like};
 use splice::{Splices, eol_of, splice};
 
+pub(in crate::engine::rules) use charset::{decode_text, encode_text};
 pub use encoded_words::encode_header_text;
 pub use html::html_markup;
 pub use transfer_encoding::{
