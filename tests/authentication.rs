@@ -64,6 +64,14 @@ fn delivered(messages: Vec<Vec<u8>>, subject: &str) -> String {
         .unwrap_or_else(|| panic!("no delivered message has {needle:?}"))
 }
 
+/// Sends `raw` from `from` to bob@inside.example through the proxy, which must accept it;
+/// the message found by its `subject` once `n` have been delivered.
+fn relayed(env: &ProxyEnv, from: &str, raw: &[u8], n: usize, subject: &str) -> String {
+    let reply = env.smtp().send(from, "bob@inside.example", raw);
+    assert!(reply.starts_with("250"), "{reply}");
+    delivered(env.sinks[0].wait_delivered(n), subject)
+}
+
 /// The value of the first `name` field, unfolded.
 fn field(message: &str, name: &str) -> String {
     let head = format!("{name}: ");
@@ -130,11 +138,7 @@ fn the_proxy_records_what_arrived_and_seals_what_it_changed() {
         "sender.test",
         &message("ann@sender.test", "masked", "Pay 4111 1111 1111 1111 now."),
     );
-    let reply = env
-        .smtp()
-        .send("ann@sender.test", "bob@inside.example", &signed);
-    assert!(reply.starts_with("250"), "{reply}");
-    let got = delivered(env.sinks[0].wait_delivered(1), "masked");
+    let got = relayed(&env, "ann@sender.test", &signed, 1, "masked");
     a_masked_signed_message_is_sealed(&keys, &got);
 
     // A signature that does not hold (a signed field changed after signing) is recorded as
@@ -146,11 +150,7 @@ fn the_proxy_records_what_arrived_and_seals_what_it_changed() {
     let forged = String::from_utf8(signed)
         .unwrap()
         .replace("10:00:00 +0000", "11:00:00 +0000");
-    let reply = env
-        .smtp()
-        .send("ann@report.test", "bob@inside.example", forged.as_bytes());
-    assert!(reply.starts_with("250"), "{reply}");
-    let got = delivered(env.sinks[0].wait_delivered(2), "forged");
+    let got = relayed(&env, "ann@report.test", forged.as_bytes(), 2, "forged");
     let results = field(&got, "Authentication-Results");
     assert!(
         results.contains("dkim=fail") && results.contains("header.i=@report.test"),
@@ -167,13 +167,13 @@ fn the_proxy_records_what_arrived_and_seals_what_it_changed() {
     );
 
     // No signature at all, no DMARC record.
-    let reply = env.smtp().send(
+    let got = relayed(
+        &env,
         "carl@nowhere.test",
-        "bob@inside.example",
         &message("carl@nowhere.test", "plain", "Hello."),
+        3,
+        "plain",
     );
-    assert!(reply.starts_with("250"), "{reply}");
-    let got = delivered(env.sinks[0].wait_delivered(3), "plain");
     let results = field(&got, "Authentication-Results");
     assert!(
         results.contains("dkim=none") && results.contains("dmarc=none"),
@@ -195,13 +195,13 @@ fn the_proxy_enforces_dmarc_as_configured() {
         "{reply}"
     );
     // p=quarantine with the default action: accepted, recorded.
-    let reply = env.smtp().send(
+    let got = relayed(
+        &env,
         "ann@quarantine.test",
-        "bob@inside.example",
         &message("ann@quarantine.test", "quarantined", "Pay now."),
+        1,
+        "quarantined",
     );
-    assert!(reply.starts_with("250"), "{reply}");
-    let got = delivered(env.sinks[0].wait_delivered(1), "quarantined");
     let results = field(&got, "Authentication-Results");
     assert!(
         results.contains("dmarc=fail")
@@ -222,11 +222,7 @@ fn the_proxy_enforces_dmarc_as_configured() {
         "report",
         "[tracking]\nstore = \"sqlite\"\npath = \"{dir}/tracking.sqlite\"\n",
     ));
-    let reply = env
-        .smtp()
-        .send("ann@sender.test", "bob@inside.example", &unsigned);
-    assert!(reply.starts_with("250"), "{reply}");
-    let got = delivered(env.sinks[0].wait_delivered(1), "spoofed");
+    let got = relayed(&env, "ann@sender.test", &unsigned, 1, "spoofed");
     let results = field(&got, "Authentication-Results");
     assert!(
         results.contains("dmarc=fail")
@@ -297,11 +293,7 @@ fn the_proxy_continues_a_forwarders_chain() {
         b"Authentication-Results: mx.forwarder.test; dkim=pass header.d=sender.test\r\n".to_vec();
     with_results.extend_from_slice(&signed);
     let forwarded = keys.forwarded("mx.forwarder.test", &with_results);
-    let reply = env
-        .smtp()
-        .send("list@forwarder.test", "bob@inside.example", &forwarded);
-    assert!(reply.starts_with("250"), "{reply}");
-    let got = delivered(env.sinks[0].wait_delivered(1), "forwarded");
+    let got = relayed(&env, "list@forwarder.test", &forwarded, 1, "forwarded");
     assert!(got.contains("**** **** **** 1111"), "{got}");
     assert!(
         field(&got, "Authentication-Results").contains("arc=pass"),
