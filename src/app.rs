@@ -17,19 +17,19 @@ use async_trait::async_trait;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, FixedAtStart};
 use crate::dns::{Dns, DnsSettings, LookupError};
 use crate::engine::Engine;
 use crate::engine::events::DoorKind;
 use crate::engine::ports::Store;
 use crate::engine::ports::{Events, Fanout, NoResolver, Ports, Resolver};
-use crate::logging::{LogEvents, LogSettings};
+use crate::logging::LogEvents;
 use crate::metrics::{Metrics, MetricsSettings};
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
 use crate::relay::{Delivery, RelayObserver, RelayOutbound, SharedDelivery};
-use crate::state::{MemoryStore, RedisStore, SharedStateSettings, StateSettings};
-use crate::tracking::{DropObserver, Tracker, TrackingSettings};
+use crate::state::{MemoryStore, RedisStore};
+use crate::tracking::{DropObserver, Tracker};
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
 #[derive(Debug)]
@@ -63,6 +63,13 @@ fn observed(mut delivery: Delivery, metrics: &Option<Arc<Metrics>>) -> Delivery 
     delivery
 }
 
+/// Logs what check-config would warn about.
+fn warn_lints(config: &Config) {
+    for lint in config.lints() {
+        warn!(%lint, "the configuration probably does not do what was meant");
+    }
+}
+
 fn resolver_for(settings: Option<&DnsSettings>) -> anyhow::Result<Box<dyn Resolver>> {
     Ok(match settings {
         Some(s) => Box::new(Dns::new(s)?),
@@ -70,9 +77,9 @@ fn resolver_for(settings: Option<&DnsSettings>) -> anyhow::Result<Box<dyn Resolv
     })
 }
 
-/// Which door runs, and what of it a reload may change.
+/// Which door runs: what of it a reload changes besides the engine's policy.
 pub enum Door {
-    Milter { running: MilterSettings },
+    Milter,
     Proxy(ProxyDoor),
 }
 
@@ -85,16 +92,12 @@ pub struct App {
     metrics_settings: Option<MetricsSettings>,
     /// Message tracking, when `[tracking]` is set; its settings are read at start.
     pub tracker: Option<Arc<Tracker>>,
-    tracking_settings: Option<TrackingSettings>,
-    /// `[log]` as read at start.
-    log: LogSettings,
+    /// What only a restart changes, as it was at start.
+    fixed: FixedAtStart,
     /// `--dry-run` was given: every configuration loaded runs dry.
     forced_dry_run: bool,
     resolver: Arc<CurrentResolver>,
     dns: Mutex<Option<DnsSettings>>,
-    /// The store's settings at start: the store is built once.
-    state: StateSettings,
-    shared_state: Option<SharedStateSettings>,
 }
 
 impl App {
@@ -104,6 +107,8 @@ impl App {
         config: Config,
         door: DoorKind,
     ) -> anyhow::Result<(Self, MilterSettings, ProxySettings)> {
+        let fixed = FixedAtStart::of(&config, door);
+        warn_lints(&config);
         let resolver = Arc::new(CurrentResolver(ArcSwap::from_pointee(resolver_for(
             config.dns.as_ref(),
         )?)));
@@ -154,13 +159,10 @@ impl App {
             metrics,
             metrics_settings: config.metrics,
             tracker,
-            tracking_settings: config.tracking,
-            log: config.log,
+            fixed,
             forced_dry_run: false,
             resolver,
             dns: Mutex::new(config.dns),
-            state: config.state,
-            shared_state: config.shared_state,
         };
         Ok((app, config.milter, config.proxy))
     }
@@ -204,6 +206,7 @@ impl App {
 
     fn apply(&self, config: Result<Config, ConfigError>, door: &Door) -> Result<(), String> {
         let mut config = config.map_err(|e| e.to_string())?;
+        warn_lints(&config);
         config.policy.dry_run |= self.forced_dry_run;
         // Everything that can fail is prepared before anything changes.
         if matches!(door, Door::Proxy(_)) && !config.delivery.relays() {
@@ -217,7 +220,7 @@ impl App {
         };
         let acceptor = match door {
             Door::Proxy(proxy) => Some(proxy.prepare_reload(&config.proxy)?),
-            Door::Milter { .. } => None,
+            Door::Milter => None,
         };
         // Now all at once.
         if let Some(resolver) = resolver {
@@ -225,29 +228,16 @@ impl App {
             self.resolver.0.store(Arc::new(resolver));
             dns.clone_from(&config.dns);
         }
-        for (key, changed) in [
-            ("state", config.state != self.state),
-            ("shared_state", config.shared_state != self.shared_state),
-            ("metrics", config.metrics != self.metrics_settings),
-            ("log", config.log != self.log),
-            ("tracking", config.tracking != self.tracking_settings),
-        ] {
-            if changed {
-                warn!(key, "setting changed: it takes effect at the next restart");
-            }
+        for key in self.fixed.changed(&config) {
+            warn!(%key, "setting changed: it takes effect at the next restart");
         }
         if let Some(metrics) = &self.metrics {
             metrics.expect(&config.policy, &target_names(&config.delivery));
         }
         self.delivery
             .store(Arc::new(observed(config.delivery, &self.metrics)));
-        match door {
-            Door::Proxy(proxy) => proxy.reload(config.proxy, acceptor.flatten()),
-            Door::Milter { running } => {
-                for key in running.changed_keys(&config.milter) {
-                    warn!(key = %format!("milter.{key}"), "setting changed: it takes effect at the next restart");
-                }
-            }
+        if let Door::Proxy(proxy) = door {
+            proxy.reload(config.proxy, acceptor.flatten());
         }
         self.engine.replace_policy(config.policy);
         Ok(())
@@ -302,12 +292,7 @@ pub async fn run_milter(
     app.forced_dry_run = dry_run;
     app.serve_metrics().await?;
     let app = Arc::new(app);
-    app.reload_on_sighup(
-        path,
-        Door::Milter {
-            running: milter.clone(),
-        },
-    )?;
+    app.reload_on_sighup(path, Door::Milter)?;
     let listen = listen.unwrap_or_else(|| milter.listen.clone());
     let result = crate::milter::run(app.engine.clone(), &milter, &listen, shutdown).await;
     app.finish_tracking().await;

@@ -238,16 +238,8 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
         };
         let _ = writeln!(out, "message tracking:        {}{reach}", tracking.store);
     }
-    for (i, rule) in config.policy.encryption_rules.0.iter().enumerate() {
-        use postern::engine::checks::encryption::RecipientEncryption;
-        if rule.recipient_encryption == RecipientEncryption::Required && rule.via.is_empty() {
-            let _ = writeln!(
-                out,
-                "warning: encryption rule {} (recipients {}) requires encryption: the proxy door enforces it, but behind an MTA the MTA delivers and Postern cannot; give it a route with via = [\"<relay target with security tls or ssl>\"] so that Postern delivers those recipients itself, or make the MTA require TLS for them (Postfix: smtp_tls_policy_maps)",
-                i + 1,
-                rule.recipient_domain
-            );
-        }
+    for lint in config.lints() {
+        let _ = writeln!(out, "warning: {lint}");
     }
     match &config.shared_state {
         Some(shared) => {

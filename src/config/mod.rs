@@ -31,6 +31,7 @@ mod connection;
 mod delivery;
 mod dkim;
 mod dns;
+mod lints;
 mod log;
 mod metrics;
 mod milter;
@@ -38,11 +39,14 @@ mod outbound_tls;
 mod proxy;
 mod rbl;
 mod reputation;
+mod restart;
 mod rulesets;
 mod scan;
 mod spf;
 mod state;
 mod tracking;
+
+pub use restart::FixedAtStart;
 
 /// The documented default configuration, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/postern.toml");

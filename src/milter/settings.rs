@@ -1,4 +1,4 @@
-//! `[milter]` as the door keeps it, and which of its keys a reload cannot change.
+//! `[milter]` as the door keeps it.
 
 use std::time::Duration;
 
@@ -13,30 +13,4 @@ pub struct MilterSettings {
     pub max_inbound_connections: usize,
     pub connection_timeout: Duration,
     pub shutdown_timeout: Duration,
-}
-
-impl MilterSettings {
-    /// Keys that differ in `new`: all need a restart (the listener and its limits are set
-    /// up once).
-    pub fn changed_keys(&self, new: &Self) -> Vec<&'static str> {
-        [
-            ("listen", self.listen != new.listen),
-            ("socket_mode", self.socket_mode != new.socket_mode),
-            (
-                "max_inbound_connections",
-                self.max_inbound_connections != new.max_inbound_connections,
-            ),
-            (
-                "connection_timeout",
-                self.connection_timeout != new.connection_timeout,
-            ),
-            (
-                "shutdown_timeout",
-                self.shutdown_timeout != new.shutdown_timeout,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
-    }
 }

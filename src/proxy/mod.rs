@@ -152,44 +152,11 @@ impl ProxyDoor {
         new.tls.acceptor()
     }
 
-    /// Puts `new` in force for the next conversation (certificates at once); logs each key
-    /// that needs a restart.
+    /// Puts `new` in force for the next conversation (certificates at once); the keys that
+    /// need a restart are the app's to tell ([`crate::config::FixedAtStart`]).
     pub fn reload(&self, new: ProxySettings, acceptor: Option<TlsAcceptor>) {
         self.acceptor.store(acceptor.map(Arc::new));
-        let running = self.settings.load();
-        for key in running.restart_keys_changed(&new) {
-            warn!(key = %format!("proxy.{key}"), "setting changed: it takes effect at the next restart");
-        }
         self.settings.store(Arc::new(new));
-    }
-}
-
-impl ProxySettings {
-    /// Keys fixed when the proxy starts (its listeners and the caps sized then) that differ
-    /// in `new`.
-    pub fn restart_keys_changed(&self, new: &Self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let mut changed = |key, differs| {
-            if differs {
-                keys.push(key);
-            }
-        };
-        changed("listen", self.listen != new.listen);
-        changed("listen_tls", self.listen_tls != new.listen_tls);
-        changed(
-            "submission_listen",
-            self.submission_listen != new.submission_listen,
-        );
-        changed("tls_support", self.tls.support != new.tls.support);
-        changed(
-            "max_inbound_connections",
-            self.max_inbound_connections != new.max_inbound_connections,
-        );
-        changed(
-            "message_memory_budget",
-            self.message_memory_budget != new.message_memory_budget,
-        );
-        keys
     }
 }
 

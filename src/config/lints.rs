@@ -1,0 +1,41 @@
+//! Configurations that compile but will not do what their author probably meant: check-config
+//! prints each as a warning, and a starting or reloading Postern logs it.
+
+use super::Config;
+use crate::engine::checks::encryption::RecipientEncryption;
+
+impl Config {
+    /// What is probably a mistake in this configuration, each in a sentence that says what to
+    /// do about it.
+    pub fn lints(&self) -> Vec<String> {
+        let mut lints = Vec::new();
+        for (i, rule) in self.policy.encryption_rules.0.iter().enumerate() {
+            if rule.recipient_encryption == RecipientEncryption::Required && rule.via.is_empty() {
+                lints.push(format!(
+                    "encryption rule {} (recipients {}) requires encryption: the proxy door enforces it, but behind an MTA the MTA delivers and Postern cannot; give it a route with via = [\"<relay target with security tls or ssl>\"] so that Postern delivers those recipients itself, or make the MTA require TLS for them (Postfix: smtp_tls_policy_maps)",
+                    i + 1,
+                    rule.recipient_domain
+                ));
+            }
+        }
+        lints
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_rule_without_a_route_is_named() {
+        let config = Config::parse(
+            "[[encryption_rule]]\nrecipient_domain = \"secure.test\"\nrecipient_encryption = \"required\"\n",
+            "test.toml",
+        )
+        .expect("compiles");
+        let lints = config.lints();
+        assert_eq!(lints.len(), 1, "{lints:?}");
+        assert!(lints[0].starts_with("encryption rule 1 (recipients secure.test)"));
+        assert!(Config::parse("", "test.toml").unwrap().lints().is_empty());
+    }
+}
