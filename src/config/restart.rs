@@ -42,15 +42,15 @@ impl FixedAtStart {
     /// The keys (`section` or `section.key`) whose value in `new` differs from the one in
     /// force since start.
     pub fn changed(&self, new: &Config) -> Vec<String> {
-        let mut keys: Vec<String> = [
+        let mut keys: Vec<String> = differing([
             ("state", self.state != new.state),
             ("shared_state", self.shared_state != new.shared_state),
             ("metrics", self.metrics != new.metrics),
             ("log", self.log != new.log),
             ("tracking", self.tracking != new.tracking),
-        ]
+        ])
         .into_iter()
-        .filter_map(|(key, changed)| changed.then(|| key.to_owned()))
+        .map(str::to_owned)
         .collect();
         let (section, door_keys) = match self.door {
             DoorKind::Milter => ("milter", milter_keys(&self.milter, &new.milter)),
