@@ -351,7 +351,7 @@ impl Events for LogEvents {
                 action,
                 "attachment not read to the end"
             ),
-            E::Scanned { .. } | E::HandedOn { .. } => {}
+            E::Scanned { .. } => {}
             E::TransactionEnded { session, report } => info!(
                 session,
                 queue_id = report.queue_id,

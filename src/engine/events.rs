@@ -287,6 +287,55 @@ pub struct RefusedRecipient {
     pub by: RefusedBy,
 }
 
+/// A content rule that acted on a message (a dry run: that would have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActedRule {
+    pub ruleset: String,
+    pub rule: String,
+    /// The rule's action (`mask`, `reject`, `divert`, ...).
+    pub action: &'static str,
+    pub dry_run: bool,
+}
+
+impl fmt::Display for ActedRule {
+    /// `ruleset/rule:action`, the action as `would_action` in a dry run.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let would = if self.dry_run { "would_" } else { "" };
+        write!(f, "{}/{}:{would}{}", self.ruleset, self.rule, self.action)
+    }
+}
+
+/// A dry run's refusal that was not answered: at which stage, what it would have been and,
+/// at RCPT, the recipient it concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WouldRefusal {
+    pub stage: SmtpStage,
+    pub verdict: Verdict,
+    pub recipient: Option<String>,
+}
+
+impl fmt::Display for WouldRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.stage, self.verdict)
+    }
+}
+
+/// A refusal the policy answered (not held, not a dry run's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub stage: SmtpStage,
+    pub check: CheckId,
+    pub verdict: Verdict,
+}
+
+/// Where a door that relays the message itself (the proxy) handed it on: the relay target
+/// that answered (`None` when none could take it) and the reply the client heard.
+#[derive(Clone, Copy, Debug)]
+pub struct HandedOn<'a> {
+    pub relay_target: Option<&'a str>,
+    pub reply: &'a SmtpReply,
+}
+
 /// What the session knew about the client when a transaction ended.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionFacts<'a> {
@@ -294,6 +343,8 @@ pub struct SessionFacts<'a> {
     pub helo: Option<&'a str>,
     pub tls: Option<&'a TlsInfo>,
     pub authenticated: Option<&'a str>,
+    /// A dry run: what the policy would have refused at connect, HELO or an unknown command.
+    pub would: &'a [WouldRefusal],
 }
 
 /// What a finished message looked like, for the per-message line.
@@ -321,6 +372,16 @@ pub struct MessageReport<'a> {
     pub elapsed: Duration,
     /// A dry run: `verdict` is what would have been answered; the message went on unchanged.
     pub dry_run: bool,
+    /// The content rules that acted on it, in order.
+    pub rules: &'a [ActedRule],
+    /// The relay target a divert (or an encryption rule's route) took it to, and its reply.
+    pub diverted: Option<(&'a str, &'a SmtpReply)>,
+    /// A dry run: what the policy would have refused in this transaction before its end (at
+    /// RCPT for one recipient).
+    pub would: &'a [WouldRefusal],
+    /// Where the proxy handed it on; `None` when the MTA carries it, or when it was not
+    /// accepted.
+    pub handed_on: Option<HandedOn<'a>>,
 }
 
 /// A transaction that ended without reaching the end of its message (RSET, a new MAIL, a
@@ -336,6 +397,10 @@ pub struct TransactionReport<'a> {
     pub facts: SessionFacts<'a>,
     pub elapsed: Duration,
     pub dry_run: bool,
+    /// The refusal at DATA that ended it (a verdict held until then), if one did.
+    pub refused_at_data: Option<&'a Refusal>,
+    /// A dry run: what the policy would have refused in this transaction.
+    pub would: &'a [WouldRefusal],
 }
 
 /// What a closed connection looked like, for the per-connection line.
@@ -352,6 +417,13 @@ pub struct ConnectionReport<'a> {
     pub unfinished_message: bool,
     /// From connect to close.
     pub elapsed: Duration,
+    /// The last refusal answered in the connection.
+    pub refusal: Option<&'a Refusal>,
+    /// A dry run: what the policy would have refused and no message or transaction report
+    /// told.
+    pub would: &'a [WouldRefusal],
+    /// A message or transaction of this connection was reported.
+    pub reported: bool,
 }
 
 /// One thing that happened in a session.
@@ -469,13 +541,6 @@ pub enum Event<'a> {
     TransactionEnded {
         session: u64,
         report: TransactionReport<'a>,
-    },
-    /// The door handed the last message on itself (the proxy): the relay target that answered
-    /// (`None` when none could take it) and the reply the client heard.
-    HandedOn {
-        session: u64,
-        relay_target: Option<&'a str>,
-        reply: &'a SmtpReply,
     },
     Disconnected {
         session: u64,

@@ -130,8 +130,7 @@ impl Events for Metrics {
             | Event::Diverted { .. }
             | Event::WouldRefuse { .. }
             | Event::StoreBack { .. }
-            | Event::TransactionEnded { .. }
-            | Event::HandedOn { .. } => {}
+            | Event::TransactionEnded { .. } => {}
             Event::StoreUnavailable { .. } => {
                 self.store_unavailable.inc();
             }
@@ -250,6 +249,7 @@ mod tests {
                     helo: None,
                     tls: None,
                     authenticated: None,
+                    would: &[],
                 },
                 size: 10,
                 spooled: false,
@@ -263,6 +263,10 @@ mod tests {
                 reason: Why::EndOfMessage,
                 elapsed: Duration::from_millis(5),
                 dry_run: false,
+                rules: &[],
+                diverted: None,
+                would: &[],
+                handed_on: None,
             },
         });
         let checks: Vec<CheckRecord> = Vec::new();
@@ -279,6 +283,9 @@ mod tests {
                 failed_recipients: 0,
                 unfinished_message: false,
                 elapsed: Duration::from_millis(20),
+                refusal: None,
+                would: &[],
+                reported: true,
             },
         });
         m.attempt("mta", Outcome::Delivered);

@@ -1,8 +1,7 @@
-//! The tracking sink: gathers each session's events (rules that acted, a diversion, dry-run
-//! refusals, the last refusal) into records when a message or transaction ends, and queues
+//! The tracking sink: turns each message, transaction and connection report into records
+//! (the reports carry everything a record needs; the sink keeps no session state) and queues
 //! them for the writer without ever waiting.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,40 +13,11 @@ use super::record::{Outcome, Record, now_ms};
 use super::writer::{self, Writer};
 use super::{StoreSettings, TrackingSettings};
 use crate::engine::events::{
-    CheckId, ConnectionReport, DoorKind, Event, MessageReport, RefusedBy, RefusedRecipient,
-    SessionFacts, SmtpStage, TransactionReport,
+    CheckId, ConnectionReport, DoorKind, Event, MessageReport, Refusal, RefusedBy,
+    RefusedRecipient, SessionFacts, TransactionReport, WouldRefusal,
 };
 use crate::engine::ports::Events;
 use crate::engine::{SmtpReply, Verdict};
-
-/// A refusal the policy answered in this session, as the records give it.
-#[derive(Clone, Debug)]
-struct Refusal {
-    stage: SmtpStage,
-    check: &'static str,
-    verdict: &'static str,
-    reply: Option<SmtpReply>,
-}
-
-/// What a session's events said so far that its next records need.
-#[derive(Debug, Default)]
-struct Track {
-    /// Rules that acted on the message in progress: `ruleset/rule:action`.
-    rules: Vec<String>,
-    /// The divert target and its reply for the message in progress.
-    diverted: Option<(String, String)>,
-    /// Dry run: what the policy would have refused in this transaction, and at connect/HELO.
-    would: Vec<String>,
-    would_connection: Vec<String>,
-    /// Dry run: the recipients the policy would have refused at RCPT, and how.
-    would_rcpt: Vec<(String, String)>,
-    /// The last refusal answered (not held).
-    refusal: Option<Refusal>,
-    /// A message's records waiting for the door to say where it went (proxy).
-    pending: Vec<Record>,
-    /// Something was recorded for this session.
-    tracked: bool,
-}
 
 /// Message tracking as an event sink.
 #[derive(Debug)]
@@ -57,7 +27,6 @@ pub struct Tracker {
     queue: mpsc::Sender<Record>,
     drops: Arc<Drops>,
     limit: ClientLimit,
-    sessions: Mutex<HashMap<u64, Track>>,
     writer: Mutex<Option<Writer>>,
 }
 
@@ -94,7 +63,6 @@ impl Tracker {
             queue,
             drops,
             limit: ClientLimit::new(settings.max_records_per_client),
-            sessions: Mutex::new(HashMap::new()),
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -173,12 +141,12 @@ impl Tracker {
         }
     }
 
-    fn message(&self, session: u64, report: &MessageReport<'_>, track: &mut Track) {
-        let mut would = std::mem::take(&mut track.would);
+    fn message(&self, session: u64, report: &MessageReport<'_>) {
+        let mut would = Vec::new();
         if report.dry_run && *report.verdict != Verdict::Continue {
             would.push(format!("end_of_message: {}", report.verdict));
         }
-        would.extend(track.would_connection.iter().cloned());
+        would.extend(of_transaction(report.would, report.facts.would));
         // In a dry run the message went on whatever the policy would have said.
         let verdict = if report.dry_run {
             &Verdict::Continue
@@ -191,55 +159,49 @@ impl Tracker {
         base.size = Some(report.size as i64);
         base.verdict = verdict.name().to_owned();
         base.reason = Some(report.reason.to_string());
-        base.rules = joined(std::mem::take(&mut track.rules), ", ");
+        base.rules = joined(report.rules.iter().map(ToString::to_string).collect(), ", ");
         base.dry_run = report.dry_run;
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.relayed_sender = report.envelope.sender.clone();
         base.authentication = report.authentication.map(|a| a.words());
-        let would_rcpt = std::mem::take(&mut track.would_rcpt);
-        let diverted = track.diverted.take();
-        // The proxy relays an accepted message itself and says where it went afterwards.
-        let wait_for_door = self.door == DoorKind::Proxy && *verdict == Verdict::Continue;
-        let mut records = Vec::new();
         for recipient in report.recipients {
             let mut r = base.clone();
             r.recipient = Some(recipient.clone());
-            r.would = would_for(&base.would, &would_rcpt, recipient);
+            r.would = would_for(&base.would, report.would, recipient);
             r.relayed_recipient = report
                 .envelope
                 .recipients
                 .iter()
                 .find(|(from, _)| from == recipient)
                 .map(|(_, to)| to.clone());
-            let outcome = match verdict {
-                Verdict::Continue => Outcome::Accepted,
-                Verdict::Discard => match &diverted {
+            let outcome = match (verdict, report.handed_on) {
+                (Verdict::Continue, Some(handed_on)) => {
+                    r.reply = Some(handed_on.reply.to_string());
+                    r.relay_target = handed_on.relay_target.map(str::to_owned);
+                    Outcome::of_reply(handed_on.reply.code())
+                }
+                (Verdict::Continue, None) => Outcome::Accepted,
+                (Verdict::Discard, _) => match report.diverted {
                     Some((target, reply)) => {
-                        r.relay_target = Some(target.clone());
-                        r.reply = Some(reply.clone());
+                        r.relay_target = Some(target.to_owned());
+                        r.reply = Some(reply.to_string());
                         Outcome::Diverted
                     }
                     None => Outcome::Discarded,
                 },
-                refused => {
+                (refused, _) => {
                     let reply = refused.reply().expect("a refusal has a reply");
                     r.reply = Some(reply.to_string());
                     Outcome::of_reply(reply.code())
                 }
             };
             r.outcome = outcome.name().to_owned();
-            records.push(r);
+            self.queue(r);
         }
-        let refused = self.refused(&base, report.refused);
-        if wait_for_door {
-            track.pending = records;
-        } else {
-            records.into_iter().for_each(|r| self.queue(r));
+        for r in self.refused(&base, report.refused) {
+            self.queue(r);
         }
-        refused.into_iter().for_each(|r| self.queue(r));
-        track.refusal = None;
-        track.tracked = true;
     }
 
     /// One record per refused recipient, on the transaction's `base`.
@@ -267,30 +229,23 @@ impl Tracker {
             .collect()
     }
 
-    fn transaction(&self, session: u64, report: &TransactionReport<'_>, track: &mut Track) {
-        let mut would = std::mem::take(&mut track.would);
-        would.extend(track.would_connection.iter().cloned());
+    fn transaction(&self, session: u64, report: &TransactionReport<'_>) {
+        let would: Vec<String> = of_transaction(report.would, report.facts.would).collect();
         let mut base = self.record(session, &report.facts, report.sender);
         base.queue_id = some(report.queue_id);
         base.dry_run = report.dry_run;
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.verdict = Verdict::Continue.name().to_owned();
-        let would_rcpt = std::mem::take(&mut track.would_rcpt);
-        track.rules.clear();
-        track.diverted = None;
-        // A refusal at DATA (a verdict held until then) ended it; otherwise the client did.
-        let refusal = track.refusal.take().filter(|r| r.stage == SmtpStage::Data);
         for recipient in report.accepted {
             let mut r = base.clone();
             r.recipient = Some(recipient.clone());
-            r.would = would_for(&base.would, &would_rcpt, recipient);
-            let outcome = match &refusal {
+            r.would = would_for(&base.would, report.would, recipient);
+            // A refusal at DATA (a verdict held until then) ended it; otherwise the client did.
+            let outcome = match report.refused_at_data {
                 Some(refusal) => {
-                    r.verdict = refusal.verdict.to_owned();
-                    r.reason = Some(refusal.check.to_owned());
-                    r.reply = refusal.reply.as_ref().map(SmtpReply::to_string);
-                    Outcome::of_reply(refusal.reply.as_ref().map_or(554, SmtpReply::code))
+                    refused_by(&mut r, refusal);
+                    Outcome::of_reply(refusal.verdict.reply().map_or(554, SmtpReply::code))
                 }
                 None => Outcome::Abandoned,
             };
@@ -300,22 +255,13 @@ impl Tracker {
         for r in self.refused(&base, report.refused) {
             self.queue(r);
         }
-        track.tracked = true;
     }
 
-    /// The door said where the pending message went.
-    fn handed_on(&self, relay_target: Option<&str>, reply: &SmtpReply, track: &mut Track) {
-        for mut r in std::mem::take(&mut track.pending) {
-            r.outcome = Outcome::of_reply(reply.code()).name().to_owned();
-            r.reply = Some(reply.to_string());
-            r.relay_target = relay_target.map(str::to_owned);
-            self.queue(r);
+    fn disconnected(&self, session: u64, report: &ConnectionReport<'_>) {
+        if !self.track_dropped_connections || report.reported {
+            return;
         }
-    }
-
-    fn disconnected(&self, session: u64, report: &ConnectionReport<'_>, track: Track) {
-        track.pending.into_iter().for_each(|r| self.queue(r));
-        if !self.track_dropped_connections || track.tracked {
+        if report.refusal.is_none() && report.would.is_empty() {
             return;
         }
         let facts = SessionFacts {
@@ -323,162 +269,60 @@ impl Tracker {
             helo: report.helo,
             tls: report.tls,
             authenticated: report.authenticated,
+            would: report.would,
         };
-        let refusal = track.refusal;
-        if refusal.is_none() && track.would_connection.is_empty() && track.would.is_empty() {
-            return;
-        }
         let mut r = self.record(session, &facts, "");
         r.outcome = Outcome::ConnectionRefused.name().to_owned();
         r.duration_ms = report.elapsed.as_millis() as i64;
-        let mut would = track.would_connection;
-        would.extend(track.would);
-        r.dry_run = !would.is_empty();
-        r.would = joined(would, "; ");
-        match refusal {
-            Some(refusal) => {
-                r.verdict = refusal.verdict.to_owned();
-                r.reason = Some(refusal.check.to_owned());
-                r.reply = refusal.reply.as_ref().map(SmtpReply::to_string);
-            }
+        r.dry_run = !report.would.is_empty();
+        r.would = joined(report.would.iter().map(ToString::to_string).collect(), "; ");
+        match report.refusal {
+            Some(refusal) => refused_by(&mut r, refusal),
             None => r.verdict = Verdict::Continue.name().to_owned(),
         }
         self.queue(r);
     }
 }
 
+/// `r` was refused by `refusal`.
+fn refused_by(r: &mut Record, refusal: &Refusal) {
+    r.verdict = refusal.verdict.name().to_owned();
+    r.reason = Some(refusal.check.name().to_owned());
+    r.reply = refusal.verdict.reply().map(SmtpReply::to_string);
+}
+
+/// A transaction's would-be refusals that concern all its recipients, then the connection's.
+fn of_transaction<'a>(
+    transaction: &'a [WouldRefusal],
+    connection: &'a [WouldRefusal],
+) -> impl Iterator<Item = String> + 'a {
+    transaction
+        .iter()
+        .filter(|w| w.recipient.is_none())
+        .chain(connection)
+        .map(ToString::to_string)
+}
+
 /// A recipient's would-be refusals: the transaction's, and those at its own RCPT.
 fn would_for(
     transaction: &Option<String>,
-    at_rcpt: &[(String, String)],
+    would: &[WouldRefusal],
     recipient: &str,
 ) -> Option<String> {
-    let own = at_rcpt
+    let own = would
         .iter()
-        .filter(|(r, _)| r == recipient)
-        .map(|(_, would)| would.clone());
+        .filter(|w| w.recipient.as_deref() == Some(recipient))
+        .map(ToString::to_string);
     joined(transaction.iter().cloned().chain(own).collect(), "; ")
 }
 
 impl Events for Tracker {
     fn emit(&self, event: &Event<'_>) {
-        // The events a record needs nothing from take no lock.
-        if matches!(
-            event,
-            Event::Checked { .. }
-                | Event::Zone { .. }
-                | Event::StoreUnavailable { .. }
-                | Event::StoreBack { .. }
-                | Event::ScanFailed { .. }
-                | Event::Scanned { .. }
-                | Event::AttachmentUnread { .. }
-                | Event::Refused {
-                    held_until: Some(_),
-                    ..
-                }
-        ) {
-            return;
-        }
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match event {
-            Event::Connected { session, .. } => {
-                sessions.insert(*session, Track::default());
-            }
-            Event::RuleActed {
-                session,
-                ruleset,
-                rule,
-                action,
-                dry_run,
-                ..
-            } => {
-                let action = if *dry_run {
-                    format!("would_{action}")
-                } else {
-                    (*action).to_owned()
-                };
-                let track = sessions.entry(*session).or_default();
-                track.rules.push(format!("{ruleset}/{rule}:{action}"));
-            }
-            Event::Diverted {
-                session,
-                relay_target,
-                reply,
-                ..
-            } => {
-                sessions.entry(*session).or_default().diverted =
-                    Some(((*relay_target).to_owned(), reply.to_string()));
-            }
-            Event::WouldRefuse {
-                session,
-                stage,
-                verdict,
-                recipient,
-            } => {
-                let track = sessions.entry(*session).or_default();
-                let would = format!("{stage}: {verdict}");
-                if let Some(recipient) = recipient {
-                    // Told on that recipient's record only.
-                    track.would_rcpt.push(((*recipient).to_owned(), would));
-                    return;
-                }
-                match *stage {
-                    // Reported with the message itself.
-                    SmtpStage::EndOfMessage => {}
-                    s if s.is_connection() => track.would_connection.push(would),
-                    _ => track.would.push(would),
-                }
-            }
-            Event::Refused {
-                session,
-                check,
-                verdict,
-                stage,
-                held_until: None,
-                dry_run: false,
-                ..
-            } => {
-                sessions.entry(*session).or_default().refusal = Some(Refusal {
-                    stage: *stage,
-                    check: check.name(),
-                    verdict: verdict.name(),
-                    reply: verdict.reply().cloned(),
-                });
-            }
-            Event::Message { session, report } => {
-                let track = sessions.entry(*session).or_default();
-                std::mem::take(&mut track.pending)
-                    .into_iter()
-                    .for_each(|r| self.queue(r));
-                self.message(*session, report, track);
-            }
-            Event::TransactionEnded { session, report } => {
-                let track = sessions.entry(*session).or_default();
-                std::mem::take(&mut track.pending)
-                    .into_iter()
-                    .for_each(|r| self.queue(r));
-                self.transaction(*session, report, track);
-            }
-            Event::HandedOn {
-                session,
-                relay_target,
-                reply,
-            } => {
-                let track = sessions.entry(*session).or_default();
-                self.handed_on(*relay_target, reply, track);
-            }
-            Event::Disconnected { session, report } => {
-                let track = sessions.remove(session).unwrap_or_default();
-                self.disconnected(*session, report, track);
-            }
-            Event::Refused { .. }
-            | Event::Checked { .. }
-            | Event::Zone { .. }
-            | Event::StoreUnavailable { .. }
-            | Event::StoreBack { .. }
-            | Event::ScanFailed { .. }
-            | Event::AttachmentUnread { .. }
-            | Event::Scanned { .. } => {}
+            Event::Message { session, report } => self.message(*session, report),
+            Event::TransactionEnded { session, report } => self.transaction(*session, report),
+            Event::Disconnected { session, report } => self.disconnected(*session, report),
+            _ => {}
         }
     }
 }

@@ -220,7 +220,14 @@ impl Session {
                 }
             }
         }
-        self.log_message(&tx, &d.verdict, d.reason, &d.envelope);
+        let finished = self.finished(&tx, &d);
+        // The proxy relays what goes on: reported once it says where it went.
+        let goes_on = policy.dry_run || d.goes_on();
+        if carrier == Carrier::Postern && goes_on {
+            self.unreported = Some(finished);
+        } else {
+            self.report_message(&finished, None);
+        }
         if policy.dry_run {
             // What would have been done is reported above; the message goes on unchanged.
             let verdict = self.unless_dry_run(SmtpStage::EndOfMessage, d.verdict.clone());
@@ -358,34 +365,88 @@ impl Session {
         });
     }
 
-    pub(super) fn log_message(
-        &self,
-        tx: &Transaction,
-        verdict: &Verdict,
-        reason: Reason,
-        envelope: &EnvelopeEdits,
-    ) {
+    /// What `tx` became, as its report tells it.
+    fn finished(&self, tx: &Transaction, d: &Decision) -> Finished {
+        let (rules, diverted, would) = {
+            let mut happened = self.happened();
+            happened.reported = true;
+            happened.refusal = None;
+            (
+                std::mem::take(&mut happened.rules),
+                happened.diverted.take(),
+                std::mem::take(&mut happened.would),
+            )
+        };
+        Finished {
+            queue_id: tx.queue_id.clone().unwrap_or_default(),
+            sender: tx.sender.clone(),
+            recipients: tx.recipients.clone(),
+            envelope: d.envelope.clone(),
+            refused: tx.refused.clone(),
+            message_id: tx.message_id.clone(),
+            size: tx.message.as_ref().map_or(0, MessageBuffer::len),
+            spooled: tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
+            spf: tx.spf.as_ref().map_or("-", SpfOutcome::name),
+            authentication: tx.authentication,
+            verdict: d.verdict.clone(),
+            reason: d.reason,
+            elapsed: tx.started.elapsed(),
+            rules,
+            diverted,
+            would,
+        }
+    }
+
+    /// Emits the report of a finished message; `handed_on` where the proxy took it.
+    pub(super) fn report_message(&self, finished: &Finished, handed_on: Option<HandedOn<'_>>) {
+        let would_connection = self.happened().would_connection.clone();
         self.emit(&Event::Message {
             session: self.id,
             report: MessageReport {
-                queue_id: tx.queue_id.as_deref().unwrap_or(""),
-                sender: &tx.sender,
-                recipients: &tx.recipients,
-                envelope,
-                refused: &tx.refused,
-                message_id: tx.message_id.as_deref(),
-                facts: self.facts(),
-                size: tx.message.as_ref().map_or(0, MessageBuffer::len),
-                spooled: tx.message.as_ref().is_some_and(MessageBuffer::is_spooled),
-                spf: tx.spf.as_ref().map_or("-", SpfOutcome::name),
-                authentication: tx.authentication,
-                verdict,
-                reason,
-                elapsed: tx.started.elapsed(),
+                queue_id: &finished.queue_id,
+                sender: &finished.sender,
+                recipients: &finished.recipients,
+                envelope: &finished.envelope,
+                refused: &finished.refused,
+                message_id: finished.message_id.as_deref(),
+                facts: self.facts(&would_connection),
+                size: finished.size,
+                spooled: finished.spooled,
+                spf: finished.spf,
+                authentication: finished.authentication,
+                verdict: &finished.verdict,
+                reason: finished.reason,
+                elapsed: finished.elapsed,
                 dry_run: self.policy.dry_run,
+                rules: &finished.rules,
+                diverted: finished.diverted.as_ref().map(|(t, r)| (t.as_str(), r)),
+                would: &finished.would,
+                handed_on,
             },
         });
     }
+}
+
+/// A message at its end, as its report tells it: kept until the door says where it went
+/// when the door relays it itself.
+#[derive(Debug)]
+pub(super) struct Finished {
+    queue_id: String,
+    sender: String,
+    recipients: Vec<String>,
+    envelope: EnvelopeEdits,
+    refused: Vec<RefusedRecipient>,
+    message_id: Option<String>,
+    size: u64,
+    spooled: bool,
+    spf: &'static str,
+    authentication: Option<AuthSummary>,
+    verdict: Verdict,
+    reason: Reason,
+    elapsed: std::time::Duration,
+    rules: Vec<super::super::events::ActedRule>,
+    diverted: Option<(String, SmtpReply)>,
+    would: Vec<WouldRefusal>,
 }
 
 /// Who carries an accepted message on: the MTA the milter sits beside (then Postern delivers

@@ -6,6 +6,7 @@ mod authentication;
 mod connect;
 mod content;
 mod data;
+mod happened;
 mod mail;
 mod outgoing;
 mod rcpt;
@@ -14,13 +15,14 @@ mod stages;
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tracing::{info, warn};
 
 use super::SharedState;
+use happened::Happened;
 use super::authentication::AuthSummary;
 use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
@@ -29,8 +31,8 @@ use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Behaviour;
 use super::checks::spf::{Spf, SpfHeader, SpfOutcome};
 use super::events::{
-    CheckId, CheckRecord, ConnectionReport, Event, MessageReport, Reason, RefusedBy,
-    RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport,
+    CheckId, CheckRecord, ConnectionReport, Event, HandedOn, MessageReport, Reason, RefusedBy,
+    RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport, WouldRefusal,
 };
 use super::message::{BufferError, MessageBuffer, first_header_field, header_fields};
 use super::policy::{Policy, Stage};
@@ -170,6 +172,11 @@ pub struct Session {
     rcpt_refusal: Option<CheckId>,
     messages: u32,
     tx: Option<Transaction>,
+    /// What the events said so far that the next reports carry (behind a lock only because
+    /// events are emitted through `&self`; never held across an await).
+    happened: Mutex<Happened>,
+    /// A message the door relays itself, reported once the door says where it went.
+    unreported: Option<data::Finished>,
 }
 
 impl Session {
@@ -197,6 +204,8 @@ impl Session {
             rcpt_refusal: None,
             messages: 0,
             tx: None,
+            happened: Mutex::new(Happened::default()),
+            unreported: None,
         }
     }
 
@@ -279,25 +288,42 @@ impl Session {
         self.end_transaction();
     }
 
-    /// What the session knows of the client now, for a report.
-    fn facts(&self) -> SessionFacts<'_> {
+    /// What the session knows of the client now, for a report; `would` are the connection's
+    /// would-be refusals, taken from [`Happened`].
+    fn facts<'a>(&'a self, would: &'a [WouldRefusal]) -> SessionFacts<'a> {
         SessionFacts {
             client: &self.client,
             helo: self.helo.as_deref(),
             tls: self.tls.as_ref(),
             authenticated: self.authenticated.as_deref(),
+            would,
         }
     }
 
     /// Ends a transaction that did not reach the end of its message, reporting it when it had
     /// recipients (accepted or refused).
     fn end_transaction(&mut self) {
+        if let Some(finished) = self.unreported.take() {
+            // The door did not say where it went.
+            self.report_message(&finished, None);
+        }
         let Some(tx) = self.tx.take() else {
             return;
         };
         if tx.recipients.is_empty() && tx.refused.is_empty() {
             return;
         }
+        let (would, would_connection, refusal) = {
+            let mut happened = self.happened();
+            happened.rules.clear();
+            happened.diverted = None;
+            happened.reported = true;
+            (
+                std::mem::take(&mut happened.would),
+                happened.would_connection.clone(),
+                happened.refusal.take(),
+            )
+        };
         self.emit(&Event::TransactionEnded {
             session: self.id,
             report: TransactionReport {
@@ -305,21 +331,26 @@ impl Session {
                 sender: &tx.sender,
                 accepted: &tx.recipients,
                 refused: &tx.refused,
-                facts: self.facts(),
+                facts: self.facts(&would_connection),
                 elapsed: tx.started.elapsed(),
                 dry_run: self.policy.dry_run,
+                refused_at_data: refusal.as_ref().filter(|r| r.stage == SmtpStage::Data),
+                would: &would,
             },
         });
     }
 
     /// The door handed the last message on itself (the proxy, to its relay targets): which
-    /// target answered (`None`: none could take it) and the reply the client heard.
-    pub fn handed_on(&self, relay_target: Option<&str>, reply: &SmtpReply) {
-        self.emit(&Event::HandedOn {
-            session: self.id,
-            relay_target,
-            reply,
-        });
+    /// target answered (`None`: none could take it) and the reply the client heard. The
+    /// message is reported now.
+    pub fn handed_on(&mut self, relay_target: Option<&str>, reply: &SmtpReply) {
+        if let Some(finished) = self.unreported.take() {
+            let handed_on = HandedOn {
+                relay_target,
+                reply,
+            };
+            self.report_message(&finished, Some(handed_on));
+        }
     }
 
     async fn judge_unknown_command(&mut self, command: &str) -> Verdict {
@@ -344,6 +375,9 @@ impl Session {
     pub fn close(&mut self) {
         let unfinished_message = self.tx.is_some();
         self.end_transaction();
+        let happened = std::mem::take(&mut *self.happened());
+        let mut would = happened.would_connection;
+        would.extend(happened.would);
         self.emit(&Event::Disconnected {
             session: self.id,
             report: ConnectionReport {
@@ -357,13 +391,21 @@ impl Session {
                 failed_recipients: self.failed_recipients,
                 unfinished_message,
                 elapsed: self.started.elapsed(),
+                refusal: happened.refusal.as_ref(),
+                would: &would,
+                reported: happened.reported,
             },
         });
     }
 
-    /// Reports an event to the sinks.
+    /// Reports an event to the sinks, noting what a later report carries.
     fn emit(&self, event: &Event<'_>) {
+        self.happened().note(event);
         self.shared.ports.events.emit(event);
+    }
+
+    fn happened(&self) -> std::sync::MutexGuard<'_, Happened> {
+        self.happened.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reports a refusal answered now (`held_until` `None`) or held for a later stage.
