@@ -98,6 +98,11 @@ pub fn iban_checksum_holds(iban: &str) -> bool {
     if !(15..=34).contains(&compact.len()) {
         return false;
     }
+    // ISO 7064 MOD 97-10 gives check digits 02 to 98: 00, 01 and 99 pass the remainder test
+    // (as 97, 98 and 02 would) but no IBAN carries them.
+    if !matches!(compact.get(2..4).and_then(|d| d.parse::<u8>().ok()), Some(2..=98)) {
+        return false;
+    }
     let rearranged = compact[4..].chars().chain(compact[..4].chars());
     let mut remainder: u32 = 0;
     for c in rearranged {
@@ -249,6 +254,10 @@ mod tests {
             assert!(iban_checksum_holds(iban), "{iban}");
         }
         assert!(!iban_checksum_holds("GB83 WEST 1234 5698 7654 32"));
+        // 98 and 01 leave the same remainder; only 98 is a check digit pair.
+        assert_eq!(iban_check_digits("479777710109755102"), 98);
+        assert!(iban_checksum_holds("DE98479777710109755102"));
+        assert!(!iban_checksum_holds("DE01479777710109755102"));
     }
 
     proptest! {
