@@ -27,9 +27,9 @@ use crate::logging::LogEvents;
 use crate::metrics::{Metrics, MetricsSettings};
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
-use crate::relay::{Delivery, RelayObserver, RelayOutbound, SharedDelivery};
+use crate::relay::{Delivery, RelayOutbound, SharedDelivery};
 use crate::state::{MemoryStore, RedisStore};
-use crate::tracking::{DropObserver, Tracker};
+use crate::tracking::Tracker;
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
 #[derive(Debug)]
@@ -57,9 +57,9 @@ impl Resolver for CurrentResolver {
     }
 }
 
-/// The delivery with the metrics told of every relay attempt.
-fn observed(mut delivery: Delivery, metrics: &Option<Arc<Metrics>>) -> Delivery {
-    delivery.observer = metrics.clone().map(|m| m as Arc<dyn RelayObserver>);
+/// The delivery with the event sinks told of every relay attempt.
+fn observed(mut delivery: Delivery, events: &Arc<dyn Events>) -> Delivery {
+    delivery.events = Some(events.clone());
     delivery
 }
 
@@ -94,6 +94,8 @@ pub struct App {
     pub tracker: Option<Arc<Tracker>>,
     /// What only a restart changes, as it was at start.
     fixed: FixedAtStart,
+    /// The event sinks (the log, the metrics, tracking), told of relay attempts too.
+    events: Arc<dyn Events>,
     /// `--dry-run` was given: every configuration loaded runs dry.
     forced_dry_run: bool,
     resolver: Arc<CurrentResolver>,
@@ -116,23 +118,24 @@ impl App {
             .metrics
             .is_some()
             .then(|| Arc::new(Metrics::new(door)));
+        let mut sinks: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents::default())];
+        sinks.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
         let tracker = match &config.tracking {
             Some(settings) => {
-                let observer = metrics.clone().map(|m| m as Arc<dyn DropObserver>);
                 info!(store = %settings.store, "message tracking on");
-                Some(Arc::new(Tracker::start(settings, door, observer)?))
+                // Told of its own dropped records through the other sinks.
+                let others: Arc<dyn Events> = Arc::new(Fanout(sinks.clone()));
+                Some(Arc::new(Tracker::start(settings, door, Some(others))?))
             }
             None => None,
         };
-        let mut events: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents::default())];
-        events.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
-        events.extend(tracker.clone().map(|t| t as Arc<dyn Events>));
-        let events: Arc<dyn Events> = Arc::new(Fanout(events));
+        sinks.extend(tracker.clone().map(|t| t as Arc<dyn Events>));
+        let events: Arc<dyn Events> = Arc::new(Fanout(sinks));
         if let Some(metrics) = &metrics {
             metrics.expect(&config.policy, &target_names(&config.delivery));
         }
         let delivery: SharedDelivery =
-            Arc::new(ArcSwap::from_pointee(observed(config.delivery, &metrics)));
+            Arc::new(ArcSwap::from_pointee(observed(config.delivery, &events)));
         let local = MemoryStore::with_capacity(config.state.max_tracked_clients);
         let store: Arc<dyn Store> = match &config.shared_state {
             Some(shared) => {
@@ -151,7 +154,7 @@ impl App {
             resolver: resolver.clone(),
             outbound: Arc::new(RelayOutbound::new(delivery.clone())),
             store,
-            events,
+            events: events.clone(),
         };
         let app = Self {
             engine: Arc::new(Engine::new(config.policy, ports)),
@@ -160,6 +163,7 @@ impl App {
             metrics_settings: config.metrics,
             tracker,
             fixed,
+            events,
             forced_dry_run: false,
             resolver,
             dns: Mutex::new(config.dns),
@@ -235,7 +239,7 @@ impl App {
             metrics.expect(&config.policy, &target_names(&config.delivery));
         }
         self.delivery
-            .store(Arc::new(observed(config.delivery, &self.metrics)));
+            .store(Arc::new(observed(config.delivery, &self.events)));
         if let Door::Proxy(proxy) = door {
             proxy.reload(config.proxy, acceptor.flatten());
         }

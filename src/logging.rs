@@ -147,6 +147,7 @@ impl Visit for MessageField {
 #[derive(Debug, Default)]
 pub struct LogEvents {
     store_unavailable: std::sync::Mutex<Throttle>,
+    tracking_dropped: std::sync::Mutex<Throttle>,
 }
 
 /// A line that repeats while a fault lasts: written at most once per interval, with how
@@ -352,6 +353,28 @@ impl Events for LogEvents {
                 "attachment not read to the end"
             ),
             E::Scanned { .. } => {}
+            E::RelayAttempt {
+                relay_target,
+                outcome,
+            } => debug!(relay_target, outcome = outcome.name(), "relay attempt"),
+            E::TrackingDropped {
+                reason,
+                count,
+                detail,
+            } => {
+                let mut throttle = self
+                    .tracking_dropped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(dropped) = throttle.due(std::time::Duration::from_secs(60), *count) {
+                    warn!(
+                        dropped,
+                        reason,
+                        error = detail,
+                        "message tracking records dropped; mail is not affected (logged at most once a minute, counted in postern_tracking_dropped_total)"
+                    );
+                }
+            }
             E::TransactionEnded { session, report } => info!(
                 session,
                 queue_id = report.queue_id,

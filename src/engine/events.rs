@@ -255,6 +255,42 @@ impl fmt::Display for Reason {
     }
 }
 
+/// What became of one attempt with one relay target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The target took the message.
+    Delivered,
+    /// It refused the sender or the message permanently (5xx).
+    Refused,
+    /// It refused for now (4xx), or cannot carry this transaction.
+    Deferred,
+    /// It could not be reached or broke before it had the message.
+    Unavailable,
+    /// It was sent the message and gave no answer.
+    Uncertain,
+}
+
+impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 5] = [
+        Self::Delivered,
+        Self::Refused,
+        Self::Deferred,
+        Self::Unavailable,
+        Self::Uncertain,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Refused => "refused",
+            Self::Deferred => "deferred",
+            Self::Unavailable => "unavailable",
+            Self::Uncertain => "uncertain",
+        }
+    }
+}
+
 /// Who refused a recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefusedBy {
@@ -545,6 +581,19 @@ pub enum Event<'a> {
     Disconnected {
         session: u64,
         report: ConnectionReport<'a>,
+    },
+    /// One attempt to hand a message to a relay target (the proxy's, a divert's, a route's).
+    RelayAttempt {
+        relay_target: &'a str,
+        outcome: AttemptOutcome,
+    },
+    /// Message tracking could not keep `count` records: `reason` is `queue_full` (the writer
+    /// falls behind), `store_unavailable`, `writer_stopped` (at shutdown) or
+    /// `max_records_per_client`; `detail` says more. Mail is not affected.
+    TrackingDropped {
+        reason: &'static str,
+        count: u64,
+        detail: &'a str,
     },
 }
 

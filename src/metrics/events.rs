@@ -7,8 +7,6 @@ use crate::engine::events::{CheckId, Event};
 use crate::engine::policy::Policy;
 use crate::engine::ports::Events;
 use crate::engine::verdict::Verdict;
-use crate::relay::{Outcome, RelayObserver};
-use crate::tracking::DropObserver;
 
 impl Events for Metrics {
     fn emit(&self, event: &Event<'_>) {
@@ -131,6 +129,22 @@ impl Events for Metrics {
             | Event::WouldRefuse { .. }
             | Event::StoreBack { .. }
             | Event::TransactionEnded { .. } => {}
+            Event::RelayAttempt {
+                relay_target,
+                outcome,
+            } => {
+                self.relay_attempts
+                    .get_or_create(&TargetOutcome {
+                        target: (*relay_target).to_owned(),
+                        outcome: outcome.name(),
+                    })
+                    .inc();
+            }
+            Event::TrackingDropped { reason, count, .. } => {
+                self.tracking_dropped
+                    .get_or_create(&Reason { reason })
+                    .inc_by(*count);
+            }
             Event::StoreUnavailable { .. } => {
                 self.store_unavailable.inc();
             }
@@ -183,25 +197,6 @@ pub(super) fn configured_checks(policy: &Policy) -> Vec<CheckId> {
 /// Checks that report every run with [`Event::Checked`].
 pub(super) fn reports_each_run(check: CheckId) -> bool {
     matches!(check, CheckId::Rbl | CheckId::Reputation | CheckId::Spf)
-}
-
-impl RelayObserver for Metrics {
-    fn attempt(&self, target: &str, outcome: Outcome) {
-        self.relay_attempts
-            .get_or_create(&TargetOutcome {
-                target: target.to_owned(),
-                outcome: outcome.name(),
-            })
-            .inc();
-    }
-}
-
-impl DropObserver for Metrics {
-    fn dropped(&self, reason: &'static str, count: u64) {
-        self.tracking_dropped
-            .get_or_create(&Reason { reason })
-            .inc_by(count);
-    }
 }
 
 #[cfg(test)]
@@ -288,7 +283,10 @@ mod tests {
                 reported: true,
             },
         });
-        m.attempt("mta", Outcome::Delivered);
+        m.emit(&Event::RelayAttempt {
+            relay_target: "mta",
+            outcome: crate::engine::events::AttemptOutcome::Delivered,
+        });
         m.reloaded(false);
         let text = m.render();
         for line in [

@@ -22,10 +22,10 @@ use events::{configured_checks, reports_each_run, would};
 pub use http::{BasicAuth, MetricsSettings, bind, serve};
 use labels::*;
 
+use crate::engine::events::AttemptOutcome;
 use crate::engine::events::DoorKind;
 use crate::engine::policy::Policy;
 use crate::engine::verdict::Verdict;
-use crate::relay::Outcome;
 
 /// The metrics of one process (one door).
 #[derive(Debug)]
@@ -239,7 +239,7 @@ impl Metrics {
             }
         }
         for target in relay_targets {
-            for outcome in Outcome::ALL {
+            for outcome in AttemptOutcome::ALL {
                 let _ = self.relay_attempts.get_or_create(&TargetOutcome {
                     target: target.clone(),
                     outcome: outcome.name(),

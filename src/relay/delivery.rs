@@ -7,12 +7,13 @@ use std::time::Duration;
 use lettre::transport::smtp::extension::ClientId;
 use tracing::{debug, warn};
 
-use super::outcome::observe;
+use super::outcome::{self, observe};
 use super::pool::{Pool, quit_later};
 use super::replies::*;
 use super::target::Link;
 use super::*;
 use crate::engine::SmtpReply;
+use crate::engine::ports::Events;
 
 /// Outbound settings (`[delivery]`) and the relay targets (`[[relay_target]]`), by priority.
 #[derive(Clone, Debug)]
@@ -32,8 +33,8 @@ pub struct Delivery {
     pub xforward: bool,
     /// Idle connections kept for the next message (`connection_cache_time`).
     pub(super) pool: Arc<Pool>,
-    /// Told of every attempt's outcome (metrics), when set.
-    pub observer: Option<Arc<dyn RelayObserver>>,
+    /// Told of every attempt's outcome (the metrics count them), when set.
+    pub events: Option<Arc<dyn Events>>,
 }
 
 impl Delivery {
@@ -57,7 +58,7 @@ impl Delivery {
             data_timeout,
             xforward: true,
             pool: Pool::new(cache, protocol_timeout),
-            observer: None,
+            events: None,
         }
     }
 
@@ -90,7 +91,7 @@ impl Delivery {
             }
             let opened = self.open_one(index, target, envelope, recipient).await;
             if let Err(e) = &opened {
-                observe(&self.observer, &target.name, Outcome::of_error(e));
+                observe(&self.events, &target.name, outcome::of_error(e));
             }
             match opened {
                 Ok((link, reused, answer)) => {
@@ -103,7 +104,7 @@ impl Delivery {
                         reused,
                         cacheable: target.security != Security::Ssl,
                         line_limit: target.line_limit,
-                        observer: self.observer.clone(),
+                        events: self.events.clone(),
                     };
                     return Ok((upstream, answer));
                 }
@@ -153,7 +154,7 @@ impl Delivery {
         }
         Ok(Delivery {
             xforward: self.xforward,
-            observer: self.observer.clone(),
+            events: self.events.clone(),
             ..Delivery::new(
                 targets,
                 self.helo_name.clone(),

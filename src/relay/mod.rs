@@ -9,7 +9,7 @@
 //! This file: the names the rest of the crate uses. `delivery.rs` the targets in priority
 //! order and failover; `upstream.rs` one transaction with the target that took it (RCPT,
 //! DATA); `envelope.rs` what goes with MAIL (parameters, XFORWARD); `outcome.rs` what became
-//! of each attempt, for the observers; `errors.rs` how a delivery failed; `replies.rs`
+//! of each attempt, for the event sinks; `errors.rs` how a delivery failed; `replies.rs`
 //! replies read from targets and Postern's own, and the wire helpers; `target.rs` one target's
 //! connection; `body.rs` the message on the wire; `pool.rs` idle connections; `stream.rs`,
 //! `tls.rs` the stream under lettre; `outbound.rs` the engine's port.
@@ -32,7 +32,6 @@ pub use delivery::Delivery;
 pub use envelope::{BodyType, Envelope, ForwardedClient, MailParameters};
 pub use errors::{DataFailure, DeliveryError};
 pub use outbound::{RelayOutbound, SharedDelivery};
-pub use outcome::{Outcome, RelayObserver};
 pub use pool::ConnectionCache;
 pub use replies::is_tls_refusal;
 pub use target::{Capabilities, RelayAuth, RelayTarget, Security, TargetError};

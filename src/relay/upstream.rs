@@ -11,13 +11,15 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tracing::{error, info, warn};
 
-use super::outcome::observe;
+use super::outcome::{self, observe};
 use super::pool::{Pool, quit_later};
 use super::replies::*;
 use super::target::Link;
 use super::*;
 use crate::engine::SmtpReply;
 use crate::engine::checks::outbound_tls::TlsRequirement;
+use crate::engine::events::AttemptOutcome;
+use crate::engine::ports::Events;
 
 /// A relay target's answer to RCPT TO: its reply (a refusal is a [`TargetError::Refused`]).
 pub type RcptAnswer = Result<SmtpReply, TargetError>;
@@ -36,7 +38,7 @@ pub struct Upstream {
     /// without TCP_NODELAY (see [`RelayTarget::connect`]).
     pub(super) cacheable: bool,
     pub(super) line_limit: usize,
-    pub(super) observer: Option<Arc<dyn RelayObserver>>,
+    pub(super) events: Option<Arc<dyn Events>>,
 }
 
 impl fmt::Debug for Upstream {
@@ -107,7 +109,7 @@ impl Upstream {
     ) -> Result<SmtpReply, DataFailure> {
         if !self.link.caps.eight_bit_mime && (message.is_eight_bit() || !head.is_ascii()) {
             // Postern does not downgrade 8-bit content to quoted-printable.
-            observe(&self.observer, &self.name, Outcome::Deferred);
+            observe(&self.events, &self.name, AttemptOutcome::Deferred);
             self.abort().await;
             return Err(DataFailure::NotSent(TargetError::Incapable(own_reply(
                 451,
@@ -153,14 +155,14 @@ impl Upstream {
             info!(relay_target = %self.name, line_limit = self.line_limit, breaks = breaks.load(Ordering::Relaxed), "long lines broken for the relay target");
         }
         let outcome = match &reply {
-            Ok(_) => Outcome::Delivered,
-            Err(DataFailure::Refused(r)) if !r.is_transient() => Outcome::Refused,
-            Err(DataFailure::Refused(_)) => Outcome::Deferred,
-            Err(DataFailure::Uncertain(_)) => Outcome::Uncertain,
-            Err(DataFailure::NotSent(e)) => Outcome::of_error(e),
-            Err(DataFailure::Unreadable(_)) => Outcome::Unavailable,
+            Ok(_) => AttemptOutcome::Delivered,
+            Err(DataFailure::Refused(r)) if !r.is_transient() => AttemptOutcome::Refused,
+            Err(DataFailure::Refused(_)) => AttemptOutcome::Deferred,
+            Err(DataFailure::Uncertain(_)) => AttemptOutcome::Uncertain,
+            Err(DataFailure::NotSent(e)) => outcome::of_error(e),
+            Err(DataFailure::Unreadable(_)) => AttemptOutcome::Unavailable,
         };
-        observe(&self.observer, &self.name, outcome);
+        observe(&self.events, &self.name, outcome);
         match &reply {
             Ok(r) => {
                 info!(relay_target = %self.name, reused_connection = self.reused, reply = %r, "delivered to relay target");

@@ -26,7 +26,6 @@ use rustls_pki_types::CertificateDer;
 
 use postgres_tls::SslMode;
 
-pub use drops::DropObserver;
 pub use record::{Outcome, Record};
 pub use sink::Tracker;
 

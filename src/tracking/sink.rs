@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::drops::{DropObserver, Drops};
+use super::drops::Drops;
 use super::limit::{self, ClientLimit};
 use super::record::{Outcome, Record, now_ms};
 use super::writer::{self, Writer};
@@ -38,7 +38,7 @@ impl Tracker {
     pub fn start(
         settings: &TrackingSettings,
         door: DoorKind,
-        observer: Option<Arc<dyn DropObserver>>,
+        events: Option<Arc<dyn Events>>,
     ) -> anyhow::Result<Self> {
         let backend = match &settings.store {
             StoreSettings::Sqlite { path } => {
@@ -55,7 +55,7 @@ impl Tracker {
             }
         };
         let (queue, records) = mpsc::channel(settings.queue_size);
-        let drops = Arc::new(Drops::new(observer));
+        let drops = Arc::new(Drops::new(events));
         let writer = Writer::spawn(backend, records, drops.clone(), settings.retention_days);
         Ok(Self {
             door,

@@ -100,7 +100,10 @@ pub fn iban_checksum_holds(iban: &str) -> bool {
     }
     // ISO 7064 MOD 97-10 gives check digits 02 to 98: 00, 01 and 99 pass the remainder test
     // (as 97, 98 and 02 would) but no IBAN carries them.
-    if !matches!(compact.get(2..4).and_then(|d| d.parse::<u8>().ok()), Some(2..=98)) {
+    if !matches!(
+        compact.get(2..4).and_then(|d| d.parse::<u8>().ok()),
+        Some(2..=98)
+    ) {
         return false;
     }
     let rearranged = compact[4..].chars().chain(compact[..4].chars());

@@ -15,14 +15,13 @@ mod stages;
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tracing::{info, warn};
 
 use super::SharedState;
-use happened::Happened;
 use super::authentication::AuthSummary;
 use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
@@ -39,6 +38,7 @@ use super::policy::{Policy, Stage};
 use super::reply::SmtpReply;
 use super::rules::Diversion;
 use super::verdict::{Edits, HeaderEdit, MessageOutcome, ScanSlot, Verdict};
+use happened::Happened;
 
 /// What a door knows about the client when it connects.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
