@@ -301,7 +301,15 @@ impl Events for LogEvents {
                 step,
                 error,
                 action,
-            } => warn!(session, stage = step.name(), error, action, "scan failure"),
+            } => warn!(
+                session,
+                stage = step.name(),
+                error,
+                action,
+                "scan failure: {}",
+                step.failure()
+            ),
+            E::Noted { session, note } => log_note(*session, note),
             E::RuleActed {
                 session,
                 queue_id,
@@ -418,6 +426,100 @@ impl Events for LogEvents {
                 );
             }
         }
+    }
+}
+
+/// One [`Note`](engine::events::Note) as a log line.
+fn log_note(session: u64, note: &engine::events::Note<'_>) {
+    use engine::events::Note as N;
+    match note {
+        N::TlsStarted { version, cipher } => info!(session, version, cipher, "TLS started"),
+        N::TlsRequired { by, recipient } => info!(
+            session,
+            by,
+            recipient = recipient.map(|r| display(r.escape_debug())),
+            "TLS required, session is not encrypted"
+        ),
+        N::RelayDenied { recipient } => info!(
+            session,
+            recipient = %recipient.escape_debug(),
+            "relay access denied"
+        ),
+        N::DictionaryAttackSuspected {
+            client,
+            failed_recipients,
+        } => info!(
+            session,
+            client_addr = client.map(display),
+            failed_recipients,
+            "dictionary attack suspected: every further recipient gets the same answer"
+        ),
+        N::TooManyInvalidCommands { count, command } => info!(
+            session,
+            count,
+            command = %command.escape_debug(),
+            "too many invalid commands, dropping client"
+        ),
+        N::Unreadable { purpose, error } => {
+            warn!(
+                session,
+                error, "cannot read {purpose}: that step is skipped"
+            )
+        }
+        N::NothingToVerify => info!(session, "the message has no header to verify"),
+        N::Verified { results } => {
+            info!(session, results, "message verified (DKIM, ARC, DMARC)")
+        }
+        N::DmarcNotEnforced {
+            domain,
+            policy,
+            why,
+        } => info!(session, domain, policy, why, "DMARC fails, not enforced"),
+        N::DmarcQuarantineAccepted { domain } => info!(
+            session,
+            domain,
+            "DMARC fails with p=quarantine: accepted (dmarc_quarantine_action = \"accept\")"
+        ),
+        N::ForgedResultsRemoved { index } => info!(
+            session,
+            index, "removing forged Authentication-Results for this host"
+        ),
+        N::Sealed { domain, selector } => {
+            info!(session, domain, selector, "message sealed (ARC)")
+        }
+        N::NotSealed { reason } => info!(session, reason, "not sealed (ARC)"),
+        N::Signed { domain, selector } => {
+            info!(session, domain, selector, "message signed (DKIM)")
+        }
+        N::NotSigned {
+            domain,
+            user,
+            profile,
+        } => info!(
+            session,
+            domain,
+            user = %user.unwrap_or("-").escape_debug(),
+            profile = profile.unwrap_or("-"),
+            "not signed (DKIM): this client may not use the domain's signature (see the signer's users and connection_profiles)"
+        ),
+        N::UnfoldableLine { field: None, limit } => warn!(
+            session,
+            "a header line is longer than {limit} octets and not UTF-8 text: it cannot be folded, and a hop that breaks it will break the DKIM signature"
+        ),
+        N::UnfoldableLine {
+            field: Some(field),
+            limit,
+        } => warn!(
+            session,
+            field = %field.escape_debug(),
+            "a header line is longer than {limit} octets with no white space to fold at: a hop that breaks it will break the DKIM signature"
+        ),
+        N::RouteAlreadyTaken { route, recipients } => info!(
+            session,
+            route,
+            recipients,
+            "recipients already handed to this route on an earlier attempt of the message: not sent again"
+        ),
     }
 }
 

@@ -178,6 +178,23 @@ impl ScanStep {
         Self::Divert,
     ];
 
+    /// What could not be done, for the log.
+    pub fn failure(self) -> &'static str {
+        match self {
+            Self::Connect => "the connection checks could not finish",
+            Self::Mail => "SPF could not be checked",
+            Self::Content => "the content stage could not finish",
+            Self::Data => "the message could not be held",
+            Self::Authentication => "the message could not be verified (DKIM, ARC, DMARC)",
+            Self::Dkim => "cannot sign the message (DKIM)",
+            Self::Arc => "cannot seal the message (ARC)",
+            Self::SecureRoute => {
+                "recipients an encryption rule routes through Postern were not delivered"
+            }
+            Self::Divert => "message could not be diverted",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Connect => "connect",
@@ -462,6 +479,92 @@ pub struct ConnectionReport<'a> {
     pub reported: bool,
 }
 
+/// Something a session did or met that is not a check's verdict or a report: the log tells
+/// it (at info, or warn where an operator may have to act).
+#[derive(Clone, Debug)]
+pub enum Note<'a> {
+    /// STARTTLS completed.
+    TlsStarted {
+        version: &'a str,
+        cipher: &'a str,
+    },
+    /// A connection profile or an encryption rule requires TLS the session does not have
+    /// (`by` names which); the refusal follows.
+    TlsRequired {
+        by: &'static str,
+        recipient: Option<&'a str>,
+    },
+    /// The client may not relay to this recipient; the refusal follows.
+    RelayDenied {
+        recipient: &'a str,
+    },
+    /// The client reached `max_failed_addresses`: every further recipient gets one answer.
+    DictionaryAttackSuspected {
+        client: Option<IpAddr>,
+        failed_recipients: u32,
+    },
+    /// The client reached the invalid command limit and is dropped.
+    TooManyInvalidCommands {
+        count: u32,
+        command: &'a str,
+    },
+    /// Part of the message could not be read back for `purpose` (the step is skipped).
+    Unreadable {
+        purpose: &'static str,
+        error: &'a str,
+    },
+    /// The message has no header, so there is nothing to verify.
+    NothingToVerify,
+    /// DKIM, ARC and DMARC results on arrival.
+    Verified {
+        results: &'a str,
+    },
+    /// DMARC fails but is not enforced (`why`: report mode or an exemption).
+    DmarcNotEnforced {
+        domain: &'a str,
+        policy: &'static str,
+        why: &'static str,
+    },
+    /// DMARC fails with p=quarantine and `dmarc_quarantine_action = "accept"`.
+    DmarcQuarantineAccepted {
+        domain: &'a str,
+    },
+    /// An Authentication-Results field naming this host came with the message: removed.
+    ForgedResultsRemoved {
+        index: u32,
+    },
+    Sealed {
+        domain: &'a str,
+        selector: &'a str,
+    },
+    /// No ARC seal was added, and why (nothing to continue, a broken chain, ...).
+    NotSealed {
+        reason: &'a str,
+    },
+    Signed {
+        domain: &'a str,
+        selector: &'a str,
+    },
+    /// The author domain has a signer this client may not use.
+    NotSigned {
+        domain: &'a str,
+        user: Option<&'a str>,
+        profile: Option<&'a str>,
+    },
+    /// A header line longer than `limit` octets that cannot be folded (no white space, or
+    /// not UTF-8 when `field` is `None`).
+    UnfoldableLine {
+        field: Option<&'a str>,
+        limit: usize,
+    },
+    /// Recipients whose route already took this message on an earlier attempt: not sent
+    /// again.
+    RouteAlreadyTaken {
+        route: &'a str,
+        recipients: usize,
+    },
+}
+
 /// One thing that happened in a session.
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
@@ -560,7 +663,10 @@ pub enum Event<'a> {
         action: &'static str,
     },
     /// The content stage ran over a message (whatever it found), taking `elapsed`.
-    Scanned { session: u64, elapsed: Duration },
+    Scanned {
+        session: u64,
+        elapsed: Duration,
+    },
     Diverted {
         session: u64,
         queue_id: &'a str,
@@ -581,6 +687,10 @@ pub enum Event<'a> {
     Disconnected {
         session: u64,
         report: ConnectionReport<'a>,
+    },
+    Noted {
+        session: u64,
+        note: Note<'a>,
     },
     /// One attempt to hand a message to a relay target (the proxy's, a divert's, a route's).
     RelayAttempt {

@@ -128,7 +128,8 @@ impl Events for Metrics {
             | Event::Diverted { .. }
             | Event::WouldRefuse { .. }
             | Event::StoreBack { .. }
-            | Event::TransactionEnded { .. } => {}
+            | Event::TransactionEnded { .. }
+            | Event::Noted { .. } => {}
             Event::RelayAttempt {
                 relay_target,
                 outcome,

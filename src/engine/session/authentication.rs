@@ -43,7 +43,10 @@ impl Session {
         let raw = match tx.received().await {
             Ok(raw) => raw,
             Err(e) => {
-                warn!(session = self.id, error = %e, "cannot read the message to verify its signatures");
+                self.note(Note::Unreadable {
+                    purpose: "the message, to verify its signatures",
+                    error: &e,
+                });
                 return None;
             }
         };
@@ -72,7 +75,9 @@ impl Session {
         match tokio::time::timeout(self.policy.scan_timeout, work).await {
             Ok(verified) => {
                 let summary = verified.summary();
-                info!(session = self.id, results = %summary.words(), "message verified (DKIM, ARC, DMARC)");
+                self.note(Note::Verified {
+                    results: &summary.words(),
+                });
                 tx.authentication = Some(summary);
                 Ok(Some(verified))
             }
@@ -115,13 +120,11 @@ impl Session {
             None
         };
         if settings.dmarc != DmarcMode::Enforce || exempt.is_some() {
-            info!(
-                session = self.id,
-                %domain,
+            self.note(Note::DmarcNotEnforced {
+                domain,
                 policy,
-                why = exempt.unwrap_or("dmarc = \"report\""),
-                "DMARC fails, not enforced"
-            );
+                why: exempt.unwrap_or("dmarc = \"report\""),
+            });
             return None;
         }
         let refusal = |code, enhanced, text: String| {
@@ -140,7 +143,7 @@ impl Session {
             ),
             DmarcFailure::Quarantine { domain } => match &settings.quarantine {
                 QuarantineAction::Accept => {
-                    info!(session = self.id, %domain, "DMARC fails with p=quarantine: accepted (dmarc_quarantine_action = \"accept\")");
+                    self.note(Note::DmarcQuarantineAccepted { domain: &domain });
                     None
                 }
                 QuarantineAction::Tempfail => refusal(
@@ -197,7 +200,9 @@ impl Session {
             Ok(set) => set,
             Err(e @ SealError::Signing(_)) => return Err(e.to_string()),
             Err(e) => {
-                info!(session = self.id, reason = %e, "not sealed (ARC)");
+                self.note(Note::NotSealed {
+                    reason: &e.to_string(),
+                });
                 return Ok(());
             }
         };
@@ -209,7 +214,10 @@ impl Session {
                 value,
             });
         }
-        info!(session = self.id, domain = %sealer.domain, selector = %sealer.selector, "message sealed (ARC)");
+        self.note(Note::Sealed {
+            domain: &sealer.domain,
+            selector: &sealer.selector,
+        });
         Ok(())
     }
 }

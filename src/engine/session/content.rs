@@ -108,7 +108,6 @@ impl Session {
             });
         }
         if let Some((reply, ruleset, rule)) = rewrite.reject {
-            info!(session = self.id, queue_id, %ruleset, %rule, "message refused by content rule");
             // Reported as the other actions are, for the metrics and the tracking records.
             self.emit(&Event::RuleActed {
                 session: self.id,

@@ -26,10 +26,10 @@ impl Session {
                 .encryption_rules
                 .check_data(sender, recipients, self.tls.is_some())
         {
-            info!(
-                session = self.id,
-                "TLS required for the whole transaction, session is not encrypted"
-            );
+            self.note(Note::TlsRequired {
+                by: "encryption rule",
+                recipient: None,
+            });
             let verdict = Verdict::refuse(self.with_help(reply));
             self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Data, None);
             return verdict;
@@ -137,7 +137,7 @@ impl Session {
         let parsed = arrival.as_ref().and_then(|(raw, _)| {
             let parsed = AuthenticatedMessage::parse(raw);
             if parsed.is_none() {
-                info!(session = self.id, "the message has no header to verify");
+                self.note(Note::NothingToVerify);
             }
             parsed
         });
@@ -175,7 +175,6 @@ impl Session {
             && let (Some(v), Some(r)) = (&verified, &results)
             && let Err(e) = self.seal(&mut tx, &mut d.edits, v, r, d.transformed).await
         {
-            warn!(session = self.id, error = %e, "cannot seal the message (ARC)");
             self.scan_failed(ScanStep::Arc, &e);
             d.decide(Reason::SealingFailed, policy.scan_failure_action.verdict());
         }
@@ -183,7 +182,6 @@ impl Session {
             && !policy.dry_run
             && let Err(e) = self.sign(&mut tx, &mut d.edits, d.transformed).await
         {
-            warn!(session = self.id, error = %e, "cannot sign the message (DKIM)");
             self.scan_failed(ScanStep::Dkim, &e);
             d.decide(Reason::SigningFailed, policy.scan_failure_action.verdict());
         }
@@ -192,7 +190,6 @@ impl Session {
                 Ok(true) => d.decide(Reason::SecureRoute, Verdict::Discard),
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(session = self.id, error = %e, "recipients an encryption rule routes through Postern were not delivered");
                     self.scan_failed(ScanStep::SecureRoute, &e);
                     d.decide(
                         Reason::SecureRouteFailed,
@@ -213,7 +210,7 @@ impl Session {
                         d.diverted = Some(reply);
                     }
                     Err(e) => {
-                        warn!(session = self.id, ruleset = %divert.ruleset, rule = %divert.rule, error = %e, "message could not be diverted");
+                        let e = format!("rule {}/{}: {e}", divert.ruleset, divert.rule);
                         self.scan_failed(ScanStep::Divert, &e);
                         d.decide(Reason::DivertFailed, policy.scan_failure_action.verdict());
                     }
@@ -319,7 +316,10 @@ impl Session {
         let header = match buffer.header_section().await {
             Ok(header) => header,
             Err(e) => {
-                warn!(session = self.id, error = %e, "cannot read the header to look for forged Authentication-Results");
+                self.note(Note::Unreadable {
+                    purpose: "the header, to look for forged Authentication-Results",
+                    error: &e.to_string(),
+                });
                 return;
             }
         };
@@ -332,10 +332,7 @@ impl Session {
             .collect();
         // Highest index first: each deletion shifts the ones after it.
         for index in forged.into_iter().rev() {
-            info!(
-                session = self.id,
-                index, "removing forged Authentication-Results for this host"
-            );
+            self.note(Note::ForgedResultsRemoved { index });
             edits.headers.push(HeaderEdit::Change {
                 name: NAME.to_owned(),
                 index,

@@ -19,7 +19,10 @@ impl Session {
             && p.require_tls
             && self.tls.is_none()
         {
-            info!(session = self.id, profile = %p.name, "TLS required, session is not encrypted");
+            self.note(Note::TlsRequired {
+                by: "connection profile",
+                recipient: None,
+            });
             let verdict = Verdict::refuse(
                 self.with_help(
                     SmtpReply::new(530, Some("5.7.0"), "Must issue a STARTTLS command first")
@@ -33,10 +36,10 @@ impl Session {
             .encryption_rules
             .check_mail(sender, self.tls.is_some())
         {
-            info!(
-                session = self.id,
-                "TLS required for the whole transaction, session is not encrypted"
-            );
+            self.note(Note::TlsRequired {
+                by: "encryption rule",
+                recipient: None,
+            });
             let verdict = Verdict::refuse(self.with_help(reply));
             self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Mail, None);
             return verdict;

@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tracing::{info, warn};
-
 use super::SharedState;
 use super::authentication::AuthSummary;
 use super::checks::auth_results::names_host;
@@ -30,8 +28,9 @@ use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Behaviour;
 use super::checks::spf::{Spf, SpfHeader, SpfOutcome};
 use super::events::{
-    CheckId, CheckRecord, ConnectionReport, Event, HandedOn, MessageReport, Reason, RefusedBy,
-    RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport, WouldRefusal,
+    CheckId, CheckRecord, ConnectionReport, Event, HandedOn, MessageReport, Note, Reason,
+    RefusedBy, RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport,
+    WouldRefusal,
 };
 use super::message::{BufferError, MessageBuffer, first_header_field, header_fields};
 use super::policy::{Policy, Stage};
@@ -267,7 +266,10 @@ impl Session {
     /// (HELO, authentication and any transaction), since a man in the middle could have
     /// said it in the plaintext part.
     pub fn restart_after_tls(&mut self, tls: TlsInfo) {
-        info!(session = self.id, version = %tls.version, cipher = %tls.cipher, "TLS started");
+        self.note(Note::TlsStarted {
+            version: &tls.version,
+            cipher: &tls.cipher,
+        });
         self.end_transaction();
         self.helo = None;
         self.authenticated = None;
@@ -364,7 +366,10 @@ impl Session {
             .invalid_command(self.invalid_commands)
         {
             Some(reply) => {
-                info!(session = self.id, count = self.invalid_commands, command = %verb.escape_debug(), "too many invalid commands, dropping client");
+                self.note(Note::TooManyInvalidCommands {
+                    count: self.invalid_commands,
+                    command: &verb,
+                });
                 Verdict::Drop(reply)
             }
             None => Verdict::Continue,
@@ -402,6 +407,14 @@ impl Session {
     fn emit(&self, event: &Event<'_>) {
         self.happened().note(event);
         self.shared.ports.events.emit(event);
+    }
+
+    /// Reports a [`Note`].
+    fn note(&self, note: Note<'_>) {
+        self.emit(&Event::Noted {
+            session: self.id,
+            note,
+        });
     }
 
     fn happened(&self) -> std::sync::MutexGuard<'_, Happened> {

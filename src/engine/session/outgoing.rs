@@ -76,7 +76,10 @@ impl Session {
         let header = match buffer.header_section().await {
             Ok(header) => header,
             Err(e) => {
-                warn!(session = self.id, error = %e, "cannot read the header to rewrite its addresses");
+                self.note(Note::Unreadable {
+                    purpose: "the header, to rewrite its addresses",
+                    error: &e.to_string(),
+                });
                 return (envelope, false);
             }
         };
@@ -135,13 +138,11 @@ impl Session {
             Ok(Some(signer)) => signer,
             Ok(None) => return Ok(()),
             Err(signed_domain) => {
-                info!(
-                    session = self.id,
-                    domain = %signed_domain,
-                    user = %client.user.unwrap_or("-").escape_debug(),
-                    profile = client.profile.unwrap_or("-"),
-                    "not signed (DKIM): this client may not use the domain's signature (see the signer's users and connection_profiles)"
-                );
+                self.note(Note::NotSigned {
+                    domain: signed_domain,
+                    user: client.user,
+                    profile: client.profile,
+                });
                 return Ok(());
             }
         };
@@ -155,7 +156,10 @@ impl Session {
             message = tx.leaving(edits).await?;
         }
         let value = signer.sign(&message)?;
-        info!(session = self.id, domain = %signer.domain, selector = %signer.selector, "message signed (DKIM)");
+        self.note(Note::Signed {
+            domain: &signer.domain,
+            selector: &signer.selector,
+        });
         edits.headers.push(HeaderEdit::Insert {
             index: 0,
             name: "DKIM-Signature".to_owned(),
@@ -195,10 +199,7 @@ impl Session {
                 .and_then(|t| t.split_once(':'))
                 .map(|(n, v)| (n.trim(), v))
             else {
-                warn!(
-                    session = self.id,
-                    "a header line is longer than {limit} octets and not UTF-8 text: it cannot be folded, and a hop that breaks it will break the DKIM signature"
-                );
+                self.note(Note::UnfoldableLine { field: None, limit });
                 continue;
             };
             let value = value
@@ -208,7 +209,10 @@ impl Session {
                 continue;
             };
             if !fits {
-                warn!(session = self.id, field = %name.escape_debug(), "a header line is longer than {limit} octets with no white space to fold at: a hop that breaks it will break the DKIM signature");
+                self.note(Note::UnfoldableLine {
+                    field: Some(name),
+                    limit,
+                });
             }
             edits.headers.push(HeaderEdit::Change {
                 name: name.to_owned(),

@@ -26,7 +26,7 @@ impl Session {
         if !self.may_relay()
             && let Some(reply) = self.policy.relay.check(recipient)
         {
-            info!(session = self.id, recipient = %recipient.escape_debug(), "relay access denied");
+            self.note(Note::RelayDenied { recipient });
             let reply = self.with_help(reply);
             self.recipient_failed(RecipientRefusal::from_reply(&reply))
                 .await;
@@ -41,7 +41,10 @@ impl Session {
                 .encryption_rules
                 .check(sender, recipient, self.tls.is_some())
         {
-            info!(session = self.id, recipient = %recipient.escape_debug(), "sender encryption required, session is not encrypted");
+            self.note(Note::TlsRequired {
+                by: "encryption rule",
+                recipient: Some(recipient),
+            });
             let verdict = Verdict::refuse(self.with_help(reply));
             self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Rcpt, None);
             self.rcpt_refusal = Some(CheckId::EncryptionRule);
@@ -112,12 +115,10 @@ impl Session {
         self.learn(Behaviour::RefusedRecipient).await;
         if self.policy.exploit_detection.max_failed_addresses == Some(self.failed_recipients) {
             self.learn(Behaviour::DictionaryAttack).await;
-            info!(
-                session = self.id,
-                client_addr = self.client.addr.map(tracing::field::display),
-                failed_recipients = self.failed_recipients,
-                "dictionary attack suspected: every further recipient gets the same answer"
-            );
+            self.note(Note::DictionaryAttackSuspected {
+                client: self.client.addr,
+                failed_recipients: self.failed_recipients,
+            });
         }
     }
 }

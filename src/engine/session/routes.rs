@@ -91,7 +91,10 @@ impl Session {
                 }
             };
             if before {
-                info!(session = self.id, route = %via.join(","), recipients = recipients.len(), "recipients already handed to this route on an earlier attempt of the message: not sent again");
+                self.note(Note::RouteAlreadyTaken {
+                    route: &via.join(","),
+                    recipients: recipients.len(),
+                });
                 envelope.remove(recipients);
                 continue;
             }
