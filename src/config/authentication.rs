@@ -78,9 +78,13 @@ pub(super) fn compile(
                         .into(),
                 ));
             };
-            delivery
-                .through(names.get_ref())
-                .map_err(|m| (names.span(), key("dmarc_quarantine_relay_targets"), m))?;
+            delivery.through(names.get_ref()).map_err(|m| {
+                (
+                    names.span(),
+                    key("dmarc_quarantine_relay_targets"),
+                    m.to_string(),
+                )
+            })?;
             QuarantineAction::Divert(names.get_ref().clone())
         }
         other => {

@@ -252,9 +252,13 @@ pub(super) fn encryption_rules(
     for (i, r) in rules.into_iter().enumerate() {
         let via = match r.via {
             Some(names) => {
-                delivery
-                    .through(names.get_ref())
-                    .map_err(|m| (names.span(), format!("encryption_rule[{i}].via"), m))?;
+                delivery.through(names.get_ref()).map_err(|m| {
+                    (
+                        names.span(),
+                        format!("encryption_rule[{i}].via"),
+                        m.to_string(),
+                    )
+                })?;
                 names.into_inner()
             }
             None => Vec::new(),

@@ -473,7 +473,7 @@ fn compile_rule(
             };
             delivery
                 .through(names.get_ref())
-                .map_err(|m| (names.span(), format!("{key}.relay_targets"), m))?;
+                .map_err(|m| (names.span(), format!("{key}.relay_targets"), m.to_string()))?;
             Action::Divert(names.get_ref().clone())
         }
         other => {
@@ -507,7 +507,7 @@ fn compile_rule(
             };
             delivery
                 .through(names.get_ref())
-                .map_err(|m| (names.span(), format!("{key}.relay_targets"), m))?;
+                .map_err(|m| (names.span(), format!("{key}.relay_targets"), m.to_string()))?;
             Unchangeable::Divert(names.get_ref().clone())
         }
         (Action::Transform(_), _) if r.relay_targets.is_some() => {

@@ -60,12 +60,42 @@ pub struct OutboundMessage<'a> {
 #[async_trait]
 pub trait Outbound: Send + Sync + fmt::Debug {
     /// Delivers `message` through the relay targets named in `via`, in their priority order:
-    /// the name of the target that accepted it and its reply, or why none did.
+    /// the target that accepted it and its reply, or why none did.
     async fn deliver(
         &self,
         via: &[String],
         message: OutboundMessage<'_>,
-    ) -> Result<(String, SmtpReply), String>;
+    ) -> Result<Delivered, OutboundError>;
+}
+
+/// A message an [`Outbound`] delivery handed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// The relay target that accepted it.
+    pub relay_target: String,
+    /// Its reply to the end of the message.
+    pub reply: SmtpReply,
+}
+
+/// Why an [`Outbound`] delivery did not hand the message on.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OutboundError {
+    /// The route names no relay target of the configuration in force.
+    #[error("{0}")]
+    Route(String),
+    /// A relay target refused it.
+    #[error("relay target {relay_target} refused: {reply}")]
+    Refused {
+        relay_target: String,
+        reply: SmtpReply,
+    },
+    /// No relay target could take it now; each one's reason.
+    #[error("no relay target is available: {}", .0.join("; "))]
+    Unavailable(Vec<String>),
+    /// A relay target was sent the whole message and gave no answer: it may have taken it,
+    /// so it was not sent anywhere else.
+    #[error("relay target {relay_target} gave no answer to the end of the message: {why}")]
+    Uncertain { relay_target: String, why: String },
 }
 
 /// Why the store could not answer. The caller decides as if it had no state for the key

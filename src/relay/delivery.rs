@@ -138,11 +138,11 @@ impl Delivery {
 
     /// The same outbound settings with only the named targets, in priority order, each usable
     /// whether or not it is `divert_only`: where a `divert` rule sends messages.
-    pub fn through(&self, names: &[String]) -> Result<Delivery, String> {
+    pub fn through(&self, names: &[String]) -> Result<Delivery, RouteError> {
         let mut targets = Vec::new();
         for name in names {
             let Some(target) = self.targets.iter().find(|t| t.name == *name) else {
-                return Err(format!("no [[relay_target]] is named {name:?}"));
+                return Err(RouteError::NoSuchTarget(name.clone()));
             };
             targets.push(RelayTarget {
                 divert_only: false,
@@ -150,7 +150,7 @@ impl Delivery {
             });
         }
         if targets.is_empty() {
-            return Err("name at least one relay target".into());
+            return Err(RouteError::Empty);
         }
         Ok(Delivery {
             xforward: self.xforward,

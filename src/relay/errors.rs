@@ -18,6 +18,15 @@ pub enum DeliveryError {
     Uncertain { target: String, why: String },
 }
 
+/// Why a list of relay target names is not a route.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("no [[relay_target]] is named {0:?}")]
+    NoSuchTarget(String),
+    #[error("name at least one relay target")]
+    Empty,
+}
+
 /// How handing a message to one target failed; which kind decides whether another target may
 /// be tried with it.
 #[derive(Debug, thiserror::Error)]

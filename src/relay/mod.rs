@@ -30,7 +30,7 @@ mod upstream;
 pub use body::Body;
 pub use delivery::Delivery;
 pub use envelope::{BodyType, Envelope, ForwardedClient, MailParameters};
-pub use errors::{DataFailure, DeliveryError};
+pub use errors::{DataFailure, DeliveryError, RouteError};
 pub use outbound::{RelayOutbound, SharedDelivery};
 pub use pool::ConnectionCache;
 pub use replies::is_tls_refusal;

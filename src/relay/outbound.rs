@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
-use super::{Body, Delivery, Envelope};
-use crate::engine::SmtpReply;
-use crate::engine::ports::{Outbound, OutboundMessage};
+use super::{Body, Delivery, DeliveryError, Envelope};
+use crate::engine::ports::{Delivered, Outbound, OutboundError, OutboundMessage};
 
 /// The relay targets and outbound settings in force, swapped whole on reload; a transaction
 /// keeps the ones it started with.
@@ -43,7 +42,7 @@ impl RelayOutbound {
     }
 
     /// The delivery through the targets named in `via`, of the configuration in force.
-    fn route(&self, via: &[String]) -> Result<Arc<Delivery>, String> {
+    fn route(&self, via: &[String]) -> Result<Arc<Delivery>, OutboundError> {
         let current = self.delivery.load_full();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((from, route)) = routes.get(via)
@@ -51,7 +50,11 @@ impl RelayOutbound {
         {
             return Ok(route.clone());
         }
-        let route = Arc::new(current.through(via)?);
+        let route = Arc::new(
+            current
+                .through(via)
+                .map_err(|e| OutboundError::Route(e.to_string()))?,
+        );
         routes.retain(|_, (from, _)| Arc::ptr_eq(from, &current));
         routes.insert(via.to_vec(), (current, route.clone()));
         Ok(route)
@@ -64,7 +67,7 @@ impl Outbound for RelayOutbound {
         &self,
         via: &[String],
         message: OutboundMessage<'_>,
-    ) -> Result<(String, SmtpReply), String> {
+    ) -> Result<Delivered, OutboundError> {
         let route = self.route(via)?;
         let envelope = Envelope {
             tls: message.tls.to_vec(),
@@ -79,6 +82,26 @@ impl Outbound for RelayOutbound {
                 0,
             )
             .await
-            .map_err(|e| e.to_string())
+            .map(|(relay_target, reply)| Delivered {
+                relay_target,
+                reply,
+            })
+            .map_err(OutboundError::from)
+    }
+}
+
+impl From<DeliveryError> for OutboundError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::Refused { target, reply } => Self::Refused {
+                relay_target: target,
+                reply,
+            },
+            DeliveryError::Unavailable(reasons) => Self::Unavailable(reasons),
+            DeliveryError::Uncertain { target, why } => Self::Uncertain {
+                relay_target: target,
+                why,
+            },
+        }
     }
 }

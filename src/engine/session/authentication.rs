@@ -45,7 +45,7 @@ impl Session {
             Err(e) => {
                 self.note(Note::Unreadable {
                     purpose: "the message, to verify its signatures",
-                    error: &e,
+                    error: &e.to_string(),
                 });
                 return None;
             }
@@ -184,7 +184,7 @@ impl Session {
         verified: &Verified<'_>,
         results: &AuthenticationResults<'_>,
         transformed: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let (Some(sealer), Some(arrived)) = (&self.policy.authentication.sealer, &verified.arc)
         else {
             return Ok(());
@@ -198,7 +198,7 @@ impl Session {
         }
         let set = match sealer.seal(&message, results, arrived) {
             Ok(set) => set,
-            Err(e @ SealError::Signing(_)) => return Err(e.to_string()),
+            Err(e @ SealError::Signing(_)) => return Err(EngineError::Signing(e.to_string())),
             Err(e) => {
                 self.note(Note::NotSealed {
                     reason: &e.to_string(),

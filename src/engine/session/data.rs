@@ -175,14 +175,14 @@ impl Session {
             && let (Some(v), Some(r)) = (&verified, &results)
             && let Err(e) = self.seal(&mut tx, &mut d.edits, v, r, d.transformed).await
         {
-            self.scan_failed(ScanStep::Arc, &e);
+            self.scan_failed(ScanStep::Arc, &e.to_string());
             d.decide(Reason::SealingFailed, policy.scan_failure_action.verdict());
         }
         if d.goes_on()
             && !policy.dry_run
             && let Err(e) = self.sign(&mut tx, &mut d.edits, d.transformed).await
         {
-            self.scan_failed(ScanStep::Dkim, &e);
+            self.scan_failed(ScanStep::Dkim, &e.to_string());
             d.decide(Reason::SigningFailed, policy.scan_failure_action.verdict());
         }
         if d.goes_on() && carrier == Carrier::Mta && !policy.dry_run && tx.divert.is_none() {
@@ -190,7 +190,7 @@ impl Session {
                 Ok(true) => d.decide(Reason::SecureRoute, Verdict::Discard),
                 Ok(false) => {}
                 Err(e) => {
-                    self.scan_failed(ScanStep::SecureRoute, &e);
+                    self.scan_failed(ScanStep::SecureRoute, &e.to_string());
                     d.decide(
                         Reason::SecureRouteFailed,
                         policy.scan_failure_action.verdict(),
@@ -210,8 +210,7 @@ impl Session {
                         d.diverted = Some(reply);
                     }
                     Err(e) => {
-                        let e = format!("rule {}/{}: {e}", divert.ruleset, divert.rule);
-                        self.scan_failed(ScanStep::Divert, &e);
+                        self.scan_failed(ScanStep::Divert, &e.to_string());
                         d.decide(Reason::DivertFailed, policy.scan_failure_action.verdict());
                     }
                 }

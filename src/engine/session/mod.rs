@@ -34,6 +34,7 @@ use super::events::{
 };
 use super::message::{BufferError, MessageBuffer, first_header_field, header_fields};
 use super::policy::{Policy, Stage};
+use super::ports::OutboundError;
 use super::reply::SmtpReply;
 use super::rules::Diversion;
 use super::verdict::{Edits, HeaderEdit, MessageOutcome, ScanSlot, Verdict};
@@ -65,6 +66,23 @@ pub enum EngineError {
     Content(#[from] crate::engine::rules::ContentError),
     #[error("the content scan stopped unexpectedly: {0}")]
     Task(String),
+    /// The message was not kept (refused while it arrived), so there is nothing to read.
+    #[error("the message was not kept")]
+    NotKept,
+    #[error("{0}")]
+    Signing(String),
+    #[error("rule {ruleset}/{rule}: {source}")]
+    Divert {
+        ruleset: String,
+        rule: String,
+        source: OutboundError,
+    },
+    #[error("{recipients} recipient(s) through {via:?}: {source}")]
+    Route {
+        recipients: usize,
+        via: Vec<String>,
+        source: OutboundError,
+    },
 }
 
 /// Session ids are unique over time, not only within one process (as Postfix's long queue ids
@@ -113,14 +131,14 @@ struct Transaction {
 
 impl Transaction {
     /// The message as it leaves: as received, with `edits` applied.
-    async fn leaving(&mut self, edits: &Edits) -> Result<Vec<u8>, String> {
+    async fn leaving(&mut self, edits: &Edits) -> Result<Vec<u8>, EngineError> {
         Ok(edits.applied_to(self.received().await?))
     }
 
     /// The message as it was received.
-    async fn received(&mut self) -> Result<Vec<u8>, String> {
-        let buffer = self.message.as_mut().ok_or("the message was not kept")?;
-        buffer.contents().await.map_err(|e| e.to_string())
+    async fn received(&mut self) -> Result<Vec<u8>, EngineError> {
+        let buffer = self.message.as_mut().ok_or(EngineError::NotKept)?;
+        Ok(buffer.contents().await?)
     }
 
     fn new(sender: &str) -> Self {

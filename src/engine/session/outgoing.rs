@@ -110,7 +110,7 @@ impl Session {
         tx: &mut Transaction,
         edits: &mut Edits,
         transformed: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let signers = &self.policy.dkim;
         if signers.is_empty() || self.direction() != Direction::Outbound {
             return Ok(());
@@ -155,7 +155,7 @@ impl Session {
         if self.fit_lines(&message, edits) {
             message = tx.leaving(edits).await?;
         }
-        let value = signer.sign(&message)?;
+        let value = signer.sign(&message).map_err(EngineError::Signing)?;
         self.note(Note::Signed {
             domain: &signer.domain,
             selector: &signer.selector,

@@ -16,7 +16,7 @@ impl Session {
         tx: &mut Transaction,
         edits: &Edits,
         envelope: &EnvelopeEdits,
-    ) -> Result<SmtpReply, String> {
+    ) -> Result<SmtpReply, EngineError> {
         let message = tx.leaving(edits).await?;
         let outbound = OutboundMessage {
             sender: envelope.sender.as_deref().unwrap_or(&tx.sender),
@@ -28,21 +28,26 @@ impl Session {
             message: &message,
             tls: &[],
         };
-        let (target, reply) = self
+        let delivered = self
             .shared
             .ports
             .outbound
             .deliver(&divert.via, outbound)
-            .await?;
+            .await
+            .map_err(|source| EngineError::Divert {
+                ruleset: divert.ruleset.clone(),
+                rule: divert.rule.clone(),
+                source,
+            })?;
         self.emit(&Event::Diverted {
             session: self.id,
             queue_id: tx.queue_id.as_deref().unwrap_or(""),
             ruleset: &divert.ruleset,
             rule: &divert.rule,
-            relay_target: &target,
-            reply: &reply,
+            relay_target: &delivered.relay_target,
+            reply: &delivered.reply,
         });
-        Ok(reply)
+        Ok(delivered.reply)
     }
 
     /// Behind an MTA, delivers the recipients whose encryption rule gives a route (`via`)
@@ -58,7 +63,7 @@ impl Session {
         tx: &mut Transaction,
         edits: &Edits,
         envelope: &mut EnvelopeEdits,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, EngineError> {
         let rules = &self.policy.encryption_rules;
         // Recipients grouped by route and by what their connection must have negotiated.
         type Route<'a> = (&'a [String], Vec<TlsRequirement>);
@@ -108,21 +113,25 @@ impl Session {
                 message: &message,
                 tls,
             };
-            let (target, reply) = self
+            let delivered = self
                 .shared
                 .ports
                 .outbound
                 .deliver(via, outbound)
                 .await
-                .map_err(|e| format!("{} recipient(s) through {via:?}: {e}", relayed.len()))?;
+                .map_err(|source| EngineError::Route {
+                    recipients: relayed.len(),
+                    via: via.to_vec(),
+                    source,
+                })?;
             // Logged, counted and tracked as a divert by the encryption rule's route.
             self.emit(&Event::Diverted {
                 session: self.id,
                 queue_id: tx.queue_id.as_deref().unwrap_or(""),
                 ruleset: "encryption_rule",
                 rule: "via",
-                relay_target: &target,
-                reply: &reply,
+                relay_target: &delivered.relay_target,
+                reply: &delivered.reply,
             });
             if let Err(e) = store.remember_handed(&handed, self.policy.via_memory).await {
                 self.store_unavailable("route deliveries of earlier attempts", &e);
