@@ -423,7 +423,9 @@ fn track(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let records = runtime.block_on(find(&tracking.store, filter))?;
+    let records = runtime
+        .block_on(find(&tracking.store, filter))
+        .map_err(|e| e.to_string())?;
     let out = match format {
         TrackFormat::Table => table(&records, wide),
         TrackFormat::Json => json(&records),

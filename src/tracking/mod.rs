@@ -5,11 +5,12 @@
 //!
 //! [`Tracker`] is one more event sink: it gathers a session's events into [`Record`]s and
 //! hands them to a bounded queue without waiting. A writer task drains the queue into the
-//! store. When the store is down or the queue is full, records are dropped, counted (a
-//! [`DropObserver`], the metrics) and logged at most once a minute: tracking never delays or
+//! store. When the store is down or the queue is full, records are dropped, told as events
+//! (the metrics count them) and logged at most once a minute: tracking never delays or
 //! refuses mail.
 
 mod drops;
+mod error;
 mod limit;
 mod postgres;
 pub mod postgres_tls;
@@ -26,6 +27,7 @@ use rustls_pki_types::CertificateDer;
 
 use postgres_tls::SslMode;
 
+pub use error::TrackingError;
 pub use record::{Outcome, Record};
 pub use sink::Tracker;
 
@@ -33,7 +35,7 @@ pub use sink::Tracker;
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 /// `queue_size` when unset.
 pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
-/// Why a record can be dropped: the `reason` of [`DropObserver::dropped`].
+/// Why a record can be dropped: the `reason` of `Event::TrackingDropped`.
 pub const DROP_REASONS: [&str; 4] = [
     "queue_full",
     "store_unavailable",
@@ -70,10 +72,13 @@ pub enum StoreSettings {
 impl StoreSettings {
     /// For `check-config --connect`: a PostgreSQL store is connected to (a SQLite one has
     /// nothing to reach).
-    pub async fn try_connect(&self) -> Result<(), String> {
+    pub async fn try_connect(&self) -> Result<(), TrackingError> {
         match self {
             Self::Sqlite { .. } => Ok(()),
-            Self::Postgres(pg) => postgres::try_connect(&pg.config()?, pg.connector()?).await,
+            Self::Postgres(pg) => {
+                let (config, connector) = pg.client_settings()?;
+                postgres::try_connect(&config, connector).await
+            }
         }
     }
 
@@ -181,6 +186,21 @@ impl PostgresSettings {
             config.options("-c client_min_messages=warning");
         }
         Ok(config)
+    }
+
+    /// The client configuration and TLS connector, for a store operation.
+    pub(crate) fn client_settings(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Config,
+            tokio_postgres_rustls::MakeRustlsConnect,
+        ),
+        TrackingError,
+    > {
+        let config = self.config().map_err(TrackingError::Settings)?;
+        let connector = self.connector().map_err(TrackingError::Settings)?;
+        Ok((config, connector))
     }
 
     /// The TLS connector for this mode.

@@ -2,6 +2,8 @@
 //! first needed and opened again after it broke, at most every few seconds while the server
 //! is down (records that come meanwhile are dropped, never waited for).
 
+use super::TrackingError;
+use super::record::column_error;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,11 +12,9 @@ use tokio_postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{info, warn};
 
-use crate::logging::error_chain;
-
 use super::query::{Param, Query};
 use super::record::{
-    ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, create_table, indexes, insert_statement, search_key,
+    ADDED_COLUMNS, Record, Row, TABLE, create_table, indexes, insert_statement, search_key,
 };
 
 /// The wait after a failed connection before the next try.
@@ -43,7 +43,7 @@ impl Store {
     }
 
     /// The connection, opened (with the table) when there is none or it broke.
-    async fn client(&mut self) -> Result<&mut Client, String> {
+    async fn client(&mut self) -> Result<&mut Client, TrackingError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             warn!("message tracking: the PostgreSQL connection was lost");
             self.client = None;
@@ -52,10 +52,7 @@ impl Store {
             if let Some(at) = self.retry_at
                 && Instant::now() < at
             {
-                return Err(format!(
-                    "{} (the connection is tried again every 5 s)",
-                    self.last_error
-                ));
+                return Err(TrackingError::Retrying(self.last_error.clone()));
             }
             match connect(&self.config, self.tls.clone()).await {
                 Ok(client) => {
@@ -65,7 +62,7 @@ impl Store {
                 }
                 Err(e) => {
                     self.retry_at = Some(Instant::now() + RETRY_AFTER);
-                    self.last_error.clone_from(&e);
+                    self.last_error = e.to_string();
                     return Err(e);
                 }
             }
@@ -75,17 +72,17 @@ impl Store {
 
     /// Writes `batch` in one transaction. On an error the connection is given up, so that
     /// the next batch starts on a fresh one.
-    pub(super) async fn write(&mut self, batch: &[Record]) -> Result<(), String> {
+    pub(super) async fn write(&mut self, batch: &[Record]) -> Result<(), TrackingError> {
         let client = self.client().await?;
         let result = insert(client, batch).await;
         if result.is_err() {
             self.client = None;
         }
-        result.map_err(|e| format!("PostgreSQL: {}", pg_error(&e)))
+        result.map_err(TrackingError::postgres("PostgreSQL"))
     }
 
     /// Deletes records made before `before_ms`; how many.
-    pub(super) async fn purge(&mut self, before_ms: i64) -> Result<u64, String> {
+    pub(super) async fn purge(&mut self, before_ms: i64) -> Result<u64, TrackingError> {
         let client = self.client().await?;
         client
             .execute(
@@ -93,16 +90,16 @@ impl Store {
                 &[&before_ms],
             )
             .await
-            .map_err(|e| format!("PostgreSQL: {}", pg_error(&e)))
+            .map_err(TrackingError::postgres("PostgreSQL"))
     }
 }
 
 /// A new connection, its driver running on its own task, and the table.
-async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, String> {
+async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, TrackingError> {
     let (client, connection) = config
         .connect(tls)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+        .map_err(TrackingError::postgres("cannot connect to PostgreSQL"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "message tracking: PostgreSQL connection ended");
@@ -115,12 +112,12 @@ async fn connect(config: &Config, tls: MakeRustlsConnect) -> Result<Client, Stri
         .chain(added)
         .chain(indexes());
     for statement in statements {
-        client.batch_execute(&statement).await.map_err(|e| {
-            format!(
-                "cannot create the tracking table in PostgreSQL: {}",
-                pg_error(&e)
-            )
-        })?;
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(TrackingError::postgres(
+                "cannot create the tracking table in PostgreSQL",
+            ))?;
     }
     Ok(client)
 }
@@ -167,46 +164,33 @@ async fn insert(client: &mut Client, batch: &[Record]) -> Result<(), tokio_postg
 }
 
 impl Row for tokio_postgres::Row {
-    fn int(&self, i: usize) -> Result<Option<i64>, String> {
-        self.try_get(i)
-            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    fn int(&self, i: usize) -> Result<Option<i64>, TrackingError> {
+        self.try_get(i).map_err(|e| column_error(i)(&e))
     }
-    fn text(&self, i: usize) -> Result<Option<String>, String> {
-        self.try_get(i)
-            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    fn text(&self, i: usize) -> Result<Option<String>, TrackingError> {
+        self.try_get(i).map_err(|e| column_error(i)(&e))
     }
-    fn boolean(&self, i: usize) -> Result<bool, String> {
-        self.try_get(i)
-            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
-    }
-}
-
-/// An error as PostgreSQL said it (`FATAL: password authentication failed for user
-/// "postern"`), or with its causes when it did not come from the server.
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{}: {}", db.severity(), db.message());
-            if let Some(hint) = db.hint() {
-                text.push_str(&format!(" ({hint})"));
-            }
-            text
-        }
-        None => error_chain(e),
+    fn boolean(&self, i: usize) -> Result<bool, TrackingError> {
+        self.try_get(i).map_err(|e| column_error(i)(&e))
     }
 }
 
 /// For `check-config --connect`: connects as the writer would and asks `SELECT 1`.
-pub(super) async fn try_connect(config: &Config, tls: MakeRustlsConnect) -> Result<(), String> {
+pub(super) async fn try_connect(
+    config: &Config,
+    tls: MakeRustlsConnect,
+) -> Result<(), TrackingError> {
     let (client, connection) = config
         .connect(tls)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+        .map_err(TrackingError::postgres("cannot connect to PostgreSQL"))?;
     let driver = tokio::spawn(connection);
     let answer = client
         .simple_query("SELECT 1")
         .await
-        .map_err(|e| format!("PostgreSQL did not answer SELECT 1: {}", pg_error(&e)));
+        .map_err(TrackingError::postgres(
+            "PostgreSQL did not answer SELECT 1",
+        ));
     drop(client);
     let _ = driver.await;
     answer.map(drop)
@@ -217,13 +201,10 @@ pub(super) async fn find(
     config: &Config,
     tls: MakeRustlsConnect,
     query: &Query,
-) -> Result<Vec<Record>, String> {
-    let (client, connection) = config.connect(tls).await.map_err(|e| {
-        format!(
-            "cannot connect to the tracking database (PostgreSQL): {}",
-            pg_error(&e)
-        )
-    })?;
+) -> Result<Vec<Record>, TrackingError> {
+    let (client, connection) = config.connect(tls).await.map_err(TrackingError::postgres(
+        "cannot connect to the tracking database (PostgreSQL)",
+    ))?;
     let driver = tokio::spawn(connection);
     let params: Vec<Box<dyn ToSql + Sync + Send>> = query
         .params
@@ -239,13 +220,17 @@ pub(super) async fn find(
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    let rows = client.query(&query.sql, &refs).await.map_err(|e| {
-        let hint = if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+    let rows = client.query(&query.sql, &refs).await.map_err(|source| {
+        let hint = if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
             " (no record was written yet: Postern creates the table when it first writes)"
         } else {
             ""
         };
-        format!("tracking database (PostgreSQL): {}{hint}", pg_error(&e))
+        TrackingError::Postgres {
+            doing: "tracking database (PostgreSQL)",
+            source,
+            hint,
+        }
     })?;
     drop(client);
     let _ = driver.await;

@@ -1,6 +1,7 @@
 //! `postern track`: which records to show (a [`Filter`] made from the command line), the SQL
 //! that finds them in either store, and the table or JSON they are shown as.
 
+use super::TrackingError;
 use std::net::IpAddr;
 
 use time::format_description::well_known::Rfc3339;
@@ -142,8 +143,8 @@ fn like_escaped(s: &str) -> String {
 }
 
 /// The records `filter` selects from the configured store, newest first.
-pub async fn find(store: &StoreSettings, filter: &Filter) -> Result<Vec<Record>, String> {
-    filter.validate()?;
+pub async fn find(store: &StoreSettings, filter: &Filter) -> Result<Vec<Record>, TrackingError> {
+    filter.validate().map_err(TrackingError::Filter)?;
     match store {
         StoreSettings::Sqlite { path } => {
             let query = Query::new(filter, |n| format!("?{n}"));
@@ -151,7 +152,8 @@ pub async fn find(store: &StoreSettings, filter: &Filter) -> Result<Vec<Record>,
         }
         StoreSettings::Postgres(pg) => {
             let query = Query::new(filter, |n| format!("${n}"));
-            postgres::find(&pg.config()?, pg.connector()?, &query).await
+            let (config, connector) = pg.client_settings()?;
+            postgres::find(&config, connector, &query).await
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One tracking record: a message (or a transaction, or a refused connection) and one of its
 //! recipients, with that recipient's outcome.
 
+use super::TrackingError;
 use std::fmt;
 
 use serde::{Serialize, Serializer};
@@ -344,13 +345,21 @@ pub fn insert_statement(placeholder: fn(usize) -> String) -> String {
 
 /// Reads a stored row, whatever the store: the columns in [`COLUMNS`] order.
 pub trait Row {
-    fn int(&self, i: usize) -> Result<Option<i64>, String>;
-    fn text(&self, i: usize) -> Result<Option<String>, String>;
-    fn boolean(&self, i: usize) -> Result<bool, String>;
+    fn int(&self, i: usize) -> Result<Option<i64>, TrackingError>;
+    fn text(&self, i: usize) -> Result<Option<String>, TrackingError>;
+    fn boolean(&self, i: usize) -> Result<bool, TrackingError>;
+}
+
+/// Column `i` did not read: `e` says why.
+pub(super) fn column_error(i: usize) -> impl FnOnce(&dyn std::fmt::Display) -> TrackingError {
+    move |e| TrackingError::Column {
+        column: COLUMNS[i],
+        message: e.to_string(),
+    }
 }
 
 impl Record {
-    pub fn from_row(row: &impl Row) -> Result<Self, String> {
+    pub fn from_row(row: &impl Row) -> Result<Self, TrackingError> {
         let text = |i| row.text(i).map(Option::unwrap_or_default);
         let int = |i| row.int(i).map(Option::unwrap_or_default);
         Ok(Self {

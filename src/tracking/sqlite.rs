@@ -1,6 +1,8 @@
 //! The SQLite store: one database file in WAL mode (readers such as `postern track` never
 //! wait for the writer), written by one connection off the async threads.
 
+use super::TrackingError;
+use super::record::column_error;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +12,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::query::{Param, Query};
 use super::record::{
-    ADDED_COLUMNS, COLUMNS, Record, Row, TABLE, create_table, indexes, insert_statement, search_key,
+    ADDED_COLUMNS, Record, Row, TABLE, create_table, indexes, insert_statement, search_key,
 };
 
 /// How long a statement waits for a lock held by another connection (a reader's checkpoint).
@@ -98,21 +100,20 @@ impl Store {
     }
 
     /// Writes `batch` in one transaction, on a blocking thread.
-    pub(super) async fn write(&self, batch: Vec<Record>) -> Result<(), String> {
+    pub(super) async fn write(&self, batch: Vec<Record>) -> Result<(), TrackingError> {
         let connection = self.connection.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
-            insert(&mut connection, &batch)
-                .map_err(|e| format!("SQLite database {}: {e}", path.display()))
+            insert(&mut connection, &batch).map_err(|source| TrackingError::Sqlite { path, source })
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 
     /// Deletes records made before `before_ms`; how many.
-    pub(super) async fn purge(&self, before_ms: i64) -> Result<u64, String> {
+    pub(super) async fn purge(&self, before_ms: i64) -> Result<u64, TrackingError> {
         let connection = self.connection.clone();
+        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
             connection
@@ -121,10 +122,9 @@ impl Store {
                     [before_ms],
                 )
                 .map(|n| n as u64)
-                .map_err(|e| e.to_string())
+                .map_err(|source| TrackingError::Sqlite { path, source })
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     }
 }
 
@@ -168,36 +168,32 @@ fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()>
 }
 
 impl Row for rusqlite::Row<'_> {
-    fn int(&self, i: usize) -> Result<Option<i64>, String> {
-        self.get(i)
-            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    fn int(&self, i: usize) -> Result<Option<i64>, TrackingError> {
+        self.get(i).map_err(|e| column_error(i)(&e))
     }
-    fn text(&self, i: usize) -> Result<Option<String>, String> {
-        self.get(i)
-            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    fn text(&self, i: usize) -> Result<Option<String>, TrackingError> {
+        self.get(i).map_err(|e| column_error(i)(&e))
     }
-    fn boolean(&self, i: usize) -> Result<bool, String> {
-        self.get(i)
-            .map_err(|e| format!("column {}: {e}", COLUMNS[i]))
+    fn boolean(&self, i: usize) -> Result<bool, TrackingError> {
+        self.get(i).map_err(|e| column_error(i)(&e))
     }
 }
 
 /// Runs `query` against the database at `path`, read-only.
-pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, String> {
-    let db = path.display();
+pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, TrackingError> {
     if !path.exists() {
-        return Err(format!(
-            "there is no tracking database at {db} yet: Postern creates it when it starts with this [tracking] configuration"
-        ));
+        return Err(TrackingError::NoDatabase(path.to_owned()));
     }
+    let db = |source| TrackingError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
     let connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("cannot open the tracking database {db}: {e}"))?;
-    connection
-        .busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    .map_err(db)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
     let values: Vec<Value> = query
         .params
         .iter()
@@ -206,17 +202,12 @@ pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, String> {
             Param::Int(n) => Value::Integer(*n),
         })
         .collect();
-    let mut statement = connection
-        .prepare(&query.sql)
-        .map_err(|e| format!("tracking database {db}: {e}"))?;
+    let mut statement = connection.prepare(&query.sql).map_err(db)?;
     let mut rows = statement
         .query(rusqlite::params_from_iter(values))
-        .map_err(|e| format!("tracking database {db}: {e}"))?;
+        .map_err(db)?;
     let mut records = Vec::new();
-    while let Some(row) = rows
-        .next()
-        .map_err(|e| format!("tracking database {db}: {e}"))?
-    {
+    while let Some(row) = rows.next().map_err(db)? {
         records.push(Record::from_row(row)?);
     }
     Ok(records)
@@ -342,7 +333,7 @@ mod tests {
         let old = record(1_000, "old@d.example");
         let new = record(5_000, "new@d.example");
         store.write(vec![old, new.clone()]).await.unwrap();
-        assert_eq!(store.purge(2_000).await, Ok(1));
+        assert_eq!(store.purge(2_000).await.unwrap(), 1);
         let query = Query::new(
             &Filter {
                 limit: 10,
@@ -350,7 +341,7 @@ mod tests {
             },
             |n| format!("?{n}"),
         );
-        assert_eq!(find(&path, &query), Ok(vec![new]));
+        assert_eq!(find(&path, &query).unwrap(), vec![new]);
         // Opening it again finds the table and keeps what is there.
         drop(store);
         Store::open(&path).unwrap();

@@ -2,6 +2,7 @@
 //! past their retention. A batch the store refuses is dropped (and counted): records are
 //! never retried at the cost of newer ones, and mail never waits for them.
 
+use super::TrackingError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,14 +30,14 @@ pub(super) enum Backend {
 }
 
 impl Backend {
-    async fn write(&mut self, batch: Vec<Record>) -> Result<(), String> {
+    async fn write(&mut self, batch: Vec<Record>) -> Result<(), TrackingError> {
         match self {
             Self::Sqlite(store) => store.write(batch).await,
             Self::Postgres(store) => store.write(&batch).await,
         }
     }
 
-    async fn purge(&mut self, before_ms: i64) -> Result<u64, String> {
+    async fn purge(&mut self, before_ms: i64) -> Result<u64, TrackingError> {
         match self {
             Self::Sqlite(store) => store.purge(before_ms).await,
             Self::Postgres(store) => store.purge(before_ms).await,
@@ -144,6 +145,6 @@ async fn write(backend: &mut Backend, batch: Vec<Record>, drops: &Drops) {
     let n = batch.len() as u64;
     match backend.write(batch).await {
         Ok(()) => debug!(records = n, "message tracking: records written"),
-        Err(e) => drops.dropped("store_unavailable", n, &e),
+        Err(e) => drops.dropped("store_unavailable", n, &e.to_string()),
     }
 }
