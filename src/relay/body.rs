@@ -4,7 +4,10 @@
 
 use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::stream::Stop;
 
 use crate::engine::lines::break_long_lines;
 
@@ -48,16 +51,24 @@ impl Body<'_> {
     /// (0: no limit), counting the breaks made in `breaks`; the final CRLF is left out (the
     /// end-of-data sequence brings its own).
     ///
-    /// A spool file that cannot be read stops the sending by unwinding out of the iterator:
-    /// lettre writes the end-of-data dot after its last piece and has no way to abort, and a
-    /// truncated message must never be committed. The sender catches it (see
-    /// [`Upstream::data`](super::Upstream::data)).
-    pub(super) fn pieces<'b>(&'b self, line_limit: usize, breaks: &'b AtomicUsize) -> Pieces<'b> {
+    /// A spool file that cannot be read ends the pieces early with the error in `unreadable`
+    /// and `stop` pulled: lettre writes the end-of-data dot after its last piece whatever
+    /// happened, and a truncated message must never be committed, so the connection's writing
+    /// ends there (see [`Stop`]).
+    pub(super) fn pieces<'b>(
+        &'b self,
+        line_limit: usize,
+        breaks: &'b AtomicUsize,
+        stop: &'b Stop,
+        unreadable: &'b OnceLock<String>,
+    ) -> Pieces<'b> {
         Pieces {
             body: self,
             offset: 0,
             line_limit,
             breaks,
+            stop,
+            unreadable,
         }
     }
 }
@@ -67,6 +78,8 @@ pub(super) struct Pieces<'b> {
     offset: u64,
     line_limit: usize,
     breaks: &'b AtomicUsize,
+    stop: &'b Stop,
+    unreadable: &'b OnceLock<String>,
 }
 
 impl<'b> Iterator for Pieces<'b> {
@@ -82,7 +95,17 @@ impl<'b> Iterator for Pieces<'b> {
                 let rest = &m[self.offset as usize..];
                 Cow::Borrowed(&rest[..whole_lines(rest, PIECE)])
             }
-            Body::File { file, .. } => Cow::Owned(read_lines(file, self.offset, len)),
+            Body::File { file, .. } => match read_lines(file, self.offset, len) {
+                Ok(lines) => Cow::Owned(lines),
+                Err(e) => {
+                    self.stop.pull();
+                    let _ = self.unreadable.set(format!(
+                        "cannot read the spooled message back at offset {}: {e}",
+                        self.offset
+                    ));
+                    return None;
+                }
+            },
         };
         self.offset += piece.len() as u64;
         let piece = if self.offset == len {
@@ -123,25 +146,22 @@ fn whole_lines(rest: &[u8], size: usize) -> usize {
 }
 
 /// The next piece of whole lines from `offset` of a spool file of `len` bytes.
-fn read_lines(file: &std::fs::File, offset: u64, len: u64) -> Vec<u8> {
+fn read_lines(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(PIECE);
     let mut at = offset;
     loop {
         let want = PIECE.min((len - at) as usize);
         let start = out.len();
         out.resize(start + want, 0);
-        if let Err(e) = file.read_exact_at(&mut out[start..], at) {
-            // See Body::pieces: the only way to keep lettre from ending the message.
-            panic!("cannot read the spooled message back at offset {at}: {e}");
-        }
+        file.read_exact_at(&mut out[start..], at)?;
         at += want as u64;
         if at == len {
-            return out;
+            return Ok(out);
         }
         if let Some(nl) = memchr::memrchr(b'\n', &out[start..]) {
             // Whole lines only: what follows the last line end is read again next time.
             out.truncate(start + nl + 1);
-            return out;
+            return Ok(out);
         }
     }
 }
@@ -163,11 +183,38 @@ mod tests {
 
     fn joined(body: &Body, limit: usize) -> (Vec<Vec<u8>>, usize) {
         let breaks = AtomicUsize::new(0);
+        let (stop, unreadable) = (Stop::default(), OnceLock::new());
         let pieces: Vec<Vec<u8>> = body
-            .pieces(limit, &breaks)
+            .pieces(limit, &breaks, &stop, &unreadable)
             .map(|p| p.into_owned())
             .collect();
+        assert!(!stop.is_pulled() && unreadable.get().is_none());
         (pieces, breaks.load(Ordering::Relaxed))
+    }
+
+    /// A spool file shorter than the message it should hold (read at an offset past its end)
+    /// ends the pieces early, says why and pulls the stop, so that the message is never
+    /// ended.
+    #[test]
+    fn a_spool_file_that_cannot_be_read_ends_the_pieces_and_pulls_the_stop() {
+        let m = message(5000, 70);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&m[..PIECE * 2]).unwrap();
+        let body = Body::File {
+            file: &file,
+            len: m.len() as u64,
+            eight_bit: false,
+        };
+        let breaks = AtomicUsize::new(0);
+        let (stop, unreadable) = (Stop::default(), OnceLock::new());
+        let pieces: Vec<_> = body.pieces(0, &breaks, &stop, &unreadable).collect();
+        assert!(!pieces.is_empty() && pieces.concat().len() <= PIECE * 2);
+        assert!(stop.is_pulled());
+        let why = unreadable.get().expect("the reason is kept");
+        assert!(
+            why.starts_with("cannot read the spooled message back at offset"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -6,21 +6,46 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use lettre::transport::smtp::client::AsyncTokioStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// `inner` for lettre: `greeting` read first, writes held until a read (see [`Coalesced`]).
+/// `inner` for lettre: `greeting` read first, writes held until a read (see [`Coalesced`]),
+/// nothing more written once `stop` is pulled.
 pub fn for_lettre<S>(
     greeting: Vec<u8>,
     inner: S,
     peer: io::Result<SocketAddr>,
+    stop: Stop,
 ) -> Box<dyn AsyncTokioStream>
 where
     S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
-    Box::new(Replayed::new(greeting, Coalesced::new(inner), peer))
+    Box::new(Replayed::new(greeting, Coalesced::new(inner, stop), peer))
+}
+
+/// Ends a connection's writing for good: a message that cannot be read to its end must not
+/// be ended either, and lettre writes the end-of-data dot after its last piece whatever
+/// happened. Once pulled, every write fails, what is held is never sent, and the connection
+/// can only be dropped (the target then discards the unfinished message).
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn pull(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_pulled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the message could not be read to its end: it is not ended")
 }
 
 /// Writes are gathered, not sent, until the stream is read (or [`HOLD`] bytes wait): lettre
@@ -32,17 +57,19 @@ pub struct Coalesced<S> {
     inner: S,
     held: Vec<u8>,
     sent: usize,
+    stop: Stop,
 }
 
 /// Held bytes past which a write or flush sends them at once.
 const HOLD: usize = 64 * 1024;
 
 impl<S> Coalesced<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, stop: Stop) -> Self {
         Self {
             inner,
             held: Vec::new(),
             sent: 0,
+            stop,
         }
     }
 }
@@ -50,6 +77,10 @@ impl<S> Coalesced<S> {
 impl<S: AsyncWrite + Unpin> Coalesced<S> {
     /// Sends everything held, then flushes the stream under it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.stop.is_pulled() {
+            self.held.clear();
+            return Poll::Ready(Err(stopped()));
+        }
         while self.sent < self.held.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
             if n == 0 {
@@ -80,6 +111,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.stop.is_pulled() {
+            return Poll::Ready(Err(stopped()));
+        }
         if self.held.len() >= HOLD {
             ready!(self.poll_send(cx))?;
         }
@@ -88,7 +122,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.held.len() >= HOLD {
+        if self.stop.is_pulled() || self.held.len() >= HOLD {
             ready!(self.poll_send(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -180,7 +214,7 @@ mod tests {
     #[tokio::test]
     async fn writes_leave_together_when_the_stream_is_read() {
         let (ours, mut target) = tokio::io::duplex(1 << 20);
-        let mut stream = Coalesced::new(ours);
+        let mut stream = Coalesced::new(ours, Stop::default());
         for piece in [&b"DATA-1\r\n"[..], b"line\r\n", b"\r\n.\r\n"] {
             stream.write_all(piece).await.unwrap();
             stream.flush().await.unwrap();
@@ -218,5 +252,22 @@ mod tests {
         let mut rest = Vec::new();
         target.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"moreQUIT\r\n", "shutdown sends what is held");
+    }
+
+    /// Once the stop is pulled, nothing more leaves: not what is held, not the dot after.
+    #[tokio::test]
+    async fn a_pulled_stop_sends_nothing_more() {
+        let (ours, mut target) = tokio::io::duplex(1 << 20);
+        let stop = Stop::default();
+        let mut stream = Coalesced::new(ours, stop.clone());
+        stream.write_all(b"partial line\r\n").await.unwrap();
+        stop.pull();
+        assert!(stream.write_all(b"\r\n.\r\n").await.is_err());
+        assert!(stream.flush().await.is_err());
+        assert!(stream.shutdown().await.is_err());
+        drop(stream);
+        let mut seen = Vec::new();
+        target.read_to_end(&mut seen).await.unwrap();
+        assert!(seen.is_empty(), "{seen:?}");
     }
 }

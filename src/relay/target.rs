@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::info;
 
-use super::stream::for_lettre;
+use super::stream::{Stop, for_lettre};
 use super::tls::{ClientTls, TlsFacts, before_tls};
 use crate::engine::SmtpReply;
 
@@ -122,6 +122,8 @@ pub struct Link {
     pub conn: AsyncSmtpConnection,
     pub caps: Capabilities,
     pub tls: Option<TlsFacts>,
+    /// Ends its writing when a message cannot be read to its end.
+    pub stop: Stop,
 }
 
 impl fmt::Debug for RelayTarget {
@@ -228,6 +230,7 @@ impl RelayTarget {
         tcp.set_nodelay(true)
             .map_err(|e| TargetError::Smtp(format!("cannot set TCP_NODELAY: {e}")))?;
         let peer = tcp.peer_addr();
+        let stop = Stop::default();
         let secured = |facts: &TlsFacts| {
             info!(relay_target = %self.name, tls = %facts, "TLS established with the relay target");
         };
@@ -235,7 +238,7 @@ impl RelayTarget {
             (Security::Ssl, Some(tls)) => {
                 let (stream, facts) = tls.handshake(tcp).await.map_err(TargetError::Smtp)?;
                 secured(&facts);
-                let stream = for_lettre(Vec::new(), stream, peer);
+                let stream = for_lettre(Vec::new(), stream, peer, stop.clone());
                 let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
                     .await
                     .map_err(TargetError::from_smtp)?;
@@ -252,7 +255,7 @@ impl RelayTarget {
                         secured(&facts);
                         // The greeting came before TLS; the library waits for one.
                         let greeting = format!("220 {} ESMTP\r\n", self.host).into_bytes();
-                        let stream = for_lettre(greeting, stream, peer);
+                        let stream = for_lettre(greeting, stream, peer, stop.clone());
                         let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
                             .await
                             .map_err(TargetError::from_smtp)?;
@@ -262,7 +265,7 @@ impl RelayTarget {
                         return Err(TargetError::NoStartTls);
                     }
                     Some(greeting) => {
-                        let stream = for_lettre(greeting, tcp, peer);
+                        let stream = for_lettre(greeting, tcp, peer, stop.clone());
                         let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
                             .await
                             .map_err(TargetError::from_smtp)?;
@@ -271,7 +274,7 @@ impl RelayTarget {
                 }
             }
             _ => {
-                let stream = for_lettre(Vec::new(), tcp, peer);
+                let stream = for_lettre(Vec::new(), tcp, peer, stop.clone());
                 let conn = AsyncSmtpConnection::connect_with_transport(stream, helo)
                     .await
                     .map_err(TargetError::from_smtp)?;
@@ -308,6 +311,11 @@ impl RelayTarget {
                 });
             }
         }
-        Ok(Link { conn, caps, tls })
+        Ok(Link {
+            conn,
+            caps,
+            tls,
+            stop,
+        })
     }
 }

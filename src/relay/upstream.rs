@@ -3,12 +3,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use tracing::{error, info, warn};
 
 use super::outcome::{self, observe};
@@ -127,26 +125,25 @@ impl Upstream {
         // lettre ends the message with CRLF.CRLF itself: the pieces leave out the message's
         // own final line end, so that the target receives exactly the bytes the client sent.
         // Each piece is written on its own; the stream sends them together (stream.rs).
+        let unreadable = OnceLock::new();
+        let stop = self.link.stop.clone();
         let pieces = std::iter::once(Cow::Borrowed(head))
-            .chain(message.pieces(self.line_limit, &breaks))
+            .chain(message.pieces(self.line_limit, &breaks, &stop, &unreadable))
             .filter(|p| !p.is_empty());
-        let sending = AssertUnwindSafe(self.link.conn.message_iter(pieces)).catch_unwind();
-        let reply = match tokio::time::timeout(budget, sending).await {
+        let sending = self.link.conn.message_iter(pieces);
+        let reply = tokio::time::timeout(budget, sending).await;
+        if let Some(why) = unreadable.into_inner() {
+            // The spool could not be read (Body::pieces): the end of data was not sent, so
+            // the target has nothing; the connection is dropped mid-message.
+            error!(relay_target = %self.name, error = %why, "message not sent");
+            return Err(DataFailure::Unreadable(why));
+        }
+        let reply = match reply {
             Err(_) => Err(DataFailure::Uncertain(TargetError::Timeout(
                 "the end of the message",
             ))),
-            Ok(Err(panic)) => {
-                // The spool could not be read (Body::pieces): the end of data was not sent,
-                // so the target has nothing; the connection is dropped mid-message.
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_else(|| "reading the message failed".to_owned());
-                error!(relay_target = %self.name, error = %why, "message not sent");
-                return Err(DataFailure::Unreadable(why));
-            }
-            Ok(Ok(Ok(r))) => Ok(reply_of(&r)),
-            Ok(Ok(Err(e))) => Err(match TargetError::from_smtp(e) {
+            Ok(Ok(r)) => Ok(reply_of(&r)),
+            Ok(Err(e)) => Err(match TargetError::from_smtp(e) {
                 TargetError::Refused(reply) => DataFailure::Refused(reply),
                 broken => DataFailure::Uncertain(broken),
             }),
