@@ -26,6 +26,115 @@ impl<'a> Address<'a> {
     }
 }
 
+/// An envelope address past the doors: read once from MAIL FROM or RCPT TO (angle brackets and
+/// surrounding white space gone), never holding a control character, split at its last `@`.
+/// The engine, the relay and the sinks read its parts without parsing it again, and a relay
+/// target is never written an address that could end its command early.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EnvelopeAddress {
+    text: String,
+    /// Where the domain starts (after the last `@`); `text.len()` when there is none.
+    domain_at: usize,
+}
+
+/// Why a given envelope address cannot be one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("it holds the control character {0:?}")]
+    ControlCharacter(char),
+}
+
+impl EnvelopeAddress {
+    /// `given` as MAIL FROM or RCPT TO carried it, with or without angle brackets; `<>` (or
+    /// nothing) is the null sender.
+    pub fn parse(given: &str) -> Result<Self, AddressError> {
+        if let Some(c) = control_character(given) {
+            return Err(AddressError::ControlCharacter(c));
+        }
+        let bare = given.trim().trim_start_matches('<').trim_end_matches('>');
+        Ok(Self {
+            text: bare.to_owned(),
+            domain_at: bare.rfind('@').map_or(bare.len(), |at| at + 1),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Everything before the last `@` (the whole address when there is none).
+    pub fn local(&self) -> &str {
+        self.text[..self.domain_at]
+            .strip_suffix('@')
+            .unwrap_or(&self.text)
+    }
+
+    /// What follows the last `@`, as given; empty when there is none.
+    pub fn domain(&self) -> &str {
+        &self.text[self.domain_at..]
+    }
+
+    /// Its parts, as [`Address`] gives them.
+    pub fn parts(&self) -> Address<'_> {
+        Address {
+            local: self.local(),
+            domain: self.domain(),
+        }
+    }
+}
+
+impl std::str::FromStr for EnvelopeAddress {
+    type Err = AddressError;
+
+    fn from_str(given: &str) -> Result<Self, AddressError> {
+        Self::parse(given)
+    }
+}
+
+impl std::ops::Deref for EnvelopeAddress {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::borrow::Borrow<str> for EnvelopeAddress {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for EnvelopeAddress {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq<str> for EnvelopeAddress {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for EnvelopeAddress {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl PartialEq<String> for EnvelopeAddress {
+    fn eq(&self, other: &String) -> bool {
+        &self.text == other
+    }
+}
+
+impl fmt::Display for EnvelopeAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// The first control character (C0, DEL or C1) in `address`, if any. No address holding one
 /// is accepted in either door or written into an SMTP command: CR and LF would end the command
 /// early and start another.
@@ -114,6 +223,22 @@ mod tests {
         assert_eq!((null.local, null.domain), ("", ""));
         let local = Address::parse("postmaster");
         assert_eq!((local.local, local.domain), ("postmaster", ""));
+    }
+
+    #[test]
+    fn envelope_addresses_are_read_once_and_refuse_control_characters() {
+        let a = EnvelopeAddress::parse(" <\"a@b\"@Example.ORG.>").unwrap();
+        assert_eq!(a.as_str(), "\"a@b\"@Example.ORG.");
+        assert_eq!((a.local(), a.domain()), ("\"a@b\"", "Example.ORG."));
+        assert_eq!(a.parts(), Address::parse("<\"a@b\"@Example.ORG.>"));
+        let null = EnvelopeAddress::parse("<>").unwrap();
+        assert_eq!((null.as_str(), null.local(), null.domain()), ("", "", ""));
+        let local = EnvelopeAddress::parse("postmaster").unwrap();
+        assert_eq!((local.local(), local.domain()), ("postmaster", ""));
+        assert_eq!(
+            EnvelopeAddress::parse("a@b\r\nRCPT TO:<c@d>"),
+            Err(AddressError::ControlCharacter('\r'))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::address::{Address, DomainPattern};
+use super::address::{Address, DomainPattern, EnvelopeAddress};
 
 /// Which way a message goes, judged by who sent it: an authenticated client, a client of a
 /// connection profile for internal hosts (`full`, `restricted-internal`) or an allowed relay
@@ -293,6 +293,18 @@ impl AddressTransformations {
         }
         let new = rule.replacement.expand(&Address::parse(bare), &captures);
         (valid_address(&new) && new != bare).then_some(new)
+    }
+
+    /// An envelope address rewritten for `place`, as [`rewrite`](Self::rewrite) does.
+    pub fn rewrite_address(
+        &self,
+        direction: Direction,
+        place: Place,
+        address: &EnvelopeAddress,
+    ) -> Option<EnvelopeAddress> {
+        let new = self.rewrite(direction, place, address)?;
+        // A rewritten address is a valid one (see valid_address): no control character.
+        EnvelopeAddress::parse(&new).ok()
     }
 
     /// The header fields (by name) whose addresses some rule rewrites in `direction`.

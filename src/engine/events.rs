@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::address::EnvelopeAddress;
 use super::authentication::AuthSummary;
 use super::reply::SmtpReply;
 use super::session::{ClientInfo, TlsInfo};
@@ -406,7 +407,7 @@ pub struct MessageReport<'a> {
     pub queue_id: &'a str,
     pub sender: &'a str,
     /// The recipients accepted for the message, as the client gave them.
-    pub recipients: &'a [String],
+    pub recipients: &'a [EnvelopeAddress],
     /// The envelope as relayed, where the address transformation rewrote it.
     pub envelope: &'a EnvelopeEdits,
     /// The recipients refused in this transaction, each with its reply.
@@ -445,7 +446,7 @@ pub struct TransactionReport<'a> {
     pub queue_id: &'a str,
     pub sender: &'a str,
     /// Recipients accepted, whose message never came (or was refused at DATA).
-    pub accepted: &'a [String],
+    pub accepted: &'a [EnvelopeAddress],
     pub refused: &'a [RefusedRecipient],
     pub facts: SessionFacts<'a>,
     pub elapsed: Duration,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::address::EnvelopeAddress;
 use super::checks::outbound_tls::TlsRequirement;
 use super::events::Event;
 use super::reply::SmtpReply;
@@ -47,8 +48,8 @@ pub trait Resolver: Send + Sync + fmt::Debug {
 /// A message handed to relay targets by the engine itself: where a `divert` rule sends it.
 #[derive(Clone, Copy, Debug)]
 pub struct OutboundMessage<'a> {
-    pub sender: &'a str,
-    pub recipients: &'a [String],
+    pub sender: &'a EnvelopeAddress,
+    pub recipients: &'a [EnvelopeAddress],
     /// The whole message, header and body, CRLF line ends.
     pub message: &'a [u8],
     /// What the connection that carries it must have negotiated (empty: as configured).

@@ -1,5 +1,6 @@
 //! What the engine decides at each SMTP stage, and what it wants changed in a message.
 
+use super::address::EnvelopeAddress;
 use std::fmt;
 use std::sync::Arc;
 
@@ -217,7 +218,7 @@ pub struct MessageOutcome {
     pub verdict: Verdict,
     pub edits: Edits,
     /// The recipients the message was accepted for, as the client gave them.
-    pub recipients: Vec<String>,
+    pub recipients: Vec<EnvelopeAddress>,
     /// The envelope as it is to be relayed, where the address transformation changes it.
     pub envelope: EnvelopeEdits,
     /// With [`Verdict::Discard`], when a `divert` rule delivered the message: the answer of
@@ -231,10 +232,10 @@ pub struct MessageOutcome {
 
 impl MessageOutcome {
     /// The recipients as they are to be relayed (rewritten where a rule says so).
-    pub fn relayed_recipients(&self) -> Vec<String> {
+    pub fn relayed_recipients(&self) -> Vec<EnvelopeAddress> {
         self.recipients
             .iter()
-            .map(|r| self.envelope.recipient(r).to_owned())
+            .map(|r| self.envelope.recipient(r).clone())
             .collect()
     }
 }
@@ -243,11 +244,11 @@ impl MessageOutcome {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnvelopeEdits {
     /// The new envelope sender.
-    pub sender: Option<String>,
+    pub sender: Option<EnvelopeAddress>,
     /// Recipients replaced: (as the client gave it, as it is relayed).
-    pub recipients: Vec<(String, String)>,
+    pub recipients: Vec<(EnvelopeAddress, EnvelopeAddress)>,
     /// Recipients Postern delivered itself (an encryption rule's route): the MTA drops them.
-    pub removed: Vec<String>,
+    pub removed: Vec<EnvelopeAddress>,
 }
 
 impl EnvelopeEdits {
@@ -256,7 +257,7 @@ impl EnvelopeEdits {
     }
 
     /// `recipients` delivered by Postern itself: out of the MTA's envelope.
-    pub fn remove(&mut self, recipients: &[String]) {
+    pub fn remove(&mut self, recipients: &[EnvelopeAddress]) {
         for r in recipients {
             self.recipients.retain(|(from, _)| from != r);
             self.removed.push(r.clone());
@@ -264,11 +265,11 @@ impl EnvelopeEdits {
     }
 
     /// `recipient` as it is relayed.
-    pub fn recipient<'a>(&'a self, recipient: &'a str) -> &'a str {
+    pub fn recipient<'a>(&'a self, recipient: &'a EnvelopeAddress) -> &'a EnvelopeAddress {
         self.recipients
             .iter()
             .find(|(from, _)| from == recipient)
-            .map_or(recipient, |(_, to)| to.as_str())
+            .map_or(recipient, |(_, to)| to)
     }
 }
 

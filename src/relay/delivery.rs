@@ -13,6 +13,7 @@ use super::replies::*;
 use super::target::Link;
 use super::*;
 use crate::engine::SmtpReply;
+use crate::engine::address::EnvelopeAddress;
 use crate::engine::ports::Events;
 
 /// Outbound settings (`[delivery]`) and the relay targets (`[[relay_target]]`), by priority.
@@ -79,7 +80,7 @@ impl Delivery {
         &self,
         envelope: &Envelope,
         first: usize,
-        recipient: Option<&str>,
+        recipient: Option<&EnvelopeAddress>,
     ) -> Result<(Upstream, Option<RcptAnswer>), DeliveryError> {
         let mut failures = Vec::new();
         let mut incapable = None;
@@ -214,7 +215,7 @@ impl Delivery {
         index: usize,
         target: &RelayTarget,
         envelope: &Envelope,
-        recipient: Option<&str>,
+        recipient: Option<&EnvelopeAddress>,
     ) -> Result<(Link, bool, Option<RcptAnswer>), TargetError> {
         if let Some(mut link) = self.pool.take(index) {
             match self.mail(&mut link, envelope, recipient).await {
@@ -255,7 +256,7 @@ impl Delivery {
         &self,
         link: &mut Link,
         envelope: &Envelope,
-        recipient: Option<&str>,
+        recipient: Option<&EnvelopeAddress>,
     ) -> Result<Option<RcptAnswer>, TargetError> {
         for requirement in &envelope.tls {
             match &link.tls {
@@ -266,10 +267,6 @@ impl Delivery {
                     }
                 }
             }
-        }
-        unwritable(&envelope.sender, "sender")?;
-        if let Some(recipient) = recipient {
-            unwritable(recipient, "recipient")?;
         }
         let caps = &link.caps;
         if !envelope.sender.is_ascii() && !caps.smtputf8 {
@@ -340,7 +337,7 @@ impl Delivery {
     pub async fn send(
         &self,
         envelope: &Envelope,
-        recipients: &[String],
+        recipients: &[EnvelopeAddress],
         head: &[u8],
         message: &Body<'_>,
         first: usize,

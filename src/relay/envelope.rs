@@ -2,6 +2,7 @@
 //! what the connection must have negotiated.
 
 use super::Capabilities;
+use crate::engine::address::EnvelopeAddress;
 use crate::engine::checks::outbound_tls::TlsRequirement;
 
 /// The MAIL FROM parameters Postern passes on, read once from the client's command (or from
@@ -45,7 +46,7 @@ impl MailParameters {
 /// The sender and MAIL parameters of one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Envelope {
-    pub sender: String,
+    pub sender: EnvelopeAddress,
     pub params: MailParameters,
     /// The client the message came from, passed with XFORWARD to targets that offer it, so
     /// that their own checks and logs see the client rather than Postern.
@@ -139,14 +140,18 @@ pub(super) fn xtext(value: &str) -> String {
 impl Envelope {
     /// The envelope for a whole message sent on by Postern itself: `BODY=8BITMIME` when the
     /// message has 8-bit bytes, `SMTPUTF8` when an address is not ASCII, and its `SIZE`.
-    pub fn for_message(sender: &str, recipients: &[String], message: &[u8]) -> Self {
+    pub fn for_message(
+        sender: &EnvelopeAddress,
+        recipients: &[EnvelopeAddress],
+        message: &[u8],
+    ) -> Self {
         let params = MailParameters {
             size: Some(message.len() as u64),
             body: (!message.is_ascii()).then_some(BodyType::EightBitMime),
             smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
         };
         Self {
-            sender: sender.to_owned(),
+            sender: sender.clone(),
             params,
             client: None,
             tls: Vec::new(),
@@ -174,7 +179,9 @@ mod tests {
             ..MailParameters::default()
         };
         assert_eq!(seven.for_target(&all), " BODY=7BIT");
-        let message = Envelope::for_message("s@x.test", &["r@y.test".into()], "é\r\n".as_bytes());
+        let sender = "s@x.test".parse().unwrap();
+        let recipients = ["r@y.test".parse().unwrap()];
+        let message = Envelope::for_message(&sender, &recipients, "é\r\n".as_bytes());
         assert_eq!(
             message.params,
             MailParameters {

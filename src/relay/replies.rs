@@ -7,7 +7,6 @@ use lettre::transport::smtp::response::Response;
 
 use super::TargetError;
 use crate::engine::SmtpReply;
-use crate::engine::address::control_character;
 
 /// A reply read from a relay target: each line of a multi-line reply joined by spaces,
 /// cleaned for passing on to the client (`550 5.1.1 <x@example.org>: Recipient address
@@ -29,19 +28,6 @@ pub(super) fn reply_in(e: &lettre::transport::smtp::Error) -> Option<SmtpReply> 
 /// A reply of Postern's own about a target, for the client.
 pub(super) fn own_reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
     SmtpReply::new(code, Some(enhanced), text).expect("static reply is valid")
-}
-
-/// Refuses to write an address holding a control character into a command (CR LF would end
-/// the command and start another at the target). The engine refuses such addresses in both
-/// doors first; this holds whatever reaches the relay code.
-pub(super) fn unwritable(address: &str, what: &str) -> Result<(), TargetError> {
-    let enhanced = if what == "sender" { "5.1.7" } else { "5.1.3" };
-    match control_character(address) {
-        None => Ok(()),
-        Some(c) => Err(TargetError::Refused(SmtpReply::new(501, Some(enhanced), &format!(
-            "Error: the {what} address holds the control character {c:?}; Postern does not write it to a relay target"
-        )).expect("printable reply"))),
-    }
 }
 
 /// Why a transaction that must be encrypted cannot go through a target: it did not negotiate

@@ -15,6 +15,7 @@ use super::replies::*;
 use super::target::Link;
 use super::*;
 use crate::engine::SmtpReply;
+use crate::engine::address::EnvelopeAddress;
 use crate::engine::checks::outbound_tls::TlsRequirement;
 use crate::engine::events::AttemptOutcome;
 use crate::engine::ports::Events;
@@ -77,8 +78,7 @@ impl Upstream {
 
     /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address
     /// is refused here (5.6.7) when the target does not offer SMTPUTF8.
-    pub async fn rcpt(&mut self, recipient: &str) -> Result<SmtpReply, TargetError> {
-        unwritable(recipient, "recipient")?;
+    pub async fn rcpt(&mut self, recipient: &EnvelopeAddress) -> Result<SmtpReply, TargetError> {
         if !recipient.is_ascii() && !self.link.caps.smtputf8 {
             return Err(TargetError::Refused(own_reply(
                 553,

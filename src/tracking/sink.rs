@@ -163,18 +163,18 @@ impl Tracker {
         base.dry_run = report.dry_run;
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
-        base.relayed_sender = report.envelope.sender.clone();
+        base.relayed_sender = report.envelope.sender.as_ref().map(ToString::to_string);
         base.authentication = report.authentication.map(|a| a.words());
         for recipient in report.recipients {
             let mut r = base.clone();
-            r.recipient = Some(recipient.clone());
+            r.recipient = Some(recipient.to_string());
             r.would = would_for(&base.would, report.would, recipient);
             r.relayed_recipient = report
                 .envelope
                 .recipients
                 .iter()
                 .find(|(from, _)| from == recipient)
-                .map(|(_, to)| to.clone());
+                .map(|(_, to)| to.to_string());
             let outcome = match (verdict, report.handed_on) {
                 (Verdict::Continue, Some(handed_on)) => {
                     r.reply = Some(handed_on.reply.to_string());
@@ -239,7 +239,7 @@ impl Tracker {
         base.verdict = Verdict::Continue.name().to_owned();
         for recipient in report.accepted {
             let mut r = base.clone();
-            r.recipient = Some(recipient.clone());
+            r.recipient = Some(recipient.to_string());
             r.would = would_for(&base.would, report.would, recipient);
             // A refusal at DATA (a verdict held until then) ended it; otherwise the client did.
             let outcome = match report.refused_at_data {

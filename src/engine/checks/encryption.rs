@@ -7,6 +7,7 @@
 //! concerns onward delivery: the proxy door relays a `required` recipient only over TLS; behind
 //! an MTA, a rule with a route (`via`) has Postern deliver those recipients itself.
 
+use crate::engine::address::EnvelopeAddress;
 use serde::Deserialize;
 
 use crate::engine::address::DomainPattern;
@@ -107,7 +108,12 @@ impl EncryptionRules {
 
     /// The refusal for DATA on a session without TLS, when the rule of any recipient requires
     /// TLS for the whole transaction.
-    pub fn check_data(&self, sender: &str, recipients: &[String], tls: bool) -> Option<SmtpReply> {
+    pub fn check_data(
+        &self,
+        sender: &str,
+        recipients: &[EnvelopeAddress],
+        tls: bool,
+    ) -> Option<SmtpReply> {
         let whole = recipients.iter().any(|r| {
             self.rule_for(sender, r).is_some_and(|rule| {
                 rule.whole_transaction && rule.sender_encryption == SenderEncryption::Required
@@ -158,10 +164,10 @@ mod tests {
         assert!(rules.check_mail("a@partner.example", true).is_none());
         // Its recipients alone need TLS: MAIL passes, RCPT and DATA do not.
         assert!(rules.check_mail("a@other.example", false).is_none());
-        let rcpts = vec!["b@secure.example".to_owned()];
+        let rcpts = vec!["b@secure.example".parse().unwrap()];
         assert!(rules.check_data("a@other.example", &rcpts, false).is_some());
         assert!(rules.check_data("a@other.example", &rcpts, true).is_none());
-        let plain = vec!["b@plain.example".to_owned()];
+        let plain = vec!["b@plain.example".parse().unwrap()];
         assert!(rules.check_data("a@other.example", &plain, false).is_none());
         // Without the flag, MAIL is not refused.
         let rules = EncryptionRules(vec![rule(

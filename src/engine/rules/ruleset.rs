@@ -2,6 +2,7 @@
 //! message, and what each of its extract rules finds in which part of the message and does
 //! with it.
 
+use crate::engine::address::EnvelopeAddress;
 use std::ops::Range;
 
 use regex::Regex;
@@ -10,7 +11,7 @@ use super::detectors::Detector;
 use super::documents::{DocumentLimits, Unchangeable};
 use super::protect::{Protector, Tokenizer};
 use super::transforms::{Replacements, mask};
-use crate::engine::address::{Address, DomainPattern};
+use crate::engine::address::DomainPattern;
 use crate::engine::reply::SmtpReply;
 
 /// Where in a message an extract rule looks.
@@ -132,8 +133,8 @@ pub struct Conditions {
 pub struct MessageContext<'a> {
     pub profile: Option<&'a str>,
     pub authenticated: bool,
-    pub sender: &'a str,
-    pub recipients: &'a [String],
+    pub sender: &'a EnvelopeAddress,
+    pub recipients: &'a [EnvelopeAddress],
 }
 
 impl Conditions {
@@ -146,12 +147,12 @@ impl Conditions {
                 .profile
                 .is_some_and(|p| self.connection_profiles.iter().any(|n| n == p)))
             && self.authenticated.is_none_or(|a| a == ctx.authenticated)
-            && any(&self.sender_domains, Address::parse(ctx.sender).domain)
+            && any(&self.sender_domains, ctx.sender.domain())
             && (self.recipient_domains.is_empty()
                 || ctx
                     .recipients
                     .iter()
-                    .any(|r| any(&self.recipient_domains, Address::parse(r).domain)))
+                    .any(|r| any(&self.recipient_domains, r.domain())))
     }
 }
 
@@ -362,16 +363,17 @@ mod tests {
             authenticated: Some(false),
             ..Default::default()
         };
-        let recipients = ["<a@other.example>".to_owned(), "b@partner.example".into()];
+        let recipients =
+            ["<a@other.example>", "b@partner.example"].map(|r| EnvelopeAddress::parse(r).unwrap());
         let ctx = MessageContext {
             profile: None,
             authenticated: false,
-            sender: "<x@mail.corp.example>",
+            sender: &"<x@mail.corp.example>".parse().unwrap(),
             recipients: &recipients,
         };
         assert!(c.hold(&ctx));
         assert!(!c.hold(&MessageContext {
-            sender: "x@corp.example",
+            sender: &"x@corp.example".parse().unwrap(),
             ..ctx
         }));
         assert!(!c.hold(&MessageContext {

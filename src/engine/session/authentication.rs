@@ -14,7 +14,7 @@ use crate::engine::dkim::SignWhen;
 /// can borrow them while the transaction changes.
 pub(super) struct ArrivalFacts {
     helo: String,
-    sender: String,
+    sender: EnvelopeAddress,
     spf: Option<SpfOutcome>,
     ip: Option<IpAddr>,
 }

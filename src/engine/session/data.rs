@@ -42,7 +42,9 @@ impl Session {
 
     pub(super) async fn judge_message_data(&mut self, bytes: &[u8]) -> Verdict {
         let limits = &self.policy.message_limits;
-        let tx = self.tx.get_or_insert_with(|| Transaction::new(""));
+        let tx = self
+            .tx
+            .get_or_insert_with(|| Transaction::new(EnvelopeAddress::default()));
         if let Some(failed) = &tx.failure {
             return failed.clone();
         }
@@ -428,8 +430,8 @@ impl Session {
 #[derive(Debug)]
 pub(super) struct Finished {
     queue_id: String,
-    sender: String,
-    recipients: Vec<String>,
+    sender: EnvelopeAddress,
+    recipients: Vec<EnvelopeAddress>,
     envelope: EnvelopeEdits,
     refused: Vec<RefusedRecipient>,
     message_id: Option<String>,

@@ -3,12 +3,12 @@
 use super::*;
 
 impl Session {
-    pub(super) async fn judge_mail(&mut self, sender: &str) -> Verdict {
+    pub(super) async fn judge_mail(&mut self, sender: &EnvelopeAddress) -> Verdict {
         self.end_transaction();
         if let Some(v) = self.held_at(Stage::Mail) {
             return v;
         }
-        let mut tx = Transaction::new(sender);
+        let mut tx = Transaction::new(sender.clone());
         let policy = self.policy.clone();
         // Inbound mandatory TLS, from the client's profile or else the sender domain's.
         let tls_profile = self

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::SharedState;
+use super::address::EnvelopeAddress;
 use super::authentication::AuthSummary;
 use super::checks::auth_results::names_host;
 use super::checks::dos::ConnectionSlot;
@@ -109,8 +110,8 @@ struct Held {
 #[derive(Debug)]
 struct Transaction {
     started: Instant,
-    sender: String,
-    recipients: Vec<String>,
+    sender: EnvelopeAddress,
+    recipients: Vec<EnvelopeAddress>,
     /// Recipients refused in this transaction, by anyone, with their replies.
     refused: Vec<RefusedRecipient>,
     queue_id: Option<String>,
@@ -141,10 +142,10 @@ impl Transaction {
         Ok(buffer.contents().await?)
     }
 
-    fn new(sender: &str) -> Self {
+    fn new(sender: EnvelopeAddress) -> Self {
         Self {
             started: Instant::now(),
-            sender: sender.to_owned(),
+            sender,
             recipients: Vec::new(),
             refused: Vec::new(),
             queue_id: None,
@@ -258,8 +259,20 @@ impl Session {
 
     /// The recipients accepted so far in this transaction (by the policy and, where the
     /// door delivers itself, by its relay target).
-    pub fn recipients(&self) -> &[String] {
+    pub fn recipients(&self) -> &[EnvelopeAddress] {
         self.tx.as_ref().map_or(&[], |tx| tx.recipients.as_slice())
+    }
+
+    /// The sender of the transaction in progress, as a relay target is given it (rewritten by
+    /// the address transformation where a rule says so).
+    pub fn relayed_sender(&self) -> Option<EnvelopeAddress> {
+        let tx = self.tx.as_ref()?;
+        Some(self.relayed_address(super::address_transformation::Place::Sender, &tx.sender))
+    }
+
+    /// The recipient the last RCPT accepted (after [`Session::rcpt`] answered continue).
+    pub fn accepted_recipient(&self) -> Option<&EnvelopeAddress> {
+        self.recipients().last()
     }
 
     /// True between MAIL FROM and the end (or abort) of that message.

@@ -32,14 +32,14 @@ impl Session {
     /// The address a relay target is given for the envelope `address` in `place` (sender or
     /// recipients): rewritten by the address transformation, or as the client gave it. The
     /// policy itself always judges the address as given. Nothing is rewritten in a dry run.
-    pub fn relayed_address(&self, place: Place, address: &str) -> String {
+    pub fn relayed_address(&self, place: Place, address: &EnvelopeAddress) -> EnvelopeAddress {
         let rules = &self.policy.address_transformations;
         if self.policy.dry_run || rules.is_empty() {
-            return address.to_owned();
+            return address.clone();
         }
         rules
-            .rewrite(self.direction(), place, address)
-            .unwrap_or_else(|| address.to_owned())
+            .rewrite_address(self.direction(), place, address)
+            .unwrap_or_else(|| address.clone())
     }
 
     /// The envelope changes of the address transformation for this transaction, and the
@@ -54,13 +54,13 @@ impl Session {
             return (EnvelopeEdits::default(), false);
         }
         let direction = self.direction();
-        let sender = rules.rewrite(direction, Place::Sender, &tx.sender);
+        let sender = rules.rewrite_address(direction, Place::Sender, &tx.sender);
         let recipients = tx
             .recipients
             .iter()
             .filter_map(|r| {
                 rules
-                    .rewrite(direction, Place::Recipients, r)
+                    .rewrite_address(direction, Place::Recipients, r)
                     .map(|new| (r.clone(), new))
             })
             .collect();

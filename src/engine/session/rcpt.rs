@@ -4,7 +4,7 @@ use super::*;
 use crate::engine::checks::outbound_tls::TlsRequirement;
 
 impl Session {
-    pub(super) async fn judge_rcpt(&mut self, recipient: &str) -> Verdict {
+    pub(super) async fn judge_rcpt(&mut self, recipient: &EnvelopeAddress) -> Verdict {
         if let Some(v) = self.held_at(Stage::Rcpt) {
             self.rcpt_refusal = self.held.as_ref().map(|h| h.check);
             return v;
@@ -51,7 +51,7 @@ impl Session {
             return verdict;
         }
         if let Some(tx) = self.tx.as_mut() {
-            tx.recipients.push(recipient.to_owned());
+            tx.recipients.push(recipient.clone());
         }
         Verdict::Continue
     }
@@ -60,7 +60,7 @@ impl Session {
     /// outbound TLS policy covering it (by its domain or the client's connection profile), else
     /// TLS with a validated certificate when its encryption rule requires it. For a door that
     /// relays.
-    pub fn recipient_tls(&self, recipient: &str) -> Option<TlsRequirement> {
+    pub fn recipient_tls(&self, recipient: &EnvelopeAddress) -> Option<TlsRequirement> {
         let profile = self.client_profile().map(|p| p.name.as_str());
         if let Some(policy) = self.policy.outbound_tls.for_recipient(recipient, profile) {
             return Some(policy);

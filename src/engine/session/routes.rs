@@ -3,6 +3,7 @@
 //! that keeps a retried message from reaching a route twice.
 
 use super::*;
+use crate::engine::address::EnvelopeAddress;
 use crate::engine::checks::outbound_tls::TlsRequirement;
 use crate::engine::ports::OutboundMessage;
 use crate::engine::verdict::EnvelopeEdits;
@@ -19,11 +20,11 @@ impl Session {
     ) -> Result<SmtpReply, EngineError> {
         let message = tx.leaving(edits).await?;
         let outbound = OutboundMessage {
-            sender: envelope.sender.as_deref().unwrap_or(&tx.sender),
+            sender: envelope.sender.as_ref().unwrap_or(&tx.sender),
             recipients: &tx
                 .recipients
                 .iter()
-                .map(|r| envelope.recipient(r).to_owned())
+                .map(|r| envelope.recipient(r).clone())
                 .collect::<Vec<_>>(),
             message: &message,
             tls: &[],
@@ -67,7 +68,7 @@ impl Session {
         let rules = &self.policy.encryption_rules;
         // Recipients grouped by route and by what their connection must have negotiated.
         type Route<'a> = (&'a [String], Vec<TlsRequirement>);
-        let mut routes: Vec<(Route, Vec<String>)> = Vec::new();
+        let mut routes: Vec<(Route, Vec<EnvelopeAddress>)> = Vec::new();
         for r in &tx.recipients {
             let Some(via) = rules.secure_route(&tx.sender, r) else {
                 continue;
@@ -103,9 +104,9 @@ impl Session {
                 envelope.remove(recipients);
                 continue;
             }
-            let relayed: Vec<String> = recipients
+            let relayed: Vec<EnvelopeAddress> = recipients
                 .iter()
-                .map(|r| envelope.recipient(r).to_owned())
+                .map(|r| envelope.recipient(r).clone())
                 .collect();
             let outbound = OutboundMessage {
                 sender: &sender,
@@ -178,14 +179,14 @@ fn message_identity(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sh
 fn handed_digest(
     mut identity: sha2::Sha256,
     via: &[String],
-    recipients: &[String],
+    recipients: &[EnvelopeAddress],
 ) -> crate::engine::ports::Digest {
     use sha2::Digest as _;
     for name in via {
         identity.update(b"via\0");
         identity.update(name.as_bytes());
     }
-    let mut recipients: Vec<&String> = recipients.iter().collect();
+    let mut recipients: Vec<&str> = recipients.iter().map(EnvelopeAddress::as_str).collect();
     recipients.sort();
     for r in recipients {
         identity.update(b"to\0");
@@ -202,7 +203,7 @@ mod tests {
         handed_digest(
             message_identity(sender, user, raw),
             &["r".into()],
-            &["x@y".into()],
+            &["x@y".parse().unwrap()],
         )
     }
 

@@ -4,7 +4,7 @@
 //! session's facts kept as a pass would keep them.
 
 use super::*;
-use crate::engine::address::control_character;
+use crate::engine::address::{AddressError, EnvelopeAddress};
 
 impl Session {
     /// The client connected.
@@ -24,13 +24,18 @@ impl Session {
     }
 
     /// MAIL FROM: starts a transaction (ending any earlier one).
+    /// The address is read here, once: past this point it is an [`EnvelopeAddress`].
     pub async fn mail(&mut self, sender: &str) -> Verdict {
-        if let Some(refusal) = syntax_refusal(sender, "sender", "5.1.7") {
-            self.end_transaction();
-            self.refused(CheckId::AddressSyntax, &refusal, SmtpStage::Mail, None);
-            return refusal;
-        }
-        let verdict = self.judge_mail(sender).await;
+        let sender = match EnvelopeAddress::parse(sender) {
+            Ok(sender) => sender,
+            Err(e) => {
+                let refusal = syntax_refusal(e, "sender", "5.1.7");
+                self.end_transaction();
+                self.refused(CheckId::AddressSyntax, &refusal, SmtpStage::Mail, None);
+                return refusal;
+            }
+        };
+        let verdict = self.judge_mail(&sender).await;
         let verdict = self.unless_dry_run(SmtpStage::Mail, verdict);
         if verdict == Verdict::Continue && self.tx.is_none() {
             self.tx = Some(Transaction::new(sender));
@@ -39,29 +44,33 @@ impl Session {
     }
 
     /// RCPT TO.
-    pub async fn rcpt(&mut self, recipient: &str) -> Verdict {
+    /// RCPT TO. The address is read here, once, as at MAIL.
+    pub async fn rcpt(&mut self, given: &str) -> Verdict {
         let before = self.recipients().len();
         self.rcpt_refusal = None;
-        let verdict = match syntax_refusal(recipient, "recipient", "5.1.3") {
-            Some(refusal) => {
+        let recipient = EnvelopeAddress::parse(given);
+        let verdict = match &recipient {
+            Err(e) => {
+                let refusal = syntax_refusal(*e, "recipient", "5.1.3");
                 self.refused(CheckId::AddressSyntax, &refusal, SmtpStage::Rcpt, None);
                 self.rcpt_refusal = Some(CheckId::AddressSyntax);
                 refusal
             }
-            None => {
+            Ok(recipient) => {
                 let verdict = self.judge_rcpt(recipient).await;
                 self.unless_dry_run_for(SmtpStage::Rcpt, verdict, Some(recipient))
             }
         };
         if verdict == Verdict::Continue
             && self.recipients().len() == before
-            && let Some(tx) = self.tx.as_mut()
+            && let (Some(tx), Ok(recipient)) = (self.tx.as_mut(), &recipient)
         {
-            tx.recipients.push(recipient.to_owned());
+            tx.recipients.push(recipient.clone());
         }
         if let (Some(reply), Some(tx)) = (verdict.reply(), self.tx.as_mut()) {
             tx.refused.push(RefusedRecipient {
-                address: recipient.to_owned(),
+                // Refused for its syntax, it is kept as given (sinks escape it).
+                address: recipient.map_or_else(|_| given.to_owned(), |r| r.as_str().to_owned()),
                 reply: reply.clone(),
                 by: RefusedBy::Policy(self.rcpt_refusal.take()),
             });
@@ -124,13 +133,7 @@ impl Session {
 /// The refusal of an envelope address holding a control character, in a dry run too: it is
 /// not a policy decision but an address no MTA may pass on (the proxy's parser refuses it
 /// already; behind an MTA it is defence in depth).
-fn syntax_refusal(address: &str, what: &str, enhanced: &str) -> Option<Verdict> {
-    let c = control_character(address)?;
-    let text = format!(
-        "Bad {what} address syntax: it holds the control character {:?}; send the address without it",
-        c
-    );
-    Some(Verdict::refuse(
-        SmtpReply::new(501, Some(enhanced), &text).expect("printable reply"),
-    ))
+fn syntax_refusal(error: AddressError, what: &str, enhanced: &str) -> Verdict {
+    let text = format!("Bad {what} address syntax: {error}; send the address without it");
+    Verdict::refuse(SmtpReply::new(501, Some(enhanced), &text).expect("printable reply"))
 }

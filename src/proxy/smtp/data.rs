@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::engine::address::EnvelopeAddress;
 use crate::engine::{BufferError, Edits, MessageBuffer, SmtpReply, Verdict};
 use crate::proxy::connection::ReadError;
 use crate::proxy::data_reader::{BareNewline, DataReader};
@@ -80,7 +81,7 @@ impl Conversation {
     }
 
     /// This hop's `Received:` field, when it is to be added.
-    fn received_field(&self, recipients: &[String]) -> String {
+    fn received_field(&self, recipients: &[EnvelopeAddress]) -> String {
         if !self.settings().received_header {
             return String::new();
         }
@@ -271,7 +272,12 @@ impl Conversation {
     /// Sends the message through the transaction's upstream and answers the client: 250 only
     /// when a target took it for every recipient that heard 250, never to one that may
     /// already have it.
-    async fn hand_on(&mut self, upstream: Upstream, body: &Body<'_>, recipients: &[String]) {
+    async fn hand_on(
+        &mut self,
+        upstream: Upstream,
+        body: &Body<'_>,
+        recipients: &[EnvelopeAddress],
+    ) {
         let tx = self.tx.as_ref().expect("in a transaction");
         let delivery = tx
             .delivery

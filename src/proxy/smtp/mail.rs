@@ -2,7 +2,6 @@
 //! checks, passes on or takes (SIZE, BODY, SMTPUTF8, AUTH), the engine's verdict on the sender,
 //! and what XFORWARD tells the relay targets about the client.
 
-use crate::engine::address_transformation::Place;
 use crate::proxy::ListenerKind;
 use crate::relay::{BodyType, Envelope, ForwardedClient, MailParameters};
 
@@ -73,7 +72,7 @@ impl Conversation {
             return next;
         }
         // The target gets the sender the address transformation makes of it.
-        let sender = self.session.relayed_address(Place::Sender, &sender);
+        let sender = self.session.relayed_sender().unwrap_or_default();
         self.tx = Some(Transaction {
             envelope: Envelope {
                 sender,

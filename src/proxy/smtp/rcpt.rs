@@ -4,6 +4,7 @@
 use tracing::{info, warn};
 
 use crate::engine::SmtpReply;
+use crate::engine::address::EnvelopeAddress;
 use crate::engine::address_transformation::Place;
 use crate::engine::events::RefusedBy;
 use crate::relay::DeliveryError;
@@ -29,6 +30,11 @@ impl Conversation {
         if let Some(next) = self.refused(&verdict) {
             return next;
         }
+        let recipient = self
+            .session
+            .accepted_recipient()
+            .expect("an accepted recipient is kept")
+            .clone();
         // The engine judges the message (content rules, a divert) by the recipients that were
         // really accepted, as it does behind an MTA: one the target refuses is withdrawn.
         if let Err((reply, by)) = self.relay_rcpt(&recipient).await {
@@ -41,7 +47,10 @@ impl Conversation {
     /// Hands an accepted recipient to the relay target (opened at the first one) and answers
     /// the client with the target's reply when it took it; otherwise the reply the client is to
     /// hear, and who refused.
-    async fn relay_rcpt(&mut self, recipient: &str) -> Result<(), (SmtpReply, RefusedBy)> {
+    async fn relay_rcpt(
+        &mut self,
+        recipient: &EnvelopeAddress,
+    ) -> Result<(), (SmtpReply, RefusedBy)> {
         let tx = self.tx.as_mut().expect("in a transaction");
         let unavailable = |text: &str| (SmtpReply::from_wire(451, text), RefusedBy::NoRelayTarget);
         if tx.broken {
