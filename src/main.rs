@@ -466,8 +466,8 @@ fn unprotect(
     message: bool,
 ) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let key = postern::secret_file::load_secret(key_file.as_deref(), key_env.as_deref(), "key")
-        .and_then(|s| s.aes256_key())
+    let key = postern::secret_file::load_secret(key_file.as_deref(), key_env.as_deref(), "key")?
+        .aes256_key()
         .map_err(anyhow::Error::msg)?;
     if prefix.is_empty() || suffix.is_empty() {
         anyhow::bail!("--prefix and --suffix must not be empty: they mark the protected values");

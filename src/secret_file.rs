@@ -3,43 +3,79 @@
 //! key or add a user), and one that every user may read is warned about. The config file
 //! names these files instead of holding the secrets, so that it can be readable by many.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
 use crate::engine::rules::protect::Secret;
 
+/// Why a secret could not be had; each says which file (or variable) and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {} is not UTF-8 text", path.display())]
+    NotText { what: String, path: PathBuf },
+    #[error(
+        "{what} {shown} may be changed by {who} (mode {mode:04o}), so they could replace it: run `chmod go-w {shown}`",
+        shown = path.display()
+    )]
+    Writable {
+        what: String,
+        path: PathBuf,
+        who: &'static str,
+        mode: u32,
+    },
+    #[error("environment variable {0} is not set (or not UTF-8)")]
+    NoVariable(String),
+    #[error("give exactly one of the {0}'s file and environment variable")]
+    NotOneSource(String),
+    #[error("the {0} is empty")]
+    Empty(String),
+}
+
 /// Reads the secret file `path` (`what` names it in messages: "TLS private key", ...).
 /// Refuses a group- or world-writable file; warns about a world-readable one.
-pub fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what} {shown}: {e}"))?;
+pub fn read(path: &Path, what: &str) -> Result<Vec<u8>, SecretError> {
+    let unreadable = |source| SecretError::Read {
+        what: what.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     check_mode(path, what, mode(&meta))?;
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {shown}: {e}"))
+    std::fs::read(path).map_err(unreadable)
 }
 
 /// [`read`] as UTF-8 text.
-pub fn read_to_string(path: &Path, what: &str) -> Result<String, String> {
-    String::from_utf8(read(path, what)?)
-        .map_err(|_| format!("{what} {} is not UTF-8 text", path.display()))
+pub fn read_to_string(path: &Path, what: &str) -> Result<String, SecretError> {
+    String::from_utf8(read(path, what)?).map_err(|_| SecretError::NotText {
+        what: what.to_owned(),
+        path: path.to_owned(),
+    })
 }
 
 /// A secret read from `file` (whole content, surrounding white space trimmed, through
 /// [`read`]) or from the environment variable `env`; exactly one must be given.
-pub fn load_secret(file: Option<&Path>, env: Option<&str>, what: &str) -> Result<Secret, String> {
+pub fn load_secret(
+    file: Option<&Path>,
+    env: Option<&str>,
+    what: &str,
+) -> Result<Secret, SecretError> {
     let text = match (file, env) {
         (Some(path), None) => read_to_string(path, what)?,
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?,
-        _ => {
-            return Err(format!(
-                "give exactly one of the {what}'s file and environment variable"
-            ));
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| SecretError::NoVariable(var.to_owned()))?
         }
+        _ => return Err(SecretError::NotOneSource(what.to_owned())),
     };
     let text = text.trim();
     if text.is_empty() {
-        return Err(format!("the {what} is empty"));
+        return Err(SecretError::Empty(what.to_owned()));
     }
     Ok(Secret::new(text.as_bytes().to_vec()))
 }
@@ -57,7 +93,7 @@ fn mode(_: &std::fs::Metadata) -> u32 {
 
 /// Refuses a mode that lets others than the owner write the file; warns when every user may
 /// read it.
-fn check_mode(path: &Path, what: &str, mode: u32) -> Result<(), String> {
+fn check_mode(path: &Path, what: &str, mode: u32) -> Result<(), SecretError> {
     let shown = path.display();
     if mode & 0o022 != 0 {
         let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
@@ -65,9 +101,12 @@ fn check_mode(path: &Path, what: &str, mode: u32) -> Result<(), String> {
             (true, false) => "its group",
             _ => "every user",
         };
-        return Err(format!(
-            "{what} {shown} may be changed by {who} (mode {mode:04o}), so they could replace it: run `chmod go-w {shown}`"
-        ));
+        return Err(SecretError::Writable {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            who,
+            mode,
+        });
     }
     if mode & 0o004 != 0 {
         warn!(
@@ -98,7 +137,7 @@ mod tests {
             (0o666, "its group and every user"),
         ] {
             set(mode);
-            let e = read(&path, "relay password").unwrap_err();
+            let e = read(&path, "relay password").unwrap_err().to_string();
             assert!(
                 e.contains(who) && e.contains("chmod go-w") && e.contains("relay password"),
                 "{mode:o}: {e}"
@@ -110,7 +149,9 @@ mod tests {
         }
         let secret = load_secret(Some(&path), None, "protect key").unwrap();
         assert_eq!(secret.as_bytes(), b"s3cret");
-        let e = read(&dir.path().join("none"), "users file").unwrap_err();
+        let e = read(&dir.path().join("none"), "users file")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot read users file"), "{e}");
     }
 }

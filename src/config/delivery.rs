@@ -218,7 +218,7 @@ fn credentials(
         .map(|f| relative(f.get_ref().clone(), config_dir));
     let env = t.password_env.as_ref().map(|e| e.get_ref().as_str());
     let secret = crate::secret_file::load_secret(file.as_deref(), env, "relay password")
-        .map_err(|m| (at.clone(), format!("{key}.password_file"), m))?;
+        .map_err(|m| (at.clone(), format!("{key}.password_file"), m.to_string()))?;
     let password = String::from_utf8(secret.as_bytes().to_vec()).map_err(|_| {
         (
             at,

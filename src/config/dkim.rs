@@ -123,7 +123,7 @@ pub(super) fn domain_and_selector(
 /// Reads a PEM private key (RSA of 2048 bits or more, PKCS#1 or PKCS#8; or Ed25519, PKCS#8),
 /// a signer's or a sealer's (`what` names it in errors).
 pub(super) fn load_key(path: &Path, what: &str) -> Result<PrivateKey, String> {
-    let pem = crate::secret_file::read(path, what)?;
+    let pem = crate::secret_file::read(path, what).map_err(|e| e.to_string())?;
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         format!(
             "{} holds no PEM private key ({e}); make one with `openssl genpkey -algorithm ed25519` or `openssl genrsa 2048`",

@@ -384,7 +384,8 @@ fn compile_rule(
             _ => f.get_ref().clone(),
         });
         let env = r.key_env.as_ref().map(|e| e.get_ref().as_str());
-        crate::secret_file::load_secret(file.as_deref(), env, "key").map_err(|m| err("key_file", m))
+        crate::secret_file::load_secret(file.as_deref(), env, "key")
+            .map_err(|m| err("key_file", m.to_string()))
     };
     let action = match action_name {
         "mask" => Action::Transform(Transform::Mask {
@@ -415,7 +416,9 @@ fn compile_rule(
             r.length.as_ref().map_or(16, |l| *l.get_ref()),
         ))),
         "protect" => {
-            let key = secret()?.aes256_key().map_err(|m| err("key_file", m))?;
+            let key = secret()?
+                .aes256_key()
+                .map_err(|m| err("key_file", m.to_string()))?;
             let prefix = r.prefix.as_ref().map_or("[p:", |p| p.get_ref().as_str());
             let suffix = r.suffix.as_ref().map_or("]", |s| s.get_ref().as_str());
             if prefix.is_empty() || suffix.is_empty() {

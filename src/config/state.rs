@@ -91,8 +91,14 @@ pub(super) fn compile_shared(
         Some(file) => {
             let span = file.span();
             let path = super::relative(file.into_inner(), config_dir);
-            let text = crate::secret_file::read_to_string(&path, "Redis password file")
-                .map_err(|e| (span.clone(), "shared_state.password_file".into(), e))?;
+            let text =
+                crate::secret_file::read_to_string(&path, "Redis password file").map_err(|e| {
+                    (
+                        span.clone(),
+                        "shared_state.password_file".into(),
+                        e.to_string(),
+                    )
+                })?;
             let line = text.lines().next().unwrap_or("").trim();
             if line.is_empty() {
                 return Err((

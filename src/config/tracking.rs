@@ -113,7 +113,7 @@ pub(super) fn compile(
                     let path = relative(file.into_inner(), config_dir);
                     let text =
                         crate::secret_file::read_to_string(&path, "PostgreSQL password file")
-                            .map_err(|e| wrong(file_span, "password_file", &e))?;
+                            .map_err(|e| wrong(file_span, "password_file", &e.to_string()))?;
                     Some(text.lines().next().unwrap_or("").to_owned())
                 }
                 None => None,

@@ -59,7 +59,8 @@ impl BasicAuth {
 
     /// Reads `user:password` (first line) from `file`.
     pub fn load(file: PathBuf) -> Result<Self, String> {
-        let text = crate::secret_file::read_to_string(&file, "metrics credentials file")?;
+        let text = crate::secret_file::read_to_string(&file, "metrics credentials file")
+            .map_err(|e| e.to_string())?;
         let line = text.lines().next().unwrap_or("").trim_end();
         match line.split_once(':') {
             Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Self {

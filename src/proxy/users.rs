@@ -106,7 +106,8 @@ impl Users {
     /// Reads a users file; at most `concurrent_checks` passwords are checked at once. Errors
     /// name the file and line.
     pub fn load(path: &Path, concurrent_checks: usize) -> Result<Self, String> {
-        let text = crate::secret_file::read_to_string(path, "AUTH users file")?;
+        let text = crate::secret_file::read_to_string(path, "AUTH users file")
+            .map_err(|e| e.to_string())?;
         let mut hashes = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -21,7 +21,8 @@ pub(super) fn load(
 ) -> Result<PrivateKeyDer<'static>, TlsError> {
     let key = |message: String| TlsError::new("key_file", message);
     let shown = key_file.display();
-    let pem = crate::secret_file::read_to_string(key_file, "TLS private key").map_err(key)?;
+    let pem = crate::secret_file::read_to_string(key_file, "TLS private key")
+        .map_err(|e| key(e.to_string()))?;
     if pem.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(key(format!(
             "{shown}: the key is encrypted in OpenSSL's traditional format (Proc-Type: 4,ENCRYPTED), which Postern cannot decrypt; convert it to encrypted PKCS#8 and keep key_passphrase_file: `openssl pkcs8 -topk8 -v2 aes-256-cbc -in {shown} -out key-pkcs8.pem`, or decrypt it: `openssl pkey -in {shown} -out key-clear.pem`"
