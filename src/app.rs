@@ -144,9 +144,7 @@ impl App {
                     key_prefix = %shared.key_prefix,
                     "connection rates, AUTH failures and learned reputation are shared through Redis"
                 );
-                Arc::new(
-                    RedisStore::new(shared, local, events.clone()).map_err(anyhow::Error::msg)?,
-                )
+                Arc::new(RedisStore::new(shared, local, events.clone())?)
             }
             None => Arc::new(local),
         };

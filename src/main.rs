@@ -226,9 +226,7 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
             .map_err(anyhow::Error::msg)?;
         let reach = match (&tracking.store, connect) {
             (postern::tracking::StoreSettings::Postgres(_), true) => {
-                runtime
-                    .block_on(tracking.store.try_connect())
-                    .map_err(anyhow::Error::msg)?;
+                runtime.block_on(tracking.store.try_connect())?;
                 " (reachable)"
             }
             (postern::tracking::StoreSettings::Postgres(_), false) => {
@@ -247,9 +245,7 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
             let reach = if connect {
                 // Connecting may take longer than one call is allowed to.
                 let wait = shared.timeout.max(std::time::Duration::from_secs(2));
-                runtime
-                    .block_on(postern::state::ping(shared, wait))
-                    .map_err(anyhow::Error::msg)?;
+                runtime.block_on(postern::state::ping(shared, wait))?;
                 "reachable"
             } else {
                 "not tried; --connect tries it"

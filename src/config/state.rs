@@ -121,6 +121,7 @@ pub(super) fn compile_shared(
         timeout,
         password,
     };
-    crate::state::check_url(&settings).map_err(|e| (span, "shared_state.redis_url".into(), e))?;
+    crate::state::check_url(&settings)
+        .map_err(|e| (span, "shared_state.redis_url".into(), e.to_string()))?;
     Ok(Some(settings))
 }

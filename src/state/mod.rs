@@ -10,7 +10,7 @@ mod redis;
 use std::time::Duration;
 
 pub use memory::{DEFAULT_CAPACITY, MemoryStore};
-pub use redis::{RETRY_AFTER, RedisStore, check_url, ping, redacted};
+pub use redis::{RETRY_AFTER, RedisStore, SharedStateError, check_url, ping, redacted};
 
 /// Settings of the state store (`[state]`).
 #[derive(Clone, Debug, PartialEq, Eq)]

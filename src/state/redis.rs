@@ -166,12 +166,32 @@ pub fn redacted(url: &str) -> String {
     u.to_string()
 }
 
-fn client(settings: &SharedStateSettings) -> Result<redis::Client, String> {
-    let unusable = |e: redis::RedisError| {
-        format!(
-            "[shared_state] redis_url {:?} is not usable: {e} (write redis://host:port/db, rediss://host:port/db or redis+unix:///path/to/redis.sock)",
-            redacted(&settings.redis_url)
-        )
+/// Why the shared state's Redis cannot be used or did not answer; the URL always without
+/// its password.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStateError {
+    #[error(
+        "[shared_state] redis_url {url:?} is not usable: {source} (write redis://host:port/db, rediss://host:port/db or redis+unix:///path/to/redis.sock)"
+    )]
+    Url {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("[shared_state] cannot set up the Redis connection: {0}")]
+    Setup(redis::RedisError),
+    #[error("Redis at {url} did not answer PING: {source}")]
+    NoAnswer {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("Redis at {url} did not answer PING within {ms} ms")]
+    Timeout { url: String, ms: u128 },
+}
+
+fn client(settings: &SharedStateSettings) -> Result<redis::Client, SharedStateError> {
+    let unusable = |source| SharedStateError::Url {
+        url: redacted(&settings.redis_url),
+        source,
     };
     let mut info = settings
         .redis_url
@@ -186,12 +206,15 @@ fn client(settings: &SharedStateSettings) -> Result<redis::Client, String> {
 }
 
 /// Checks that the URL can be parsed (without connecting): for check-config.
-pub fn check_url(settings: &SharedStateSettings) -> Result<(), String> {
+pub fn check_url(settings: &SharedStateSettings) -> Result<(), SharedStateError> {
     client(settings).map(|_| ())
 }
 
 /// Connects to Redis and asks PING, within `timeout`: for `check-config --connect`.
-pub async fn ping(settings: &SharedStateSettings, timeout: Duration) -> Result<(), String> {
+pub async fn ping(
+    settings: &SharedStateSettings,
+    timeout: Duration,
+) -> Result<(), SharedStateError> {
     let client = client(settings)?;
     let url = redacted(&settings.redis_url);
     let answer = tokio::time::timeout(timeout, async {
@@ -201,11 +224,11 @@ pub async fn ping(settings: &SharedStateSettings, timeout: Duration) -> Result<(
     .await;
     match answer {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("Redis at {url} did not answer PING: {e}")),
-        Err(_) => Err(format!(
-            "Redis at {url} did not answer PING within {} ms",
-            timeout.as_millis()
-        )),
+        Ok(Err(source)) => Err(SharedStateError::NoAnswer { url, source }),
+        Err(_) => Err(SharedStateError::Timeout {
+            url,
+            ms: timeout.as_millis(),
+        }),
     }
 }
 
@@ -216,7 +239,7 @@ impl RedisStore {
         settings: &SharedStateSettings,
         local: MemoryStore,
         events: Arc<dyn Events>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SharedStateError> {
         let client = client(settings)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -224,7 +247,7 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(100))
             .set_max_delay(RETRY_AFTER);
         let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("[shared_state] cannot set up the Redis connection: {e}"))?;
+            .map_err(SharedStateError::Setup)?;
         Ok(Self {
             manager,
             url: redacted(&settings.redis_url),
@@ -498,7 +521,7 @@ mod tests {
             redis_url: "http://127.0.0.1/".into(),
             ..SharedStateSettings::default()
         };
-        let e = check_url(&settings).unwrap_err();
+        let e = check_url(&settings).unwrap_err().to_string();
         assert!(e.contains("redis+unix:///"), "{e}");
     }
 }
