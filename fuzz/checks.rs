@@ -1,5 +1,5 @@
 //! What each fuzz target asserts, shared by the fuzz binaries (`fuzz_targets/`) and by the
-//! ordinary test that replays the corpus and every crash found (`tests/fuzz_corpus.rs`), so
+//! ordinary test that replays the corpus and every crash found (`tests/content/fuzz_corpus.rs`), so
 //! that what a fuzzer once found stays fixed.
 
 use postern::proxy::command::Command;

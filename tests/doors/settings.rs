@@ -1,0 +1,215 @@
+//! Settings the seed documents name that no other test exercised, each shown doing what it
+//! says through the proxy, against real clients (openssl s_client) and a scripted target that
+//! records what it was sent.
+
+use std::io::Write;
+use std::process::Command;
+
+use crate::support::faulty::{Faults, FaultyTarget};
+use crate::support::proxy::ProxyEnv;
+
+/// The proxy with `proxy` keys (plain listener, test certificates at hand) relaying to
+/// `target`, with `delivery` keys.
+fn proxy(target: &FaultyTarget, proxy: &str, delivery: &str) -> ProxyEnv {
+    ProxyEnv::start(
+        &format!(
+            "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n{proxy}\n\
+             [delivery]\n{delivery}\n\
+             [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            target.port
+        ),
+        &[],
+    )
+}
+
+/// The first line a new connection to `port` hears.
+fn greeting(port: u16) -> String {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).unwrap();
+    line
+}
+
+/// What `target` took of one message sent through the proxy with `delivery` keys.
+fn relayed(delivery: &str) -> crate::support::faulty::Taken {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "", delivery);
+    let r = env
+        .smtp()
+        .send("a@sender.test", "b@rcpt.test", b"Subject: x\r\n\r\nhi\r\n");
+    assert!(r.starts_with("250"), "{r}");
+    target.taken().remove(0)
+}
+
+const CERTS: &str = "certificate_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/server.key\"\n";
+
+/// `[proxy] banner`: the greeting is the host name and exactly that text.
+#[test]
+fn the_banner_is_the_greeting() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "banner = \"ESMTP Gate of the test\"", "");
+    assert_eq!(
+        greeting(env.port),
+        "220 gw.postern.test ESMTP Gate of the test\r\n"
+    );
+}
+
+/// `[delivery] helo_name`: the name the relay target hears in EHLO (the host name without it).
+#[test]
+fn the_target_hears_the_helo_name() {
+    for (delivery, expected) in [
+        (
+            "helo_name = \"relay.postern.test\"",
+            "EHLO relay.postern.test",
+        ),
+        ("", "EHLO gw.postern.test"),
+    ] {
+        assert_eq!(relayed(delivery).ehlo, expected);
+    }
+}
+
+/// `[proxy] max_inbound_connections`: clients beyond it get 421 4.7.0 at once; a place freed
+/// is served again.
+#[test]
+fn clients_beyond_the_connection_limit_get_421() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "max_inbound_connections = 2", "");
+    let first = env.smtp();
+    let mut second = env.smtp();
+    let line = greeting(env.port);
+    assert!(line.starts_with("421 4.7.0"), "{line}");
+    assert!(second.command("EHLO c.test").unwrap().starts_with("250"));
+    drop(first);
+    // The freed place is taken again (the proxy notices the close at its next read).
+    let served = (0..50).any(|_| {
+        let served = greeting(env.port).starts_with("220");
+        if !served {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        served
+    });
+    assert!(served, "a freed place is served again");
+}
+
+/// `tls_support = "disabled"`: no STARTTLS offered or taken, although a certificate is there.
+#[test]
+fn tls_disabled_offers_no_starttls() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, &format!("tls_support = \"disabled\"\n{CERTS}"), "");
+    let mut smtp = env.smtp();
+    let ehlo = smtp.command("EHLO c.test").unwrap();
+    assert!(
+        ehlo.starts_with("250") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    let r = smtp.command("STARTTLS").unwrap();
+    assert!(r.starts_with('5'), "{r}");
+    // With TLS enabled (the default), the same listener offers it.
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, CERTS, "");
+    let ehlo = env.smtp().command("EHLO c.test").unwrap();
+    assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+}
+
+/// openssl s_client with STARTTLS at one TLS version: whether the handshake succeeded.
+fn handshake(port: u16, version: &str) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "smtp", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(version)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let (_, text) = crate::support::outcome(&out);
+    let negotiated = text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+    (negotiated, text)
+}
+
+/// `min_tls_version = "1.3"`: a TLS 1.2 client is refused, a TLS 1.3 client served.
+#[test]
+fn min_tls_version_refuses_older_clients() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, &format!("min_tls_version = \"1.3\"\n{CERTS}"), "");
+    let (ok, out) = handshake(env.port, "-tls1_2");
+    assert!(!ok, "a TLS 1.2 client was served:\n{out}");
+    let (ok, out) = handshake(env.port, "-tls1_3");
+    assert!(ok, "{out}");
+    // The default (1.2) serves the TLS 1.2 client.
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, CERTS, "");
+    let (ok, out) = handshake(env.port, "-tls1_2");
+    assert!(ok, "{out}");
+}
+
+/// `[delivery] source_address`: connections to the relay targets come from that address; one
+/// the machine does not have is a clear relay failure (4xx to the client, the reason logged).
+#[test]
+fn connections_to_targets_come_from_the_source_address() {
+    for (delivery, expected) in [
+        ("source_address = \"127.0.0.2\"", "127.0.0.2"),
+        ("", "127.0.0.1"),
+    ] {
+        assert_eq!(relayed(delivery).peer.ip().to_string(), expected);
+    }
+    // TEST-NET-1: no address of this machine, so the bind fails before anything is sent.
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(&target, "", "source_address = \"192.0.2.7\"");
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    smtp.command("MAIL FROM:<a@sender.test>").unwrap();
+    let r = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+    assert!(r.starts_with('4'), "{r}");
+    assert!(target.taken().is_empty());
+    env.wait_for_log("cannot use source_address 192.0.2.7");
+}
+
+/// `enabled = false` keeps a ruleset or an encryption rule in the file without using it: the
+/// same conversation is refused with it enabled and passes with it disabled.
+#[test]
+fn disabled_rules_stay_in_the_file_unused() {
+    let policies = |enabled: bool| {
+        [
+            format!(
+                "[[ruleset]]\nname = \"r\"\nenabled = {enabled}\n[[ruleset.rule]]\nname = \"s\"\n\
+                 targets = [\"body\"]\nregex = \"secret\"\naction = \"reject\"\n"
+            ),
+            format!(
+                "[[encryption_rule]]\nrecipient_domain = \"rcpt.test\"\n\
+                 sender_encryption = \"required\"\nenabled = {enabled}\n"
+            ),
+        ]
+    };
+    for enabled in [true, false] {
+        for (i, policy) in policies(enabled).iter().enumerate() {
+            let target = FaultyTarget::start(Faults::default());
+            let env = ProxyEnv::start(
+                &format!(
+                    "{policy}[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+                     [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {}\n",
+                    target.port
+                ),
+                &[],
+            );
+            let mut smtp = env.smtp();
+            smtp.command("EHLO c.test").unwrap();
+            smtp.command("MAIL FROM:<a@sender.test>").unwrap();
+            let rcpt = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+            if i == 1 {
+                // The encryption rule answers at RCPT (530 without TLS).
+                assert_eq!(rcpt.starts_with("530"), enabled, "{rcpt}");
+                continue;
+            }
+            assert!(rcpt.starts_with("250"), "{rcpt}");
+            assert!(smtp.command("DATA").unwrap().starts_with("354"));
+            smtp.writer_mut()
+                .write_all(b"Subject: x\r\n\r\nthe secret plan\r\n.\r\n")
+                .unwrap();
+            let end = smtp.read_reply().unwrap();
+            assert_eq!(end.starts_with("550"), enabled, "{end}");
+            assert_eq!(target.taken().len(), usize::from(!enabled));
+        }
+    }
+}
