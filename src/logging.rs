@@ -246,11 +246,7 @@ impl Events for LogEvents {
                 what,
                 error,
             } => {
-                let mut throttle = self
-                    .store_unavailable
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(times) = throttle.due(std::time::Duration::from_secs(60), 1) {
+                if let Some(times) = once_a_minute(&self.store_unavailable, 1) {
                     warn!(
                         session,
                         what,
@@ -370,11 +366,7 @@ impl Events for LogEvents {
                 count,
                 detail,
             } => {
-                let mut throttle = self
-                    .tracking_dropped
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if let Some(dropped) = throttle.due(std::time::Duration::from_secs(60), *count) {
+                if let Some(dropped) = once_a_minute(&self.tracking_dropped, *count) {
                     warn!(
                         dropped,
                         reason,
@@ -427,6 +419,15 @@ impl Events for LogEvents {
             }
         }
     }
+}
+
+/// Counts `count` occurrences of a repeating line: how many the line stands for when it is
+/// due (at most once a minute).
+fn once_a_minute(throttle: &std::sync::Mutex<Throttle>, count: u64) -> Option<u64> {
+    throttle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .due(std::time::Duration::from_secs(60), count)
 }
 
 /// One [`Note`](engine::events::Note) as a log line.
