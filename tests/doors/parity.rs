@@ -3,7 +3,8 @@
 //! same message (Received fields and the sink's own trace aside). Each behaviour here was
 //! tested through one door only before: the trace header, a masked card with the ruleset
 //! header, a message a ruleset rejects, a recipient relay restriction refuses, a header line
-//! longer than SMTP allows.
+//! longer than SMTP allows; a dry run; an IP address refusal delayed until RCPT; values
+//! protected with format-preserving encryption (the same ciphertext from both).
 
 use std::io::Write;
 
@@ -110,13 +111,70 @@ fn normalized(raw: &[u8]) -> String {
     out.join("\n").trim_end().to_owned()
 }
 
+/// One conversation: its recipients and its message.
+type Conversation<'a> = (Vec<&'a str>, Vec<u8>);
+
+/// What the client heard in each conversation, and what reached the sink.
+type Outcome = (Vec<Heard>, Vec<String>);
+
 /// The conversations, and what each door delivered, in order.
 fn run(
     smtp: &dyn Fn() -> Smtp,
     delivered: &dyn Fn(usize) -> Vec<Vec<u8>>,
-) -> (Vec<Heard>, Vec<String>) {
-    let long_subject = vec!["word"; 300].join(" ");
-    let conversations: Vec<(Vec<&str>, Vec<u8>)> = vec![
+    conversations: &[Conversation<'_>],
+) -> Outcome {
+    let mut heard = Vec::new();
+    let mut expected = 0;
+    for (recipients, message) in conversations {
+        let h = converse(smtp(), recipients, message);
+        if h.end.starts_with("250") {
+            expected += 1;
+            delivered(expected);
+        }
+        heard.push(h);
+    }
+    // Sink files written within one second have no order.
+    let mut messages: Vec<String> = delivered(expected).iter().map(|m| normalized(m)).collect();
+    messages.sort();
+    (heard, messages)
+}
+
+/// The conversations behind Postfix with `policy`, then in front of an smtp-sink with the
+/// same policy: what each door's client heard and what each delivered.
+fn through_both(policy: &str, conversations: &[Conversation<'_>]) -> (Outcome, Outcome) {
+    let milter = MailEnv::start(Socket::Unix, policy);
+    let behind_postfix = run(
+        &|| milter.smtp(),
+        &|n| milter.wait_delivered(n),
+        conversations,
+    );
+    drop(milter);
+
+    let proxy = ProxyEnv::start(
+        &format!(
+            "{policy}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
+        ),
+        &[&[]],
+    );
+    let in_front = run(
+        &|| proxy.smtp(),
+        &|n| {
+            crate::support::wait_for_messages(n, || {
+                crate::support::sink_files(&proxy.sinks[0].dir.join("mail"))
+                    .iter()
+                    .map(|p| std::fs::read(p).unwrap())
+                    .collect()
+            })
+        },
+        conversations,
+    );
+    (behind_postfix, in_front)
+}
+
+/// The six conversations of the first test.
+fn conversations(long_subject: &str) -> Vec<Conversation<'static>> {
+    vec![
         (
             vec!["b@rcpt.example"],
             message("hello", "nothing sensitive here"),
@@ -139,46 +197,16 @@ fn run(
         ),
         (
             vec!["b@rcpt.example"],
-            message(&long_subject, "a long subject"),
+            message(long_subject, "a long subject"),
         ),
-    ];
-    let mut heard = Vec::new();
-    let mut expected = 0;
-    for (recipients, message) in &conversations {
-        let h = converse(smtp(), recipients, message);
-        if h.end.starts_with("250") {
-            expected += 1;
-            delivered(expected);
-        }
-        heard.push(h);
-    }
-    // Sink files written within one second have no order.
-    let mut messages: Vec<String> = delivered(expected).iter().map(|m| normalized(m)).collect();
-    messages.sort();
-    (heard, messages)
+    ]
 }
 
 #[test]
 fn both_doors_answer_and_deliver_the_same() {
-    let milter = MailEnv::start(Socket::Unix, POLICY);
-    let (milter_heard, milter_delivered) = run(&|| milter.smtp(), &|n| milter.wait_delivered(n));
-    drop(milter);
-
-    let proxy = ProxyEnv::start(
-        &format!(
-            "{POLICY}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
-             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
-        ),
-        &[&[]],
-    );
-    let (proxy_heard, proxy_delivered) = run(&|| proxy.smtp(), &|n| {
-        crate::support::wait_for_messages(n, || {
-            crate::support::sink_files(&proxy.sinks[0].dir.join("mail"))
-                .iter()
-                .map(|p| std::fs::read(p).unwrap())
-                .collect()
-        })
-    });
+    let long_subject = vec!["word"; 300].join(" ");
+    let ((milter_heard, milter_delivered), (proxy_heard, proxy_delivered)) =
+        through_both(POLICY, &conversations(&long_subject));
 
     assert_eq!(milter_heard, proxy_heard, "what the client heard");
     assert_eq!(milter_delivered.len(), 4, "{milter_heard:#?}");
@@ -202,5 +230,72 @@ fn both_doors_answer_and_deliver_the_same() {
     assert!(
         proxy_heard[3].rcpt[0].starts_with("554 5.7.1"),
         "{proxy_heard:#?}"
+    );
+}
+
+/// In a dry run both doors let everything through unchanged, saying what they would have
+/// done only in the log and the trace header's verdict.
+#[test]
+fn a_dry_run_lets_the_same_through_both_doors() {
+    let long_subject = vec!["word"; 300].join(" ");
+    let policy = POLICY.replace("[scan]\n", "[scan]\ndry_run = true\n");
+    let ((milter_heard, milter_delivered), (proxy_heard, proxy_delivered)) =
+        through_both(&policy, &conversations(&long_subject));
+    assert_eq!(milter_heard, proxy_heard, "what the client heard");
+    assert_eq!(milter_delivered, proxy_delivered, "what was delivered");
+    assert!(
+        proxy_heard.iter().all(|h| h.end.starts_with("250")),
+        "{proxy_heard:#?}"
+    );
+    assert_eq!(proxy_delivered.len(), 6, "{proxy_heard:#?}");
+    let card = proxy_delivered
+        .iter()
+        .find(|m| m.contains("Subject: order"))
+        .expect("the card message was delivered");
+    assert!(
+        card.contains("4111 1111 1111 1111") && !card.contains("X-Postern-Rulesets"),
+        "{card}"
+    );
+}
+
+/// The client (127.0.0.1 in both doors) is in a refused network, and the refusal is delayed
+/// until RCPT: both doors let HELO and MAIL through and refuse every recipient the same way.
+/// Values protected with format-preserving encryption come out the same from both doors.
+#[test]
+fn a_delayed_ip_refusal_and_protected_values_are_the_same_in_both_doors() {
+    let refused = "[connection]\nip_address_rejection = [\"127.0.0.0/8\"]\n\
+                   delayed_rejection_state = \"rcpt\"\n";
+    let one = vec![(vec!["b@rcpt.example"], message("hello", "hi"))];
+    let ((milter_heard, milter_delivered), (proxy_heard, proxy_delivered)) =
+        through_both(refused, &one);
+    assert_eq!(milter_heard, proxy_heard);
+    assert!(
+        proxy_heard[0].rcpt[0].starts_with("554 5.7.1") && proxy_heard[0].end == "-",
+        "{proxy_heard:#?}"
+    );
+    assert!(milter_delivered.is_empty() && proxy_delivered.is_empty());
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("protect.key");
+    std::fs::write(&key, format!("{}\n", "5e".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let protect = format!(
+        "[[ruleset]]\nname = \"pci\"\n[[ruleset.rule]]\nname = \"cards\"\n\
+         targets = [\"subject\", \"body\"]\ndetector = \"card_number\"\naction = \"protect\"\n\
+         key_file = \"{}\"\n",
+        key.display()
+    );
+    let card = vec![(
+        vec!["b@rcpt.example"],
+        message("order", "please charge 4111 1111 1111 1111 today"),
+    )];
+    let ((milter_heard, milter_delivered), (proxy_heard, proxy_delivered)) =
+        through_both(&protect, &card);
+    assert_eq!(milter_heard, proxy_heard);
+    assert_eq!(milter_delivered, proxy_delivered, "the same ciphertext");
+    let delivered = &proxy_delivered[0];
+    assert!(
+        !delivered.contains("4111 1111 1111 1111") && delivered.contains("X-Postern-Rulesets: pci"),
+        "{delivered}"
     );
 }
