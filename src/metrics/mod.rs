@@ -1,11 +1,11 @@
-//! Prometheus metrics: an event sink that counts what the engine reports, an observer of relay
-//! attempts and tracking drops, and `GET /metrics` on `[metrics] listen` in the Prometheus text
+//! Prometheus metrics: an event sink that counts what the engine reports (relay attempts and
+//! dropped tracking records among it), and `GET /metrics` on `[metrics] listen` in the Prometheus text
 //! format. Labels are few and bounded (door, check, verdict, ruleset and rule names from the
 //! configuration, relay target names); never an address, a client IP or anything a client
 //! chose.
 //!
 //! `labels.rs` the label sets; this file the registry and what is in it; `events.rs` events
-//! and observations become counts; `http.rs` the endpoint and its credentials.
+//! become counts; `http.rs` the endpoint and its credentials.
 
 mod events;
 mod http;
