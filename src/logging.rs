@@ -515,6 +515,11 @@ fn log_note(session: u64, note: &engine::events::Note<'_>) {
             field = %field.escape_debug(),
             "a header line is longer than {limit} octets with no white space to fold at: a hop that breaks it will break the DKIM signature"
         ),
+        N::PostmasterExempt { recipient } => info!(
+            session,
+            recipient = %recipient.escape_debug(),
+            "postmaster accepted although the client is refused (postmaster_exempt)"
+        ),
         N::RouteAlreadyTaken { route, recipients } => info!(
             session,
             route,

@@ -9,12 +9,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Invalid, networks, valid_hostname, yes};
-use crate::engine::address::DomainPattern;
+use crate::engine::address::{DomainPattern, EnvelopeAddress};
 use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::exploit_detection::HidingReply;
 use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
 use crate::engine::checks::{EncryptionRules, ExploitDetection, IpRejection, RelayRestriction};
+use crate::engine::policy::Answers;
 use crate::engine::{SmtpReply, Stage};
 use crate::relay::Delivery;
 
@@ -26,6 +27,10 @@ pub(super) struct ConnectionSection {
     ip_address_rejection: Vec<IpNet>,
     ip_address_rejection_reply: SmtpReply,
     help_url: Option<Spanned<String>>,
+    report_rejections: bool,
+    postmaster: Option<Spanned<String>>,
+    postmaster_exempt: bool,
+    client_ip_override: Option<Spanned<String>>,
 }
 
 impl Default for ConnectionSection {
@@ -37,6 +42,10 @@ impl Default for ConnectionSection {
                 .parse()
                 .expect("static reply is valid"),
             help_url: None,
+            report_rejections: true,
+            postmaster: None,
+            postmaster_exempt: true,
+            client_ip_override: None,
         }
     }
 }
@@ -47,6 +56,8 @@ pub(super) struct Connection {
     pub(super) ip_address_rejection: IpRejection,
     /// Added to the replies of Postern's own checks, so it is compiled before them.
     pub(super) help_url: Option<String>,
+    pub(super) answers: Answers,
+    pub(super) client_ip_override: Option<std::net::IpAddr>,
 }
 
 pub(super) fn compile(c: ConnectionSection) -> Result<Connection, Invalid> {
@@ -70,6 +81,41 @@ pub(super) fn compile(c: ConnectionSection) -> Result<Connection, Invalid> {
         }
         None => None,
     };
+    let postmaster = match c.postmaster {
+        Some(p) if p.get_ref().is_empty() => None,
+        Some(p) => match EnvelopeAddress::parse(p.get_ref()) {
+            Ok(a)
+                if !a.domain().is_empty() && p.get_ref().bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(a.as_str().to_owned())
+            }
+            _ => {
+                return Err((
+                    p.span(),
+                    "connection.postmaster".into(),
+                    format!(
+                        "{:?} is not an address for a reply: write e.g. \"postmaster@example.org\"",
+                        p.get_ref()
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
+    let client_ip_override = match c.client_ip_override {
+        Some(ip) if ip.get_ref().is_empty() => None,
+        Some(ip) => Some(ip.get_ref().parse().map_err(|_| {
+            (
+                ip.span(),
+                "connection.client_ip_override".to_owned(),
+                format!(
+                    "{:?} is not an IP address: write e.g. \"192.0.2.10\" or \"2001:db8::1\", or \"\" for none",
+                    ip.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
     Ok(Connection {
         delayed_rejection_state: c.delayed_rejection_state,
         ip_address_rejection: IpRejection::new(
@@ -77,6 +123,12 @@ pub(super) fn compile(c: ConnectionSection) -> Result<Connection, Invalid> {
             c.ip_address_rejection_reply,
         ),
         help_url,
+        answers: Answers {
+            report_rejections: c.report_rejections,
+            postmaster,
+            postmaster_exempt: c.postmaster_exempt,
+        },
+        client_ip_override,
     })
 }
 
@@ -244,12 +296,49 @@ fn any_domain() -> String {
 }
 
 /// The enabled rules, in order.
+/// The longest encryption rule, as one line of its domains, settings and route names: the
+/// limit the firewall documents for its rules, kept so that rules move between them whole.
+const MAX_ENCRYPTION_RULE: usize = 200;
+
+/// An encryption rule as one line: `sender_domain recipient_domain sender_encryption
+/// recipient_encryption [whole] [via names]`.
+fn rule_line(r: &EncryptionRuleSection) -> String {
+    let mut line = format!(
+        "{} {} {:?} {:?}",
+        r.sender_domain, r.recipient_domain, r.sender_encryption, r.recipient_encryption
+    );
+    if r.require_tls_for_whole_transaction
+        .as_ref()
+        .is_some_and(|f| *f.get_ref())
+    {
+        line.push_str(" whole");
+    }
+    if let Some(via) = &r.via {
+        line.push(' ');
+        line.push_str(&via.get_ref().join(","));
+    }
+    line
+}
+
 pub(super) fn encryption_rules(
-    rules: Vec<EncryptionRuleSection>,
+    rules: Vec<Spanned<EncryptionRuleSection>>,
     delivery: &Delivery,
 ) -> Result<EncryptionRules, Invalid> {
     let mut compiled = Vec::new();
-    for (i, r) in rules.into_iter().enumerate() {
+    for (i, rule) in rules.into_iter().enumerate() {
+        let span = rule.span();
+        let r = rule.into_inner();
+        let line = rule_line(&r);
+        if line.len() > MAX_ENCRYPTION_RULE {
+            return Err((
+                span,
+                format!("encryption_rule[{i}]"),
+                format!(
+                    "the rule is {} bytes as one line (its domains, settings and route), more than the {MAX_ENCRYPTION_RULE} an encryption rule may have: split it into several rules",
+                    line.len()
+                ),
+            ));
+        }
         let via = match r.via {
             Some(names) => {
                 delivery.through(names.get_ref()).map_err(|m| {

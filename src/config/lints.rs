@@ -9,6 +9,11 @@ impl Config {
     /// do about it.
     pub fn lints(&self) -> Vec<String> {
         let mut lints = Vec::new();
+        if let Some(ip) = self.policy.client_ip_override {
+            lints.push(format!(
+                "[connection] client_ip_override is set: every connection is judged as if it came from {ip}, whatever its real address; remove it once the diagnosis is done"
+            ));
+        }
         for (i, rule) in self.policy.encryption_rules.0.iter().enumerate() {
             if rule.recipient_encryption == RecipientEncryption::Required && rule.via.is_empty() {
                 lints.push(format!(

@@ -215,7 +215,7 @@ struct ConfigFile {
     rbl: rbl::RblSection,
     relay: connection::RelaySection,
     #[serde(rename = "encryption_rule")]
-    encryption_rules: Vec<connection::EncryptionRuleSection>,
+    encryption_rules: Vec<Spanned<connection::EncryptionRuleSection>>,
     spf: spf::SpfSection,
     dos_protection: connection::DosSection,
     #[serde(rename = "connection_profile")]
@@ -304,6 +304,8 @@ impl ConfigFile {
             line_limit,
             hostname,
             help_url: connection.help_url,
+            answers: connection.answers,
+            client_ip_override: connection.client_ip_override,
             scan_failure_action: scan.scan_failure_action,
             scan_timeout: scan.scan_timeout,
             scan_slots: scan.scan_slots,
@@ -675,6 +677,57 @@ mod tests {
             "[connection]\n\nhelp_url = \"see https://example.org\"\n",
             3,
             "connection.help_url",
+        );
+    }
+
+    #[test]
+    fn connection_answers_and_their_errors() {
+        let c = Config::parse(
+            "[connection]\nreport_rejections = false\npostmaster = \"postmaster@example.org\"\n\
+             client_ip_override = \"192.0.2.10\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        assert!(!c.policy.answers.report_rejections);
+        assert_eq!(
+            c.policy.answers.postmaster.as_deref(),
+            Some("postmaster@example.org")
+        );
+        assert_eq!(
+            c.policy.client_ip_override,
+            Some("192.0.2.10".parse().unwrap())
+        );
+        assert!(
+            c.lints()[0].contains("client_ip_override"),
+            "{:?}",
+            c.lints()
+        );
+        assert_error_at(
+            "[connection]\n\npostmaster = \"no domain\"\n",
+            3,
+            "connection.postmaster",
+        );
+        assert_error_at(
+            "[connection]\nclient_ip_override = \"192.0.2\"\n",
+            2,
+            "connection.client_ip_override",
+        );
+    }
+
+    #[test]
+    fn an_encryption_rule_longer_than_200_bytes_is_refused() {
+        let domains: Vec<String> = (0..12).map(|i| format!("sub{i}.example.org")).collect();
+        let long = format!("*.{}", domains.join("-"));
+        let rule = |domain: &str| {
+            format!(
+                "\n[[encryption_rule]]\nrecipient_domain = \"{domain}\"\nsender_encryption = \"required\"\n"
+            )
+        };
+        assert!(Config::parse(&rule("secure.example"), "test.toml").is_ok());
+        let e = error(&rule(&long));
+        assert!(
+            e.contains("encryption_rule[0]") && e.contains("more than the 200"),
+            "{e}"
         );
     }
 

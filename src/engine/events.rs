@@ -558,6 +558,11 @@ pub enum Note<'a> {
         field: Option<&'a str>,
         limit: usize,
     },
+    /// The postmaster is accepted although a DNSBL or reputation refusal is held
+    /// (`postmaster_exempt`).
+    PostmasterExempt {
+        recipient: &'a str,
+    },
     /// Recipients whose route already took this message on an earlier attempt: not sent
     /// again.
     RouteAlreadyTaken {

@@ -102,6 +102,30 @@ pub struct TraceHeader {
     pub name: String,
 }
 
+/// How refusals are told and who may always be written to (`[connection]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answers {
+    /// "Report rejections to SMTP": a policy refusal's text says why. When off, the client
+    /// hears a generic text (the code and enhanced code stay); the reason is only in the log
+    /// and tracking.
+    pub report_rejections: bool,
+    /// The postmaster address refusal texts name (and the generic ones point to).
+    pub postmaster: Option<String>,
+    /// `postmaster` and `postmaster@<local domain>` are accepted whatever a DNSBL or the
+    /// reputation decided (RFC 5321 4.5.1), when that refusal is held until RCPT or later.
+    pub postmaster_exempt: bool,
+}
+
+impl Default for Answers {
+    fn default() -> Self {
+        Self {
+            report_rejections: true,
+            postmaster: None,
+            postmaster_exempt: true,
+        }
+    }
+}
+
 /// Everything the engine decides with.
 #[derive(Debug)]
 pub struct Policy {
@@ -109,6 +133,9 @@ pub struct Policy {
     pub hostname: String,
     /// Where refused senders get help; added to the replies of Postern's own rules.
     pub help_url: Option<String>,
+    pub answers: Answers,
+    /// Diagnostic: every connection is judged as if it came from this address.
+    pub client_ip_override: Option<std::net::IpAddr>,
     pub scan_failure_action: ScanFailureAction,
     /// Time budget of the engine for one stage.
     pub scan_timeout: Duration,

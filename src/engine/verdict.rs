@@ -35,6 +35,16 @@ impl Verdict {
         }
     }
 
+    /// The same verdict with its reply (if it refuses) made by `f`.
+    pub fn map_reply(self, f: impl FnOnce(SmtpReply) -> SmtpReply) -> Self {
+        match self {
+            Self::Reject(r) => Self::Reject(f(r)),
+            Self::Tempfail(r) => Self::Tempfail(f(r)),
+            Self::Drop(r) => Self::Drop(f(r)),
+            other => other,
+        }
+    }
+
     /// The reply this verdict sends, if it refuses.
     pub fn reply(&self) -> Option<&SmtpReply> {
         match self {

@@ -213,3 +213,122 @@ fn disabled_rules_stay_in_the_file_unused() {
         }
     }
 }
+
+/// `[connection] client_ip_override`: the loopback client is judged as the address given (here
+/// one of a refused network), and the setting is warned about at start.
+#[test]
+fn a_client_ip_override_judges_every_client_as_that_address() {
+    let target = FaultyTarget::start(Faults::default());
+    let refused = "[connection]\nip_address_rejection = [\"192.0.2.0/24\"]\n";
+    let env = proxy(&target, refused, "");
+    assert!(
+        greeting(env.port).starts_with("220 "),
+        "loopback is not refused"
+    );
+    drop(env);
+    let env = proxy(
+        &target,
+        &format!("{refused}client_ip_override = \"192.0.2.10\"\n"),
+        "",
+    );
+    assert_eq!(
+        greeting(env.port),
+        "554 5.7.1 Client host rejected: access denied\r\n"
+    );
+    assert!(
+        env.log().contains("client_ip_override is set"),
+        "{}",
+        env.log()
+    );
+}
+
+/// `[connection] report_rejections = false`: a policy refusal tells only that it is one, with
+/// its codes and the postmaster address; the log keeps the reason. A refusal of the address
+/// syntax keeps its text.
+#[test]
+fn refusals_are_generic_when_rejections_are_not_reported() {
+    let target = FaultyTarget::start(Faults::default());
+    let relay = "[relay]\nrestrict_relaying = true\nlocal_domains = [\"rcpt.test\"]\n\
+                 allowed_relay_sources = []\n";
+    for (report, expected) in [
+        ("true", "554 5.7.1 <x@other.test>: Relay access denied\r\n"),
+        (
+            "false",
+            "554 5.7.1 Refused by this server's policy; contact <postmaster@rcpt.test>\r\n",
+        ),
+    ] {
+        let env = proxy(
+            &target,
+            &format!(
+                "{relay}[connection]\nreport_rejections = {report}\npostmaster = \"postmaster@rcpt.test\"\n"
+            ),
+            "",
+        );
+        let mut smtp = env.smtp();
+        smtp.begin("a@sender.test");
+        assert_eq!(
+            smtp.command("RCPT TO:<x@other.test>").unwrap(),
+            expected,
+            "report_rejections = {report}"
+        );
+        let syntax = smtp.command("RCPT TO:<a\u{1b}b@rcpt.test>").unwrap();
+        assert!(syntax.starts_with("5"), "{syntax}");
+        assert!(
+            !syntax.contains("policy"),
+            "a syntax error says what is wrong: {syntax}"
+        );
+        env.wait_for_log("Relay access denied");
+    }
+}
+
+/// `[connection] postmaster_exempt`: with a DNSBL refusal held until RCPT, mail to postmaster
+/// (bare or at a local domain, any case) still gets through; every other recipient is
+/// refused. The listed client is made with client_ip_override.
+#[test]
+fn the_postmaster_is_reachable_from_a_listed_client() {
+    let dns = crate::support::DnsServer::start();
+    let target = FaultyTarget::start(Faults::default());
+    let policy = |exempt: bool| {
+        format!(
+            "[connection]\nclient_ip_override = \"192.0.2.10\"\ndelayed_rejection_state = \"rcpt\"\n\
+             postmaster_exempt = {exempt}\n\
+             [relay]\nlocal_domains = [\"rcpt.test\"]\n\
+             [dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = 2\nattempts = 1\n\
+             [rbl]\nenabled = true\nhit_action = \"reject\"\n\
+             [[rbl.zone]]\nzone = \"zen.test\"\nanswers = [\"127.0.0.[2..11]\"]\n",
+            dns.port
+        )
+    };
+    let env = proxy(&target, &policy(true), "");
+    let mut smtp = env.smtp();
+    smtp.begin("a@sender.test");
+    let refused = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+    assert!(
+        refused.starts_with("554 5.7.1") && refused.contains("zen.test"),
+        "{refused}"
+    );
+    for postmaster in ["postmaster@rcpt.test", "Postmaster"] {
+        let r = smtp.command(&format!("RCPT TO:<{postmaster}>")).unwrap();
+        assert!(r.starts_with("250"), "{postmaster}: {r}");
+    }
+    let r = smtp.command("DATA").unwrap();
+    assert!(r.starts_with("354"), "{r}");
+    smtp.writer_mut()
+        .write_all(b"Subject: help\r\n\r\nI am listed\r\n.\r\n")
+        .unwrap();
+    let r = smtp.read_reply().unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let taken = target.taken();
+    assert_eq!(
+        taken[0].recipients,
+        ["postmaster@rcpt.test", "Postmaster"],
+        "{taken:?}"
+    );
+    drop(env);
+
+    let env = proxy(&target, &policy(false), "");
+    let mut smtp = env.smtp();
+    smtp.begin("a@sender.test");
+    let r = smtp.command("RCPT TO:<postmaster@rcpt.test>").unwrap();
+    assert!(r.starts_with("554 5.7.1"), "without the exemption: {r}");
+}

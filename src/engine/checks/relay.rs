@@ -61,7 +61,8 @@ impl RelayRestriction {
         }
     }
 
-    fn is_local(&self, domain: &str) -> bool {
+    /// Whether `domain` is one of the local domains.
+    pub fn is_local(&self, domain: &str) -> bool {
         self.local_domains.iter().any(|local| local.matches(domain))
     }
 }

@@ -35,7 +35,7 @@ impl Session {
     /// still to be judged; what the verification reads of the envelope.
     pub(super) async fn arrival(&self, tx: &mut Transaction) -> Option<(Vec<u8>, ArrivalFacts)> {
         if !self.policy.authentication.verifies()
-            || self.held_at(Stage::Data).is_some()
+            || self.holds_at(Stage::Data, &tx.recipients)
             || tx.failure.is_some()
         {
             return None;

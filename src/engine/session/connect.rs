@@ -7,9 +7,13 @@ use crate::engine::checks::dos::RATE_WINDOW;
 use crate::engine::ports::{ClientKey, Counter, StoreError};
 
 impl Session {
-    pub(super) async fn judge_connect(&mut self, client: ClientInfo) -> Verdict {
-        self.client = client;
+    pub(super) async fn judge_connect(&mut self, mut client: ClientInfo) -> Verdict {
         let policy = self.policy.clone();
+        if let Some(ip) = policy.client_ip_override {
+            // Diagnostic ([connection] client_ip_override, warned about at start).
+            client.addr = Some(ip);
+        }
+        self.client = client;
         self.profile = policy
             .profiles
             .for_client(self.client.addr, self.client.name.as_deref());

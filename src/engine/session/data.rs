@@ -240,7 +240,7 @@ impl Session {
             ScanSlot::default()
         };
         let outcome = MessageOutcome {
-            verdict: d.verdict,
+            verdict: self.answered(d.verdict),
             edits: d.edits,
             recipients: std::mem::take(&mut tx.recipients),
             envelope: d.envelope,
@@ -254,7 +254,8 @@ impl Session {
     /// the verification `found` (DMARC), or the content stage's verdict and edits.
     async fn first_decision(&mut self, tx: &mut Transaction, found: Option<Finding>) -> Decision {
         let mut edits = Edits::default();
-        let (reason, verdict) = match (self.held_at(Stage::Data), tx.failure.take(), found) {
+        let held = self.held_for(Stage::Data, &tx.recipients);
+        let (reason, verdict) = match (held, tx.failure.take(), found) {
             (Some(held), _, _) => (Reason::Held, held),
             (None, Some(failed), _) => (Reason::RefusedBeforeEnd, failed),
             (None, None, Some((check, verdict))) => (Reason::Check(check), verdict),

@@ -471,6 +471,24 @@ impl Session {
         });
     }
 
+    /// Whether `recipient` is the postmaster, whom a DNSBL or reputation refusal held until
+    /// RCPT or later does not keep mail from (`postmaster_exempt`, RFC 5321 4.5.1): `postmaster`
+    /// or `postmaster@` a local domain, any case.
+    fn is_exempt_postmaster(&self, recipient: &EnvelopeAddress) -> bool {
+        self.policy.answers.postmaster_exempt
+            && self
+                .held
+                .as_ref()
+                .is_some_and(|h| matches!(h.check, CheckId::Rbl | CheckId::Reputation))
+            && recipient.local().eq_ignore_ascii_case("postmaster")
+            && (recipient.domain().is_empty() || self.policy.relay.is_local(recipient.domain()))
+    }
+
+    /// Every one of `recipients` is the exempt postmaster.
+    fn postmaster_only(&self, recipients: &[EnvelopeAddress]) -> bool {
+        !recipients.is_empty() && recipients.iter().all(|r| self.is_exempt_postmaster(r))
+    }
+
     /// A refusal by one of Postern's own rules, with where to get help ([connection] help_url).
     fn with_help(&self, reply: SmtpReply) -> SmtpReply {
         let Some(url) = &self.policy.help_url else {
@@ -480,21 +498,36 @@ impl Session {
         SmtpReply::new(reply.code(), reply.enhanced(), &text).unwrap_or(reply)
     }
 
+    /// Whether a held verdict is delivered at `stage` to a transaction of `recipients`
+    /// (nothing is reported).
+    fn holds_at(&self, stage: Stage, recipients: &[EnvelopeAddress]) -> bool {
+        self.held.is_some()
+            && stage >= self.reply_stage
+            && !(stage >= Stage::Data && self.postmaster_only(recipients))
+    }
+
     /// The held verdict, if the conversation has reached the stage where it is delivered.
     fn held_at(&self, stage: Stage) -> Option<Verdict> {
-        let held = self.held.as_ref()?;
-        (stage >= self.reply_stage).then(|| {
-            self.emit(&Event::Refused {
-                session: self.id,
-                check: held.check,
-                verdict: &held.verdict,
-                stage: SmtpStage::of(stage),
-                held_until: None,
-                late: true,
-                dry_run: self.policy.dry_run,
-            });
-            held.verdict.clone()
-        })
+        self.held_for(stage, self.recipients())
+    }
+
+    /// [`Session::held_at`] for a transaction of `recipients` (at its end, when it is no
+    /// longer the session's).
+    fn held_for(&self, stage: Stage, recipients: &[EnvelopeAddress]) -> Option<Verdict> {
+        let held = self
+            .held
+            .as_ref()
+            .filter(|_| self.holds_at(stage, recipients))?;
+        self.emit(&Event::Refused {
+            session: self.id,
+            check: held.check,
+            verdict: &held.verdict,
+            stage: SmtpStage::of(stage),
+            held_until: None,
+            late: true,
+            dry_run: self.policy.dry_run,
+        });
+        Some(held.verdict.clone())
     }
 }
 

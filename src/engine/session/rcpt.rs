@@ -5,7 +5,9 @@ use crate::engine::checks::outbound_tls::TlsRequirement;
 
 impl Session {
     pub(super) async fn judge_rcpt(&mut self, recipient: &EnvelopeAddress) -> Verdict {
-        if let Some(v) = self.held_at(Stage::Rcpt) {
+        if self.is_exempt_postmaster(recipient) {
+            self.note(Note::PostmasterExempt { recipient });
+        } else if let Some(v) = self.held_at(Stage::Rcpt) {
             self.rcpt_refusal = self.held.as_ref().map(|h| h.check);
             return v;
         }

@@ -10,7 +10,7 @@ impl Session {
     /// The client connected.
     pub async fn connect(&mut self, client: ClientInfo) -> Verdict {
         let verdict = self.judge_connect(client).await;
-        self.unless_dry_run(SmtpStage::Connect, verdict)
+        self.answered(self.unless_dry_run(SmtpStage::Connect, verdict))
     }
 
     /// The client said HELO or EHLO. The name counts only when the greeting is accepted.
@@ -20,7 +20,7 @@ impl Session {
         if verdict == Verdict::Continue {
             self.helo.get_or_insert_with(|| name.to_owned());
         }
-        verdict
+        self.answered(verdict)
     }
 
     /// MAIL FROM: starts a transaction (ending any earlier one).
@@ -40,7 +40,7 @@ impl Session {
         if verdict == Verdict::Continue && self.tx.is_none() {
             self.tx = Some(Transaction::new(sender));
         }
-        verdict
+        self.answered(verdict)
     }
 
     /// RCPT TO.
@@ -75,13 +75,13 @@ impl Session {
                 by: RefusedBy::Policy(self.rcpt_refusal.take()),
             });
         }
-        verdict
+        self.answered(verdict)
     }
 
     /// DATA.
     pub async fn data(&mut self) -> Verdict {
         let verdict = self.judge_data().await;
-        self.unless_dry_run(SmtpStage::Data, verdict)
+        self.answered(self.unless_dry_run(SmtpStage::Data, verdict))
     }
 
     /// Raw message bytes (header and body as on the wire, CRLF line ends), in order. A
@@ -94,14 +94,27 @@ impl Session {
         if self.policy.dry_run && already {
             return Verdict::Continue;
         }
-        self.unless_dry_run(SmtpStage::Data, verdict)
+        self.answered(self.unless_dry_run(SmtpStage::Data, verdict))
     }
 
     /// A command the server does not know. Counted per connection; at the limit the client
     /// is dropped.
     pub async fn unknown_command(&mut self, command: &str) -> Verdict {
         let verdict = self.judge_unknown_command(command).await;
-        self.unless_dry_run(SmtpStage::UnknownCommand, verdict)
+        self.answered(self.unless_dry_run(SmtpStage::UnknownCommand, verdict))
+    }
+
+    /// The verdict as the client hears it: with `[connection] report_rejections = false`, a
+    /// policy refusal says only that it is one (the code and enhanced code stay, and the
+    /// postmaster address when one is set); the reason is in the log and tracking, which were
+    /// told before. Refusals about the protocol itself (syntax, a message too big) keep
+    /// their text.
+    pub(super) fn answered(&self, verdict: Verdict) -> Verdict {
+        let answers = &self.policy.answers;
+        if answers.report_rejections {
+            return verdict;
+        }
+        verdict.map_reply(|reply| generic_refusal(reply, answers.postmaster.as_deref()))
     }
 
     /// `verdict`, or in a dry run, when it refuses, a pass (the refusal reported as what would
@@ -128,6 +141,26 @@ impl Session {
         });
         Verdict::Continue
     }
+}
+
+/// A refusal's generic text (see [`Session::answered`]): protocol refusals (enhanced codes
+/// X.5.x, X.1.3, X.1.7, X.3.4) kept as they are.
+fn generic_refusal(reply: SmtpReply, postmaster: Option<&str>) -> SmtpReply {
+    let enhanced = reply.enhanced().unwrap_or("");
+    let detail = enhanced.split_once('.').map_or("", |(_, rest)| rest);
+    if detail.starts_with("5.") || matches!(detail, "1.3" | "1.7" | "3.4") {
+        return reply;
+    }
+    let what = match reply.code() {
+        421 => "Service not available, closing the connection",
+        c if c >= 500 => "Refused by this server's policy",
+        _ => "Deferred by this server's policy, try again later",
+    };
+    let text = match postmaster {
+        Some(address) => format!("{what}; contact <{address}>"),
+        None => what.to_owned(),
+    };
+    SmtpReply::new(reply.code(), reply.enhanced(), &text).unwrap_or(reply)
 }
 
 /// The refusal of an envelope address holding a control character, in a dry run too: it is
