@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Invalid, relative};
+use crate::proxy::EhloKeywords;
 use crate::proxy::data_reader::BareNewline;
 use crate::proxy::tls::{ClientCertificates, TlsSettings, TlsSupport, TlsVersion, ciphers};
 use crate::proxy::users::Users;
@@ -33,6 +34,8 @@ pub(super) struct ProxySection {
     ca_certs: Option<Spanned<PathBuf>>,
     /// Unset: [`BANNER`].
     banner: Option<Spanned<String>>,
+    ehlo_discard_keywords: Vec<Spanned<String>>,
+    ehlo_add_keywords: Vec<Spanned<String>>,
     max_inbound_connections: NonZeroUsize,
     line_limit: NonZeroUsize,
     max_recipients: NonZeroUsize,
@@ -95,6 +98,8 @@ impl Default for ProxySection {
             client_certificates: ClientCertificates::None,
             ca_certs: None,
             banner: None,
+            ehlo_discard_keywords: Vec::new(),
+            ehlo_add_keywords: Vec::new(),
             max_inbound_connections: NonZeroUsize::new(256).expect("nonzero"),
             line_limit: NonZeroUsize::new(1000).expect("nonzero"),
             max_recipients: NonZeroUsize::new(1000).expect("nonzero"),
@@ -154,6 +159,36 @@ pub(super) fn compile(
         }
         Some(banner) => banner.into_inner(),
         None => BANNER.to_owned(),
+    };
+    let keyword_list = |list: Vec<Spanned<String>>, key: &'static str| {
+        list.into_iter()
+            .map(|k| {
+                let word = k.get_ref().split_whitespace().next().unwrap_or("");
+                let valid = !word.is_empty()
+                    && k.get_ref().len() <= 200
+                    && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && k.get_ref().bytes().all(|b| (b' '..=b'~').contains(&b));
+                if valid {
+                    Ok(k.into_inner())
+                } else {
+                    Err(err(
+                        k.span(),
+                        key,
+                        format!(
+                            "{:?} is not an EHLO keyword line: a keyword of letters, digits and '-', then printable ASCII parameters, at most 200 characters",
+                            k.get_ref()
+                        ),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let ehlo = EhloKeywords {
+        discard: keyword_list(p.ehlo_discard_keywords, "ehlo_discard_keywords")?
+            .into_iter()
+            .map(|k| k.to_ascii_uppercase())
+            .collect(),
+        add: keyword_list(p.ehlo_add_keywords, "ehlo_add_keywords")?,
     };
     let auth_users = match p.auth_users_file {
         Some(f) => {
@@ -269,6 +304,7 @@ pub(super) fn compile(
             .collect(),
         tls,
         banner,
+        ehlo,
         max_inbound_connections: p.max_inbound_connections.get(),
         line_limit: p.line_limit.get(),
         max_recipients: p.max_recipients.get(),

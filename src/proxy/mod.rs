@@ -54,6 +54,39 @@ pub struct ClientTimeouts {
 
 /// Settings of the proxy door (`[proxy]`). Listeners take effect at start; certificates are
 /// reloaded on SIGHUP.
+/// Custom EHLO responses (`ehlo_discard_keywords`, `ehlo_add_keywords`), as Postfix's
+/// smtpd_discard_ehlo_keywords: a withheld extension is not offered (its command is still
+/// understood); an added line is offered as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EhloKeywords {
+    /// Keywords, upper case.
+    pub discard: Vec<String>,
+    pub add: Vec<String>,
+}
+
+impl EhloKeywords {
+    /// The EHLO lines after the host name: `offered` without the withheld keywords, then the
+    /// added lines.
+    pub fn applied_to(&self, offered: Vec<String>) -> Vec<String> {
+        let keyword = |line: &str| {
+            line.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase()
+        };
+        let mut lines: Vec<String> = offered
+            .into_iter()
+            .filter(|line| !self.discard.contains(&keyword(line)))
+            .collect();
+        for line in &self.add {
+            if !lines.iter().any(|l| keyword(l) == keyword(line)) {
+                lines.push(line.clone());
+            }
+        }
+        lines
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxySettings {
     /// Plain SMTP listeners (STARTTLS offered when TLS is enabled).
@@ -65,6 +98,8 @@ pub struct ProxySettings {
     pub tls: TlsSettings,
     /// Text of the 220 greeting after the host name.
     pub banner: String,
+    /// EHLO keywords withheld from clients and lines added to the list.
+    pub ehlo: EhloKeywords,
     pub max_inbound_connections: usize,
     /// Longest command line, in bytes without CRLF.
     pub line_limit: usize,

@@ -332,3 +332,31 @@ fn the_postmaster_is_reachable_from_a_listed_client() {
     let r = smtp.command("RCPT TO:<postmaster@rcpt.test>").unwrap();
     assert!(r.starts_with("554 5.7.1"), "without the exemption: {r}");
 }
+
+/// `[proxy] ehlo_discard_keywords` and `ehlo_add_keywords`: withheld keywords are not offered
+/// (any case), added lines are, and the rest stays as it was.
+#[test]
+fn ehlo_keywords_are_withheld_and_added() {
+    let target = FaultyTarget::start(Faults::default());
+    let ehlo = |keys: &str| {
+        let env = proxy(&target, keys, "");
+        let mut smtp = env.smtp();
+        smtp.command("EHLO client.postern.test").unwrap()
+    };
+    let plain = ehlo("");
+    assert!(
+        plain.contains("250-PIPELINING\r\n") && plain.contains("8BITMIME"),
+        "{plain}"
+    );
+    let custom = ehlo(
+        "ehlo_discard_keywords = [\"pipelining\", \"SMTPUTF8\"]\nehlo_add_keywords = [\"X-POLICY strict\"]",
+    );
+    assert!(
+        !custom.contains("PIPELINING") && !custom.contains("SMTPUTF8"),
+        "{custom}"
+    );
+    assert!(
+        custom.contains("8BITMIME") && custom.ends_with("250 X-POLICY strict\r\n"),
+        "{custom}"
+    );
+}

@@ -16,8 +16,7 @@ impl Conversation {
             self.say(250, &text);
             return Next::Continue;
         }
-        let mut lines = vec![
-            self.hostname.clone(),
+        let mut offered = vec![
             "PIPELINING".to_owned(),
             format!(
                 "SIZE {}",
@@ -28,11 +27,13 @@ impl Conversation {
             "ENHANCEDSTATUSCODES".to_owned(),
         ];
         if self.session.tls().is_none() && self.shared.acceptor.load().is_some() {
-            lines.push("STARTTLS".to_owned());
+            offered.push("STARTTLS".to_owned());
         }
         if self.auth_offered() {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
+            offered.push("AUTH PLAIN LOGIN".to_owned());
         }
+        let mut lines = vec![self.hostname.clone()];
+        lines.extend(self.settings().ehlo.applied_to(offered));
         let last = lines.len() - 1;
         let mut out = String::new();
         for (i, line) in lines.iter().enumerate() {
