@@ -37,6 +37,7 @@ pub(super) struct ProxySection {
     ehlo_discard_keywords: Vec<Spanned<String>>,
     ehlo_add_keywords: Vec<Spanned<String>>,
     max_inbound_connections: NonZeroUsize,
+    max_inbound_tls_connections: NonZeroUsize,
     line_limit: NonZeroUsize,
     max_recipients: NonZeroUsize,
     client_connection_timeout: NonZeroU64,
@@ -101,6 +102,7 @@ impl Default for ProxySection {
             ehlo_discard_keywords: Vec::new(),
             ehlo_add_keywords: Vec::new(),
             max_inbound_connections: NonZeroUsize::new(256).expect("nonzero"),
+            max_inbound_tls_connections: NonZeroUsize::new(256).expect("nonzero"),
             line_limit: NonZeroUsize::new(1000).expect("nonzero"),
             max_recipients: NonZeroUsize::new(1000).expect("nonzero"),
             client_connection_timeout: nz(15),
@@ -306,6 +308,7 @@ pub(super) fn compile(
         banner,
         ehlo,
         max_inbound_connections: p.max_inbound_connections.get(),
+        max_inbound_tls_connections: p.max_inbound_tls_connections.get(),
         line_limit: p.line_limit.get(),
         max_recipients: p.max_recipients.get(),
         timeouts: ClientTimeouts {

@@ -97,6 +97,10 @@ fn proxy_keys(running: &ProxySettings, new: &ProxySettings) -> Vec<&'static str>
             running.max_inbound_connections != new.max_inbound_connections,
         ),
         (
+            "max_inbound_tls_connections",
+            running.max_inbound_tls_connections != new.max_inbound_tls_connections,
+        ),
+        (
             "message_memory_budget",
             running.message_memory_budget != new.message_memory_budget,
         ),

@@ -101,6 +101,9 @@ pub struct ProxySettings {
     /// EHLO keywords withheld from clients and lines added to the list.
     pub ehlo: EhloKeywords,
     pub max_inbound_connections: usize,
+    /// Connections served at once on the implicit TLS listeners, counted apart from the
+    /// plain and submission ones (each listener kind has its limit, as in the seed).
+    pub max_inbound_tls_connections: usize,
     /// Longest command line, in bytes without CRLF.
     pub line_limit: usize,
     pub max_recipients: usize,
@@ -289,6 +292,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let settings = door.settings.load_full();
     let slots = Arc::new(Semaphore::new(settings.max_inbound_connections));
+    let tls_slots = Arc::new(Semaphore::new(settings.max_inbound_tls_connections));
     let memory = budget::MemoryBudget::new(settings.message_memory_budget);
     let shared = Arc::new(Shared {
         engine: door.engine,
@@ -330,12 +334,19 @@ pub async fn serve(
             _ = &mut shutdown => break,
             Some((stream, peer, kind)) = conn_rx.recv() => {
                 let shared = shared.clone();
-                match slots.clone().try_acquire_owned() {
+                let kind_slots = if kind == ListenerKind::ImplicitTls { &tls_slots } else { &slots };
+                match kind_slots.clone().try_acquire_owned() {
                     Ok(permit) => {
                         clients.spawn(async move {
                             smtp::converse(shared, stream, peer, kind).await;
                             drop(permit);
                         });
+                    }
+                    Err(_) if kind == ListenerKind::ImplicitTls => {
+                        // A reply in plain text means nothing to a client that starts with
+                        // TLS; closing at once costs no handshake.
+                        warn!(client = %peer, limit = settings.max_inbound_tls_connections, "too many implicit TLS connections, client closed");
+                        drop(stream);
                     }
                     Err(_) => {
                         clients.spawn(async move { smtp::too_many(&shared, stream, peer).await });

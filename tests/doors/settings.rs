@@ -94,6 +94,54 @@ fn clients_beyond_the_connection_limit_get_421() {
     assert!(served, "a freed place is served again");
 }
 
+/// `[proxy] max_inbound_tls_connections`: the implicit TLS listener has a limit of its own.
+/// Beyond it a client is closed at once, while the plain listener (its own limit not reached)
+/// still greets; a TLS client within the limit completes its handshake.
+#[test]
+fn the_tls_listener_has_its_own_connection_limit() {
+    use std::io::Read;
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(
+        &target,
+        &format!(
+            "listen_tls = [\"127.0.0.1:{{tls_port}}\"]\n{CERTS}max_inbound_tls_connections = 1"
+        ),
+        "",
+    );
+    let tls = || std::net::TcpStream::connect(("127.0.0.1", env.tls_port)).unwrap();
+    let first = tls();
+    let mut second = tls();
+    second
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Closed (or reset) without a byte: no plain-text reply on a TLS port.
+    assert!(
+        matches!(second.read(&mut buf), Ok(0) | Err(_)),
+        "the second TLS client is closed"
+    );
+    assert!(
+        greeting(env.port).starts_with("220 "),
+        "the plain listener is not full"
+    );
+    drop(first);
+    let handshake = (0..50).any(|_| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(format!("127.0.0.1:{}", env.tls_port))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let (_, text) = crate::support::outcome(&out);
+        let done = text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+        if !done {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        done
+    });
+    assert!(handshake, "a freed TLS place is served again");
+}
+
 /// `tls_support = "disabled"`: no STARTTLS offered or taken, although a certificate is there.
 #[test]
 fn tls_disabled_offers_no_starttls() {
