@@ -393,26 +393,63 @@ pub(super) struct ProfileSection {
     require_tls: bool,
 }
 
+/// An IPv4 host entry with wildcards for its last octets (`10.100.80.*`, `10.*.*.*`), as the
+/// email gateway's host lists have them: the network it stands for.
+fn wildcard_network(host: &str) -> Option<IpNet> {
+    let octets: Vec<&str> = host.split('.').collect();
+    let fixed = octets.iter().take_while(|o| **o != "*").count();
+    if octets.len() != 4 || fixed == 4 || octets[fixed..].iter().any(|o| *o != "*") {
+        return None;
+    }
+    let mut address = [0u8; 4];
+    for (i, octet) in octets[..fixed].iter().enumerate() {
+        address[i] = octet.parse().ok()?;
+    }
+    IpNet::new(std::net::Ipv4Addr::from(address).into(), (fixed * 8) as u8).ok()
+}
+
 /// The connection profiles, in order; a restricted profile needs `[relay]`'s local domains.
+/// A host entry with wildcards is read as its network, and said so in `notes`; one host entry
+/// in two profiles is refused (the first profile would always win).
 pub(super) fn profiles(
     sections: Vec<ProfileSection>,
     relay: &RelayRestriction,
+    notes: &mut Vec<String>,
 ) -> Result<Profiles, Invalid> {
-    let mut profiles = Vec::new();
+    let mut profiles: Vec<ConnectionProfile> = Vec::new();
     for (n, p) in sections.into_iter().enumerate() {
         let key = format!("connection_profile[{n}]");
         let mut client_hosts = Vec::new();
         for spanned in &p.client_hosts {
             let host = spanned.get_ref();
+            let wildcard = wildcard_network(host);
+            if let Some(network) = wildcard {
+                notes.push(format!(
+                    "{key}.client_hosts: {host:?} is read as the network {network}; write it so (wildcard host entries are converted as the email gateway does on upgrade)"
+                ));
+            }
             let parsed = host
                 .parse::<IpNet>()
                 .or_else(|_| host.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map(ClientHost::Network)
                 .ok()
+                .or(wildcard)
+                .map(ClientHost::Network)
                 .or_else(|| {
                     valid_hostname(host)
                         .then(|| ClientHost::Name(host.trim_end_matches('.').to_ascii_lowercase()))
                 });
+            if let Some(h) = &parsed
+                && let Some(other) = profiles.iter().find(|o| o.client_hosts.contains(h))
+            {
+                return Err((
+                    spanned.span(),
+                    format!("{key}.client_hosts"),
+                    format!(
+                        "{host:?} is already a host of profile {:?}: a host entry belongs to one profile (the first that lists it would always win)",
+                        other.name
+                    ),
+                ));
+            }
             match parsed {
                 Some(h) => client_hosts.push(h),
                 None => {

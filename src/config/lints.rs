@@ -8,7 +8,7 @@ impl Config {
     /// What is probably a mistake in this configuration, each in a sentence that says what to
     /// do about it.
     pub fn lints(&self) -> Vec<String> {
-        let mut lints = Vec::new();
+        let mut lints = self.notes.clone();
         if let Some(ip) = self.policy.client_ip_override {
             lints.push(format!(
                 "[connection] client_ip_override is set: every connection is judged as if it came from {ip}, whatever its real address; remove it once the diagnosis is done"

@@ -100,6 +100,9 @@ pub struct Config {
     pub log: LogSettings,
     /// Message tracking, when `[tracking] store` is set; read at start.
     pub tracking: Option<TrackingSettings>,
+    /// What the compiler read otherwise than it was written (a wildcard host entry as its
+    /// network): warned about with the lints.
+    pub notes: Vec<String>,
 }
 
 impl Config {
@@ -257,7 +260,9 @@ impl ConfigFile {
         let reputation = reputation::compile(self.reputation, help_url);
         let spf = spf::compile(self.spf, help_url);
         let relay = connection::relay(self.relay)?;
-        let profiles = connection::profiles(self.connection_profiles, &relay.restriction)?;
+        let mut notes = Vec::new();
+        let profiles =
+            connection::profiles(self.connection_profiles, &relay.restriction, &mut notes)?;
         let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
         let proxy = proxy::compile(self.proxy, config_dir)?;
         let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
@@ -338,6 +343,7 @@ impl ConfigFile {
             metrics: metrics::compile(self.metrics, config_dir)?,
             log: log::compile(self.log)?,
             tracking: tracking::compile(self.tracking, config_dir)?,
+            notes,
         })
     }
 }
@@ -711,6 +717,45 @@ mod tests {
             "[connection]\nclient_ip_override = \"192.0.2\"\n",
             2,
             "connection.client_ip_override",
+        );
+    }
+
+    #[test]
+    fn wildcard_hosts_are_read_as_networks_and_a_host_belongs_to_one_profile() {
+        let c = Config::parse(
+            "[[connection_profile]]\nname = \"lan\"\nclient_hosts = [\"10.100.80.*\", \"10.*.*.*\", \"192.0.2.7\"]\n",
+            "test.toml",
+        )
+        .unwrap();
+        let hosts: Vec<String> = c.policy.profiles.0[0]
+            .client_hosts
+            .iter()
+            .map(|h| format!("{h:?}"))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                "Network(10.100.80.0/24)",
+                "Network(10.0.0.0/8)",
+                "Network(192.0.2.7/32)"
+            ]
+        );
+        let lints = c.lints();
+        assert!(
+            lints.len() == 2
+                && lints[0].contains("\"10.100.80.*\" is read as the network 10.100.80.0/24"),
+            "{lints:?}"
+        );
+        for bad in ["10.*.80.*", "10.100.80.*.*", "*"] {
+            let text =
+                format!("[[connection_profile]]\nname = \"lan\"\nclient_hosts = [\"{bad}\"]\n");
+            assert!(Config::parse(&text, "test.toml").is_err(), "{bad}");
+        }
+        assert_error_at(
+            "[[connection_profile]]\nname = \"a\"\nclient_hosts = [\"10.1.0.0/16\"]\n\
+             [[connection_profile]]\nname = \"b\"\nclient_hosts = [\"10.1.*.*\"]\n",
+            6,
+            "connection_profile[1].client_hosts",
         );
     }
 
