@@ -14,6 +14,7 @@ use crate::engine::checks::dos::ClientLimits;
 use crate::engine::checks::encryption::{EncryptionRule, RecipientEncryption, SenderEncryption};
 use crate::engine::checks::exploit_detection::HidingReply;
 use crate::engine::checks::profiles::{ClientHost, ConnectionProfile, Profiles, RelayControl};
+use crate::engine::checks::spoof::SpoofAction;
 use crate::engine::checks::{EncryptionRules, ExploitDetection, IpRejection, RelayRestriction};
 use crate::engine::policy::Answers;
 use crate::engine::{SmtpReply, Stage};
@@ -202,6 +203,8 @@ pub(super) struct RelaySection {
     allowed_relay_sources: Vec<IpNet>,
     allow_relay_if_authenticated: bool,
     skip_connection_tests: bool,
+    /// Unset: off.
+    spoof_detection: Option<Spanned<SpoofAction>>,
 }
 
 impl Default for RelaySection {
@@ -221,6 +224,7 @@ impl Default for RelaySection {
             .collect(),
             allow_relay_if_authenticated: false,
             skip_connection_tests: true,
+            spoof_detection: None,
         }
     }
 }
@@ -230,6 +234,7 @@ pub(super) struct Relay {
     pub(super) restriction: RelayRestriction,
     pub(super) restrict_relaying: bool,
     pub(super) skip_connection_tests: bool,
+    pub(super) spoof_detection: SpoofAction,
 }
 
 pub(super) fn relay(r: RelaySection) -> Result<Relay, Invalid> {
@@ -259,6 +264,17 @@ pub(super) fn relay(r: RelaySection) -> Result<Relay, Invalid> {
         Some(on) => on.into_inner(),
         None => false,
     };
+    let spoof_detection = match r.spoof_detection {
+        Some(action) if *action.get_ref() != SpoofAction::Off && r.local_domains.is_empty() => {
+            return Err((
+                action.span(),
+                "relay.local_domains".into(),
+                "spoof_detection looks for senders claiming a local domain, but no local domain is listed; list the domains you receive mail for".to_owned(),
+            ));
+        }
+        Some(action) => action.into_inner(),
+        None => SpoofAction::Off,
+    };
     Ok(Relay {
         restriction: RelayRestriction {
             local_domains: r
@@ -271,6 +287,7 @@ pub(super) fn relay(r: RelaySection) -> Result<Relay, Invalid> {
         },
         restrict_relaying,
         skip_connection_tests: r.skip_connection_tests,
+        spoof_detection,
     })
 }
 
@@ -391,6 +408,7 @@ pub(super) struct ProfileSection {
     spf: Option<bool>,
     #[serde(default)]
     require_tls: bool,
+    spoof_detection: Option<Spanned<SpoofAction>>,
 }
 
 /// An IPv4 host entry with wildcards for its last octets (`10.100.80.*`, `10.*.*.*`), as the
@@ -482,6 +500,19 @@ pub(super) fn profiles(
             Some(control) => control.into_inner(),
             None => RelayControl::default(),
         };
+        let spoof_detection = match p.spoof_detection {
+            Some(action)
+                if *action.get_ref() != SpoofAction::Off && relay.local_domains.is_empty() =>
+            {
+                return Err((
+                    action.span(),
+                    format!("{key}.spoof_detection"),
+                    "spoof detection looks for senders claiming a local domain, but [relay] local_domains is empty; list the domains you receive mail for".to_owned(),
+                ));
+            }
+            Some(action) => Some(action.into_inner()),
+            None => None,
+        };
         let checks = ConnectionProfile::checks_by_default(relay_control);
         profiles.push(ConnectionProfile {
             name: p.name,
@@ -495,6 +526,7 @@ pub(super) fn profiles(
             rbl: p.rbl.unwrap_or(checks),
             spf: p.spf.unwrap_or(checks),
             require_tls: p.require_tls,
+            spoof_detection,
         });
     }
     Ok(Profiles(profiles))

@@ -328,6 +328,7 @@ impl ConfigFile {
             outbound_tls,
             restrict_relaying: relay.restrict_relaying,
             skip_connection_tests_for_relay_sources: relay.skip_connection_tests,
+            spoof_detection: relay.spoof_detection,
             exploit_detection: connection::exploit_detection(self.exploit_detection),
             trace_header: scan.trace_header,
             dry_run: scan.dry_run,

@@ -29,6 +29,8 @@ pub enum CheckId {
     Content,
     /// The author domain's DMARC policy, enforced (`[authentication] dmarc = "enforce"`).
     Dmarc,
+    /// A sender from outside claiming a local domain (`spoof_detection`).
+    Spoof,
     /// An envelope address the engine refuses whatever the policy (a control character).
     AddressSyntax,
     /// Every recipient after a suspected dictionary attack gets the same answer.
@@ -53,6 +55,7 @@ impl CheckId {
             Self::HeaderLimit => "header_limit",
             Self::Content => "content",
             Self::Dmarc => "dmarc",
+            Self::Spoof => "spoof",
             Self::AddressSyntax => "address_syntax",
             Self::AddressHiding => "address_hiding",
             Self::ScanFailure => "scan_failure",

@@ -15,6 +15,7 @@ use super::checks::outbound_tls::OutboundTlsPolicies;
 use super::checks::profiles::Profiles;
 use super::checks::reputation::Reputation;
 use super::checks::spf::Spf;
+use super::checks::spoof::SpoofAction;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::dkim::DkimSigners;
 use super::message::MessageLimits;
@@ -162,6 +163,8 @@ pub struct Policy {
     pub restrict_relaying: bool,
     /// "Skip Connection Tests": allowed relay sources skip the connection tests (RBL).
     pub skip_connection_tests_for_relay_sources: bool,
+    /// Spoof detection for clients whose profile does not set it.
+    pub spoof_detection: SpoofAction,
     pub exploit_detection: ExploitDetection,
     /// Encryption rules, in order.
     pub encryption_rules: EncryptionRules,
@@ -188,6 +191,18 @@ pub struct Policy {
     /// Every check and rule runs and reports, but nothing is refused or changed
     /// (`[scan] dry_run`, `--dry-run`).
     pub dry_run: bool,
+}
+
+impl Policy {
+    /// Whether spoof detection is on for some client.
+    pub fn spoofing_checked(&self) -> bool {
+        self.spoof_detection != SpoofAction::Off
+            || self
+                .profiles
+                .0
+                .iter()
+                .any(|p| p.spoof_detection.is_some_and(|a| a != SpoofAction::Off))
+    }
 }
 
 impl fmt::Display for Policy {

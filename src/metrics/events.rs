@@ -189,6 +189,7 @@ pub(super) fn configured_checks(policy: &Policy) -> Vec<CheckId> {
             policy.authentication.dmarc == DmarcMode::Enforce,
             CheckId::Dmarc,
         ),
+        (policy.spoofing_checked(), CheckId::Spoof),
     ];
     checks.extend(optional.into_iter().filter(|(on, _)| *on).map(|(_, c)| c));
     checks.push(CheckId::ScanFailure);

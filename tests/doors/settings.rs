@@ -408,3 +408,72 @@ fn ehlo_keywords_are_withheld_and_added() {
         "{custom}"
     );
 }
+
+/// `spoof_detection`: a client from outside (not a relay source, not authenticated) claiming
+/// a local domain is refused at MAIL for its envelope sender and at the end of the message
+/// for From, or let through tagged; a connection profile turns it off for its clients.
+#[test]
+fn spoofed_local_senders_are_refused_or_tagged() {
+    let target = FaultyTarget::start(Faults::default());
+    let relay = |action: &str, profile: &str| {
+        format!(
+            "[relay]\nlocal_domains = [\"local.test\"]\nallowed_relay_sources = []\n\
+             spoof_detection = \"{action}\"\n{profile}"
+        )
+    };
+    let message = |from: &str| format!("From: <{from}>\r\nSubject: x\r\n\r\nhi\r\n");
+
+    let env = proxy(&target, &relay("reject", ""), "");
+    let mut smtp = env.smtp();
+    smtp.command("EHLO c.test").unwrap();
+    let r = smtp.command("MAIL FROM:<ceo@local.test>").unwrap();
+    assert!(
+        r.starts_with("550 5.7.1 Spoofed sender: the envelope sender is in local.test"),
+        "{r}"
+    );
+    let r = smtp.transaction(
+        "a@other.test",
+        "b@local.test",
+        message("ceo@local.test").as_bytes(),
+    );
+    assert!(
+        r.starts_with("550 5.7.1 Spoofed sender: the From is in local.test"),
+        "{r}"
+    );
+    let r = smtp.transaction(
+        "a@other.test",
+        "b@local.test",
+        message("a@other.test").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "an outside domain passes: {r}");
+    assert_eq!(target.taken().len(), 1);
+    drop(env);
+
+    let env = proxy(&target, &relay("tag", ""), "");
+    let r = env.smtp().send(
+        "ceo@local.test",
+        "b@local.test",
+        message("ceo@local.test").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let tagged = String::from_utf8_lossy(&target.taken()[1].message).into_owned();
+    assert!(
+        tagged.contains(
+            "X-Postern-Spoofed: envelope sender in local domain local.test from an external client"
+        ) && tagged.contains("X-Postern-Spoofed: From in local domain local.test"),
+        "{tagged}"
+    );
+    drop(env);
+
+    let exempt = "[[connection_profile]]\nname = \"partner\"\nclient_hosts = [\"127.0.0.1\"]\n\
+                  spoof_detection = \"off\"\n";
+    let env = proxy(&target, &relay("reject", exempt), "");
+    let r = env.smtp().send(
+        "ceo@local.test",
+        "b@local.test",
+        message("ceo@local.test").as_bytes(),
+    );
+    assert!(r.starts_with("250"), "the profile turns it off: {r}");
+    let untagged = String::from_utf8_lossy(&target.taken()[2].message).into_owned();
+    assert!(!untagged.contains("X-Postern-Spoofed"), "{untagged}");
+}

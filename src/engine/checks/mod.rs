@@ -14,6 +14,7 @@ pub mod rbl;
 pub mod relay;
 pub mod reputation;
 pub mod spf;
+pub mod spoof;
 
 pub use encryption::EncryptionRules;
 pub use exploit_detection::ExploitDetection;

@@ -49,6 +49,9 @@ pub struct ConnectionProfile {
     pub spf: bool,
     /// Inbound mandatory TLS: without TLS, MAIL gets 530 5.7.0.
     pub require_tls: bool,
+    /// What is done with a sender from outside claiming a local domain; `None`: `[relay]
+    /// spoof_detection`.
+    pub spoof_detection: Option<super::spoof::SpoofAction>,
 }
 
 impl ConnectionProfile {
@@ -127,6 +130,7 @@ mod tests {
             rbl: false,
             spf: false,
             require_tls: false,
+            spoof_detection: None,
         }
     }
 

@@ -44,6 +44,14 @@ impl Session {
             self.refused(CheckId::EncryptionRule, &verdict, SmtpStage::Mail, None);
             return verdict;
         }
+        if let Some(verdict) = self.spoofing(
+            Spoofed::EnvelopeSender,
+            sender.domain(),
+            &mut tx,
+            SmtpStage::Mail,
+        ) {
+            return verdict;
+        }
         if let (Some(spf), Some(ip)) = (&policy.spf, self.client.addr)
             && self.authenticated.is_none()
             && !policy.relay.is_relay_source(ip)

@@ -28,6 +28,7 @@ use super::checks::exploit_detection::{HidingReply, RecipientRefusal, default_re
 use super::checks::profiles::{ConnectionProfile, RelayControl};
 use super::checks::reputation::Behaviour;
 use super::checks::spf::{Spf, SpfHeader, SpfOutcome};
+use super::checks::spoof::{SpoofAction, Spoofed};
 use super::events::{
     CheckId, CheckRecord, ConnectionReport, Event, HandedOn, MessageReport, Note, Reason,
     RefusedBy, RefusedRecipient, ScanStep, SessionFacts, SmtpStage, TransactionReport,
@@ -128,6 +129,9 @@ struct Transaction {
     authentication: Option<AuthSummary>,
     /// The content-scan slot, kept while a rewritten body exists.
     scan_slot: ScanSlot,
+    /// Addresses that claimed a local domain from outside, tagged (`spoof_detection =
+    /// "tag"`), with the domain.
+    spoofed: Vec<(Spoofed, String)>,
 }
 
 impl Transaction {
@@ -156,6 +160,7 @@ impl Transaction {
             divert: None,
             authentication: None,
             scan_slot: ScanSlot::default(),
+            spoofed: Vec::new(),
         }
     }
 }
@@ -487,6 +492,40 @@ impl Session {
     /// Every one of `recipients` is the exempt postmaster.
     fn postmaster_only(&self, recipients: &[EnvelopeAddress]) -> bool {
         !recipients.is_empty() && recipients.iter().all(|r| self.is_exempt_postmaster(r))
+    }
+
+    /// What spoof detection does for this client: nothing for mail that goes outbound (an
+    /// authenticated or internal client), else its profile's setting or `[relay]`'s.
+    fn spoof_action(&self) -> SpoofAction {
+        if self.direction() != super::address_transformation::Direction::Inbound {
+            return SpoofAction::Off;
+        }
+        self.client_profile()
+            .and_then(|p| p.spoof_detection)
+            .unwrap_or(self.policy.spoof_detection)
+    }
+
+    /// What to do about `domain` claimed by `what` (the envelope sender, From): `None` when
+    /// it is not a local domain or nothing is checked; else the refusal or, when tagging, `Ok`
+    /// after noting it on `tx`.
+    fn spoofing(
+        &self,
+        what: Spoofed,
+        domain: &str,
+        tx: &mut Transaction,
+        stage: SmtpStage,
+    ) -> Option<Verdict> {
+        let action = self.spoof_action();
+        if action == SpoofAction::Off || domain.is_empty() || !self.policy.relay.is_local(domain) {
+            return None;
+        }
+        if action == SpoofAction::Tag {
+            tx.spoofed.push((what, domain.to_owned()));
+            return None;
+        }
+        let verdict = Verdict::refuse(self.with_help(what.refusal(domain)));
+        self.refused(CheckId::Spoof, &verdict, stage, None);
+        Some(verdict)
     }
 
     /// A refusal by one of Postern's own rules, with where to get help ([connection] help_url).

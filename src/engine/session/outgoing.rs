@@ -231,7 +231,7 @@ impl Session {
 }
 
 /// The domain of the first address in a From field's value.
-fn author_domain(from: &str) -> Option<&str> {
+pub(super) fn author_domain(from: &str) -> Option<&str> {
     let address = crate::engine::address_transformation::first_address(from)?;
     Some(crate::engine::address::Address::parse(address).domain).filter(|d| !d.is_empty())
 }
