@@ -66,6 +66,9 @@ pub(super) struct RelayTargetSection {
     password_env: Option<Spanned<String>>,
     /// Extra CA certificates (PEM) trusted for this target, beside the system's.
     ca_file: Option<Spanned<PathBuf>>,
+    /// A certificate (PEM, with its chain) and key Postern shows the target, when it asks.
+    client_certificate_file: Option<Spanned<PathBuf>>,
+    client_key_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     min_tls_version: TlsVersion,
     #[serde(default)]
@@ -139,7 +142,20 @@ pub(super) fn compile(
             Some(security) if *security.get_ref() != Security::None => {
                 Some(tls(&t, security.span(), &key, config_dir)?)
             }
-            _ => None,
+            _ => {
+                if let Some(file) = t
+                    .client_certificate_file
+                    .as_ref()
+                    .or(t.client_key_file.as_ref())
+                {
+                    return Err((
+                        file.span(),
+                        format!("{key}.client_certificate_file"),
+                        "a client certificate is shown only over TLS: set security = \"tls\", \"ssl\" or \"auto\"".into(),
+                    ));
+                }
+                None
+            }
         };
         compiled.push(RelayTarget {
             name,
@@ -242,7 +258,45 @@ fn tls(
             .map_err(|e| (ca.span(), format!("{key}.ca_file"), e))?,
         None => Vec::new(),
     };
-    ClientTls::new(&t.host, extra, t.min_tls_version == TlsVersion::Tls13).map_err(|e| {
+    let client = match (&t.client_certificate_file, &t.client_key_file) {
+        (Some(cert), Some(private)) => {
+            let chain = super::ca_certificates(&relative(cert.get_ref().clone(), config_dir))
+                .map_err(|e| (cert.span(), format!("{key}.client_certificate_file"), e))?;
+            let path = relative(private.get_ref().clone(), config_dir);
+            let pem = crate::secret_file::read(&path, "client key").map_err(|e| {
+                (
+                    private.span(),
+                    format!("{key}.client_key_file"),
+                    e.to_string(),
+                )
+            })?;
+            use rustls_pki_types::pem::PemObject;
+            let private_key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                    (
+                        private.span(),
+                        format!("{key}.client_key_file"),
+                        format!("{}: not a PEM private key: {e}", path.display()),
+                    )
+                })?;
+            Some((chain, private_key))
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            return Err((
+                one.span(),
+                format!("{key}.client_certificate_file"),
+                "give both client_certificate_file and client_key_file".into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    ClientTls::new(
+        &t.host,
+        extra,
+        t.min_tls_version == TlsVersion::Tls13,
+        client,
+    )
+    .map_err(|e| {
         (
             security,
             format!("{key}.security"),

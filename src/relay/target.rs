@@ -52,6 +52,9 @@ pub enum RelayAuth {
     None,
     Plain,
     Login,
+    /// The strongest mechanism the target offers among those Postern speaks: PLAIN (one
+    /// round trip), else LOGIN.
+    Auto,
 }
 
 /// A relay target, compiled from `[[relay_target]]`.
@@ -95,6 +98,8 @@ pub struct Capabilities {
     pub xforward: Vec<String>,
     /// PIPELINING (RFC 2920): XFORWARD and MAIL go out in one write.
     pub pipelining: bool,
+    /// The AUTH mechanisms offered, upper case.
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -109,6 +114,13 @@ impl Capabilities {
                 Some("SMTPUTF8") => caps.smtputf8 = true,
                 Some("PIPELINING") => caps.pipelining = true,
                 Some("XFORWARD") => caps.xforward = words.map(str::to_ascii_uppercase).collect(),
+                Some("AUTH") => caps.auth = words.map(str::to_ascii_uppercase).collect(),
+                Some(legacy) if legacy.starts_with("AUTH=") && caps.auth.is_empty() => {
+                    caps.auth = std::iter::once(&legacy[5..])
+                        .chain(words)
+                        .map(str::to_ascii_uppercase)
+                        .collect();
+                }
                 _ => {}
             }
         }
@@ -299,9 +311,20 @@ impl RelayTarget {
                     "relay target did not negotiate TLS, and its password is never sent in plaintext (set security = \"tls\", or auth_over_plaintext = true)",
                 )));
             }
+            let offered = |m: &str| caps.auth.iter().any(|o| o == m);
             let mechanism = match self.auth {
                 RelayAuth::Login => Mechanism::Login,
                 RelayAuth::Plain | RelayAuth::None => Mechanism::Plain,
+                RelayAuth::Auto if offered("PLAIN") => Mechanism::Plain,
+                RelayAuth::Auto if offered("LOGIN") => Mechanism::Login,
+                RelayAuth::Auto => {
+                    conn.abort().await;
+                    return Err(TargetError::Incapable(super::replies::own_reply(
+                        451,
+                        "4.7.0",
+                        "relay target offers no AUTH mechanism Postern speaks (PLAIN, LOGIN); set auth to one it offers",
+                    )));
+                }
             };
             if let Err(e) = conn.auth(&[mechanism], credentials).await {
                 conn.abort().await;

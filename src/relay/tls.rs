@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -41,6 +41,7 @@ impl ClientTls {
         host: &str,
         extra: Vec<CertificateDer<'static>>,
         tls13_only: bool,
+        client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     ) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
@@ -56,11 +57,16 @@ impl ClientTls {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate or key is not usable: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
         Ok(Self {

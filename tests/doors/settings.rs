@@ -477,3 +477,154 @@ fn spoofed_local_senders_are_refused_or_tagged() {
     let untagged = String::from_utf8_lossy(&target.taken()[2].message).into_owned();
     assert!(!untagged.contains("X-Postern-Spoofed"), "{untagged}");
 }
+
+/// The proxy relaying to the target at `target_port`, with `relay_target` keys added to it.
+fn proxy_with_target_keys(target_port: u16, relay_target: &str) -> ProxyEnv {
+    ProxyEnv::start(
+        &format!(
+            "hostname = \"gw.postern.test\"\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {target_port}\n{relay_target}\n"
+        ),
+        &[],
+    )
+}
+
+/// One message through `env`: the reply to RCPT when it is not 250, else the reply to the end
+/// of the message.
+fn try_send(env: &ProxyEnv) -> String {
+    let mut smtp = env.smtp();
+    smtp.begin("a@sender.test");
+    let r = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+    if !r.starts_with("250") {
+        return r;
+    }
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        .unwrap();
+    smtp.read_reply().unwrap()
+}
+
+/// Relay AUTH performed against a target that checks the credentials: PLAIN and LOGIN as
+/// configured, `auth = "auto"` taking PLAIN when offered and LOGIN otherwise; a wrong password
+/// defers the message (nothing taken); auto with no mechanism Postern speaks defers too.
+#[test]
+fn relay_auth_is_checked_by_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("relay.password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let keys = |auth: &str| {
+        format!(
+            "auth = \"{auth}\"\nusername = \"relay-user\"\npassword_file = \"{}\"\nauth_over_plaintext = true",
+            password.display()
+        )
+    };
+    let send = |offered: &'static str, expected: (&'static str, &'static str), auth: &str| {
+        let target = FaultyTarget::start(Faults {
+            extensions: vec![offered],
+            credentials: Some(expected),
+            ..Faults::default()
+        });
+        let env = proxy_with_target_keys(target.port, &keys(auth));
+        let reply = try_send(&env);
+        (reply, target.taken(), env.log())
+    };
+    let user = ("relay-user", "s3cret");
+    for (auth, offered, mechanism) in [
+        ("plain", "AUTH PLAIN LOGIN", "PLAIN"),
+        ("login", "AUTH PLAIN LOGIN", "LOGIN"),
+        ("auto", "AUTH LOGIN PLAIN", "PLAIN"),
+        ("auto", "AUTH LOGIN", "LOGIN"),
+    ] {
+        let (reply, taken, _) = send(offered, user, auth);
+        assert!(
+            reply.starts_with("250"),
+            "auth = {auth}, {offered}: {reply}"
+        );
+        assert_eq!(
+            taken[0].authenticated.as_deref(),
+            Some(format!("{mechanism} relay-user").as_str()),
+            "auth = {auth}, {offered}"
+        );
+    }
+    let (reply, taken, log) = send("AUTH PLAIN LOGIN", ("relay-user", "other"), "auto");
+    assert!(
+        reply.starts_with("451 4.4.1"),
+        "a wrong password defers: {reply}"
+    );
+    assert!(taken.is_empty() && log.contains("535 5.7.8"), "{log}");
+    let (reply, taken, log) = send("AUTH CRAM-MD5", user, "auto");
+    assert!(reply.starts_with("451"), "{reply}");
+    assert!(
+        taken.is_empty() && log.contains("no AUTH mechanism Postern speaks"),
+        "{log}"
+    );
+}
+
+/// `security = "ssl"` (implicit TLS) toward a relay target that requires a client certificate
+/// and checks AUTH: a second Postern on an implicit TLS listener with
+/// `client_certificates = "required"` and a users file. With `client_certificate_file` and
+/// `auth = "auto"` the message arrives; without the certificate, or with a wrong password,
+/// the client is deferred and nothing arrives.
+#[test]
+fn implicit_tls_relay_with_a_client_certificate_and_auth() {
+    let users = tempfile::tempdir().unwrap();
+    let users_file = crate::support::proxy::users_file(users.path());
+    let target = ProxyEnv::start(
+        &format!(
+            "hostname = \"target.postern.test\"\n[proxy]\nlisten_tls = [\"127.0.0.1:{{tls_port}}\"]\n\
+             certificate_file = \"{{dir}}/server.pem\"\nkey_file = \"{{dir}}/server.key\"\n\
+             client_certificates = \"required\"\nca_certs = \"{{dir}}/ca.pem\"\n\
+             auth_users_file = \"{}\"\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n",
+            users_file.display()
+        ),
+        &[&[]],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let password = |word: &str| {
+        let path = dir.path().join(format!("{word}.password"));
+        std::fs::write(&path, format!("{word}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path.display().to_string()
+    };
+    let keys = |certificate: bool, word: &str| {
+        let mut keys = format!(
+            "security = \"ssl\"\nca_file = \"{}\"\nauth = \"auto\"\nusername = \"alice\"\npassword_file = \"{}\"\n",
+            target.path("ca.pem"),
+            password(word)
+        );
+        if certificate {
+            keys.push_str(&format!(
+                "client_certificate_file = \"{}\"\nclient_key_file = \"{}\"\n",
+                target.path("client.pem"),
+                target.path("client.key")
+            ));
+        }
+        keys
+    };
+    let relay = proxy_with_target_keys(target.tls_port, &keys(true, "secret"));
+    let reply = try_send(&relay);
+    assert!(reply.starts_with("250"), "{reply}\n{}", relay.log());
+    let arrived = target.sinks[0].wait_delivered(1);
+    assert!(
+        String::from_utf8_lossy(&arrived[0]).contains("Subject: x"),
+        "{arrived:?}"
+    );
+    drop(relay);
+    for (certificate, word) in [(false, "secret"), (true, "wrong")] {
+        let relay = proxy_with_target_keys(target.tls_port, &keys(certificate, word));
+        let reply = try_send(&relay);
+        assert!(
+            reply.starts_with("451"),
+            "certificate {certificate}, password {word}: {reply}"
+        );
+    }
+    assert_eq!(target.sinks[0].delivered().len(), 1, "nothing more arrived");
+}

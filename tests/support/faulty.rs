@@ -42,6 +42,9 @@ pub struct Faults {
     pub mail_reply: Option<&'static str>,
     /// A reply to AUTH instead of 235 (offer `AUTH PLAIN` among the extensions).
     pub auth_reply: Option<&'static str>,
+    /// The one user and password AUTH PLAIN and LOGIN accept (235); others get 535. Unset:
+    /// any AUTH gets `auth_reply`.
+    pub credentials: Option<(&'static str, &'static str)>,
 }
 
 impl Default for Faults {
@@ -66,6 +69,7 @@ impl Default for Faults {
             xforward_reply: None,
             mail_reply: None,
             auth_reply: None,
+            credentials: None,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct Taken {
     pub rcpt_with_mail: bool,
     pub recipients: Vec<String>,
     pub message: Vec<u8>,
+    /// The mechanism and user of a successful AUTH on the connection (with `credentials`).
+    pub authenticated: Option<String>,
 }
 
 pub struct FaultyTarget {
@@ -178,6 +184,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
     let mut xforward = Vec::new();
     let mut recipients = Vec::new();
     let mut rcpt_count = 0;
+    let mut authenticated: Option<String> = None;
     loop {
         let mut line = String::new();
         match input.read_line(&mut line) {
@@ -219,12 +226,26 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                 ehlo = line.to_owned();
                 say(&mut out, "250 faulty.postern.test")?;
             }
-            "AUTH" => say(
-                &mut out,
-                faults
-                    .auth_reply
-                    .unwrap_or("235 2.7.0 Authentication successful"),
-            )?,
+            "AUTH" => match faults.credentials {
+                None => say(
+                    &mut out,
+                    faults
+                        .auth_reply
+                        .unwrap_or("235 2.7.0 Authentication successful"),
+                )?,
+                Some(expected) => {
+                    let given = read_credentials(line, &mut input, &mut out)?;
+                    match given {
+                        Some((mechanism, user, password))
+                            if (user.as_str(), password.as_str()) == expected =>
+                        {
+                            authenticated = Some(format!("{mechanism} {user}"));
+                            say(&mut out, "235 2.7.0 Authentication successful")?;
+                        }
+                        _ => say(&mut out, "535 5.7.8 Error: authentication failed")?,
+                    }
+                }
+            },
             "XFORWARD" => {
                 xforward.push(line.to_owned());
                 say(&mut out, faults.xforward_reply.unwrap_or("250 2.0.0 Ok"))?;
@@ -283,6 +304,7 @@ fn serve(stream: TcpStream, faults: &Faults, taken: &Mutex<Vec<Taken>>) -> std::
                         rcpt_with_mail,
                         recipients: std::mem::take(&mut recipients),
                         message,
+                        authenticated: authenticated.clone(),
                     });
                 }
                 if faults.close_after_dot {
@@ -326,4 +348,56 @@ fn read_message(input: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
         let line = line.strip_prefix(b".").unwrap_or(&line);
         message.extend_from_slice(line);
     }
+}
+
+/// The mechanism, user and password of an `AUTH PLAIN` or `AUTH LOGIN` command (`line`),
+/// asking for what the command did not carry; `None` for another mechanism or bad base64.
+fn read_credentials(
+    line: &str,
+    input: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+) -> std::io::Result<Option<(String, String, String)>> {
+    use base64::Engine as _;
+    let decode = |b64: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok())
+    };
+    let mut ask = |prompt: &str| -> std::io::Result<String> {
+        out.write_all(format!("334 {prompt}\r\n").as_bytes())?;
+        let mut answer = String::new();
+        input.read_line(&mut answer)?;
+        Ok(answer)
+    };
+    let mut words = line.split_whitespace().skip(1);
+    let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+    let initial = words.next().map(str::to_owned);
+    Ok(match mechanism.as_str() {
+        "PLAIN" => {
+            let response = match initial {
+                Some(r) => r,
+                None => ask("")?,
+            };
+            decode(&response).and_then(|text| {
+                let mut parts = text.split('\0').skip(1);
+                Some((
+                    mechanism.clone(),
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                ))
+            })
+        }
+        "LOGIN" => {
+            let user = match initial {
+                Some(r) => r,
+                None => ask("VXNlcm5hbWU6")?,
+            };
+            let password = ask("UGFzc3dvcmQ6")?;
+            decode(&user)
+                .zip(decode(&password))
+                .map(|(u, p)| (mechanism.clone(), u, p))
+        }
+        _ => None,
+    })
 }
