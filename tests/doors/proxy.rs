@@ -535,6 +535,57 @@ fn client_certificates_required() {
     );
 }
 
+/// `client_certificates = "optional"`: a client without a certificate is served, one with a
+/// certificate of the trusted CA is served and logged as such, one with a certificate of
+/// another CA is refused in the handshake.
+#[test]
+fn client_certificates_optional() {
+    let cfg = format!(
+        "hostname = \"gw.postern.test\"\n[proxy]\nlisten = []\n\
+         listen_tls = [\"127.0.0.1:{{tls_port}}\"]\ncertificate_file = \"{{dir}}/server.pem\"\n\
+         key_file = \"{{dir}}/server.key\"\nclient_certificates = \"optional\"\n\
+         ca_certs = \"{{dir}}/ca.pem\"\n{}",
+        target("sink", "{sink0}", 1)
+    );
+    let env = ProxyEnv::start(&cfg, &[&[]]);
+    let server = format!("127.0.0.1:{}", env.tls_port);
+    let base = [
+        "--server",
+        &server,
+        "--tlsc",
+        "--to",
+        "b@rcpt.example",
+        "--from",
+        "a@sender.example",
+    ];
+    let (ok, out) = env.swaks(&base);
+    assert!(ok, "without a certificate:\n{out}");
+    env.sinks[0].wait_delivered(1);
+    assert!(
+        env.log().contains("client_certificate=false"),
+        "{}",
+        env.log()
+    );
+    let (cert, key) = (env.path("client.pem"), env.path("client.key"));
+    let (ok, out) = env.swaks(&[&base[..], &["--tls-cert", &cert, "--tls-key", &key]].concat());
+    assert!(ok, "{out}");
+    env.sinks[0].wait_delivered(2);
+    assert!(
+        env.log().contains("client_certificate=true"),
+        "{}",
+        env.log()
+    );
+    let other = tempfile::tempdir().unwrap();
+    crate::support::proxy::write_certificates(other.path());
+    let (cert, key) = (
+        other.path().join("client.pem").display().to_string(),
+        other.path().join("client.key").display().to_string(),
+    );
+    let (ok, out) = env.swaks(&[&base[..], &["--tls-cert", &cert, "--tls-key", &key]].concat());
+    assert!(!ok, "a certificate of another CA got through:\n{out}");
+    assert_eq!(env.sinks[0].delivered().len(), 2);
+}
+
 /// Outbound TLS: a target whose certificate names another host and a target without
 /// STARTTLS (security = "tls" makes it mandatory) are both skipped; the message reaches the
 /// target whose certificate is valid for its name. The TLS targets are Postern proxies
