@@ -61,8 +61,12 @@ fn a_required_recipient_never_goes_in_plaintext() {
         .unwrap();
     let r = smtp.read_reply().unwrap();
     assert!(r.starts_with("250"), "{r}");
-    let got = String::from_utf8(env.sinks[0].wait_delivered(1).remove(0)).unwrap();
-    assert!(!got.contains("secure.test"), "{got}");
+    env.sinks[0].wait_delivered(1);
+    assert_eq!(
+        env.sinks[0].recipients(),
+        [["y@plain.test"]],
+        "only the plain recipient"
+    );
     drop(smtp);
 
     // With a TLS target configured, the same recipient is delivered over TLS.
@@ -119,9 +123,18 @@ fn a_target_with_a_certificate_for_another_name_does_not_count_as_encrypted() {
     smtp.command("MAIL FROM:<a@sender.example>").unwrap();
     let r = smtp.command("RCPT TO:<x@secure.test>").unwrap();
     assert!(r.starts_with("4"), "{r}");
-    drop(smtp);
+    // The message goes on for a plain recipient: the refused one is not carried with it.
+    let r = smtp.command("RCPT TO:<y@plain.test>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+        .unwrap();
+    let r = smtp.read_reply().unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    env.sinks[0].wait_delivered(1);
+    assert_eq!(env.sinks[0].recipients(), [["y@plain.test"]]);
     assert!(target.sinks[0].delivered().is_empty());
-    assert!(env.sinks[0].delivered().is_empty());
 }
 
 #[test]
@@ -471,17 +484,24 @@ fn a_target_with_only_cbc_suites_carries_no_recipient_that_needs_tls() {
     let r = rcpt(&env, "x@secure.test");
     assert!(r.starts_with("4"), "{r}");
     env.wait_for_log("TLS handshake failed");
-    assert!(env.sinks[0].delivered().is_empty());
 }
 
-/// `preferred` and `none` leave it to the target's `security`: a plain target carries them.
+/// `preferred` and `none` leave it to the target's `security`: a plain target carries them,
+/// while in the same configuration a `required` recipient is deferred (the rules are in force).
 #[test]
 fn preferred_and_none_go_as_the_target_is_configured() {
-    let policy = "[[encryption_rule]]\nrecipient_domain = \"pref.test\"\n\
-                  recipient_encryption = \"preferred\"\n\
-                  [[encryption_rule]]\nrecipient_domain = \"none.test\"\n\
-                  recipient_encryption = \"none\"\n";
-    let env = ProxyEnv::start(&front(policy, PLAIN), &[&[]]);
+    let policy = format!(
+        "{REQUIRED}[[encryption_rule]]\nrecipient_domain = \"pref.test\"\n\
+         recipient_encryption = \"preferred\"\n\
+         [[encryption_rule]]\nrecipient_domain = \"none.test\"\n\
+         recipient_encryption = \"none\"\n"
+    );
+    let env = ProxyEnv::start(&front(&policy, PLAIN), &[&[]]);
+    let r = rcpt(&env, "x@secure.test");
+    assert!(
+        r.starts_with("451 4.7.5"),
+        "required, over a plain target: {r}"
+    );
     for to in ["x@pref.test", "x@none.test"] {
         let reply = env.smtp().send("a@sender.example", to, MESSAGE);
         assert!(reply.starts_with("250"), "{to}: {reply}");

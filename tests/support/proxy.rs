@@ -81,6 +81,22 @@ impl Sink {
     pub fn wait_delivered(&self, n: usize) -> Vec<Vec<u8>> {
         super::wait_for_messages(n, || self.delivered())
     }
+
+    /// The envelope recipients of each message the sink holds (from smtp-sink's
+    /// `X-Rcpt-Args` trace lines, which `delivered` leaves out), sorted by file name.
+    pub fn recipients(&self) -> Vec<Vec<String>> {
+        super::sink_files(&self.dir.join("mail"))
+            .iter()
+            .map(|p| {
+                String::from_utf8_lossy(&std::fs::read(p).unwrap())
+                    .lines()
+                    .take_while(|l| !l.starts_with("Received: "))
+                    .filter_map(|l| l.strip_prefix("X-Rcpt-Args: <"))
+                    .map(|r| r.split('>').next().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 impl Drop for Sink {

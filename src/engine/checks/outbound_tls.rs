@@ -285,6 +285,15 @@ mod tests {
             .unwrap()
             .contains("below the minimum")
         );
+        // A CBC suite is below min_cipher_strength = "high" (rustls itself never negotiates
+        // one, so this is shown here rather than end to end).
+        let weak = r
+            .unmet("TLSv1.3", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA", &sans, None)
+            .unwrap();
+        assert!(
+            weak.contains("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"),
+            "{weak}"
+        );
         let other = vec!["localhost".to_owned()];
         assert!(
             r.unmet(
