@@ -628,3 +628,53 @@ fn implicit_tls_relay_with_a_client_certificate_and_auth() {
     }
     assert_eq!(target.sinks[0].delivered().len(), 1, "nothing more arrived");
 }
+
+/// `[relay] skip_connection_tests`: an allowed relay source is not looked up in the DNSBL
+/// even when its address is public (so `skip_local_ip` has no say): the listed client of
+/// 192.0.2.0/24, made with client_ip_override, passes with it and is refused without it.
+#[test]
+fn allowed_relay_sources_skip_the_connection_tests() {
+    let dns = crate::support::DnsServer::start();
+    let target = FaultyTarget::start(Faults::default());
+    for (skip, refused) in [(true, false), (false, true)] {
+        let env = proxy(
+            &target,
+            &format!(
+                "[connection]\nclient_ip_override = \"192.0.2.10\"\n\
+                 [relay]\nallowed_relay_sources = [\"192.0.2.0/24\"]\nskip_connection_tests = {skip}\n\
+                 [dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = 2\nattempts = 1\n\
+                 [rbl]\nenabled = true\nhit_action = \"reject\"\nskip_local_ip = true\n\
+                 [[rbl.zone]]\nzone = \"zen.test\"\nanswers = [\"127.0.0.[2..11]\"]\n",
+                dns.port
+            ),
+            "",
+        );
+        let line = greeting(env.port);
+        assert_eq!(
+            line.starts_with("554 5.7.1"),
+            refused,
+            "skip_connection_tests = {skip}: {line}"
+        );
+    }
+}
+
+/// `enabled = false` on an outbound TLS policy: the policy that asks for TLS 1.3 defers a
+/// recipient the plain target cannot carry; disabled, the recipient goes.
+#[test]
+fn a_disabled_outbound_tls_policy_is_not_used() {
+    for (enabled, expected) in [(true, "451 4.7.5"), (false, "250")] {
+        let env = ProxyEnv::start(
+            &format!(
+                "[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+                 [[outbound_tls_policy]]\nname = \"modern\"\nrecipient_domains = [\"v13.test\"]\n\
+                 min_version = \"1.3\"\nenabled = {enabled}\n\
+                 [[relay_target]]\nname = \"plain\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n"
+            ),
+            &[&[]],
+        );
+        let mut smtp = env.smtp();
+        smtp.begin("a@sender.test");
+        let r = smtp.command("RCPT TO:<x@v13.test>").unwrap();
+        assert!(r.starts_with(expected), "enabled = {enabled}: {r}");
+    }
+}
