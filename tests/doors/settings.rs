@@ -678,3 +678,83 @@ fn a_disabled_outbound_tls_policy_is_not_used() {
         assert!(r.starts_with(expected), "enabled = {enabled}: {r}");
     }
 }
+
+/// `client_data_command_timeout`: a client that goes quiet once a recipient is accepted gets
+/// 421 4.4.2 after that timeout, not after the longer ones of the other stages.
+#[test]
+fn a_client_quiet_after_rcpt_meets_the_data_command_timeout() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(
+        &target,
+        "client_connection_timeout = 60\nclient_protocol_timeout = 60\nclient_data_command_timeout = 1",
+        "",
+    );
+    let mut smtp = env.smtp();
+    smtp.begin("a@sender.test");
+    assert!(
+        smtp.command("RCPT TO:<b@rcpt.test>")
+            .unwrap()
+            .starts_with("250")
+    );
+    // Read with the helper's 20 s limit: only the 1 s timeout can answer in time.
+    let r = smtp
+        .read_reply()
+        .expect("a reply before the connection closes");
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(smtp.is_closed());
+}
+
+/// `tls_negotiation_timeout`: a client of the implicit TLS listener that never starts its
+/// handshake is closed after that timeout (the connection timeout being far longer).
+#[test]
+fn a_client_that_never_shakes_hands_meets_the_tls_negotiation_timeout() {
+    use std::io::Read;
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(
+        &target,
+        &format!(
+            "listen_tls = [\"127.0.0.1:{{tls_port}}\"]\n{CERTS}client_connection_timeout = 60\ntls_negotiation_timeout = 1"
+        ),
+        "",
+    );
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", env.tls_port)).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match silent.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("sent {:?} before any handshake", &buf[..n]),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "still open after 20 s: tls_negotiation_timeout did not close it"
+        ),
+    }
+}
+
+/// `[delivery] connection_timeout`: a relay target that takes the TCP connection but never
+/// greets (a listener that never accepts) is given up after it, well before the protocol
+/// timeout; the client hears 451 and the log says connecting timed out.
+#[test]
+fn a_target_that_never_greets_meets_the_connection_timeout() {
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    let env = ProxyEnv::start(
+        &format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [delivery]\nconnection_timeout = 1\nprotocol_timeout = 60\n\
+             [[relay_target]]\nname = \"stalled\"\nhost = \"127.0.0.1\"\nport = {port}\n"
+        ),
+        &[],
+    );
+    let mut smtp = env.smtp();
+    smtp.begin("a@sender.test");
+    // Within the helper's 20 s: the protocol timeout (60 s) could not answer in time.
+    let r = smtp.command("RCPT TO:<b@rcpt.test>").unwrap();
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    env.wait_for_log("connecting");
+    drop(stalled);
+}
