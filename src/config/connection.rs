@@ -409,7 +409,14 @@ pub(super) struct ProfileSection {
     #[serde(default)]
     require_tls: bool,
     spoof_detection: Option<Spanned<SpoofAction>>,
+    /// The users this profile's clients authenticate as (the proxy door), instead of
+    /// `[proxy] auth_users_file`'s.
+    auth_users_file: Option<Spanned<std::path::PathBuf>>,
 }
+
+/// A profile's own AUTH users file, for the proxy door to load: the profile's name and the
+/// file as written.
+pub(super) type ProfileUsersFile = (String, Spanned<std::path::PathBuf>);
 
 /// An IPv4 host entry with wildcards for its last octets (`10.100.80.*`, `10.*.*.*`), as the
 /// email gateway's host lists have them: the network it stands for.
@@ -433,6 +440,7 @@ pub(super) fn profiles(
     sections: Vec<ProfileSection>,
     relay: &RelayRestriction,
     notes: &mut Vec<String>,
+    users_files: &mut Vec<ProfileUsersFile>,
 ) -> Result<Profiles, Invalid> {
     let mut profiles: Vec<ConnectionProfile> = Vec::new();
     for (n, p) in sections.into_iter().enumerate() {
@@ -513,6 +521,9 @@ pub(super) fn profiles(
             Some(action) => Some(action.into_inner()),
             None => None,
         };
+        if let Some(file) = p.auth_users_file {
+            users_files.push((p.name.clone(), file));
+        }
         let checks = ConnectionProfile::checks_by_default(relay_control);
         profiles.push(ConnectionProfile {
             name: p.name,

@@ -261,10 +261,15 @@ impl ConfigFile {
         let spf = spf::compile(self.spf, help_url);
         let relay = connection::relay(self.relay)?;
         let mut notes = Vec::new();
-        let profiles =
-            connection::profiles(self.connection_profiles, &relay.restriction, &mut notes)?;
+        let mut users_files = Vec::new();
+        let profiles = connection::profiles(
+            self.connection_profiles,
+            &relay.restriction,
+            &mut notes,
+            &mut users_files,
+        )?;
         let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
-        let proxy = proxy::compile(self.proxy, config_dir)?;
+        let proxy = proxy::compile(self.proxy, config_dir, users_files)?;
         let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
         let authentication = authentication::compile(
             self.authentication,

@@ -133,6 +133,7 @@ impl Default for ProxySection {
 pub(super) fn compile(
     p: ProxySection,
     config_dir: Option<&Path>,
+    profile_users_files: Vec<super::connection::ProfileUsersFile>,
 ) -> Result<ProxySettings, Invalid> {
     let err =
         |span: Range<usize>, key: &str, message: String| (span, format!("proxy.{key}"), message);
@@ -192,17 +193,50 @@ pub(super) fn compile(
             .collect(),
         add: keyword_list(p.ehlo_add_keywords, "ehlo_add_keywords")?,
     };
+    let checks = match p.max_concurrent_password_checks {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    // One pool of password checks for every users file.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(checks.max(1)));
+    let mut profile_users: Vec<(String, Users)> = Vec::new();
+    for (profile, file) in profile_users_files {
+        let span = file.span();
+        let key = format!("connection_profile {profile:?} auth_users_file");
+        let users = Users::load(&relative(file.into_inner(), config_dir), slots.clone())
+            .map_err(|m| (span.clone(), key.clone(), m))?;
+        if let Some((other, user)) = profile_users
+            .iter()
+            .find_map(|(other, known)| users.shared_name(known).map(|u| (other, u)))
+        {
+            return Err((
+                span,
+                key,
+                format!(
+                    "user {user:?} is also a user of profile {other:?}: a user name belongs to one profile (an AUTH user decides the profile's rules)"
+                ),
+            ));
+        }
+        profile_users.push((profile, users));
+    }
     let auth_users = match p.auth_users_file {
         Some(f) => {
-            let checks = match p.max_concurrent_password_checks {
-                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-                n => n,
-            };
             let span = f.span();
-            Some(
-                Users::load(&relative(f.into_inner(), config_dir), checks)
-                    .map_err(|m| err(span, "auth_users_file", m))?,
-            )
+            let users = Users::load(&relative(f.into_inner(), config_dir), slots.clone())
+                .map_err(|m| err(span.clone(), "auth_users_file", m))?;
+            if let Some((profile, user)) = profile_users
+                .iter()
+                .find_map(|(profile, known)| users.shared_name(known).map(|u| (profile, u)))
+            {
+                return Err(err(
+                    span,
+                    "auth_users_file",
+                    format!(
+                        "user {user:?} is also a user of connection profile {profile:?}: a user name belongs to one place"
+                    ),
+                ));
+            }
+            Some(users)
         }
         None => match p.submission_listen.first() {
             Some(listener) => {
@@ -321,6 +355,7 @@ pub(super) fn compile(
         greet_pause: Duration::from_millis(p.greet_pause_ms),
         bare_newline: p.bare_newline,
         auth_users,
+        profile_users,
         auth_over_plaintext: p.auth_over_plaintext,
         max_auth_failures: p.max_auth_failures.get(),
         max_auth_failures_per_client: p.max_auth_failures_per_client,

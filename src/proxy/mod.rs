@@ -112,6 +112,9 @@ pub struct ProxySettings {
     pub greet_pause: Duration,
     pub bare_newline: BareNewline,
     pub auth_users: Option<Users>,
+    /// Connection profiles with users of their own (`auth_users_file` of the profile): their
+    /// clients authenticate against those instead of `auth_users`.
+    pub profile_users: Vec<(String, Users)>,
     /// Offer AUTH on unencrypted sessions too (default: only after TLS).
     pub auth_over_plaintext: bool,
     /// Failed AUTH attempts in one connection before it is closed.
@@ -195,6 +198,17 @@ impl ProxyDoor {
     pub fn reload(&self, new: ProxySettings, acceptor: Option<TlsAcceptor>) {
         self.acceptor.store(acceptor.map(Arc::new));
         self.settings.store(Arc::new(new));
+    }
+}
+
+impl ProxySettings {
+    /// The users a client of `profile` authenticates as: its profile's own, else
+    /// `auth_users_file`'s.
+    pub fn users_for(&self, profile: Option<&str>) -> Option<&Users> {
+        profile
+            .and_then(|name| self.profile_users.iter().find(|(p, _)| p == name))
+            .map(|(_, users)| users)
+            .or(self.auth_users.as_ref())
     }
 }
 

@@ -103,9 +103,9 @@ pub enum Verification {
 }
 
 impl Users {
-    /// Reads a users file; at most `concurrent_checks` passwords are checked at once. Errors
-    /// name the file and line.
-    pub fn load(path: &Path, concurrent_checks: usize) -> Result<Self, String> {
+    /// Reads a users file; passwords are checked within `checks` (one slot per check at once,
+    /// shared by every users file). Errors name the file and line.
+    pub fn load(path: &Path, checks: Arc<Semaphore>) -> Result<Self, String> {
         let text = crate::secret_file::read_to_string(path, "AUTH users file")
             .map_err(|e| e.to_string())?;
         let mut hashes = HashMap::new();
@@ -127,8 +127,17 @@ impl Users {
         }
         Ok(Self {
             hashes: Arc::new(hashes),
-            checks: Arc::new(Semaphore::new(concurrent_checks.max(1))),
+            checks,
         })
+    }
+
+    /// A user name of `other` that is one of these users too, if any.
+    pub fn shared_name<'a>(&self, other: &'a Users) -> Option<&'a str> {
+        other
+            .hashes
+            .keys()
+            .find(|name| self.hashes.contains_key(*name))
+            .map(String::as_str)
     }
 
     /// Whether `user` exists and `password` is theirs; waits at most `wait` for a check slot.
@@ -275,7 +284,7 @@ mod tests {
         let path = dir.path().join("users");
         let hash = hash_password("secret").unwrap();
         std::fs::write(&path, format!("# users\nalice:{hash}\n")).unwrap();
-        let users = Users::load(&path, 2).unwrap();
+        let users = Users::load(&path, Arc::new(Semaphore::new(2))).unwrap();
         let wait = Duration::from_secs(5);
         assert_eq!(
             users.verify("alice", "secret", wait).await,
@@ -299,7 +308,7 @@ mod tests {
         );
 
         std::fs::write(&path, "alice:plaintext\n").unwrap();
-        let err = Users::load(&path, 2).unwrap_err();
+        let err = Users::load(&path, Arc::new(Semaphore::new(2))).unwrap_err();
         assert!(
             err.contains(":1:") && err.contains("hash-password"),
             "{err}"

@@ -758,3 +758,66 @@ fn a_target_that_never_greets_meets_the_connection_timeout() {
     env.wait_for_log("connecting");
     drop(stalled);
 }
+
+/// A connection profile's own `auth_users_file`: its clients authenticate against it, not
+/// against `[proxy] auth_users_file`; one user name in two files is refused by check-config.
+#[test]
+fn a_profile_has_its_own_auth_users() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let global = crate::support::proxy::users_file(dir.path());
+    let partner = dir.path().join("partner.users");
+    std::fs::write(
+        &partner,
+        std::fs::read_to_string(&global)
+            .unwrap()
+            .replace("alice:", "bob:"),
+    )
+    .unwrap();
+    let target = FaultyTarget::start(Faults::default());
+    let config = |profile_file: &std::path::Path| {
+        format!(
+            "auth_users_file = \"{}\"\nauth_over_plaintext = true\n\
+             [[connection_profile]]\nname = \"partner\"\nclient_hosts = [\"127.0.0.1\"]\n\
+             auth_users_file = \"{}\"\n",
+            global.display(),
+            profile_file.display()
+        )
+    };
+    let env = proxy(&target, &config(&partner), "");
+    let auth = |user: &str| {
+        let mut smtp = env.smtp();
+        smtp.command("EHLO c.test").unwrap();
+        let response =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"));
+        smtp.command(&format!("AUTH PLAIN {response}")).unwrap()
+    };
+    assert!(auth("bob").starts_with("235"), "the profile's user");
+    assert!(
+        auth("alice").starts_with("535"),
+        "a user of [proxy] auth_users_file is not one of the profile's"
+    );
+    drop(env);
+
+    // alice in both files: refused, naming her and the profile.
+    let file = dir.path().join("postern.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\n{}[[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            config(&global),
+            target.port
+        ),
+    )
+    .unwrap();
+    let out = crate::support::proxy::postern()
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("user \"alice\"") && text.contains("partner"),
+        "{text}"
+    );
+}

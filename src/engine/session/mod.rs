@@ -317,6 +317,11 @@ impl Session {
         self.authenticated = Some(user.to_owned());
     }
 
+    /// The name of the connection profile chosen for the client, if any.
+    pub fn profile_name(&self) -> Option<&str> {
+        self.client_profile().map(|p| p.name.as_str())
+    }
+
     fn client_profile(&self) -> Option<&ConnectionProfile> {
         self.profile.map(|i| self.policy.profiles.get(i))
     }

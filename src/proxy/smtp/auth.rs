@@ -39,7 +39,8 @@ impl Conversation {
     }
 
     pub(super) async fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Next {
-        let Some(users) = self.settings().auth_users.clone() else {
+        let profile = self.session.profile_name();
+        let Some(users) = self.settings().users_for(profile).cloned() else {
             self.say(502, "5.5.1 Error: authentication is not offered here");
             return Next::Continue;
         };

@@ -47,7 +47,9 @@ impl Conversation {
     }
 
     fn auth_offered(&self) -> bool {
-        self.settings().auth_users.is_some()
+        self.settings()
+            .users_for(self.session.profile_name())
+            .is_some()
             && self.session.authenticated_user().is_none()
             && (self.session.tls().is_some() || self.settings().auth_over_plaintext)
     }
