@@ -99,6 +99,7 @@ impl fmt::Display for DoorKind {
 pub enum SmtpStage {
     Connect,
     Helo,
+    StartTls,
     Mail,
     Rcpt,
     Data,
@@ -111,6 +112,7 @@ impl SmtpStage {
         match self {
             Self::Connect => "connect",
             Self::Helo => "helo",
+            Self::StartTls => "starttls",
             Self::Mail => "mail",
             Self::Rcpt => "rcpt",
             Self::Data => "data",
@@ -126,6 +128,7 @@ impl SmtpStage {
         match stage {
             Stage::None => Self::Connect,
             Stage::Helo => Self::Helo,
+            Stage::StartTls => Self::StartTls,
             Stage::Mail => Self::Mail,
             Stage::Rcpt => Self::Rcpt,
             Stage::Data => Self::Data,
@@ -134,7 +137,10 @@ impl SmtpStage {
 
     /// Whether a refusal here concerns the connection rather than a transaction.
     pub fn is_connection(self) -> bool {
-        matches!(self, Self::Connect | Self::Helo | Self::UnknownCommand)
+        matches!(
+            self,
+            Self::Connect | Self::Helo | Self::StartTls | Self::UnknownCommand
+        )
     }
 }
 

@@ -74,6 +74,9 @@ pub enum Stage {
     #[default]
     None,
     Helo,
+    /// STARTTLS (the proxy door; behind an MTA, which does not tell the milter about
+    /// STARTTLS, and for a client that never sends it, the refusal comes at MAIL).
+    StartTls,
     Mail,
     Rcpt,
     Data,
@@ -84,6 +87,7 @@ impl Stage {
         match self {
             Self::None => "none",
             Self::Helo => "helo",
+            Self::StartTls => "starttls",
             Self::Mail => "mail",
             Self::Rcpt => "rcpt",
             Self::Data => "data",

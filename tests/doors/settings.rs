@@ -821,3 +821,26 @@ fn a_profile_has_its_own_auth_users() {
         "{text}"
     );
 }
+
+/// `delayed_rejection_state = "starttls"`: a refused client is greeted and its EHLO answered;
+/// its STARTTLS gets the refusal, and a client that never sends STARTTLS gets it at MAIL.
+#[test]
+fn a_refusal_can_be_delayed_until_starttls() {
+    let target = FaultyTarget::start(Faults::default());
+    let env = proxy(
+        &target,
+        &format!(
+            "{CERTS}[connection]\nip_address_rejection = [\"127.0.0.0/8\"]\n\
+             delayed_rejection_state = \"starttls\"\n"
+        ),
+        "",
+    );
+    let mut smtp = env.smtp();
+    assert!(smtp.command("EHLO c.test").unwrap().starts_with("250"));
+    let r = smtp.command("STARTTLS").unwrap();
+    assert!(r.starts_with("554 5.7.1 Client host rejected"), "{r}");
+    let mut plain = env.smtp();
+    assert!(plain.command("EHLO c.test").unwrap().starts_with("250"));
+    let r = plain.command("MAIL FROM:<a@sender.test>").unwrap();
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+}

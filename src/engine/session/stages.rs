@@ -23,6 +23,13 @@ impl Session {
         self.answered(verdict)
     }
 
+    /// STARTTLS, before the handshake: a refusal held until this stage (delayed rejection
+    /// state `starttls`) is answered instead of 220.
+    pub fn starttls(&mut self) -> Verdict {
+        let verdict = self.held_at(Stage::StartTls).unwrap_or(Verdict::Continue);
+        self.answered(self.unless_dry_run(SmtpStage::StartTls, verdict))
+    }
+
     /// MAIL FROM: starts a transaction (ending any earlier one).
     /// The address is read here, once: past this point it is an [`EnvelopeAddress`].
     pub async fn mail(&mut self, sender: &str) -> Verdict {

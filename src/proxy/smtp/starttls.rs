@@ -14,6 +14,10 @@ impl Conversation {
             self.say(502, "5.5.1 Error: STARTTLS is not offered here");
             return Next::Continue;
         };
+        let verdict = self.session.starttls();
+        if let Some(next) = self.refused(&verdict) {
+            return next;
+        }
         // Nothing the client sent in plaintext after STARTTLS counts: a man in the middle
         // could have added it.
         let dropped = self.conn.discard_pending_input();
