@@ -28,6 +28,7 @@ pub(super) struct DeliverySection {
     connection_cache_time: u64,
     max_idle_connections: usize,
     xforward: bool,
+    noop_interval: u64,
 }
 
 impl Default for DeliverySection {
@@ -42,6 +43,7 @@ impl Default for DeliverySection {
             connection_cache_time: 2,
             max_idle_connections: 64,
             xforward: true,
+            noop_interval: 60,
         }
     }
 }
@@ -187,6 +189,7 @@ pub(super) fn compile(
         },
     );
     delivery.xforward = d.xforward;
+    delivery.noop_interval = (d.noop_interval > 0).then(|| Duration::from_secs(d.noop_interval));
     Ok(delivery)
 }
 

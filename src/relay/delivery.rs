@@ -32,6 +32,9 @@ pub struct Delivery {
     pub data_timeout: Duration,
     /// Tell targets that offer XFORWARD who the client was (`xforward`, on by default).
     pub xforward: bool,
+    /// NOOP to the target of a transaction this often while the client is still uploading
+    /// (`noop_interval`; `None`: never).
+    pub noop_interval: Option<Duration>,
     /// Idle connections kept for the next message (`connection_cache_time`).
     pub(super) pool: Arc<Pool>,
     /// Told of every attempt's outcome (the metrics count them), when set.
@@ -58,6 +61,7 @@ impl Delivery {
             protocol_timeout,
             data_timeout,
             xforward: true,
+            noop_interval: None,
             pool: Pool::new(cache, protocol_timeout),
             events: None,
         }
@@ -106,6 +110,7 @@ impl Delivery {
                         cacheable: target.security != Security::Ssl,
                         line_limit: target.line_limit,
                         events: self.events.clone(),
+                        last_command: tokio::time::Instant::now(),
                     };
                     return Ok((upstream, answer));
                 }
@@ -155,6 +160,7 @@ impl Delivery {
         }
         Ok(Delivery {
             xforward: self.xforward,
+            noop_interval: self.noop_interval,
             events: self.events.clone(),
             ..Delivery::new(
                 targets,

@@ -38,6 +38,8 @@ pub struct Upstream {
     pub(super) cacheable: bool,
     pub(super) line_limit: usize,
     pub(super) events: Option<Arc<dyn Events>>,
+    /// When the target last heard a command of this transaction.
+    pub(super) last_command: tokio::time::Instant,
 }
 
 impl fmt::Debug for Upstream {
@@ -52,6 +54,18 @@ impl Upstream {
     /// The relay target's name.
     pub fn target_name(&self) -> &str {
         &self.name
+    }
+
+    /// How long the target has heard nothing of this transaction.
+    pub fn idle(&self) -> Duration {
+        self.last_command.elapsed()
+    }
+
+    /// NOOP, so that a target waiting for the rest of the transaction (while a slow client
+    /// uploads) does not close an idle connection (`[delivery] noop_interval`).
+    pub async fn noop(&mut self) -> Result<SmtpReply, TargetError> {
+        self.last_command = tokio::time::Instant::now();
+        command_reply(&mut self.link.conn, "NOOP\r\n", self.protocol_timeout).await
     }
 
     /// Index of the target, so that a failover can start after it.
@@ -79,6 +93,7 @@ impl Upstream {
     /// RCPT TO; a refusal carries the target's reply for the client. A non-ASCII address
     /// is refused here (5.6.7) when the target does not offer SMTPUTF8.
     pub async fn rcpt(&mut self, recipient: &EnvelopeAddress) -> Result<SmtpReply, TargetError> {
+        self.last_command = tokio::time::Instant::now();
         if !recipient.is_ascii() && !self.link.caps.smtputf8 {
             return Err(TargetError::Refused(own_reply(
                 553,

@@ -301,6 +301,29 @@ fn an_upstream_that_idles_out_during_the_upload_is_reopened() {
     );
 }
 
+/// `[delivery] noop_interval`: while the client pauses in its upload longer than the
+/// target's idle timeout, NOOPs keep the target's transaction open, so the message goes over
+/// the connection that took the recipients; with NOOPs off the target closes and the
+/// connection is reopened.
+#[test]
+fn noops_keep_the_target_open_while_the_client_uploads() {
+    for (interval, connections) in [(1, 1), (0, 2)] {
+        let target = FaultyTarget::start(Faults {
+            idle_timeout: Some(Duration::from_secs(3)),
+            ..Faults::default()
+        });
+        let env = start_with(&[&target], "", &format!("noop_interval = {interval}"));
+        let outcome = transaction(&env, Duration::from_secs(5));
+        assert!(outcome.end_ok(), "noop_interval = {interval}: {outcome:?}");
+        assert_eq!(target.taken().len(), 1);
+        assert_eq!(
+            target.connections(),
+            connections,
+            "noop_interval = {interval}"
+        );
+    }
+}
+
 /// A target offering none of SIZE, 8BITMIME, SMTPUTF8.
 fn plain_target() -> FaultyTarget {
     FaultyTarget::start(Faults {

@@ -149,6 +149,11 @@ impl FaultyTarget {
         }
     }
 
+    /// The connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
     /// The messages taken so far, in arrival order.
     pub fn taken(&self) -> Vec<Taken> {
         self.taken.lock().unwrap().clone()

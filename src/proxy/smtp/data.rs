@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::engine::address::EnvelopeAddress;
 use crate::engine::{BufferError, Edits, MessageBuffer, SmtpReply, Verdict};
@@ -71,11 +71,52 @@ impl Conversation {
                 left = left.min(d.saturating_duration_since(tokio::time::Instant::now()));
             }
             let step = self.stress_step(left);
-            match self.conn.wait_input(step).await {
+            // Woken up early when the relay target is due a NOOP.
+            let tick = self.noop_due().filter(|due| *due < step);
+            let wait = tick.unwrap_or(step);
+            match self.conn.wait_input(wait).await {
+                Err(ReadError::Timeout) if tick.is_some() => {
+                    waited += wait;
+                    self.keep_upstream_alive().await;
+                }
                 Err(ReadError::Timeout) if step < left && !self.shared.under_stress() => {
                     waited += step;
                 }
                 done => return done,
+            }
+        }
+    }
+
+    /// How long until the transaction's relay target is due a NOOP (`[delivery]
+    /// noop_interval`), when one is open and NOOPs are sent.
+    fn noop_due(&self) -> Option<Duration> {
+        let tx = self.tx.as_ref().filter(|tx| !tx.noop_failed)?;
+        let interval = tx.delivery.as_ref()?.noop_interval?;
+        let upstream = tx.upstream.as_ref()?;
+        Some(interval.saturating_sub(upstream.idle()))
+    }
+
+    /// A NOOP to the transaction's relay target when it is due, so that a target with an
+    /// idle timeout keeps the transaction while a slow client uploads. A failure is logged
+    /// and ends the NOOPs; the end of the message then reopens the target as before.
+    async fn keep_upstream_alive(&mut self) {
+        if self.noop_due() != Some(Duration::ZERO) {
+            return;
+        }
+        let peer = self.peer;
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        let Some(upstream) = tx.upstream.as_mut() else {
+            return;
+        };
+        match upstream.noop().await {
+            Ok(_) => {
+                debug!(client = %peer, relay_target = %upstream.target_name(), "NOOP to keep the relay target's transaction open")
+            }
+            Err(e) => {
+                info!(client = %peer, relay_target = %upstream.target_name(), error = %e, "NOOP to the relay target failed; the connection is reopened at the end of the message");
+                tx.noop_failed = true;
             }
         }
     }
@@ -143,6 +184,7 @@ impl Conversation {
         let min_rate = self.settings().min_data_rate;
         let mut received: u64 = 0;
         loop {
+            self.keep_upstream_alive().await;
             let deadline = (min_rate > 0).then(|| {
                 started + timeout + Duration::from_secs_f64(received as f64 / min_rate as f64)
             });

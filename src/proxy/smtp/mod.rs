@@ -51,6 +51,9 @@ struct Transaction {
     /// whole message again, as Postfix's smtpd_proxy_filter does. Cleared by RSET or a new
     /// MAIL after the transaction ends.
     broken: bool,
+    /// A NOOP to the upstream failed: no more are sent (the end of the message finds the
+    /// connection gone and reopens it).
+    noop_failed: bool,
 }
 
 /// The answer to every command of a transaction whose relay target broke after recipients
