@@ -515,6 +515,14 @@ fn log_note(session: u64, note: &engine::events::Note<'_>) {
             field = %field.escape_debug(),
             "a header line is longer than {limit} octets with no white space to fold at: a hop that breaks it will break the DKIM signature"
         ),
+        N::Retained {
+            kind,
+            outcome: Ok(path),
+        } => info!(session, kind, path, "message copy retained"),
+        N::Retained {
+            kind,
+            outcome: Err(error),
+        } => warn!(session, kind, error, "message copy not retained"),
         N::PostmasterExempt { recipient } => info!(
             session,
             recipient = %recipient.escape_debug(),

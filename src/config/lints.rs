@@ -9,6 +9,14 @@ impl Config {
     /// do about it.
     pub fn lints(&self) -> Vec<String> {
         let mut lints = self.notes.clone();
+        if let Some(retain) = &self.policy.retain {
+            lints.push(format!(
+                "[scan] retain_raw_messages/retain_decoded_messages: copies of messages are written to {} (up to {} bytes each, kept {} days); turn it off once the support case is done",
+                retain.directory.display(),
+                retain.max_size,
+                retain.max_age.as_secs() / 86_400
+            ));
+        }
         if let Some(ip) = self.policy.client_ip_override {
             lints.push(format!(
                 "[connection] client_ip_override is set: every connection is judged as if it came from {ip}, whatever its real address; remove it once the diagnosis is done"

@@ -336,6 +336,7 @@ impl ConfigFile {
             spoof_detection: relay.spoof_detection,
             exploit_detection: connection::exploit_detection(self.exploit_detection),
             trace_header: scan.trace_header,
+            retain: scan.retain,
             dry_run: scan.dry_run,
         };
         Ok(Config {

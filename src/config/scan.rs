@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::{Invalid, valid_header_name};
 use crate::engine::policy::TraceHeader;
+use crate::engine::retain::Retain;
 use crate::engine::{MessageLimits, ScanFailureAction};
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +30,11 @@ pub(super) struct ScanSection {
     /// Unset: [`TRACE_HEADER_NAME`].
     trace_header_name: Option<Spanned<String>>,
     dry_run: bool,
+    retain_raw_messages: bool,
+    retain_decoded_messages: bool,
+    retain_directory: Option<Spanned<PathBuf>>,
+    retain_max_size: u64,
+    retain_days: u32,
 }
 
 /// The trace header's name when `trace_header_name` is not set.
@@ -48,6 +54,11 @@ impl Default for ScanSection {
             trace_header: false,
             trace_header_name: None,
             dry_run: false,
+            retain_raw_messages: false,
+            retain_decoded_messages: false,
+            retain_directory: None,
+            retain_max_size: 10 << 20,
+            retain_days: 7,
         }
     }
 }
@@ -60,6 +71,7 @@ pub(super) struct Scan {
     pub(super) message_limits: MessageLimits,
     pub(super) trace_header: Option<TraceHeader>,
     pub(super) dry_run: bool,
+    pub(super) retain: Option<Retain>,
 }
 
 pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
@@ -97,6 +109,36 @@ pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
         None => TRACE_HEADER_NAME.to_owned(),
     };
 
+    let retain = match (
+        s.retain_raw_messages || s.retain_decoded_messages,
+        s.retain_directory,
+    ) {
+        (false, _) => None,
+        (true, None) => {
+            return Err((
+                0..0,
+                "scan.retain_directory".into(),
+                "retain_raw_messages or retain_decoded_messages is on: name the directory the copies go to".into(),
+            ));
+        }
+        (true, Some(dir)) if !dir.get_ref().is_dir() => {
+            return Err((
+                dir.span(),
+                "scan.retain_directory".into(),
+                format!(
+                    "{} is not an existing directory; create it (readable only by Postern's user: the copies are mail)",
+                    dir.get_ref().display()
+                ),
+            ));
+        }
+        (true, Some(dir)) => Some(Retain::new(
+            dir.into_inner(),
+            s.retain_raw_messages,
+            s.retain_decoded_messages,
+            s.retain_max_size,
+            s.retain_days,
+        )),
+    };
     Ok(Scan {
         scan_failure_action: s.scan_failure_action,
         scan_timeout: Duration::from_secs(s.scan_timeout.get()),
@@ -115,5 +157,6 @@ pub(super) fn compile(s: ScanSection) -> Result<Scan, Invalid> {
             name: trace_header_name,
         }),
         dry_run: s.dry_run,
+        retain,
     })
 }

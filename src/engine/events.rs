@@ -567,6 +567,11 @@ pub enum Note<'a> {
         field: Option<&'a str>,
         limit: usize,
     },
+    /// A copy of the message was kept for support (`[scan] retain_*`), or could not be.
+    Retained {
+        kind: &'static str,
+        outcome: Result<&'a str, &'a str>,
+    },
     /// The postmaster is accepted although a DNSBL or reputation refusal is held
     /// (`postmaster_exempt`).
     PostmasterExempt {

@@ -15,6 +15,7 @@ pub mod message;
 pub mod policy;
 pub mod ports;
 pub mod reply;
+pub mod retain;
 pub mod rules;
 pub mod session;
 pub mod verdict;

@@ -179,6 +179,8 @@ pub struct Policy {
     /// connection profile, in order.
     pub outbound_tls: OutboundTlsPolicies,
     pub trace_header: Option<TraceHeader>,
+    /// Copies of messages kept for support (`[scan] retain_*`); `None`: none.
+    pub retain: Option<super::retain::Retain>,
     /// The content stage: rulesets over subject, headers, body, attachments and names.
     pub content: ContentPolicy,
     /// Address transformation rules, in order: applied to what is relayed, never to what the

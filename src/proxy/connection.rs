@@ -117,6 +117,11 @@ impl Connection {
     /// Forgets whatever the client sent beyond the current command (STARTTLS: what was
     /// sent in plaintext behind it could have been injected by a man in the middle).
     /// Returns how many bytes were thrown away.
+    /// Whether the connection is plain TCP (no TLS).
+    pub fn is_plain(&self) -> bool {
+        matches!(self.stream, Stream::Plain(_))
+    }
+
     pub fn discard_pending_input(&mut self) -> usize {
         let n = self.input.len();
         self.input.clear();
@@ -264,9 +269,14 @@ impl Connection {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             return Err("TLS is already active".to_owned());
         };
-        let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp).into_fallible()).await {
             Err(_) => return Err(format!("TLS handshake not finished within {timeout:?}")),
-            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+            Ok(Err((e, tcp))) => {
+                // Plain text again, for a recovery answer (tls_fail_recovery_timeout).
+                self.stream = Stream::Plain(tcp);
+                self.discard_pending_input();
+                return Err(format!("TLS handshake failed: {e}"));
+            }
             Ok(Ok(tls)) => tls,
         };
         let (_, state) = tls.get_ref();

@@ -50,6 +50,9 @@ pub struct ClientTimeouts {
     pub data_payload: Duration,
     /// The TLS handshake.
     pub tls_negotiation: Duration,
+    /// After a failed STARTTLS handshake: how long the client, told so in plain text, has to
+    /// go before the connection is closed ("TLS fail recovery timeout").
+    pub tls_fail_recovery: Duration,
 }
 
 /// Settings of the proxy door (`[proxy]`). Listeners take effect at start; certificates are

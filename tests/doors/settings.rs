@@ -844,3 +844,91 @@ fn a_refusal_can_be_delayed_until_starttls() {
     let r = plain.command("MAIL FROM:<a@sender.test>").unwrap();
     assert!(r.starts_with("554 5.7.1"), "{r}");
 }
+
+/// `tls_fail_recovery_timeout`: after a STARTTLS handshake that fails (the client sends no
+/// TLS), the client is told so in plain text and the connection then closes; with 0 it closes
+/// at once without a word.
+#[test]
+fn a_failed_handshake_is_told_in_plain_text() {
+    use std::io::Read;
+    let target = FaultyTarget::start(Faults::default());
+    for (recovery, told) in [(2, true), (0, false)] {
+        let env = proxy(
+            &target,
+            &format!("{CERTS}tls_fail_recovery_timeout = {recovery}"),
+            "",
+        );
+        let mut smtp = env.smtp();
+        assert!(smtp.command("EHLO c.test").unwrap().starts_with("250"));
+        assert!(smtp.command("STARTTLS").unwrap().starts_with("220"));
+        smtp.writer_mut()
+            .write_all(b"EHLO this is not TLS\r\n")
+            .unwrap();
+        let mut heard = Vec::new();
+        let _ = smtp.writer_mut().read_to_end(&mut heard);
+        let heard = String::from_utf8_lossy(&heard);
+        assert_eq!(
+            heard.contains("421 4.7.0 gw.postern.test Error: the TLS handshake failed"),
+            told,
+            "tls_fail_recovery_timeout = {recovery}: {heard:?}"
+        );
+    }
+}
+
+/// `[scan] retain_raw_messages` and `retain_decoded_messages`: a copy of the message as it
+/// arrived and one as it left (the card masked) are kept, private, in retain_directory; a
+/// message over retain_max_size is not copied. The setting is warned about at start.
+#[test]
+fn message_copies_are_retained_for_support() {
+    let target = FaultyTarget::start(Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let env = proxy(
+        &target,
+        &format!(
+            "[scan]\nretain_raw_messages = true\nretain_decoded_messages = true\n\
+             retain_directory = \"{}\"\nretain_max_size = 2000\n\
+             [[ruleset]]\nname = \"pci\"\n[[ruleset.rule]]\nname = \"cards\"\n\
+             targets = [\"body\"]\ndetector = \"card_number\"\naction = \"mask\"\n",
+            dir.path().display()
+        ),
+        "",
+    );
+    let message = b"Subject: order\r\n\r\ncharge 4111 1111 1111 1111\r\n";
+    let r = env.smtp().send("a@sender.test", "b@rcpt.test", message);
+    assert!(r.starts_with("250"), "{r}");
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(3000));
+    let r = env
+        .smtp()
+        .send("a@sender.test", "b@rcpt.test", big.as_bytes());
+    assert!(r.starts_with("250"), "{r}");
+    env.wait_for_log("message copy retained");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "the big message is not copied: {files:?}");
+    let read = |suffix: &str| {
+        let path = files
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {suffix} in {files:?}"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
+    };
+    assert!(read(".raw.eml").contains("4111 1111 1111 1111"));
+    let decoded = read(".decoded.eml");
+    assert!(
+        decoded.contains("**** **** **** 1111") && !decoded.contains("4111 1111"),
+        "{decoded}"
+    );
+    assert!(
+        env.log().contains("copies of messages are written to"),
+        "{}",
+        env.log()
+    );
+}

@@ -4,6 +4,7 @@
 use mail_auth::AuthenticatedMessage;
 
 use super::*;
+use crate::engine::retain::Retain;
 use crate::engine::verdict::EnvelopeEdits;
 
 impl Session {
@@ -221,6 +222,9 @@ impl Session {
                 }
             }
         }
+        if let Some(retain) = &policy.retain {
+            self.retain(retain, &mut tx, &d).await;
+        }
         let finished = self.finished(&tx, &d);
         // The proxy relays what goes on: reported once it says where it went.
         let goes_on = policy.dry_run || d.goes_on();
@@ -279,6 +283,35 @@ impl Session {
         };
         d.decide(reason, verdict);
         d
+    }
+
+    /// Copies of the message for support: as it arrived, and as it leaves when it goes on.
+    async fn retain(&self, retain: &Retain, tx: &mut Transaction, d: &Decision) {
+        let name = format!("{}-{}", self.id, self.messages);
+        let mut copies = Vec::new();
+        if retain.raw {
+            copies.push(("raw", tx.received().await));
+        }
+        if retain.decoded && d.goes_on() {
+            copies.push(("decoded", tx.leaving(&d.edits).await));
+        }
+        for (kind, message) in copies {
+            let outcome = match message {
+                Ok(message) => retain.keep(&name, kind, message).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(Some(path)) => self.note(Note::Retained {
+                    kind,
+                    outcome: Ok(&path.display().to_string()),
+                }),
+                Ok(None) => {}
+                Err(e) => self.note(Note::Retained {
+                    kind,
+                    outcome: Err(&e),
+                }),
+            }
+        }
     }
 
     /// Spoof detection of the From domain, and the tag of every address that claimed a local

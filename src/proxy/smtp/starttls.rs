@@ -31,6 +31,7 @@ impl Conversation {
         }
         self.reset().await;
         let Some(info) = self.handshake(&acceptor).await else {
+            self.recover_from_failed_tls().await;
             return Next::Close;
         };
         self.session.restart_after_tls(info);
@@ -51,6 +52,26 @@ impl Conversation {
                 None
             }
         }
+    }
+
+    /// After a STARTTLS handshake that failed (not one that timed out), a client still there
+    /// is told so in plain text, and given `tls_fail_recovery_timeout` to read it and go
+    /// before the connection is closed (0: closed at once).
+    async fn recover_from_failed_tls(&mut self) {
+        let recovery = self.timeouts().tls_fail_recovery;
+        if recovery.is_zero() || !self.conn.is_plain() {
+            return;
+        }
+        let text = format!(
+            "4.7.0 {} Error: the TLS handshake failed; connect again (with other TLS settings, or without STARTTLS)",
+            self.hostname
+        );
+        self.say(421, &text);
+        if self.conn.flush().await.is_err() {
+            return;
+        }
+        // Whatever the client sends now is not read: it is given the time to close.
+        let _ = self.conn.wait_input(recovery).await;
     }
 
     /// TLS from the first byte (implicit TLS listener). False when the handshake failed.
