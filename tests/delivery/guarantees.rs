@@ -162,11 +162,12 @@ fn a_target_closing_at_a_later_rcpt_fails_the_whole_transaction() {
     });
 }
 
-/// A target that stalls past protocol_timeout at the second RCPT is a broken one.
+/// A target that stalls past protocol_timeout (2 s) at the second RCPT is a broken one. It
+/// stalls 5 s, so that a loaded machine cannot blur the two.
 #[test]
 fn a_target_stalling_at_a_later_rcpt_fails_the_whole_transaction() {
     let faults = Faults {
-        stall_at_rcpt: Some((2, Duration::from_secs(3))),
+        stall_at_rcpt: Some((2, Duration::from_secs(5))),
         ..Faults::default()
     };
     each_arrangement(faults, no_pause(), |outcome, targets, _| {

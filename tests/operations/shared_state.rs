@@ -174,9 +174,11 @@ fn redis_down_or_hanging_holds_no_mail_up() {
         for env in [&a, &b] {
             let (reply, took) = greeting(env.port);
             assert!(reply.starts_with("220"), "{redis_state}: {reply}");
-            // timeout_ms is 100; one connection asks at most twice (rate, reputation).
+            // timeout_ms is 100; one connection asks at most twice (rate, reputation). Left
+            // to itself a hanging Redis holds a command for ever (the client waits 20 s);
+            // the bound leaves room for a loaded machine.
             assert!(
-                took < Duration::from_millis(1000),
+                took < Duration::from_millis(5000),
                 "{redis_state}: the greeting took {took:?}"
             );
             sent += 1;
@@ -262,12 +264,12 @@ fn handed_messages_are_remembered_across_instances_for_their_time() {
         let (one, other) = (store(), store());
         let handed = [7u8; 32];
         assert!(!other.was_handed(&handed).await.unwrap());
-        one.remember_handed(&handed, Duration::from_millis(600))
+        one.remember_handed(&handed, Duration::from_millis(2000))
             .await
             .unwrap();
         assert!(other.was_handed(&handed).await.unwrap(), "shared");
         assert!(!other.was_handed(&[8u8; 32]).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(2600)).await;
         assert!(
             !other.was_handed(&handed).await.unwrap(),
             "forgotten in time"

@@ -130,6 +130,9 @@ impl FaultyTarget {
                                 .push(stream.try_clone().unwrap());
                             let (faults, taken) = (faults.clone(), taken.clone());
                             let worker = std::thread::spawn(move || {
+                                // An I/O error ends the connection as a real server's would:
+                                // the client closed or reset it, or a fault made it so.
+                                // Anything else (a panic) fails the test at drop.
                                 let _ = serve(stream, &faults, &taken);
                             });
                             workers.lock().unwrap().push(worker);
@@ -166,11 +169,19 @@ impl Drop for FaultyTarget {
         for c in self.connections.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
-        if let Some(a) = self.accept.take() {
-            let _ = a.join();
+        // A panic in the target's own threads is a broken test: it fails the test (unless
+        // the test is failing already) rather than passing silently.
+        let mut panicked = self.accept.take().is_some_and(|a| a.join().is_err());
+        for w in self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            panicked |= w.join().is_err();
         }
-        for w in self.workers.lock().unwrap().drain(..) {
-            let _ = w.join();
+        if panicked && !std::thread::panicking() {
+            panic!("a thread of the faulty target panicked (see its message above)");
         }
     }
 }

@@ -71,17 +71,78 @@ pub fn install_deps() {
     ONCE.call_once(|| run_script("install-deps", &[]));
 }
 
-/// A free TCP port on 127.0.0.1, never one handed out before in this test binary: tests run
-/// in parallel threads, and a port one test was given (and has not bound yet) must not go to
-/// another.
+/// Message files in an MTA's queue directory: Postfix's queue files under incoming, active,
+/// deferred, hold, maildrop (and the others it keeps there), Sendmail's qf/df files; the
+/// directories the MTA keeps for its own use (pid, public, private sockets) hold no files of
+/// messages.
+fn queued_files(queue: &Path) -> usize {
+    const POSTFIX_QUEUES: [&str; 6] = [
+        "incoming", "active", "deferred", "hold", "maildrop", "corrupt",
+    ];
+    let count = |dir: &Path| {
+        walk_files(dir)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+            })
+            .count()
+    };
+    let postfix: usize = POSTFIX_QUEUES.iter().map(|q| count(&queue.join(q))).sum();
+    let sendmail = walk_files(queue)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("qf") || n.starts_with("df"))
+        })
+        .count();
+    postfix + sendmail
+}
+
+/// Every file below `dir` (none when it cannot be read).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => files.extend(walk_files(&path)),
+            Ok(t) if t.is_file() => files.push(path),
+            _ => {}
+        }
+    }
+    files
+}
+
+/// A free TCP port on 127.0.0.1 for a server a test starts, never one handed out before in
+/// this test binary (tests run in parallel threads, and a port one test was given and has not
+/// bound yet must not go to another). It is taken below the kernel's range of ephemeral ports
+/// (`ip_local_port_range`), from which outgoing connections take their source ports: between
+/// this check and the server's bind, no connection of any test can take it as its own.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    // Below the ephemeral range, away from the well-known ports; each test binary (its
+    // process) starts somewhere else in it, so that binaries run one after another, or beside
+    // another test run, rarely meet.
+    let low = 10_000.min(ephemeral_start / 2);
+    let span = ephemeral_start.saturating_sub(low).max(1);
+    let start = std::process::id().wrapping_mul(7919) % span;
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < span, "no free port below {ephemeral_start}");
+        let port = (low + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if !given.contains(&port) {
             given.push(port);
@@ -411,9 +472,21 @@ impl MailEnv {
         wait_for_messages(n, || self.delivered())
     }
 
-    /// Asserts that nothing reaches the sink within a short while.
+    /// Asserts that nothing was delivered and nothing is on its way: once the MTA's queue
+    /// holds no message (an accepted message is queued before the client hears 250, and
+    /// leaves the queue only when delivered or bounced), the sink must be empty. Waits for the
+    /// queue to empty, at most 10 s, rather than for a fixed while.
     pub fn assert_nothing_delivered(&self) {
-        std::thread::sleep(Duration::from_secs(2));
+        let queue = PathBuf::from(self.path(self.mta.script())).join("queue");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queued_files(&queue) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a message stayed in the MTA's queue ({})",
+                queue.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(self.delivered().is_empty(), "a message reached the sink");
     }
 
