@@ -249,6 +249,13 @@ impl Listeners {
     /// Binds every configured listener allowed by `tls_support`.
     pub async fn bind(settings: &ProxySettings) -> anyhow::Result<Self> {
         let mut wanted = Vec::new();
+        let plain = settings.listen.len() + settings.submission_listen.len();
+        if settings.tls.support == TlsSupport::Required && plain > 0 {
+            warn!(
+                listeners = plain,
+                "tls_support = \"required\": the plain listeners (listen, submission_listen) are not opened; only listen_tls serves"
+            );
+        }
         if settings.tls.support != TlsSupport::Required {
             wanted.extend(settings.listen.iter().map(|a| (*a, ListenerKind::Smtp)));
             wanted.extend(

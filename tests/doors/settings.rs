@@ -932,3 +932,36 @@ fn message_copies_are_retained_for_support() {
         env.log()
     );
 }
+
+/// `tls_support = "required"` with plain listeners configured: only the implicit TLS
+/// listener serves (the seed's "465 only"); the plain one is not opened, and the log says so.
+#[test]
+fn tls_required_opens_no_plain_listener() {
+    let target = FaultyTarget::start(Faults::default());
+    let plain = crate::support::free_port();
+    let env = ProxyEnv::start(
+        &format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{plain}\"]\nlisten_tls = [\"127.0.0.1:{{tls_port}}\"]\n\
+             tls_support = \"required\"\n{CERTS}\
+             [[relay_target]]\nname = \"t\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            target.port
+        ),
+        &[],
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", plain)).is_err(),
+        "the plain listener is not opened"
+    );
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect"])
+        .arg(format!("127.0.0.1:{}", env.tls_port))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (_, text) = crate::support::outcome(&out);
+    assert!(
+        text.contains("Cipher is") && !text.contains("Cipher is (NONE)"),
+        "{text}"
+    );
+    env.wait_for_log("the plain listeners (listen, submission_listen) are not opened");
+}
