@@ -126,14 +126,7 @@ fn the_tls_listener_has_its_own_connection_limit() {
     );
     drop(first);
     let handshake = (0..50).any(|_| {
-        let out = Command::new("openssl")
-            .args(["s_client", "-connect"])
-            .arg(format!("127.0.0.1:{}", env.tls_port))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let (_, text) = crate::support::outcome(&out);
-        let done = text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
+        let (done, _) = s_client(env.tls_port, &[]);
         if !done {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -164,16 +157,34 @@ fn tls_disabled_offers_no_starttls() {
 
 /// openssl s_client with STARTTLS at one TLS version: whether the handshake succeeded.
 fn handshake(port: u16, version: &str) -> (bool, String) {
+    s_client(port, &["-starttls", "smtp", version])
+}
+
+/// openssl s_client to `port` with `options`: whether a TLS handshake was made, and what it
+/// printed.
+fn s_client(port: u16, options: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-connect"])
+        .arg("s_client")
+        .args(options)
+        .arg("-connect")
         .arg(format!("127.0.0.1:{port}"))
-        .arg(version)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("openssl runs");
     let (_, text) = crate::support::outcome(&out);
     let negotiated = text.contains("Cipher is") && !text.contains("Cipher is (NONE)");
     (negotiated, text)
+}
+
+/// `[dns]` at the test DNS server and a DNSBL zone that lists 192.0.2.10 (`[rbl]` keys
+/// `rbl` added).
+fn listing_dnsbl(dns: &crate::support::DnsServer, rbl: &str) -> String {
+    format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = 2\nattempts = 1\n\
+         [rbl]\nenabled = true\nhit_action = \"reject\"\n{rbl}\n\
+         [[rbl.zone]]\nzone = \"zen.test\"\nanswers = [\"127.0.0.[2..11]\"]\n",
+        dns.port
+    )
 }
 
 /// `min_tls_version = "1.3"`: a TLS 1.2 client is refused, a TLS 1.3 client served.
@@ -340,11 +351,8 @@ fn the_postmaster_is_reachable_from_a_listed_client() {
         format!(
             "[connection]\nclient_ip_override = \"192.0.2.10\"\ndelayed_rejection_state = \"rcpt\"\n\
              postmaster_exempt = {exempt}\n\
-             [relay]\nlocal_domains = [\"rcpt.test\"]\n\
-             [dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = 2\nattempts = 1\n\
-             [rbl]\nenabled = true\nhit_action = \"reject\"\n\
-             [[rbl.zone]]\nzone = \"zen.test\"\nanswers = [\"127.0.0.[2..11]\"]\n",
-            dns.port
+             [relay]\nlocal_domains = [\"rcpt.test\"]\n{}",
+            listing_dnsbl(&dns, "")
         )
     };
     let env = proxy(&target, &policy(true), "");
@@ -641,11 +649,8 @@ fn allowed_relay_sources_skip_the_connection_tests() {
             &target,
             &format!(
                 "[connection]\nclient_ip_override = \"192.0.2.10\"\n\
-                 [relay]\nallowed_relay_sources = [\"192.0.2.0/24\"]\nskip_connection_tests = {skip}\n\
-                 [dns]\nnameservers = [\"127.0.0.1:{}\"]\ntimeout = 2\nattempts = 1\n\
-                 [rbl]\nenabled = true\nhit_action = \"reject\"\nskip_local_ip = true\n\
-                 [[rbl.zone]]\nzone = \"zen.test\"\nanswers = [\"127.0.0.[2..11]\"]\n",
-                dns.port
+                 [relay]\nallowed_relay_sources = [\"192.0.2.0/24\"]\nskip_connection_tests = {skip}\n{}",
+                listing_dnsbl(&dns, "skip_local_ip = true")
             ),
             "",
         );
@@ -952,16 +957,7 @@ fn tls_required_opens_no_plain_listener() {
         std::net::TcpStream::connect(("127.0.0.1", plain)).is_err(),
         "the plain listener is not opened"
     );
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect"])
-        .arg(format!("127.0.0.1:{}", env.tls_port))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let (_, text) = crate::support::outcome(&out);
-    assert!(
-        text.contains("Cipher is") && !text.contains("Cipher is (NONE)"),
-        "{text}"
-    );
+    let (negotiated, text) = s_client(env.tls_port, &[]);
+    assert!(negotiated, "{text}");
     env.wait_for_log("the plain listeners (listen, submission_listen) are not opened");
 }
