@@ -319,6 +319,9 @@ impl ConfigFile {
             scan_failure_action: scan.scan_failure_action,
             scan_timeout: scan.scan_timeout,
             scan_slots: scan.scan_slots,
+            signing_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             message_limits: scan.message_limits,
             delayed_rejection_state: connection.delayed_rejection_state,
             ip_address_rejection: connection.ip_address_rejection,

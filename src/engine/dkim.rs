@@ -106,6 +106,12 @@ enum KeyKind {
 }
 
 impl SigningKey {
+    /// Whether a signature costs enough CPU (RSA: a millisecond or more) to be made off the
+    /// connection's thread.
+    pub fn is_costly(&self) -> bool {
+        matches!(self.kind, KeyKind::Rsa(_))
+    }
+
     pub fn new(key: PrivateKey, domain: &str, selector: &str, headers: &[String]) -> Self {
         let algorithm = key.algorithm();
         let (kind, record) = match key {

@@ -148,6 +148,9 @@ pub struct Policy {
     /// message and its parse in memory, so this bounds the content stage's memory. A message
     /// waits for a slot within its scan_timeout.
     pub scan_slots: Arc<Semaphore>,
+    /// RSA signatures made at once, off the connections' thread: one per CPU core, so that
+    /// signing uses every core and a burst waits its turn rather than piling up threads.
+    pub signing_slots: Arc<Semaphore>,
     pub message_limits: MessageLimits,
     pub delayed_rejection_state: Stage,
     pub ip_address_rejection: IpRejection,

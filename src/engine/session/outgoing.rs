@@ -155,7 +155,16 @@ impl Session {
         if self.fit_lines(&message, edits) {
             message = tx.leaving(edits).await?;
         }
-        let value = signer.sign(&message).map_err(EngineError::Signing)?;
+        let value = if signer.key.is_costly() {
+            let index = signers
+                .0
+                .iter()
+                .position(|s| std::ptr::eq(s, signer))
+                .expect("the signer is one of the policy's");
+            self.sign_off_thread(index, message).await?
+        } else {
+            signer.sign(&message).map_err(EngineError::Signing)?
+        };
         self.note(Note::Signed {
             domain: &signer.domain,
             selector: &signer.selector,
@@ -170,6 +179,25 @@ impl Session {
 }
 
 impl Session {
+    /// Signs `message` with the policy's signer `index` on the blocking pool, one signature
+    /// per core at once: the doors run on one thread, which an RSA signature (a millisecond
+    /// or more of CPU) would hold from every other conversation, and the other cores would
+    /// idle.
+    async fn sign_off_thread(&self, index: usize, message: Vec<u8>) -> Result<String, EngineError> {
+        let _slot = self
+            .policy
+            .signing_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+        let policy = self.policy.clone();
+        tokio::task::spawn_blocking(move || policy.dkim.0[index].sign(&message))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(EngineError::Signing)
+    }
+
     /// Adds to `edits` what makes every line of the leaving `message` fit the policy's
     /// `line_limit`: header fields with a longer line refolded before white space (the same
     /// field for DKIM's relaxed canonicalization), body lines broken with CRLF and a space.
