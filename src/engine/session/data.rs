@@ -287,6 +287,10 @@ impl Session {
 
     /// Copies of the message for support: as it arrived, and as it leaves when it goes on.
     async fn retain(&self, retain: &Retain, tx: &mut Transaction, d: &Decision) {
+        // A message over the bound is not read back at all.
+        if tx.message.as_ref().map_or(0, MessageBuffer::len) > retain.max_size {
+            return;
+        }
         let name = format!("{}-{}", self.id, self.messages);
         let mut copies = Vec::new();
         if retain.raw {
