@@ -164,7 +164,10 @@ impl Session {
             .map(|(v, r)| v.results_value(r));
         let mut d = self.first_decision(&mut tx, found).await;
         if d.goes_on() {
-            self.spoof_step(&mut tx, &mut d).await;
+            match self.spoof_step(&mut tx).await {
+                Ok(tags) => d.edits.headers.extend(tags),
+                Err(refusal) => d.decide(Reason::Check(CheckId::Spoof), refusal),
+            }
         }
         if d.goes_on() {
             let (envelope, header_changed) = self.transform_addresses(&mut tx, &mut d.edits).await;
@@ -315,36 +318,6 @@ impl Session {
                     outcome: Err(&e),
                 }),
             }
-        }
-    }
-
-    /// Spoof detection of the From domain, and the tag of every address that claimed a local
-    /// domain from outside (the envelope sender's noted at MAIL).
-    async fn spoof_step(&self, tx: &mut Transaction, d: &mut Decision) {
-        if self.spoof_action() == SpoofAction::Off {
-            return;
-        }
-        let from = match tx.message.as_mut() {
-            Some(buffer) => match buffer.header_section().await {
-                Ok(header) => first_header_field(&header, "From"),
-                Err(_) => None,
-            },
-            None => None,
-        };
-        let domain = from.as_deref().and_then(super::outgoing::author_domain);
-        if let Some(domain) = domain.map(str::to_owned)
-            && let Some(verdict) =
-                self.spoofing(Spoofed::From, &domain, tx, SmtpStage::EndOfMessage)
-        {
-            d.decide(Reason::Check(CheckId::Spoof), verdict);
-            return;
-        }
-        for (what, domain) in &tx.spoofed {
-            d.edits.headers.push(HeaderEdit::Insert {
-                index: 0,
-                name: crate::engine::checks::spoof::TAG_FIELD.to_owned(),
-                value: what.tag(domain),
-            });
         }
     }
 

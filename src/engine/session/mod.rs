@@ -11,6 +11,7 @@ mod mail;
 mod outgoing;
 mod rcpt;
 mod routes;
+mod spoof;
 mod stages;
 
 use std::future::Future;
@@ -479,58 +480,6 @@ impl Session {
             late: false,
             dry_run: self.policy.dry_run,
         });
-    }
-
-    /// Whether `recipient` is the postmaster, whom a DNSBL or reputation refusal held until
-    /// RCPT or later does not keep mail from (`postmaster_exempt`, RFC 5321 4.5.1): `postmaster`
-    /// or `postmaster@` a local domain, any case.
-    fn is_exempt_postmaster(&self, recipient: &EnvelopeAddress) -> bool {
-        self.policy.answers.postmaster_exempt
-            && self
-                .held
-                .as_ref()
-                .is_some_and(|h| matches!(h.check, CheckId::Rbl | CheckId::Reputation))
-            && recipient.local().eq_ignore_ascii_case("postmaster")
-            && (recipient.domain().is_empty() || self.policy.relay.is_local(recipient.domain()))
-    }
-
-    /// Every one of `recipients` is the exempt postmaster.
-    fn postmaster_only(&self, recipients: &[EnvelopeAddress]) -> bool {
-        !recipients.is_empty() && recipients.iter().all(|r| self.is_exempt_postmaster(r))
-    }
-
-    /// What spoof detection does for this client: nothing for mail that goes outbound (an
-    /// authenticated or internal client), else its profile's setting or `[relay]`'s.
-    fn spoof_action(&self) -> SpoofAction {
-        if self.direction() != super::address_transformation::Direction::Inbound {
-            return SpoofAction::Off;
-        }
-        self.client_profile()
-            .and_then(|p| p.spoof_detection)
-            .unwrap_or(self.policy.spoof_detection)
-    }
-
-    /// What to do about `domain` claimed by `what` (the envelope sender, From): `None` when
-    /// it is not a local domain or nothing is checked; else the refusal or, when tagging, `Ok`
-    /// after noting it on `tx`.
-    fn spoofing(
-        &self,
-        what: Spoofed,
-        domain: &str,
-        tx: &mut Transaction,
-        stage: SmtpStage,
-    ) -> Option<Verdict> {
-        let action = self.spoof_action();
-        if action == SpoofAction::Off || domain.is_empty() || !self.policy.relay.is_local(domain) {
-            return None;
-        }
-        if action == SpoofAction::Tag {
-            tx.spoofed.push((what, domain.to_owned()));
-            return None;
-        }
-        let verdict = Verdict::refuse(self.with_help(what.refusal(domain)));
-        self.refused(CheckId::Spoof, &verdict, stage, None);
-        Some(verdict)
     }
 
     /// A refusal by one of Postern's own rules, with where to get help ([connection] help_url).

@@ -123,4 +123,22 @@ impl Session {
             });
         }
     }
+
+    /// Whether `recipient` is the postmaster, whom a DNSBL or reputation refusal held until
+    /// RCPT or later does not keep mail from (`postmaster_exempt`, RFC 5321 4.5.1): `postmaster`
+    /// or `postmaster@` a local domain, any case.
+    pub(super) fn is_exempt_postmaster(&self, recipient: &EnvelopeAddress) -> bool {
+        self.policy.answers.postmaster_exempt
+            && self
+                .held
+                .as_ref()
+                .is_some_and(|h| matches!(h.check, CheckId::Rbl | CheckId::Reputation))
+            && recipient.local().eq_ignore_ascii_case("postmaster")
+            && (recipient.domain().is_empty() || self.policy.relay.is_local(recipient.domain()))
+    }
+
+    /// Every one of `recipients` is the exempt postmaster.
+    pub(super) fn postmaster_only(&self, recipients: &[EnvelopeAddress]) -> bool {
+        !recipients.is_empty() && recipients.iter().all(|r| self.is_exempt_postmaster(r))
+    }
 }
