@@ -299,16 +299,16 @@ impl Conversation {
     /// nothing left to relay.
     fn unreadable(&mut self, why: &str) {
         warn!(client = %self.peer, error = why, "cannot read the message back");
-        match self.session.policy().scan_failure_action.verdict().reply() {
-            Some(reply) => {
-                let reply = reply.clone();
-                self.reply(&reply);
-            }
-            None => self.say(
+        let reply = match self.session.policy().scan_failure_action.verdict().reply() {
+            Some(reply) => reply.clone(),
+            None => SmtpReply::from_wire(
                 451,
                 "4.3.0 Error: message could not be held, try again later",
             ),
-        }
+        };
+        self.reply(&reply);
+        // Reported with what the client heard (nothing went to a relay target).
+        self.session.handed_on(None, &reply);
     }
 
     /// Sends the message through the transaction's upstream and answers the client: 250 only
