@@ -41,6 +41,23 @@ fn secure_target(env: &ProxyEnv, security: &str) -> String {
 const REQUIRED: &str = "[[encryption_rule]]\nrecipient_domain = \"secure.test\"\n\
                         recipient_encryption = \"required\"\n";
 
+/// The end of a transaction whose recipients are given: DATA, a short message, 250; then
+/// what the plain target holds must be one message for y@plain.test only.
+fn only_the_plain_recipient_is_delivered(env: &ProxyEnv, mut smtp: crate::support::Smtp) {
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+        .unwrap();
+    let r = smtp.read_reply().unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    env.sinks[0].wait_delivered(1);
+    assert_eq!(
+        env.sinks[0].recipients(),
+        [["y@plain.test"]],
+        "only the plain recipient"
+    );
+}
+
 #[test]
 fn a_required_recipient_never_goes_in_plaintext() {
     let env = ProxyEnv::start(&front(REQUIRED, PLAIN), &[&[]]);
@@ -55,19 +72,7 @@ fn a_required_recipient_never_goes_in_plaintext() {
     // Now the transaction's target connection is plain: the secure one waits for its own.
     let r = smtp.command("RCPT TO:<x@secure.test>").unwrap();
     assert!(r.starts_with("452 4.5.3"), "{r}");
-    assert!(smtp.command("DATA").unwrap().starts_with("354"));
-    smtp.writer_mut()
-        .write_all(b"Subject: s\r\n\r\nbody\r\n.\r\n")
-        .unwrap();
-    let r = smtp.read_reply().unwrap();
-    assert!(r.starts_with("250"), "{r}");
-    env.sinks[0].wait_delivered(1);
-    assert_eq!(
-        env.sinks[0].recipients(),
-        [["y@plain.test"]],
-        "only the plain recipient"
-    );
-    drop(smtp);
+    only_the_plain_recipient_is_delivered(&env, smtp);
 
     // With a TLS target configured, the same recipient is delivered over TLS.
     let target = tls_target();
@@ -126,14 +131,7 @@ fn a_target_with_a_certificate_for_another_name_does_not_count_as_encrypted() {
     // The message goes on for a plain recipient: the refused one is not carried with it.
     let r = smtp.command("RCPT TO:<y@plain.test>").unwrap();
     assert!(r.starts_with("250"), "{r}");
-    assert!(smtp.command("DATA").unwrap().starts_with("354"));
-    smtp.writer_mut()
-        .write_all(b"Subject: s\r\n\r\nbody\r\n.\r\n")
-        .unwrap();
-    let r = smtp.read_reply().unwrap();
-    assert!(r.starts_with("250"), "{r}");
-    env.sinks[0].wait_delivered(1);
-    assert_eq!(env.sinks[0].recipients(), [["y@plain.test"]]);
+    only_the_plain_recipient_is_delivered(&env, smtp);
     assert!(target.sinks[0].delivered().is_empty());
 }
 

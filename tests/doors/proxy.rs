@@ -502,30 +502,42 @@ fn tls_listeners_and_auth() {
     assert!(!ok && out.contains("454 4.7.0"), "{out}");
 }
 
-#[test]
-fn client_certificates_required() {
+/// A proxy on an implicit TLS listener asking clients for certificates (`client_certificates
+/// = mode`, trusting its test CA), and a swaks message to it with `options` added.
+fn with_client_certificates(
+    mode: &str,
+) -> (ProxyEnv, impl Fn(&ProxyEnv, &[&str]) -> (bool, String)) {
     let cfg = format!(
         "hostname = \"gw.postern.test\"\n[proxy]\nlisten = []\ntls_support = \"required\"\n\
          listen_tls = [\"127.0.0.1:{{tls_port}}\"]\ncertificate_file = \"{{dir}}/server.pem\"\n\
-         key_file = \"{{dir}}/server.key\"\nclient_certificates = \"required\"\n\
+         key_file = \"{{dir}}/server.key\"\nclient_certificates = \"{mode}\"\n\
          ca_certs = \"{{dir}}/ca.pem\"\n{}",
         target("sink", "{sink0}", 1)
     );
     let env = ProxyEnv::start(&cfg, &[&[]]);
-    let server = format!("127.0.0.1:{}", env.tls_port);
-    let base = [
-        "--server",
-        &server,
-        "--tlsc",
-        "--to",
-        "b@rcpt.example",
-        "--from",
-        "a@sender.example",
-    ];
-    let (ok, out) = env.swaks(&base);
+    let send = |env: &ProxyEnv, options: &[&str]| {
+        let server = format!("127.0.0.1:{}", env.tls_port);
+        let base = [
+            "--server",
+            &server,
+            "--tlsc",
+            "--to",
+            "b@rcpt.example",
+            "--from",
+            "a@sender.example",
+        ];
+        env.swaks(&[&base[..], options].concat())
+    };
+    (env, send)
+}
+
+#[test]
+fn client_certificates_required() {
+    let (env, send) = with_client_certificates("required");
+    let (ok, out) = send(&env, &[]);
     assert!(!ok, "a client without a certificate got through:\n{out}");
     let (cert, key) = (env.path("client.pem"), env.path("client.key"));
-    let (ok, out) = env.swaks(&[&base[..], &["--tls-cert", &cert, "--tls-key", &key]].concat());
+    let (ok, out) = send(&env, &["--tls-cert", &cert, "--tls-key", &key]);
     assert!(ok, "{out}");
     env.sinks[0].wait_delivered(1);
     assert!(
@@ -540,25 +552,8 @@ fn client_certificates_required() {
 /// another CA is refused in the handshake.
 #[test]
 fn client_certificates_optional() {
-    let cfg = format!(
-        "hostname = \"gw.postern.test\"\n[proxy]\nlisten = []\n\
-         listen_tls = [\"127.0.0.1:{{tls_port}}\"]\ncertificate_file = \"{{dir}}/server.pem\"\n\
-         key_file = \"{{dir}}/server.key\"\nclient_certificates = \"optional\"\n\
-         ca_certs = \"{{dir}}/ca.pem\"\n{}",
-        target("sink", "{sink0}", 1)
-    );
-    let env = ProxyEnv::start(&cfg, &[&[]]);
-    let server = format!("127.0.0.1:{}", env.tls_port);
-    let base = [
-        "--server",
-        &server,
-        "--tlsc",
-        "--to",
-        "b@rcpt.example",
-        "--from",
-        "a@sender.example",
-    ];
-    let (ok, out) = env.swaks(&base);
+    let (env, send) = with_client_certificates("optional");
+    let (ok, out) = send(&env, &[]);
     assert!(ok, "without a certificate:\n{out}");
     env.sinks[0].wait_delivered(1);
     assert!(
@@ -567,7 +562,7 @@ fn client_certificates_optional() {
         env.log()
     );
     let (cert, key) = (env.path("client.pem"), env.path("client.key"));
-    let (ok, out) = env.swaks(&[&base[..], &["--tls-cert", &cert, "--tls-key", &key]].concat());
+    let (ok, out) = send(&env, &["--tls-cert", &cert, "--tls-key", &key]);
     assert!(ok, "{out}");
     env.sinks[0].wait_delivered(2);
     assert!(
@@ -581,7 +576,7 @@ fn client_certificates_optional() {
         other.path().join("client.pem").display().to_string(),
         other.path().join("client.key").display().to_string(),
     );
-    let (ok, out) = env.swaks(&[&base[..], &["--tls-cert", &cert, "--tls-key", &key]].concat());
+    let (ok, out) = send(&env, &["--tls-cert", &cert, "--tls-key", &key]);
     assert!(!ok, "a certificate of another CA got through:\n{out}");
     assert_eq!(env.sinks[0].delivered().len(), 2);
 }
