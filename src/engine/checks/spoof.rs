@@ -41,6 +41,8 @@ impl Spoofed {
 
     /// The refusal.
     pub fn refusal(self, domain: &str) -> SmtpReply {
+        // The domain came from the client: only its printable ASCII goes into a reply.
+        let domain = crate::engine::reply::printable_only(domain, 255);
         let text = format!(
             "Spoofed sender: the {} is in {domain}, a domain of this server, and the client is not one of its servers; authenticate (submission) or send from your own domain",
             self.name()
@@ -54,5 +56,22 @@ impl Spoofed {
             "{} in local domain {domain} from an external client",
             self.name()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A domain from the client with characters a reply cannot carry still makes a reply.
+    #[test]
+    fn the_refusal_carries_only_printable_ascii() {
+        let reply = Spoofed::From.refusal("bü\r\ncher.local.test");
+        assert_eq!(reply.code(), 550);
+        assert!(
+            reply.text().contains("in bcher.local.test,"),
+            "{}",
+            reply.text()
+        );
     }
 }

@@ -133,12 +133,15 @@ impl Session {
             self.refused(CheckId::Dmarc, &verdict, SmtpStage::EndOfMessage, None);
             Some((CheckId::Dmarc, verdict))
         };
+        // The author domain came with the message: only its printable ASCII goes into a reply.
+        let shown = |domain: &str| crate::engine::reply::printable_only(domain, 255);
         match failure {
             DmarcFailure::Reject { domain } => refusal(
                 550,
                 "5.7.1",
                 format!(
-                    "Message refused: it fails the DMARC policy (p=reject) of its author domain {domain}"
+                    "Message refused: it fails the DMARC policy (p=reject) of its author domain {}",
+                    shown(&domain)
                 ),
             ),
             DmarcFailure::Quarantine { domain } => match &settings.quarantine {
@@ -150,7 +153,8 @@ impl Session {
                     451,
                     "4.7.1",
                     format!(
-                        "Message deferred: it fails the DMARC policy (p=quarantine) of its author domain {domain}"
+                        "Message deferred: it fails the DMARC policy (p=quarantine) of its author domain {}",
+                        shown(&domain)
                     ),
                 ),
                 QuarantineAction::Divert(via) => {
