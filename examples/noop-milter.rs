@@ -2,10 +2,11 @@
 //! measures Postern's milter door against, so that its ratio to Postfix alone says what the
 //! milter protocol itself costs and Postern's ratio to it says what Postern adds.
 //!
-//! It negotiates what Postern's milter door does (src/milter/): the same actions, protocol
-//! options and no-reply stages ([`postern::milter::requested_opts`]), the same macros
-//! ([`postern::milter::MACROS`]), callbacks for the same stages, so that Postfix sends it the
-//! same packets; it listens through the same listener on a single-threaded runtime, as
+//! It negotiates as Postern's milter door does (src/milter/) for a policy that may refuse at
+//! every stage ([`Attention::EVERYTHING`]): the same actions, protocol options and no-reply
+//! stages ([`postern::milter::negotiate`]), the same macros ([`postern::milter::MACROS`]),
+//! callbacks for the same stages; Postern itself asks the MTA to wait only where its policy
+//! may refuse. It listens through the same listener on a single-threaded runtime, as
 //! `postern milter` does.
 //!
 //!     cargo run --release --example noop-milter -- unix:/path/to/socket [MODE]
@@ -16,8 +17,9 @@ use std::ffi::CString;
 use std::process::ExitCode;
 
 use indymilter::{Callbacks, NegotiateContext, ProtoOpts, Status};
+use postern::engine::attention::Attention;
 use postern::milter::socket::{ListenSocket, MilterListener};
-use postern::milter::{ACTIONS, MACROS, NOREPLY, requested_opts};
+use postern::milter::{ACTIONS, MACROS, NOREPLY_STAGES, negotiate as options};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The stages at which the MTA waits for no answer on this connection.
@@ -39,13 +41,14 @@ async fn negotiate(
     opts: ProtoOpts,
 ) -> Status {
     cx.requested_actions &= actions;
-    cx.requested_opts |= requested_opts(opts);
+    let requested = options(opts, &Attention::EVERYTHING);
+    cx.requested_opts |= requested;
     for (stage, names) in MACROS {
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
     }
     cx.data = Some(Conn {
-        noreply: opts & NOREPLY,
+        noreply: requested & NOREPLY_STAGES,
     });
     Status::Continue
 }

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod address_transformation;
 pub mod arc;
+pub mod attention;
 pub mod authentication;
 pub mod checks;
 pub mod dkim;

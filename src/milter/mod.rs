@@ -19,6 +19,7 @@ use std::sync::Arc;
 use indymilter::{Actions, MacroStage, ProtoOpts};
 use tracing::{info, warn};
 
+use crate::engine::attention::{Attention, Need};
 use crate::engine::{Engine, Stage};
 pub use edits::header_line;
 use in_flight::InFlight;
@@ -26,19 +27,16 @@ pub use settings::MilterSettings;
 use socket::{ListenSocket, MilterListener, StopListening};
 use stages::callbacks;
 
-/// Macros Postern asks the MTA for, by stage. Postfix sends only what is asked for.
-/// Public, with [`ACTIONS`] and [`requested_opts`], so that the no-op reference milter of the
-/// benchmark (examples/noop-milter.rs) negotiates exactly what Postern does.
+/// Macros Postern asks the MTA for, by stage: the ones it reads (stages.rs), no more, since
+/// the MTA sends each one with every message. The queue id `i` is asked for from MAIL on:
+/// Sendmail knows it at MAIL, Postfix once the first recipient is accepted
+/// (`smtpd_delay_open_until_valid_rcpt`).
+/// Public, with [`ACTIONS`] and [`negotiate`], so that the no-op reference milter of the
+/// benchmark (examples/noop-milter.rs) negotiates as Postern does.
 pub const MACROS: &[(MacroStage, &str)] = &[
-    (
-        MacroStage::Connect,
-        "{client_addr} {client_name} {daemon_name} j",
-    ),
-    (
-        MacroStage::Helo,
-        "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
-    ),
-    (MacroStage::Mail, "{auth_type} {auth_authen} {mail_addr} i"),
+    (MacroStage::Connect, "{client_addr}"),
+    (MacroStage::Helo, "{tls_version} {cipher} {cert_subject}"),
+    (MacroStage::Mail, "{auth_authen} i"),
     (MacroStage::Rcpt, "{rcpt_mailer} {rcpt_host} {rcpt_addr} i"),
     (MacroStage::Data, "i"),
     (MacroStage::Eom, "i"),
@@ -49,20 +47,41 @@ pub const MACROS: &[(MacroStage, &str)] = &[
 /// Connect-stage refusals are therefore delivered at HELO (or the first later stage).
 const FIRST_REPLY_STAGE: Stage = Stage::Helo;
 
-/// Stages at which Postern asks the MTA not to wait for an answer, when the MTA offers it:
-/// each one saves a round trip per message. Nothing is lost: the engine never refuses at
-/// connect in this door (see [`FIRST_REPLY_STAGE`]), and a refusal reached in the header or
-/// body stays pending in the engine and is given at end of message.
-pub const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+/// Stages at which the MTA never has to wait for Postern's answer, whatever the policy:
+/// the engine never refuses at connect in this door (see [`FIRST_REPLY_STAGE`]), and a
+/// refusal reached in the header or body stays pending in the engine and is given at end of
+/// message.
+const ALWAYS_NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
     .union(ProtoOpts::NOREPLY_HEADER)
     .union(ProtoOpts::NOREPLY_EOH)
     .union(ProtoOpts::NOREPLY_BODY);
 
-/// The protocol options Postern asks for out of those the MTA `offered`: the no-reply stages
-/// of [`NOREPLY`], header values with their leading space, and the recipients the MTA refused.
-pub fn requested_opts(offered: ProtoOpts) -> ProtoOpts {
-    offered & (NOREPLY | ProtoOpts::LEADING_SPACE | ProtoOpts::REJECTED_RCPT)
+/// What Postern asks of an MTA that `offered` these protocol options, for a policy with this
+/// [`Attention`]: not to wait for an answer at every stage where the policy never refuses (each
+/// one saves a round trip per message), header values with their leading space, and the
+/// recipients the MTA refused. Returns the options to request; those of them that are
+/// no-reply stages are the ones the door must not answer.
+pub fn negotiate(offered: ProtoOpts, attention: &Attention) -> ProtoOpts {
+    let mut noreply = ALWAYS_NOREPLY;
+    for (need, stage) in [
+        (attention.helo, ProtoOpts::NOREPLY_HELO),
+        (attention.data, ProtoOpts::NOREPLY_DATA),
+        (attention.unknown_command, ProtoOpts::NOREPLY_UNKNOWN),
+    ] {
+        if need == Need::Hear {
+            noreply |= stage;
+        }
+    }
+    offered & (noreply | ProtoOpts::LEADING_SPACE | ProtoOpts::REJECTED_RCPT)
 }
+
+/// Every no-reply stage option, to tell them from the other options.
+pub const NOREPLY_STAGES: ProtoOpts = ALWAYS_NOREPLY
+    .union(ProtoOpts::NOREPLY_HELO)
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_DATA)
+    .union(ProtoOpts::NOREPLY_UNKNOWN);
 
 /// Runs the milter until `shutdown` resolves, then stops accepting, lets messages in flight
 /// finish (up to `shutdown_timeout`) and returns.

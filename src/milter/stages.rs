@@ -14,7 +14,10 @@ use tracing::warn;
 
 use super::edits::{apply_edits, apply_envelope, header_line};
 use super::in_flight::InFlight;
-use super::{ENVELOPE_ACTIONS, FIRST_REPLY_STAGE, MACROS, NOREPLY, requested_opts};
+use super::{
+    ALWAYS_NOREPLY, ENVELOPE_ACTIONS, FIRST_REPLY_STAGE, MACROS, NOREPLY_STAGES,
+    negotiate as options,
+};
 use crate::engine::events::RefusedBy;
 use crate::engine::{ClientInfo, Engine, Session, SmtpReply, TlsInfo, Verdict};
 
@@ -26,8 +29,14 @@ pub(super) struct Conn {
     /// The MTA sends header values with their leading space (SMFIP_HDR_LEADSPC), so the
     /// header can be rebuilt exactly as it came.
     leading_space: bool,
-    /// Stages at which the MTA does not wait for an answer (see [`NOREPLY`]).
+    /// Stages at which the MTA does not wait for an answer (see [`options`]).
     noreply: ProtoOpts,
+    /// A refusal reached at a stage the MTA did not wait for, answered at the next stage it
+    /// waits for (end of message at the latest). The policy's [`Attention`] says it cannot
+    /// happen; if it did, the refusal comes late rather than never.
+    ///
+    /// [`Attention`]: crate::engine::attention::Attention
+    owed: Option<Verdict>,
     /// The message changes the MTA grants this connection.
     granted: Actions,
     /// Every callback runs in it, so that each log line of the session (the relay's too)
@@ -43,11 +52,38 @@ impl Conn {
         }
     }
 
-    /// Answers a stage, or stays silent when the MTA does not wait for an answer there (see
-    /// [`NOREPLY`]: nothing is refused at connect, and the engine repeats a refusal reached
-    /// inside the message at its end).
-    fn answer(&mut self, reply: &mut MilterReply, verdict: Verdict, noreply: ProtoOpts) -> Status {
-        if self.noreply.contains(noreply) {
+    /// Answers a stage before the message, or stays silent when the MTA does not wait for an
+    /// answer there (see [`options`]: nothing is refused at connect, and the other no-reply
+    /// stages are those where the policy refuses nothing).
+    fn answer(&mut self, reply: &mut MilterReply, verdict: Verdict, stage: ProtoOpts) -> Status {
+        let refuses = verdict.reply().is_some() || verdict == Verdict::Discard;
+        if self.noreply.contains(stage) {
+            if refuses && !ALWAYS_NOREPLY.contains(stage) && self.owed.is_none() {
+                warn!(
+                    stage = stage.bits(),
+                    "a refusal was reached where the MTA was told no answer would come; it is given at the next stage the MTA waits for"
+                );
+                self.owed = Some(verdict);
+            }
+            return Status::Noreply;
+        }
+        let verdict = match self.owed.take() {
+            Some(owed) if !refuses => owed,
+            _ => verdict,
+        };
+        answer(reply, verdict)
+    }
+
+    /// Answers a stage within the message (header fields, end of header, body), or stays
+    /// silent when the MTA does not wait for an answer there: the engine repeats a refusal
+    /// reached inside the message at its end.
+    fn answer_in_message(
+        &mut self,
+        reply: &mut MilterReply,
+        verdict: Verdict,
+        stage: ProtoOpts,
+    ) -> Status {
+        if self.noreply.contains(stage) {
             return Status::Noreply;
         }
         self.end_if_refused(&verdict);
@@ -124,29 +160,33 @@ async fn negotiate(
     cx.requested_actions &= actions;
     let granted = cx.requested_actions;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
-    let noreply = opts & NOREPLY;
-    cx.requested_opts |= requested_opts(opts);
+    // Negotiated per connection, from the policy this session is judged by: after a reload
+    // the next connection asks for what the new policy needs.
+    let session = engine.session(FIRST_REPLY_STAGE);
+    let requested = options(opts, &session.policy().attention(FIRST_REPLY_STAGE));
+    cx.requested_opts |= requested;
     for (stage, names) in MACROS {
         cx.requested_macros
             .insert(*stage, CString::new(*names).expect("no NUL in macro list"));
     }
-    let session = engine.session(FIRST_REPLY_STAGE);
     cx.data = Some(Conn {
         span: tracing::info_span!("session", id = session.id()),
         session,
         in_flight,
         in_message: false,
         leading_space,
-        noreply,
+        noreply: requested & NOREPLY_STAGES,
+        owed: None,
         granted,
     });
     Status::Continue
 }
 
-/// Runs a stage against the session, or continues when there is no session (the MTA skipped
-/// negotiation, which indymilter does not allow, so this is defensive only).
+/// Runs a stage (`$stage`: its no-reply option) against the session, or continues when there
+/// is no session (the MTA skipped negotiation, which indymilter does not allow, so this is
+/// defensive only).
 macro_rules! with_session {
-    ($cx:expr, |$conn:ident| $body:expr) => {{
+    ($cx:expr, $stage:expr, |$conn:ident| $body:expr) => {{
         let Some($conn) = $cx.data.as_mut() else {
             return Status::Continue;
         };
@@ -155,7 +195,7 @@ macro_rules! with_session {
         if !$conn.session.in_transaction() {
             $conn.end_message();
         }
-        answer(&mut $cx.reply, verdict)
+        $conn.answer(&mut $cx.reply, verdict, $stage)
     }};
 }
 
@@ -182,7 +222,7 @@ async fn helo(cx: &mut Context<Conn>, name: CString) -> Status {
         cipher: macro_str(&cx.macros, c"{cipher}").unwrap_or_default(),
         cert_subject: macro_str(&cx.macros, c"{cert_subject}"),
     });
-    with_session!(cx, |conn| {
+    with_session!(cx, ProtoOpts::NOREPLY_HELO, |conn| {
         if let Some(tls) = tls {
             conn.session.tls_established(tls);
         }
@@ -194,7 +234,7 @@ async fn mail(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
     let sender = first_arg(&args);
     let auth = macro_str(&cx.macros, c"{auth_authen}");
     let queue_id = macro_str(&cx.macros, c"i");
-    with_session!(cx, |conn| {
+    with_session!(cx, ProtoOpts::NOREPLY_MAIL, |conn| {
         if let Some(user) = auth {
             conn.session.authenticated(&user);
         }
@@ -221,7 +261,10 @@ async fn rcpt(cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
         }
         return Status::Continue;
     }
-    with_session!(cx, |conn| conn.session.rcpt(&recipient).await)
+    with_session!(cx, ProtoOpts::NOREPLY_RCPT, |conn| conn
+        .session
+        .rcpt(&recipient)
+        .await)
 }
 
 /// The MTA's refusal of a recipient as the client heard it, from its enhanced status code
@@ -234,7 +277,7 @@ fn mta_reply(enhanced: &str, text: &str) -> SmtpReply {
 
 async fn data(cx: &mut Context<Conn>) -> Status {
     let queue_id = macro_str(&cx.macros, c"i");
-    with_session!(cx, |conn| {
+    with_session!(cx, ProtoOpts::NOREPLY_DATA, |conn| {
         if let Some(id) = queue_id {
             conn.session.set_queue_id(&id);
         }
@@ -250,7 +293,7 @@ async fn header(cx: &mut Context<Conn>, name: CString, value: CString) -> Status
     };
     let line = header_line(name.as_bytes(), value.as_bytes(), conn.leading_space);
     let verdict = conn.session.message_data(&line).await;
-    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_HEADER)
+    conn.answer_in_message(&mut cx.reply, verdict, ProtoOpts::NOREPLY_HEADER)
 }
 
 async fn eoh(cx: &mut Context<Conn>) -> Status {
@@ -258,7 +301,7 @@ async fn eoh(cx: &mut Context<Conn>) -> Status {
         return Status::Continue;
     };
     let verdict = conn.session.message_data(b"\r\n").await;
-    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_EOH)
+    conn.answer_in_message(&mut cx.reply, verdict, ProtoOpts::NOREPLY_EOH)
 }
 
 async fn body(cx: &mut Context<Conn>, chunk: Bytes) -> Status {
@@ -266,7 +309,7 @@ async fn body(cx: &mut Context<Conn>, chunk: Bytes) -> Status {
         return Status::Continue;
     };
     let verdict = conn.session.message_data(&chunk).await;
-    conn.answer(&mut cx.reply, verdict, ProtoOpts::NOREPLY_BODY)
+    conn.answer_in_message(&mut cx.reply, verdict, ProtoOpts::NOREPLY_BODY)
 }
 
 async fn eom(cx: &mut EomContext<Conn>) -> Status {
@@ -276,6 +319,11 @@ async fn eom(cx: &mut EomContext<Conn>) -> Status {
     };
     if let Some(id) = queue_id {
         conn.session.set_queue_id(&id);
+    }
+    if let Some(owed) = conn.owed.take() {
+        conn.session.reset();
+        conn.end_message();
+        return answer(&mut cx.reply, owed);
     }
     let outcome = conn.session.end_of_message().await;
     conn.end_message();
@@ -304,6 +352,9 @@ async fn eom(cx: &mut EomContext<Conn>) -> Status {
 
 async fn abort(cx: &mut Context<Conn>) -> Status {
     if let Some(conn) = cx.data.as_mut() {
+        // A refusal owed to the transaction ends with it (one of the connection's own, held
+        // from connect, the engine repeats at every later stage).
+        conn.owed = None;
         conn.session.reset();
         conn.end_message();
     }
@@ -324,7 +375,7 @@ async fn close(cx: &mut Context<Conn>) -> Status {
 }
 
 async fn unknown(cx: &mut Context<Conn>, command: CString) -> Status {
-    with_session!(cx, |conn| conn
+    with_session!(cx, ProtoOpts::NOREPLY_UNKNOWN, |conn| conn
         .session
         .unknown_command(&command.to_string_lossy())
         .await)

@@ -65,7 +65,8 @@ fn reply_text(status: &Status) -> String {
     }
 }
 
-/// A whole message; the MTA does not wait for answers to header, end of header and body.
+/// A whole message; the MTA does not wait for answers to header, end of header and body, nor
+/// to DATA when the policy refuses nothing there.
 async fn send_message(conn: &mut TestConnection) -> (indymilter_test::EomActions, Status) {
     assert_eq!(
         conn.mail(["<a@sender.example>"]).await.unwrap(),
@@ -75,7 +76,12 @@ async fn send_message(conn: &mut TestConnection) -> (indymilter_test::EomActions
         conn.rcpt(["<b@rcpt.example>"]).await.unwrap(),
         Status::Continue
     );
-    assert_eq!(conn.data().await.unwrap(), Status::Continue);
+    let data = if conn.negotiated_opts().contains(ProtoOpts::NOREPLY_DATA) {
+        Status::Noreply
+    } else {
+        Status::Continue
+    };
+    assert_eq!(conn.data().await.unwrap(), data);
     assert_eq!(
         conn.header("Subject", " hello").await.unwrap(),
         Status::Noreply
@@ -168,6 +174,95 @@ async fn rejected_ip_gets_configured_reply_at_helo() {
     milter.stop().await;
 }
 
+/// The MTA is asked to wait for an answer only where the policy in force may refuse: each
+/// stage it need not wait for saves a round trip per message.
+#[tokio::test]
+async fn the_mta_waits_only_where_the_policy_may_refuse() {
+    const WAITS: [ProtoOpts; 5] = [
+        ProtoOpts::NOREPLY_HELO,
+        ProtoOpts::NOREPLY_MAIL,
+        ProtoOpts::NOREPLY_RCPT,
+        ProtoOpts::NOREPLY_DATA,
+        ProtoOpts::NOREPLY_UNKNOWN,
+    ];
+    let silent = |conn: &TestConnection| -> Vec<ProtoOpts> {
+        WAITS
+            .into_iter()
+            .filter(|o| conn.negotiated_opts().contains(*o))
+            .collect()
+    };
+    // The default policy: connect checks (reputation, DoS limits) answered at HELO, the limit
+    // of invalid commands; nothing refuses at DATA.
+    let milter = Milter::start("").await;
+    let conn = milter.open().await;
+    assert_eq!(silent(&conn), [ProtoOpts::NOREPLY_DATA]);
+    assert_eq!(
+        conn.requested_macros()[&MacroStage::Connect]
+            .to_str()
+            .unwrap(),
+        "{client_addr}",
+        "only the macros Postern reads"
+    );
+    conn.close().await.unwrap();
+    milter.stop().await;
+
+    // Nothing refuses at connect or for unknown commands: HELO and unknown commands are heard
+    // without an answer too.
+    let milter = Milter::start(
+        "[reputation]\nenabled = false\n[dos_protection]\nenabled = false\n\
+         [exploit_detection]\ndrop_on_invalid_commands = false\n",
+    )
+    .await;
+    let mut conn = milter.open().await;
+    assert_eq!(
+        silent(&conn),
+        [
+            ProtoOpts::NOREPLY_HELO,
+            ProtoOpts::NOREPLY_DATA,
+            ProtoOpts::NOREPLY_UNKNOWN
+        ]
+    );
+    conn.connect("client.example", client("198.51.100.1"))
+        .await
+        .unwrap();
+    assert_eq!(conn.helo("client.example").await.unwrap(), Status::Noreply);
+    assert_eq!(conn.unknown("XYZZY").await.unwrap(), Status::Noreply);
+    let (_, status) = send_message(&mut conn).await;
+    assert_eq!(status, Status::Continue);
+    milter.stop().await;
+
+    // A refusal held until DATA: the MTA waits at DATA, and hears the refusal there.
+    let milter = Milter::start(
+        "[connection]\ndelayed_rejection_state = \"data\"\nip_address_rejection = [\"192.0.2.10\"]\n",
+    )
+    .await;
+    let mut conn = milter.open().await;
+    assert_eq!(silent(&conn), [ProtoOpts::NOREPLY_HELO]);
+    conn.connect("bad.example", client("192.0.2.10"))
+        .await
+        .unwrap();
+    assert_eq!(conn.helo("bad.example").await.unwrap(), Status::Noreply);
+    conn.mail(["<a@sender.example>"]).await.unwrap();
+    conn.rcpt(["<b@rcpt.example>"]).await.unwrap();
+    let status = conn.data().await.unwrap();
+    assert!(
+        reply_text(&status).starts_with("554 5.7.1 Client host rejected"),
+        "{status:?}"
+    );
+    milter.stop().await;
+
+    // An encryption rule that requires TLS for the whole transaction may refuse DATA.
+    let milter = Milter::start(
+        "[[encryption_rule]]\nsender_domain = \"partner.example\"\n\
+         sender_encryption = \"required\"\nrequire_tls_for_whole_transaction = true\n",
+    )
+    .await;
+    let conn = milter.open().await;
+    assert!(!silent(&conn).contains(&ProtoOpts::NOREPLY_DATA));
+    conn.close().await.unwrap();
+    milter.stop().await;
+}
+
 #[tokio::test]
 async fn delayed_rejection_is_delivered_at_rcpt() {
     let milter = Milter::start(
@@ -185,7 +280,8 @@ async fn delayed_rejection_is_delivered_at_rcpt() {
             .unwrap(),
         Status::Noreply
     );
-    assert_eq!(conn.helo("bad.example").await.unwrap(), Status::Continue);
+    // The refusal is held until RCPT, so the MTA is not asked to wait at HELO.
+    assert_eq!(conn.helo("bad.example").await.unwrap(), Status::Noreply);
     assert_eq!(
         conn.mail(["<a@sender.example>"]).await.unwrap(),
         Status::Continue

@@ -106,6 +106,13 @@ impl EncryptionRules {
         (whole(rule) && !tls).then(starttls_first)
     }
 
+    /// Whether some rule can refuse DATA ([`EncryptionRules::check_data`]).
+    pub fn may_refuse_data(&self) -> bool {
+        self.0
+            .iter()
+            .any(|r| r.whole_transaction && r.sender_encryption == SenderEncryption::Required)
+    }
+
     /// The refusal for DATA on a session without TLS, when the rule of any recipient requires
     /// TLS for the whole transaction.
     pub fn check_data(

@@ -99,6 +99,13 @@ impl Profiles {
         })
     }
 
+    /// Whether some profile refuses its clients at connect (`relay_control = "blocked"`).
+    pub fn blocks_any(&self) -> bool {
+        self.0
+            .iter()
+            .any(|p| p.relay_control == RelayControl::Blocked)
+    }
+
     /// The profile chosen by the sender's domain (for inbound TLS only).
     pub fn for_sender(&self, sender: &str) -> Option<usize> {
         self.0
