@@ -24,8 +24,8 @@ pub fn mask(value: &str, keep_last: usize, mask: char) -> String {
 }
 
 /// The new text for every span of a text, worked out before any byte of the text is
-/// written. It can then go into a new buffer, or — when no replacement is longer than its
-/// span — into the text's own buffer, which spares a large body a second copy.
+/// written, so that the spans and the markup around them can be moved first
+/// ([`Replacements::shift`]) and the text written once into a new buffer.
 #[derive(Debug)]
 pub struct Replacements {
     /// Each span (in order, not overlapping) and where its new text ends in `new`.
