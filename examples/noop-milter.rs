@@ -4,7 +4,7 @@
 //!
 //! It negotiates as Postern's milter door does (src/milter/) for a policy that may refuse at
 //! every stage ([`Attention::EVERYTHING`]): the same actions, protocol options and no-reply
-//! stages ([`postern::milter::negotiate`]), the same macros ([`postern::milter::MACROS`]),
+//! stages ([`postern::milter::requested_options`]), the same macros ([`postern::milter::MACROS`]),
 //! callbacks for the same stages; Postern itself asks the MTA to wait only where its policy
 //! may refuse. It listens through the same listener on a single-threaded runtime, as
 //! `postern milter` does.
@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use indymilter::{Callbacks, NegotiateContext, ProtoOpts, Status};
 use postern::engine::attention::Attention;
 use postern::milter::socket::{ListenSocket, MilterListener};
-use postern::milter::{ACTIONS, MACROS, NOREPLY_STAGES, negotiate as options};
+use postern::milter::{ACTIONS, MACROS, NOREPLY_STAGES, requested_options};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The stages at which the MTA waits for no answer on this connection.
@@ -41,7 +41,7 @@ async fn negotiate(
     opts: ProtoOpts,
 ) -> Status {
     cx.requested_actions &= actions;
-    let requested = options(opts, &Attention::EVERYTHING);
+    let requested = requested_options(opts, &Attention::EVERYTHING);
     cx.requested_opts |= requested;
     for (stage, names) in MACROS {
         cx.requested_macros

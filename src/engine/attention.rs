@@ -6,7 +6,7 @@
 use super::policy::{Policy, Stage};
 
 /// How much one stage of the conversation matters to the policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
     /// The policy learns from it (a name, a count, what a record says) but answers nothing
     /// there except "go on": the MTA need not wait for an answer.

@@ -31,7 +31,7 @@ use stages::callbacks;
 /// the MTA sends each one with every message. The queue id `i` is asked for from MAIL on:
 /// Sendmail knows it at MAIL, Postfix once the first recipient is accepted
 /// (`smtpd_delay_open_until_valid_rcpt`).
-/// Public, with [`ACTIONS`] and [`negotiate`], so that the no-op reference milter of the
+/// Public, with [`ACTIONS`] and [`requested_options`], so that the no-op reference milter of the
 /// benchmark (examples/noop-milter.rs) negotiates as Postern does.
 pub const MACROS: &[(MacroStage, &str)] = &[
     (MacroStage::Connect, "{client_addr}"),
@@ -61,7 +61,7 @@ const ALWAYS_NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
 /// one saves a round trip per message), header values with their leading space, and the
 /// recipients the MTA refused. Returns the options to request; those of them that are
 /// no-reply stages are the ones the door must not answer.
-pub fn negotiate(offered: ProtoOpts, attention: &Attention) -> ProtoOpts {
+pub fn requested_options(offered: ProtoOpts, attention: &Attention) -> ProtoOpts {
     let mut noreply = ALWAYS_NOREPLY;
     for (need, stage) in [
         (attention.helo, ProtoOpts::NOREPLY_HELO),

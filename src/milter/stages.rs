@@ -15,8 +15,7 @@ use tracing::warn;
 use super::edits::{apply_edits, apply_envelope, header_line};
 use super::in_flight::InFlight;
 use super::{
-    ALWAYS_NOREPLY, ENVELOPE_ACTIONS, FIRST_REPLY_STAGE, MACROS, NOREPLY_STAGES,
-    negotiate as options,
+    ALWAYS_NOREPLY, ENVELOPE_ACTIONS, FIRST_REPLY_STAGE, MACROS, NOREPLY_STAGES, requested_options,
 };
 use crate::engine::events::RefusedBy;
 use crate::engine::{ClientInfo, Engine, Session, SmtpReply, TlsInfo, Verdict};
@@ -29,7 +28,7 @@ pub(super) struct Conn {
     /// The MTA sends header values with their leading space (SMFIP_HDR_LEADSPC), so the
     /// header can be rebuilt exactly as it came.
     leading_space: bool,
-    /// Stages at which the MTA does not wait for an answer (see [`options`]).
+    /// Stages at which the MTA does not wait for an answer (see [`requested_options`]).
     noreply: ProtoOpts,
     /// A refusal reached at a stage the MTA did not wait for, answered at the next stage it
     /// waits for (end of message at the latest). The policy's [`Attention`] says it cannot
@@ -53,7 +52,7 @@ impl Conn {
     }
 
     /// Answers a stage before the message, or stays silent when the MTA does not wait for an
-    /// answer there (see [`options`]: nothing is refused at connect, and the other no-reply
+    /// answer there (see [`requested_options`]: nothing is refused at connect, and the other no-reply
     /// stages are those where the policy refuses nothing).
     fn answer(&mut self, reply: &mut MilterReply, verdict: Verdict, stage: ProtoOpts) -> Status {
         let refuses = verdict.reply().is_some() || verdict == Verdict::Discard;
@@ -163,7 +162,7 @@ async fn negotiate(
     // Negotiated per connection, from the policy this session is judged by: after a reload
     // the next connection asks for what the new policy needs.
     let session = engine.session(FIRST_REPLY_STAGE);
-    let requested = options(opts, &session.policy().attention(FIRST_REPLY_STAGE));
+    let requested = requested_options(opts, &session.policy().attention(FIRST_REPLY_STAGE));
     cx.requested_opts |= requested;
     for (stage, names) in MACROS {
         cx.requested_macros
