@@ -395,6 +395,8 @@ impl Events for LogEvents {
                 spooled = report.spooled,
                 spf = report.spf,
                 authentication = report.authentication.map(|a| a.words()),
+                organizations = (!report.owners.organizations.is_empty())
+                    .then(|| report.owners.involved(report.recipients).join(",")),
                 verdict = %report.verdict,
                 reason = %report.reason,
                 dry_run = report.dry_run,

@@ -102,6 +102,9 @@ enum Command {
         /// Verdict: continue, reject, tempfail, discard or drop.
         #[arg(long, value_name = "VERDICT")]
         verdict: Option<String>,
+        /// Organization ([[organization]] name): records of its recipients and its senders.
+        #[arg(long, value_name = "NAME")]
+        organization: Option<String>,
         /// From this time: an age (90s, 30m, 1h, 2d, 1w), a date (2026-12-01, UTC) or RFC 3339.
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
@@ -278,6 +281,7 @@ fn main() -> ExitCode {
             queue_id,
             message_id,
             verdict,
+            organization,
             since,
             until,
             limit,
@@ -296,6 +300,7 @@ fn main() -> ExitCode {
                     queue_id,
                     message_id,
                     verdict: verdict.map(|v| v.to_lowercase()),
+                    organization,
                     since_ms: time(since, "--since")?,
                     until_ms: time(until, "--until")?,
                     limit,

@@ -26,11 +26,14 @@ pub(super) struct DkimSignerSection {
     users: Option<Spanned<Vec<String>>>,
     /// Unset: every unauthenticated outbound client.
     connection_profiles: Option<Spanned<Vec<String>>>,
+    /// Signs only the mail of this organization's senders.
+    organization: Option<Spanned<String>>,
 }
 
 pub(super) fn compile(
     sections: Vec<DkimSignerSection>,
     profile_names: &[String],
+    organization_names: &[String],
     config_dir: Option<&Path>,
 ) -> Result<DkimSigners, Invalid> {
     let mut signers = Vec::with_capacity(sections.len());
@@ -76,10 +79,21 @@ pub(super) fn compile(
             }
             None => None,
         };
+        let organization = match s.organization {
+            Some(name) => {
+                let names = [name.get_ref().clone()];
+                if let Some(m) = super::organizations::unknown(&names, organization_names) {
+                    return Err((name.span(), key("organization"), m));
+                }
+                Some(name.into_inner())
+            }
+            None => None,
+        };
         signers.push(DkimSigner {
             clients: SignerClients {
                 users,
                 connection_profiles,
+                organization,
             },
             domain,
             selector,

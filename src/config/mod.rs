@@ -35,6 +35,7 @@ mod lints;
 mod log;
 mod metrics;
 mod milter;
+mod organizations;
 mod outbound_tls;
 mod proxy;
 mod rbl;
@@ -210,6 +211,9 @@ type Invalid = (Range<usize>, String, String);
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
     hostname: Option<Spanned<String>>,
+    default_organization: Option<Spanned<String>>,
+    #[serde(rename = "organization")]
+    organizations: Vec<organizations::OrganizationSection>,
     milter: milter::MilterSection,
     scan: scan::ScanSection,
     connection: connection::ConnectionSection,
@@ -269,8 +273,28 @@ impl ConfigFile {
             &mut users_files,
         )?;
         let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
-        let proxy = proxy::compile(self.proxy, config_dir, users_files)?;
         let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
+        let organizations = organizations::compile(
+            self.organizations,
+            self.default_organization,
+            &delivery,
+            config_dir,
+        )?;
+        let organization_names = organizations.names();
+        let (proxy, organization_users) = proxy::compile(
+            self.proxy,
+            config_dir,
+            users_files,
+            organizations.users_files,
+        )?;
+        let mut organizations = organizations.organizations;
+        organizations.users = organization_users
+            .into_iter()
+            .filter_map(|(user, org)| {
+                let id = organization_names.iter().position(|n| *n == org)?;
+                Some((user, id))
+            })
+            .collect();
         let authentication = authentication::compile(
             self.authentication,
             self.arc_sealers,
@@ -290,15 +314,27 @@ impl ConfigFile {
             self.content,
             self.rulesets,
             &profile_names,
+            &organization_names,
             &delivery,
             config_dir,
         )?;
+        for org in &mut organizations.list {
+            org.has_rulesets = content
+                .rulesets
+                .iter()
+                .any(|rs| rs.conditions.organizations.contains(&org.name));
+        }
 
         let encryption_rules = connection::encryption_rules(self.encryption_rules, &delivery)?;
         let outbound_tls = outbound_tls::compile(self.outbound_tls_policies, &profile_names)?;
         let address_transformations =
             address_transformation::compile(self.address_transformations)?;
-        let dkim = dkim::compile(self.dkim_signers, &profile_names, config_dir)?;
+        let dkim = dkim::compile(
+            self.dkim_signers,
+            &profile_names,
+            &organization_names,
+            config_dir,
+        )?;
         let state = state::compile(self.state)?;
         let line_limit = delivery
             .targets
@@ -308,6 +344,7 @@ impl ConfigFile {
             .fold(delivery::RFC5321_LINE, usize::min);
         let policy = Policy {
             content,
+            organizations,
             address_transformations,
             dkim,
             authentication,

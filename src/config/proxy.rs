@@ -1,5 +1,6 @@
 //! `[proxy]`: the proxy door's listeners, TLS, limits, timeouts and AUTH.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::ops::Range;
@@ -136,7 +137,8 @@ pub(super) fn compile(
     p: ProxySection,
     config_dir: Option<&Path>,
     profile_users_files: Vec<super::connection::ProfileUsersFile>,
-) -> Result<ProxySettings, Invalid> {
+    organization_users_files: Vec<(String, Spanned<PathBuf>)>,
+) -> Result<(ProxySettings, HashMap<String, String>), Invalid> {
     let err =
         |span: Range<usize>, key: &str, message: String| (span, format!("proxy.{key}"), message);
     // Either key alone is refused at its own line.
@@ -221,6 +223,47 @@ pub(super) fn compile(
         }
         profile_users.push((profile, users));
     }
+    // The organizations' users authenticate as auth_users_file's do; each name is of one
+    // organization, which the engine reads from it.
+    let mut organization_users: Option<Users> = None;
+    let mut user_organizations = HashMap::new();
+    for (organization, file) in organization_users_files {
+        let span = file.span();
+        let key = format!("organization {organization:?} auth_users_file");
+        let users = Users::load(file.get_ref(), slots.clone())
+            .map_err(|m| (span.clone(), key.clone(), m))?;
+        let shared = profile_users
+            .iter()
+            .find_map(|(profile, known)| {
+                users
+                    .shared_name(known)
+                    .map(|u| format!("connection profile {profile:?}'s user {u:?}"))
+            })
+            .or_else(|| {
+                organization_users.as_ref().and_then(|known| {
+                    users.shared_name(known).map(|u| {
+                        format!(
+                            "organization {:?}'s user {u:?}",
+                            user_organizations.get(u).map_or("", String::as_str)
+                        )
+                    })
+                })
+            });
+        if let Some(shared) = shared {
+            return Err((
+                span,
+                key,
+                format!("{shared} is in this file too: a user name belongs to one organization"),
+            ));
+        }
+        for name in users.names() {
+            user_organizations.insert(name.to_owned(), organization.clone());
+        }
+        organization_users = Some(match organization_users {
+            Some(known) => known.merged(&users),
+            None => users,
+        });
+    }
     let auth_users = match p.auth_users_file {
         Some(f) => {
             let span = f.span();
@@ -238,8 +281,25 @@ pub(super) fn compile(
                     ),
                 ));
             }
-            Some(users)
+            if let Some(user) = organization_users
+                .as_ref()
+                .and_then(|known| users.shared_name(known))
+            {
+                return Err(err(
+                    span,
+                    "auth_users_file",
+                    format!(
+                        "user {user:?} is also a user of organization {:?}: a user name belongs to one place",
+                        user_organizations.get(user).map_or("", String::as_str)
+                    ),
+                ));
+            }
+            Some(match &organization_users {
+                Some(known) => users.merged(known),
+                None => users,
+            })
         }
+        None if organization_users.is_some() => organization_users,
         None => match p.submission_listen.first() {
             Some(listener) => {
                 return Err(err(
@@ -332,7 +392,7 @@ pub(super) fn compile(
         None => STRESS_THRESHOLD,
     };
     let secs = |n: NonZeroU64| Duration::from_secs(n.get());
-    Ok(ProxySettings {
+    let settings = ProxySettings {
         listen: p.listen,
         listen_tls: p.listen_tls,
         submission_listen: p
@@ -371,5 +431,6 @@ pub(super) fn compile(
         min_data_rate: p.min_data_rate,
         stress_threshold,
         stress_timeout: secs(p.stress_timeout),
-    })
+    };
+    Ok((settings, user_organizations))
 }

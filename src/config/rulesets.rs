@@ -74,6 +74,10 @@ pub(super) struct RulesetSection {
     sender_domains: Vec<String>,
     #[serde(default)]
     recipient_domains: Vec<String>,
+    /// The organizations whose recipients' copies (and, outbound, whose senders' mail) the
+    /// ruleset applies to; empty: every message.
+    #[serde(default)]
+    organizations: Vec<String>,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleSection>,
 }
@@ -179,6 +183,7 @@ pub(super) fn compile(
     content: ContentSection,
     rulesets: Vec<RulesetSection>,
     profile_names: &[String],
+    organization_names: &[String],
     delivery: &Delivery,
     config_dir: Option<&Path>,
 ) -> Result<ContentPolicy, Invalid> {
@@ -223,6 +228,9 @@ pub(super) fn compile(
                 format!("no [[connection_profile]] is named {p:?}"),
             ));
         }
+        if let Some(m) = super::organizations::unknown(&rs.organizations, organization_names) {
+            return Err((rs.name.span(), format!("{key}.organizations"), m));
+        }
         let mut rules = Vec::new();
         for (j, rule) in rs.rules.into_iter().enumerate() {
             let key = format!("{key}.rule[{j}]");
@@ -238,6 +246,7 @@ pub(super) fn compile(
                 authenticated: rs.authenticated,
                 sender_domains: patterns(rs.sender_domains),
                 recipient_domains: patterns(rs.recipient_domains),
+                organizations: rs.organizations,
             },
             rules,
         });

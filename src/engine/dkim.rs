@@ -220,6 +220,9 @@ pub struct SignerClients {
     /// (`connection_profiles`); `None`: every unauthenticated outbound client (allowed relay
     /// sources, internal profiles, local submission).
     pub connection_profiles: Option<Vec<String>>,
+    /// `organization`: only senders of this organization may have the signature, whoever
+    /// else the lists above let in.
+    pub organization: Option<String>,
 }
 
 /// The client a message comes from, as a signer asks about it.
@@ -229,11 +232,20 @@ pub struct SigningClient<'a> {
     pub user: Option<&'a str>,
     /// The client's connection profile, if any.
     pub profile: Option<&'a str>,
+    /// The sender's organization, if any.
+    pub organization: Option<&'a str>,
 }
 
 impl SignerClients {
     /// Whether `client` may have the signature.
     pub fn permit(&self, client: SigningClient<'_>) -> bool {
+        if self
+            .organization
+            .as_deref()
+            .is_some_and(|o| client.organization != Some(o))
+        {
+            return false;
+        }
         match client.user {
             Some(user) => self.users.iter().any(|u| user_matches(u, user)),
             None => match &self.connection_profiles {
@@ -352,10 +364,12 @@ mod tests {
         let user = |u| SigningClient {
             user: Some(u),
             profile: None,
+            organization: None,
         };
         let default = SignerClients {
             users: vec!["@acme.test".into()],
             connection_profiles: None,
+            organization: None,
         };
         assert!(default.permit(user("ann@acme.test")));
         assert!(default.permit(user("ann@Mail.ACME.test")));
@@ -365,22 +379,43 @@ mod tests {
         let unauthenticated = SigningClient {
             user: None,
             profile: None,
+            organization: None,
         };
         assert!(default.permit(unauthenticated), "relay sources, local");
         let named = SignerClients {
             users: vec!["ann".into(), "*".into()],
             connection_profiles: Some(vec!["acme-servers".into()]),
+            organization: None,
         };
         assert!(named.permit(user("anyone")));
         assert!(!named.permit(unauthenticated));
         assert!(named.permit(SigningClient {
             user: None,
             profile: Some("acme-servers"),
+            organization: None,
         }));
         assert!(!named.permit(SigningClient {
             user: None,
             profile: Some("other"),
+            organization: None,
         }));
+    }
+
+    #[test]
+    fn an_organizations_signer_signs_only_its_senders_mail() {
+        let globex = SignerClients {
+            users: vec!["*".into()],
+            connection_profiles: None,
+            organization: Some("globex".into()),
+        };
+        let client = |organization| SigningClient {
+            user: Some("alice"),
+            profile: None,
+            organization,
+        };
+        assert!(globex.permit(client(Some("globex"))));
+        assert!(!globex.permit(client(Some("acme"))), "acme's user");
+        assert!(!globex.permit(client(None)));
     }
 
     #[test]

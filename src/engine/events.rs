@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::address::EnvelopeAddress;
 use super::authentication::AuthSummary;
+use super::organizations::Owners;
 use super::reply::SmtpReply;
 use super::session::{ClientInfo, TlsInfo};
 use super::verdict::{EnvelopeEdits, Verdict};
@@ -172,11 +173,13 @@ pub enum ScanStep {
     SecureRoute,
     /// Delivery through a divert rule's targets.
     Divert,
+    /// Delivery of an organization's version of the message through its route.
+    OrganizationRoute,
 }
 
 impl ScanStep {
     /// Every step.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Connect,
         Self::Mail,
         Self::Content,
@@ -186,6 +189,7 @@ impl ScanStep {
         Self::Arc,
         Self::SecureRoute,
         Self::Divert,
+        Self::OrganizationRoute,
     ];
 
     /// What could not be done, for the log.
@@ -202,6 +206,9 @@ impl ScanStep {
                 "recipients an encryption rule routes through Postern were not delivered"
             }
             Self::Divert => "message could not be diverted",
+            Self::OrganizationRoute => {
+                "an organization's version of the message was not delivered through its route"
+            }
         }
     }
 
@@ -216,6 +223,7 @@ impl ScanStep {
             Self::Arc => "arc",
             Self::SecureRoute => "secure_route",
             Self::Divert => "divert",
+            Self::OrganizationRoute => "organization_route",
         }
     }
 }
@@ -263,6 +271,10 @@ pub enum Reason {
     SecureRoute,
     /// An encryption rule's route took none of its recipients.
     SecureRouteFailed,
+    /// Every recipient's version was delivered by Postern through its organization's route.
+    OrganizationRoutes,
+    /// An organization's route did not take its version.
+    OrganizationRouteFailed,
 }
 
 impl fmt::Display for Reason {
@@ -278,6 +290,8 @@ impl fmt::Display for Reason {
             Self::SealingFailed => "arc_failed",
             Self::SecureRoute => "secure_route",
             Self::SecureRouteFailed => "secure_route_failed",
+            Self::OrganizationRoutes => "organization_routes",
+            Self::OrganizationRouteFailed => "organization_route_failed",
         })
     }
 }
@@ -445,6 +459,19 @@ pub struct MessageReport<'a> {
     /// Where the proxy handed it on; `None` when the MTA carries it, or when it was not
     /// accepted.
     pub handed_on: Option<HandedOn<'a>>,
+    /// The organizations of its sender and recipients.
+    pub owners: Owners<'a>,
+    /// Recipients Postern delivered itself (an organization's version, an encryption rule's
+    /// route), each with the target that took it and its reply.
+    pub routed: &'a [Routed],
+}
+
+/// A recipient Postern delivered itself, through a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed {
+    pub recipient: EnvelopeAddress,
+    pub relay_target: String,
+    pub reply: SmtpReply,
 }
 
 /// A transaction that ended without reaching the end of its message (RSET, a new MAIL, a
@@ -464,6 +491,8 @@ pub struct TransactionReport<'a> {
     pub refused_at_data: Option<&'a Refusal>,
     /// A dry run: what the policy would have refused in this transaction.
     pub would: &'a [WouldRefusal],
+    /// The organizations of its sender and recipients.
+    pub owners: Owners<'a>,
 }
 
 /// What a closed connection looked like, for the per-connection line.

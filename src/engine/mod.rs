@@ -13,6 +13,7 @@ pub mod dkim;
 pub mod events;
 pub mod lines;
 pub mod message;
+pub mod organizations;
 pub mod policy;
 pub mod ports;
 pub mod reply;

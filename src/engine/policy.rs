@@ -19,6 +19,7 @@ use super::checks::spoof::SpoofAction;
 use super::checks::{EncryptionRules, ExploitDetection, IpRejection, Rbl, RelayRestriction};
 use super::dkim::DkimSigners;
 use super::message::MessageLimits;
+use super::organizations::Organizations;
 use super::reply::SmtpReply;
 use super::rules::ContentPolicy;
 use super::verdict::Verdict;
@@ -186,6 +187,8 @@ pub struct Policy {
     pub retain: Option<super::retain::Retain>,
     /// The content stage: rulesets over subject, headers, body, attachments and names.
     pub content: ContentPolicy,
+    /// The organizations the gateway serves (`[[organization]]`); empty: one for everyone.
+    pub organizations: Organizations,
     /// Address transformation rules, in order: applied to what is relayed, never to what the
     /// policy judges.
     pub address_transformations: AddressTransformations,
@@ -203,6 +206,58 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Each organization's own policy, as check-config shows it: its domains, its route, the
+    /// rulesets and signers that serve it, its users.
+    fn fmt_organizations(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let orgs = &self.organizations;
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "-".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        for (id, o) in orgs.list.iter().enumerate() {
+            let rulesets = self
+                .content
+                .rulesets
+                .iter()
+                .filter(|rs| {
+                    rs.conditions.organizations.is_empty()
+                        || rs.conditions.organizations.contains(&o.name)
+                })
+                .map(|rs| rs.name.clone())
+                .collect();
+            let signers = self
+                .dkim
+                .0
+                .iter()
+                .filter(|s| s.clients.organization.as_ref().is_none_or(|n| *n == o.name))
+                .map(|s| format!("{} ({})", s.domain, s.selector))
+                .collect();
+            writeln!(
+                f,
+                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s)",
+                o.name,
+                if orgs.default == Some(id) {
+                    " (default)"
+                } else {
+                    ""
+                },
+                list(o.domains.iter().map(ToString::to_string).collect()),
+                if o.own_route.is_empty() {
+                    "the ordinary relay targets".to_owned()
+                } else {
+                    o.own_route.join(", ")
+                },
+                list(rulesets),
+                list(signers),
+                orgs.users.values().filter(|u| **u == id).count()
+            )?;
+        }
+        Ok(())
+    }
+
     /// Whether spoof detection is on for some client.
     pub fn spoofing_checked(&self) -> bool {
         self.spoof_detection != SpoofAction::Off
@@ -350,6 +405,7 @@ impl fmt::Display for Policy {
                 },
             )?;
         }
+        self.fmt_organizations(f)?;
         for rs in &self.content.rulesets {
             let rules: Vec<&str> = rs.rules.iter().map(|r| r.name.as_str()).collect();
             writeln!(

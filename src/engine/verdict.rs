@@ -241,10 +241,12 @@ pub struct MessageOutcome {
 }
 
 impl MessageOutcome {
-    /// The recipients as they are to be relayed (rewritten where a rule says so).
+    /// The recipients as the door is to relay them (rewritten where a rule says so): those
+    /// Postern did not deliver itself.
     pub fn relayed_recipients(&self) -> Vec<EnvelopeAddress> {
         self.recipients
             .iter()
+            .filter(|r| !self.envelope.removed.contains(r))
             .map(|r| self.envelope.recipient(r).clone())
             .collect()
     }

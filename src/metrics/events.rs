@@ -106,6 +106,14 @@ impl Events for Metrics {
                         verdict: went.to_owned(),
                     })
                     .inc();
+                for organization in report.owners.involved(report.recipients) {
+                    self.organization_messages
+                        .get_or_create(&OrganizationVerdict {
+                            organization: organization.to_owned(),
+                            verdict: went.to_owned(),
+                        })
+                        .inc();
+                }
                 for (method, result) in report.authentication.iter().flat_map(|a| a.methods()) {
                     self.auth_results
                         .get_or_create(&AuthResult { method, result })
@@ -232,12 +240,22 @@ mod tests {
             dry_run: false,
         });
         let verdict = Verdict::Continue;
+        let organizations = crate::engine::organizations::Organizations {
+            list: vec![crate::engine::organizations::Organization {
+                name: "acme".into(),
+                domains: vec![crate::engine::address::DomainPattern::new("acme.test")],
+                own_route: Vec::new(),
+                has_rulesets: false,
+            }],
+            ..Default::default()
+        };
+        let recipients = ["x@acme.test".parse().unwrap(), "y@acme.test".parse().unwrap()];
         m.emit(&Event::Message {
             session: 1,
             report: MessageReport {
                 queue_id: "",
                 sender: "a@b.example",
-                recipients: &[],
+                recipients: &recipients,
                 envelope: &Default::default(),
                 refused: &[],
                 message_id: None,
@@ -264,6 +282,8 @@ mod tests {
                 diverted: None,
                 would: &[],
                 handed_on: None,
+                owners: crate::engine::organizations::Owners::none(&organizations),
+                routed: &[],
             },
         });
         let checks: Vec<CheckRecord> = Vec::new();
@@ -295,6 +315,7 @@ mod tests {
             "postern_connections_total{door=\"proxy\"} 1",
             "postern_active_connections{door=\"proxy\"} 0",
             "postern_messages_total{door=\"proxy\",verdict=\"continue\"} 1",
+            "postern_organization_messages_total{organization=\"acme\",verdict=\"continue\"} 1",
             "postern_check_results_total{check=\"rbl\",result=\"pass\"} 1",
             "postern_check_duration_seconds_count{check=\"rbl\"} 1",
             "postern_auth_results_total{method=\"dkim\",result=\"pass\"} 1",

@@ -15,6 +15,13 @@ pub(super) struct DoorVerdict {
     pub(super) verdict: String,
 }
 
+/// An organization (a `[[organization]]` name: bounded by the configuration) and a verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OrganizationVerdict {
+    pub(super) organization: String,
+    pub(super) verdict: String,
+}
+
 /// A verification result on arrival: method `dkim`, `arc` or `dmarc`, and its result word.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct AuthResult {

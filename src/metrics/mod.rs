@@ -35,6 +35,7 @@ pub struct Metrics {
     connections: Family<Door, Counter>,
     active_connections: Family<Door, Gauge>,
     messages: Family<DoorVerdict, Counter>,
+    organization_messages: Family<OrganizationVerdict, Counter>,
     dry_run_verdicts: Family<DoorVerdict, Counter>,
     check_results: Family<CheckResult, Counter>,
     auth_results: Family<AuthResult, Counter>,
@@ -59,6 +60,7 @@ impl Metrics {
             connections: Family::default(),
             active_connections: Family::default(),
             messages: Family::default(),
+            organization_messages: Family::default(),
             dry_run_verdicts: Family::default(),
             check_results: Family::default(),
             auth_results: Family::default(),
@@ -89,6 +91,11 @@ impl Metrics {
             "postern_messages",
             "Messages judged, by verdict",
             m.messages.clone(),
+        );
+        m.registry.register(
+            "postern_organization_messages",
+            "Messages judged, by organization (each organization of its sender and recipients once) and verdict",
+            m.organization_messages.clone(),
         );
         m.registry.register(
             "postern_dry_run_verdicts",
@@ -188,6 +195,14 @@ impl Metrics {
             let _ = self.messages.get_or_create(&series);
             if policy.dry_run {
                 let _ = self.dry_run_verdicts.get_or_create(&series);
+            }
+            for o in &policy.organizations.list {
+                let _ = self
+                    .organization_messages
+                    .get_or_create(&OrganizationVerdict {
+                        organization: o.name.clone(),
+                        verdict: verdict.to_owned(),
+                    });
             }
         }
         for result in ["applied", "refused"] {

@@ -131,6 +131,21 @@ impl Users {
         })
     }
 
+    /// The user names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.hashes.keys().map(String::as_str)
+    }
+
+    /// These users and `other`'s, checked within the same slots as these.
+    pub fn merged(&self, other: &Users) -> Users {
+        let mut hashes = (*self.hashes).clone();
+        hashes.extend(other.hashes.iter().map(|(u, h)| (u.clone(), h.clone())));
+        Users {
+            hashes: Arc::new(hashes),
+            checks: self.checks.clone(),
+        }
+    }
+
     /// A user name of `other` that is one of these users too, if any.
     pub fn shared_name<'a>(&self, other: &'a Users) -> Option<&'a str> {
         other

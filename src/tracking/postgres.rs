@@ -154,6 +154,8 @@ async fn insert(client: &mut Client, batch: &[Record]) -> Result<(), tokio_postg
                 &r.relayed_sender,
                 &r.relayed_recipient,
                 &r.authentication,
+                &r.sender_organization,
+                &r.organization,
                 &search_key(&r.sender),
                 &r.recipient.as_deref().map(search_key),
             ],

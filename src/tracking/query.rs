@@ -24,6 +24,8 @@ pub struct Filter {
     /// With or without its angle brackets.
     pub message_id: Option<String>,
     pub verdict: Option<String>,
+    /// Records of this organization: its recipients' and its senders'.
+    pub organization: Option<String>,
     /// From this time on (milliseconds since the epoch).
     pub since_ms: Option<i64>,
     /// Before this time.
@@ -115,6 +117,12 @@ impl Query {
         if let Some(verdict) = &filter.verdict {
             let p = bind(&mut params, Param::Text(verdict.clone()));
             conditions.push(format!("verdict = {p}"));
+        }
+        if let Some(organization) = &filter.organization {
+            let p = bind(&mut params, Param::Text(organization.clone()));
+            conditions.push(format!(
+                "(organization = {p} OR sender_organization = {p})"
+            ));
         }
         if let Some(since) = filter.since_ms {
             let p = bind(&mut params, Param::Int(since));
@@ -250,6 +258,11 @@ fn details(r: &Record) -> String {
         verdict.push_str(&format!(" ({reason})"));
     }
     parts.push(verdict);
+    match (&r.organization, &r.sender_organization) {
+        (Some(to), Some(from)) if to != from => parts.push(format!("org {to} (from {from})")),
+        (Some(org), _) | (None, Some(org)) => parts.push(format!("org {org}")),
+        (None, None) => {}
+    }
     if r.dry_run {
         parts.push(format!(
             "DRY RUN would: {}",
@@ -354,6 +367,23 @@ mod tests {
             let e = parse_time(bad, NOW).unwrap_err();
             assert!(e.contains("1h") || e.contains("unit"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn an_organization_is_found_by_its_recipients_and_its_senders() {
+        let filter = Filter {
+            organization: Some("acme".into()),
+            limit: 5,
+            ..Filter::default()
+        };
+        let q = Query::new(&filter, |n| format!("?{n}"));
+        assert!(
+            q.sql
+                .contains(" WHERE (organization = ?1 OR sender_organization = ?1) ORDER BY"),
+            "{}",
+            q.sql
+        );
+        assert_eq!(q.params, [Param::Text("acme".into()), Param::Int(5)]);
     }
 
     #[test]
@@ -522,6 +552,8 @@ mod tests {
             relayed_sender: None,
             relayed_recipient: None,
             authentication: None,
+            sender_organization: None,
+            organization: Some("acme".into()),
         };
         let text = table(&[record.clone(), record], false);
         for line in text.lines() {
@@ -529,6 +561,7 @@ mod tests {
         }
         assert!(text.contains("relayed"));
         assert!(text.contains("target mta"));
+        assert!(text.contains("org acme"));
         assert!(text.ends_with("(2 records)\n"));
     }
 }

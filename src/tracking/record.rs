@@ -123,6 +123,10 @@ pub struct Record {
     /// The DKIM, ARC and DMARC results on arrival (`dkim=pass dmarc=pass arc=none`), when
     /// `[authentication]` verified the message.
     pub authentication: Option<String>,
+    /// The organization of the sender (outbound mail), with `[[organization]]`s.
+    pub sender_organization: Option<String>,
+    /// The organization that owns this recipient, with `[[organization]]`s.
+    pub organization: Option<String>,
 }
 
 /// The most bytes of a client-given field (HELO, addresses, Message-ID, client name, user,
@@ -199,11 +203,13 @@ pub(super) fn sample(recipient: &str) -> Record {
         relayed_sender: None,
         relayed_recipient: None,
         authentication: None,
+        sender_organization: None,
+        organization: None,
     }
 }
 
 /// The stored columns, in the order of [`Record`]'s fields.
-pub const COLUMNS: [&str; 25] = [
+pub const COLUMNS: [&str; 27] = [
     "time_ms",
     "door",
     "session",
@@ -229,6 +235,8 @@ pub const COLUMNS: [&str; 25] = [
     "relayed_sender",
     "relayed_recipient",
     "authentication",
+    "sender_organization",
+    "organization",
 ];
 
 fn rfc3339<S: Serializer>(time_ms: &i64, s: S) -> Result<S::Ok, S::Error> {
@@ -295,6 +303,8 @@ pub fn create_table(id: &str) -> String {
             relayed_sender TEXT,
             relayed_recipient TEXT,
             authentication TEXT,
+            sender_organization TEXT,
+            organization TEXT,
             sender_key TEXT,
             recipient_key TEXT
         )"
@@ -323,12 +333,14 @@ pub fn indexes() -> Vec<String> {
 
 /// Columns added after the table's first form, with their types: a store adds those its
 /// table lacks when it opens it.
-pub const ADDED_COLUMNS: [(&str, &str); 5] = [
+pub const ADDED_COLUMNS: [(&str, &str); 7] = [
     ("relayed_sender", "TEXT"),
     ("relayed_recipient", "TEXT"),
     ("sender_key", "TEXT"),
     ("recipient_key", "TEXT"),
     ("authentication", "TEXT"),
+    ("sender_organization", "TEXT"),
+    ("organization", "TEXT"),
 ];
 
 /// `INSERT` of one record and its search keys, with `placeholder(n)` for the n-th value
@@ -388,6 +400,8 @@ impl Record {
             relayed_sender: row.text(22)?,
             relayed_recipient: row.text(23)?,
             authentication: row.text(24)?,
+            sender_organization: row.text(25)?,
+            organization: row.text(26)?,
         })
     }
 }

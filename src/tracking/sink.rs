@@ -16,6 +16,7 @@ use crate::engine::events::{
     CheckId, ConnectionReport, DoorKind, Event, MessageReport, Refusal, RefusedBy,
     RefusedRecipient, SessionFacts, TransactionReport, WouldRefusal,
 };
+use crate::engine::organizations::Owners;
 use crate::engine::ports::Events;
 use crate::engine::{SmtpReply, Verdict};
 
@@ -138,6 +139,8 @@ impl Tracker {
             relayed_sender: None,
             relayed_recipient: None,
             authentication: None,
+            sender_organization: None,
+            organization: None,
         }
     }
 
@@ -165,9 +168,11 @@ impl Tracker {
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.relayed_sender = report.envelope.sender.as_ref().map(ToString::to_string);
         base.authentication = report.authentication.map(|a| a.words());
+        base.sender_organization = report.owners.sender().map(str::to_owned);
         for recipient in report.recipients {
             let mut r = base.clone();
             r.recipient = Some(recipient.to_string());
+            r.organization = report.owners.recipient(recipient).map(str::to_owned);
             r.would = would_for(&base.would, report.would, recipient);
             r.relayed_recipient = report
                 .envelope
@@ -175,14 +180,22 @@ impl Tracker {
                 .iter()
                 .find(|(from, _)| from == recipient)
                 .map(|(_, to)| to.to_string());
-            let outcome = match (verdict, report.handed_on) {
-                (Verdict::Continue, Some(handed_on)) => {
+            let routed = report.routed.iter().find(|d| d.recipient == *recipient);
+            let outcome = match (verdict, report.handed_on, routed) {
+                // Delivered by Postern through its organization's (or an encryption rule's)
+                // route, whatever became of the other recipients' versions.
+                (_, _, Some(routed)) => {
+                    r.relay_target = Some(routed.relay_target.clone());
+                    r.reply = Some(routed.reply.to_string());
+                    Outcome::of_reply(routed.reply.code())
+                }
+                (Verdict::Continue, Some(handed_on), None) => {
                     r.reply = Some(handed_on.reply.to_string());
                     r.relay_target = handed_on.relay_target.map(str::to_owned);
                     Outcome::of_reply(handed_on.reply.code())
                 }
-                (Verdict::Continue, None) => Outcome::Accepted,
-                (Verdict::Discard, _) => match report.diverted {
+                (Verdict::Continue, None, None) => Outcome::Accepted,
+                (Verdict::Discard, _, None) => match report.diverted {
                     Some((target, reply)) => {
                         r.relay_target = Some(target.to_owned());
                         r.reply = Some(reply.to_string());
@@ -190,7 +203,7 @@ impl Tracker {
                     }
                     None => Outcome::Discarded,
                 },
-                (refused, _) => {
+                (refused, _, None) => {
                     let reply = refused.reply().expect("a refusal has a reply");
                     r.reply = Some(reply.to_string());
                     Outcome::of_reply(reply.code())
@@ -199,18 +212,24 @@ impl Tracker {
             r.outcome = outcome.name().to_owned();
             self.queue(r);
         }
-        for r in self.refused(&base, report.refused) {
+        for r in self.refused(&base, report.refused, &report.owners) {
             self.queue(r);
         }
     }
 
     /// One record per refused recipient, on the transaction's `base`.
-    fn refused(&self, base: &Record, refused: &[RefusedRecipient]) -> Vec<Record> {
+    fn refused(
+        &self,
+        base: &Record,
+        refused: &[RefusedRecipient],
+        owners: &Owners<'_>,
+    ) -> Vec<Record> {
         refused
             .iter()
             .map(|refusal| {
                 let mut r = base.clone();
                 r.recipient = Some(refusal.address.clone());
+                r.organization = owners.recipient(&refusal.address).map(str::to_owned);
                 r.outcome = Outcome::Refused.name().to_owned();
                 r.reply = Some(refusal.reply.to_string());
                 r.relay_target = refusal.by.relay_target().map(str::to_owned);
@@ -237,9 +256,11 @@ impl Tracker {
         base.would = joined(would, "; ");
         base.duration_ms = report.elapsed.as_millis() as i64;
         base.verdict = Verdict::Continue.name().to_owned();
+        base.sender_organization = report.owners.sender().map(str::to_owned);
         for recipient in report.accepted {
             let mut r = base.clone();
             r.recipient = Some(recipient.to_string());
+            r.organization = report.owners.recipient(recipient).map(str::to_owned);
             r.would = would_for(&base.would, report.would, recipient);
             // A refusal at DATA (a verdict held until then) ended it; otherwise the client did.
             let outcome = match report.refused_at_data {
@@ -252,7 +273,7 @@ impl Tracker {
             r.outcome = outcome.name().to_owned();
             self.queue(r);
         }
-        for r in self.refused(&base, report.refused) {
+        for r in self.refused(&base, report.refused, &report.owners) {
             self.queue(r);
         }
     }

@@ -159,6 +159,8 @@ fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()>
                 r.relayed_sender,
                 r.relayed_recipient,
                 r.authentication,
+                r.sender_organization,
+                r.organization,
                 search_key(&r.sender),
                 r.recipient.as_deref().map(search_key),
             ])?;

@@ -126,6 +126,9 @@ pub struct Conditions {
     pub sender_domains: Vec<DomainPattern>,
     /// At least one recipient's domain must match.
     pub recipient_domains: Vec<DomainPattern>,
+    /// The copy must concern one of these organizations (its recipients', or on outbound
+    /// mail its sender's); empty: any copy.
+    pub organizations: Vec<String>,
 }
 
 /// What the engine knows about a message's transaction when choosing rulesets.
@@ -135,6 +138,8 @@ pub struct MessageContext<'a> {
     pub authenticated: bool,
     pub sender: &'a EnvelopeAddress,
     pub recipients: &'a [EnvelopeAddress],
+    /// The organizations the copy concerns.
+    pub organizations: &'a [&'a str],
 }
 
 impl Conditions {
@@ -153,6 +158,11 @@ impl Conditions {
                     .recipients
                     .iter()
                     .any(|r| any(&self.recipient_domains, r.domain())))
+            && (self.organizations.is_empty()
+                || ctx
+                    .organizations
+                    .iter()
+                    .any(|o| self.organizations.iter().any(|n| n == o)))
     }
 }
 
@@ -370,6 +380,7 @@ mod tests {
             authenticated: false,
             sender: &"<x@mail.corp.example>".parse().unwrap(),
             recipients: &recipients,
+            organizations: &["acme"],
         };
         assert!(c.hold(&ctx));
         assert!(!c.hold(&MessageContext {
@@ -382,6 +393,18 @@ mod tests {
         }));
         assert!(!c.hold(&MessageContext {
             recipients: &recipients[..1],
+            ..ctx
+        }));        let for_globex = Conditions {
+            organizations: vec!["globex".into()],
+            ..c.clone()
+        };
+        assert!(!for_globex.hold(&ctx), "a copy for acme only");
+        assert!(for_globex.hold(&MessageContext {
+            organizations: &["acme", "globex"],
+            ..ctx
+        }));
+        assert!(!for_globex.hold(&MessageContext {
+            organizations: &[],
             ..ctx
         }));
     }

@@ -2,22 +2,31 @@
 //! run them over the message off the async threads, and turn their result into a verdict and
 //! edits. Each transform is logged with ruleset, rule, target and count — never a value.
 
+use super::versions::MessageCopy;
 use super::*;
 use crate::engine::rules::{self, MessageContext, Rewrite};
 
 impl Session {
-    /// Runs the applicable rulesets; a refusal, or `None` with `edits` extended.
+    /// Runs the rulesets that apply to `copy` (the whole transaction without organizations);
+    /// a refusal, or `None` with `edits` extended.
     pub(super) async fn content_stage(
         &self,
         tx: &mut Transaction,
         edits: &mut Edits,
+        copy: &MessageCopy,
     ) -> Option<Finding> {
         let policy = self.policy.clone();
+        let organizations: Vec<&str> = copy
+            .organizations
+            .iter()
+            .map(|&id| policy.organizations.name(id))
+            .collect();
         let ctx = MessageContext {
             profile: self.client_profile().map(|p| p.name.as_str()),
             authenticated: self.authenticated.is_some(),
             sender: &tx.sender,
-            recipients: &tx.recipients,
+            recipients: &copy.recipients,
+            organizations: &organizations,
         };
         let active: Vec<usize> = (0..policy.content.rulesets.len())
             .filter(|&i| policy.content.rulesets[i].conditions.hold(&ctx))
@@ -75,8 +84,11 @@ impl Session {
             elapsed: started.elapsed(),
         });
         if found.is_none() {
-            tx.divert = divert;
-            if edits.body.is_some() {
+            // A version without a divert rule leaves another version's diversion alone.
+            if divert.is_some() {
+                tx.divert = divert;
+            }
+            if edits.body.is_some() && tx.scan_slot.0.is_none() {
                 tx.scan_slot = ScanSlot(slot.map(Arc::new));
             }
         }

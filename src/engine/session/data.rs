@@ -3,6 +3,7 @@
 
 use mail_auth::AuthenticatedMessage;
 
+use super::versions::MessageCopy;
 use super::*;
 use crate::engine::retain::Retain;
 use crate::engine::verdict::EnvelopeEdits;
@@ -162,7 +163,22 @@ impl Session {
             .zip(results.as_ref())
             .filter(|_| policy.authentication.results_header)
             .map(|(v, r)| v.results_value(r));
-        let mut d = self.first_decision(&mut tx, found).await;
+        let (primary, others) = self.copies(&tx);
+        let mut d = self.first_decision(&mut tx, found, &primary).await;
+        // The other versions' content (with organizations whose rulesets differ).
+        let content_end = d.edits.headers.len();
+        let mut other_edits = Vec::with_capacity(others.len());
+        for copy in &others {
+            if !d.goes_on() {
+                break;
+            }
+            let mut edits = Edits::default();
+            match self.content_stage(&mut tx, &mut edits, copy).await {
+                Some((check, verdict)) => d.decide(Reason::Check(check), verdict),
+                None => other_edits.push(edits),
+            }
+        }
+        let mut header_changed = false;
         if d.goes_on() {
             match self.spoof_step(&mut tx).await {
                 Ok(tags) => d.edits.headers.extend(tags),
@@ -170,14 +186,39 @@ impl Session {
             }
         }
         if d.goes_on() {
-            let (envelope, header_changed) = self.transform_addresses(&mut tx, &mut d.edits).await;
+            let (envelope, changed) = self.transform_addresses(&mut tx, &mut d.edits).await;
             d.envelope = envelope;
-            d.transformed |= header_changed;
+            d.transformed |= changed;
+            header_changed = changed;
             self.remove_forged_results(&mut tx, &mut d.edits).await;
         }
         if d.goes_on() {
             self.result_headers(&mut tx, &mut d.edits, results_field)
                 .await;
+        }
+        // Every version's edits: its content's, then what every version gets (tags, the
+        // address transformation, result and trace headers), then its own seal and signature.
+        let common: Vec<HeaderEdit> = d.edits.headers.get(content_end..).unwrap_or_default().to_vec();
+        let mut versions: Vec<(&MessageCopy, Edits)> = Vec::new();
+        for (copy, content) in others.iter().zip(other_edits) {
+            if !d.goes_on() || policy.dry_run {
+                break;
+            }
+            let transformed = header_changed || !content.is_empty();
+            let mut edits = Edits {
+                headers: [content.headers, common.clone()].concat(),
+                body: content.body,
+            };
+            if let (Some(v), Some(r)) = (&verified, &results)
+                && let Err(e) = self.seal(&mut tx, &mut edits, v, r, transformed).await
+            {
+                self.scan_failed(ScanStep::Arc, &e.to_string());
+                d.decide(Reason::SealingFailed, policy.scan_failure_action.verdict());
+            } else if let Err(e) = self.sign(&mut tx, &mut edits, transformed).await {
+                self.scan_failed(ScanStep::Dkim, &e.to_string());
+                d.decide(Reason::SigningFailed, policy.scan_failure_action.verdict());
+            }
+            versions.push((copy, edits));
         }
         if d.goes_on()
             && !policy.dry_run
@@ -193,6 +234,25 @@ impl Session {
         {
             self.scan_failed(ScanStep::Dkim, &e.to_string());
             d.decide(Reason::SigningFailed, policy.scan_failure_action.verdict());
+        }
+        if d.goes_on()
+            && !policy.dry_run
+            && tx.divert.is_none()
+            && (!others.is_empty() || !primary.carried)
+        {
+            let mut all = vec![(&primary, &d.edits)];
+            all.extend(versions.iter().map(|(c, e)| (*c, e)));
+            match self.deliver_versions(&mut tx, &all, &mut d.envelope).await {
+                Ok(None) => {}
+                Ok(Some(reply)) => {
+                    d.decide(Reason::OrganizationRoutes, Verdict::Discard);
+                    d.diverted = Some(reply);
+                }
+                Err(e) => {
+                    self.scan_failed(ScanStep::OrganizationRoute, &e.to_string());
+                    d.decide(Reason::OrganizationRouteFailed, route_failed());
+                }
+            }
         }
         if d.goes_on() && carrier == Carrier::Mta && !policy.dry_run && tx.divert.is_none() {
             match self.secure_routes(&mut tx, &d.edits, &mut d.envelope).await {
@@ -262,14 +322,19 @@ impl Session {
 
     /// The first step: a verdict held until DATA, a refusal while the message arrived, what
     /// the verification `found` (DMARC), or the content stage's verdict and edits.
-    async fn first_decision(&mut self, tx: &mut Transaction, found: Option<Finding>) -> Decision {
+    async fn first_decision(
+        &mut self,
+        tx: &mut Transaction,
+        found: Option<Finding>,
+        copy: &MessageCopy,
+    ) -> Decision {
         let mut edits = Edits::default();
         let held = self.held_for(Stage::Data, &tx.recipients);
         let (reason, verdict) = match (held, tx.failure.take(), found) {
             (Some(held), _, _) => (Reason::Held, held),
             (None, Some(failed), _) => (Reason::RefusedBeforeEnd, failed),
             (None, None, Some((check, verdict))) => (Reason::Check(check), verdict),
-            (None, None, None) => match self.content_stage(tx, &mut edits).await {
+            (None, None, None) => match self.content_stage(tx, &mut edits, copy).await {
                 Some((check, verdict)) => (Reason::Check(check), verdict),
                 None => (Reason::EndOfMessage, Verdict::Continue),
             },
@@ -436,6 +501,8 @@ impl Session {
             rules,
             diverted,
             would,
+            sender_organization: self.sender_organization(tx),
+            routed: tx.routed.clone(),
         }
     }
 
@@ -464,6 +531,11 @@ impl Session {
                 diverted: finished.diverted.as_ref().map(|(t, r)| (t.as_str(), r)),
                 would: &finished.would,
                 handed_on,
+                owners: crate::engine::organizations::Owners {
+                    organizations: &self.policy.organizations,
+                    sender: finished.sender_organization,
+                },
+                routed: &finished.routed,
             },
         });
     }
@@ -489,6 +561,21 @@ pub(super) struct Finished {
     rules: Vec<super::super::events::ActedRule>,
     diverted: Option<(String, SmtpReply)>,
     would: Vec<WouldRefusal>,
+    sender_organization: Option<crate::engine::organizations::OrgId>,
+    routed: Vec<crate::engine::events::Routed>,
+}
+
+/// The answer when an organization's route did not take its version: the client keeps the
+/// message and sends it again (the versions delivered before are not sent twice).
+fn route_failed() -> Verdict {
+    Verdict::Tempfail(
+        SmtpReply::new(
+            451,
+            Some("4.4.1"),
+            "Error: a version of the message for one of its recipients' organizations was not delivered, try again later",
+        )
+        .expect("static reply is valid"),
+    )
 }
 
 /// Who carries an accepted message on: the MTA the milter sits beside (then Postern delivers

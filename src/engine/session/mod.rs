@@ -13,6 +13,7 @@ mod rcpt;
 mod routes;
 mod spoof;
 mod stages;
+mod versions;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -133,6 +134,11 @@ struct Transaction {
     /// Addresses that claimed a local domain from outside, tagged (`spoof_detection =
     /// "tag"`), with the domain.
     spoofed: Vec<(Spoofed, String)>,
+    /// With organizations: the version the door's own transaction carries (the first
+    /// accepted recipient's whose organization has no route of its own).
+    carried: Option<Option<super::organizations::OrgId>>,
+    /// Recipients Postern delivered itself, with the targets' replies.
+    routed: Vec<super::events::Routed>,
 }
 
 impl Transaction {
@@ -162,6 +168,8 @@ impl Transaction {
             authentication: None,
             scan_slot: ScanSlot::default(),
             spoofed: Vec::new(),
+            carried: None,
+            routed: Vec::new(),
         }
     }
 }
@@ -380,6 +388,10 @@ impl Session {
                 dry_run: self.policy.dry_run,
                 refused_at_data: refusal.as_ref().filter(|r| r.stage == SmtpStage::Data),
                 would: &would,
+                owners: super::organizations::Owners {
+                    organizations: &self.policy.organizations,
+                    sender: self.sender_organization(&tx),
+                },
             },
         });
     }

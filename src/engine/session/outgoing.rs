@@ -130,9 +130,11 @@ impl Session {
         let Some(domain) = author.as_deref().and_then(author_domain) else {
             return Ok(());
         };
+        let organization = self.sender_organization(tx);
         let client = SigningClient {
             user: self.authenticated.as_deref(),
             profile: self.client_profile().map(|p| p.name.as_str()),
+            organization: organization.map(|id| self.policy.organizations.name(id)),
         };
         let signer = match signers.for_author(domain, client) {
             Ok(Some(signer)) => signer,

@@ -5,6 +5,7 @@
 use super::*;
 use crate::engine::address::EnvelopeAddress;
 use crate::engine::checks::outbound_tls::TlsRequirement;
+use crate::engine::events::Routed;
 use crate::engine::ports::OutboundMessage;
 use crate::engine::verdict::EnvelopeEdits;
 
@@ -53,12 +54,8 @@ impl Session {
 
     /// Behind an MTA, delivers the recipients whose encryption rule gives a route (`via`)
     /// through it, with the edits applied, and marks them removed from the MTA's envelope;
-    /// whether no recipient is left for the MTA. An error when a route took none.
-    ///
-    /// Each route's delivery is remembered (in the state store, for `[state]
-    /// via_memory_days`) against the message's identity: when a later route fails, the message is deferred and the
-    /// sending MTA sends it again, and then the routes that took it before are not used again
-    /// (their recipients only leave the MTA's envelope), so nobody gets it twice.
+    /// whether no recipient is left for the MTA. An error when a route took none. Recipients
+    /// already delivered otherwise (an organization's version) are left alone.
     pub(super) async fn secure_routes(
         &self,
         tx: &mut Transaction,
@@ -67,9 +64,9 @@ impl Session {
     ) -> Result<bool, EngineError> {
         let rules = &self.policy.encryption_rules;
         // Recipients grouped by route and by what their connection must have negotiated.
-        type Route<'a> = (&'a [String], Vec<TlsRequirement>);
-        let mut routes: Vec<(Route, Vec<EnvelopeAddress>)> = Vec::new();
-        for r in &tx.recipients {
+        type Key<'a> = (&'a [String], Vec<TlsRequirement>);
+        let mut routes: Vec<(Key, Vec<EnvelopeAddress>)> = Vec::new();
+        for r in tx.recipients.iter().filter(|r| !envelope.removed.contains(r)) {
             let Some(via) = rules.secure_route(&tx.sender, r) else {
                 continue;
             };
@@ -86,61 +83,103 @@ impl Session {
         let identity = message_identity(&tx.sender, self.authenticated.as_deref(), &received);
         let message = edits.applied_to(received);
         let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
-        let store = &self.shared.ports.store;
         for ((via, tls), recipients) in &routes {
-            let handed = handed_digest(identity.clone(), via, recipients);
-            let before = match store.was_handed(&handed).await {
-                Ok(before) => before,
-                Err(e) => {
-                    self.store_unavailable("route deliveries of earlier attempts", &e);
-                    false
-                }
-            };
-            if before {
-                self.note(Note::RouteAlreadyTaken {
-                    route: &via.join(","),
-                    recipients: recipients.len(),
-                });
-                envelope.remove(recipients);
-                continue;
-            }
-            let relayed: Vec<EnvelopeAddress> = recipients
-                .iter()
-                .map(|r| envelope.recipient(r).clone())
-                .collect();
-            let outbound = OutboundMessage {
-                sender: &sender,
-                recipients: &relayed,
-                message: &message,
+            let route = Route {
+                via,
                 tls,
+                by: ("encryption_rule", "via"),
             };
-            let delivered = self
-                .shared
-                .ports
-                .outbound
-                .deliver(via, outbound)
-                .await
-                .map_err(|source| EngineError::Route {
-                    recipients: relayed.len(),
-                    via: via.to_vec(),
-                    source,
-                })?;
-            // Logged, counted and tracked as a divert by the encryption rule's route.
-            self.emit(&Event::Diverted {
-                session: self.id,
-                queue_id: tx.queue_id.as_deref().unwrap_or(""),
-                ruleset: "encryption_rule",
-                rule: "via",
-                relay_target: &delivered.relay_target,
-                reply: &delivered.reply,
-            });
-            if let Err(e) = store.remember_handed(&handed, self.policy.via_memory).await {
-                self.store_unavailable("route deliveries of earlier attempts", &e);
-            }
-            envelope.remove(recipients);
+            self.take_route(tx, &identity, &route, recipients, &message, &sender, envelope)
+                .await?;
         }
         Ok(envelope.removed.len() == tx.recipients.len())
     }
+
+    /// Delivers `message` to `recipients` through `route`, unless the ledger says this message
+    /// reached them that way before (an earlier attempt whose later route failed); either way
+    /// they leave the carrier's envelope.
+    ///
+    /// Each delivery is remembered (in the state store, for `[state] via_memory_days`)
+    /// against the message's `identity`: when a later route fails, the message is deferred
+    /// and its sender sends it again, and then the routes that took it before are not used
+    /// again, so nobody gets it twice.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn take_route(
+        &self,
+        tx: &mut Transaction,
+        identity: &sha2::Sha256,
+        route: &Route<'_>,
+        recipients: &[EnvelopeAddress],
+        message: &[u8],
+        sender: &EnvelopeAddress,
+        envelope: &mut EnvelopeEdits,
+    ) -> Result<Option<SmtpReply>, EngineError> {
+        let store = &self.shared.ports.store;
+        let handed = handed_digest(identity.clone(), route.via, recipients);
+        let before = match store.was_handed(&handed).await {
+            Ok(before) => before,
+            Err(e) => {
+                self.store_unavailable("route deliveries of earlier attempts", &e);
+                false
+            }
+        };
+        if before {
+            self.note(Note::RouteAlreadyTaken {
+                route: &route.via.join(","),
+                recipients: recipients.len(),
+            });
+            envelope.remove(recipients);
+            return Ok(None);
+        }
+        let relayed: Vec<EnvelopeAddress> = recipients
+            .iter()
+            .map(|r| envelope.recipient(r).clone())
+            .collect();
+        let outbound = OutboundMessage {
+            sender,
+            recipients: &relayed,
+            message,
+            tls: route.tls,
+        };
+        let delivered = self
+            .shared
+            .ports
+            .outbound
+            .deliver(route.via, outbound)
+            .await
+            .map_err(|source| EngineError::Route {
+                recipients: relayed.len(),
+                via: route.via.to_vec(),
+                source,
+            })?;
+        // Logged, counted and tracked as a divert by what chose the route.
+        self.emit(&Event::Diverted {
+            session: self.id,
+            queue_id: tx.queue_id.as_deref().unwrap_or(""),
+            ruleset: route.by.0,
+            rule: route.by.1,
+            relay_target: &delivered.relay_target,
+            reply: &delivered.reply,
+        });
+        if let Err(e) = store.remember_handed(&handed, self.policy.via_memory).await {
+            self.store_unavailable("route deliveries of earlier attempts", &e);
+        }
+        envelope.remove(recipients);
+        tx.routed.extend(recipients.iter().map(|r| Routed {
+            recipient: r.clone(),
+            relay_target: delivered.relay_target.clone(),
+            reply: delivered.reply.clone(),
+        }));
+        Ok(Some(delivered.reply))
+    }
+}
+
+/// Where Postern delivers some recipients itself: the relay targets, what the connection
+/// must have negotiated, and what chose it (for the events: a ruleset and rule name).
+pub(super) struct Route<'a> {
+    pub via: &'a [String],
+    pub tls: &'a [TlsRequirement],
+    pub by: (&'a str, &'a str),
 }
 
 /// What names one message across its sender's attempts: the envelope sender, the client's
@@ -149,7 +188,7 @@ impl Session {
 /// `Received` (each hop adds one, on every attempt) and the body, as received: raw bytes, so
 /// that two messages differing only in bytes that are not UTF-8 are two messages. The client's
 /// address is left out: large senders retry from other addresses.
-fn message_identity(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sha2::Sha256 {
+pub(super) fn message_identity(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sha2::Sha256 {
     use sha2::Digest as _;
     let mut identity = sha2::Sha256::new();
     identity.update(b"postern message identity 2\0");

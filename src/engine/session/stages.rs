@@ -74,6 +74,9 @@ impl Session {
         {
             tx.recipients.push(recipient.clone());
         }
+        if verdict == Verdict::Continue && self.recipients().len() > before {
+            self.place_recipient();
+        }
         if let (Some(reply), Some(tx)) = (verdict.reply(), self.tx.as_mut()) {
             tx.refused.push(RefusedRecipient {
                 // Refused for its syntax, it is kept as given (sinks escape it).

@@ -35,6 +35,12 @@ impl Conversation {
             .accepted_recipient()
             .expect("an accepted recipient is kept")
             .clone();
+        // Another organization's version: Postern delivers it through that organization's
+        // route at the end of the message, not through this transaction's relay target.
+        if self.session.carried_apart(&recipient) {
+            self.say(250, "2.1.5 Ok");
+            return Next::Continue;
+        }
         // The engine judges the message (content rules, a divert) by the recipients that were
         // really accepted, as it does behind an MTA: one the target refuses is withdrawn.
         if let Err((reply, by)) = self.relay_rcpt(&recipient).await {

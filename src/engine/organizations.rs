@@ -1,0 +1,288 @@
+//! Organizations one gateway serves (`[[organization]]`): which organization owns an address,
+//! and which recipients of one transaction are to receive a version of their own.
+//!
+//! A recipient belongs to the organization that claims its domain; an outbound sender to the
+//! organization of its authenticated user, else of its domain; mail of neither falls to the
+//! default organization, when one is set. The organizations a recipient's copy concerns are
+//! its own and, on outbound mail, the sender's: those choose the rulesets of that copy.
+
+use std::collections::HashMap;
+
+use super::address::{DomainPattern, EnvelopeAddress};
+
+/// An index into [`Organizations`]; stable for the policy it was taken from.
+pub type OrgId = usize;
+
+/// One organization.
+#[derive(Clone, Debug)]
+pub struct Organization {
+    pub name: String,
+    /// The domains it claims, `*.` patterns included.
+    pub domains: Vec<DomainPattern>,
+    /// Its own relay targets (`relay_targets`): its recipients' copies always leave through
+    /// them, never with the other organizations' mail. Empty: the ordinary targets.
+    pub own_route: Vec<String>,
+    /// Whether some ruleset names it: its recipients may need a version of their own.
+    pub has_rulesets: bool,
+}
+
+/// The organizations of the policy, in configuration order.
+#[derive(Clone, Debug, Default)]
+pub struct Organizations {
+    pub list: Vec<Organization>,
+    /// `default_organization`: the owner of mail no organization claims.
+    pub default: Option<OrgId>,
+    /// Authenticated users by name (the organizations' `auth_users_file`s).
+    pub users: HashMap<String, OrgId>,
+    /// Names of the ordinary relay targets (not `divert_only`): the route of a version whose
+    /// organization has none of its own.
+    pub ordinary_route: Vec<String>,
+}
+
+impl Organizations {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn name(&self, id: OrgId) -> &str {
+        &self.list[id].name
+    }
+
+    /// The organization that claims `domain`: an exact domain before a `*.` pattern, the
+    /// longest pattern among those.
+    pub fn of_domain(&self, domain: &str) -> Option<OrgId> {
+        let domain = domain.trim_end_matches('.');
+        self.list
+            .iter()
+            .enumerate()
+            .flat_map(|(id, org)| org.domains.iter().map(move |d| (id, d)))
+            .filter(|(_, pattern)| pattern.matches(domain))
+            .max_by_key(|(_, pattern)| {
+                let text = pattern.to_string();
+                (!text.contains('*'), text.len())
+            })
+            .map(|(id, _)| id)
+    }
+
+    /// The sender's organization: outbound mail only (an inbound sender's domain proves
+    /// nothing), by its authenticated user, else its domain, else the default.
+    pub fn of_sender(
+        &self,
+        outbound: bool,
+        user: Option<&str>,
+        sender: &EnvelopeAddress,
+    ) -> Option<OrgId> {
+        if self.is_empty() || !outbound {
+            return None;
+        }
+        user.and_then(|u| self.users.get(u).copied())
+            .or_else(|| self.of_domain(sender.domain()))
+            .or(self.default)
+    }
+
+    /// A recipient's organization: of its domain, else the sender's (outbound mail to the
+    /// outside), else the default.
+    pub fn of_recipient(&self, recipient: &EnvelopeAddress, sender: Option<OrgId>) -> Option<OrgId> {
+        if self.is_empty() {
+            return None;
+        }
+        self.of_domain(recipient.domain())
+            .or(sender)
+            .or(self.default)
+    }
+
+    /// Which version of the message a recipient of organization `org` receives: the
+    /// organization's own when it has rulesets or a route of its own, else the common one
+    /// (`None`), which every organization without either shares.
+    pub fn version_of(&self, org: Option<OrgId>) -> Option<OrgId> {
+        org.filter(|&id| {
+            let o = &self.list[id];
+            o.has_rulesets || !o.own_route.is_empty()
+        })
+    }
+
+    /// Whether recipients of `org` always leave through routes of their own.
+    pub fn routed_apart(&self, org: Option<OrgId>) -> bool {
+        org.is_some_and(|id| !self.list[id].own_route.is_empty())
+    }
+
+    /// The relay targets of the version of `org`.
+    pub fn route(&self, version: Option<OrgId>) -> &[String] {
+        match version {
+            Some(id) if !self.list[id].own_route.is_empty() => &self.list[id].own_route,
+            _ => &self.ordinary_route,
+        }
+    }
+}
+
+/// Who owns a transaction's addresses, as its reports tell it: names from the configuration
+/// only (a bounded label, a tracking value).
+#[derive(Clone, Copy, Debug)]
+pub struct Owners<'a> {
+    pub organizations: &'a Organizations,
+    /// The sender's organization ([`Organizations::of_sender`]).
+    pub sender: Option<OrgId>,
+}
+
+impl<'a> Owners<'a> {
+    /// Nobody's: a gateway without organizations.
+    pub fn none(organizations: &'a Organizations) -> Self {
+        Self {
+            organizations,
+            sender: None,
+        }
+    }
+
+    pub fn sender(&self) -> Option<&'a str> {
+        self.sender.map(|id| self.organizations.name(id))
+    }
+
+    /// The organizations of the sender and of `recipients`, each once, sorted.
+    pub fn involved(&self, recipients: &[EnvelopeAddress]) -> Vec<&'a str> {
+        let mut names: Vec<&str> = recipients
+            .iter()
+            .filter_map(|r| self.recipient(r))
+            .chain(self.sender())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The organization of the recipient `address` (as given, refused ones too).
+    pub fn recipient(&self, address: &str) -> Option<&'a str> {
+        let orgs = self.organizations;
+        if orgs.is_empty() {
+            return None;
+        }
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        let domain = domain.trim_end_matches('>');
+        orgs.of_domain(domain)
+            .or(self.sender)
+            .or(orgs.default)
+            .map(|id| orgs.name(id))
+    }
+}
+
+/// The recipients of one transaction as versions of the message: each with the version key
+/// ([`Organizations::version_of`]) and its recipients, the carrier's (the MTA's queue, the
+/// proxy's open transaction) first when there is one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Versions {
+    /// The carrier's version: recipients the door hands on itself.
+    pub carried: Option<Option<OrgId>>,
+    pub groups: Vec<(Option<OrgId>, Vec<EnvelopeAddress>)>,
+}
+
+impl Versions {
+    /// Adds `recipient` of version `version`; `apart` when it must not go with the carrier.
+    /// The carrier's version is the first recipient's that may go with it.
+    pub fn add(&mut self, version: Option<OrgId>, apart: bool, recipient: EnvelopeAddress) {
+        if !apart && self.carried.is_none() {
+            self.carried = Some(version);
+        }
+        match self.groups.iter_mut().find(|(v, _)| *v == version) {
+            Some((_, list)) => list.push(recipient),
+            None => self.groups.push((version, vec![recipient])),
+        }
+    }
+
+    /// Whether `recipient` goes with the carrier.
+    pub fn is_carried(&self, recipient: &EnvelopeAddress) -> bool {
+        self.groups
+            .iter()
+            .find(|(_, list)| list.contains(recipient))
+            .is_some_and(|(v, _)| self.carried == Some(*v))
+    }
+
+    /// Withdraws `recipient` (refused after it was accepted).
+    pub fn remove(&mut self, recipient: &EnvelopeAddress) {
+        for (_, list) in &mut self.groups {
+            list.retain(|r| r != recipient);
+        }
+        self.groups.retain(|(_, list)| !list.is_empty());
+    }
+
+    /// More than one version: the message is split.
+    pub fn is_split(&self) -> bool {
+        self.groups.iter().any(|(v, _)| self.carried != Some(*v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orgs() -> Organizations {
+        let org = |name: &str, domains: &[&str], route: &[&str], rulesets| Organization {
+            name: name.into(),
+            domains: domains.iter().map(|d| DomainPattern::new(d)).collect(),
+            own_route: route.iter().map(|r| (*r).to_owned()).collect(),
+            has_rulesets: rulesets,
+        };
+        Organizations {
+            list: vec![
+                org("acme", &["acme.test", "*.acme.test"], &[], true),
+                org("globex", &["globex.test"], &["globex-mx"], false),
+                org("initech", &["initech.test", "sales.acme.test"], &[], false),
+            ],
+            default: None,
+            users: HashMap::from([("alice".to_owned(), 0)]),
+            ordinary_route: vec!["mx".into()],
+        }
+    }
+
+    fn a(s: &str) -> EnvelopeAddress {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_domain_belongs_to_its_most_specific_claim() {
+        let o = orgs();
+        assert_eq!(o.of_domain("acme.test"), Some(0));
+        assert_eq!(o.of_domain("eu.acme.test."), Some(0));
+        assert_eq!(o.of_domain("SALES.acme.test"), Some(2), "exact before *.");
+        assert_eq!(o.of_domain("example.test"), None);
+    }
+
+    #[test]
+    fn the_sender_counts_on_outbound_mail_only() {
+        let o = orgs();
+        let bob = a("bob@globex.test");
+        assert_eq!(o.of_sender(true, Some("alice"), &bob), Some(0), "user first");
+        assert_eq!(o.of_sender(true, None, &bob), Some(1));
+        assert_eq!(o.of_sender(false, Some("alice"), &bob), None);
+        let outside = a("x@example.test");
+        assert_eq!(o.of_recipient(&outside, Some(1)), Some(1));
+        assert_eq!(o.of_recipient(&a("y@acme.test"), Some(1)), Some(0));
+        let with_default = Organizations {
+            default: Some(2),
+            ..orgs()
+        };
+        assert_eq!(with_default.of_recipient(&outside, None), Some(2));
+    }
+
+    #[test]
+    fn versions_split_only_where_organizations_differ() {
+        let o = orgs();
+        // initech has neither rulesets nor a route: it shares the common version.
+        assert_eq!(o.version_of(Some(2)), None);
+        assert_eq!(o.version_of(Some(0)), Some(0));
+        assert!(o.routed_apart(Some(1)) && !o.routed_apart(Some(0)));
+        assert_eq!(o.route(Some(1)), ["globex-mx"]);
+        assert_eq!(o.route(Some(0)), ["mx"]);
+
+        let mut v = Versions::default();
+        v.add(Some(1), true, a("g@globex.test"));
+        v.add(Some(0), false, a("x@acme.test"));
+        v.add(None, false, a("i@initech.test"));
+        v.add(Some(0), false, a("y@acme.test"));
+        assert_eq!(v.carried, Some(Some(0)), "the first that may go with the carrier");
+        assert!(v.is_carried(&a("y@acme.test")));
+        assert!(!v.is_carried(&a("g@globex.test")) && !v.is_carried(&a("i@initech.test")));
+        assert!(v.is_split());
+        v.remove(&a("g@globex.test"));
+        v.remove(&a("i@initech.test"));
+        assert!(!v.is_split());
+    }
+}
