@@ -503,7 +503,7 @@ fn log_note(session: u64, note: &engine::events::Note<'_>) {
             domain,
             user = %user.unwrap_or("-").escape_debug(),
             profile = profile.unwrap_or("-"),
-            "not signed (DKIM): this client may not use the domain's signature (see the signer's users and connection_profiles)"
+            "not signed (DKIM): this client may not use the domain's signature (see the signer's users, connection_profiles and organization)"
         ),
         N::UnfoldableLine { field: None, limit } => warn!(
             session,

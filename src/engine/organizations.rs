@@ -82,7 +82,11 @@ impl Organizations {
 
     /// A recipient's organization: of its domain, else the sender's (outbound mail to the
     /// outside), else the default.
-    pub fn of_recipient(&self, recipient: &EnvelopeAddress, sender: Option<OrgId>) -> Option<OrgId> {
+    pub fn of_recipient(
+        &self,
+        recipient: &EnvelopeAddress,
+        sender: Option<OrgId>,
+    ) -> Option<OrgId> {
         if self.is_empty() {
             return None;
         }
@@ -249,7 +253,11 @@ mod tests {
     fn the_sender_counts_on_outbound_mail_only() {
         let o = orgs();
         let bob = a("bob@globex.test");
-        assert_eq!(o.of_sender(true, Some("alice"), &bob), Some(0), "user first");
+        assert_eq!(
+            o.of_sender(true, Some("alice"), &bob),
+            Some(0),
+            "user first"
+        );
         assert_eq!(o.of_sender(true, None, &bob), Some(1));
         assert_eq!(o.of_sender(false, Some("alice"), &bob), None);
         let outside = a("x@example.test");
@@ -277,7 +285,11 @@ mod tests {
         v.add(Some(0), false, a("x@acme.test"));
         v.add(None, false, a("i@initech.test"));
         v.add(Some(0), false, a("y@acme.test"));
-        assert_eq!(v.carried, Some(Some(0)), "the first that may go with the carrier");
+        assert_eq!(
+            v.carried,
+            Some(Some(0)),
+            "the first that may go with the carrier"
+        );
         assert!(v.is_carried(&a("y@acme.test")));
         assert!(!v.is_carried(&a("g@globex.test")) && !v.is_carried(&a("i@initech.test")));
         assert!(v.is_split());

@@ -249,7 +249,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        let recipients = ["x@acme.test".parse().unwrap(), "y@acme.test".parse().unwrap()];
+        let recipients = [
+            "x@acme.test".parse().unwrap(),
+            "y@acme.test".parse().unwrap(),
+        ];
         m.emit(&Event::Message {
             session: 1,
             report: MessageReport {

@@ -120,9 +120,7 @@ impl Query {
         }
         if let Some(organization) = &filter.organization {
             let p = bind(&mut params, Param::Text(organization.clone()));
-            conditions.push(format!(
-                "(organization = {p} OR sender_organization = {p})"
-            ));
+            conditions.push(format!("(organization = {p} OR sender_organization = {p})"));
         }
         if let Some(since) = filter.since_ms {
             let p = bind(&mut params, Param::Int(since));

@@ -8,4 +8,5 @@ mod support;
 
 mod authentication;
 mod guarantees;
+mod organizations;
 mod outbound;

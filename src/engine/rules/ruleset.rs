@@ -394,7 +394,8 @@ mod tests {
         assert!(!c.hold(&MessageContext {
             recipients: &recipients[..1],
             ..ctx
-        }));        let for_globex = Conditions {
+        }));
+        let for_globex = Conditions {
             organizations: vec!["globex".into()],
             ..c.clone()
         };

@@ -66,7 +66,11 @@ impl Session {
         // Recipients grouped by route and by what their connection must have negotiated.
         type Key<'a> = (&'a [String], Vec<TlsRequirement>);
         let mut routes: Vec<(Key, Vec<EnvelopeAddress>)> = Vec::new();
-        for r in tx.recipients.iter().filter(|r| !envelope.removed.contains(r)) {
+        for r in tx
+            .recipients
+            .iter()
+            .filter(|r| !envelope.removed.contains(r))
+        {
             let Some(via) = rules.secure_route(&tx.sender, r) else {
                 continue;
             };
@@ -89,8 +93,10 @@ impl Session {
                 tls,
                 by: ("encryption_rule", "via"),
             };
-            self.take_route(tx, &identity, &route, recipients, &message, &sender, envelope)
-                .await?;
+            self.take_route(
+                tx, &identity, &route, recipients, &message, &sender, envelope,
+            )
+            .await?;
         }
         Ok(envelope.removed.len() == tx.recipients.len())
     }
@@ -188,7 +194,11 @@ pub(super) struct Route<'a> {
 /// `Received` (each hop adds one, on every attempt) and the body, as received: raw bytes, so
 /// that two messages differing only in bytes that are not UTF-8 are two messages. The client's
 /// address is left out: large senders retry from other addresses.
-pub(super) fn message_identity(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sha2::Sha256 {
+pub(super) fn message_identity(
+    sender: &str,
+    authenticated: Option<&str>,
+    raw: &[u8],
+) -> sha2::Sha256 {
     use sha2::Digest as _;
     let mut identity = sha2::Sha256::new();
     identity.update(b"postern message identity 2\0");

@@ -144,7 +144,7 @@ impl Session {
         let mut last = None;
         for (copy, edits) in versions.iter().filter(|(c, _)| !c.carried) {
             let message = edits.applied_to(received.clone());
-            let name = copy.version.map_or("-", |id| orgs.name(id));
+            let name = copy.version.map_or("shared", |id| orgs.name(id));
             // Recipients grouped by route and by what their connection must have negotiated.
             type Key<'a> = (&'a [String], Vec<TlsRequirement>);
             let mut routes: Vec<(Key, Vec<EnvelopeAddress>)> = Vec::new();
@@ -166,7 +166,7 @@ impl Session {
                         recipients: recipients.len(),
                         via: Vec::new(),
                         source: OutboundError::Route(format!(
-                            "organization {name:?}'s version needs a relay target: give the organization relay_targets, or configure a [[relay_target]] that is not divert_only"
+                            "the {name} version of the message needs a relay target: give the organization relay_targets, or configure a [[relay_target]] that is not divert_only"
                         )),
                     });
                 }
@@ -176,7 +176,9 @@ impl Session {
                     by: ("organization", name),
                 };
                 if let Some(reply) = self
-                    .take_route(tx, &identity, &route, recipients, &message, &sender, envelope)
+                    .take_route(
+                        tx, &identity, &route, recipients, &message, &sender, envelope,
+                    )
                     .await?
                 {
                     last = Some(reply);
