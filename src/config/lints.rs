@@ -31,6 +31,28 @@ impl Config {
                 ));
             }
         }
+        let orgs = &self.policy.organizations;
+        for o in &orgs.list {
+            for name in &o.own_route {
+                if self
+                    .delivery
+                    .targets
+                    .iter()
+                    .any(|t| t.name == *name && !t.divert_only)
+                {
+                    lints.push(format!(
+                        "organization {:?}: its relay target {name:?} also carries ordinary mail (every organization's, when the targets before it fail); set divert_only = true on it so that it carries only this organization's",
+                        o.name
+                    ));
+                }
+            }
+            if o.has_rulesets && o.own_route.is_empty() && orgs.ordinary_route.is_empty() {
+                lints.push(format!(
+                    "organization {:?} has rulesets of its own but no route: a message to its recipients and others is split, and Postern delivers the other version itself, which needs a [[relay_target]] (not divert_only) or relay_targets on the organization; without one such messages are deferred",
+                    o.name
+                ));
+            }
+        }
         lints
     }
 }
@@ -50,5 +72,40 @@ mod tests {
         assert_eq!(lints.len(), 1, "{lints:?}");
         assert!(lints[0].starts_with("encryption rule 1 (recipients secure.test)"));
         assert!(Config::parse("", "test.toml").unwrap().lints().is_empty());
+    }
+
+    #[test]
+    fn an_organization_whose_versions_cannot_leave_is_named() {
+        let config = Config::parse(
+            "[[relay_target]]\nname = \"acme-mx\"\nhost = \"127.0.0.1\"\n\
+             [[organization]]\nname = \"acme\"\ndomains = [\"acme.test\"]\n\
+             relay_targets = [\"acme-mx\"]\n\
+             [[organization]]\nname = \"globex\"\ndomains = [\"globex.test\"]\n\
+             [[ruleset]]\nname = \"g\"\norganizations = [\"globex\"]\n",
+            "test.toml",
+        )
+        .expect("compiles");
+        let lints = config.lints();
+        assert_eq!(lints.len(), 1, "{lints:?}");
+        assert!(
+            lints[0].contains("\"acme-mx\" also carries ordinary mail"),
+            "{lints:?}"
+        );
+        // With acme-mx only for acme, globex's version has no ordinary target.
+        let config = Config::parse(
+            "[[relay_target]]\nname = \"acme-mx\"\nhost = \"127.0.0.1\"\ndivert_only = true\n\
+             [[organization]]\nname = \"acme\"\ndomains = [\"acme.test\"]\n\
+             relay_targets = [\"acme-mx\"]\n\
+             [[organization]]\nname = \"globex\"\ndomains = [\"globex.test\"]\n\
+             [[ruleset]]\nname = \"g\"\norganizations = [\"globex\"]\n",
+            "test.toml",
+        )
+        .expect("compiles");
+        let lints = config.lints();
+        assert_eq!(lints.len(), 1, "{lints:?}");
+        assert!(
+            lints[0].starts_with("organization \"globex\" has rulesets"),
+            "{lints:?}"
+        );
     }
 }

@@ -493,6 +493,101 @@ mod tests {
     }
 
     #[test]
+    fn organizations_are_checked_where_they_are_named() {
+        let orgs =
+            "[[organization]]\nname = \"acme\"\ndomains = [\"acme.test\", \"*.acme.test\"]\n";
+        let c = Config::parse(
+            &format!(
+                "default_organization = \"acme\"\n{orgs}\
+                 [[ruleset]]\nname = \"r\"\norganizations = [\"acme\"]\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let o = &c.policy.organizations;
+        assert_eq!(o.default, Some(0));
+        assert!(o.list[0].has_rulesets && o.list[0].own_route.is_empty());
+        assert!(c.policy.to_string().contains(
+            "organization:            acme (default): domains acme.test, *.acme.test; route shared; rulesets r;"
+        ), "{}", c.policy);
+
+        let e = error(&format!(
+            "{orgs}[[organization]]\nname = \"globex\"\ndomains = [\"x.acme.test\", \"*.Acme.test\"]\n"
+        ));
+        assert!(
+            e.contains("test.toml:6:") && e.contains("organization[1].domains"),
+            "{e}"
+        );
+        assert!(
+            e.contains("*.acme.test is claimed by organization \"acme\" too"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{orgs}[[organization]]\nname = \"acme\"\ndomains = [\"b.test\"]\n"
+        ));
+        assert!(
+            e.contains("organization[1].name") && e.contains("defined twice"),
+            "{e}"
+        );
+        let e = error("[[organization]]\nname = \"a b\"\ndomains = [\"b.test\"]\n");
+        assert!(
+            e.contains("organization[0].name") && e.contains("metrics label"),
+            "{e}"
+        );
+        let e = error("[[organization]]\nname = \"a\"\ndomains = [\"*\"]\n");
+        assert!(e.contains("\"*\" is not a domain"), "{e}");
+        let e = error(&format!("default_organization = \"globex\"\n{orgs}"));
+        assert!(
+            e.starts_with("test.toml:1:") && e.contains("no [[organization]] is named \"globex\""),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{orgs}[[ruleset]]\nname = \"r\"\norganizations = [\"globex\"]\n"
+        ));
+        assert!(
+            e.contains("ruleset[0].organizations") && e.contains("(known: acme)"),
+            "{e}"
+        );
+        let e = error(&format!("{orgs}relay_targets = [\"nowhere\"]\n"));
+        assert!(
+            e.contains("organization[0].relay_targets") && e.contains("nowhere"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_user_name_belongs_to_one_organization() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Ia0vL4Hw1BqBwH5KJeyWBJZ6eS4QeU7jyNzCdyCvXgk";
+        for (file, users) in [("acme", "alice"), ("globex", "bob\nalice")] {
+            let path = dir.path().join(file);
+            let lines: Vec<String> = users.lines().map(|u| format!("{u}:{hash}")).collect();
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let org = |name: &str| {
+            format!(
+                "[[organization]]\nname = \"{name}\"\ndomains = [\"{name}.test\"]\n\
+                 auth_users_file = \"{}\"\n",
+                dir.path().join(name).display()
+            )
+        };
+        let c = Config::parse(&org("acme"), "t.toml").unwrap();
+        assert_eq!(c.policy.organizations.users.get("alice"), Some(&0));
+        assert!(
+            c.proxy.auth_users.is_some(),
+            "the organizations' users authenticate"
+        );
+        let e = error(&format!("{}{}", org("acme"), org("globex")));
+        assert!(
+            e.contains("organization \"globex\" auth_users_file")
+                && e.contains("organization \"acme\"'s user \"alice\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn type_errors_are_said_in_words() {
         let error = |text: &str| Config::parse(text, "t.toml").unwrap_err().to_string();
         let e = error("[dns]\ntimeout = 0\n");

@@ -246,7 +246,7 @@ impl Policy {
                 },
                 list(o.domains.iter().map(ToString::to_string).collect()),
                 if o.own_route.is_empty() {
-                    "the ordinary relay targets".to_owned()
+                    "shared".to_owned()
                 } else {
                     o.own_route.join(", ")
                 },
