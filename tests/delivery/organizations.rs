@@ -181,6 +181,15 @@ fn proxy_each_organization_receives_its_own_version() {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
     env.wait_for_log("organizations=\"acme,globex\"");
+
+    // Two identical messages without a Message-ID may be two messages: each reaches globex
+    // (the ledger of routes names a message by its Message-ID and text).
+    let twin = b"From: a@sender.example\r\nSubject: twin\r\n\r\nsame\r\n";
+    for _ in 0..2 {
+        let reply = send(env.smtp(), &["x@acme.test", "y@eu.globex.test"], twin);
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    assert_eq!(globex.taken().len(), 3, "each twin reached globex");
 }
 
 /// Proxy door: globex's version is delivered, then the ordinary target defers acme's: the

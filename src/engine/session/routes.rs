@@ -84,7 +84,7 @@ impl Session {
             return Ok(false);
         }
         let received = tx.received().await?;
-        let identity = message_identity(&tx.sender, self.authenticated.as_deref(), &received);
+        let identity = message_identity(tx, self.authenticated.as_deref(), &received);
         let message = edits.applied_to(received);
         let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
         for ((via, tls), recipients) in &routes {
@@ -94,7 +94,13 @@ impl Session {
                 by: ("encryption_rule", "via"),
             };
             self.take_route(
-                tx, &identity, &route, recipients, &message, &sender, envelope,
+                tx,
+                identity.as_ref(),
+                &route,
+                recipients,
+                &message,
+                &sender,
+                envelope,
             )
             .await?;
         }
@@ -108,12 +114,14 @@ impl Session {
     /// Each delivery is remembered (in the state store, for `[state] via_memory_days`)
     /// against the message's `identity`: when a later route fails, the message is deferred
     /// and its sender sends it again, and then the routes that took it before are not used
-    /// again, so nobody gets it twice.
+    /// again, so nobody gets it twice. A message without a Message-ID has no identity
+    /// (`None`): two such messages with the same text may be two messages, so each is
+    /// delivered; a retry of one may then arrive twice, never not at all.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn take_route(
         &self,
         tx: &mut Transaction,
-        identity: &sha2::Sha256,
+        identity: Option<&sha2::Sha256>,
         route: &Route<'_>,
         recipients: &[EnvelopeAddress],
         message: &[u8],
@@ -121,13 +129,16 @@ impl Session {
         envelope: &mut EnvelopeEdits,
     ) -> Result<Option<SmtpReply>, EngineError> {
         let store = &self.shared.ports.store;
-        let handed = handed_digest(identity.clone(), route.via, recipients);
-        let before = match store.was_handed(&handed).await {
-            Ok(before) => before,
-            Err(e) => {
-                self.store_unavailable("route deliveries of earlier attempts", &e);
-                false
-            }
+        let handed = identity.map(|id| handed_digest(id.clone(), route.via, recipients));
+        let before = match &handed {
+            Some(handed) => match store.was_handed(handed).await {
+                Ok(before) => before,
+                Err(e) => {
+                    self.store_unavailable("route deliveries of earlier attempts", &e);
+                    false
+                }
+            },
+            None => false,
         };
         if before {
             self.note(Note::RouteAlreadyTaken {
@@ -167,7 +178,9 @@ impl Session {
             relay_target: &delivered.relay_target,
             reply: &delivered.reply,
         });
-        if let Err(e) = store.remember_handed(&handed, self.policy.via_memory).await {
+        if let Some(handed) = &handed
+            && let Err(e) = store.remember_handed(handed, self.policy.via_memory).await
+        {
             self.store_unavailable("route deliveries of earlier attempts", &e);
         }
         envelope.remove(recipients);
@@ -193,12 +206,21 @@ pub(super) struct Route<'a> {
 /// authenticated sender's message by sending its copy first), every header field but
 /// `Received` (each hop adds one, on every attempt) and the body, as received: raw bytes, so
 /// that two messages differing only in bytes that are not UTF-8 are two messages. The client's
-/// address is left out: large senders retry from other addresses.
+/// address is left out: large senders retry from other addresses. `None` for a message
+/// without a Message-ID: what would tell two identical sends from one send retried is
+/// missing.
 pub(super) fn message_identity(
-    sender: &str,
+    tx: &Transaction,
     authenticated: Option<&str>,
     raw: &[u8],
-) -> sha2::Sha256 {
+) -> Option<sha2::Sha256> {
+    tx.message_id
+        .as_ref()
+        .map(|_| identity_of(&tx.sender, authenticated, raw))
+}
+
+/// The identity of `raw` from `sender` (see [`message_identity`]).
+fn identity_of(sender: &str, authenticated: Option<&str>, raw: &[u8]) -> sha2::Sha256 {
     use sha2::Digest as _;
     let mut identity = sha2::Sha256::new();
     identity.update(b"postern message identity 2\0");
@@ -250,7 +272,7 @@ mod tests {
 
     fn id(sender: &str, user: Option<&str>, raw: &[u8]) -> [u8; 32] {
         handed_digest(
-            message_identity(sender, user, raw),
+            identity_of(sender, user, raw),
             &["r".into()],
             &["x@y".parse().unwrap()],
         )

@@ -139,7 +139,7 @@ impl Session {
     ) -> Result<Option<SmtpReply>, EngineError> {
         let orgs = &self.policy.organizations;
         let received = tx.received().await?;
-        let identity = message_identity(&tx.sender, self.authenticated.as_deref(), &received);
+        let identity = message_identity(tx, self.authenticated.as_deref(), &received);
         let sender = envelope.sender.clone().unwrap_or_else(|| tx.sender.clone());
         let mut last = None;
         for (copy, edits) in versions.iter().filter(|(c, _)| !c.carried) {
@@ -177,7 +177,13 @@ impl Session {
                 };
                 if let Some(reply) = self
                     .take_route(
-                        tx, &identity, &route, recipients, &message, &sender, envelope,
+                        tx,
+                        identity.as_ref(),
+                        &route,
+                        recipients,
+                        &message,
+                        &sender,
+                        envelope,
                     )
                     .await?
                 {
