@@ -412,7 +412,12 @@ pub(super) struct ProfileSection {
     /// The users this profile's clients authenticate as (the proxy door), instead of
     /// `[proxy] auth_users_file`'s.
     auth_users_file: Option<Spanned<std::path::PathBuf>>,
+    /// The organization whose senders this profile's clients are (outbound mail).
+    organization: Option<Spanned<String>>,
 }
+
+/// A profile's organization, as written: the profile's name and the organization's.
+pub(super) type ProfileOrganization = (String, Spanned<String>);
 
 /// A profile's own AUTH users file, for the proxy door to load: the profile's name and the
 /// file as written.
@@ -441,6 +446,7 @@ pub(super) fn profiles(
     relay: &RelayRestriction,
     notes: &mut Vec<String>,
     users_files: &mut Vec<ProfileUsersFile>,
+    organizations: &mut Vec<ProfileOrganization>,
 ) -> Result<Profiles, Invalid> {
     let mut profiles: Vec<ConnectionProfile> = Vec::new();
     for (n, p) in sections.into_iter().enumerate() {
@@ -523,6 +529,9 @@ pub(super) fn profiles(
         };
         if let Some(file) = p.auth_users_file {
             users_files.push((p.name.clone(), file));
+        }
+        if let Some(organization) = p.organization {
+            organizations.push((p.name.clone(), organization));
         }
         let checks = ConnectionProfile::checks_by_default(relay_control);
         profiles.push(ConnectionProfile {

@@ -266,11 +266,13 @@ impl ConfigFile {
         let relay = connection::relay(self.relay)?;
         let mut notes = Vec::new();
         let mut users_files = Vec::new();
+        let mut profile_organizations = Vec::new();
         let profiles = connection::profiles(
             self.connection_profiles,
             &relay.restriction,
             &mut notes,
             &mut users_files,
+            &mut profile_organizations,
         )?;
         let profile_names: Vec<String> = profiles.0.iter().map(|p| p.name.clone()).collect();
         let delivery = delivery::compile(self.delivery, self.relay_targets, &hostname, config_dir)?;
@@ -295,6 +297,22 @@ impl ConfigFile {
                 Some((user, id))
             })
             .collect();
+        for (profile, organization) in profile_organizations {
+            let Some(id) = organization_names
+                .iter()
+                .position(|n| n == organization.get_ref())
+            else {
+                let names = [organization.get_ref().clone()];
+                let message =
+                    organizations::unknown(&names, &organization_names).expect("an unknown name");
+                return Err((
+                    organization.span(),
+                    format!("connection_profile {profile:?} organization"),
+                    message,
+                ));
+            };
+            organizations.profiles.insert(profile, id);
+        }
         let authentication = authentication::compile(
             self.authentication,
             self.arc_sealers,
@@ -546,6 +564,16 @@ mod tests {
         ));
         assert!(
             e.contains("ruleset[0].organizations") && e.contains("(known: acme)"),
+            "{e}"
+        );
+        let profile = "[[connection_profile]]\nname = \"servers\"\nclient_hosts = [\"10.0.0.0/8\"]\n\
+                       relay_control = \"full\"\norganization = ";
+        let c = Config::parse(&format!("{orgs}{profile}\"acme\"\n"), "t.toml").unwrap();
+        assert_eq!(c.policy.organizations.profiles.get("servers"), Some(&0));
+        let e = error(&format!("{orgs}{profile}\"globex\"\n"));
+        assert!(
+            e.contains("connection_profile \"servers\" organization")
+                && e.contains("no [[organization]] is named \"globex\""),
             "{e}"
         );
         let e = error(&format!("{orgs}relay_targets = [\"nowhere\"]\n"));

@@ -23,6 +23,8 @@ pub(super) struct OrganizationSection {
     relay_targets: Option<Spanned<Vec<String>>>,
     /// Its AUTH users (proxy door), `name:HASH` lines as `[proxy] auth_users_file`.
     auth_users_file: Option<Spanned<PathBuf>>,
+    /// Its message size limit, below `[scan] max_message_size`.
+    max_message_size: Option<std::num::NonZeroU64>,
 }
 
 /// The organizations, before the rulesets and signers that name them are known; with the
@@ -125,6 +127,7 @@ pub(super) fn compile(
             domains,
             own_route,
             has_rulesets: false,
+            max_message_size: s.max_message_size.map(std::num::NonZeroU64::get),
         });
     }
     let default = match default {
@@ -151,6 +154,7 @@ pub(super) fn compile(
             list,
             default,
             users: HashMap::new(),
+            profiles: HashMap::new(),
             ordinary_route,
         },
         users_files,

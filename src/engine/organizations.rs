@@ -2,8 +2,8 @@
 //! and which recipients of one transaction are to receive a version of their own.
 //!
 //! A recipient belongs to the organization that claims its domain; an outbound sender to the
-//! organization of its authenticated user, else of its domain; mail of neither falls to the
-//! default organization, when one is set. The organizations a recipient's copy concerns are
+//! organization of its authenticated user, else its connection profile's, else its domain's;
+//! mail of none falls to the default organization, when one is set. The organizations a recipient's copy concerns are
 //! its own and, on outbound mail, the sender's: those choose the rulesets of that copy.
 
 use std::collections::HashMap;
@@ -24,6 +24,9 @@ pub struct Organization {
     pub own_route: Vec<String>,
     /// Whether some ruleset names it: its recipients may need a version of their own.
     pub has_rulesets: bool,
+    /// `max_message_size`: messages to its recipients or from its senders larger than this
+    /// are refused.
+    pub max_message_size: Option<u64>,
 }
 
 /// The organizations of the policy, in configuration order.
@@ -34,6 +37,8 @@ pub struct Organizations {
     pub default: Option<OrgId>,
     /// Authenticated users by name (the organizations' `auth_users_file`s).
     pub users: HashMap<String, OrgId>,
+    /// Connection profiles whose clients send for an organization (`organization`).
+    pub profiles: HashMap<String, OrgId>,
     /// Names of the ordinary relay targets (not `divert_only`): the route of a version whose
     /// organization has none of its own.
     pub ordinary_route: Vec<String>,
@@ -65,17 +70,20 @@ impl Organizations {
     }
 
     /// The sender's organization: outbound mail only (an inbound sender's domain proves
-    /// nothing), by its authenticated user, else its domain, else the default.
+    /// nothing), by its authenticated user, else its client's connection profile, else its
+    /// domain, else the default.
     pub fn of_sender(
         &self,
         outbound: bool,
         user: Option<&str>,
+        profile: Option<&str>,
         sender: &EnvelopeAddress,
     ) -> Option<OrgId> {
         if self.is_empty() || !outbound {
             return None;
         }
         user.and_then(|u| self.users.get(u).copied())
+            .or_else(|| profile.and_then(|p| self.profiles.get(p).copied()))
             .or_else(|| self.of_domain(sender.domain()))
             .or(self.default)
     }
@@ -223,6 +231,7 @@ mod tests {
             domains: domains.iter().map(|d| DomainPattern::new(d)).collect(),
             own_route: route.iter().map(|r| (*r).to_owned()).collect(),
             has_rulesets: rulesets,
+            max_message_size: None,
         };
         Organizations {
             list: vec![
@@ -232,6 +241,7 @@ mod tests {
             ],
             default: None,
             users: HashMap::from([("alice".to_owned(), 0)]),
+            profiles: HashMap::new(),
             ordinary_route: vec!["mx".into()],
         }
     }
@@ -254,12 +264,21 @@ mod tests {
         let o = orgs();
         let bob = a("bob@globex.test");
         assert_eq!(
-            o.of_sender(true, Some("alice"), &bob),
+            o.of_sender(true, Some("alice"), None, &bob),
             Some(0),
             "user first"
         );
-        assert_eq!(o.of_sender(true, None, &bob), Some(1));
-        assert_eq!(o.of_sender(false, Some("alice"), &bob), None);
+        assert_eq!(o.of_sender(true, None, None, &bob), Some(1));
+        assert_eq!(o.of_sender(false, Some("alice"), None, &bob), None);
+        let with_profile = Organizations {
+            profiles: HashMap::from([("initech-servers".to_owned(), 2)]),
+            ..orgs()
+        };
+        assert_eq!(
+            with_profile.of_sender(true, None, Some("initech-servers"), &bob),
+            Some(2),
+            "the profile before the domain"
+        );
         let outside = a("x@example.test");
         assert_eq!(o.of_recipient(&outside, Some(1)), Some(1));
         assert_eq!(o.of_recipient(&a("y@acme.test"), Some(1)), Some(0));

@@ -237,7 +237,7 @@ impl Policy {
                 .collect();
             writeln!(
                 f,
-                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s)",
+                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s){}",
                 o.name,
                 if orgs.default == Some(id) {
                     " (default)"
@@ -252,7 +252,9 @@ impl Policy {
                 },
                 list(rulesets),
                 list(signers),
-                orgs.users.values().filter(|u| **u == id).count()
+                orgs.users.values().filter(|u| **u == id).count(),
+                o.max_message_size
+                    .map_or(String::new(), |m| format!("; {m} bytes max"))
             )?;
         }
         Ok(())

@@ -246,6 +246,7 @@ mod tests {
                 domains: vec![crate::engine::address::DomainPattern::new("acme.test")],
                 own_route: Vec::new(),
                 has_rulesets: false,
+                max_message_size: None,
             }],
             ..Default::default()
         };

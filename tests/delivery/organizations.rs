@@ -215,6 +215,23 @@ fn proxy_a_failed_version_is_retried_without_doubling_the_others() {
     assert_acme(&version_for(&mx.taken(), "x@acme.test"));
     assert_globex(&version_for(&globex.taken(), "y@eu.globex.test"));
     env.wait_for_log("already handed to this route on an earlier attempt");
+
+    // acme's own size limit refuses what globex's recipients could have had.
+    let limited = proxy(mx.port, globex.port, "").replace(
+        "domains = [\"acme.test\"]\n",
+        "domains = [\"acme.test\"]\nmax_message_size = 100\n",
+    );
+    env.reload(&limited);
+    let big = send(env.smtp(), &recipients, &message("big"));
+    assert!(
+        big.starts_with("552 5.3.4") && big.contains("of organization acme"),
+        "{big}"
+    );
+    assert_eq!(
+        globex.taken().len(),
+        1,
+        "nothing of the refused message left"
+    );
 }
 
 /// Proxy door: the users of acme's users file authenticate; such a user gets acme's
@@ -264,16 +281,25 @@ fn proxy_an_organizations_user_cannot_get_another_organizations_signature() {
 }
 
 /// Behind Postfix: Postfix queues acme's version; globex's recipient leaves Postfix's
-/// envelope and gets globex's version through globex's route.
+/// envelope and gets globex's version through globex's route. While globex's route refuses,
+/// the client hears 4xx and nothing is delivered.
 #[test]
 fn behind_postfix_the_mta_carries_one_version_and_postern_the_other() {
+    let refusing = FaultyTarget::start(Faults {
+        mail_reply: Some("451 4.3.0 Error: try again later"),
+        ..Faults::default()
+    });
     let globex = FaultyTarget::start(Faults::default());
-    let env = MailEnv::start(Socket::Unix, &organizations(globex.port));
-    let reply = send(
-        env.smtp(),
-        &["x@acme.test", "y@eu.globex.test"],
-        &message("milter"),
-    );
+    let env = MailEnv::start(Socket::Unix, &organizations(refusing.port));
+    let recipients = ["x@acme.test", "y@eu.globex.test"];
+    let reply = send(env.smtp(), &recipients, &message("milter"));
+    assert!(reply.starts_with("451"), "{reply}");
+    env.assert_nothing_delivered();
+
+    env.write_config(&organizations(globex.port));
+    env.hup_postern();
+    env.wait_for_log("configuration reloaded");
+    let reply = send(env.smtp(), &recipients, &message("milter"));
     assert!(reply.starts_with("250"), "{reply}");
     let got = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
     assert!(got.contains("X-Rcpt-Args: <x@acme.test>"), "{got}");

@@ -163,6 +163,9 @@ impl Session {
             .zip(results.as_ref())
             .filter(|_| policy.authentication.results_header)
             .map(|(v, r)| v.results_value(r));
+        if found.is_none() {
+            found = self.organization_size_refusal(&tx);
+        }
         let (primary, others) = self.copies(&tx);
         let mut d = self.first_decision(&mut tx, found, &primary).await;
         // The other versions' content (with organizations whose rulesets differ).

@@ -28,6 +28,7 @@ impl Session {
         self.policy.organizations.of_sender(
             self.direction() == Direction::Outbound,
             self.authenticated.as_deref(),
+            self.client_profile().map(|p| p.name.as_str()),
             &tx.sender,
         )
     }
@@ -125,6 +126,35 @@ impl Session {
         }
         let primary = copies.remove(first);
         (primary, copies)
+    }
+
+    /// A message larger than the `max_message_size` of an organization it concerns (one of its
+    /// recipients', its sender's) is refused, with the smallest limit it exceeds.
+    pub(super) fn organization_size_refusal(&self, tx: &Transaction) -> Option<Finding> {
+        let orgs = &self.policy.organizations;
+        if orgs.list.iter().all(|o| o.max_message_size.is_none()) {
+            return None;
+        }
+        let size = tx.message.as_ref().map_or(0, MessageBuffer::len);
+        let sender = self.sender_organization(tx);
+        let (id, max) = tx
+            .recipients
+            .iter()
+            .filter_map(|r| orgs.of_recipient(r, sender))
+            .chain(sender)
+            .filter_map(|id| orgs.list[id].max_message_size.map(|max| (id, max)))
+            .filter(|(_, max)| size > *max)
+            .min_by_key(|(_, max)| *max)?;
+        let reply = SmtpReply::new(
+            552,
+            Some("5.3.4"),
+            &format!(
+                "Message size exceeds the limit of {max} bytes of organization {}",
+                orgs.name(id)
+            ),
+        )
+        .expect("the reply is valid");
+        Some((CheckId::MessageSize, Verdict::Reject(reply)))
     }
 
     /// Delivers the versions the carrier does not take, each through its organization's route
