@@ -283,6 +283,7 @@ impl ConfigFile {
             config_dir,
         )?;
         let organization_names = organizations.names();
+        let organization_retention = organizations.retention;
         let (proxy, organization_users) = proxy::compile(
             self.proxy,
             config_dir,
@@ -407,7 +408,7 @@ impl ConfigFile {
             shared_state: state::compile_shared(self.shared_state, config_dir)?,
             metrics: metrics::compile(self.metrics, config_dir)?,
             log: log::compile(self.log)?,
-            tracking: tracking::compile(self.tracking, config_dir)?,
+            tracking: tracking::compile(self.tracking, config_dir, organization_retention)?,
             notes,
         })
     }

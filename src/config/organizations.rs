@@ -25,6 +25,8 @@ pub(super) struct OrganizationSection {
     auth_users_file: Option<Spanned<PathBuf>>,
     /// Its message size limit, below `[scan] max_message_size`.
     max_message_size: Option<std::num::NonZeroU64>,
+    /// How long its tracking records are kept, instead of `[tracking] retention_days`.
+    tracking_retention_days: Option<u32>,
 }
 
 /// The organizations, before the rulesets and signers that name them are known; with the
@@ -32,6 +34,8 @@ pub(super) struct OrganizationSection {
 pub(super) struct Compiled {
     pub organizations: Organizations,
     pub users_files: Vec<(String, Spanned<PathBuf>)>,
+    /// Organizations with their own `tracking_retention_days`.
+    pub retention: Vec<(String, u32)>,
 }
 
 impl Compiled {
@@ -52,6 +56,7 @@ pub(super) fn compile(
 ) -> Result<Compiled, Invalid> {
     let mut list: Vec<Organization> = Vec::new();
     let mut users_files = Vec::new();
+    let mut retention = Vec::new();
     // Every domain claimed, by whom: a domain of two organizations is refused.
     let mut claimed: HashMap<String, String> = HashMap::new();
     for (i, s) in sections.into_iter().enumerate() {
@@ -122,6 +127,9 @@ pub(super) fn compile(
             let path = relative(file.into_inner(), config_dir);
             users_files.push((name.clone(), Spanned::new(span, path)));
         }
+        if let Some(days) = s.tracking_retention_days {
+            retention.push((name.clone(), days));
+        }
         list.push(Organization {
             name,
             domains,
@@ -158,6 +166,7 @@ pub(super) fn compile(
             ordinary_route,
         },
         users_files,
+        retention,
     })
 }
 

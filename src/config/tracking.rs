@@ -51,6 +51,7 @@ impl Default for TrackingSection {
 pub(super) fn compile(
     t: TrackingSection,
     config_dir: Option<&Path>,
+    organization_retention: Vec<(String, u32)>,
 ) -> Result<Option<TrackingSettings>, Invalid> {
     let Some(store) = t.store else {
         if let Some(key) = t
@@ -140,7 +141,10 @@ pub(super) fn compile(
     }
     Ok(Some(TrackingSettings {
         store,
-        retention_days: t.retention_days,
+        retention: crate::tracking::Retention {
+            days: t.retention_days,
+            organizations: organization_retention,
+        },
         track_dropped_connections: t.track_dropped_connections,
         queue_size: t.queue_size.into_inner(),
         max_records_per_client: t.max_records_per_client,
@@ -184,7 +188,7 @@ mod tests {
             file.display()
         );
         let tracking = Config::parse(&text, "t.toml").unwrap().tracking.unwrap();
-        assert_eq!(tracking.retention_days, 7);
+        assert_eq!(tracking.retention.days, 7);
         let StoreSettings::Postgres(pg) = &tracking.store else {
             panic!("{tracking:?}");
         };

@@ -28,7 +28,7 @@ use rustls_pki_types::CertificateDer;
 use postgres_tls::SslMode;
 
 pub use error::TrackingError;
-pub use record::{Outcome, Record};
+pub use record::{Outcome, Record, Retention};
 pub use sink::Tracker;
 
 /// `retention_days` when unset.
@@ -50,8 +50,8 @@ pub const DEFAULT_MAX_RECORDS_PER_CLIENT: u64 = 1_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackingSettings {
     pub store: StoreSettings,
-    /// Records older than this many days are deleted; 0 keeps them for ever.
-    pub retention_days: u32,
+    /// How long records are kept.
+    pub retention: Retention,
     /// Also record connections refused or dropped before any message.
     pub track_dropped_connections: bool,
     /// Records waiting for the writer; beyond it they are dropped.

@@ -81,17 +81,36 @@ impl Store {
         result.map_err(TrackingError::postgres("PostgreSQL"))
     }
 
-    /// Deletes records made before `before_ms`; how many.
-    pub(super) async fn purge(&mut self, before_ms: i64) -> Result<u64, TrackingError> {
+    /// Runs one of the retention's deletions; how many records it deleted.
+    pub(super) async fn purge(&mut self, purge: &Query) -> Result<u64, TrackingError> {
         let client = self.client().await?;
+        let params = values(purge);
         client
-            .execute(
-                &format!("DELETE FROM {TABLE} WHERE time_ms < $1"),
-                &[&before_ms],
-            )
+            .execute(&purge.sql, &refs(&params))
             .await
             .map_err(TrackingError::postgres("PostgreSQL"))
     }
+}
+
+/// A query's values as tokio-postgres takes them.
+fn values(query: &Query) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    query
+        .params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                Param::Text(s) => Box::new(s.clone()),
+                Param::Int(n) => Box::new(*n),
+            }
+        })
+        .collect()
+}
+
+fn refs(values: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    values
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 /// A new connection, its driver running on its own task, and the table.
@@ -208,32 +227,22 @@ pub(super) async fn find(
         "cannot connect to the tracking database (PostgreSQL)",
     ))?;
     let driver = tokio::spawn(connection);
-    let params: Vec<Box<dyn ToSql + Sync + Send>> = query
-        .params
-        .iter()
-        .map(|p| -> Box<dyn ToSql + Sync + Send> {
-            match p {
-                Param::Text(s) => Box::new(s.clone()),
-                Param::Int(n) => Box::new(*n),
+    let params = values(query);
+    let rows = client
+        .query(&query.sql, &refs(&params))
+        .await
+        .map_err(|source| {
+            let hint = if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                " (no record was written yet: Postern creates the table when it first writes)"
+            } else {
+                ""
+            };
+            TrackingError::Postgres {
+                doing: "tracking database (PostgreSQL)",
+                source,
+                hint,
             }
-        })
-        .collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let rows = client.query(&query.sql, &refs).await.map_err(|source| {
-        let hint = if source.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-            " (no record was written yet: Postern creates the table when it first writes)"
-        } else {
-            ""
-        };
-        TrackingError::Postgres {
-            doing: "tracking database (PostgreSQL)",
-            source,
-            hint,
-        }
-    })?;
+        })?;
     drop(client);
     let _ = driver.await;
     rows.iter().map(Record::from_row).collect()

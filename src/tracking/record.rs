@@ -2,6 +2,7 @@
 //! recipients, with that recipient's outcome.
 
 use super::TrackingError;
+use super::query::{Param, Query};
 use std::fmt;
 
 use serde::{Serialize, Serializer};
@@ -353,6 +354,61 @@ pub fn insert_statement(placeholder: fn(usize) -> String) -> String {
         columns.join(", "),
         values.join(", ")
     )
+}
+
+/// How long records are kept: `days` (`[tracking] retention_days`; 0 keeps them for ever),
+/// and for the records of an organization with its own `tracking_retention_days`, that.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub days: u32,
+    pub organizations: Vec<(String, u32)>,
+}
+
+impl Retention {
+    /// Whether anything is ever deleted.
+    pub fn deletes(&self) -> bool {
+        self.days > 0 || self.organizations.iter().any(|(_, d)| *d > 0)
+    }
+
+    /// The statements that delete what is past its retention at `now_ms`, for a store whose
+    /// n-th placeholder is `placeholder(n)`: one per organization with its own retention,
+    /// and one for every other record.
+    pub fn purges(&self, now_ms: i64, placeholder: fn(usize) -> String) -> Vec<Query> {
+        let before = |days: u32| Param::Int(now_ms - i64::from(days) * 86_400_000);
+        let mut purges: Vec<Query> = self
+            .organizations
+            .iter()
+            .filter(|(_, days)| *days > 0)
+            .map(|(name, days)| Query {
+                sql: format!(
+                    "DELETE FROM {TABLE} WHERE organization = {} AND time_ms < {}",
+                    placeholder(1),
+                    placeholder(2)
+                ),
+                params: vec![Param::Text(name.clone()), before(*days)],
+            })
+            .collect();
+        if self.days > 0 {
+            let mut params = vec![before(self.days)];
+            let mut sql = format!("DELETE FROM {TABLE} WHERE time_ms < {}", placeholder(1));
+            if !self.organizations.is_empty() {
+                let names: Vec<String> = self
+                    .organizations
+                    .iter()
+                    .map(|(name, _)| {
+                        params.push(Param::Text(name.clone()));
+                        placeholder(params.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(
+                    " AND (organization IS NULL OR organization NOT IN ({}))",
+                    names.join(", ")
+                ));
+            }
+            purges.push(Query { sql, params });
+        }
+        purges
+    }
 }
 
 /// Reads a stored row, whatever the store: the columns in [`COLUMNS`] order.

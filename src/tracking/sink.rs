@@ -57,7 +57,7 @@ impl Tracker {
         };
         let (queue, records) = mpsc::channel(settings.queue_size);
         let drops = Arc::new(Drops::new(events));
-        let writer = Writer::spawn(backend, records, drops.clone(), settings.retention_days);
+        let writer = Writer::spawn(backend, records, drops.clone(), settings.retention.clone());
         Ok(Self {
             door,
             track_dropped_connections: settings.track_dropped_connections,

@@ -110,22 +110,31 @@ impl Store {
         .await?
     }
 
-    /// Deletes records made before `before_ms`; how many.
-    pub(super) async fn purge(&self, before_ms: i64) -> Result<u64, TrackingError> {
+    /// Runs one of the retention's deletions; how many records it deleted.
+    pub(super) async fn purge(&self, purge: Query) -> Result<u64, TrackingError> {
         let connection = self.connection.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let connection = connection.lock().unwrap_or_else(|e| e.into_inner());
             connection
-                .execute(
-                    &format!("DELETE FROM {TABLE} WHERE time_ms < ?1"),
-                    [before_ms],
-                )
+                .execute(&purge.sql, rusqlite::params_from_iter(values(&purge)))
                 .map(|n| n as u64)
                 .map_err(|source| TrackingError::Sqlite { path, source })
         })
         .await?
     }
+}
+
+/// A query's values as SQLite takes them.
+fn values(query: &Query) -> Vec<Value> {
+    query
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Text(s) => Value::Text(s.clone()),
+            Param::Int(n) => Value::Integer(*n),
+        })
+        .collect()
 }
 
 fn insert(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
@@ -196,17 +205,9 @@ pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, TrackingEr
     )
     .map_err(db)?;
     connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-    let values: Vec<Value> = query
-        .params
-        .iter()
-        .map(|p| match p {
-            Param::Text(s) => Value::Text(s.clone()),
-            Param::Int(n) => Value::Integer(*n),
-        })
-        .collect();
     let mut statement = connection.prepare(&query.sql).map_err(db)?;
     let mut rows = statement
-        .query(rusqlite::params_from_iter(values))
+        .query(rusqlite::params_from_iter(values(query)))
         .map_err(db)?;
     let mut records = Vec::new();
     while let Some(row) = rows.next().map_err(db)? {
@@ -332,10 +333,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sqlite");
         let store = Store::open(&path).unwrap();
-        let old = record(1_000, "old@d.example");
-        let new = record(5_000, "new@d.example");
-        store.write(vec![old, new.clone()]).await.unwrap();
-        assert_eq!(store.purge(2_000).await.unwrap(), 1);
+        const DAY: i64 = 86_400_000;
+        let of = |time_ms, recipient, organization: Option<&str>| Record {
+            organization: organization.map(str::to_owned),
+            ..record(time_ms, recipient)
+        };
+        let old = of(1_000, "old@d.example", None);
+        let new = of(5_000, "new@d.example", None);
+        // acme keeps its records 3 days, globex follows retention_days.
+        let acme = of(1_000, "a@acme.test", Some("acme"));
+        let acme_older = of(1_000 - 2 * DAY, "b@acme.test", Some("acme"));
+        let globex = of(1_000, "g@globex.test", Some("globex"));
+        let all = vec![old, new.clone(), acme.clone(), acme_older, globex];
+        store.write(all).await.unwrap();
+        let retention = crate::tracking::Retention {
+            days: 1,
+            organizations: vec![("acme".into(), 3)],
+        };
+        let mut deleted = 0;
+        for purge in retention.purges(2_000 + DAY, |n| format!("?{n}")) {
+            deleted += store.purge(purge).await.unwrap();
+        }
+        assert_eq!(deleted, 3, "old, globex's and acme's older than 3 days");
         let query = Query::new(
             &Filter {
                 limit: 10,
@@ -343,10 +362,18 @@ mod tests {
             },
             |n| format!("?{n}"),
         );
-        assert_eq!(find(&path, &query).unwrap(), vec![new]);
+        let mut left = find(&path, &query).unwrap();
+        left.sort_by_key(|r| r.recipient.clone());
+        assert_eq!(left, vec![acme, new]);
+        // Nothing is deleted without a retention.
+        assert!(
+            crate::tracking::Retention::default()
+                .purges(0, |n| format!("?{n}"))
+                .is_empty()
+        );
         // Opening it again finds the table and keeps what is there.
         drop(store);
         Store::open(&path).unwrap();
-        assert_eq!(find(&path, &query).unwrap().len(), 1);
+        assert_eq!(find(&path, &query).unwrap().len(), 2);
     }
 }

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::drops::Drops;
-use super::record::{Record, now_ms};
+use super::record::{Record, Retention, now_ms};
 use super::{postgres, sqlite};
 
 /// Records written in one transaction at most.
@@ -37,11 +37,22 @@ impl Backend {
         }
     }
 
-    async fn purge(&mut self, before_ms: i64) -> Result<u64, TrackingError> {
+    /// Deletes what is past its retention now; how many records.
+    async fn purge(&mut self, retention: &Retention) -> Result<u64, TrackingError> {
+        let mut deleted = 0;
         match self {
-            Self::Sqlite(store) => store.purge(before_ms).await,
-            Self::Postgres(store) => store.purge(before_ms).await,
+            Self::Sqlite(store) => {
+                for purge in retention.purges(now_ms(), |n| format!("?{n}")) {
+                    deleted += store.purge(purge).await?;
+                }
+            }
+            Self::Postgres(store) => {
+                for purge in retention.purges(now_ms(), |n| format!("${n}")) {
+                    deleted += store.purge(&purge).await?;
+                }
+            }
         }
+        Ok(deleted)
     }
 }
 
@@ -57,10 +68,10 @@ impl Writer {
         backend: Backend,
         records: mpsc::Receiver<Record>,
         drops: Arc<Drops>,
-        retention_days: u32,
+        retention: Retention,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
-        let done = tokio::spawn(run(backend, records, drops, retention_days, stopped));
+        let done = tokio::spawn(run(backend, records, drops, retention, stopped));
         Self { stop, done }
     }
 
@@ -79,7 +90,7 @@ async fn run(
     mut backend: Backend,
     mut records: mpsc::Receiver<Record>,
     drops: Arc<Drops>,
-    retention_days: u32,
+    retention: Retention,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut purge = tokio::time::interval(PURGE_INTERVAL);
@@ -102,11 +113,10 @@ async fn run(
                 let batch = next_batch(&mut records, Some(first));
                 write(&mut backend, batch, &drops).await;
             }
-            _ = purge.tick(), if retention_days > 0 => {
-                let before = now_ms() - i64::from(retention_days) * 86_400_000;
-                match backend.purge(before).await {
+            _ = purge.tick(), if retention.deletes() => {
+                match backend.purge(&retention).await {
                     Ok(0) => {}
-                    Ok(n) => info!(deleted = n, retention_days, "message tracking: old records deleted"),
+                    Ok(n) => info!(deleted = n, retention_days = retention.days, "message tracking: old records deleted"),
                     Err(e) => warn!(error = %e, "message tracking: cannot delete old records; will try again in an hour"),
                 }
             }
