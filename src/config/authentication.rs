@@ -50,6 +50,8 @@ pub(super) struct ArcSealerSection {
     key_file: Spanned<PathBuf>,
     #[serde(default = "transformed")]
     seal: SignWhen,
+    /// Seals only the versions of this organization's mail.
+    organization: Option<Spanned<String>>,
 }
 
 fn transformed() -> SignWhen {
@@ -60,6 +62,7 @@ pub(super) fn compile(
     s: AuthenticationSection,
     sealers: Vec<Spanned<ArcSealerSection>>,
     profile_names: &[String],
+    organization_names: &[String],
     delivery: &Delivery,
     config_dir: Option<&Path>,
 ) -> Result<Authentication, Invalid> {
@@ -106,20 +109,37 @@ pub(super) fn compile(
             ),
         ));
     }
-    let sealer = match sealers.len() {
-        0 => None,
-        1 => Some(sealer(
-            sealers.into_iter().next().expect("one").into_inner(),
-            config_dir,
-        )?),
-        _ => {
+    // One sealer for the mail of no organization, one for each organization at most.
+    let mut seen: Vec<Option<&String>> = Vec::new();
+    for (i, section) in sealers.iter().enumerate() {
+        let organization = section
+            .get_ref()
+            .organization
+            .as_ref()
+            .map(Spanned::get_ref);
+        if seen.contains(&organization) {
+            let whose = organization.map_or(
+                "one [[arc_sealer]] seals every message that no organization's own sealer seals"
+                    .to_owned(),
+                |o| format!("organization {o:?} has a sealer already"),
+            );
             return Err((
-                sealers[1].span(),
-                "arc_sealer[1]".into(),
-                "one [[arc_sealer]] seals every message: remove the others".into(),
+                section.span(),
+                format!("arc_sealer[{i}]"),
+                format!("{whose}: remove the others"),
             ));
         }
-    };
+        seen.push(organization);
+    }
+    let mut sealer: Option<ArcSealer> = None;
+    let mut organization_sealers: Vec<ArcSealer> = Vec::new();
+    for (i, section) in sealers.into_iter().enumerate() {
+        let made = self::sealer(section.into_inner(), i, organization_names, config_dir)?;
+        match made.organization {
+            None => sealer = Some(made),
+            Some(_) => organization_sealers.push(made),
+        }
+    }
     Ok(Authentication {
         verify_dkim: s.verify_dkim,
         dmarc: s.dmarc,
@@ -129,22 +149,40 @@ pub(super) fn compile(
         exempt_connection_profiles: exempt.get_ref().clone(),
         exempt_authenticated: s.exempt_authenticated,
         sealer,
+        organization_sealers,
     })
 }
 
-fn sealer(s: ArcSealerSection, config_dir: Option<&Path>) -> Result<ArcSealer, Invalid> {
-    let key = |k: &str| format!("arc_sealer[0].{k}");
+fn sealer(
+    s: ArcSealerSection,
+    i: usize,
+    organization_names: &[String],
+    config_dir: Option<&Path>,
+) -> Result<ArcSealer, Invalid> {
+    let key = |k: &str| format!("arc_sealer[{i}].{k}");
+    let organization = match s.organization {
+        Some(name) => {
+            let names = [name.get_ref().clone()];
+            if let Some(m) = super::organizations::unknown(&names, organization_names) {
+                return Err((name.span(), key("organization"), m));
+            }
+            Some(name.into_inner())
+        }
+        None => None,
+    };
     let (domain, selector) = domain_and_selector(&s.domain, &s.selector, key)?;
     let span = s.key_file.span();
     let path = super::relative(s.key_file.into_inner(), config_dir);
     let private = load_key(&path, "ARC sealing key").map_err(|e| (span, key("key_file"), e))?;
-    Ok(ArcSealer::new(
+    let mut sealer = ArcSealer::new(
         private,
         domain,
         selector,
         path.display().to_string(),
         s.seal,
-    ))
+    );
+    sealer.organization = organization;
+    Ok(sealer)
 }
 
 #[cfg(test)]
@@ -232,6 +270,18 @@ mod tests {
         let e = error(&format!("{sealer}{sealer}"));
         assert!(
             e.contains("arc_sealer[1]") && e.contains("one [[arc_sealer]] seals every message"),
+            "{e}"
+        );
+        let orgs = "[[organization]]\nname = \"acme\"\ndomains = [\"acme.test\"]\n";
+        let of_acme = format!("{sealer}organization = \"acme\"\n");
+        let e = error(&format!("{orgs}{of_acme}{of_acme}"));
+        assert!(
+            e.contains("arc_sealer[1]") && e.contains("organization \"acme\" has a sealer already"),
+            "{e}"
+        );
+        let e = error(&format!("{sealer}organization = \"globex\"\n"));
+        assert!(
+            e.contains("arc_sealer[0].organization") && e.contains("\"globex\""),
             "{e}"
         );
     }

@@ -318,6 +318,7 @@ impl ConfigFile {
             self.authentication,
             self.arc_sealers,
             &profile_names,
+            &organization_names,
             &delivery,
             config_dir,
         )?;

@@ -21,6 +21,8 @@ pub struct ArcSealer {
     pub selector: String,
     pub key_file: String,
     pub seal: SignWhen,
+    /// `organization`: the sealer of this organization's versions of messages.
+    pub organization: Option<String>,
     algorithm: &'static str,
     record: String,
     key: SealKey,
@@ -87,6 +89,7 @@ impl ArcSealer {
             selector,
             key_file,
             seal,
+            organization: None,
             algorithm,
             record,
             key,

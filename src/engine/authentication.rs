@@ -66,7 +66,10 @@ pub struct Authentication {
     pub exempt_connection_profiles: Vec<String>,
     /// Authenticated clients are not held to DMARC.
     pub exempt_authenticated: bool,
+    /// The sealer of mail of no organization with a sealer of its own.
     pub sealer: Option<ArcSealer>,
+    /// Organizations' own sealers, one each.
+    pub organization_sealers: Vec<ArcSealer>,
 }
 
 impl Authentication {
@@ -77,7 +80,25 @@ impl Authentication {
     }
 
     fn verifies_arc(&self) -> bool {
-        self.arc_verify || self.sealer.is_some()
+        self.arc_verify || self.seals()
+    }
+
+    /// Whether some sealer seals messages.
+    pub fn seals(&self) -> bool {
+        self.sealer.is_some() || !self.organization_sealers.is_empty()
+    }
+
+    /// The sealer of a version of a message concerning `organizations` (the most specific
+    /// first): the first of them with a sealer of its own, else the sealer of the rest.
+    pub fn sealer_for(&self, organizations: &[&str]) -> Option<&ArcSealer> {
+        organizations
+            .iter()
+            .find_map(|name| {
+                self.organization_sealers
+                    .iter()
+                    .find(|s| s.organization.as_deref() == Some(name))
+            })
+            .or(self.sealer.as_ref())
     }
 
     /// The methods a verified message has a result for, as metrics name them.

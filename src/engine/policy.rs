@@ -452,12 +452,12 @@ impl fmt::Display for Policy {
             writeln!(
                 f,
                 "authentication:          dkim {}, arc {}, dmarc {}{}, results header {}",
-                if auth.verify_dkim || auth.dmarc != DmarcMode::Off || auth.sealer.is_some() {
+                if auth.verify_dkim || auth.dmarc != DmarcMode::Off || auth.seals() {
                     "verified"
                 } else {
                     "off"
                 },
-                if auth.arc_verify || auth.sealer.is_some() {
+                if auth.arc_verify || auth.seals() {
                     "verified"
                 } else {
                     "off"
@@ -474,7 +474,7 @@ impl fmt::Display for Policy {
         } else {
             writeln!(f, "authentication:          off")?;
         }
-        if let Some(s) = &auth.sealer {
+        for s in auth.sealer.iter().chain(&auth.organization_sealers) {
             let key = KeyLines {
                 role: "arc sealer:             ",
                 domain: &s.domain,

@@ -280,6 +280,52 @@ fn proxy_an_organizations_user_cannot_get_another_organizations_signature() {
     env.wait_for_log("not signed");
 }
 
+/// Proxy door: each version is ARC-sealed by its organization's sealer; what no organization's
+/// sealer covers, by the sealer without organization (here: nothing, as the outside
+/// recipient's version is not transformed and sealers seal only what Postern changed).
+#[test]
+fn proxy_each_version_is_sealed_by_its_organizations_sealer() {
+    let keys = crate::support::dkim::DkimKeys::start();
+    let mx = FaultyTarget::start(Faults::default());
+    let globex = FaultyTarget::start(Faults::default());
+    let sealer = |domain: &str, organization: &str| {
+        format!(
+            "[[arc_sealer]]\ndomain = \"{domain}\"\nselector = \"s\"\nkey_file = \"{}\"\n{organization}",
+            keys.key("ed25519").display()
+        )
+    };
+    let extra = format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[authentication]\narc_verify = true\n{}{}{}",
+        keys.port,
+        sealer("gw.test", ""),
+        sealer("acme.test", "organization = \"acme\"\n"),
+        sealer("globex.test", "organization = \"globex\"\n"),
+    );
+    let env = ProxyEnv::start(&proxy(mx.port, globex.port, &extra), &[]);
+    let recipients = ["x@acme.test", "y@eu.globex.test", "z@example.test"];
+    let reply = send(env.smtp(), &recipients, &message("sealed"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let sealed_by = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("ARC-Seal:"))
+            .and_then(|l| l.split("d=").nth(1))
+            .map(|d| d.split(';').next().unwrap().trim().to_owned())
+    };
+    let taken = mx.taken();
+    let acme = version_for(&taken, "x@acme.test");
+    assert_acme(&acme);
+    assert_eq!(sealed_by(&acme).as_deref(), Some("acme.test"), "{acme}");
+    let outside = version_for(&taken, "z@example.test");
+    assert_eq!(sealed_by(&outside), None, "{outside}");
+    let theirs = version_for(&globex.taken(), "y@eu.globex.test");
+    assert_globex(&theirs);
+    assert_eq!(
+        sealed_by(&theirs).as_deref(),
+        Some("globex.test"),
+        "{theirs}"
+    );
+}
+
 /// Behind Postfix: Postfix queues acme's version; globex's recipient leaves Postfix's
 /// envelope and gets globex's version through globex's route. While globex's route refuses,
 /// the client hears 4xx and nothing is delivered.

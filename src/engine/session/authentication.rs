@@ -3,6 +3,7 @@
 
 use mail_auth::{AuthenticatedMessage, AuthenticationResults};
 
+use super::versions::MessageCopy;
 use super::*;
 use crate::engine::arc::SealError;
 use crate::engine::authentication::{
@@ -188,9 +189,18 @@ impl Session {
         verified: &Verified<'_>,
         results: &AuthenticationResults<'_>,
         transformed: bool,
+        copy: &MessageCopy,
     ) -> Result<(), EngineError> {
-        let (Some(sealer), Some(arrived)) = (&self.policy.authentication.sealer, &verified.arc)
-        else {
+        let orgs = &self.policy.organizations;
+        // The version's own organization first, then the others it concerns.
+        let names: Vec<&str> = copy
+            .version
+            .into_iter()
+            .chain(copy.organizations.iter().copied())
+            .map(|id| orgs.name(id))
+            .collect();
+        let sealer = self.policy.authentication.sealer_for(&names);
+        let (Some(sealer), Some(arrived)) = (sealer, &verified.arc) else {
             return Ok(());
         };
         if sealer.seal == SignWhen::Transformed && !transformed {

@@ -218,7 +218,9 @@ impl Session {
                 body: content.body,
             };
             if let (Some(v), Some(r)) = (&verified, &results)
-                && let Err(e) = self.seal(&mut tx, &mut edits, v, r, transformed).await
+                && let Err(e) = self
+                    .seal(&mut tx, &mut edits, v, r, transformed, copy)
+                    .await
             {
                 self.scan_failed(ScanStep::Arc, &e.to_string());
                 d.decide(Reason::SealingFailed, policy.scan_failure_action.verdict());
@@ -231,7 +233,9 @@ impl Session {
         if d.goes_on()
             && !policy.dry_run
             && let (Some(v), Some(r)) = (&verified, &results)
-            && let Err(e) = self.seal(&mut tx, &mut d.edits, v, r, d.transformed).await
+            && let Err(e) = self
+                .seal(&mut tx, &mut d.edits, v, r, d.transformed, &primary)
+                .await
         {
             self.scan_failed(ScanStep::Arc, &e.to_string());
             d.decide(Reason::SealingFailed, policy.scan_failure_action.verdict());
