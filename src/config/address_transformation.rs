@@ -9,6 +9,7 @@ use super::Invalid;
 use crate::engine::address_transformation::{
     AddressRule, AddressTransformations, Direction, Match, Place, Replacement,
 };
+use crate::engine::organizations::Organizations;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,9 @@ pub(super) struct AddressTransformationSection {
     /// A regular expression over the whole address, instead of `match`.
     regex: Option<Spanned<String>>,
     replace: Spanned<String>,
+    /// Only addresses in these organizations' domains.
+    #[serde(default)]
+    organizations: Vec<String>,
 }
 
 fn envelope() -> Spanned<Vec<Place>> {
@@ -32,7 +36,9 @@ fn envelope() -> Spanned<Vec<Place>> {
 
 pub(super) fn compile(
     sections: Vec<AddressTransformationSection>,
+    organizations: &Organizations,
 ) -> Result<AddressTransformations, Invalid> {
+    let known: Vec<String> = organizations.list.iter().map(|o| o.name.clone()).collect();
     let mut rules = Vec::with_capacity(sections.len());
     for (i, s) in sections.into_iter().enumerate() {
         let key = |k: &str| format!("address_transformation[{i}].{k}");
@@ -67,7 +73,11 @@ pub(super) fn compile(
                 "name at least one of sender, recipients, from, to, cc".to_owned(),
             ));
         }
+        if let Some(m) = super::organizations::unknown(&s.organizations, &known) {
+            return Err((s.replace.span(), key("organizations"), m));
+        }
         rules.push(AddressRule {
+            domains: organizations.domains_of(&s.organizations),
             name: s.name.unwrap_or_else(|| format!("rule {}", i + 1)),
             direction: s.direction,
             applies_to: s.applies_to.into_inner(),

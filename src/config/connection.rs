@@ -304,6 +304,9 @@ pub(super) struct EncryptionRuleSection {
     recipient_encryption: RecipientEncryption,
     require_tls_for_whole_transaction: Option<Spanned<bool>>,
     via: Option<Spanned<Vec<String>>>,
+    /// Only mail from or to these organizations' domains.
+    #[serde(default)]
+    organizations: Vec<String>,
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -340,11 +343,16 @@ fn rule_line(r: &EncryptionRuleSection) -> String {
 pub(super) fn encryption_rules(
     rules: Vec<Spanned<EncryptionRuleSection>>,
     delivery: &Delivery,
+    organizations: &crate::engine::organizations::Organizations,
 ) -> Result<EncryptionRules, Invalid> {
+    let known: Vec<String> = organizations.list.iter().map(|o| o.name.clone()).collect();
     let mut compiled = Vec::new();
     for (i, rule) in rules.into_iter().enumerate() {
         let span = rule.span();
         let r = rule.into_inner();
+        if let Some(m) = super::organizations::unknown(&r.organizations, &known) {
+            return Err((span, format!("encryption_rule[{i}].organizations"), m));
+        }
         let line = rule_line(&r);
         if line.len() > MAX_ENCRYPTION_RULE {
             return Err((
@@ -388,6 +396,7 @@ pub(super) fn encryption_rules(
                 recipient_encryption: r.recipient_encryption,
                 whole_transaction: whole,
                 via,
+                domains: organizations.domains_of(&r.organizations),
             });
         }
     }

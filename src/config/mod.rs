@@ -345,10 +345,11 @@ impl ConfigFile {
                 .any(|rs| rs.conditions.organizations.contains(&org.name));
         }
 
-        let encryption_rules = connection::encryption_rules(self.encryption_rules, &delivery)?;
+        let encryption_rules =
+            connection::encryption_rules(self.encryption_rules, &delivery, &organizations)?;
         let outbound_tls = outbound_tls::compile(self.outbound_tls_policies, &profile_names)?;
         let address_transformations =
-            address_transformation::compile(self.address_transformations)?;
+            address_transformation::compile(self.address_transformations, &organizations)?;
         let dkim = dkim::compile(
             self.dkim_signers,
             &profile_names,
@@ -578,6 +579,27 @@ mod tests {
                 && e.contains("no [[organization]] is named \"globex\""),
             "{e}"
         );
+        for (section, key) in [
+            (
+                "[[encryption_rule]]\nrecipient_domain = \"*\"\n",
+                "encryption_rule[0].organizations",
+            ),
+            (
+                "[[address_transformation]]\nmatch = \"@a.test\"\nreplace = \"@b.test\"\n",
+                "address_transformation[0].organizations",
+            ),
+        ] {
+            let e = error(&format!("{orgs}{section}organizations = [\"globex\"]\n"));
+            assert!(e.contains(key) && e.contains("(known: acme)"), "{e}");
+            let c = Config::parse(&format!("{orgs}{section}organizations = [\"acme\"]\n"), "t");
+            assert!(c.is_ok(), "{section}");
+        }
+        let c = Config::parse(
+            &format!("{orgs}[[encryption_rule]]\norganizations = [\"acme\"]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.policy.encryption_rules.0[0].domains.len(), 2);
         let e = error(&format!("{orgs}relay_targets = [\"nowhere\"]\n"));
         assert!(
             e.contains("organization[0].relay_targets") && e.contains("nowhere"),

@@ -254,6 +254,9 @@ pub struct AddressRule {
     pub applies_to: Vec<Place>,
     pub matcher: Match,
     pub replacement: Replacement,
+    /// `organizations`: the domains of those organizations; the rule rewrites only addresses
+    /// in them. Empty: any address.
+    pub domains: Vec<DomainPattern>,
 }
 
 /// The rules, in configuration order.
@@ -286,6 +289,7 @@ impl AddressTransformations {
             .0
             .iter()
             .filter(|r| r.direction.covers(direction) && r.applies_to.contains(&place))
+            .filter(|r| r.domains.is_empty() || r.domains.iter().any(|d| d.matches_address(bare)))
             .find_map(|r| r.matcher.captures(bare).map(|c| (r, c)))?;
         let (rule, mut captures) = rule;
         if captures.is_empty() {
@@ -423,7 +427,23 @@ mod tests {
             applies_to: places.to_vec(),
             matcher,
             replacement: Replacement::parse(r, captures).unwrap(),
+            domains: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_rule_of_organizations_rewrites_only_their_addresses() {
+        let mut masquerade = rule(
+            Direction::Outbound,
+            &[Place::Sender],
+            "regex:^(.*)@host[0-9]+\\.(.*)$",
+            "$1@$2",
+        );
+        masquerade.domains = vec![DomainPattern::new("*.acme.test")];
+        let t = AddressTransformations(vec![masquerade]);
+        let out = |a: &str| t.rewrite(Direction::Outbound, Place::Sender, a);
+        assert_eq!(out("ann@host1.acme.test").as_deref(), Some("ann@acme.test"));
+        assert_eq!(out("bob@host1.globex.test"), None, "not acme's");
     }
 
     #[test]

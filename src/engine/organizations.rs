@@ -53,6 +53,15 @@ impl Organizations {
         &self.list[id].name
     }
 
+    /// The domains the organizations `names` claim (names checked by the caller).
+    pub fn domains_of(&self, names: &[String]) -> Vec<DomainPattern> {
+        self.list
+            .iter()
+            .filter(|o| names.contains(&o.name))
+            .flat_map(|o| o.domains.iter().cloned())
+            .collect()
+    }
+
     /// The organization that claims `domain`: an exact domain before a `*.` pattern, the
     /// longest pattern among those.
     pub fn of_domain(&self, domain: &str) -> Option<OrgId> {

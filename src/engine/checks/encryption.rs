@@ -52,6 +52,26 @@ pub struct EncryptionRule {
     /// recipients itself when their encryption is `required` or `preferred`, taking them out
     /// of the MTA's envelope. Empty: the MTA delivers them.
     pub via: Vec<String>,
+    /// `organizations`: the domains of those organizations; the rule covers only mail from or
+    /// to an address in them. Empty: any mail.
+    pub domains: Vec<DomainPattern>,
+}
+
+impl EncryptionRule {
+    /// Whether the rule covers mail from `sender` to `recipient`.
+    fn covers(&self, sender: &str, recipient: &str) -> bool {
+        self.sender_domain.matches_address(sender)
+            && self.recipient_domain.matches_address(recipient)
+            && self.of_organizations(sender, Some(recipient))
+    }
+
+    /// Whether the rule's organizations (if it names any) own `sender` or `recipient`.
+    fn of_organizations(&self, sender: &str, recipient: Option<&str>) -> bool {
+        self.domains.is_empty()
+            || self.domains.iter().any(|d| {
+                d.matches_address(sender) || recipient.is_some_and(|r| d.matches_address(r))
+            })
+    }
 }
 
 /// The ordered rules.
@@ -61,9 +81,7 @@ pub struct EncryptionRules(pub Vec<EncryptionRule>);
 impl EncryptionRules {
     /// The first rule matching the sender and recipient addresses.
     pub fn rule_for(&self, sender: &str, recipient: &str) -> Option<&EncryptionRule> {
-        self.0.iter().find(|r| {
-            r.sender_domain.matches_address(sender) && r.recipient_domain.matches_address(recipient)
-        })
+        self.0.iter().find(|r| r.covers(sender, recipient))
     }
 
     /// Whether a recipient may only be relayed over TLS with a validated certificate: its rule
@@ -99,10 +117,9 @@ impl EncryptionRules {
                 && r.sender_encryption == SenderEncryption::Required
                 && r.recipient_domain.is_any()
         };
-        let rule = self
-            .0
-            .iter()
-            .find(|r| r.sender_domain.matches_address(sender))?;
+        let rule = self.0.iter().find(|r| {
+            r.sender_domain.matches_address(sender) && r.of_organizations(sender, None)
+        })?;
         (whole(rule) && !tls).then(starttls_first)
     }
 
@@ -153,7 +170,27 @@ mod tests {
             recipient_encryption: RecipientEncryption::Preferred,
             whole_transaction: false,
             via: Vec::new(),
+            domains: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_rule_of_organizations_covers_only_their_mail() {
+        let mut acme = rule("*", "*", SenderEncryption::Required);
+        acme.domains = vec![
+            DomainPattern::new("acme.test"),
+            DomainPattern::new("*.acme.test"),
+        ];
+        let rules = EncryptionRules(vec![acme]);
+        assert!(
+            rules.check("a@x.test", "b@eu.acme.test", false).is_some(),
+            "to acme"
+        );
+        assert!(
+            rules.check("a@acme.test", "b@x.test", false).is_some(),
+            "from acme"
+        );
+        assert!(rules.check("a@x.test", "b@globex.test", false).is_none());
     }
 
     #[test]
