@@ -284,6 +284,7 @@ impl ConfigFile {
         )?;
         let organization_names = organizations.names();
         let organization_retention = organizations.retention;
+        let organization_dmarc = organizations.dmarc_span;
         let (proxy, organization_users) = proxy::compile(
             self.proxy,
             config_dir,
@@ -322,6 +323,15 @@ impl ConfigFile {
             &delivery,
             config_dir,
         )?;
+        if let Some(span) = organization_dmarc
+            && authentication.dmarc == crate::engine::authentication::DmarcMode::Off
+        {
+            return Err((
+                span,
+                "organization.dmarc".into(),
+                "[authentication] dmarc is \"off\": DMARC is not evaluated at all; set it to \"report\" (or \"enforce\") so that an organization's dmarc decides whether failures are enforced on its mail".into(),
+            ));
+        }
         // The resolver is set up only for a check that looks something up, or for profiles
         // naming hosts, whose names the proxy verifies itself.
         let needs_dns = rbl.is_some()
@@ -600,6 +610,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.policy.encryption_rules.0[0].domains.len(), 2);
+        let e = error(&format!("{orgs}dmarc = \"enforce\"\n"));
+        assert!(
+            e.contains("organization.dmarc") && e.contains("[authentication] dmarc is \"off\""),
+            "{e}"
+        );
+        let c = Config::parse(
+            &format!("{orgs}dmarc = \"enforce\"\nspf_fail_action = \"accept\"\n[authentication]\ndmarc = \"report\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert!(c.policy.organizations.judge_spf());
+        assert!(
+            c.policy
+                .to_string()
+                .contains("; spf fail accept; dmarc enforce"),
+            "{}",
+            c.policy
+        );
         let e = error(&format!("{orgs}relay_targets = [\"nowhere\"]\n"));
         assert!(
             e.contains("organization[0].relay_targets") && e.contains("nowhere"),

@@ -11,6 +11,8 @@ use toml::Spanned;
 
 use super::{Invalid, relative, valid_hostname};
 use crate::engine::address::DomainPattern;
+use crate::engine::authentication::DmarcMode;
+use crate::engine::checks::spf::SpfAction;
 use crate::engine::organizations::{Organization, Organizations};
 use crate::relay::Delivery;
 
@@ -27,6 +29,11 @@ pub(super) struct OrganizationSection {
     max_message_size: Option<std::num::NonZeroU64>,
     /// How long its tracking records are kept, instead of `[tracking] retention_days`.
     tracking_retention_days: Option<u32>,
+    /// What SPF results do to its recipients, instead of `[spf]`'s.
+    spf_fail_action: Option<SpfAction>,
+    spf_softfail_action: Option<SpfAction>,
+    /// Whether DMARC failures are enforced on its recipients' mail.
+    dmarc: Option<Spanned<DmarcMode>>,
 }
 
 /// The organizations, before the rulesets and signers that name them are known; with the
@@ -36,6 +43,8 @@ pub(super) struct Compiled {
     pub users_files: Vec<(String, Spanned<PathBuf>)>,
     /// Organizations with their own `tracking_retention_days`.
     pub retention: Vec<(String, u32)>,
+    /// Where the first organization's `dmarc` is written, if one is.
+    pub dmarc_span: Option<std::ops::Range<usize>>,
 }
 
 impl Compiled {
@@ -57,6 +66,7 @@ pub(super) fn compile(
     let mut list: Vec<Organization> = Vec::new();
     let mut users_files = Vec::new();
     let mut retention = Vec::new();
+    let mut dmarc_span = None;
     // Every domain claimed, by whom: a domain of two organizations is refused.
     let mut claimed: HashMap<String, String> = HashMap::new();
     for (i, s) in sections.into_iter().enumerate() {
@@ -127,6 +137,9 @@ pub(super) fn compile(
             let path = relative(file.into_inner(), config_dir);
             users_files.push((name.clone(), Spanned::new(span, path)));
         }
+        if let Some(dmarc) = &s.dmarc {
+            dmarc_span.get_or_insert(dmarc.span());
+        }
         if let Some(days) = s.tracking_retention_days {
             retention.push((name.clone(), days));
         }
@@ -136,6 +149,9 @@ pub(super) fn compile(
             own_route,
             has_rulesets: false,
             max_message_size: s.max_message_size.map(std::num::NonZeroU64::get),
+            spf_fail_action: s.spf_fail_action,
+            spf_softfail_action: s.spf_softfail_action,
+            dmarc: s.dmarc.map(Spanned::into_inner),
         });
     }
     let default = match default {
@@ -167,6 +183,7 @@ pub(super) fn compile(
         },
         users_files,
         retention,
+        dmarc_span,
     })
 }
 

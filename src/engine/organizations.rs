@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 
 use super::address::{DomainPattern, EnvelopeAddress};
+use super::authentication::DmarcMode;
+use super::checks::spf::SpfAction;
 
 /// An index into [`Organizations`]; stable for the policy it was taken from.
 pub type OrgId = usize;
@@ -27,6 +29,13 @@ pub struct Organization {
     /// `max_message_size`: messages to its recipients or from its senders larger than this
     /// are refused.
     pub max_message_size: Option<u64>,
+    /// `spf_fail_action`, `spf_softfail_action`: what SPF results do to its recipients,
+    /// instead of `[spf]`'s.
+    pub spf_fail_action: Option<SpfAction>,
+    pub spf_softfail_action: Option<SpfAction>,
+    /// `dmarc`: whether DMARC failures are enforced on mail to its recipients (`report` or
+    /// `enforce`), instead of `[authentication] dmarc`.
+    pub dmarc: Option<DmarcMode>,
 }
 
 /// The organizations of the policy, in configuration order.
@@ -120,6 +129,14 @@ impl Organizations {
             let o = &self.list[id];
             o.has_rulesets || !o.own_route.is_empty()
         })
+    }
+
+    /// Whether some organization has SPF actions of its own: SPF results are then judged per
+    /// recipient, at RCPT.
+    pub fn judge_spf(&self) -> bool {
+        self.list
+            .iter()
+            .any(|o| o.spf_fail_action.is_some() || o.spf_softfail_action.is_some())
     }
 
     /// Whether recipients of `org` always leave through routes of their own.
@@ -241,6 +258,9 @@ mod tests {
             own_route: route.iter().map(|r| (*r).to_owned()).collect(),
             has_rulesets: rulesets,
             max_message_size: None,
+            spf_fail_action: None,
+            spf_softfail_action: None,
+            dmarc: None,
         };
         Organizations {
             list: vec![

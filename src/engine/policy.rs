@@ -237,7 +237,7 @@ impl Policy {
                 .collect();
             writeln!(
                 f,
-                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s){}",
+                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s){}{}{}{}",
                 o.name,
                 if orgs.default == Some(id) {
                     " (default)"
@@ -254,7 +254,13 @@ impl Policy {
                 list(signers),
                 orgs.users.values().filter(|u| **u == id).count(),
                 o.max_message_size
-                    .map_or(String::new(), |m| format!("; {m} bytes max"))
+                    .map_or(String::new(), |m| format!("; {m} bytes max")),
+                o.spf_fail_action
+                    .map_or(String::new(), |a| format!("; spf fail {}", a.name())),
+                o.spf_softfail_action
+                    .map_or(String::new(), |a| format!("; spf softfail {}", a.name())),
+                o.dmarc
+                    .map_or(String::new(), |m| format!("; dmarc {}", m.name()))
             )?;
         }
         Ok(())

@@ -247,6 +247,9 @@ mod tests {
                 own_route: Vec::new(),
                 has_rulesets: false,
                 max_message_size: None,
+                spf_fail_action: None,
+                spf_softfail_action: None,
+                dmarc: None,
             }],
             ..Default::default()
         };

@@ -1,6 +1,8 @@
 //! SPF end to end: Postfix with Postern as its milter, rbldnsd serving spf.test, client
 //! addresses set with XCLIENT.
 
+use std::io::Write;
+
 use crate::support::{DnsServer, MailEnv, Socket};
 
 fn config(dns: &DnsServer, spf: &str) -> String {
@@ -196,4 +198,37 @@ fn forged_results_are_removed_without_spf() {
         stored.contains("Authentication-Results: other.example; dkim=pass"),
         "{stored}"
     );
+}
+
+/// With organizations of their own SPF actions, each recipient is judged by its own: an SPF
+/// fail is accepted for the lenient organization's recipient and refused at RCPT for the
+/// strict one's (which follows `[spf]`); the message reaches the lenient recipient only.
+#[test]
+fn each_organization_judges_spf_for_its_recipients() {
+    let dns = DnsServer::start();
+    let orgs = "[[organization]]\nname = \"lenient\"\ndomains = [\"lenient.test\"]\n\
+                spf_fail_action = \"accept\"\n\
+                [[organization]]\nname = \"strict\"\ndomains = [\"strict.test\"]\n";
+    let env = MailEnv::start(Socket::Unix, &config(&dns, orgs));
+    let (mut smtp, ehlo) = env.smtp_as("198.51.100.20");
+    assert!(ehlo.starts_with("250"), "{ehlo}");
+    let r = smtp.command("MAIL FROM:<a@pass.spf.test>").unwrap();
+    assert!(r.starts_with("250"), "MAIL is judged per recipient: {r}");
+    let r = smtp.command("RCPT TO:<y@strict.test>").unwrap();
+    assert!(
+        r.starts_with("550 5.7.23 SPF fail: a@pass.spf.test does not allow client [198.51.100.20]"),
+        "{r}"
+    );
+    let r = smtp.command("RCPT TO:<x@lenient.test>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(b"Subject: spf\r\n\r\nbody\r\n.\r\n")
+        .unwrap();
+    let reply = smtp.read_reply().unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
+    assert!(stored.contains("X-Rcpt-Args: <x@lenient.test>"), "{stored}");
+    assert!(!stored.contains("strict.test"), "{stored}");
+    assert!(stored.contains("Received-SPF: fail"), "{stored}");
 }

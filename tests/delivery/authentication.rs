@@ -179,6 +179,31 @@ fn the_proxy_records_what_arrived_and_seals_what_it_changed() {
     );
 }
 
+/// DMARC reported by default and enforced for one organization's recipients: a message
+/// failing p=reject is refused for inside.example, accepted for lax.example.
+#[test]
+fn an_organization_enforces_dmarc_where_the_default_reports() {
+    let keys = DkimKeys::start();
+    let orgs = "[[organization]]\nname = \"inside\"\ndomains = [\"inside.example\"]\n\
+                dmarc = \"enforce\"\n\
+                [[organization]]\nname = \"lax\"\ndomains = [\"lax.example\"]\n";
+    let env = proxy(&policy(&keys, "report", orgs));
+    let unsigned = message("ann@sender.test", "spoofed", "Pay now.");
+    let reply = env
+        .smtp()
+        .send("ann@sender.test", "bob@inside.example", &unsigned);
+    assert!(
+        reply.starts_with("550 5.7.1") && reply.contains("DMARC"),
+        "{reply}"
+    );
+    let reply = env
+        .smtp()
+        .send("ann@sender.test", "carl@lax.example", &unsigned);
+    assert!(reply.starts_with("250"), "reported only: {reply}");
+    env.sinks[0].wait_delivered(1);
+    env.wait_for_log("for the organizations of every recipient");
+}
+
 #[test]
 fn the_proxy_enforces_dmarc_as_configured() {
     let keys = DkimKeys::start();

@@ -243,11 +243,21 @@ impl Spf {
 
     /// The verdict for an outcome, by the configured action of its result.
     pub fn verdict(&self, ip: IpAddr, outcome: &SpfOutcome) -> Option<Verdict> {
+        self.verdict_with(ip, outcome, (self.fail_action, self.softfail_action))
+    }
+
+    /// The verdict for an outcome with other fail and softfail actions (an organization's).
+    pub fn verdict_with(
+        &self,
+        ip: IpAddr,
+        outcome: &SpfOutcome,
+        (fail_action, softfail_action): (SpfAction, SpfAction),
+    ) -> Option<Verdict> {
         let softfail = self.treat_softfail_as_fail && outcome.result == SpfResult::Softfail;
         let (action, why) = match &outcome.result {
-            SpfResult::Fail(exp) => (self.fail_action, explained(exp.as_ref())),
-            SpfResult::Softfail if softfail => (self.fail_action, String::new()),
-            SpfResult::Softfail => (self.softfail_action, String::new()),
+            SpfResult::Fail(exp) => (fail_action, explained(exp.as_ref())),
+            SpfResult::Softfail if softfail => (fail_action, String::new()),
+            SpfResult::Softfail => (softfail_action, String::new()),
             SpfResult::Temperror => (self.temperror_action, String::new()),
             SpfResult::Permerror => (self.permerror_action, String::new()),
             SpfResult::None | SpfResult::Neutral | SpfResult::Pass => return None,

@@ -99,6 +99,28 @@ impl Session {
     /// What DMARC does with `verified`: a refusal when enforced and the author domain asks
     /// for reject (or quarantine with `tempfail`); a divert set on `tx` for quarantine with
     /// `divert`. Exempt clients and report mode only log.
+    /// Whether DMARC failures are enforced on this transaction: `[authentication] dmarc`, or
+    /// with organizations that set their own, enforced when it is for one recipient's
+    /// organization (one transaction has one answer: the strictest wins).
+    fn dmarc_mode(&self, tx: &Transaction) -> DmarcMode {
+        let global = self.policy.authentication.dmarc;
+        let orgs = &self.policy.organizations;
+        if orgs.list.iter().all(|o| o.dmarc.is_none()) {
+            return global;
+        }
+        let enforced = tx.recipients.iter().any(|r| {
+            self.recipient_organization(tx, r)
+                .and_then(|id| orgs.list[id].dmarc)
+                .unwrap_or(global)
+                == DmarcMode::Enforce
+        });
+        if enforced {
+            DmarcMode::Enforce
+        } else {
+            DmarcMode::Report
+        }
+    }
+
     pub(super) fn dmarc_verdict(
         &self,
         verified: &Verified<'_>,
@@ -120,11 +142,15 @@ impl Session {
         } else {
             None
         };
-        if settings.dmarc != DmarcMode::Enforce || exempt.is_some() {
+        if self.dmarc_mode(tx) != DmarcMode::Enforce || exempt.is_some() {
             self.note(Note::DmarcNotEnforced {
                 domain,
                 policy,
-                why: exempt.unwrap_or("dmarc = \"report\""),
+                why: exempt.unwrap_or(if self.policy.organizations.is_empty() {
+                    "dmarc = \"report\""
+                } else {
+                    "dmarc = \"report\" for the organizations of every recipient"
+                }),
             });
             return None;
         }

@@ -74,6 +74,11 @@ impl Session {
                     );
                     self.checked(CheckId::Spf, verdict.as_ref(), detail, started);
                     tx.spf = Some(outcome);
+                    // With organizations of their own SPF actions, each recipient is judged
+                    // by its organization's, at RCPT.
+                    if policy.organizations.judge_spf() {
+                        return Ok(None);
+                    }
                     Ok(verdict.map(|v| (CheckId::Spf, v)))
                 })
                 .await;

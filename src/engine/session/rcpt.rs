@@ -52,10 +52,39 @@ impl Session {
             self.rcpt_refusal = Some(CheckId::EncryptionRule);
             return verdict;
         }
+        if let Some(verdict) = self.spf_for_recipient(recipient) {
+            self.refused(CheckId::Spf, &verdict, SmtpStage::Rcpt, None);
+            self.rcpt_refusal = Some(CheckId::Spf);
+            return verdict;
+        }
         if let Some(tx) = self.tx.as_mut() {
             tx.recipients.push(recipient.clone());
         }
         Verdict::Continue
+    }
+
+    /// With organizations of their own SPF actions: what the SPF result of MAIL does to
+    /// `recipient`, by its organization's actions or else `[spf]`'s (a postmaster exempt from
+    /// refusals is exempt here too).
+    fn spf_for_recipient(&self, recipient: &EnvelopeAddress) -> Option<Verdict> {
+        let orgs = &self.policy.organizations;
+        if !orgs.judge_spf() || self.is_exempt_postmaster(recipient) {
+            return None;
+        }
+        let (Some(spf), Some(ip), Some(tx)) = (&self.policy.spf, self.client.addr, &self.tx) else {
+            return None;
+        };
+        let outcome = tx.spf.as_ref()?;
+        let org = self
+            .recipient_organization(tx, recipient)
+            .map(|id| &orgs.list[id]);
+        let actions = (
+            org.and_then(|o| o.spf_fail_action)
+                .unwrap_or(spf.fail_action),
+            org.and_then(|o| o.spf_softfail_action)
+                .unwrap_or(spf.softfail_action),
+        );
+        spf.verdict_with(ip, outcome, actions)
     }
 
     /// What the connection that relays `recipient` must have negotiated, if anything: the
