@@ -34,6 +34,8 @@ pub(super) struct OrganizationSection {
     spf_softfail_action: Option<SpfAction>,
     /// Whether DMARC failures are enforced on its recipients' mail.
     dmarc: Option<Spanned<DmarcMode>>,
+    /// What a DNSBL listing of the client does to its recipients.
+    rbl_hit_action: Option<crate::engine::organizations::RblHitAction>,
 }
 
 /// The organizations, before the rulesets and signers that name them are known; with the
@@ -152,6 +154,7 @@ pub(super) fn compile(
             spf_fail_action: s.spf_fail_action,
             spf_softfail_action: s.spf_softfail_action,
             dmarc: s.dmarc.map(Spanned::into_inner),
+            rbl_hit_action: s.rbl_hit_action,
         });
     }
     let default = match default {

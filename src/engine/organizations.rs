@@ -36,6 +36,31 @@ pub struct Organization {
     /// `dmarc`: whether DMARC failures are enforced on mail to its recipients (`report` or
     /// `enforce`), instead of `[authentication] dmarc`.
     pub dmarc: Option<DmarcMode>,
+    /// `rbl_hit_action`: what a DNSBL listing of the client does to its recipients, instead
+    /// of `[rbl] hit_action`.
+    pub rbl_hit_action: Option<RblHitAction>,
+}
+
+/// An organization's `rbl_hit_action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RblHitAction {
+    /// Its recipients are accepted from a listed client.
+    Accept,
+    /// 421, as `[rbl] hit_action = "delay"`.
+    Delay,
+    /// 554, as `[rbl] hit_action = "reject"`.
+    Reject,
+}
+
+impl RblHitAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Delay => "delay",
+            Self::Reject => "reject",
+        }
+    }
 }
 
 /// The organizations of the policy, in configuration order.
@@ -137,6 +162,12 @@ impl Organizations {
         self.list
             .iter()
             .any(|o| o.spf_fail_action.is_some() || o.spf_softfail_action.is_some())
+    }
+
+    /// Whether some organization has a DNSBL hit action of its own: a listed client is then
+    /// judged per recipient, at RCPT.
+    pub fn judge_rbl(&self) -> bool {
+        self.list.iter().any(|o| o.rbl_hit_action.is_some())
     }
 
     /// Whether recipients of `org` always leave through routes of their own.
@@ -261,6 +292,7 @@ mod tests {
             spf_fail_action: None,
             spf_softfail_action: None,
             dmarc: None,
+            rbl_hit_action: None,
         };
         Organizations {
             list: vec![

@@ -237,7 +237,7 @@ impl Policy {
                 .collect();
             writeln!(
                 f,
-                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s){}{}{}{}",
+                "organization:            {}{}: domains {}; route {}; rulesets {}; signers {}; {} AUTH user(s){}{}{}{}{}",
                 o.name,
                 if orgs.default == Some(id) {
                     " (default)"
@@ -260,7 +260,9 @@ impl Policy {
                 o.spf_softfail_action
                     .map_or(String::new(), |a| format!("; spf softfail {}", a.name())),
                 o.dmarc
-                    .map_or(String::new(), |m| format!("; dmarc {}", m.name()))
+                    .map_or(String::new(), |m| format!("; dmarc {}", m.name())),
+                o.rbl_hit_action
+                    .map_or(String::new(), |a| format!("; rbl hit {}", a.name()))
             )?;
         }
         Ok(())

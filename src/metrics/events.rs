@@ -250,6 +250,7 @@ mod tests {
                 spf_fail_action: None,
                 spf_softfail_action: None,
                 dmarc: None,
+                rbl_hit_action: None,
             }],
             ..Default::default()
         };

@@ -175,3 +175,42 @@ fn local_clients_are_not_looked_up_and_answers_are_cached() {
         "the second connection from the same client is answered from the cache"
     );
 }
+
+/// With organizations of their own hit actions, a listed client is judged per recipient at
+/// RCPT: accepted for the organization that accepts listed clients, refused for the one that
+/// follows `[rbl] hit_action`; the message reaches the first only.
+#[test]
+fn each_organization_judges_a_listed_client_for_its_recipients() {
+    use std::io::Write;
+    let dns = DnsServer::start();
+    let orgs = "[[organization]]\nname = \"open\"\ndomains = [\"open.test\"]\n\
+                rbl_hit_action = \"accept\"\n\
+                [[organization]]\nname = \"closed\"\ndomains = [\"closed.test\"]\n";
+    let env = MailEnv::start(
+        Socket::Unix,
+        &config(&dns, &format!("hit_action = \"reject\"\n{ZEN}{orgs}")),
+    );
+    let (mut smtp, ehlo) = env.smtp_as("192.0.2.10");
+    assert!(
+        ehlo.starts_with("250"),
+        "judged at RCPT, not at connect: {ehlo}"
+    );
+    let r = smtp.command("MAIL FROM:<a@sender.example>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let r = smtp.command("RCPT TO:<y@closed.test>").unwrap();
+    assert!(
+        r.starts_with("554 5.7.1 Service unavailable; client [192.0.2.10] blocked using zen.test"),
+        "{r}"
+    );
+    let r = smtp.command("RCPT TO:<x@open.test>").unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(smtp.command("DATA").unwrap().starts_with("354"));
+    smtp.writer_mut()
+        .write_all(b"Subject: listed\r\n\r\nbody\r\n.\r\n")
+        .unwrap();
+    let reply = smtp.read_reply().unwrap();
+    assert!(reply.starts_with("250"), "{reply}");
+    let stored = String::from_utf8(env.wait_delivered(1).remove(0)).unwrap();
+    assert!(stored.contains("X-Rcpt-Args: <x@open.test>"), "{stored}");
+    assert!(!stored.contains("closed.test"), "{stored}");
+}

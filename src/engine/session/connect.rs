@@ -37,6 +37,22 @@ impl Session {
             elapsed: started.elapsed(),
         });
         match checked {
+            // A listing (not a lookup failure) is judged per recipient by its organization.
+            Some((CheckId::Rbl, verdict))
+                if policy.organizations.judge_rbl()
+                    && verdict
+                        .reply()
+                        .is_some_and(|r| matches!(r.code(), 421 | 554)) =>
+            {
+                self.refused(
+                    CheckId::Rbl,
+                    &verdict,
+                    SmtpStage::Connect,
+                    Some(SmtpStage::Rcpt),
+                );
+                self.rbl_hit = Some(verdict);
+                Verdict::Continue
+            }
             Some((check, verdict)) if self.reply_stage != Stage::None => {
                 self.refused(
                     check,

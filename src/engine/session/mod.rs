@@ -188,6 +188,9 @@ pub struct Session {
     /// state, or later when the door cannot show a reply earlier.
     reply_stage: Stage,
     held: Option<Held>,
+    /// With organizations of their own DNSBL hit actions: the listing's refusal, given (or
+    /// not) to each recipient at RCPT by its organization's action.
+    rbl_hit: Option<Verdict>,
     /// Each stage's check result and timing for this connection, for its closing report.
     checks: Vec<CheckRecord>,
     /// The connection profile chosen by the client's address or host name.
@@ -226,6 +229,7 @@ impl Session {
             tls: None,
             authenticated: None,
             held: None,
+            rbl_hit: None,
             checks: Vec::new(),
             profile: None,
             shared,

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::engine::checks::outbound_tls::TlsRequirement;
+use crate::engine::organizations::RblHitAction;
 
 impl Session {
     pub(super) async fn judge_rcpt(&mut self, recipient: &EnvelopeAddress) -> Verdict {
@@ -52,6 +53,11 @@ impl Session {
             self.rcpt_refusal = Some(CheckId::EncryptionRule);
             return verdict;
         }
+        if let Some(verdict) = self.rbl_for_recipient(recipient) {
+            self.refused(CheckId::Rbl, &verdict, SmtpStage::Rcpt, None);
+            self.rcpt_refusal = Some(CheckId::Rbl);
+            return verdict;
+        }
         if let Some(verdict) = self.spf_for_recipient(recipient) {
             self.refused(CheckId::Spf, &verdict, SmtpStage::Rcpt, None);
             self.rcpt_refusal = Some(CheckId::Spf);
@@ -61,6 +67,33 @@ impl Session {
             tx.recipients.push(recipient.clone());
         }
         Verdict::Continue
+    }
+
+    /// With organizations of their own DNSBL hit actions: what the client's listing does to
+    /// `recipient`, by its organization's action or else `[rbl] hit_action`'s.
+    fn rbl_for_recipient(&self, recipient: &EnvelopeAddress) -> Option<Verdict> {
+        let hit = self.rbl_hit.as_ref()?;
+        if self.is_exempt_postmaster(recipient) {
+            return None;
+        }
+        let orgs = &self.policy.organizations;
+        let action = self
+            .tx
+            .as_ref()
+            .and_then(|tx| self.recipient_organization(tx, recipient))
+            .and_then(|id| orgs.list[id].rbl_hit_action);
+        let reply = hit.reply()?;
+        let as_given = |code, enhanced| {
+            SmtpReply::new(code, Some(enhanced), reply.text())
+                .ok()
+                .map(Verdict::refuse)
+        };
+        match action {
+            None => Some(hit.clone()),
+            Some(RblHitAction::Accept) => None,
+            Some(RblHitAction::Delay) => as_given(421, "4.7.1"),
+            Some(RblHitAction::Reject) => as_given(554, "5.7.1"),
+        }
     }
 
     /// With organizations of their own SPF actions: what the SPF result of MAIL does to
