@@ -182,6 +182,17 @@ fn proxy_each_organization_receives_its_own_version() {
     }
     env.wait_for_log("organizations=\"acme,globex\"");
 
+    // Only globex's recipient: nothing for the proxy's own transaction; the client hears
+    // globex's target.
+    let reply = send(env.smtp(), &["w@globex.test"], &message("globex-only"));
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(
+        mx.taken().len(),
+        2,
+        "nothing more through the ordinary target"
+    );
+    assert_globex(&version_for(&globex.taken(), "w@globex.test"));
+
     // Two identical messages without a Message-ID may be two messages: each reaches globex
     // (the ledger of routes names a message by its Message-ID and text).
     let twin = b"From: a@sender.example\r\nSubject: twin\r\n\r\nsame\r\n";
@@ -189,7 +200,7 @@ fn proxy_each_organization_receives_its_own_version() {
         let reply = send(env.smtp(), &["x@acme.test", "y@eu.globex.test"], twin);
         assert!(reply.starts_with("250"), "{reply}");
     }
-    assert_eq!(globex.taken().len(), 3, "each twin reached globex");
+    assert_eq!(globex.taken().len(), 4, "each twin reached globex");
 }
 
 /// Proxy door: globex's version is delivered, then the ordinary target defers acme's: the

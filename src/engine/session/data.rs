@@ -201,12 +201,15 @@ impl Session {
         }
         // Every version's edits: its content's, then what every version gets (tags, the
         // address transformation, result and trace headers), then its own seal and signature.
-        let common: Vec<HeaderEdit> = d
-            .edits
-            .headers
-            .get(content_end..)
-            .unwrap_or_default()
-            .to_vec();
+        let common: Vec<HeaderEdit> = if others.is_empty() {
+            Vec::new()
+        } else {
+            d.edits
+                .headers
+                .get(content_end..)
+                .unwrap_or_default()
+                .to_vec()
+        };
         let mut versions: Vec<(&MessageCopy, Edits)> = Vec::new();
         for (copy, content) in others.iter().zip(other_edits) {
             if !d.goes_on() || policy.dry_run {
