@@ -160,16 +160,8 @@ fn sealer(
     config_dir: Option<&Path>,
 ) -> Result<ArcSealer, Invalid> {
     let key = |k: &str| format!("arc_sealer[{i}].{k}");
-    let organization = match s.organization {
-        Some(name) => {
-            let names = [name.get_ref().clone()];
-            if let Some(m) = super::organizations::unknown(&names, organization_names) {
-                return Err((name.span(), key("organization"), m));
-            }
-            Some(name.into_inner())
-        }
-        None => None,
-    };
+    let organization =
+        super::organizations::named(s.organization, organization_names, key("organization"))?;
     let (domain, selector) = domain_and_selector(&s.domain, &s.selector, key)?;
     let span = s.key_file.span();
     let path = super::relative(s.key_file.into_inner(), config_dir);

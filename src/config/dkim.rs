@@ -79,16 +79,8 @@ pub(super) fn compile(
             }
             None => None,
         };
-        let organization = match s.organization {
-            Some(name) => {
-                let names = [name.get_ref().clone()];
-                if let Some(m) = super::organizations::unknown(&names, organization_names) {
-                    return Err((name.span(), key("organization"), m));
-                }
-                Some(name.into_inner())
-            }
-            None => None,
-        };
+        let organization =
+            super::organizations::named(s.organization, organization_names, key("organization"))?;
         signers.push(DkimSigner {
             clients: SignerClients {
                 users,

@@ -300,20 +300,11 @@ impl ConfigFile {
             })
             .collect();
         for (profile, organization) in profile_organizations {
-            let Some(id) = organization_names
-                .iter()
-                .position(|n| n == organization.get_ref())
-            else {
-                let names = [organization.get_ref().clone()];
-                let message =
-                    organizations::unknown(&names, &organization_names).expect("an unknown name");
-                return Err((
-                    organization.span(),
-                    format!("connection_profile {profile:?} organization"),
-                    message,
-                ));
-            };
-            organizations.profiles.insert(profile, id);
+            let key = format!("connection_profile {profile:?} organization");
+            let name = organizations::named(Some(organization), &organization_names, key)?;
+            if let Some(id) = name.and_then(|n| organization_names.iter().position(|k| *k == n)) {
+                organizations.profiles.insert(profile, id);
+            }
         }
         let authentication = authentication::compile(
             self.authentication,

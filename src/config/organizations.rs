@@ -190,6 +190,22 @@ pub(super) fn compile(
     })
 }
 
+/// One `organization` key (a signer's, a sealer's, a profile's): its name when it names one
+/// that exists; `key` is the key's full name for the error.
+pub(super) fn named(
+    name: Option<Spanned<String>>,
+    known: &[String],
+    key: String,
+) -> Result<Option<String>, Invalid> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match unknown(std::slice::from_ref(name.get_ref()), known) {
+        Some(m) => Err((name.span(), key, m)),
+        None => Ok(Some(name.into_inner())),
+    }
+}
+
 /// An unknown name in a list of organizations (`organizations` of a ruleset, `organization`
 /// of a signer), said with the names there are.
 pub(super) fn unknown(names: &[String], known: &[String]) -> Option<String> {

@@ -639,6 +639,26 @@ impl Smtp {
         assert!(r.starts_with("250"), "MAIL: {r}");
         let r = self.command(&format!("RCPT TO:<{to}>")).unwrap();
         assert!(r.starts_with("250"), "RCPT: {r}");
+        self.data(message)
+    }
+
+    /// EHLO, MAIL from `from` and RCPT to each of `recipients`, every one accepted, then
+    /// `message`; the reply to the end of data.
+    pub fn send_to(&mut self, from: &str, recipients: &[&str], message: &[u8]) -> String {
+        for command in ["EHLO client.postern.test", &format!("MAIL FROM:<{from}>")] {
+            let r = self.command(command).unwrap();
+            assert!(r.starts_with("250"), "{command}: {r}");
+        }
+        for recipient in recipients {
+            let r = self.command(&format!("RCPT TO:<{recipient}>")).unwrap();
+            assert!(r.starts_with("250"), "{recipient}: {r}");
+        }
+        self.data(message)
+    }
+
+    /// DATA and `message` dot-stuffed, in a transaction whose recipients were accepted; the
+    /// reply to the end of data.
+    pub fn data(&mut self, message: &[u8]) -> String {
         let r = self.command("DATA").unwrap();
         assert!(r.starts_with("354"), "DATA: {r}");
         let mut wire = Vec::with_capacity(message.len() + 16);

@@ -63,23 +63,11 @@ impl Session {
         envelope: &mut EnvelopeEdits,
     ) -> Result<bool, EngineError> {
         let rules = &self.policy.encryption_rules;
-        // Recipients grouped by route and by what their connection must have negotiated.
-        type Key<'a> = (&'a [String], Vec<TlsRequirement>);
-        let mut routes: Vec<(Key, Vec<EnvelopeAddress>)> = Vec::new();
-        for r in tx
+        let left = tx
             .recipients
             .iter()
-            .filter(|r| !envelope.removed.contains(r))
-        {
-            let Some(via) = rules.secure_route(&tx.sender, r) else {
-                continue;
-            };
-            let route = (via, self.recipient_tls(r).into_iter().collect());
-            match routes.iter_mut().find(|(known, _)| *known == route) {
-                Some((_, recipients)) => recipients.push(r.clone()),
-                None => routes.push((route, vec![r.clone()])),
-            }
-        }
+            .filter(|r| !envelope.removed.contains(r));
+        let routes = self.by_route(left, |r| rules.secure_route(&tx.sender, r));
         if routes.is_empty() {
             return Ok(false);
         }
@@ -192,6 +180,32 @@ impl Session {
         Ok(Some(delivered.reply))
     }
 }
+
+impl Session {
+    /// `recipients` grouped by the route `via` gives each (none: left out) and by what their
+    /// connection must have negotiated.
+    pub(super) fn by_route<'a, 'r>(
+        &self,
+        recipients: impl Iterator<Item = &'r EnvelopeAddress>,
+        via: impl Fn(&EnvelopeAddress) -> Option<&'a [String]>,
+    ) -> Vec<(RouteKey<'a>, Vec<EnvelopeAddress>)> {
+        let mut routes: Vec<(RouteKey, Vec<EnvelopeAddress>)> = Vec::new();
+        for r in recipients {
+            let Some(via) = via(r) else {
+                continue;
+            };
+            let key = (via, self.recipient_tls(r).into_iter().collect());
+            match routes.iter_mut().find(|(known, _)| *known == key) {
+                Some((_, list)) => list.push(r.clone()),
+                None => routes.push((key, vec![r.clone()])),
+            }
+        }
+        routes
+    }
+}
+
+/// A route's relay targets and what its connection must have negotiated.
+pub(super) type RouteKey<'a> = (&'a [String], Vec<TlsRequirement>);
 
 /// Where Postern delivers some recipients itself: the relay targets, what the connection
 /// must have negotiated, and what chose it (for the events: a ruleset and rule name).

@@ -7,7 +7,6 @@
 use super::routes::{Route, message_identity};
 use super::*;
 use crate::engine::address_transformation::Direction;
-use crate::engine::checks::outbound_tls::TlsRequirement;
 use crate::engine::organizations::{OrgId, Versions};
 use crate::engine::verdict::EnvelopeEdits;
 
@@ -175,21 +174,14 @@ impl Session {
         for (copy, edits) in versions.iter().filter(|(c, _)| !c.carried) {
             let message = edits.applied_to(received.clone());
             let name = copy.version.map_or("shared", |id| orgs.name(id));
-            // Recipients grouped by route and by what their connection must have negotiated.
-            type Key<'a> = (&'a [String], Vec<TlsRequirement>);
-            let mut routes: Vec<(Key, Vec<EnvelopeAddress>)> = Vec::new();
-            for r in &copy.recipients {
-                let via = self
-                    .policy
-                    .encryption_rules
-                    .secure_route(&tx.sender, r)
-                    .unwrap_or_else(|| orgs.route(copy.version));
-                let key = (via, self.recipient_tls(r).into_iter().collect());
-                match routes.iter_mut().find(|(known, _)| *known == key) {
-                    Some((_, list)) => list.push(r.clone()),
-                    None => routes.push((key, vec![r.clone()])),
-                }
-            }
+            let rules = &self.policy.encryption_rules;
+            let routes = self.by_route(copy.recipients.iter(), |r| {
+                Some(
+                    rules
+                        .secure_route(&tx.sender, r)
+                        .unwrap_or_else(|| orgs.route(copy.version)),
+                )
+            });
             for ((via, tls), recipients) in &routes {
                 if via.is_empty() {
                     return Err(EngineError::Route {
