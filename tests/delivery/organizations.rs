@@ -139,7 +139,13 @@ fn proxy_each_organization_receives_its_own_version() {
     assert_untouched(&version_for(&taken, "z@example.test"));
     let taken = globex.taken();
     assert_eq!(taken.len(), 1, "globex's version only through its route");
-    assert_globex(&version_for(&taken, "y@eu.globex.test"));
+    let theirs = version_for(&taken, "y@eu.globex.test");
+    assert_globex(&theirs);
+    assert!(
+        theirs.starts_with("Received: from client.postern.test")
+            && theirs.contains("by gw.postern.test"),
+        "the proxy's hop is recorded in what Postern delivers itself too:\n{theirs}"
+    );
 
     // Tracking: each recipient's organization; --organization finds globex's record only.
     let record = env.tracked("y@eu.globex.test");

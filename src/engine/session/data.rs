@@ -9,6 +9,15 @@ use crate::engine::retain::Retain;
 use crate::engine::verdict::EnvelopeEdits;
 
 impl Session {
+    /// The door's `Received:` field for this message (the proxy adds its own hop): what
+    /// Postern delivers itself through a divert or an organization's route carries it first,
+    /// as what the door relays does.
+    pub fn set_trace_field(&mut self, field: String) {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.trace_field = field;
+        }
+    }
+
     /// The queue id the MTA gave the message, for logs.
     pub fn set_queue_id(&mut self, id: &str) {
         if let Some(tx) = self.tx.as_mut() {

@@ -139,12 +139,23 @@ struct Transaction {
     carried: Option<Option<super::organizations::OrgId>>,
     /// Recipients Postern delivered itself, with the targets' replies.
     routed: Vec<super::events::Routed>,
+    /// The door's own trace field (the proxy's `Received:`), put first in what Postern
+    /// delivers itself (a divert, an organization's version); empty behind an MTA.
+    trace_field: String,
 }
 
 impl Transaction {
     /// The message as it leaves: as received, with `edits` applied.
     async fn leaving(&mut self, edits: &Edits) -> Result<Vec<u8>, EngineError> {
         Ok(edits.applied_to(self.received().await?))
+    }
+
+    /// `message` with the door's trace field first, when it has one.
+    fn traced(&self, message: Vec<u8>) -> Vec<u8> {
+        if self.trace_field.is_empty() {
+            return message;
+        }
+        [self.trace_field.as_bytes(), &message].concat()
     }
 
     /// The message as it was received.
@@ -170,6 +181,7 @@ impl Transaction {
             spoofed: Vec::new(),
             carried: None,
             routed: Vec::new(),
+            trace_field: String::new(),
         }
     }
 }

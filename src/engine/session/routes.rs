@@ -19,7 +19,8 @@ impl Session {
         edits: &Edits,
         envelope: &EnvelopeEdits,
     ) -> Result<SmtpReply, EngineError> {
-        let message = tx.leaving(edits).await?;
+        let leaving = tx.leaving(edits).await?;
+        let message = tx.traced(leaving);
         let outbound = OutboundMessage {
             sender: envelope.sender.as_ref().unwrap_or(&tx.sender),
             recipients: &tx
@@ -140,6 +141,13 @@ impl Session {
             .iter()
             .map(|r| envelope.recipient(r).clone())
             .collect();
+        let traced;
+        let message = if tx.trace_field.is_empty() {
+            message
+        } else {
+            traced = tx.traced(message.to_vec());
+            &traced
+        };
         let outbound = OutboundMessage {
             sender,
             recipients: &relayed,

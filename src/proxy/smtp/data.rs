@@ -241,6 +241,10 @@ impl Conversation {
     }
 
     async fn end_of_message(&mut self, refusal: Option<Verdict>) -> Next {
+        // What Postern delivers itself (a divert, another organization's version) records
+        // this hop too.
+        let field = self.received_field(&[]);
+        self.session.set_trace_field(field);
         let (outcome, message) = self.session.end_of_message_with_content().await;
         let verdict = refusal.unwrap_or_else(|| outcome.verdict.clone());
         let upstream = self.tx.as_mut().and_then(|tx| tx.upstream.take());
