@@ -179,6 +179,41 @@ fn the_proxy_records_what_arrived_and_seals_what_it_changed() {
     );
 }
 
+/// DMARC's quarantine divert holds when a ruleset ran over the message and changed nothing
+/// (the content stage used to clear the diversion): the message goes to the quarantine target
+/// only.
+#[test]
+fn a_dmarc_quarantine_diverts_though_a_ruleset_ran() {
+    let keys = DkimKeys::start();
+    let config = policy(&keys, "enforce", "").replace(
+        "dmarc = \"enforce\"\n",
+        "dmarc = \"enforce\"\ndmarc_quarantine_action = \"divert\"\n\
+         dmarc_quarantine_relay_targets = [\"quarantine\"]\n",
+    );
+    let env = ProxyEnv::start(
+        &format!(
+            "{config}\n[proxy]\nlisten = [\"127.0.0.1:{{port}}\"]\n\
+             [[relay_target]]\nname = \"sink\"\nhost = \"127.0.0.1\"\nport = {{sink0}}\n\
+             [[relay_target]]\nname = \"quarantine\"\nhost = \"127.0.0.1\"\nport = {{sink1}}\n\
+             divert_only = true\n"
+        ),
+        &[&[], &[]],
+    );
+    let from = "ann@quarantine.test";
+    let reply = env.smtp().send(
+        from,
+        "bob@inside.example",
+        &message(from, "quarantined", "Pay now."),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    delivered(env.sinks[1].wait_delivered(1), "quarantined");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        env.sinks[0].delivered().is_empty(),
+        "not on its way as well"
+    );
+}
+
 /// DMARC reported by default and enforced for one organization's recipients: a message
 /// failing p=reject is refused for inside.example, accepted for lax.example.
 #[test]
