@@ -158,6 +158,11 @@ impl DomainPattern {
         }
     }
 
+    /// The pattern as written (lower case, `*.` for sub-domains).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// Whether this is `*`, any domain.
     pub fn is_any(&self) -> bool {
         self.0 == "*"

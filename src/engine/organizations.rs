@@ -106,7 +106,7 @@ impl Organizations {
             .flat_map(|(id, org)| org.domains.iter().map(move |d| (id, d)))
             .filter(|(_, pattern)| pattern.matches(domain))
             .max_by_key(|(_, pattern)| {
-                let text = pattern.to_string();
+                let text = pattern.as_str();
                 (!text.contains('*'), text.len())
             })
             .map(|(id, _)| id)
