@@ -137,6 +137,9 @@ struct Transaction {
     /// With organizations: the version the door's own transaction carries (the first
     /// accepted recipient's whose organization has no route of its own).
     carried: Option<Option<super::organizations::OrgId>>,
+    /// The sender's organization, found once (its user, profile and address do not change
+    /// within a transaction).
+    sender_organization: std::sync::OnceLock<Option<super::organizations::OrgId>>,
     /// Recipients Postern delivered itself, with the targets' replies.
     routed: Vec<super::events::Routed>,
     /// The door's own trace field (the proxy's `Received:`), put first in what Postern
@@ -180,6 +183,7 @@ impl Transaction {
             scan_slot: ScanSlot::default(),
             spoofed: Vec::new(),
             carried: None,
+            sender_organization: std::sync::OnceLock::new(),
             routed: Vec::new(),
             trace_field: String::new(),
         }

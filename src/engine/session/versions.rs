@@ -24,15 +24,21 @@ pub(super) struct MessageCopy {
 impl Session {
     /// The sender's organization in `tx`.
     pub(super) fn sender_organization(&self, tx: &Transaction) -> Option<OrgId> {
-        self.policy.organizations.of_sender(
-            self.direction() == Direction::Outbound,
-            self.authenticated.as_deref(),
-            self.client_profile().map(|p| p.name.as_str()),
-            &tx.sender,
-        )
+        let orgs = &self.policy.organizations;
+        if orgs.is_empty() {
+            return None;
+        }
+        *tx.sender_organization.get_or_init(|| {
+            orgs.of_sender(
+                self.direction() == Direction::Outbound,
+                self.authenticated.as_deref(),
+                self.client_profile().map(|p| p.name.as_str()),
+                &tx.sender,
+            )
+        })
     }
 
-    /// A recipient's organization, its name for reports: `None` without organizations.
+    /// A recipient's organization: `None` without organizations (or when nobody owns it).
     pub(super) fn recipient_organization(
         &self,
         tx: &Transaction,
@@ -119,10 +125,15 @@ impl Session {
                 }
             })
             .collect();
-        let first = copies.iter().position(|c| c.carried).unwrap_or(0);
         if copies.is_empty() {
-            return (MessageCopy::default(), Vec::new());
+            // No recipient: nothing to split, nothing to deliver apart.
+            let none = MessageCopy {
+                carried: true,
+                ..MessageCopy::default()
+            };
+            return (none, Vec::new());
         }
+        let first = copies.iter().position(|c| c.carried).unwrap_or(0);
         let primary = copies.remove(first);
         (primary, copies)
     }
