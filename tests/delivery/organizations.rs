@@ -222,6 +222,24 @@ fn proxy_a_failed_version_is_retried_without_doubling_the_others() {
     assert_globex(&version_for(&globex.taken(), "y@eu.globex.test"));
     env.wait_for_log("already handed to this route on an earlier attempt");
 
+    // globex's target refuses its version for good: the client hears it at once (not a 451
+    // retried for days), and acme's version is not sent either.
+    let strict = FaultyTarget::start(Faults {
+        end_reply: Some("554 5.7.1 content refused here"),
+        ..Faults::default()
+    });
+    env.reload(&proxy(mx.port, strict.port, ""));
+    let refused = send(env.smtp(), &recipients, &message("refused"));
+    assert!(
+        refused.starts_with("554 5.7.1") && refused.contains("content refused here"),
+        "{refused}"
+    );
+    assert_eq!(
+        mx.taken().len(),
+        1,
+        "acme's version of the refused message was not sent"
+    );
+
     // acme's own size limit refuses what globex's recipients could have had.
     let limited = proxy(mx.port, globex.port, "").replace(
         "domains = [\"acme.test\"]\n",

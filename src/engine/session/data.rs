@@ -274,7 +274,7 @@ impl Session {
                 }
                 Err(e) => {
                     self.scan_failed(ScanStep::OrganizationRoute, &e.to_string());
-                    d.decide(Reason::OrganizationRouteFailed, route_failed());
+                    d.decide(Reason::OrganizationRouteFailed, route_failed(&e));
                 }
             }
         }
@@ -590,8 +590,28 @@ pub(super) struct Finished {
 }
 
 /// The answer when an organization's route did not take its version: the client keeps the
-/// message and sends it again (the versions delivered before are not sent twice).
-fn route_failed() -> Verdict {
+/// message and sends it again (the versions delivered before are not sent twice). A route
+/// that refused the message itself for good (5xx at its end) is told as it is, so that the
+/// sender hears it at once rather than after days of retries; a recipient the route's
+/// targets refuse leaves them all tried and is answered 451.
+fn route_failed(error: &EngineError) -> Verdict {
+    if let EngineError::Route {
+        source: OutboundError::Refused { reply, .. },
+        ..
+    } = error
+        && !reply.is_transient()
+    {
+        let text = crate::engine::reply::printable(
+            &format!(
+                "Error: the route of one of its recipients' organizations refused the message: {}",
+                reply.text()
+            ),
+            400,
+        );
+        if let Ok(reply) = SmtpReply::new(reply.code(), reply.enhanced(), &text) {
+            return Verdict::Reject(reply);
+        }
+    }
     Verdict::Tempfail(
         SmtpReply::new(
             451,
