@@ -3,12 +3,13 @@
 //!
 //! A recipient belongs to the organization that claims its domain; an outbound sender to the
 //! organization of its authenticated user, else its connection profile's, else its domain's;
-//! mail of none falls to the default organization, when one is set. The organizations a recipient's copy concerns are
-//! its own and, on outbound mail, the sender's: those choose the rulesets of that copy.
+//! mail of none falls to the default organization, when one is set. The organizations a
+//! recipient's copy concerns are its own and, on outbound mail, the sender's: those choose the
+//! rulesets of that copy.
 
 use std::collections::HashMap;
 
-use super::address::{DomainPattern, EnvelopeAddress};
+use super::address::{Address, DomainPattern, EnvelopeAddress};
 use super::authentication::DmarcMode;
 use super::checks::spf::SpfAction;
 
@@ -138,12 +139,15 @@ impl Organizations {
         recipient: &EnvelopeAddress,
         sender: Option<OrgId>,
     ) -> Option<OrgId> {
+        self.of_recipient_domain(recipient.domain(), sender)
+    }
+
+    /// [`Organizations::of_recipient`] for a recipient of `domain`.
+    fn of_recipient_domain(&self, domain: &str, sender: Option<OrgId>) -> Option<OrgId> {
         if self.is_empty() {
             return None;
         }
-        self.of_domain(recipient.domain())
-            .or(sender)
-            .or(self.default)
+        self.of_domain(domain).or(sender).or(self.default)
     }
 
     /// Which version of the message a recipient of organization `org` receives: the
@@ -221,21 +225,14 @@ impl<'a> Owners<'a> {
     /// The organization of the recipient `address` (as given, refused ones too).
     pub fn recipient(&self, address: &str) -> Option<&'a str> {
         let orgs = self.organizations;
-        if orgs.is_empty() {
-            return None;
-        }
-        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
-        let domain = domain.trim_end_matches('>');
-        orgs.of_domain(domain)
-            .or(self.sender)
-            .or(orgs.default)
+        orgs.of_recipient_domain(Address::parse(address).domain, self.sender)
             .map(|id| orgs.name(id))
     }
 }
 
-/// The recipients of one transaction as versions of the message: each with the version key
-/// ([`Organizations::version_of`]) and its recipients, the carrier's (the MTA's queue, the
-/// proxy's open transaction) first when there is one.
+/// The recipients of one transaction as versions of the message: each version key
+/// ([`Organizations::version_of`]) with its recipients, in the order of their first recipient,
+/// and the version the carrier (the MTA's queue, the proxy's open transaction) takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Versions {
     /// The carrier's version: recipients the door hands on itself.
