@@ -24,12 +24,15 @@ use crate::engine::events::DoorKind;
 use crate::engine::ports::Store;
 use crate::engine::ports::{Events, Fanout, NoResolver, Ports, Resolver};
 use crate::logging::LogEvents;
-use crate::metrics::{Metrics, MetricsSettings};
+use crate::metrics::Metrics;
 use crate::milter::MilterSettings;
 use crate::proxy::{self, ProxyDoor, ProxySettings};
 use crate::relay::{Delivery, RelayOutbound, SharedDelivery};
 use crate::state::{MemoryStore, RedisStore};
 use crate::tracking::Tracker;
+use crate::web::MetricsSettings;
+use crate::web::console::{Console, ConsoleSettings, InForce};
+use crate::web::health::Health;
 
 /// The resolver port, replaced when a reload changes `[dns]` (or first needs DNS).
 #[derive(Debug)]
@@ -87,9 +90,16 @@ pub enum Door {
 pub struct App {
     pub engine: Arc<Engine>,
     pub delivery: SharedDelivery,
-    /// The metrics, when `[metrics]` is set; the endpoint is started by [`App::serve_metrics`].
+    /// The metrics, when `[metrics]` or `[console]` is set; the endpoint is started by
+    /// [`App::serve_http`].
     pub metrics: Option<Arc<Metrics>>,
     metrics_settings: Option<MetricsSettings>,
+    /// The console, when `[console]` is set.
+    console: Option<(ConsoleSettings, Arc<Console>)>,
+    /// What `/readyz` and the console's status page ask.
+    health: Arc<Health>,
+    /// The configuration in force, for the console.
+    in_force: Arc<Mutex<InForce>>,
     /// Message tracking, when `[tracking]` is set; its settings are read at start.
     pub tracker: Option<Arc<Tracker>>,
     /// What only a restart changes, as it was at start.
@@ -114,9 +124,7 @@ impl App {
         let resolver = Arc::new(CurrentResolver(ArcSwap::from_pointee(resolver_for(
             config.dns.as_ref(),
         )?)));
-        let metrics = config
-            .metrics
-            .is_some()
+        let metrics = (config.metrics.is_some() || config.console.is_some())
             .then(|| Arc::new(Metrics::new(door)));
         let mut sinks: Vec<Arc<dyn Events>> = vec![Arc::new(LogEvents::default())];
         sinks.extend(metrics.clone().map(|m| m as Arc<dyn Events>));
@@ -148,6 +156,29 @@ impl App {
             }
             None => Arc::new(local),
         };
+        let health = Arc::new(Health::new(
+            delivery.clone(),
+            config.shared_state.clone(),
+            config.tracking.as_ref().map(|t| t.store.clone()),
+        ));
+        let in_force = Arc::new(Mutex::new(InForce::new(
+            config.source.file.clone(),
+            &config.source.text,
+        )));
+        let console = match (config.console, &metrics) {
+            (Some(settings), Some(metrics)) => {
+                let console = Arc::new(Console::new(
+                    &settings,
+                    store.clone(),
+                    config.tracking.as_ref().map(|t| t.store.clone()),
+                    metrics.clone(),
+                    health.clone(),
+                    in_force.clone(),
+                ));
+                Some((settings, console))
+            }
+            _ => None,
+        };
         let ports = Ports {
             resolver: resolver.clone(),
             outbound: Arc::new(RelayOutbound::new(delivery.clone())),
@@ -159,6 +190,9 @@ impl App {
             delivery,
             metrics,
             metrics_settings: config.metrics,
+            console,
+            health,
+            in_force,
             tracker,
             fixed,
             events,
@@ -190,12 +224,14 @@ impl App {
         };
         crate::notify::reloading();
         let applied = match self.apply(Config::load(path), door) {
-            Ok(()) => {
+            Ok(text) => {
                 info!(config = %path.display(), "configuration reloaded");
+                self.in_force().reloaded(Ok(&text));
                 true
             }
             Err(e) => {
                 error!(error = %e, "configuration not reloaded; the previous one stays in force");
+                self.in_force().reloaded(Err(&e));
                 false
             }
         };
@@ -206,7 +242,12 @@ impl App {
         applied
     }
 
-    fn apply(&self, config: Result<Config, ConfigError>, door: &Door) -> Result<(), String> {
+    fn in_force(&self) -> std::sync::MutexGuard<'_, InForce> {
+        self.in_force.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `config`; the text it was compiled from when it is in force.
+    fn apply(&self, config: Result<Config, ConfigError>, door: &Door) -> Result<String, String> {
         let mut config = config.map_err(|e| e.to_string())?;
         warn_lints(&config);
         config.policy.dry_run |= self.forced_dry_run;
@@ -241,18 +282,47 @@ impl App {
         if let Door::Proxy(proxy) = door {
             proxy.reload(config.proxy, acceptor.flatten());
         }
+        if let (Some((_, console)), Some(settings)) = (&self.console, config.console) {
+            console.replace_users(settings.users);
+        }
         self.engine.replace_policy(config.policy);
-        Ok(())
+        Ok(config.source.text)
     }
 
-    /// Binds the metrics endpoint, when `[metrics]` is set, and serves it in the background.
-    pub async fn serve_metrics(&self) -> anyhow::Result<()> {
+    /// Binds the HTTP listeners (`[metrics] listen`, `[console] listen`; one when both name
+    /// the same address) and serves `/metrics`, `/healthz`, `/readyz` and the console on each
+    /// in the background.
+    pub async fn serve_http(&self) -> anyhow::Result<()> {
+        let mut router = crate::web::health::routes(self.health.clone());
+        let mut listeners: Vec<(
+            std::net::SocketAddr,
+            &str,
+            Option<tokio_rustls::TlsAcceptor>,
+        )> = Vec::new();
         if let (Some(metrics), Some(settings)) = (&self.metrics, &self.metrics_settings) {
-            let listener = crate::metrics::bind(settings).await?;
-            tokio::spawn(crate::metrics::serve(
-                listener,
+            router = router.merge(crate::web::metrics_routes(
                 metrics.clone(),
                 settings.basic_auth.clone(),
+            ));
+            listeners.push((settings.listen, "metrics", None));
+        }
+        if let Some((settings, console)) = &self.console {
+            router = router.merge(crate::web::console::routes(console.clone()));
+            let tls = settings.tls().map_err(anyhow::Error::msg)?;
+            match listeners
+                .iter_mut()
+                .find(|(addr, _, _)| *addr == settings.listen)
+            {
+                Some(shared) => shared.2 = tls,
+                None => listeners.push((settings.listen, "the console", tls)),
+            }
+        }
+        let router = router.fallback(crate::web::not_found);
+        for (addr, what, tls) in listeners {
+            let listener = crate::web::bind(addr, what).await?;
+            tokio::spawn(crate::web::serve(
+                crate::web::Listener { listener, tls },
+                router.clone(),
             ));
         }
         Ok(())
@@ -292,7 +362,7 @@ pub async fn run_milter(
 ) -> anyhow::Result<()> {
     let (mut app, milter, _) = App::new(config, DoorKind::Milter)?;
     app.forced_dry_run = dry_run;
-    app.serve_metrics().await?;
+    app.serve_http().await?;
     let app = Arc::new(app);
     app.reload_on_sighup(path, Door::Milter)?;
     let listen = listen.unwrap_or_else(|| milter.listen.clone());
@@ -310,7 +380,7 @@ pub async fn run_proxy(
 ) -> anyhow::Result<()> {
     let (mut app, _, settings) = App::new(config, DoorKind::Proxy)?;
     app.forced_dry_run = dry_run;
-    app.serve_metrics().await?;
+    app.serve_http().await?;
     let app = Arc::new(app);
     let door = app.proxy(settings)?;
     app.reload_on_sighup(path, Door::Proxy(door.clone()))?;

@@ -2,7 +2,8 @@
 //! front of one. [`engine`] decides and imports nothing else of the crate; what it needs of
 //! the world it declares as ports ([`engine::ports`]) that [`dns`], [`relay`], [`state`],
 //! [`logging`], [`metrics`] and [`tracking`] implement; [`app`] builds it all from a
-//! [`config::Config`] and owns reloads; [`milter`] and [`proxy`] are the doors. `README.md`
+//! [`config::Config`] and owns reloads; [`milter`] and [`proxy`] are the doors; [`web`] serves
+//! `/metrics`, the health endpoints and the console. `README.md`
 //! and `docs/` have the whole picture (`docs/architecture.md` the layout) and
 //! `config/postern.toml` every setting.
 
@@ -19,3 +20,4 @@ pub mod relay;
 pub mod secret_file;
 pub mod state;
 pub mod tracking;
+pub mod web;

@@ -304,6 +304,7 @@ fn main() -> ExitCode {
                     since_ms: time(since, "--since")?,
                     until_ms: time(until, "--until")?,
                     limit,
+                    ..Filter::default()
                 })
             })();
             let config = config_path(config);

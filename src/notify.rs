@@ -22,9 +22,18 @@ pub fn notify(state: &str) {
     }
 }
 
-/// Postern is serving.
+/// Set once the door's listeners are bound (`/readyz`).
+static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Postern is serving: its listeners are bound.
 pub fn ready() {
+    SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
     notify("READY=1\nSTATUS=serving");
+}
+
+/// Whether [`ready`] was said: the door's listeners are bound.
+pub fn serving() -> bool {
+    SERVING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A reload starts; [`ready`] ends it. (Type=notify-reload would also want MONOTONIC_USEC,

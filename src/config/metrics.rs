@@ -7,7 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Invalid, relative};
-use crate::metrics::{BasicAuth, MetricsSettings};
+use crate::web::{BasicAuth, MetricsSettings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -18,16 +18,18 @@ use toml::Spanned;
 use crate::dns::DnsSettings;
 use crate::engine::Policy;
 use crate::logging::LogSettings;
-use crate::metrics::MetricsSettings;
 use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
 use crate::relay::Delivery;
 use crate::state::{SharedStateSettings, StateSettings};
 use crate::tracking::TrackingSettings;
+use crate::web::MetricsSettings;
+use crate::web::console::ConsoleSettings;
 
 mod address_transformation;
 mod authentication;
 mod connection;
+mod console;
 mod delivery;
 mod dkim;
 mod dns;
@@ -83,6 +85,13 @@ pub enum ConfigError {
     },
 }
 
+/// The text a configuration was compiled from, and the file's name.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub file: String,
+    pub text: String,
+}
+
 /// A compiled configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -97,10 +106,14 @@ pub struct Config {
     pub shared_state: Option<SharedStateSettings>,
     /// The Prometheus endpoint, when `[metrics] listen` is set.
     pub metrics: Option<MetricsSettings>,
+    /// The web console, when `[console] listen` is set.
+    pub console: Option<ConsoleSettings>,
     /// How log lines are written; read at start.
     pub log: LogSettings,
     /// Message tracking, when `[tracking] store` is set; read at start.
     pub tracking: Option<TrackingSettings>,
+    /// The file it was compiled from, for the console's status page.
+    pub source: Source,
     /// What the compiler read otherwise than it was written (a wildcard host entry as its
     /// network): warned about with the lints.
     pub notes: Vec<String>,
@@ -137,13 +150,19 @@ impl Config {
                 }
             })?;
         let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
-        raw.compile(config_dir)
-            .map_err(|(span, key, message)| ConfigError::Invalid {
-                file: file.to_owned(),
-                line: Some(line_of(text, span.start)),
-                key,
-                message,
-            })
+        let mut config =
+            raw.compile(config_dir)
+                .map_err(|(span, key, message)| ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line: Some(line_of(text, span.start)),
+                    key,
+                    message,
+                })?;
+        config.source = Source {
+            file: file.to_owned(),
+            text: text.to_owned(),
+        };
+        Ok(config)
     }
 }
 
@@ -238,6 +257,7 @@ struct ConfigFile {
     state: state::StateSection,
     shared_state: state::SharedStateSection,
     metrics: metrics::MetricsSection,
+    console: console::ConsoleSection,
     log: log::LogSection,
     tracking: tracking::TrackingSection,
     #[serde(rename = "address_transformation")]
@@ -283,6 +303,8 @@ impl ConfigFile {
             config_dir,
         )?;
         let organization_names = organizations.names();
+        let console_organizations: Vec<String> =
+            organization_names.iter().map(|n| n.to_string()).collect();
         let organization_retention = organizations.retention;
         let organization_dmarc = organizations.dmarc_span;
         let (proxy, organization_users) = proxy::compile(
@@ -410,8 +432,10 @@ impl ConfigFile {
             state,
             shared_state: state::compile_shared(self.shared_state, config_dir)?,
             metrics: metrics::compile(self.metrics, config_dir)?,
+            console: console::compile(self.console, config_dir, &console_organizations)?,
             log: log::compile(self.log)?,
             tracking: tracking::compile(self.tracking, config_dir, organization_retention)?,
+            source: Source::default(),
             notes,
         })
     }

@@ -1,15 +1,16 @@
 //! Which settings a reload cannot change. Listeners, the caps sized for them, the state store,
-//! the metrics endpoint, the log and message tracking are set up once; a reload that changes
+//! the metrics endpoint, the console (but its users), the log and message tracking are set up once; a reload that changes
 //! one of them logs it, and it takes effect at the next restart. One list for both doors.
 
 use super::Config;
 use crate::engine::events::DoorKind;
 use crate::logging::LogSettings;
-use crate::metrics::MetricsSettings;
 use crate::milter::MilterSettings;
 use crate::proxy::ProxySettings;
 use crate::state::{SharedStateSettings, StateSettings};
 use crate::tracking::TrackingSettings;
+use crate::web::MetricsSettings;
+use crate::web::console::ConsoleSettings;
 
 /// The settings a process started with that only a restart changes.
 #[derive(Clone, Debug)]
@@ -18,6 +19,8 @@ pub struct FixedAtStart {
     state: StateSettings,
     shared_state: Option<SharedStateSettings>,
     metrics: Option<MetricsSettings>,
+    /// The console's settings but its users (which follow reloads).
+    console: Option<ConsoleSettings>,
     log: LogSettings,
     tracking: Option<TrackingSettings>,
     milter: MilterSettings,
@@ -32,6 +35,7 @@ impl FixedAtStart {
             state: config.state.clone(),
             shared_state: config.shared_state.clone(),
             metrics: config.metrics.clone(),
+            console: console_fixed(config),
             log: config.log.clone(),
             tracking: config.tracking.clone(),
             milter: config.milter.clone(),
@@ -46,6 +50,7 @@ impl FixedAtStart {
             ("state", self.state != new.state),
             ("shared_state", self.shared_state != new.shared_state),
             ("metrics", self.metrics != new.metrics),
+            ("console", self.console != console_fixed(new)),
             ("log", self.log != new.log),
             ("tracking", self.tracking != new.tracking),
         ])
@@ -59,6 +64,14 @@ impl FixedAtStart {
         keys.extend(door_keys.into_iter().map(|key| format!("{section}.{key}")));
         keys
     }
+}
+
+/// What of `[console]` is set up once: all but its users, which follow reloads.
+fn console_fixed(config: &Config) -> Option<ConsoleSettings> {
+    config.console.clone().map(|c| ConsoleSettings {
+        users: Default::default(),
+        ..c
+    })
 }
 
 /// Every `[milter]` key: the listener and its limits are set up once.

@@ -145,6 +145,8 @@ pub enum Counter {
     Connections,
     /// Failed AUTH attempts.
     AuthFailures,
+    /// Failed logins to the web console.
+    ConsoleLoginFailures,
 }
 
 /// State that outlives one connection and that a fleet of gateways would share: rate

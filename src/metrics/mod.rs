@@ -5,10 +5,9 @@
 //! chose.
 //!
 //! `labels.rs` the label sets; this file the registry and what is in it; `events.rs` events
-//! become counts; `http.rs` the endpoint and its credentials.
+//! become counts; the endpoint is served by `crate::web`.
 
 mod events;
-mod http;
 mod labels;
 
 use prometheus_client::encoding::prometheus_text;
@@ -19,7 +18,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use events::{configured_checks, reports_each_run, would};
-pub use http::{BasicAuth, MetricsSettings, bind, serve};
 use labels::*;
 
 use crate::engine::events::AttemptOutcome;

@@ -169,28 +169,30 @@ impl Users {
     }
 
     async fn check(&self, user: &str, password: &str) -> bool {
-        // An unknown user costs as much as a known one, so that timing does not tell them apart.
-        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Ia0vL4Hw1BqBwH5KJeyWBJZ6eS4QeU7jyNzCdyCvXgk";
-        let hash = self
-            .hashes
-            .get(user)
-            .cloned()
-            .unwrap_or_else(|| DUMMY.to_owned());
-        let known = self.hashes.contains_key(user);
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
-        ok && known
+        password_matches(self.hashes.get(user).cloned(), password).await
     }
+}
+
+/// Whether `password` matches `hash` (a PHC string), checked on the blocking pool. Without a
+/// hash (an unknown user) a dummy hash is checked all the same and the answer is no, so that
+/// the time taken does not tell known users from unknown ones.
+pub async fn password_matches(hash: Option<String>, password: &str) -> bool {
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$Ia0vL4Hw1BqBwH5KJeyWBJZ6eS4QeU7jyNzCdyCvXgk";
+    let known = hash.is_some();
+    let hash = hash.unwrap_or_else(|| DUMMY.to_owned());
+    let password = password.to_owned();
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    ok && known
 }
 
 /// An argon2id hash of `password` with a random salt, for the users file.

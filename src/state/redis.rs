@@ -471,6 +471,7 @@ fn counter_what(counter: Counter) -> &'static str {
     match counter {
         Counter::Connections => "connection rate (counted by this instance alone)",
         Counter::AuthFailures => "AUTH failures (counted by this instance alone)",
+        Counter::ConsoleLoginFailures => "console login failures (counted by this instance alone)",
     }
 }
 
@@ -478,6 +479,7 @@ fn counter_name(counter: Counter) -> &'static str {
     match counter {
         Counter::Connections => "connections",
         Counter::AuthFailures => "auth-failures",
+        Counter::ConsoleLoginFailures => "console-login-failures",
     }
 }
 

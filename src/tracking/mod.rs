@@ -15,7 +15,7 @@ mod limit;
 mod postgres;
 pub mod postgres_tls;
 pub mod query;
-mod record;
+pub(crate) mod record;
 mod sink;
 mod sqlite;
 mod writer;
@@ -28,7 +28,7 @@ use rustls_pki_types::CertificateDer;
 use postgres_tls::SslMode;
 
 pub use error::TrackingError;
-pub use record::{Outcome, Record, Retention};
+pub use record::{Outcome, Record, Retention, format_time, now_ms};
 pub use sink::Tracker;
 
 /// `retention_days` when unset.

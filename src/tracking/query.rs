@@ -30,7 +30,12 @@ pub struct Filter {
     pub since_ms: Option<i64>,
     /// Before this time.
     pub until_ms: Option<i64>,
+    /// One connection's records: its door and session number.
+    pub door: Option<String>,
+    pub session: Option<i64>,
     pub limit: u32,
+    /// Records skipped before the first shown (a page further on).
+    pub offset: u32,
 }
 
 /// The verdicts records hold.
@@ -130,6 +135,14 @@ impl Query {
             let p = bind(&mut params, Param::Int(until));
             conditions.push(format!("time_ms < {p}"));
         }
+        if let Some(door) = &filter.door {
+            let p = bind(&mut params, Param::Text(door.clone()));
+            conditions.push(format!("door = {p}"));
+        }
+        if let Some(session) = filter.session {
+            let p = bind(&mut params, Param::Int(session));
+            conditions.push(format!("session = {p}"));
+        }
         let limit = bind(&mut params, Param::Int(i64::from(filter.limit)));
         let mut sql = format!("SELECT {} FROM {TABLE}", COLUMNS.join(", "));
         if !conditions.is_empty() {
@@ -137,6 +150,10 @@ impl Query {
             sql.push_str(&conditions.join(" AND "));
         }
         sql.push_str(&format!(" ORDER BY time_ms DESC, id DESC LIMIT {limit}"));
+        if filter.offset > 0 {
+            let offset = bind(&mut params, Param::Int(i64::from(filter.offset)));
+            sql.push_str(&format!(" OFFSET {offset}"));
+        }
         Self { sql, params }
     }
 }
@@ -153,8 +170,11 @@ pub async fn find(store: &StoreSettings, filter: &Filter) -> Result<Vec<Record>,
     filter.validate().map_err(TrackingError::Filter)?;
     match store {
         StoreSettings::Sqlite { path } => {
-            let query = Query::new(filter, |n| format!("?{n}"));
-            sqlite::find(path, &query)
+            // On the blocking pool: a read must not hold the runtime that serves mail.
+            let (path, query) = (path.clone(), Query::new(filter, |n| format!("?{n}")));
+            tokio::task::spawn_blocking(move || sqlite::find(&path, &query))
+                .await
+                .map_err(|e| TrackingError::Filter(format!("the search failed: {e}")))?
         }
         StoreSettings::Postgres(pg) => {
             let query = Query::new(filter, |n| format!("${n}"));

@@ -177,7 +177,7 @@ impl Record {
 
 /// A relayed record from 192.0.2.1 for unit tests: each changes what it looks at.
 #[cfg(test)]
-pub(super) fn sample(recipient: &str) -> Record {
+pub(crate) fn sample(recipient: &str) -> Record {
     Record {
         time_ms: 1_000,
         door: "proxy".into(),
