@@ -41,12 +41,17 @@ fn the_proxy_counts_what_it_did() {
 
     let refused = get(metrics, "/metrics", None);
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
-    assert!(refused.contains("WWW-Authenticate: Basic"), "{refused}");
+    // Header names in any case (hyper writes them in lower case).
+    assert!(
+        refused.to_lowercase().contains("www-authenticate: basic"),
+        "{refused}"
+    );
     // "prom:s3cret" in base64.
     let text = get(metrics, "/metrics", Some("Basic cHJvbTpzM2NyZXQ="));
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
-        text.contains("Content-Type: text/plain; version=0.0.4"),
+        text.to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
         "{text}"
     );
     let value = |name: &str| sample(&text, name);
@@ -306,15 +311,15 @@ fn a_dry_run_refuses_nothing_and_counts_what_it_would_have_done() {
     );
 }
 
-/// Connections that never send a request hold at most `MAX_SCRAPERS` (16) slots of the
-/// endpoint, each for at most 2 s: a scraper that comes while they hold every slot is answered
-/// 503 at once (before, it waited up to 10 s in the listen queue), an idle connection is
-/// answered 408 and closed, and then the endpoint serves again.
+/// Connections that never send a request hold at most 64 slots of the HTTP listener, each
+/// for at most 5 s: a scraper that comes while they hold every slot is answered 503 at once,
+/// an idle connection is closed (without a request there is nothing to answer), and then
+/// the endpoint serves again.
 #[test]
 fn idle_connections_cannot_pile_up_at_the_metrics_endpoint() {
     use std::io::Read;
     use std::net::TcpStream;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     let metrics = free_port();
     let env = ProxyEnv::start(
@@ -325,25 +330,30 @@ fn idle_connections_cannot_pile_up_at_the_metrics_endpoint() {
         &[&[]],
     );
     assert!(get(metrics, "/metrics", None).starts_with("HTTP/1.1 200"));
-    let mut idle: Vec<TcpStream> = (0..16)
+    let mut idle: Vec<TcpStream> = (0..64)
         .map(|_| TcpStream::connect(("127.0.0.1", metrics)).unwrap())
         .collect();
-    // The 17th connection is answered at once (get waits at most 10 s).
+    // The 65th connection is answered at once (get waits at most 10 s).
     let busy = get(metrics, "/metrics", None);
     assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
-    // Each idle connection is answered 408 once its 2 s for the request head are up.
+    // Each idle connection is closed once its 5 s for the request head are up.
+    let start = Instant::now();
     for stream in &mut idle {
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+        assert!(
+            response.is_empty() || response.starts_with("HTTP/1.1 408"),
+            "{response}"
+        );
     }
+    assert!(start.elapsed() < Duration::from_secs(12), "{:?}", start.elapsed());
     let served = get(metrics, "/metrics", None);
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     assert!(
-        env.log().contains("every scraper slot is taken"),
+        env.log().contains("every connection slot is taken"),
         "the refusals are logged"
     );
 }

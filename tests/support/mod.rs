@@ -711,7 +711,7 @@ pub fn get(port: u16, path: &str, authorization: Option<&str>) -> String {
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n"
     )
     .unwrap();
     let mut response = String::new();
