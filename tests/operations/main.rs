@@ -1,4 +1,4 @@
-//! Running it: the command line, the manual pages, metrics, message tracking, systemd notifications, a fleet's shared state.
+//! Running it: the command line, the manual pages, metrics, the web console, message tracking, systemd notifications, a fleet's shared state.
 //!
 //! One test binary per area (each file a module), so that the suite links a few binaries
 //! rather than one per file.
@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod console;
 mod manual;
 mod metrics;
 mod shared_state;

@@ -349,7 +349,11 @@ fn idle_connections_cannot_pile_up_at_the_metrics_endpoint() {
             "{response}"
         );
     }
-    assert!(start.elapsed() < Duration::from_secs(12), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        start.elapsed()
+    );
     let served = get(metrics, "/metrics", None);
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     assert!(

@@ -33,6 +33,7 @@ pub mod faulty;
 pub mod hosts_dns;
 pub mod proxy;
 pub mod redis;
+pub mod webdriver;
 
 pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

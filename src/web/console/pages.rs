@@ -95,7 +95,8 @@ impl Search {
 /// A record as the pages show it.
 #[derive(Serialize)]
 struct Row<'a> {
-    time: String,
+    /// The time to show (the record's own `time` is RFC 3339).
+    when: String,
     link: String,
     #[serde(flatten)]
     record: &'a Record,
@@ -105,7 +106,7 @@ fn rows(records: &[Record]) -> Vec<Row<'_>> {
     records
         .iter()
         .map(|r| Row {
-            time: format_time(r.time_ms).replace('T', " "),
+            when: format_time(r.time_ms).replace('T', " "),
             link: format!("/messages/{}/{}", r.door, r.session),
             record: r,
         })
