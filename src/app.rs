@@ -81,6 +81,7 @@ fn resolver_for(settings: Option<&DnsSettings>) -> anyhow::Result<Box<dyn Resolv
 }
 
 /// Which door runs: what of it a reload changes besides the engine's policy.
+#[derive(Clone)]
 pub enum Door {
     Milter,
     Proxy(ProxyDoor),
@@ -100,6 +101,10 @@ pub struct App {
     health: Arc<Health>,
     /// The configuration in force, for the console.
     in_force: Arc<Mutex<InForce>>,
+    /// The fleet's configuration and reports, with `[shared_state]`.
+    fleet: Option<crate::state::fleet::Fleet>,
+    /// This instance's name among the fleet's, its door, and when it started.
+    instance: (String, DoorKind, i64),
     /// Message tracking, when `[tracking]` is set; its settings are read at start.
     pub tracker: Option<Arc<Tracker>>,
     /// What only a restart changes, as it was at start.
@@ -165,6 +170,27 @@ impl App {
             config.source.file.clone(),
             &config.source.text,
         )));
+        let fleet = match &config.shared_state {
+            Some(shared) => Some(crate::state::fleet::Fleet::new(shared)?),
+            None => None,
+        };
+        let listen = match door {
+            DoorKind::Milter => config.milter.listen.to_string(),
+            DoorKind::Proxy => config
+                .proxy
+                .listen
+                .iter()
+                .chain(&config.proxy.listen_tls)
+                .next()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        };
+        let name = config
+            .shared_state
+            .as_ref()
+            .and_then(|s| s.instance_name.clone())
+            .unwrap_or_else(|| format!("{} {} {listen}", config.policy.hostname, door.name()));
+        let instance = (name, door, crate::tracking::now_ms());
         let console = match (config.console, &metrics) {
             (Some(settings), Some(metrics)) => {
                 let console = Arc::new(Console::new(
@@ -174,6 +200,7 @@ impl App {
                     metrics.clone(),
                     health.clone(),
                     in_force.clone(),
+                    fleet.clone(),
                 ));
                 Some((settings, console))
             }
@@ -193,6 +220,8 @@ impl App {
             console,
             health,
             in_force,
+            fleet,
+            instance,
             tracker,
             fixed,
             events,
@@ -222,24 +251,110 @@ impl App {
             );
             return false;
         };
+        self.take(Config::load(path), door, &path.display().to_string())
+            .is_ok()
+    }
+
+    /// Puts `config` in force as a reload does, or nothing of it; `from` names where it came
+    /// from (the file, or the fleet) in the log and on the console.
+    fn take(
+        &self,
+        config: Result<Config, ConfigError>,
+        door: &Door,
+        from: &str,
+    ) -> Result<(), String> {
         crate::notify::reloading();
-        let applied = match self.apply(Config::load(path), door) {
+        let taken = self.apply(config, door);
+        match &taken {
             Ok(text) => {
-                info!(config = %path.display(), "configuration reloaded");
-                self.in_force().reloaded(Ok(&text));
-                true
+                info!(config = %from, "configuration reloaded");
+                self.in_force().reloaded(from, Ok(text));
             }
             Err(e) => {
-                error!(error = %e, "configuration not reloaded; the previous one stays in force");
-                self.in_force().reloaded(Err(&e));
-                false
+                error!(config = %from, error = %e, "configuration not reloaded; the previous one stays in force");
+                self.in_force().reloaded(from, Err(e));
             }
-        };
+        }
         if let Some(metrics) = &self.metrics {
-            metrics.reloaded(applied);
+            metrics.reloaded(taken.is_ok());
         }
         crate::notify::ready();
-        applied
+        taken.map(|_| ())
+    }
+
+    /// With `[shared_state]`: every [`POLL`](crate::state::fleet::POLL), takes a configuration
+    /// newly published to the fleet (checked here, with paths relative to `path`'s
+    /// directory, and applied as a reload), and reports this instance's state. A reload of
+    /// the local file (SIGHUP) puts that file in force until the next publication. Without
+    /// Redis the instance keeps what it runs.
+    pub fn follow_fleet(self: &Arc<Self>, path: Option<PathBuf>, door: Door) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        let app = self.clone();
+        tokio::spawn(async move {
+            let dir = path
+                .as_deref()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf);
+            // The published digest last taken or refused, and what came of it.
+            let mut seen: Option<String> = None;
+            let mut outcome: Option<String> = None;
+            let mut unreachable = crate::logging::Throttle::default();
+            loop {
+                let published = match fleet.published_digest().await {
+                    Ok(Some(digest)) if seen.as_ref() != Some(&digest) => fleet
+                        .published()
+                        .await
+                        .map(|p| p.filter(|p| p.digest == digest)),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                let reported = match published {
+                    Ok(Some(p)) => {
+                        let name = format!(
+                            "fleet configuration {}",
+                            &p.digest[..12.min(p.digest.len())]
+                        );
+                        let config = Config::parse_in(&p.text, &name, dir.as_deref());
+                        let taken = app.take(config, &door, &format!("{name} (by {})", p.by));
+                        outcome = Some(match taken {
+                            Ok(()) => format!("applied {}", p.digest),
+                            Err(e) => format!("refused {}: {e}", p.digest),
+                        });
+                        seen = Some(p.digest);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let peer = app.peer(outcome.clone());
+                let reported = match reported {
+                    Ok(()) => fleet.report(&peer).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = reported
+                    && let Some(n) = unreachable.due(std::time::Duration::from_secs(300), 1)
+                {
+                    warn!(error = %e, times = n, "fleet: cannot reach Redis; this instance keeps the configuration it runs");
+                }
+                tokio::time::sleep(crate::state::fleet::POLL).await;
+            }
+        });
+    }
+
+    /// This instance's report to the fleet.
+    fn peer(&self, fleet: Option<String>) -> crate::state::fleet::Peer {
+        let (name, door, started_ms) = &self.instance;
+        crate::state::fleet::Peer {
+            name: name.clone(),
+            door: door.name().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms: *started_ms,
+            seen_ms: crate::tracking::now_ms(),
+            digest: self.in_force().digest.clone(),
+            fleet,
+        }
     }
 
     fn in_force(&self) -> std::sync::MutexGuard<'_, InForce> {
@@ -364,6 +479,7 @@ pub async fn run_milter(
     app.forced_dry_run = dry_run;
     app.serve_http().await?;
     let app = Arc::new(app);
+    app.follow_fleet(path.clone(), Door::Milter);
     app.reload_on_sighup(path, Door::Milter)?;
     let listen = listen.unwrap_or_else(|| milter.listen.clone());
     let result = crate::milter::run(app.engine.clone(), &milter, &listen, shutdown).await;
@@ -383,6 +499,7 @@ pub async fn run_proxy(
     app.serve_http().await?;
     let app = Arc::new(app);
     let door = app.proxy(settings)?;
+    app.follow_fleet(path.clone(), Door::Proxy(door.clone()));
     app.reload_on_sighup(path, Door::Proxy(door.clone()))?;
     let result = proxy::run(door, shutdown).await;
     app.finish_tracking().await;

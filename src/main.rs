@@ -122,9 +122,32 @@ enum Command {
         #[arg(long)]
         wide: bool,
     },
+    /// Publish a configuration to the fleet
+    ///
+    /// Checks FILE as check-config does and publishes it through the Redis of its
+    /// [shared_state]; every instance of the fleet takes it within 5 s (checking it itself,
+    /// with its own paths, and applying it as SIGHUP does) and reports what it did: see
+    /// `postern fleet` or the console's /fleet. A later SIGHUP puts an instance's own file in
+    /// force until the next publication.
+    Apply {
+        /// The configuration (TOML) for every instance; its [shared_state] names the fleet.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show the instances of the fleet and the configuration each runs
+    ///
+    /// From the Redis of [shared_state]: each instance's name, door, version, uptime, the
+    /// digest of its configuration, and what it did with the published one.
+    Fleet {
+        /// Configuration file (TOML) whose [shared_state] names the fleet; without it
+        /// /etc/postern/postern.toml.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print an argon2id hash of a password read from stdin
     ///
-    /// For [proxy] auth_users_file (`user:HASH` lines).
+    /// For [proxy] auth_users_file (`user:HASH` lines) and [console] users_file
+    /// (`user:HASH:role` lines).
     HashPassword,
     /// Validate a configuration file and summarise the policy
     ///
@@ -359,6 +382,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Apply { file } => match apply(&file) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postern: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Fleet { config } => {
+            let file = config_path(config).unwrap_or_else(|| PathBuf::from(SYSTEM_CONFIG));
+            match fleet(&file) {
+                Ok(out) => {
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().write_all(out.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("postern: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::HashPassword => {
             let mut password = String::new();
             if let Err(e) = std::io::stdin().read_line(&mut password) {
@@ -436,6 +483,90 @@ fn track(
     // A reader that stops early (`| head`) is no error.
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(())
+}
+
+/// The fleet of `config`'s `[shared_state]`, on a runtime of its own.
+fn fleet_of(
+    config: &Config,
+    file: &Path,
+) -> anyhow::Result<(postern::state::fleet::Fleet, tokio::runtime::Runtime)> {
+    let Some(shared) = &config.shared_state else {
+        anyhow::bail!(
+            "{} has no [shared_state] redis_url: a fleet shares its configuration through that Redis (see config/postern.toml)",
+            file.display()
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let fleet = {
+        let _inside = runtime.enter();
+        postern::state::fleet::Fleet::new(shared)?
+    };
+    Ok((fleet, runtime))
+}
+
+/// `postern apply FILE`: checks FILE and publishes it to its fleet.
+fn apply(file: &Path) -> anyhow::Result<String> {
+    let config = Config::load(file)?;
+    let (fleet, runtime) = fleet_of(&config, file)?;
+    let digest = config.source.digest();
+    let by = format!("postern apply on {}", config.policy.hostname);
+    runtime
+        .block_on(fleet.publish(&config.source.text, &digest, &by))
+        .map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "{}: OK, published to the fleet as {digest}
+every instance takes it within {} s; `postern fleet` shows what each did
+",
+        file.display(),
+        postern::state::fleet::POLL.as_secs()
+    ))
+}
+
+/// `postern fleet`: each instance's report, one line each.
+fn fleet(file: &Path) -> anyhow::Result<String> {
+    use postern::state::fleet::SILENT_AFTER_MS;
+    use std::fmt::Write as _;
+    let config = Config::load(file)?;
+    let (fleet, runtime) = fleet_of(&config, file)?;
+    let (published, peers) = runtime
+        .block_on(async { Ok::<_, String>((fleet.published().await?, fleet.peers().await?)) })
+        .map_err(anyhow::Error::msg)?;
+    let now = postern::tracking::now_ms();
+    let mut out = match &published {
+        Some(p) => format!(
+            "published: {} at {} by {}
+",
+            p.digest,
+            postern::tracking::format_time(p.at_ms),
+            p.by
+        ),
+        None => "published: nothing yet (postern apply FILE publishes)
+"
+        .to_owned(),
+    };
+    for p in &peers {
+        let state = if now - p.seen_ms > SILENT_AFTER_MS {
+            format!("silent since {}", postern::tracking::format_time(p.seen_ms))
+        } else {
+            format!("up {} s", (now - p.started_ms) / 1000)
+        };
+        let _ = writeln!(
+            out,
+            "{}  {} {}  {}  runs {}  {}",
+            p.name,
+            p.door,
+            p.version,
+            state,
+            &p.digest,
+            p.fleet
+                .as_deref()
+                .unwrap_or("has taken no fleet configuration")
+        );
+    }
+    let _ = writeln!(out, "({} instances)", peers.len());
+    Ok(out)
 }
 
 /// Runs a door on a single-threaded runtime.

@@ -92,6 +92,22 @@ pub struct Source {
     pub text: String,
 }
 
+impl Source {
+    /// SHA-256 of the text, in hex: what names a configuration among a fleet's.
+    pub fn digest(&self) -> String {
+        digest(&self.text)
+    }
+}
+
+/// SHA-256 of a configuration's text, in hex.
+pub fn digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A compiled configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -136,8 +152,20 @@ impl Config {
             .expect("the embedded default configuration is valid (tested)")
     }
 
-    /// Compiles configuration text; `file` names it in errors.
+    /// Compiles configuration text; `file` names it in errors, and its directory is where
+    /// relative paths are read.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
+        Self::parse_in(text, file, config_dir)
+    }
+
+    /// Compiles configuration text that `name` names in errors, reading relative paths in
+    /// `config_dir`: a fleet's configuration with this instance's files.
+    pub fn parse_in(
+        text: &str,
+        file: &str,
+        config_dir: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
         let raw: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
                 let key = key_path(e.path());
@@ -149,7 +177,6 @@ impl Config {
                     key,
                 }
             })?;
-        let config_dir = Path::new(file).parent().filter(|d| d.is_dir());
         let mut config =
             raw.compile(config_dir)
                 .map_err(|(span, key, message)| ConfigError::Invalid {

@@ -52,6 +52,8 @@ pub(super) struct SharedStateSection {
     password_file: Option<Spanned<PathBuf>>,
     key_prefix: String,
     timeout_ms: Option<Spanned<u64>>,
+    /// How this instance is named among the fleet's.
+    instance_name: Option<Spanned<String>>,
 }
 
 impl Default for SharedStateSection {
@@ -61,6 +63,7 @@ impl Default for SharedStateSection {
             password_file: None,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout_ms: None,
+            instance_name: None,
         }
     }
 }
@@ -114,12 +117,24 @@ pub(super) fn compile_shared(
         }
         None => None,
     };
+    let instance_name = match s.instance_name {
+        Some(name) if name.get_ref().trim().is_empty() || name.get_ref().len() > 200 => {
+            return Err((
+                name.span(),
+                "shared_state.instance_name".into(),
+                "give a name of 1 to 200 characters".into(),
+            ));
+        }
+        Some(name) => Some(name.into_inner()),
+        None => None,
+    };
     let span = url.span();
     let settings = SharedStateSettings {
         redis_url: url.into_inner(),
         key_prefix: s.key_prefix,
         timeout,
         password,
+        instance_name,
     };
     crate::state::check_url(&settings)
         .map_err(|e| (span, "shared_state.redis_url".into(), e.to_string()))?;

@@ -2,8 +2,10 @@
 //! outlives a connection (rate counters, failure windows, learned reputation, messages handed
 //! to encryption routes).
 //! [`MemoryStore`] keeps it in this process; [`RedisStore`] keeps it in a Redis that a fleet
-//! of instances shares, with a `MemoryStore` as its fallback.
+//! of instances shares, with a `MemoryStore` as its fallback. [`fleet`] keeps the fleet's one
+//! configuration and each instance's state in the same Redis.
 
+pub mod fleet;
 mod memory;
 mod redis;
 
@@ -38,6 +40,9 @@ pub struct SharedStateSettings {
     pub timeout: Duration,
     /// The password from `password_file`, given to Redis instead of one in the URL.
     pub password: Option<Password>,
+    /// This instance's name among the fleet's (`instance_name`); without it the host name,
+    /// the door and its first listener.
+    pub instance_name: Option<String>,
 }
 
 /// A password that shows as `***` in Debug output.
@@ -63,6 +68,7 @@ impl Default for SharedStateSettings {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             password: None,
+            instance_name: None,
         }
     }
 }

@@ -188,7 +188,7 @@ pub enum SharedStateError {
     Timeout { url: String, ms: u128 },
 }
 
-fn client(settings: &SharedStateSettings) -> Result<redis::Client, SharedStateError> {
+pub(super) fn client(settings: &SharedStateSettings) -> Result<redis::Client, SharedStateError> {
     let unusable = |source| SharedStateError::Url {
         url: redacted(&settings.redis_url),
         source,

@@ -32,8 +32,9 @@ pub use metrics::{BasicAuth, MetricsSettings, routes as metrics_routes};
 const MAX_HEAD: usize = 16 * 1024;
 /// The most header fields in one request.
 const MAX_HEADERS: usize = 64;
-/// The longest request body (the console's forms are small).
-pub const MAX_BODY: usize = 16 * 1024;
+/// The longest request body: the console's forms, a configuration published from it among
+/// them.
+pub const MAX_BODY: usize = 1024 * 1024;
 /// How long a client has to send a request head once it starts one, and to finish TLS.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection lives, keep-alive included: a browser opens another.

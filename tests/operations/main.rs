@@ -8,6 +8,7 @@ mod support;
 
 mod cli;
 mod console;
+mod fleet;
 mod manual;
 mod metrics;
 mod shared_state;

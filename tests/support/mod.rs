@@ -720,6 +720,14 @@ pub fn get(port: u16, path: &str, authorization: Option<&str>) -> String {
     response
 }
 
+/// Where the console's browser tests keep their screenshots: `target/console-screenshots/`.
+pub fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots")
+}
+
 /// The value of the sample `name` (with its labels, as printed) in `text`.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -163,6 +163,25 @@ impl Browser {
         .to_owned()
     }
 
+    /// Waits (10 s at most) until the element `css` selects shows `needle`: a page a click
+    /// or a script's submit loads may come after the click returns. Its text.
+    pub fn wait_for(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text(css);
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {needle:?} on {}:\n{}",
+                self.url(),
+                self.text("body")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Types `text` into the field `css` selects, after clearing it.
     pub fn fill(&self, css: &str, text: &str) {
         let id = self.element(css);

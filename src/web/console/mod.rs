@@ -7,9 +7,11 @@
 //! per client through the Store, so a fleet shares the count.
 //!
 //! `users.rs` the users file; `sessions.rs` sessions, cookies and tokens; `pages.rs` the
-//! pages; `charts.rs` the SVG charts and what they read from the registry.
+//! pages; `charts.rs` the SVG charts and what they read from the registry; `fleet.rs` the
+//! fleet's page and publishing from it.
 
 mod charts;
+mod fleet;
 mod pages;
 pub mod sessions;
 pub mod users;
@@ -75,6 +77,9 @@ pub struct InForce {
     pub file: String,
     /// The file's text with secrets masked.
     pub text: String,
+    /// The text itself, for publishing it to the fleet.
+    #[serde(skip)]
+    pub raw: String,
     /// SHA-256 of the file's text, in hex.
     pub digest: String,
     pub loaded: String,
@@ -87,32 +92,25 @@ impl InForce {
         Self {
             file,
             text: masked(text),
-            digest: digest(text),
+            raw: text.to_owned(),
+            digest: crate::config::digest(text),
             loaded: crate::tracking::format_time(crate::tracking::now_ms()),
             last_reload: None,
         }
     }
 
-    /// After a reload: the new file when it was applied, and what came of it.
-    pub fn reloaded(&mut self, applied: Result<&str, &str>) {
+    /// After a reload of the configuration `from` (a file, or the fleet's): its text when it
+    /// was applied, or why not.
+    pub fn reloaded(&mut self, from: &str, applied: Result<&str, &str>) {
         let now = crate::tracking::format_time(crate::tracking::now_ms());
         match applied {
             Ok(text) => {
-                *self = Self::new(self.file.clone(), text);
+                *self = Self::new(from.to_owned(), text);
                 self.last_reload = Some(format!("{now}: applied"));
             }
             Err(why) => self.last_reload = Some(format!("{now}: refused: {why}")),
         }
     }
-}
-
-/// SHA-256 of `text` in hex.
-pub fn digest(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `text` (TOML) with the value of every key that may hold a secret replaced by `"***"`:
@@ -158,6 +156,10 @@ pub struct Console {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     in_force: Arc<Mutex<InForce>>,
+    /// The fleet, with `[shared_state]`; and the file a published configuration's relative
+    /// paths are read against.
+    fleet: Option<crate::state::fleet::Fleet>,
+    config_file: String,
     max_failed_logins: u32,
     failed_login_window: Duration,
     templates: minijinja::Environment<'static>,
@@ -171,7 +173,13 @@ impl Console {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         in_force: Arc<Mutex<InForce>>,
+        fleet: Option<crate::state::fleet::Fleet>,
     ) -> Self {
+        let config_file = in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .file
+            .clone();
         Self {
             users: ArcSwap::from_pointee(settings.users.clone()),
             sessions: Sessions::new(settings.session_timeout),
@@ -180,6 +188,8 @@ impl Console {
             metrics,
             health,
             in_force,
+            fleet,
+            config_file,
             max_failed_logins: settings.max_failed_logins,
             failed_login_window: settings.failed_login_window,
             templates: templates(),
@@ -227,6 +237,7 @@ fn templates() -> minijinja::Environment<'static> {
         ("stats.html", include_str!("templates/stats.html")),
         ("status.html", include_str!("templates/status.html")),
         ("refused.html", include_str!("templates/refused.html")),
+        ("fleet.html", include_str!("templates/fleet.html")),
     ] {
         env.add_template(name, text)
             .expect("the console's templates are valid (tested)");
@@ -299,6 +310,8 @@ pub fn routes(console: Arc<Console>) -> Router {
         .route("/messages/{door}/{session}", get(pages::message))
         .route("/stats", get(pages::stats))
         .route("/status", get(pages::status))
+        .route("/fleet", get(fleet::show))
+        .route("/fleet/apply", post(fleet::apply))
         .route("/static/console.css", get(style))
         .layer(axum::middleware::map_response(guarded))
         .with_state(console)
@@ -480,6 +493,5 @@ mod tests {
         assert!(m.contains("redis://user:***@127.0.0.1:6379/0"), "{m}");
         assert!(m.contains("password_file = \"/etc/p\""), "{m}");
         assert!(m.contains("secret = \"***\""), "{m}");
-        assert_eq!(digest("").len(), 64);
     }
 }
