@@ -220,6 +220,32 @@ fn check_config(file: &std::path::Path, connect: bool) -> anyhow::Result<String>
     let _ = writeln!(out, "milter listen:           {}", config.milter.listen);
     let listen: Vec<String> = config.proxy.listen.iter().map(|a| a.to_string()).collect();
     let _ = writeln!(out, "proxy listen:            {}", listen.join(", "));
+    if let Some(m) = &config.metrics {
+        let _ = writeln!(
+            out,
+            "metrics listen:          http://{}/metrics (and /healthz, /readyz){}",
+            m.listen,
+            if m.basic_auth.is_some() {
+                ", Basic credentials"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(c) = &config.console {
+        let scheme = if c.certificate_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let _ = writeln!(
+            out,
+            "console:                 {scheme}://{}/login, {} users from {}",
+            c.listen,
+            c.users.len(),
+            c.users_file.display()
+        );
+    }
     for t in &config.delivery.targets {
         let _ = writeln!(
             out,

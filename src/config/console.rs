@@ -118,3 +118,75 @@ pub(super) fn compile(
         .map_err(|e| (listen.span(), "console.certificate_file".into(), e))?;
     Ok(Some(settings))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+
+    #[test]
+    fn the_console_needs_users_and_warns_without_tls_off_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(
+            &users,
+            format!("root:{HASH}:admin\nann:{HASH}:viewer:acme\n"),
+        )
+        .unwrap();
+        let file = dir.path().join("postern.toml");
+        let file = file.to_str().unwrap();
+        let e = Config::parse("[console]\nlisten = \"127.0.0.1:8025\"\n", file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":2: key `console.users_file`: the console needs users"),
+            "{e}"
+        );
+        // A user of an organization that is not configured.
+        let e = Config::parse(
+            "[console]\nlisten = \"127.0.0.1:8025\"\nusers_file = \"users\"\n",
+            file,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 2: organization \"acme\" is not an [[organization]]"),
+            "{e}"
+        );
+        let acme = "[[organization]]\nname = \"acme\"\ndomains = [\"acme.test\"]\n";
+        let config = Config::parse(
+            &format!("{acme}[console]\nlisten = \"127.0.0.1:8025\"\nusers_file = \"users\"\n"),
+            file,
+        )
+        .unwrap();
+        let console = config.console.as_ref().unwrap();
+        assert_eq!(console.users.len(), 2);
+        assert_eq!(console.session_timeout.as_secs(), 30 * 60);
+        assert!(config.lints().is_empty(), "{:?}", config.lints());
+        let open = Config::parse(
+            &format!("{acme}[console]\nlisten = \"0.0.0.0:8025\"\nusers_file = \"users\"\n"),
+            file,
+        )
+        .unwrap();
+        assert!(
+            open.lints()
+                .iter()
+                .any(|l| l.contains("cross the network in clear")),
+            "{:?}",
+            open.lints()
+        );
+        let e = Config::parse(
+            &format!(
+                "{acme}[console]\nlisten = \"127.0.0.1:8025\"\nusers_file = \"users\"\ncertificate_file = \"c.pem\"\n"
+            ),
+            file,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("HTTPS needs both certificate_file and key_file"),
+            "{e}"
+        );
+    }
+}

@@ -31,6 +31,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(console) = &self.console
+            && console.certificate_file.is_none()
+            && !console.listen.ip().is_loopback()
+        {
+            lints.push(format!(
+                "[console] listens on {} without certificate_file and key_file: passwords and session cookies cross the network in clear; give it a certificate, or listen on 127.0.0.1 behind a TLS proxy",
+                console.listen
+            ));
+        }
         let orgs = &self.policy.organizations;
         for o in &orgs.list {
             for name in &o.own_route {
