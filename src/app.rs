@@ -311,6 +311,12 @@ impl App {
                     Err(e) => Err(e),
                 };
                 let reported = match published {
+                    // Already what this instance runs (its own file is the published one).
+                    Ok(Some(p)) if p.digest == app.in_force().digest => {
+                        outcome = Some(format!("applied {}", p.digest));
+                        seen = Some(p.digest);
+                        Ok(())
+                    }
                     Ok(Some(p)) => {
                         let name = format!(
                             "fleet configuration {}",

@@ -66,10 +66,11 @@ impl FixedAtStart {
     }
 }
 
-/// What of `[console]` is set up once: all but its users, which follow reloads.
+/// What of `[console]` is set up once: all but its users file, which follows reloads.
 fn console_fixed(config: &Config) -> Option<ConsoleSettings> {
     config.console.clone().map(|c| ConsoleSettings {
         users: Default::default(),
+        users_file: Default::default(),
         ..c
     })
 }

@@ -3,7 +3,7 @@
 //! is down (records that come meanwhile are dropped, never waited for).
 
 use super::TrackingError;
-use super::record::column_error;
+use super::record::{FromRow, column_error};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -218,11 +218,11 @@ pub(super) async fn try_connect(
 }
 
 /// Runs `query` on a connection of its own.
-pub(super) async fn find(
+pub(super) async fn find<T: FromRow>(
     config: &Config,
     tls: MakeRustlsConnect,
     query: &Query,
-) -> Result<Vec<Record>, TrackingError> {
+) -> Result<Vec<T>, TrackingError> {
     let (client, connection) = config.connect(tls).await.map_err(TrackingError::postgres(
         "cannot connect to the tracking database (PostgreSQL)",
     ))?;
@@ -245,5 +245,5 @@ pub(super) async fn find(
         })?;
     drop(client);
     let _ = driver.await;
-    rows.iter().map(Record::from_row).collect()
+    rows.iter().map(T::from_row).collect()
 }

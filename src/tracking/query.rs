@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 
-use super::record::{COLUMNS, Record, TABLE, format_time, now_ms, search_key};
+use super::record::{
+    COLUMNS, FromRow, MinuteCount, Record, TABLE, format_time, now_ms, search_key,
+};
 use super::{StoreSettings, postgres, sqlite};
 
 /// `--limit` when not given.
@@ -79,7 +81,43 @@ pub struct Query {
 }
 
 impl Query {
+    /// The records `filter` selects, newest first, `filter.limit` of them from
+    /// `filter.offset` on.
     pub fn new(filter: &Filter, placeholder: fn(usize) -> String) -> Self {
+        let (mut sql, mut params) = Self::selecting(
+            &format!("SELECT {} FROM {TABLE}", COLUMNS.join(", ")),
+            filter,
+            placeholder,
+        );
+        let limit = placeholder(params.len() + 1);
+        params.push(Param::Int(i64::from(filter.limit)));
+        sql.push_str(&format!(" ORDER BY time_ms DESC, id DESC LIMIT {limit}"));
+        if filter.offset > 0 {
+            let offset = placeholder(params.len() + 1);
+            params.push(Param::Int(i64::from(filter.offset)));
+            sql.push_str(&format!(" OFFSET {offset}"));
+        }
+        Self { sql, params }
+    }
+
+    /// How many records of each verdict each minute holds among those `filter` selects
+    /// (its limit and offset aside): rows of [`MinuteCount`](super::record::MinuteCount).
+    pub fn per_minute(filter: &Filter, placeholder: fn(usize) -> String) -> Self {
+        let (mut sql, params) = Self::selecting(
+            &format!("SELECT time_ms / 60000 AS minute, verdict, COUNT(*) FROM {TABLE}"),
+            filter,
+            placeholder,
+        );
+        sql.push_str(" GROUP BY minute, verdict");
+        Self { sql, params }
+    }
+
+    /// `select` with the conditions of `filter` (all must hold) and their values.
+    fn selecting(
+        select: &str,
+        filter: &Filter,
+        placeholder: fn(usize) -> String,
+    ) -> (String, Vec<Param>) {
         let mut conditions: Vec<String> = Vec::new();
         let mut params = Vec::new();
         let bind = |params: &mut Vec<Param>, value: Param| {
@@ -143,18 +181,12 @@ impl Query {
             let p = bind(&mut params, Param::Int(session));
             conditions.push(format!("session = {p}"));
         }
-        let limit = bind(&mut params, Param::Int(i64::from(filter.limit)));
-        let mut sql = format!("SELECT {} FROM {TABLE}", COLUMNS.join(", "));
+        let mut sql = select.to_owned();
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
         }
-        sql.push_str(&format!(" ORDER BY time_ms DESC, id DESC LIMIT {limit}"));
-        if filter.offset > 0 {
-            let offset = bind(&mut params, Param::Int(i64::from(filter.offset)));
-            sql.push_str(&format!(" OFFSET {offset}"));
-        }
-        Self { sql, params }
+        (sql, params)
     }
 }
 
@@ -167,17 +199,37 @@ fn like_escaped(s: &str) -> String {
 
 /// The records `filter` selects from the configured store, newest first.
 pub async fn find(store: &StoreSettings, filter: &Filter) -> Result<Vec<Record>, TrackingError> {
+    select(store, filter, Query::new).await
+}
+
+/// How many records of each verdict each minute holds among those `filter` selects.
+pub async fn per_minute(
+    store: &StoreSettings,
+    filter: &Filter,
+) -> Result<Vec<MinuteCount>, TrackingError> {
+    select(store, filter, Query::per_minute).await
+}
+
+/// What makes a query of a filter for a store whose n-th placeholder is `placeholder(n)`.
+type MakeQuery = fn(&Filter, fn(usize) -> String) -> Query;
+
+/// The rows of the query `query` makes of `filter`, from the configured store.
+async fn select<T: FromRow>(
+    store: &StoreSettings,
+    filter: &Filter,
+    query: MakeQuery,
+) -> Result<Vec<T>, TrackingError> {
     filter.validate().map_err(TrackingError::Filter)?;
     match store {
         StoreSettings::Sqlite { path } => {
             // On the blocking pool: a read must not hold the runtime that serves mail.
-            let (path, query) = (path.clone(), Query::new(filter, |n| format!("?{n}")));
+            let (path, query) = (path.clone(), query(filter, |n| format!("?{n}")));
             tokio::task::spawn_blocking(move || sqlite::find(&path, &query))
                 .await
                 .map_err(|e| TrackingError::Filter(format!("the search failed: {e}")))?
         }
         StoreSettings::Postgres(pg) => {
-            let query = Query::new(filter, |n| format!("${n}"));
+            let query = query(filter, |n| format!("${n}"));
             let (config, connector) = pg.client_settings()?;
             postgres::find(&config, connector, &query).await
         }

@@ -426,8 +426,32 @@ pub(super) fn column_error(i: usize) -> impl FnOnce(&dyn std::fmt::Display) -> T
     }
 }
 
-impl Record {
-    pub fn from_row(row: &impl Row) -> Result<Self, TrackingError> {
+/// What a query's rows are read as.
+pub trait FromRow: Sized + Send + 'static {
+    fn from_row(row: &impl Row) -> Result<Self, TrackingError>;
+}
+
+/// How many records of one verdict one minute holds (the console's chart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// Minutes since the epoch.
+    pub minute: i64,
+    pub verdict: String,
+    pub count: i64,
+}
+
+impl FromRow for MinuteCount {
+    fn from_row(row: &impl Row) -> Result<Self, TrackingError> {
+        Ok(Self {
+            minute: row.int(0)?.unwrap_or_default(),
+            verdict: row.text(1)?.unwrap_or_default(),
+            count: row.int(2)?.unwrap_or_default(),
+        })
+    }
+}
+
+impl FromRow for Record {
+    fn from_row(row: &impl Row) -> Result<Self, TrackingError> {
         let text = |i| row.text(i).map(Option::unwrap_or_default);
         let int = |i| row.int(i).map(Option::unwrap_or_default);
         Ok(Self {

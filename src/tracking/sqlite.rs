@@ -2,7 +2,7 @@
 //! wait for the writer), written by one connection off the async threads.
 
 use super::TrackingError;
-use super::record::column_error;
+use super::record::{FromRow, column_error};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -191,7 +191,7 @@ impl Row for rusqlite::Row<'_> {
 }
 
 /// Runs `query` against the database at `path`, read-only.
-pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, TrackingError> {
+pub(super) fn find<T: FromRow>(path: &Path, query: &Query) -> Result<Vec<T>, TrackingError> {
     if !path.exists() {
         return Err(TrackingError::NoDatabase(path.to_owned()));
     }
@@ -211,7 +211,7 @@ pub(super) fn find(path: &Path, query: &Query) -> Result<Vec<Record>, TrackingEr
         .map_err(db)?;
     let mut records = Vec::new();
     while let Some(row) = rows.next().map_err(db)? {
-        records.push(Record::from_row(row)?);
+        records.push(T::from_row(row)?);
     }
     Ok(records)
 }
@@ -251,6 +251,56 @@ mod tests {
         }
     }
 
+    /// The console's chart: records counted per minute and verdict by the store, within the
+    /// filter's time and organization.
+    #[tokio::test]
+    async fn records_are_counted_per_minute_and_verdict() {
+        use crate::tracking::record::MinuteCount;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let store = Store::open(&path).unwrap();
+        let mut rejected = record(120_500, "c@x");
+        rejected.verdict = "reject".into();
+        let mut acme = record(125_000, "d@acme.test");
+        acme.organization = Some("acme".into());
+        store
+            .write(vec![
+                record(60_000, "a@x"),
+                record(119_999, "b@x"),
+                rejected,
+                acme,
+                record(1_000, "too-old@x"),
+            ])
+            .await
+            .unwrap();
+        let count = |filter: Filter| {
+            let mut counts: Vec<MinuteCount> =
+                find(&path, &Query::per_minute(&filter, |n| format!("?{n}"))).unwrap();
+            counts.sort_by(|a, b| (a.minute, &a.verdict).cmp(&(b.minute, &b.verdict)));
+            counts
+                .into_iter()
+                .map(|c| (c.minute, c.verdict, c.count))
+                .collect::<Vec<_>>()
+        };
+        let since = Filter {
+            since_ms: Some(60_000),
+            ..Filter::default()
+        };
+        assert_eq!(
+            count(since.clone()),
+            [
+                (1, "continue".into(), 2),
+                (2, "continue".into(), 1),
+                (2, "reject".into(), 1)
+            ]
+        );
+        let acme = Filter {
+            organization: Some("acme".into()),
+            ..since
+        };
+        assert_eq!(count(acme), [(2, "continue".into(), 1)]);
+    }
+
     /// A table made before the relayed_* columns existed gets them when the store opens it.
     #[tokio::test]
     async fn an_older_table_gets_the_added_columns() {
@@ -286,7 +336,7 @@ mod tests {
             },
             |n| format!("?{n}"),
         );
-        assert_eq!(find(&path, &query).unwrap()[0], r);
+        assert_eq!(find::<Record>(&path, &query).unwrap()[0], r);
         // The older row is found by its address all the same.
         let query = Query::new(
             &Filter {
@@ -296,7 +346,7 @@ mod tests {
             },
             |n| format!("?{n}"),
         );
-        assert_eq!(find(&path, &query).unwrap().len(), 1);
+        assert_eq!(find::<Record>(&path, &query).unwrap().len(), 1);
     }
 
     /// Addresses are found whatever their case, beyond ASCII too (SQLite's lower() knows
@@ -319,7 +369,7 @@ mod tests {
                 },
                 |n| format!("?{n}"),
             );
-            find(&path, &query).unwrap().len()
+            find::<Record>(&path, &query).unwrap().len()
         };
         assert_eq!(found(Some("jürgen@bücher.example"), None), 1);
         assert_eq!(found(Some("@Bücher.Example"), None), 1);
@@ -362,7 +412,7 @@ mod tests {
             },
             |n| format!("?{n}"),
         );
-        let mut left = find(&path, &query).unwrap();
+        let mut left = find::<Record>(&path, &query).unwrap();
         left.sort_by_key(|r| r.recipient.clone());
         assert_eq!(left, vec![acme, new]);
         // Nothing is deleted without a retention.
@@ -374,6 +424,6 @@ mod tests {
         // Opening it again finds the table and keeps what is there.
         drop(store);
         Store::open(&path).unwrap();
-        assert_eq!(find(&path, &query).unwrap().len(), 2);
+        assert_eq!(find::<Record>(&path, &query).unwrap().len(), 2);
     }
 }

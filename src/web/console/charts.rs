@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::tracking::Record;
+use crate::tracking::record::MinuteCount;
 
 /// One sample of the registry: its name, labels and value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -169,26 +169,27 @@ pub fn times(registry: &Registry) -> Vec<Times> {
 }
 
 /// Tracking records counted per minute and verdict, the last 60 minutes up to now.
+#[derive(Clone, Debug)]
 pub struct Minutes {
     /// Oldest first; each minute's count per verdict.
-    per: Vec<BTreeMap<String, usize>>,
-    /// Records read.
-    pub total: usize,
+    per: Vec<BTreeMap<String, i64>>,
+    /// Records counted.
+    pub total: i64,
 }
 
-pub fn by_minute(records: &[Record], now_ms: i64) -> Minutes {
+/// The store's counts (minutes since the epoch) placed in the hour up to `now_ms`.
+pub fn by_minute(counts: &[MinuteCount], now_ms: i64) -> Minutes {
     let mut per = vec![BTreeMap::new(); 60];
     let last = now_ms / 60_000;
-    for r in records {
-        let ago = last - r.time_ms / 60_000;
+    let mut total = 0;
+    for c in counts {
+        let ago = last - c.minute;
         if (0..60).contains(&ago) {
-            *per[59 - ago as usize].entry(r.verdict.clone()).or_insert(0) += 1;
+            *per[59 - ago as usize].entry(c.verdict.clone()).or_insert(0) += c.count;
+            total += c.count;
         }
     }
-    Minutes {
-        per,
-        total: records.len(),
-    }
+    Minutes { per, total }
 }
 
 /// What the charts color each verdict.
@@ -216,7 +217,7 @@ pub fn verdict_columns(minutes: &Minutes) -> String {
     let top = minutes
         .per
         .iter()
-        .map(|m| m.values().sum::<usize>())
+        .map(|m| m.values().sum::<i64>())
         .max()
         .unwrap_or(0)
         .max(1) as f64;
@@ -339,22 +340,24 @@ postern_rbl_zone_usable{zone=\"a.\\\"b\"} 1\n";
     #[test]
     fn minutes_count_by_verdict_and_charts_escape_names() {
         let now = 10_000 * 60_000 + 45_000;
-        let mut a = crate::tracking::record::sample("x@y");
-        a.time_ms = now - 30_000;
-        let mut b = a.clone();
-        b.verdict = "reject".into();
-        let mut old = a.clone();
-        old.time_ms = now - 2 * 3_600_000;
-        let m = by_minute(&[a, b, old], now);
-        assert_eq!(m.per[59].get("continue"), Some(&1));
-        assert_eq!(m.per[59].get("reject"), Some(&1));
-        assert_eq!(
-            m.per
-                .iter()
-                .map(|p| p.values().sum::<usize>())
-                .sum::<usize>(),
-            2
+        let count = |minute, verdict: &str, count| MinuteCount {
+            minute,
+            verdict: verdict.into(),
+            count,
+        };
+        let m = by_minute(
+            &[
+                count(10_000, "continue", 3),
+                count(10_000, "reject", 1),
+                count(9_941, "continue", 2),
+                count(9_940, "continue", 5),
+            ],
+            now,
         );
+        assert_eq!(m.per[59].get("continue"), Some(&3));
+        assert_eq!(m.per[59].get("reject"), Some(&1));
+        assert_eq!(m.per[0].get("continue"), Some(&2));
+        assert_eq!(m.total, 6, "the minute an hour back is out");
         assert!(verdict_columns(&m).contains("<title>1 reject</title>"));
         let svg = bars(&[("<b>".into(), 2.0)], "results").unwrap();
         assert!(svg.contains("&lt;b&gt;") && !svg.contains("<b>"));

@@ -163,6 +163,11 @@ pub struct Console {
     max_failed_logins: u32,
     failed_login_window: Duration,
     templates: minijinja::Environment<'static>,
+    /// The charts' counts per organization scope (`None`: the whole gateway), and when they
+    /// were counted.
+    charts: tokio::sync::Mutex<
+        std::collections::HashMap<Option<String>, (std::time::Instant, charts::Minutes)>,
+    >,
 }
 
 impl Console {
@@ -193,6 +198,7 @@ impl Console {
             max_failed_logins: settings.max_failed_logins,
             failed_login_window: settings.failed_login_window,
             templates: templates(),
+            charts: Default::default(),
         }
     }
 

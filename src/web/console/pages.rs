@@ -10,13 +10,13 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::{Console, Signed, charts};
-use crate::tracking::query::{Filter, VERDICTS, find, parse_time_now};
+use crate::tracking::query::{Filter, VERDICTS, find, parse_time_now, per_minute};
 use crate::tracking::{Record, format_time, now_ms};
 
 /// Records per page of the search.
 const PAGE: u32 = 50;
-/// The most records the charts read (the last hour's).
-const CHART_RECORDS: u32 = 20_000;
+/// How long the charts' counts are served before the store is asked again.
+const CHARTS_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The search form's fields, as `GET /messages?...` gives them.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -202,25 +202,44 @@ pub async fn message(
     )
 }
 
+impl Console {
+    /// The last hour's records per minute and verdict, of `organization` or of all: counted
+    /// by the store, and kept [`CHARTS_FRESH`] per scope, so that many viewers (or one
+    /// reloading) ask the store once.
+    async fn minutes(&self, organization: Option<&str>) -> Result<charts::Minutes, String> {
+        let Some(store) = &self.tracking else {
+            return Err(NO_TRACKING.to_owned());
+        };
+        let mut cache = self.charts.lock().await;
+        let key = organization.map(str::to_owned);
+        if let Some((at, minutes)) = cache.get(&key)
+            && at.elapsed() < CHARTS_FRESH
+        {
+            return Ok(minutes.clone());
+        }
+        let now = now_ms();
+        let filter = Filter {
+            organization: key.clone(),
+            since_ms: Some(now - 3_600_000),
+            limit: 1,
+            ..Filter::default()
+        };
+        let counts = per_minute(store, &filter)
+            .await
+            .map_err(|e| e.to_string())?;
+        let minutes = charts::by_minute(&counts, now);
+        cache.insert(key, (std::time::Instant::now(), minutes.clone()));
+        Ok(minutes)
+    }
+}
+
 /// `GET /stats`: messages by verdict per minute over the last hour (tracking), and for users
 /// of the whole gateway, session and scan times, check results and relay attempts (the
 /// metrics registry).
 pub async fn stats(State(console): State<Arc<Console>>, Signed(session): Signed) -> Response {
-    let now = now_ms();
-    let (minutes, error) = match &console.tracking {
-        None => (None, Some(NO_TRACKING.to_owned())),
-        Some(store) => {
-            let filter = Filter {
-                organization: session.organization.clone(),
-                since_ms: Some(now - 3_600_000),
-                limit: CHART_RECORDS,
-                ..Filter::default()
-            };
-            match find(store, &filter).await {
-                Ok(records) => (Some(charts::by_minute(&records, now)), None),
-                Err(e) => (None, Some(e.to_string())),
-            }
-        }
+    let (minutes, error) = match console.minutes(session.organization.as_deref()).await {
+        Ok(minutes) => (Some(minutes), None),
+        Err(e) => (None, Some(e)),
     };
     let registry = session
         .organization
@@ -235,7 +254,6 @@ pub async fn stats(State(console): State<Arc<Console>>, Signed(session): Signed)
             error => error,
             verdicts => minutes.as_ref().map(charts::verdict_columns),
             recipients => minutes.as_ref().map(|m| m.total),
-            capped => minutes.as_ref().is_some_and(|m| m.total >= CHART_RECORDS as usize),
             times => registry.as_ref().map(charts::times),
             checks => registry.as_ref().map(|r| charts::bars(&r.counts("postern_check_results_total", &["check", "result"]), "results")),
             relays => registry.as_ref().map(|r| charts::bars(&r.counts("postern_relay_attempts_total", &["target", "outcome"]), "attempts")),
