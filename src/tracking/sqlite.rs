@@ -190,6 +190,10 @@ impl Row for rusqlite::Row<'_> {
     }
 }
 
+/// The last read-only connection, kept for the next search of the same database (a
+/// console asks often, and opening one reads the schema again).
+static READER: Mutex<Option<(PathBuf, Connection)>> = Mutex::new(None);
+
 /// Runs `query` against the database at `path`, read-only.
 pub(super) fn find<T: FromRow>(path: &Path, query: &Query) -> Result<Vec<T>, TrackingError> {
     if !path.exists() {
@@ -199,21 +203,35 @@ pub(super) fn find<T: FromRow>(path: &Path, query: &Query) -> Result<Vec<T>, Tra
         path: path.to_owned(),
         source,
     };
-    let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(db)?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-    let mut statement = connection.prepare(&query.sql).map_err(db)?;
-    let mut rows = statement
-        .query(rusqlite::params_from_iter(values(query)))
-        .map_err(db)?;
-    let mut records = Vec::new();
-    while let Some(row) = rows.next().map_err(db)? {
-        records.push(T::from_row(row)?);
+    let mut reader = READER.lock().unwrap_or_else(|e| e.into_inner());
+    let connection = match reader.take() {
+        Some((kept, connection)) if kept == path => connection,
+        _ => {
+            let connection = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db)?;
+            connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+            connection
+        }
+    };
+    let records = (|| {
+        let mut statement = connection.prepare(&query.sql).map_err(db)?;
+        let mut rows = statement
+            .query(rusqlite::params_from_iter(values(query)))
+            .map_err(db)?;
+        let mut records = Vec::new();
+        while let Some(row) = rows.next().map_err(db)? {
+            records.push(T::from_row(row)?);
+        }
+        Ok(records)
+    })();
+    // Kept only when it served: a failing one (a database replaced, say) is opened again.
+    if records.is_ok() {
+        *reader = Some((path.to_owned(), connection));
     }
-    Ok(records)
+    records
 }
 
 #[cfg(test)]
