@@ -5,29 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::proxy::{ProxyEnv, postern};
+use crate::support::proxy::{ProxyEnv, hash_password as hash};
 use crate::support::webdriver::Browser;
 use crate::support::{free_port, get, screenshots};
-
-/// An argon2 hash of `password` from `postern hash-password`.
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut child = postern()
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Waits until the browser is on a page whose address has `path` in it.
 fn wait_for_page(browser: &Browser, path: &str) {

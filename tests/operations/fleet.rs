@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::proxy::{ProxyEnv, postern};
+use crate::support::proxy::{ProxyEnv, hash_password};
 use crate::support::redis::Redis;
 use crate::support::webdriver::Browser;
 use crate::support::{free_port, run_postern};
@@ -50,17 +50,7 @@ fn last_delivered(a: &ProxyEnv, n: usize) -> String {
 fn a_configuration_published_to_the_fleet_is_taken_by_each_instance() {
     let mut redis = Redis::start();
     let users = tempfile::tempdir().unwrap();
-    let hash = {
-        use std::io::Write;
-        let mut child = postern()
-            .arg("hash-password")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"root-pw\n").unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-    };
+    let hash = hash_password("root-pw");
     std::fs::write(
         users.path().join("console-users"),
         format!("root:{}:admin\n", hash.trim()),

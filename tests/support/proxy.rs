@@ -362,6 +362,13 @@ pub fn write_certificates(dir: &Path) {
 
 /// Writes `dir/users` with alice:secret, hashed by `postern hash-password`; returns its path.
 pub fn users_file(dir: &Path) -> PathBuf {
+    let path = dir.join("users");
+    std::fs::write(&path, format!("alice:{}", hash_password("secret"))).unwrap();
+    path
+}
+
+/// An argon2id hash of `password`, from `postern hash-password`.
+pub fn hash_password(password: &str) -> String {
     use std::io::Write;
     let mut child = postern()
         .arg("hash-password")
@@ -369,14 +376,17 @@ pub fn users_file(dir: &Path) -> PathBuf {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    let path = dir.join("users");
-    std::fs::write(&path, format!("alice:{hash}")).unwrap();
-    path
+    hash
 }
 
 /// The proxy binary, for tests that run it directly (hash-password).

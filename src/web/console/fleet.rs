@@ -92,6 +92,16 @@ async fn page(
     }
 }
 
+/// The page with `error`, answered `status`.
+async fn failed(
+    console: &Console,
+    session: &super::sessions::Session,
+    status: StatusCode,
+    error: String,
+) -> Response {
+    page(console, session, status, None, Some(error)).await
+}
+
 /// The fleet is the whole gateway's: not for users of one organization.
 fn whole_gateway_only(console: &Console, session: &super::sessions::Session) -> Option<Response> {
     session.organization.is_some().then(|| {
@@ -140,18 +150,11 @@ pub async fn apply(
     }
     if session.role != Role::Admin {
         let error = "Only an admin may publish a configuration.".to_owned();
-        return page(&console, &session, StatusCode::FORBIDDEN, None, Some(error)).await;
+        return failed(&console, &session, StatusCode::FORBIDDEN, error).await;
     }
     let Some(fleet) = &console.fleet else {
         let error = "No [shared_state]: there is no fleet to publish to.".to_owned();
-        return page(
-            &console,
-            &session,
-            StatusCode::BAD_REQUEST,
-            None,
-            Some(error),
-        )
-        .await;
+        return failed(&console, &session, StatusCode::BAD_REQUEST, error).await;
     };
     let text = if form.source == "running" {
         console
@@ -169,14 +172,7 @@ pub async fn apply(
         Ok(config) => config,
         Err(e) => {
             let error = format!("Not published: {e}");
-            return page(
-                &console,
-                &session,
-                StatusCode::BAD_REQUEST,
-                None,
-                Some(error),
-            )
-            .await;
+            return failed(&console, &session, StatusCode::BAD_REQUEST, error).await;
         }
     };
     let digest = config.source.digest();
@@ -192,14 +188,7 @@ pub async fn apply(
         }
         Err(e) => {
             let error = format!("Not published: {e}");
-            page(
-                &console,
-                &session,
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                Some(error),
-            )
-            .await
+            failed(&console, &session, StatusCode::SERVICE_UNAVAILABLE, error).await
         }
     }
 }

@@ -147,6 +147,9 @@ pub fn masked(text: &str) -> String {
     out
 }
 
+/// The charts' counts per organization scope, and when each was counted.
+type ChartCache = std::collections::HashMap<Option<String>, (std::time::Instant, charts::Minutes)>;
+
 /// What the console's pages read.
 pub struct Console {
     users: ArcSwap<Users>,
@@ -165,9 +168,7 @@ pub struct Console {
     templates: minijinja::Environment<'static>,
     /// The charts' counts per organization scope (`None`: the whole gateway), and when they
     /// were counted.
-    charts: tokio::sync::Mutex<
-        std::collections::HashMap<Option<String>, (std::time::Instant, charts::Minutes)>,
-    >,
+    charts: tokio::sync::Mutex<ChartCache>,
 }
 
 impl Console {
