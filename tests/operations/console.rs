@@ -175,6 +175,8 @@ fn the_console_in_a_browser() {
     assert!(browser.find("#times").is_none());
     browser.go(&format!("{base}/status"));
     assert!(browser.find("#config").is_none());
+    browser.go(&format!("{base}/fleet"));
+    browser.wait_for("#error", "for users of the whole gateway");
     browser.click("#logout");
     wait_for_page(&browser, "/login");
 
