@@ -39,6 +39,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection lives, keep-alive included: a browser opens another.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection past its time has to finish the request in progress.
+const CLOSING_GRACE: Duration = Duration::from_secs(10);
 /// Connections served at once per listener: beyond them a connection is answered 503 at
 /// once and closed, so that idle or slow clients can neither pile up tasks and buffers nor
 /// make a scraper wait.
@@ -120,9 +122,8 @@ pub async fn serve(listener: Listener, router: Router) {
                     }
                 }
             };
-            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
-                Ok(Ok(())) | Err(_) => {}
-                Ok(Err(e)) => info!(client = %peer, error = %e, "HTTP connection failed"),
+            if let Err(e) = served.await {
+                info!(client = %peer, error = %e, "HTTP connection failed");
             }
             drop(slot);
         });
@@ -139,14 +140,25 @@ where
         request.extensions_mut().insert(OverTls(tls));
         router.clone().oneshot(request)
     });
-    hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS)
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-        .map_err(|e| e.to_string())
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // Past its time a connection finishes the request in progress and closes (a scrape is
+    // never cut in the middle); one that does not finish within the grace is dropped.
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn.as_mut()).await {
+        Ok(served) => served.map_err(|e| e.to_string()),
+        Err(_) => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(CLOSING_GRACE, conn).await {
+                Ok(served) => served.map_err(|e| e.to_string()),
+                Err(_) => Err("the last request did not finish in time; closed".to_owned()),
+            }
+        }
+    }
 }
 
 /// Answers [`BUSY`] without waiting: what the client sent already is read (closing on unread
