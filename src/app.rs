@@ -125,6 +125,11 @@ impl App {
         door: DoorKind,
     ) -> anyhow::Result<(Self, MilterSettings, ProxySettings)> {
         let fixed = FixedAtStart::of(&config, door);
+        let instance = (
+            instance_name(&config, door),
+            door,
+            crate::tracking::now_ms(),
+        );
         warn_lints(&config);
         let resolver = Arc::new(CurrentResolver(ArcSwap::from_pointee(resolver_for(
             config.dns.as_ref(),
@@ -174,23 +179,6 @@ impl App {
             Some(shared) => Some(crate::state::fleet::Fleet::new(shared)?),
             None => None,
         };
-        let listen = match door {
-            DoorKind::Milter => config.milter.listen.to_string(),
-            DoorKind::Proxy => config
-                .proxy
-                .listen
-                .iter()
-                .chain(&config.proxy.listen_tls)
-                .next()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-        };
-        let name = config
-            .shared_state
-            .as_ref()
-            .and_then(|s| s.instance_name.clone())
-            .unwrap_or_else(|| format!("{} {} {listen}", config.policy.hostname, door.name()));
-        let instance = (name, door, crate::tracking::now_ms());
         let console = match (config.console, &metrics) {
             (Some(settings), Some(metrics)) => {
                 let console = Arc::new(Console::new(
@@ -318,12 +306,16 @@ impl App {
                         Ok(())
                     }
                     Ok(Some(p)) => {
-                        let name = format!(
-                            "fleet configuration {}",
-                            &p.digest[..12.min(p.digest.len())]
-                        );
-                        let config = Config::parse_in(&p.text, &name, dir.as_deref());
-                        let taken = app.take(config, &door, &format!("{name} (by {})", p.by));
+                        let short: String = p.digest.chars().take(12).collect();
+                        let name = format!("fleet configuration {short}");
+                        let taken = if crate::config::digest(&p.text) != p.digest {
+                            let why = "its text does not have the digest it was published with: publish it again with `postern apply`";
+                            warn!(config = %name, "fleet configuration refused: {why}");
+                            Err(why.to_owned())
+                        } else {
+                            let config = Config::parse_in(&p.text, &name, dir.as_deref());
+                            app.take(config, &door, &format!("{name} (by {})", p.by))
+                        };
                         outcome = Some(match taken {
                             Ok(()) => format!("applied {}", p.digest),
                             Err(e) => format!("refused {}: {e}", p.digest),
@@ -510,6 +502,30 @@ pub async fn run_proxy(
     let result = proxy::run(door, shutdown).await;
     app.finish_tracking().await;
     result
+}
+
+/// This instance's name among the fleet's: `[shared_state] instance_name`, else the host
+/// name, the door and its first listener.
+fn instance_name(config: &Config, door: DoorKind) -> String {
+    if let Some(name) = config
+        .shared_state
+        .as_ref()
+        .and_then(|s| s.instance_name.clone())
+    {
+        return name;
+    }
+    let listen = match door {
+        DoorKind::Milter => config.milter.listen.to_string(),
+        DoorKind::Proxy => config
+            .proxy
+            .listen
+            .iter()
+            .chain(&config.proxy.listen_tls)
+            .next()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    };
+    format!("{} {} {listen}", config.policy.hostname, door.name())
 }
 
 /// The names of the relay targets, for the metrics' series.
