@@ -145,10 +145,20 @@ impl Health {
         let tracking = match &self.tracking {
             Some(store) => Some(Probe {
                 name: format!("tracking {store}"),
-                state: match tokio::time::timeout(STORE_TIMEOUT, store.try_connect()).await {
-                    Ok(Ok(())) => Ok("reachable".to_owned()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {} s", STORE_TIMEOUT.as_secs())),
+                state: match store {
+                    // A file: its directory must take the database and its journal files.
+                    StoreSettings::Sqlite { .. } => {
+                        store.check_writable().map(|()| "writable".to_owned())
+                    }
+                    StoreSettings::Postgres(_) => {
+                        match tokio::time::timeout(STORE_TIMEOUT, store.try_connect()).await {
+                            Ok(Ok(())) => Ok("reachable".to_owned()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => {
+                                Err(format!("no answer within {} s", STORE_TIMEOUT.as_secs()))
+                            }
+                        }
+                    }
                 },
             }),
             None => None,
