@@ -187,33 +187,46 @@ impl Rule {
     /// Sensitive spans in `text`, in order and not overlapping, leaving out any that touch
     /// `skip` (HTML markup: ranges in order, not overlapping).
     pub fn spans(&self, text: &str, skip: &[Range<usize>]) -> Vec<Range<usize>> {
-        let mut spans: Vec<Range<usize>> = match &self.finder {
+        self.found(text, skip)
+            .into_iter()
+            .map(|(span, _)| span)
+            .collect()
+    }
+
+    /// [`Rule::spans`], each with where the match holding it starts (a capture group's span
+    /// starts later than its match).
+    fn found(&self, text: &str, skip: &[Range<usize>]) -> Vec<(Range<usize>, usize)> {
+        let mut found: Vec<(Range<usize>, usize)> = match &self.finder {
             // The whole match needs no capture slots, which makes the search much cheaper.
             Finder::Regex { regex, group: 0 } => regex
                 .find_iter(text)
                 .filter(|m| !m.is_empty())
-                .map(|m| m.range())
+                .map(|m| (m.range(), m.start()))
                 .collect(),
             Finder::Regex { regex, group } => regex
                 .captures_iter(text)
-                .filter_map(|c| c.get(*group))
-                .filter(|m| !m.is_empty())
-                .map(|m| m.range())
+                .filter_map(|c| Some((c.get(*group)?, c.get(0)?.start())))
+                .filter(|(m, _)| !m.is_empty())
+                .map(|(m, start)| (m.range(), start))
                 .collect(),
-            Finder::Detector(d) => d.find(text),
-            Finder::Everything => std::iter::once(0..text.len()).collect(),
+            Finder::Detector(d) => d
+                .find(text)
+                .into_iter()
+                .map(|s| (s.clone(), s.start))
+                .collect(),
+            Finder::Everything => vec![(0..text.len(), 0)],
         };
         if !skip.is_empty() {
             // `skip` is in order and without overlaps (as html_markup gives it), so the first
             // range that ends after a span's start is the only one that can touch the span: one
             // binary search per span instead of a walk over all the markup (which made an HTML
             // part's cost grow with its tags times its matches).
-            spans.retain(|s| {
+            found.retain(|(s, _)| {
                 let next = skip.partition_point(|k| k.end <= s.start);
                 skip.get(next).is_none_or(|k| k.start >= s.end)
             });
         }
-        spans
+        found
     }
 
     /// True when the rule finds something in `text` (for actions).
@@ -227,11 +240,14 @@ impl Rule {
         let Action::Transform(transform) = &self.action else {
             return None;
         };
-        let spans = self.spans(text, skip);
-        if spans.is_empty() {
+        let found = self.found(text, skip);
+        if found.is_empty() {
             return None;
         }
+        let mut match_starts = found.iter().map(|(_, start)| *start);
+        let spans = found.iter().map(|(span, _)| span.clone()).collect();
         Some(Replacements::new(spans, |span, out| {
+            let match_start = match_starts.next().unwrap_or(span.start);
             let value = &text[span.clone()];
             match transform {
                 Transform::Mask {
@@ -240,7 +256,8 @@ impl Rule {
                 } => out.push_str(&mask(value, *keep_last, *mask_char)),
                 Transform::Redact { text } => out.push_str(text),
                 Transform::Replace { template } => match &self.finder {
-                    Finder::Regex { regex, .. } => match regex.captures_at(text, span.start) {
+                    // The captures of the match the span is in.
+                    Finder::Regex { regex, .. } => match regex.captures_at(text, match_start) {
                         Some(caps) => caps.expand(template, out),
                         None => out.push_str(template),
                     },
@@ -322,6 +339,25 @@ mod tests {
         assert_eq!(
             r.transform("a key=abc b", &[]),
             Some(("a key=hidden b".into(), 1))
+        );
+    }
+
+    /// A template expands the captures of the match its span is in, also when the span is a
+    /// capture group that starts after its match does.
+    #[test]
+    fn replace_expands_the_captures_of_its_own_match() {
+        let r = rule(
+            Finder::Regex {
+                regex: Regex::new(r"(?<k>account) (\d+)").unwrap(),
+                group: 2,
+            },
+            Transform::Replace {
+                template: "[${k} $2]".into(),
+            },
+        );
+        assert_eq!(
+            r.transform("account 12 and account 34.", &[]),
+            Some(("account [account 12] and account [account 34].".into(), 2))
         );
     }
 
