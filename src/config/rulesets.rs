@@ -378,10 +378,7 @@ fn compile_rule(
                     ),
                 ));
             }
-            Finder::Regex {
-                regex,
-                group: r.group,
-            }
+            Finder::regex(regex, r.group)
         }
         (None, Some(d)) => Finder::Detector(d),
         (None, None) => Finder::Everything,

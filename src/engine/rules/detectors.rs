@@ -8,6 +8,14 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Deserialize;
 
+const ALL: [Detector; 5] = [
+    Detector::CardNumber,
+    Detector::Iban,
+    Detector::UsSsn,
+    Detector::Email,
+    Detector::Phone,
+];
+
 /// A detector usable by name in a ruleset (`detector = "card_number"`).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -42,18 +50,32 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
 impl Detector {
     /// Byte ranges of `text` holding what this detector finds, validated, in order.
     pub fn find(self, text: &str) -> Vec<Range<usize>> {
-        let (regex, valid): (&Regex, fn(&str) -> bool) = match self {
-            Self::CardNumber => (&CARD, valid_card),
-            Self::Iban => (&IBAN, valid_iban),
-            Self::UsSsn => (&SSN, valid_ssn),
-            Self::Email => (&EMAIL, |_| true),
-            Self::Phone => (&PHONE, valid_phone),
-        };
+        let (regex, valid) = self.finder();
         regex
             .find_iter(text)
             .filter(|m| valid(m.as_str()))
             .map(|m| m.range())
             .collect()
+    }
+
+    /// Whether every detector finds only within one line (see `locality`); worked out once.
+    pub fn within_lines() -> bool {
+        static LOCAL: LazyLock<bool> = LazyLock::new(|| {
+            ALL.iter()
+                .all(|d| super::locality::within_lines(d.finder().0.as_str()))
+        });
+        *LOCAL
+    }
+
+    /// The detector's candidates and their validation.
+    fn finder(self) -> (&'static Regex, fn(&str) -> bool) {
+        match self {
+            Self::CardNumber => (&CARD, valid_card),
+            Self::Iban => (&IBAN, valid_iban),
+            Self::UsSsn => (&SSN, valid_ssn),
+            Self::Email => (&EMAIL, |_| true),
+            Self::Phone => (&PHONE, valid_phone),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod detectors;
 pub mod documents;
+pub mod locality;
 pub mod mime;
 pub mod protect;
 pub mod ruleset;

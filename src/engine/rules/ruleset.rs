@@ -45,11 +45,38 @@ impl Target {
 #[derive(Clone, Debug)]
 pub enum Finder {
     /// A regular expression; with `group` > 0 only that capture group is the sensitive span.
-    Regex { regex: Regex, group: usize },
+    /// `within_lines`: it matches only within one line (worked out by [`Finder::regex`]).
+    Regex {
+        regex: Regex,
+        group: usize,
+        within_lines: bool,
+    },
     /// A built-in, validating detector.
     Detector(Detector),
     /// Every item of the target (for message-level actions: strip every `.exe`, say).
     Everything,
+}
+
+impl Finder {
+    /// A regex finder, with whether it matches only within one line.
+    pub fn regex(regex: Regex, group: usize) -> Self {
+        let within_lines = super::locality::within_lines(regex.as_str());
+        Self::Regex {
+            regex,
+            group,
+            within_lines,
+        }
+    }
+
+    /// Whether everything it finds lies within one line (see `locality`), so that it finds
+    /// the same in a long text as in the text's lines taken a stretch at a time.
+    pub fn within_lines(&self) -> bool {
+        match self {
+            Self::Regex { within_lines, .. } => *within_lines,
+            Self::Detector(_) => Detector::within_lines(),
+            Self::Everything => false,
+        }
+    }
 }
 
 /// How a found span is rewritten.
@@ -198,12 +225,14 @@ impl Rule {
     fn found(&self, text: &str, skip: &[Range<usize>]) -> Vec<(Range<usize>, usize)> {
         let mut found: Vec<(Range<usize>, usize)> = match &self.finder {
             // The whole match needs no capture slots, which makes the search much cheaper.
-            Finder::Regex { regex, group: 0 } => regex
+            Finder::Regex {
+                regex, group: 0, ..
+            } => regex
                 .find_iter(text)
                 .filter(|m| !m.is_empty())
                 .map(|m| (m.range(), m.start()))
                 .collect(),
-            Finder::Regex { regex, group } => regex
+            Finder::Regex { regex, group, .. } => regex
                 .captures_iter(text)
                 .filter_map(|c| Some((c.get(*group)?, c.get(0)?.start())))
                 .filter(|(m, _)| !m.is_empty())
@@ -317,10 +346,7 @@ mod tests {
     #[test]
     fn capture_group_marks_the_span_and_replace_expands() {
         let r = rule(
-            Finder::Regex {
-                regex: Regex::new(r"account (\d{6,})").unwrap(),
-                group: 1,
-            },
+            Finder::regex(Regex::new(r"account (\d{6,})").unwrap(), 1),
             Transform::Redact { text: "#".into() },
         );
         assert_eq!(
@@ -328,10 +354,7 @@ mod tests {
             Some(("account # ok".into(), 1))
         );
         let r = rule(
-            Finder::Regex {
-                regex: Regex::new(r"(?<k>key)=(\w+)").unwrap(),
-                group: 0,
-            },
+            Finder::regex(Regex::new(r"(?<k>key)=(\w+)").unwrap(), 0),
             Transform::Replace {
                 template: "${k}=hidden".into(),
             },
@@ -347,10 +370,7 @@ mod tests {
     #[test]
     fn replace_expands_the_captures_of_its_own_match() {
         let r = rule(
-            Finder::Regex {
-                regex: Regex::new(r"(?<k>account) (\d+)").unwrap(),
-                group: 2,
-            },
+            Finder::regex(Regex::new(r"(?<k>account) (\d+)").unwrap(), 2),
             Transform::Replace {
                 template: "[${k} $2]".into(),
             },

@@ -30,10 +30,10 @@ pub fn unprotect_message(
                 Target::Attachment,
                 Target::Filename,
             ],
-            finder: Finder::Regex {
-                regex: Regex::new(&marked).expect("escaped markers make a valid regex"),
-                group: 0,
-            },
+            finder: Finder::regex(
+                Regex::new(&marked).expect("escaped markers make a valid regex"),
+                0,
+            ),
             content_types: Vec::new(),
             action: Action::Transform(Transform::Unprotect(protector.clone())),
             unchangeable: Default::default(),
