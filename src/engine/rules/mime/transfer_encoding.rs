@@ -61,7 +61,7 @@ pub fn quoted_printable_changed_lines(
             break;
         }
         // The lines that end before the difference are the same in both texts.
-        line += lines[line..].partition_point(|l| l.decoded <= differs_at);
+        line += lines_up_to(&lines[line..], differs_at);
         let starts = line
             .checked_sub(1)
             .map_or(HardLineEnd::default(), |l| lines[l]);
@@ -96,6 +96,20 @@ pub fn quoted_printable_changed_lines(
     Some(out)
 }
 
+/// How many of `lines` end at or before `at`: looked for near the first (the next difference
+/// is usually a few lines on), a span twice as long at each step, then within that span, so
+/// that a text with changes every few lines costs a few steps per change, not a search of
+/// every line left.
+fn lines_up_to(lines: &[HardLineEnd], at: usize) -> usize {
+    let mut span = 1;
+    while span < lines.len() && lines[span - 1].decoded <= at {
+        span *= 2;
+    }
+    let from = span / 2;
+    let to = span.min(lines.len());
+    from + lines[from..to].partition_point(|l| l.decoded <= at)
+}
+
 /// Where a line's content ends in `text`, given where its line ending ends (`None`: the last
 /// line, which runs to the end); `None` when that line ending is not `eol`.
 fn content_end(text: &[u8], line_end: Option<usize>, eol: &str) -> Option<usize> {
@@ -106,14 +120,26 @@ fn content_end(text: &[u8], line_end: Option<usize>, eol: &str) -> Option<usize>
     }
 }
 
-/// How many bytes `a` and `b` begin with alike, compared 32 at a time.
+/// How many bytes `a` and `b` begin with alike: compared 256 at a time (one memcmp each),
+/// then 8 at a time to the first difference.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 32;
-    let (a_blocks, b_blocks) = (a.chunks_exact(BLOCK), b.chunks_exact(BLOCK));
-    let same = a_blocks.zip(b_blocks).take_while(|(x, y)| x == y).count() * BLOCK;
-    same + a[same..]
+    const BLOCK: usize = 256;
+    let len = a.len().min(b.len());
+    let mut same = 0;
+    while same + BLOCK <= len && a[same..same + BLOCK] == b[same..same + BLOCK] {
+        same += BLOCK;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    while same + 8 <= len {
+        let differ = word(a, same) ^ word(b, same);
+        if differ != 0 {
+            return same + (differ.trailing_zeros() / 8) as usize;
+        }
+        same += 8;
+    }
+    same + a[same..len]
         .iter()
-        .zip(&b[same..])
+        .zip(&b[same..len])
         .take_while(|(x, y)| x == y)
         .count()
 }
@@ -696,6 +722,34 @@ mod tests {
         );
         assert_eq!(decode_quoted_printable(b"end="), b"end");
         assert_eq!(decode_quoted_printable(b"=c3=A9"), "é".as_bytes());
+    }
+
+    #[test]
+    fn lines_up_to_counts_the_lines_ending_by_then() {
+        let lines: Vec<HardLineEnd> = (1..=100)
+            .map(|i| HardLineEnd {
+                encoded: i * 10,
+                decoded: i * 10,
+            })
+            .collect();
+        for at in [0, 9, 10, 11, 19, 20, 35, 640, 999, 1000, 5000] {
+            let expected = lines.iter().filter(|l| l.decoded <= at).count();
+            assert_eq!(lines_up_to(&lines, at), expected, "at {at}");
+        }
+        assert_eq!(lines_up_to(&[], 5), 0);
+    }
+
+    #[test]
+    fn common_prefix_finds_the_first_difference() {
+        let a: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        for at in [0, 1, 7, 8, 9, 255, 256, 257, 263, 511, 512, 999] {
+            let mut b = a.clone();
+            b[at] ^= 0x40;
+            assert_eq!(common_prefix(&a, &b), at, "differs at {at}");
+            assert_eq!(common_prefix(&a[..at], &b), at, "shorter, {at}");
+        }
+        assert_eq!(common_prefix(&a, &a), a.len());
+        assert_eq!(common_prefix(&a[..300], &a), 300);
     }
 
     #[test]
