@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{Diversion, Hit, Walker};
 use crate::engine::reply::SmtpReply;
 use crate::engine::rules::documents::Unchangeable;
-use crate::engine::rules::ruleset::{Action, Finder, Rule, Ruleset, Target};
+use crate::engine::rules::ruleset::{Action, Finder, Rule, Target};
 use crate::engine::rules::transforms::Replacements;
 
 /// The refusal of a message whose attachment holds what a transforming rule would change, but
@@ -41,6 +41,13 @@ fn looks_at(rule: &Rule, target: &Target, ctype: &str) -> bool {
 /// core's cache while every rule reads and rewrites it, where each changing rule used to read
 /// and write the whole text, and the new text is written once.
 const STRETCH: usize = 64 * 1024;
+
+/// Some of a walk's rules (indexes into its rules, in order), run over one target's text.
+struct Pass<'a> {
+    rules: Range<usize>,
+    target: &'a Target,
+    ctype: &'a str,
+}
 
 impl Walker<'_> {
     /// The hit of `rule` on `target`, named with the attachment (and archive entry) the walk
@@ -89,44 +96,40 @@ impl Walker<'_> {
         let mut found = vec![0; self.rules.len()];
         let mut markup = Cow::Borrowed(skip);
         let mut new: Option<String> = None;
-        let local = |(_, rule): &(&Ruleset, &Rule)| {
-            !looks_at(rule, target, ctype)
-                || matches!(rule.action, Action::StripAttachment)
-                || rule.finder.within_lines()
-        };
+        // For each rule that acts on this target, whether it matches within one line.
+        let local: Vec<Option<bool>> = self
+            .rules
+            .iter()
+            .map(|(_, r)| {
+                (looks_at(r, target, ctype) && !matches!(r.action, Action::StripAttachment))
+                    .then(|| r.finder.within_lines())
+            })
+            .collect();
+        let long = text.len() > stretch;
         let mut from = 0;
-        while from < self.rules.len() {
-            let by_stretches = text.len() > stretch && local(&self.rules[from]);
-            let run = match text.len() > stretch {
-                true => self.rules[from..]
-                    .iter()
-                    .take_while(|r| local(r) == by_stretches)
-                    .count(),
-                false => self.rules.len(),
-            };
-            let rules = from..from + run;
-            let current = new.as_deref().unwrap_or(text);
-            let changed = if by_stretches {
-                self.run_by_stretches(
-                    rules,
-                    target,
-                    ctype,
-                    current,
-                    &mut markup,
-                    &mut found,
-                    stretch,
-                )
+        // A run begins at the next rule that acts, and takes the rules after it that match
+        // within lines as it does (or do not act); over a short text, one run takes them all.
+        while let Some(first) = local[from..].iter().position(Option::is_some) {
+            let first = from + first;
+            let end = if long {
+                first
+                    + local[first..]
+                        .iter()
+                        .take_while(|l| l.is_none() || **l == local[first])
+                        .count()
             } else {
-                self.run_over(
-                    rules,
-                    target,
-                    ctype,
-                    current,
-                    &mut markup,
-                    false,
-                    &mut found,
-                    &mut |_| {},
-                )
+                local.len()
+            };
+            let pass = Pass {
+                rules: first..end,
+                target,
+                ctype,
+            };
+            let current = new.as_deref().unwrap_or(text);
+            let changed = if long && local[first] == Some(true) {
+                self.run_by_stretches(&pass, current, &mut markup, &mut found, stretch)
+            } else {
+                self.run_over(&pass, current, &mut markup, false, &mut found, &mut |_| {})
             };
             if self.expired {
                 return None;
@@ -134,21 +137,18 @@ impl Walker<'_> {
             if changed.is_some() {
                 new = changed;
             }
-            from += run;
+            from = end;
         }
         self.record(target, false, &found);
         new
     }
 
-    /// [`Walker::run_over`] for `rules`, which all match within one line, over `text` a
+    /// [`Walker::run_over`] for `pass`, whose rules all match within one line, over `text` a
     /// stretch at a time ([`Walker::apply_in_stretches`]); the changed stretches are written
     /// once into the new text, and `markup` moves with them.
-    #[allow(clippy::too_many_arguments)]
     fn run_by_stretches(
         &mut self,
-        rules: Range<usize>,
-        target: &Target,
-        ctype: &str,
+        pass: &Pass<'_>,
         text: &str,
         markup: &mut Cow<'_, [Range<usize>]>,
         found: &mut [usize],
@@ -177,16 +177,7 @@ impl Walker<'_> {
             rest = &rest[rest.partition_point(|r| r.end <= end)..];
             let mut local_markup = Cow::Owned(std::mem::take(&mut local));
             let piece = &text[start..end];
-            let changed = self.run_over(
-                rules.clone(),
-                target,
-                ctype,
-                piece,
-                &mut local_markup,
-                false,
-                found,
-                &mut |_| {},
-            );
+            let changed = self.run_over(pass, piece, &mut local_markup, false, found, &mut |_| {});
             if self.expired {
                 return None;
             }
@@ -235,10 +226,13 @@ impl Walker<'_> {
             return (None, None);
         }
         let mut found = vec![0; self.rules.len()];
-        let new = self.run_over(
-            0..self.rules.len(),
+        let pass = Pass {
+            rules: 0..self.rules.len(),
             target,
             ctype,
+        };
+        let new = self.run_over(
+            &pass,
             text,
             &mut Cow::Borrowed(skip),
             read_only,
@@ -249,17 +243,14 @@ impl Walker<'_> {
         (new, unchangeable)
     }
 
-    /// Runs `rules` (those of them for `target`) over `text`, each over the text the
-    /// transforms before it left, adding to `found` what each found: the spans a transform
-    /// replaced, 1 when a `reject`, `divert` or (with `read_only`) transform rule matched.
-    /// The new text when a transform changed it; `markup` moves with the text. What the rules
-    /// found is recorded by [`Walker::record`].
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the rules of `pass` over `text`, each over the text the transforms before it
+    /// left, adding to `found` what each found: the spans a transform replaced, 1 when a
+    /// `reject`, `divert` or (with `read_only`) transform rule matched. The new text when a
+    /// transform changed it; `markup` moves with the text. What the rules found is recorded by
+    /// [`Walker::record`].
     fn run_over(
         &mut self,
-        rules: Range<usize>,
-        target: &Target,
-        ctype: &str,
+        pass: &Pass<'_>,
         text: &str,
         markup: &mut Cow<'_, [Range<usize>]>,
         read_only: bool,
@@ -274,13 +265,13 @@ impl Walker<'_> {
         let mut changed = false;
         // Read only, the first transform that finds something is the one that counts.
         let mut unchangeable_found = false;
-        for k in rules {
+        for k in pass.rules.clone() {
             let rule = self.rules[k].1;
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 self.expired = true;
                 break;
             }
-            if !looks_at(rule, target, ctype) {
+            if !looks_at(rule, pass.target, pass.ctype) {
                 continue;
             }
             // A reject, divert or unchangeable already found needs no second look.
@@ -416,7 +407,7 @@ mod tests {
     use super::*;
     use crate::engine::rules::documents::{DocumentLimits, Reader};
     use crate::engine::rules::mime::{Rewrite, html_markup};
-    use crate::engine::rules::ruleset::{Conditions, Finder, Transform};
+    use crate::engine::rules::ruleset::{Conditions, Finder, Ruleset, Transform};
     use proptest::prelude::*;
     use regex::Regex;
 
@@ -463,7 +454,9 @@ mod tests {
                 template: "<$0>".to_owned(),
             }),
             6 => Action::Reject(SmtpReply::new(550, None, "no").expect("a valid reply")),
-            _ => Action::Divert(vec!["quarantine".to_owned()]),
+            7 => Action::Divert(vec!["quarantine".to_owned()]),
+            // With a rule for the subject only (below): one that does not act on the body.
+            _ => redact("[s]"),
         }
     }
 
@@ -477,7 +470,11 @@ mod tests {
                 assert_eq!(finder.within_lines(), i_pattern < LOCAL, "{pattern}");
                 Rule {
                     name: format!("r{i}"),
-                    targets: vec![Target::Body],
+                    targets: vec![if act == 8 {
+                        Target::Subject
+                    } else {
+                        Target::Body
+                    }],
                     finder,
                     content_types: Vec::new(),
                     action: action(act),
@@ -580,7 +577,7 @@ mod tests {
         #[test]
         fn stretches_are_the_whole_text(
             text in "[abcxy12 \n\r\u{e9}<>]{0,300}",
-            chosen in proptest::collection::vec((0..PATTERNS.len(), 0..8usize), 1..6),
+            chosen in proptest::collection::vec((0..PATTERNS.len(), 0..9usize), 1..6),
             stretch in 1..40usize,
             markup in any::<bool>(),
         ) {
