@@ -160,7 +160,7 @@ impl Walker<'_> {
         // all of it is in the new text.
         let mut rest: &[Range<usize>] = markup;
         let mut local = Vec::new();
-        let mut moved: Vec<Range<usize>> = Vec::with_capacity(markup.len());
+        let mut moved: Vec<Range<usize>> = Vec::new();
         let mut start = 0;
         while start < text.len() {
             let end = match text.len() - start > stretch {
@@ -183,11 +183,23 @@ impl Walker<'_> {
             }
             // Where the stretch begins in the new text.
             let at = new.as_ref().map_or(start, String::len);
-            for r in local_markup.iter() {
-                match moved.last_mut() {
-                    // A range the cut divided is one again.
-                    Some(last) if last.end == at + r.start => last.end = at + r.end,
-                    _ => moved.push(at + r.start..at + r.end),
+            // Until the text changes, the markup stays where it is: it is followed from the
+            // first stretch that changed on (a pass that changes nothing follows none of it).
+            if new.is_none() && changed.is_some() {
+                let before = markup.partition_point(|r| r.end <= start);
+                moved.reserve(markup.len());
+                moved.extend_from_slice(&markup[..before]);
+                if let Some(r) = markup.get(before).filter(|r| r.start < start) {
+                    moved.push(r.start..start);
+                }
+            }
+            if new.is_some() || changed.is_some() {
+                for r in local_markup.iter() {
+                    match moved.last_mut() {
+                        // A range the cut divided is one again.
+                        Some(last) if last.end == at + r.start => last.end = at + r.end,
+                        _ => moved.push(at + r.start..at + r.end),
+                    }
                 }
             }
             local = local_markup.into_owned();
