@@ -258,9 +258,15 @@ impl Rule {
         found
     }
 
-    /// True when the rule finds something in `text` (for actions).
+    /// True when the rule finds something in `text` (for actions): a whole-match regex stops
+    /// at its first match.
     pub fn finds(&self, text: &str) -> bool {
-        !self.spans(text, &[]).is_empty()
+        match &self.finder {
+            Finder::Regex {
+                regex, group: 0, ..
+            } => regex.find_iter(text).any(|m| !m.is_empty()),
+            _ => !self.found(text, &[]).is_empty(),
+        }
     }
 
     /// The rule's transform worked out for `text` — each span found and its new text — without
@@ -379,6 +385,22 @@ mod tests {
             r.transform("account 12 and account 34.", &[]),
             Some(("account [account 12] and account [account 34].".into(), 2))
         );
+    }
+
+    /// A rule finds something only where it has a non-empty match (or, with a group, where
+    /// that group is non-empty).
+    #[test]
+    fn finds_only_non_empty_matches() {
+        let redact = || Transform::Redact { text: "#".into() };
+        let r = rule(Finder::regex(Regex::new("x*").unwrap(), 0), redact());
+        assert!(!r.finds("abc"));
+        assert!(r.finds("axb"));
+        let r = rule(Finder::regex(Regex::new("a(x*)").unwrap(), 1), redact());
+        assert!(!r.finds("abc"));
+        assert!(r.finds("axb"));
+        let r = rule(Finder::Detector(Detector::UsSsn), redact());
+        assert!(!r.finds("000-12-3456"), "not a valid SSN");
+        assert!(r.finds("ssn 123-45-6789"));
     }
 
     #[test]
