@@ -163,10 +163,11 @@ impl Walker<'_> {
         let mut moved: Vec<Range<usize>> = Vec::new();
         let mut start = 0;
         while start < text.len() {
-            let end = match text.len() - start > stretch {
-                true => memchr::memchr(b'\n', &text.as_bytes()[start + stretch..])
-                    .map_or(text.len(), |at| start + stretch + at + 1),
-                false => text.len(),
+            let end = if text.len() - start > stretch {
+                memchr::memchr(b'\n', &text.as_bytes()[start + stretch..])
+                    .map_or(text.len(), |at| start + stretch + at + 1)
+            } else {
+                text.len()
             };
             local.clear();
             local.extend(
