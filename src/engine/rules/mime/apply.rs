@@ -76,7 +76,8 @@ impl Walker<'_> {
         self.apply_in_stretches(target, ctype, text, skip, STRETCH)
     }
 
-    /// [`Walker::apply`]: over a text longer than `stretch`, each run of consecutive rules
+    /// [`Walker::apply`]: a text no longer than `stretch` goes to [`Walker::run_rules`] whole;
+    /// over a longer one, each run of consecutive rules
     /// that all match within one line goes over the text cut just after a line feed about
     /// every `stretch` bytes, all of the run's rules over one stretch before the next; each
     /// finds in a stretch what it finds there in the whole text (see `locality`), so the new
@@ -90,6 +91,10 @@ impl Walker<'_> {
         skip: &[Range<usize>],
         stretch: usize,
     ) -> Option<String> {
+        if text.len() <= stretch {
+            let (new, _) = self.run_rules(target, ctype, text, skip, false, &mut |_| {});
+            return new;
+        }
         if self.time_is_up() {
             return None;
         }
@@ -105,28 +110,23 @@ impl Walker<'_> {
                     .then(|| r.finder.within_lines())
             })
             .collect();
-        let long = text.len() > stretch;
         let mut from = 0;
         // A run begins at the next rule that acts, and takes the rules after it that match
-        // within lines as it does (or do not act); over a short text, one run takes them all.
+        // within lines as it does (or do not act).
         while let Some(first) = local[from..].iter().position(Option::is_some) {
             let first = from + first;
-            let end = if long {
-                first
-                    + local[first..]
-                        .iter()
-                        .take_while(|l| l.is_none() || **l == local[first])
-                        .count()
-            } else {
-                local.len()
-            };
+            let end = first
+                + local[first..]
+                    .iter()
+                    .take_while(|l| l.is_none() || **l == local[first])
+                    .count();
             let pass = Pass {
                 rules: first..end,
                 target,
                 ctype,
             };
             let current = new.as_deref().unwrap_or(text);
-            let changed = if long && local[first] == Some(true) {
+            let changed = if local[first] == Some(true) {
                 self.run_by_stretches(&pass, current, &mut markup, &mut found, stretch)
             } else {
                 self.run_over(&pass, current, &mut markup, false, &mut found, &mut |_| {})
